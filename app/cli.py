@@ -1,0 +1,147 @@
+"""The ``hookline`` command: dev, migrate, web, worker, check, send, status (and more per issue).
+
+``hookline worker`` execs ``python -m worker``: the app package never imports the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from app import embedded, migrations
+from app.config import environment_problems, load_config
+from app.errors import ConfigError, HooklineError
+from app.logs import setup_logging
+from app.settings import Settings
+
+
+def _db_url(settings: Settings) -> str:
+    url, _server = embedded.resolve_database_url(settings.dsn(), settings.home)
+    return url
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    url = _db_url(settings)
+    applied = migrations.migrate(url)
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    st = migrations.status(url)
+    print(f"schema is current (version {max(st.applied, default=0):04d}); {len(applied)} migration(s) applied now")
+    return 0
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    setup_logging(settings.log_level, settings.log_format, process="web")
+    load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
+    uvicorn.run("app.web:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
+                log_config=None, access_log=args.access_log, timeout_graceful_shutdown=int(settings.shutdown_timeout),
+                proxy_headers=True, server_header=False)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    load_config(settings.config)
+    os.execv(sys.executable, [sys.executable, "-m", "worker"])  # noqa: S606 - our own module
+    return 0  # pragma: no cover
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from app.dev import run_dev
+
+    return run_dev(settings, dict(settings.environ))
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    path = settings.config
+    if not path.exists():
+        print(f"{path}: no such file (HOOKLINE_CONFIG)", file=sys.stderr)
+        return 1
+    config = load_config(path)
+    problems = environment_problems(config, settings.environ)
+    print(f"{path}: OK — {len(config.sources)} source(s), {len(config.pipelines)} pipeline(s)")
+    for name, src in sorted(config.sources.items()):
+        pipes = [p.name for p in config.pipelines.values() if p.source == name]
+        print(f"  source {name} ({src.provider}) → {', '.join(pipes) or 'no pipeline'}")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if problems and args.strict else 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from app.send import send
+
+    config = load_config(settings.config)
+    base = args.url or f"http://127.0.0.1:{settings.port}"
+    sent = send(config, args.source, environ=settings.environ, base_url=base, public_url=settings.public_url,
+                file=Path(args.file) if args.file else None, event_type=args.type, delivery_id=args.delivery_id)
+    print(f"POST {sent.url} (delivery {sent.delivery_id}) → {sent.status} {sent.body}")
+    return 0 if 200 <= sent.status < 300 else 1
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    url = _db_url(settings)
+    st = migrations.status(url)
+    with psycopg.connect(url) as conn:
+        counts = conn.execute(
+            "SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
+        jobs = conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1").fetchall()
+    out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending],
+           "events": dict(counts), "jobs": dict(jobs)}
+    print(json.dumps(out, indent=2))
+    return 0 if st.current else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
+    sub.add_parser("migrate", help="apply pending SQL migrations (Procfile release step)")
+    web = sub.add_parser("web", help="serve the HTTP API on $PORT")
+    web.add_argument("--host")
+    web.add_argument("--port", type=int)
+    web.add_argument("--access-log", action="store_true", help="log every request (off: the ingest path stays lean)")
+    sub.add_parser("worker", help="run a worker (procrastinate, async concurrency)")
+    check = sub.add_parser("check", help="validate hookline.toml and the environment it names")
+    check.add_argument("--strict", action="store_true", help="exit 1 on environment warnings too")
+    send = sub.add_parser("send", help="sign a payload as the source's provider would and post it")
+    send.add_argument("source")
+    send.add_argument("--file", help="payload file (default: the provider's sample)")
+    send.add_argument("--type", help="event type to send (header or body field, as the provider does)")
+    send.add_argument("--delivery-id", help="delivery id to use (default: a fresh one)")
+    send.add_argument("--url", help="base URL of the running server (default: http://127.0.0.1:$PORT)")
+    sub.add_parser("status", help="schema version and event/job counts by status")
+    return p
+
+
+COMMANDS = {
+    "dev": cmd_dev, "migrate": cmd_migrate, "web": cmd_web, "worker": cmd_worker, "check": cmd_check,
+    "send": cmd_send, "status": cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as e:
+        print(f"hookline {args.command}: configuration error\n{e}", file=sys.stderr)
+        return 2
+    except HooklineError as e:
+        print(f"hookline {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Database URLs and the asyncpg pool of the web process.
+
+``DATABASE_URL`` is any libpq URI: ``postgresql://u:p@host:5432/db?sslmode=require``, ``postgres://…``
+(Heroku style), a SQLAlchemy-style ``postgresql+psycopg://…``, or a Unix-socket host
+(``postgresql://user@/db?host=/run/pg``) as the embedded server and some managed Postgres give.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+_SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
+
+#: URI query keys asyncpg understands itself; anything else would be sent as a server setting.
+_ASYNCPG_KEYS = {"host", "port", "user", "password", "passfile", "dbname", "database", "sslmode",
+                 "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
+                 "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib",
+                 "service", "servicefile", "direct_tls"}
+
+
+def libpq_dsn(url: str) -> str:
+    """The URL as libpq (psycopg, procrastinate, psql) accepts it."""
+    m = _SCHEME.match(url.strip())
+    if not m:
+        raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
+    return "postgresql://" + url.strip()[m.end() :]
+
+
+def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for asyncpg, and server settings for libpq query keys asyncpg does not know.
+
+    ``application_name=x`` becomes a server setting; ``options=-c k=v -c k2=v2`` becomes settings too.
+    """
+    parts = urlsplit(libpq_dsn(url))
+    keep: list[tuple[str, str]] = []
+    settings: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _ASYNCPG_KEYS:
+            keep.append((key, value))
+        elif key == "options":
+            for opt in re.findall(r"-c\s*([^\s=]+)=(\S+)", value):
+                settings[opt[0]] = opt[1]
+        elif key != "connect_timeout":
+            settings[key] = value
+    return urlunsplit(parts._replace(query=urlencode(keep))), settings
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0) -> Any:
+    dsn, server_settings = asyncpg_dsn(url)
+    server_settings.setdefault("application_name", "hookline-web")
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=timeout,
+        command_timeout=timeout,
+        server_settings=server_settings,
+    )
+
+
+async def connect(url: str, *, timeout: float = 5.0) -> Any:
+    dsn, server_settings = asyncpg_dsn(url)
+    conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=server_settings or None)
+    await _init_connection(conn)
+    return conn

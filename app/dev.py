@@ -1,0 +1,81 @@
+"""``hookline dev``: embedded Postgres (unless DATABASE_URL), migrations, web and worker in one terminal.
+
+The web and worker run as child processes, exactly as the Procfile starts them; their output is
+interleaved with a prefix. Ctrl-C (or SIGTERM) stops both gracefully, then the embedded Postgres.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import IO
+
+from app import embedded, migrations
+from app.config import environment_problems, load_config
+from app.settings import Settings
+
+_COLORS = {"web": "\033[36m", "worker": "\033[35m"}
+
+
+def _pump(name: str, stream: IO[bytes], color: bool) -> None:
+    prefix = f"{_COLORS.get(name, '')}{name:>6} |\033[0m " if color else f"{name:>6} | "
+    for raw in iter(stream.readline, b""):
+        sys.stdout.write(prefix + raw.decode("utf-8", "replace"))
+        sys.stdout.flush()
+
+
+def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
+    config = load_config(settings.config)  # fail early, with the key that is wrong
+    for problem in environment_problems(config, environ):
+        print(f"warning: {problem}", file=sys.stderr)
+    url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
+    applied = migrations.migrate(url)
+    print(f"hookline dev: database {'embedded in ' + str(settings.home / 'pg') if server else 'from DATABASE_URL'}, "
+          f"{len(applied)} migration(s) applied", flush=True)
+    env = {**environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    color = sys.stdout.isatty()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    commands = {"web": [sys.executable, "-m", "app.cli", "web"], "worker": [sys.executable, "-m", "app.cli", "worker"]}
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for name, cmd in commands.items():
+            procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+            assert procs[name].stdout is not None
+            threading.Thread(target=_pump, args=(name, procs[name].stdout, color), daemon=True).start()
+        print(f"hookline dev: web on http://127.0.0.1:{settings.port}  (Ctrl-C stops everything)", flush=True)
+        while not stopping.is_set():
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"hookline dev: {name} exited with status {proc.returncode}; stopping", file=sys.stderr)
+                    stopping.set()
+            stopping.wait(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + settings.shutdown_timeout + 5
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if server is not None:
+            embedded.stop(server)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    codes = [p.returncode for p in procs.values()]
+    return 0 if all(c in (0, -signal.SIGTERM, None) for c in codes) else 1

@@ -1,0 +1,223 @@
+"""``POST /webhooks/{source}``: a straight line from raw bytes to one stored row.
+
+raw body (size cap) → source lookup → signature check on the raw bytes → parse → sender handshake?
+→ delivery id / type / tenant / ordering key → ``INSERT … ON CONFLICT DO NOTHING`` → 200.
+The processing job is deferred by the table trigger in the same transaction; this path never calls
+the model. A 5xx means nothing was stored, so the sender's retry is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.config import Source
+from app.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    InvalidSignature,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnknownSource,
+)
+from app.signatures import (
+    PROVIDERS,
+    Headers,
+    MetaError,
+    SignatureError,
+    accepts_get,
+    extract_meta,
+    handshake,
+    parse_locator,
+    verify,
+)
+from app.signatures.locators import first
+from app.sqlfiles import queries
+from app.state import AppState
+
+log = logging.getLogger("hookline.ingest")
+
+Q = queries("ingest")
+
+#: Header names whose values are credentials or signatures; stored as "[redacted]".
+_REDACT_EXACT = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-gitlab-token",
+                 "x-shopify-hmac-sha256", "x-square-hmacsha256-signature", "x-api-key"}
+_REDACT_PARTS = ("signature", "hmac", "token", "secret", "password")
+
+#: Postgres is down or unreachable: answer 503 + Retry-After, the sender retries later.
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+def redact_headers(items: Iterable[tuple[str, str]], extra: Iterable[str] = ()) -> dict[str, str]:
+    extra_l = {e.lower() for e in extra}
+    out: dict[str, str] = {}
+    for name, value in items:
+        lname = name.lower()
+        if lname in _REDACT_EXACT or lname in extra_l or any(p in lname for p in _REDACT_PARTS):
+            value = "[redacted]"
+        out[lname] = f"{out[lname]}, {value}" if lname in out else value
+    return out
+
+
+def json_response(status: int, data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status_code=status,
+                    media_type="application/json", headers=dict(headers or {}))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"body is larger than this source accepts ({limit} bytes)")
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is larger than this source accepts ({limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(body: bytes, content_type: str) -> Any:
+    """JSON (any media type, as senders mislabel it), or a form body as an object."""
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("form body is not valid UTF-8") from None
+        form = dict(parse_qsl(text, keep_blank_values=True))
+        if "payload" in form and form["payload"].lstrip().startswith("{"):
+            try:  # Slack interactivity and a few others put JSON in a form field
+                return json.loads(form["payload"])
+            except ValueError:
+                pass
+        return form
+    if not body.strip():
+        raise BadRequest("body is empty; a JSON document was expected")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
+
+
+def public_url(request: Request, src: Source, base: str | None) -> str | None:
+    """The URL the sender signed: the configured one, never what a proxy presents."""
+    url = src.public_url or (f"{base.rstrip('/')}/webhooks/{src.name}" if base else None)
+    if url and request.url.query and "?" not in url:
+        url = f"{url}?{request.url.query}"
+    return url
+
+
+async def receive_webhook(request: Request) -> Response:
+    state: AppState = request.state.hookline
+    name = request.path_params["source"]
+    src = state.config.sources.get(name)
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    if src is None:
+        state.metrics.inc("hookline_ingest_requests_total", source="", outcome="unknown_source")
+        raise UnknownSource(f"no source named {name!r} is configured")
+    provider = src.provider
+    headers = Headers(request.headers.items())
+    environ = state.settings.environ
+
+    if request.method == "GET":
+        if not accepts_get(provider):
+            raise MethodNotAllowed("this source accepts POST only")
+        token = environ.get(src.verify_token_env) if src.verify_token_env else None
+        reply = handshake(provider, method="GET", headers=headers, body=b"", payload=None,
+                          query=dict(request.query_params), secrets=src.secrets(environ), verify_token=token)
+        if reply is None:
+            raise BadRequest("GET is only used for the subscription handshake")
+        state.metrics.inc("hookline_handshakes_total", source=name)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    body = await read_body(request, src.max_body_bytes or state.settings.max_body_bytes)
+    try:
+        verify(provider, secrets=src.secrets(environ), headers=headers, body=body,
+               url=public_url(request, src, state.settings.public_url), method=request.method,
+               tolerance=src.tolerance_seconds, options=src.hmac_options())
+    except SignatureError as e:
+        state.metrics.inc("hookline_signature_failures_total", source=name, provider=provider, reason=e.code)
+        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="invalid_signature")
+        log.warning("signature rejected", extra={"source": name, "provider": provider, "reason": e.code,
+                                                 "remote_addr": _remote(request), "request_id": request_id})
+        raise InvalidSignature("signature verification failed") from None
+
+    content_type = request.headers.get("content-type", "")
+    payload = parse_body(body, content_type)
+
+    token = environ.get(src.verify_token_env) if src.verify_token_env else None
+    reply = handshake(provider, method="POST", headers=headers, body=body, payload=payload,
+                      query=dict(request.query_params), secrets=src.secrets(environ), verify_token=token)
+    if reply is not None:
+        state.metrics.inc("hookline_handshakes_total", source=name)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    try:
+        meta = extract_meta(provider, headers=headers, payload=payload, overrides=src.overrides())
+    except MetaError as e:
+        raise BadRequest(str(e)) from None
+    delivery_id = meta.delivery_id
+    if not delivery_id:
+        if not src.content_hash_ids:
+            raise BadRequest("no delivery id found in this request (the sender's event id header or field); "
+                             "set content_hash_ids = true on the source to use a hash of the body")
+        delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
+    ordering = state.config.ordering_locators(name)
+    ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
+
+    stored = redact_headers(headers.pairs(), extra=_signature_headers(src))
+    try:
+        pool = await state.db.ensure()
+        event_id = await pool.fetchval(
+            Q["insert_event"], name, delivery_id[:512], meta.event_type, meta.tenant, ordering_key,
+            meta.occurred_at, stored, body, payload, content_type or None, _remote(request))
+        status = "accepted"
+        if event_id is None:
+            row = await pool.fetchrow(Q["find_event"], name, delivery_id[:512])
+            event_id = row["id"] if row else None
+            status = "duplicate"
+    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:
+        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="db_unavailable")
+        log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
+        raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",
+                                  headers={"Retry-After": str(state.settings.retry_after_seconds)}) from None
+    except asyncpg.exceptions.UntranslatableCharacterError:
+        raise BadRequest("body contains \\u0000, which Postgres JSON cannot store") from None
+    state.metrics.inc("hookline_ingest_requests_total", source=name, outcome=status)
+    return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
+
+
+def _signature_headers(src: Source) -> tuple[str, ...]:
+    opts = src.hmac
+    return (str(opts["header"]),) if opts and "header" in opts else ()
+
+
+def _remote(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+__all__ = ["PROVIDERS", "receive_webhook", "redact_headers"]

@@ -1,0 +1,49 @@
+"""Logging setup shared by every hookline process: one line per record, text or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+#: Extra fields worth a place on a text line; JSON lines carry every extra field.
+TEXT_FIELDS = ("source", "provider", "reason", "remote_addr", "request_id", "event_id", "pipeline", "action")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extra = {k: v for k in TEXT_FIELDS if (v := getattr(record, k, None)) is not None}
+        if extra:
+            base += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return base
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    prefix = f"{process} " if process else ""
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "httpx2", "anthropic._base_client"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

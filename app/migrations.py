@@ -1,0 +1,147 @@
+"""Forward-only migration runner for ``sql/migrations/NNNN_name.sql``.
+
+Each file runs in one transaction together with its version row (unless its first line is
+``-- no-transaction``, for ``CREATE INDEX CONCURRENTLY``); versions must be contiguous from 1; the
+checksum of every applied file is recorded and a changed file is an error; an advisory lock keeps
+two processes (release step, a second deploy) from migrating at once. procrastinate's schema is
+migration 0001, so procrastinate's own lack of tracking does not matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from app.db import libpq_dsn
+from app.errors import HooklineError
+from app.sqlfiles import sql_dir
+
+#: pg_advisory_lock key: the bytes of "hookline" read as a big-endian integer.
+MIGRATION_LOCK_KEY = int.from_bytes(b"hookline", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS hookline;
+CREATE TABLE IF NOT EXISTS hookline.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE hookline.schema_migrations IS
+  'Applied sql/migrations files: version, name, sha256 of the file. Written by hookline migrate.';
+COMMENT ON COLUMN hookline.schema_migrations.version IS 'NNNN prefix of the migration file.';
+COMMENT ON COLUMN hookline.schema_migrations.name IS 'File name without the prefix and .sql.';
+COMMENT ON COLUMN hookline.schema_migrations.checksum IS 'sha256 of the file as applied; a changed file is refused.';
+COMMENT ON COLUMN hookline.schema_migrations.applied_at IS 'When it was applied.';
+COMMENT ON CONSTRAINT schema_migrations_pkey ON hookline.schema_migrations IS 'One row per applied version.';
+"""
+
+
+class MigrationError(HooklineError):
+    code = "migration_error"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.lstrip().startswith("-- no-transaction")
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    applied: dict[int, str]
+    pending: list[Migration]
+    mismatched: list[int]
+    unknown: list[int]
+
+    @property
+    def current(self) -> bool:
+        return not (self.pending or self.mismatched or self.unknown)
+
+
+def discover(folder: Path | None = None) -> list[Migration]:
+    folder = folder or sql_dir() / "migrations"
+    found: list[Migration] = []
+    for path in sorted(folder.glob("*.sql")):
+        m = _FILE.match(path.name)
+        if not m:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_lower_snake.sql")
+        data = path.read_bytes()
+        found.append(Migration(int(m.group(1)), m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()))
+    for expected, mig in enumerate(found, start=1):
+        if mig.version != expected:
+            raise MigrationError(f"migration versions must be contiguous from 0001: expected {expected:04d}, found {mig.version:04d}")
+    return found
+
+
+def _applied(conn: psycopg.Connection) -> dict[int, str]:
+    exists = conn.execute("SELECT to_regclass('hookline.schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return {}
+    return {int(v): str(c) for v, c in conn.execute("SELECT version, checksum FROM hookline.schema_migrations")}
+
+
+def status(dsn: str, migrations: list[Migration] | None = None) -> SchemaStatus:
+    migrations = discover() if migrations is None else migrations
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
+        applied = _applied(conn)
+    return compare(applied, migrations)
+
+
+def compare(applied: dict[int, str], migrations: list[Migration]) -> SchemaStatus:
+    known = {m.version: m for m in migrations}
+    return SchemaStatus(
+        applied=applied,
+        pending=[m for m in migrations if m.version not in applied],
+        mismatched=[v for v, c in applied.items() if v in known and known[v].checksum != c],
+        unknown=sorted(v for v in applied if v not in known),
+    )
+
+
+def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migration]:
+    """Apply pending migrations; returns what was applied. Safe to run concurrently."""
+    migrations = discover() if migrations is None else migrations
+    done: list[Migration] = []
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            with conn.transaction():
+                conn.execute(_BOOTSTRAP)
+            st = compare(_applied(conn), migrations)
+            if st.mismatched:
+                raise MigrationError(
+                    "applied migration(s) changed on disk: "
+                    + ", ".join(f"{v:04d}" for v in st.mismatched)
+                    + " — migrations are forward-only; add a new file instead"
+                )
+            if st.unknown:
+                raise MigrationError(
+                    "the database has migration(s) this code does not know: "
+                    + ", ".join(f"{v:04d}" for v in st.unknown)
+                    + " — is an older release running against a newer schema?"
+                )
+            for mig in st.pending:
+                record = "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+                if mig.transactional:
+                    with conn.transaction():
+                        conn.execute(mig.sql)  # type: ignore[call-overload]
+                        conn.execute(record, (mig.version, mig.name, mig.checksum))
+                else:
+                    conn.execute(mig.sql)  # type: ignore[call-overload]
+                    conn.execute(record, (mig.version, mig.name, mig.checksum))
+                done.append(mig)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return done

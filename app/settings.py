@@ -1,0 +1,78 @@
+"""Process settings: one pydantic-settings object, built once at start and passed down.
+
+Nothing else in hookline reads ``os.environ`` for configuration; the secrets named in
+``hookline.toml`` (``secrets_env``, ``url_env``, …) are resolved from :attr:`Settings.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every environment variable hookline reads. The README's table is tested against this class."""
+
+    model_config = SettingsConfigDict(env_prefix="HOOKLINE_", extra="ignore", populate_by_name=True)
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL"),
+        description="libpq URI of the Postgres to use. Unset: `hookline dev` starts an embedded one.",
+    )
+    port: int = Field(default=8000, validation_alias=AliasChoices("PORT"), description="HTTP port of `hookline web`.")
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY"),
+        description="Claude API key. Unset: pipelines run in dry-run mode (request stored, no action).",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL"),
+        description="Messages API base URL (a proxy or a test double).",
+    )
+    config: Path = Field(
+        default=Path("hookline.toml"),
+        validation_alias=AliasChoices("HOOKLINE_CONFIG"),
+        description="Path of the TOML file with sources and pipelines.",
+    )
+    host: str = Field(default="0.0.0.0", description="Interface `hookline web` binds.")  # noqa: S104
+    home: Path = Field(default=Path(".hookline"), description="Folder for the embedded Postgres and local state.")
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, description="Default request body cap (per source: max_body_bytes).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for /admin and /metrics. Unset: /admin is off.")
+    public_url: str | None = Field(
+        default=None,
+        description="Public base URL senders use (e.g. https://hooks.example.com); URL-bound signatures are checked against it.",
+    )
+    db_pool_min: int = Field(default=2, description="Minimum connections per process pool.")
+    db_pool_max: int = Field(default=10, description="Maximum connections per process pool.")
+    db_timeout: float = Field(default=5.0, description="Seconds to wait for a connection or a statement on the ingest path.")
+    retry_after_seconds: int = Field(default=5, description="Retry-After sent with 503 when Postgres is unreachable.")
+    worker_concurrency: int = Field(default=10, description="Jobs one worker process runs at once.")
+    worker_poll_interval: float = Field(default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner).")
+    shutdown_timeout: float = Field(default=30.0, description="Seconds a worker waits for running jobs on SIGTERM before handing them back.")
+    stalled_after: float = Field(default=60.0, description="Seconds without a worker heartbeat before its jobs are handed to another worker.")
+    job_retention_hours: int = Field(default=24, description="Finished procrastinate jobs are deleted after this many hours.")
+    payload_retention_days: int = Field(default=30, description="Bodies and payloads of finished events are dropped after this many days (the row, and so deduplication, stays).")
+    llm_timeout: float = Field(default=60.0, description="Seconds before a model call times out.")
+    llm_max_retries: int = Field(default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low).")
+    outbound_timeout: float = Field(default=10.0, description="Seconds before an http action times out.")
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """Where names in hookline.toml (secrets_env, url_env, …) are resolved."""
+        return os.environ
+
+    def dsn(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""Where the SQL lives, and the named-query loader.
+
+Runtime SQL is kept in ``sql/queries/*.sql`` as named blocks::
+
+    -- name: insert_event
+    -- Store a verified delivery; nothing when (source, delivery_id) exists.
+    INSERT INTO ...;
+
+Python only names the block. ``tests/integration/test_queries.py`` prepares every block against a
+migrated database, our compile-time check.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def sql_dir() -> Path:
+    """``sql/`` beside the packages in a checkout, or ``app/_sql`` inside an installed wheel."""
+    for candidate in (_HERE.parent / "sql", _HERE / "_sql"):
+        if (candidate / "migrations").is_dir():
+            return candidate
+    raise FileNotFoundError("hookline's sql/ folder was not found next to the app package")
+
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file into its named blocks. Duplicate names are an error."""
+    out: dict[str, str] = {}
+    matches = list(_NAME.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        lines = [ln for ln in text[m.end() : end].strip().splitlines() if not ln.lstrip().startswith("--")]
+        body = "\n".join(lines).strip().rstrip(";").strip()
+        if m.group(1) in out:
+            raise ValueError(f"duplicate query name {m.group(1)!r}")
+        out[m.group(1)] = body
+    return out
+
+
+@functools.cache
+def queries(name: str) -> dict[str, str]:
+    """The named blocks of ``sql/queries/<name>.sql``."""
+    return parse_queries((sql_dir() / "queries" / f"{name}.sql").read_text(encoding="utf-8"))

@@ -1,0 +1,75 @@
+"""Typed lifespan state of the web process: settings, config, metrics and a self-healing pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import db
+from app.config import Config
+from app.errors import DatabaseUnavailable
+from app.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger("hookline.db")
+
+
+class PoolHolder:
+    """The asyncpg pool, created at startup if Postgres is up, or on first use after it comes up.
+
+    The web process starts (and answers 503 on ingest, 200 on /healthz) even while the database is
+    down; asyncpg replaces broken connections by itself once the server is back.
+    """
+
+    def __init__(self, url: str | None, *, min_size: int, max_size: int, timeout: float, retry_after: int) -> None:
+        self._url = url
+        self._min, self._max, self._timeout, self._retry_after = min_size, max_size, timeout, retry_after
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+        self._next_try = 0.0
+
+    async def open(self) -> None:
+        if self._url is None:
+            return
+        try:
+            await self._create()
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"; requests will retry
+            log.warning("database not reachable at startup (%s); ingest answers 503 until it is", e.__class__.__name__)
+
+    async def _create(self) -> None:
+        async with self._lock:
+            if self._pool is None:
+                assert self._url is not None
+                self._pool = await db.create_pool(self._url, min_size=self._min, max_size=self._max, timeout=self._timeout)
+
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",
+                                      headers={"Retry-After": str(self._retry_after)})
+        return self._pool
+
+    async def ensure(self) -> Any:
+        if self._pool is None and self._url is not None and time.monotonic() >= self._next_try:
+            self._next_try = time.monotonic() + 1.0
+            try:
+                await self._create()
+            except Exception:  # noqa: BLE001
+                pass
+        return self.pool()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    config: Config
+    db: PoolHolder
+    metrics: Metrics = field(default_factory=Metrics)
+    expected_migrations: dict[int, str] = field(default_factory=dict)

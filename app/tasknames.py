@@ -1,0 +1,16 @@
+"""Names shared by the SQL trigger (sql/migrations) and the worker. A test asserts they match.
+
+The worker registers its blueprint under :data:`NAMESPACE`, so procrastinate's full task names
+are ``NAMESPACE:short_name``; the trigger defers by the full name.
+"""
+
+#: procrastinate queue of hookline's jobs.
+QUEUE = "hookline"
+#: Blueprint namespace of hookline's tasks.
+NAMESPACE = "hookline"
+#: Task that processes one event: ``process_event(event_id=N)``.
+PROCESS_EVENT_SHORT = "process_event"
+PROCESS_EVENT = f"{NAMESPACE}:{PROCESS_EVENT_SHORT}"
+#: Periodic upkeep (stalled jobs, retention).
+MAINTENANCE_SHORT = "maintenance"
+MAINTENANCE = f"{NAMESPACE}:{MAINTENANCE_SHORT}"

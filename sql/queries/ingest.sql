@@ -1,0 +1,33 @@
+-- Runtime SQL of the web process (asyncpg: $1, $2 … placeholders).
+
+-- name: insert_event
+-- Store a verified delivery. Nothing happens when (source, delivery_id) exists; the AFTER INSERT
+-- trigger defers the processing job in this same statement's transaction.
+INSERT INTO hookline.events
+    (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
+     headers, body, payload, content_type, remote_addr)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (source, delivery_id) DO NOTHING
+RETURNING id;
+
+-- name: find_event
+-- The id of an already stored delivery (the duplicate answer).
+SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;
+
+-- name: schema_versions
+-- Applied migrations, for /readyz.
+SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
+
+-- name: queue_depth
+-- Jobs waiting and running per queue, for /metrics.
+SELECT queue_name, status::text AS status, count(*) AS n
+FROM procrastinate_jobs
+WHERE status IN ('todo', 'doing')
+GROUP BY queue_name, status;
+
+-- name: event_status_counts
+-- Events per status over the last hour, for /metrics.
+SELECT status, count(*) AS n
+FROM hookline.events
+WHERE received_at > now() - interval '1 hour'
+GROUP BY status;

@@ -1,0 +1,84 @@
+-- Runtime SQL of the worker (psycopg: %(name)s placeholders).
+
+-- name: start_event
+-- Claim an event for processing. Returns nothing for a terminal event (idempotent at execute time).
+UPDATE hookline.events
+SET status = 'processing',
+    attempts = attempts + 1,
+    started_at = coalesce(started_at, now())
+WHERE id = %(event_id)s
+  AND status IN ('queued', 'retrying', 'processing', 'throttled')
+RETURNING id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, payload,
+          attempts, received_at;
+
+-- name: finish_event
+-- Record a terminal outcome (succeeded, skipped, dead).
+UPDATE hookline.events
+SET status = %(status)s,
+    finished_at = now(),
+    dry_run = %(dry_run)s,
+    detail = %(detail)s,
+    last_error = coalesce(%(error)s, last_error)
+WHERE id = %(event_id)s;
+
+-- name: retry_event
+-- A transient failure: the job is rescheduled; the event says why.
+UPDATE hookline.events
+SET status = 'retrying',
+    last_error = %(error)s,
+    detail = %(detail)s
+WHERE id = %(event_id)s;
+
+-- name: succeeded_call
+-- The stored answer a retry reuses instead of paying twice.
+SELECT id, output, response FROM hookline.llm_calls
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeeded';
+
+-- name: insert_call
+-- Store one model call (before any action runs).
+INSERT INTO hookline.llm_calls
+    (event_id, pipeline, model, status, request, response, output, error,
+     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+     cost_usd, latency_ms, request_id)
+VALUES (%(event_id)s, %(pipeline)s, %(model)s, %(status)s, %(request)s, %(response)s, %(output)s, %(error)s,
+        %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s, %(cache_read_input_tokens)s,
+        %(cost_usd)s, %(latency_ms)s, %(request_id)s)
+ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
+RETURNING id;
+
+-- name: claim_action
+-- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.
+INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idempotency_key)
+VALUES (%(event_id)s, %(pipeline)s, %(action)s, %(action_type)s, %(idempotency_key)s)
+ON CONFLICT (event_id, pipeline, action) DO UPDATE
+SET status = 'running', attempts = hookline.action_runs.attempts + 1, started_at = now(),
+    finished_at = NULL, error = NULL
+WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
+RETURNING id, attempts;
+
+-- name: finish_action
+-- Record an action's outcome.
+UPDATE hookline.action_runs
+SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
+WHERE id = %(id)s;
+
+-- name: prune_jobs
+-- Retention: delete a batch of finished procrastinate jobs with no activity for %(hours)s hours.
+DELETE FROM procrastinate_jobs
+WHERE id IN (
+    SELECT j.id FROM procrastinate_jobs j
+    WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+      AND NOT EXISTS (SELECT 1 FROM procrastinate_events e
+                      WHERE e.job_id = j.id AND e.at > now() - make_interval(hours => %(hours)s))
+    LIMIT %(batch)s);
+
+-- name: prune_payloads
+-- Retention: drop the body and payload of a batch of terminal events older than %(days)s days.
+-- The row stays, so deduplication on (source, delivery_id) keeps holding.
+UPDATE hookline.events SET body = NULL, payload = NULL
+WHERE id IN (
+    SELECT id FROM hookline.events
+    WHERE status IN ('succeeded', 'dead', 'skipped')
+      AND received_at < now() - make_interval(days => %(days)s)
+      AND (body IS NOT NULL OR payload IS NOT NULL)
+    LIMIT %(batch)s);

@@ -1,0 +1,81 @@
+"""Migrations against a real, empty database: order, checksums, lock, procrastinate's schema."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app import migrations
+from app.migrations import Migration, MigrationError
+
+
+def test_applies_everything_once_on_an_empty_database(empty_db_url: str) -> None:
+    applied = migrations.migrate(empty_db_url)
+    assert [m.version for m in applied] == [m.version for m in migrations.discover()]
+    assert migrations.migrate(empty_db_url) == []
+    assert migrations.status(empty_db_url).current
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT to_regclass('hookline.events'), to_regclass('procrastinate_jobs')").fetchone() == (
+            "hookline.events", "procrastinate_jobs")
+
+
+def test_a_changed_applied_file_is_refused(empty_db_url: str) -> None:
+    migrations.migrate(empty_db_url)
+    found = migrations.discover()
+    tampered = [*found[:-1], Migration(found[-1].version, found[-1].name, found[-1].sql + "\n-- edited", "0" * 64)]
+    with pytest.raises(MigrationError, match="changed on disk"):
+        migrations.migrate(empty_db_url, tampered)
+    assert not migrations.status(empty_db_url, tampered).current
+
+
+def test_a_failing_migration_leaves_no_trace(empty_db_url: str) -> None:
+    found = migrations.discover()
+    broken = [*found, Migration(len(found) + 1, "broken", "CREATE TABLE hookline.x (id int); SELECT 1/0;", "f" * 64)]
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrations.migrate(empty_db_url, broken)
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT to_regclass('hookline.x')").fetchone() == (None,)
+        versions = [r[0] for r in conn.execute("SELECT version FROM hookline.schema_migrations ORDER BY 1")]
+    assert versions == [m.version for m in found]
+
+
+def test_concurrent_runners_apply_each_migration_once(empty_db_url: str) -> None:
+    errors: list[BaseException] = []
+    results: list[list[Migration]] = []
+
+    def run() -> None:
+        try:
+            results.append(migrations.migrate(empty_db_url))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(migrations.discover())]
+
+
+def test_versions_must_be_contiguous(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="contiguous"):
+        migrations.discover(tmp_path)
+    (tmp_path / "0003_c.sql").unlink()
+    (tmp_path / "2_bad.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNNN"):
+        migrations.discover(tmp_path)
+
+
+def test_procrastinate_schema_is_the_installed_version() -> None:
+    """Migration 0001 is procrastinate's schema.sql verbatim: an upgrade must come with a new migration."""
+    import procrastinate
+
+    installed = (Path(procrastinate.__file__).parent / "sql" / "schema.sql").read_text()
+    ours = migrations.discover()[0].sql.split("-- procrastinate-schema-begin\n", 1)[1]
+    assert ours == installed

@@ -1,0 +1,5 @@
+"""``python -m worker``: what ``hookline worker`` execs."""
+
+from worker.main import main
+
+main()

@@ -1,0 +1,132 @@
+"""``hookline worker``: a supervised procrastinate worker that survives database outages.
+
+procrastinate alone, after a Postgres restart, either keeps running without its LISTEN connection
+(silently polling) or, with a periodic task registered, returns from ``run_worker_async`` as if asked
+to stop. hookline registers a periodic task (so a failed listener ends the loop) and runs the worker
+under this supervisor: any end that is not a requested shutdown waits for the database and starts
+a fresh worker, with a fresh LISTEN. SIGTERM/SIGINT stop it gracefully: no new jobs, running jobs
+get ``HOOKLINE_SHUTDOWN_TIMEOUT`` seconds, then are handed back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import procrastinate
+import psycopg
+
+from app.config import Config, load_config
+from app.db import libpq_dsn
+from app.logs import setup_logging
+from app.settings import Settings
+from app.tasknames import NAMESPACE, QUEUE
+from worker import maintenance, tasks
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.worker")
+
+
+def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
+    connector = procrastinate.PsycopgConnector(
+        conninfo=libpq_dsn(dsn), min_size=1, max_size=pool_size,
+        kwargs={"application_name": "hookline-worker-queue"},
+    )
+    app = procrastinate.App(connector=connector)
+    app.add_tasks_from(tasks.blueprint, namespace=NAMESPACE)
+    assert maintenance.maintenance is not None  # imported for its registration on the blueprint
+    return app
+
+
+async def wait_for_database(dsn: str, stop: asyncio.Event) -> bool:
+    """Block until Postgres accepts a connection (True) or a stop is requested (False)."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            conn = await psycopg.AsyncConnection.connect(libpq_dsn(dsn), connect_timeout=5)
+            await conn.close()
+            return True
+        except (psycopg.OperationalError, OSError) as e:
+            log.warning("database unreachable (%s); retrying in %.1fs", e.__class__.__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
+    return False
+
+
+async def run_worker(settings: Settings, config: Config, *, install_signals: bool = True,
+                     stop: asyncio.Event | None = None, **llm_kwargs: Any) -> None:
+    dsn = settings.dsn()
+    if dsn is None:
+        raise SystemExit("DATABASE_URL is not set")
+    stop = stop or asyncio.Event()
+    current: asyncio.Task[None] | None = None
+
+    def request_stop() -> None:
+        if not stop.is_set():
+            log.info("shutdown requested: finishing running jobs (up to %.0fs)", settings.shutdown_timeout)
+            stop.set()
+            if current is not None:
+                current.cancel()
+
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+    stop_watch = asyncio.create_task(stop.wait())
+    stop_watch.add_done_callback(lambda _: request_stop())
+
+    rt = Runtime.build(settings, config, **llm_kwargs)
+    await rt.open()
+    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2)
+    log.info("hookline worker starting: concurrency %d, %s", settings.worker_concurrency,
+             "dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled")
+    try:
+        while not stop.is_set():
+            if not await wait_for_database(dsn, stop):
+                break
+            try:
+                async with pq_app.open_async():
+                    recovered = await maintenance.recover_stalled(pq_app, settings.stalled_after)
+                    if recovered:
+                        log.info("recovered %d stalled job(s) at start", recovered)
+                    current = asyncio.create_task(pq_app.run_worker_async(
+                        queues=[QUEUE],
+                        name="hookline",
+                        concurrency=settings.worker_concurrency,
+                        fetch_job_polling_interval=settings.worker_poll_interval,
+                        abort_job_polling_interval=settings.worker_poll_interval,
+                        shutdown_graceful_timeout=settings.shutdown_timeout,
+                        stalled_worker_timeout=settings.stalled_after,
+                        install_signal_handlers=False,
+                        additional_context={"runtime": rt},
+                        listen_notify=True,
+                        delete_jobs="never",
+                    ))
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await current
+                    current = None
+            except Exception as e:  # noqa: BLE001 - the supervisor's whole job is to outlive these
+                log.warning("worker loop failed (%s: %s)", e.__class__.__name__, e)
+            if not stop.is_set():
+                log.warning("worker loop ended without a shutdown request (database restart?); restarting")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        stop_watch.cancel()
+        await rt.close()
+        log.info("hookline worker stopped")
+
+
+def main() -> None:
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_format, process="worker")
+    config = load_config(settings.config)
+    asyncio.run(run_worker(settings, config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Periodic upkeep every worker registers: stalled-job recovery and retention.
+
+procrastinate records heartbeats but never retries the jobs of a dead worker by itself; this task
+finds them and hands them back. It runs once at worker start too, so a worker restarted after a crash
+recovers its predecessor's jobs at once. Registering a periodic task also keeps procrastinate's
+side-task monitor alive, so a lost LISTEN connection stops the worker loop (and the supervisor in
+worker.main restarts it) instead of silently degrading to polling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import procrastinate
+from procrastinate import JobContext
+
+from app.tasknames import MAINTENANCE, MAINTENANCE_SHORT, QUEUE
+from worker.tasks import blueprint, runtime_of
+
+log = logging.getLogger("hookline.maintenance")
+
+
+async def recover_stalled(app: procrastinate.App, stalled_after: float) -> int:
+    """Hand back ``doing`` jobs whose worker stopped heart-beating; returns how many."""
+    manager = app.job_manager
+    await manager.prune_stalled_workers(stalled_after)
+    jobs = await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after)
+    for job in jobs:
+        log.warning("job %s (%s %s) stalled: its worker stopped; retrying it", job.id, job.task_name, job.task_kwargs)
+        await manager.retry_job(job)
+    return len(jobs)
+
+
+@blueprint.periodic(cron="* * * * *", periodic_id="maintenance")
+@blueprint.task(name=MAINTENANCE_SHORT, queue=QUEUE, pass_context=True, queueing_lock=MAINTENANCE)
+async def maintenance(context: JobContext, timestamp: int) -> dict[str, int]:
+    rt = runtime_of(context)
+    recovered = await recover_stalled(context.app, rt.settings.stalled_after)
+    pruned = await rt.retention()
+    return {"recovered": recovered, **pruned}

@@ -1,0 +1,100 @@
+"""Run one pipeline for one event: reuse or make the model call, store it, then run the actions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Pipeline
+from worker.actions import ActionContext, run_action
+from worker.errors import InvalidOutput, PipelineError, classify
+from worker.llm import CallRecord, ask
+from worker.prompt import build_request, output_spec
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.pipeline")
+
+
+@dataclass
+class PipelineOutcome:
+    pipeline: str
+    dry_run: bool = False
+    reused_answer: bool = False
+    actions_run: int = 0
+    actions_skipped: int = 0
+
+
+def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
+    usage = rec.usage or {}
+    return {
+        "event_id": event_id, "pipeline": pipeline, "model": rec.model, "status": rec.status,
+        "request": rec.request, "response": rec.response, "output": rec.output, "error": rec.error,
+        "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
+        "cost_usd": rec.cost_usd, "latency_ms": rec.latency_ms, "request_id": rec.request_id,
+    }
+
+
+async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:
+    """The validated output for (event, pipeline): the stored one if any, else a new model call.
+
+    Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the
+    caller runs any action.
+    """
+    eid = event["id"]
+    if not recompute:
+        stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
+        if stored is not None:
+            return stored["output"], True
+    request = build_request(pipeline, event)
+    if rt.llm is None:
+        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
+            model=pipeline.model, status="dry_run", request=request,
+            error="dry run: ANTHROPIC_API_KEY is not set; the request was stored, not sent")))
+        return None, False
+    try:
+        answer = await ask(rt.llm, request, output_spec(pipeline))
+    except InvalidOutput as e:
+        for rec in getattr(e, "calls", []):
+            await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
+        raise
+    except Exception as e:
+        err = classify(e)
+        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
+            model=pipeline.model, status="failed", request=request, error=str(err))))
+        raise err from e
+    for rec in answer.calls:
+        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
+    return answer.output, False
+
+
+async def run_pipeline(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
+                       recompute: bool = False, force_actions: bool = False) -> PipelineOutcome:
+    outcome = PipelineOutcome(pipeline.name)
+    output, outcome.reused_answer = await answer_for(rt, event, pipeline, recompute=recompute)
+    if output is None:
+        outcome.dry_run = True
+        return outcome
+    for index, action in enumerate(pipeline.actions):
+        key = pipeline.action_key(index)
+        idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
+        claim = await rt.db.one("claim_action", event_id=event["id"], pipeline=pipeline.name, action=key,
+                                action_type=action.type, idempotency_key=idem, force=force_actions)
+        if claim is None:
+            outcome.actions_skipped += 1
+            continue
+        ctx = ActionContext(event_id=event["id"], source=event["source"], event_type=event.get("event_type"),
+                            pipeline=pipeline.name, action=key, idempotency_key=idem, output=output,
+                            payload=event.get("payload"))
+        try:
+            result = await run_action(action, ctx, http=rt.http, environ=rt.settings.environ,
+                                      timeout=rt.settings.outbound_timeout)
+        except Exception as e:
+            err = e if isinstance(e, PipelineError) else classify(e)
+            await rt.db.run("finish_action", id=claim["id"], status="failed", result=None, error=str(err))
+            raise err from e
+        await rt.db.run("finish_action", id=claim["id"], status="succeeded", result=result, error=None)
+        outcome.actions_run += 1
+    return outcome

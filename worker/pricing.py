@@ -1,0 +1,49 @@
+"""USD per million tokens, by model (effective 2026-10-07). Update with the provider's price page."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+PRICES_EFFECTIVE = "2026-10-07"
+
+#: model → (input, output, 5m cache write, 1h cache write, cache read), USD per 1M tokens.
+PRICES: dict[str, tuple[str, str, str, str, str]] = {
+    "claude-haiku-5-5": ("0.10", "0.50", "0.125", "0.20", "0.01"),
+    "claude-haiku-4-5": ("1", "5", "1.25", "2", "0.10"),
+    "claude-sonnet-5-5": ("2", "10", "2.50", "4", "0.10"),
+    "claude-sonnet-5": ("2", "10", "2.50", "4", "0.20"),
+    "claude-sonnet-4-6": ("3", "15", "3.75", "6", "0.30"),
+    "claude-sonnet-4-5": ("3", "15", "3.75", "6", "0.30"),
+    "claude-opus-5-5": ("4", "20", "5", "8", "0.20"),
+    "claude-opus-5": ("5", "25", "6.25", "10", "0.50"),
+    "claude-opus-4-8": ("5", "25", "6.25", "10", "0.50"),
+    "claude-opus-4-7": ("5", "25", "6.25", "10", "0.50"),
+    "claude-opus-4-6": ("5", "25", "6.25", "10", "0.50"),
+    "claude-opus-4-5": ("5", "25", "6.25", "10", "0.50"),
+    "claude-fable-5-1": ("10", "50", "12.50", "20", "0.25"),
+    "claude-mythos-5-1": ("10", "50", "12.50", "20", "0.25"),
+}
+_M = Decimal(1_000_000)
+
+
+def cost_usd(model: str, usage: dict[str, Any]) -> Decimal | None:
+    """Cost of one call from its ``usage`` block; None for a model without a price."""
+    price = PRICES.get(model) or PRICES.get(model.rsplit("-", 1)[0])
+    if price is None:
+        return None
+    p_in, p_out, p_w5, p_w1, p_rd = (Decimal(x) for x in price)
+    inp = int(usage.get("input_tokens") or 0)
+    out = int(usage.get("output_tokens") or 0)
+    rd = int(usage.get("cache_read_input_tokens") or 0)
+    cc = usage.get("cache_creation") or {}
+    w5 = int(cc.get("ephemeral_5m_input_tokens") or 0)
+    w1 = int(cc.get("ephemeral_1h_input_tokens") or 0)
+    if not (w5 or w1):
+        w5 = int(usage.get("cache_creation_input_tokens") or 0)
+    if model == "claude-haiku-5-5" and inp + rd + w5 + w1 > 100_000:
+        p_in, p_out, p_w5, p_w1, p_rd = (x * 5 for x in (p_in, p_out, p_w5, p_w1, p_rd))
+    total = (inp * p_in + out * p_out + w5 * p_w5 + w1 * p_w1 + rd * p_rd) / _M
+    if usage.get("service_tier") == "batch":
+        total /= 2
+    return total.quantize(Decimal("0.00000001"))

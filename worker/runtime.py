@@ -1,0 +1,61 @@
+"""What a running worker holds: settings, config, its database pool, the model and HTTP clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx
+
+from app.config import Config
+from app.settings import Settings
+from worker.db import WorkerDB
+from worker.llm import make_client
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    config: Config
+    db: WorkerDB
+    http: httpx.AsyncClient
+    llm: anthropic.AsyncAnthropic | None
+
+    @classmethod
+    def build(cls, settings: Settings, config: Config, **llm_kwargs: Any) -> Runtime:
+        dsn = settings.dsn()
+        if dsn is None:
+            raise RuntimeError("DATABASE_URL is not set (hookline dev sets it for the processes it starts)")
+        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+        llm = None
+        if key:
+            llm = make_client(api_key=key, base_url=settings.anthropic_base_url, timeout=settings.llm_timeout,
+                              max_retries=settings.llm_max_retries, **llm_kwargs)
+        return cls(settings=settings, config=config,
+                   db=WorkerDB(dsn, min_size=1, max_size=settings.worker_concurrency + 2),
+                   http=httpx.AsyncClient(follow_redirects=False), llm=llm)
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def retention(self, batch: int = 500, max_batches: int = 20) -> dict[str, int]:
+        """Delete old finished jobs and old payloads in small batches (short transactions)."""
+        jobs = payloads = 0
+        for _ in range(max_batches):
+            n = await self.db.run("prune_jobs", hours=self.settings.job_retention_hours, batch=batch)
+            jobs += n
+            if n < batch:
+                break
+        for _ in range(max_batches):
+            n = await self.db.run("prune_payloads", days=self.settings.payload_retention_days, batch=batch)
+            payloads += n
+            if n < batch:
+                break
+        return {"jobs_deleted": jobs, "payloads_pruned": payloads}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self.llm is not None:
+            await self.llm.close()
+        await self.db.close()

@@ -1,0 +1,110 @@
+"""procrastinate tasks. Job arguments are ids; the worker reloads state from Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import procrastinate
+from procrastinate import JobContext, RetryDecision
+from procrastinate.jobs import Job
+
+from app.config import Pipeline
+from app.tasknames import PROCESS_EVENT_SHORT, QUEUE
+from worker.errors import classify
+from worker.pipeline import run_pipeline
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.worker")
+
+blueprint = procrastinate.Blueprint()
+
+
+class RetryLater(Exception):
+    """Raised by process_event after it recorded a transient failure: reschedule in ``delay`` s."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class HooklineRetry(procrastinate.BaseRetryStrategy):
+    """The retry decision itself is made in :func:`handle_event` (per pipeline policy, with the
+    event's own attempt count); this strategy only carries it out. A job interrupted by a worker
+    shutdown is handed back at once."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, RetryLater):
+            return RetryDecision(retry_in={"milliseconds": int(exception.delay * 1000)})
+        if isinstance(exception, asyncio.CancelledError | procrastinate.exceptions.JobAborted):
+            return RetryDecision(retry_in={"seconds": 0})
+        return None
+
+
+def runtime_of(context: JobContext) -> Runtime:
+    rt = (context.additional_context or {}).get("runtime")
+    if not isinstance(rt, Runtime):
+        raise RuntimeError("worker started without a hookline runtime in additional_context")
+    return rt
+
+
+@blueprint.task(name=PROCESS_EVENT_SHORT, queue=QUEUE, pass_context=True, retry=HooklineRetry())
+async def process_event(context: JobContext, event_id: int) -> str:
+    return await handle_event(runtime_of(context), event_id)
+
+
+async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, force_actions: bool = False) -> str:
+    """Process one event; returns the status it ended in (or ``noop`` for a terminal event)."""
+    event = await rt.db.one("start_event", event_id=event_id)
+    if event is None:
+        log.info("event %s is already terminal; nothing to do", event_id)
+        return "noop"
+    pipelines = rt.config.pipelines_for(event["source"], event["event_type"])
+    if not pipelines:
+        await _finish(rt, event_id, "skipped",
+                      detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}")
+        return "skipped"
+    current: Pipeline | None = None
+    dry = False
+    try:
+        for pipeline in pipelines:
+            current = pipeline
+            async with asyncio.timeout(pipeline.timeout_seconds):
+                outcome = await run_pipeline(rt, event, pipeline, recompute=recompute, force_actions=force_actions)
+            dry = dry or outcome.dry_run
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(rt.db.run("retry_event", event_id=event_id, error="interrupted (worker shutdown)",
+                                           detail="handed back to the queue"))
+        raise
+    except Exception as e:
+        assert current is not None
+        return await _failed(rt, event, current, e)
+    detail = ("dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, "
+              "no action fired") if dry else None
+    await _finish(rt, event_id, "succeeded", dry_run=dry, detail=detail)
+    return "succeeded"
+
+
+async def _failed(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, exc: BaseException) -> str:
+    err = classify(exc)
+    attempt = int(event["attempts"])
+    policy = pipeline.retry
+    where = f"pipeline {pipeline.name}: {err}"
+    if err.permanent or attempt >= policy.max_attempts:
+        why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
+        await _finish(rt, event["id"], "dead", error=where, detail=why)
+        log.warning("event %s is dead (%s): %s", event["id"], why, where)
+        return "dead"
+    delay = policy.delay(attempt, err.retry_after)
+    await rt.db.run("retry_event", event_id=event["id"], error=where,
+                    detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s")
+    log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
+    raise RetryLater(delay, where) from exc
+
+
+async def _finish(rt: Runtime, event_id: int, status: str, *, dry_run: bool = False,
+                  detail: str | None = None, error: str | None = None) -> None:
+    await rt.db.run("finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error)
