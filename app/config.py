@@ -181,7 +181,7 @@ class RetryPolicy(_Strict):
             base = base * (0.5 + random.random() / 2)
         if retry_after is not None:
             base = max(base, min(retry_after, self.max_backoff_seconds))
-        return base
+        return float(base)
 
 
 class Pipeline(_Strict):
@@ -329,9 +329,11 @@ def environment_problems(config: Config, environ: Mapping[str, str]) -> list[str
     problems: list[str] = []
     for name, src in config.sources.items():
         if not src.secrets(environ):
-            problems.append(f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; every request will get 401")
+            problems.append(f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; "
+                            "every request will get 401")
         if PROVIDERS[src.provider].url_bound and not src.public_url:
-            problems.append(f"sources.{name}.public_url: provider {src.provider} signs the URL; set public_url (or HOOKLINE_PUBLIC_URL)")
+            problems.append(f"sources.{name}.public_url: provider {src.provider} signs the URL; "
+                            "set public_url (or HOOKLINE_PUBLIC_URL)")
     for name, p in config.pipelines.items():
         for i, action in enumerate(p.actions):
             if isinstance(action, HttpAction) and not environ.get(action.url_env):

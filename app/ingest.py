@@ -200,7 +200,7 @@ async def receive_webhook(request: Request) -> Response:
             row = await pool.fetchrow(Q["find_event"], name, delivery_id[:512])
             event_id = row["id"] if row else None
             status = "duplicate"
-    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:
+    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
         state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="db_unavailable")
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
         raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",

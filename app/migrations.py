@@ -82,7 +82,8 @@ def discover(folder: Path | None = None) -> list[Migration]:
         found.append(Migration(int(m.group(1)), m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()))
     for expected, mig in enumerate(found, start=1):
         if mig.version != expected:
-            raise MigrationError(f"migration versions must be contiguous from 0001: expected {expected:04d}, found {mig.version:04d}")
+            raise MigrationError("migration versions must be contiguous from 0001: "
+                                 f"expected {expected:04d}, found {mig.version:04d}")
     return found
 
 
@@ -136,10 +137,10 @@ def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migrati
                 record = "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
                 if mig.transactional:
                     with conn.transaction():
-                        conn.execute(mig.sql)  # type: ignore[call-overload]
+                        conn.execute(mig.sql.encode())
                         conn.execute(record, (mig.version, mig.name, mig.checksum))
                 else:
-                    conn.execute(mig.sql)  # type: ignore[call-overload]
+                    conn.execute(mig.sql.encode())
                     conn.execute(record, (mig.version, mig.name, mig.checksum))
                 done.append(mig)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,14 +37,15 @@ class PoolHolder:
             return
         try:
             await self._create()
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"; requests will retry
+        except Exception as e:
             log.warning("database not reachable at startup (%s); ingest answers 503 until it is", e.__class__.__name__)
 
     async def _create(self) -> None:
         async with self._lock:
             if self._pool is None:
                 assert self._url is not None
-                self._pool = await db.create_pool(self._url, min_size=self._min, max_size=self._max, timeout=self._timeout)
+                self._pool = await db.create_pool(self._url, min_size=self._min, max_size=self._max,
+                                                  timeout=self._timeout)
 
     def pool(self) -> Any:
         if self._pool is None:
@@ -54,10 +56,8 @@ class PoolHolder:
     async def ensure(self) -> Any:
         if self._pool is None and self._url is not None and time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + 1.0
-            try:
+            with contextlib.suppress(Exception):  # still down: pool() answers 503
                 await self._create()
-            except Exception:  # noqa: BLE001
-                pass
         return self.pool()
 
     async def close(self) -> None:

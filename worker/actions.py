@@ -58,7 +58,8 @@ async def run_action(action: Action, ctx: ActionContext, *, http: httpx.AsyncCli
         result = fn(ctx)
         if inspect.isawaitable(result):
             result = await result
-        return {"returned": result if isinstance(result, str | int | float | bool | dict | list | None) else repr(result)}
+        plain = isinstance(result, str | int | float | bool | dict | list | None)
+        return {"returned": result if plain else repr(result)}
     raise PermanentError(f"unknown action type {getattr(action, 'type', '?')}")
 
 

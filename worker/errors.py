@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anthropic
@@ -43,7 +44,7 @@ class ActionFailed(PipelineError):
     pass
 
 
-def retry_after_seconds(headers: httpx.Headers | dict[str, str] | None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     """``retry-after-ms`` / ``retry-after`` (seconds or HTTP date) as seconds, if present."""
     if not headers:
         return None
@@ -70,7 +71,8 @@ def classify(exc: BaseException) -> PipelineError:
     msg = f"{exc.__class__.__name__}: {exc}"
     if isinstance(exc, anthropic.APIStatusError):
         ra = retry_after_seconds(exc.response.headers if exc.response is not None else None)
-        api = f"anthropic {exc.status_code} {getattr(exc, 'type', None) or ''}: {getattr(exc, 'api_message', None) or exc.message}"
+        kind = getattr(exc, "type", None) or ""
+        api = f"anthropic {exc.status_code} {kind}: {getattr(exc, 'api_message', None) or exc.message}"
         if isinstance(exc, anthropic.EnforcedSpendLimitReachedError | anthropic.ContractSpendLimitReachedError):
             return PermanentError(api)
         if exc.status_code in (408, 409, 429) or exc.status_code >= 500:

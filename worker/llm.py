@@ -38,7 +38,8 @@ class Answer:
     calls: list[CallRecord]
 
 
-def make_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int, **kw: Any) -> anthropic.AsyncAnthropic:
+def make_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int,
+                **kw: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries, **kw)
 
 
@@ -72,7 +73,7 @@ def _check(message: dict[str, Any], spec: OutputSpec) -> Any:
 async def _one_call(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> CallRecord:
     started = time.monotonic()
     raw = await client.messages.with_raw_response.create(**request)
-    message = raw.parse()
+    message = await raw.parse()
     latency = int((time.monotonic() - started) * 1000)
     body = message.model_dump(mode="json", exclude_none=False)
     usage = body.get("usage") or {}

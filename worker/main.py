@@ -36,8 +36,10 @@ def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
         kwargs={"application_name": "hookline-worker-queue"},
     )
     app = procrastinate.App(connector=connector)
-    app.add_tasks_from(tasks.blueprint, namespace=NAMESPACE)
-    assert maintenance.maintenance is not None  # imported for its registration on the blueprint
+    bp = procrastinate.Blueprint()
+    tasks.register(bp)
+    maintenance.register(bp)
+    app.add_tasks_from(bp, namespace=NAMESPACE)
     return app
 
 
@@ -65,12 +67,14 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
     stop = stop or asyncio.Event()
     current: asyncio.Task[None] | None = None
 
+    cancelled: set[int] = set()
+
     def request_stop() -> None:
-        if not stop.is_set():
+        stop.set()
+        if current is not None and id(current) not in cancelled:
             log.info("shutdown requested: finishing running jobs (up to %.0fs)", settings.shutdown_timeout)
-            stop.set()
-            if current is not None:
-                current.cancel()
+            cancelled.add(id(current))
+            current.cancel()
 
     if install_signals:
         loop = asyncio.get_running_loop()
@@ -109,7 +113,7 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
                     with contextlib.suppress(asyncio.CancelledError):
                         await current
                     current = None
-            except Exception as e:  # noqa: BLE001 - the supervisor's whole job is to outlive these
+            except Exception as e:
                 log.warning("worker loop failed (%s: %s)", e.__class__.__name__, e)
             if not stop.is_set():
                 log.warning("worker loop ended without a shutdown request (database restart?); restarting")

@@ -15,7 +15,7 @@ import procrastinate
 from procrastinate import JobContext
 
 from app.tasknames import MAINTENANCE, MAINTENANCE_SHORT, QUEUE
-from worker.tasks import blueprint, runtime_of
+from worker.tasks import runtime_of
 
 log = logging.getLogger("hookline.maintenance")
 
@@ -24,17 +24,21 @@ async def recover_stalled(app: procrastinate.App, stalled_after: float) -> int:
     """Hand back ``doing`` jobs whose worker stopped heart-beating; returns how many."""
     manager = app.job_manager
     await manager.prune_stalled_workers(stalled_after)
-    jobs = await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after)
+    jobs = list(await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after))
     for job in jobs:
         log.warning("job %s (%s %s) stalled: its worker stopped; retrying it", job.id, job.task_name, job.task_kwargs)
         await manager.retry_job(job)
     return len(jobs)
 
 
-@blueprint.periodic(cron="* * * * *", periodic_id="maintenance")
-@blueprint.task(name=MAINTENANCE_SHORT, queue=QUEUE, pass_context=True, queueing_lock=MAINTENANCE)
 async def maintenance(context: JobContext, timestamp: int) -> dict[str, int]:
     rt = runtime_of(context)
     recovered = await recover_stalled(context.app, rt.settings.stalled_after)
     pruned = await rt.retention()
     return {"recovered": recovered, **pruned}
+
+
+def register(bp: procrastinate.Blueprint) -> None:
+    """Add the maintenance task, every minute, with a queueing lock (never a lock, see procrastinate#1408)."""
+    task = bp.task(name=MAINTENANCE_SHORT, queue=QUEUE, pass_context=True, queueing_lock=MAINTENANCE)(maintenance)
+    bp.periodic(cron="* * * * *", periodic_id="maintenance")(task)

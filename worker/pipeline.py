@@ -37,7 +37,8 @@ def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
     }
 
 
-async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:
+async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
+                     recompute: bool = False) -> tuple[Any, bool]:
     """The validated output for (event, pipeline): the stored one if any, else a new model call.
 
     Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anthropic
@@ -104,7 +105,8 @@ def output_spec(pipeline: Pipeline) -> OutputSpec:
     return cached[1]
 
 
-def build_request(pipeline: Pipeline, event: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def build_request(pipeline: Pipeline, event: dict[str, Any],
+                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The exact ``messages.create`` keyword arguments for this event (stored for dry runs too)."""
     spec = output_spec(pipeline)
     system = SYSTEM_PREAMBLE + "\n\nPipeline instructions:\n" + pipeline.instructions
@@ -115,7 +117,7 @@ def build_request(pipeline: Pipeline, event: dict[str, Any], history: list[dict[
         "event_id": event["id"],
         "source": event["source"],
         "event_type": event.get("event_type"),
-        "occurred_at": occurred.isoformat() if hasattr(occurred, "isoformat") else occurred,
+        "occurred_at": occurred.isoformat() if isinstance(occurred, datetime) else occurred,
         "fields": trim(event.get("payload"), pipeline.fields),
     }
     if history:

@@ -19,9 +19,6 @@ from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
 
-blueprint = procrastinate.Blueprint()
-
-
 class RetryLater(Exception):
     """Raised by process_event after it recorded a transient failure: reschedule in ``delay`` s."""
 
@@ -50,9 +47,13 @@ def runtime_of(context: JobContext) -> Runtime:
     return rt
 
 
-@blueprint.task(name=PROCESS_EVENT_SHORT, queue=QUEUE, pass_context=True, retry=HooklineRetry())
 async def process_event(context: JobContext, event_id: int) -> str:
     return await handle_event(runtime_of(context), event_id)
+
+
+def register(bp: procrastinate.Blueprint) -> None:
+    """Add process_event to a fresh blueprint (each App gets its own Task objects)."""
+    bp.task(name=PROCESS_EVENT_SHORT, queue=QUEUE, pass_context=True, retry=HooklineRetry())(process_event)
 
 
 async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, force_actions: bool = False) -> str:

@@ -13,7 +13,6 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 HeadersInput: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -172,32 +171,6 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-# --- timestamps -------------------------------------------------------------------------------
-
-_INT_RE = re.compile(r"^[0-9]{1,19}$")
-
-
-def parse_unix(value: str, what: str = "timestamp") -> int:
-    """Parse an integer unix timestamp from a header; anything else is ``malformed_header``."""
-    if not _INT_RE.match(value.strip()):
-        raise SignatureError("malformed_header", f"{what} is not an integer")
-    return int(value.strip())
-
-
-def check_window(ts: float, now: float, tolerance: int | None) -> None:
-    """Reject a *signed* timestamp outside ``[now - tolerance, now + tolerance]``.
-
-    Both directions, for every scheme (see the package docstring for why Stripe and Paddle, whose
-    SDKs only check the past, are treated the same way).
-    """
-    if tolerance is None:
-        return
-    if ts < now - tolerance:
-        raise SignatureError("timestamp_expired")
-    if ts > now + tolerance:
-        raise SignatureError("timestamp_in_future")
-
-
 def parse_pairs(value: str, sep: str, what: str) -> list[tuple[str, str]]:
     """Split ``k=v<sep>k=v``; an item without '=' is ``malformed_header``."""
     pairs: list[tuple[str, str]] = []
@@ -291,24 +264,3 @@ def content_type_for(body: bytes) -> str:
     if stripped[:1] in (b"{", b"["):
         return "application/json"
     return "application/x-www-form-urlencoded"
-
-
-def parse_iso(value: str) -> datetime | None:
-    """ISO-8601 / RFC 3339 (nanoseconds truncated, ``Z`` accepted) → tz-aware UTC, else None."""
-    text = value.strip()
-    if not text or len(text) > 64 or not text[:1].isdigit():
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def parse_signed_iso(value: str, what: str) -> float:
-    parsed = parse_iso(value)
-    if parsed is None:
-        raise SignatureError("malformed_header", f"{what} is not an RFC 3339 timestamp")
-    return parsed.timestamp()

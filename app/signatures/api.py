@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets as _random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,7 +58,7 @@ def verify(
     provider: str,
     *,
     secrets: Sequence[str],
-    headers: HeadersInput,
+    headers: HeadersInput | Headers,
     body: bytes,
     url: str | None = None,
     method: str = "POST",
@@ -163,14 +164,14 @@ def sign(
 
 
 def generate_keypair(provider: str) -> tuple[str, str]:
-    """``(private, public)`` for public-key providers, ``(secret, secret)`` for HMAC ones."""
+    """``(private, public)`` for public-key schemes, ``(secret, secret)`` for HMAC ones.
+
+    discord_interactions: (hex seed, hex public key); sendgrid_event_webhook: (base64 DER PKCS#8,
+    base64 DER SPKI); standard_webhooks: an Ed25519 (``whsk_…``, ``whpk_…``) pair for ``v1a``.
+    """
     scheme = _scheme(provider)
     if scheme.keypair is not None:
         return scheme.keypair()
-    if provider == "standard_webhooks":  # pragma: no cover - has its own keypair
-        raise AssertionError
-    import secrets as _random
-
     token = _random.token_urlsafe(32)
     return token, token
 

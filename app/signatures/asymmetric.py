@@ -26,9 +26,8 @@ from ._base import (
     VerifyRequest,
     b64,
     b64decode_strict,
-    check_window,
-    parse_unix,
 )
+from ._time import check_window, parse_unix
 
 # --- Discord ---------------------------------------------------------------------------------------
 

@@ -22,12 +22,12 @@ from ._base import (
     any_secret_matches,
     b64,
     b64_matches,
-    check_window,
     content_type_for,
     digest,
     hex_matches,
     text_matches,
 )
+from ._time import check_window
 
 ExtraHeaders = Callable[[SignInput], dict[str, str]]
 

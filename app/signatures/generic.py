@@ -20,12 +20,11 @@ from ._base import (
     any_secret_matches,
     b64,
     b64_matches,
-    check_window,
     content_type_for,
     digest,
     hex_matches,
-    parse_unix,
 )
+from ._time import check_window, parse_unix
 from .options import HmacOptions
 
 

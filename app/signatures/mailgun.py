@@ -21,11 +21,10 @@ from ._base import (
     SignInput,
     VerifyRequest,
     any_secret_matches,
-    check_window,
     digest,
     hex_matches,
-    parse_unix,
 )
+from ._time import check_window, parse_unix
 
 
 def _fields(body: bytes) -> tuple[str, str, str]:

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ._base import Headers, HeadersInput, parse_iso
+from ._base import (
+    Headers,
+    HeadersInput,
+)
+from ._time import parse_iso
 from .locators import Locator, first, parse_locators, scalar_text, walk
 from .specs import get_spec
 

@@ -51,6 +51,11 @@ class HmacOptions:
         if "id" in names and self.id_header is None:
             raise ValueError("hmac option 'signed' uses {id} but 'id_header' is not set")
 
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | HmacOptions) -> HmacOptions:
+        """Build from a TOML table; ``ValueError`` naming the bad key."""
+        return coerce_options(options)
+
     @property
     def signs_timestamp(self) -> bool:
         return "timestamp" in template_fields(self.signed)

@@ -26,10 +26,9 @@ from ._base import (
     VerifyRequest,
     b64,
     b64decode_strict,
-    check_window,
     digest,
-    parse_unix,
 )
+from ._time import check_window, parse_unix
 
 
 def _family(headers: Headers) -> str:

@@ -21,15 +21,13 @@ from ._base import (
     any_secret_matches,
     b64,
     b64_matches,
-    check_window,
     content_type_for,
     digest,
     hex_matches,
     parse_pairs,
-    parse_signed_iso,
-    parse_unix,
     single,
 )
+from ._time import check_window, parse_signed_iso, parse_unix
 
 
 def _t_v1_scheme(header: str, pair_sep: str, ts_key: str, sig_key: str, joiner: str) -> Scheme:

@@ -20,10 +20,9 @@ from ._base import (
     any_secret_matches,
     b64,
     b64_matches,
-    check_window,
     digest,
-    parse_unix,
 )
+from ._time import check_window, parse_unix
 
 # --- Twilio: base64 HMAC-SHA1 over URL + sorted form params (or URL?bodySHA256= for JSON) --------
 

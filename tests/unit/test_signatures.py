@@ -52,8 +52,12 @@ def test_vector_without_frozen_clock_fails_on_time() -> None:
     """The vectors are years old: with the real clock the signed timestamp is expired."""
     vector = VECTORS[0]
     with pytest.raises(SignatureError) as info:
-        verify("standard_webhooks", secrets=[vector["secret"]], headers=vector["headers"],
-               body=vector["body"].encode())
+        verify(
+            "standard_webhooks",
+            secrets=[vector["secret"]],
+            headers=vector["headers"],
+            body=vector["body"].encode(),
+        )
     assert info.value.code == "timestamp_expired"
 
 
@@ -61,19 +65,32 @@ def test_stripe_dotnet_fixture_signature() -> None:
     """shared/payloads/SOURCES.md: stripe-dotnet EventUtilityTest over the exact file bytes."""
     body = (PAYLOADS / "stripe" / "customer.created.json").read_bytes()
     header = "t=1533204620,v1=2220f87ef101a04665f11cdf770523143f875572008577fa0f20882ddb9cc3c7"
-    verify("stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header}, body=body,
-           now=1533204620)
+    verify(
+        "stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header}, body=body, now=1533204620
+    )
     with pytest.raises(SignatureError):
-        verify("stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header},
-               body=body.rstrip(b"\n") + b" \n", now=1533204620)
+        verify(
+            "stripe",
+            secrets=["webhook_secret"],
+            headers={"Stripe-Signature": header},
+            body=body.rstrip(b"\n") + b" \n",
+            now=1533204620,
+        )
 
 
 @pytest.mark.parametrize(
     ("name", "ts", "sig"),
     [
-        ("customer.created.json", 1710498758, "558bf93944dbeb4790c7a8af6cb2ea435c8ca9c8396aafc1a4e37424ac132744"),
-        ("customer.created.special_chars.json", 1710498288,
-         "38219b3ba1578184e625c29d201a27cd25bd69e2ec9c3ab87dcb90d87ff73a41"),
+        (
+            "customer.created.json",
+            1710498758,
+            "558bf93944dbeb4790c7a8af6cb2ea435c8ca9c8396aafc1a4e37424ac132744",
+        ),
+        (
+            "customer.created.special_chars.json",
+            1710498288,
+            "38219b3ba1578184e625c29d201a27cd25bd69e2ec9c3ab87dcb90d87ff73a41",
+        ),
     ],
 )
 def test_paddle_fixture_needs_the_final_newline_stripped(name: str, ts: int, sig: str) -> None:
@@ -102,14 +119,22 @@ def test_unknown_provider_is_a_value_error() -> None:
 def test_headers_are_case_insensitive_and_may_be_pairs() -> None:
     lower = {k.lower(): v for k, v in GH_HEADERS.items()}
     verify("github", secrets=[SECRET], headers=lower, body=b"Hello, World!")
-    verify("github", secrets=[SECRET], headers=[("X-HUB-SIGNATURE-256", GH_HEADERS["X-Hub-Signature-256"]),
-                                               ("Content-Type", "text/plain")], body=b"Hello, World!")
+    verify(
+        "github",
+        secrets=[SECRET],
+        headers=[("X-HUB-SIGNATURE-256", GH_HEADERS["X-Hub-Signature-256"]), ("Content-Type", "text/plain")],
+        body=b"Hello, World!",
+    )
 
 
 def test_uppercase_hex_signature_is_accepted() -> None:
     value = GH_HEADERS["X-Hub-Signature-256"]
-    verify("github", secrets=[SECRET], headers={"X-Hub-Signature-256": "sha256=" + value[7:].upper()},
-           body=b"Hello, World!")
+    verify(
+        "github",
+        secrets=[SECRET],
+        headers={"X-Hub-Signature-256": "sha256=" + value[7:].upper()},
+        body=b"Hello, World!",
+    )
 
 
 def test_legacy_sha1_header_alone_is_not_accepted() -> None:
@@ -118,8 +143,9 @@ def test_legacy_sha1_header_alone_is_not_accepted() -> None:
         verify("github", secrets=[SECRET], headers={"X-Hub-Signature": "sha1=" + sha1}, body=b"Hello, World!")
     assert info.value.code == "missing_header"
     with pytest.raises(SignatureError) as info:
-        verify("github", secrets=[SECRET], headers={"X-Hub-Signature-256": "sha1=" + sha1},
-               body=b"Hello, World!")
+        verify(
+            "github", secrets=[SECRET], headers={"X-Hub-Signature-256": "sha1=" + sha1}, body=b"Hello, World!"
+        )
     assert info.value.code == "unsupported_version"
 
 
@@ -156,21 +182,53 @@ def test_negative_tolerance_is_rejected() -> None:
 
 
 def test_reason_codes_are_closed() -> None:
-    assert {"missing_header", "malformed_header", "bad_signature", "timestamp_expired",
-            "timestamp_in_future", "no_secret", "unsupported_version", "url_required"} <= REASON_CODES
+    assert {
+        "missing_header",
+        "malformed_header",
+        "bad_signature",
+        "timestamp_expired",
+        "timestamp_in_future",
+        "no_secret",
+        "unsupported_version",
+        "url_required",
+    } <= REASON_CODES
     with pytest.raises(ValueError):
         SignatureError("made_up")
 
 
 def test_every_provider_has_a_spec_with_consistent_flags() -> None:
     expected = {
-        "standard_webhooks", "stripe", "github", "shopify", "slack", "twilio", "linear", "zendesk",
-        "intercom", "hubspot_v3", "meta_whatsapp", "discord_interactions", "gitlab", "paddle_billing",
-        "square", "pagerduty_v3", "sentry", "mailgun", "sendgrid_event_webhook", "calendly", "typeform",
-        "jira_cloud", "twitch_eventsub", "zoom", "hmac",
+        "standard_webhooks",
+        "stripe",
+        "github",
+        "shopify",
+        "slack",
+        "twilio",
+        "linear",
+        "zendesk",
+        "intercom",
+        "hubspot_v3",
+        "meta_whatsapp",
+        "discord_interactions",
+        "gitlab",
+        "paddle_billing",
+        "square",
+        "pagerduty_v3",
+        "sentry",
+        "mailgun",
+        "sendgrid_event_webhook",
+        "calendly",
+        "typeform",
+        "jira_cloud",
+        "twitch_eventsub",
+        "zoom",
+        "hmac",
     }
     assert set(PROVIDERS) == expected
-    assert {p for p, s in PROVIDERS.items() if s.public_key} == {"discord_interactions", "sendgrid_event_webhook"}
+    assert {p for p, s in PROVIDERS.items() if s.public_key} == {
+        "discord_interactions",
+        "sendgrid_event_webhook",
+    }
     assert {p for p, s in PROVIDERS.items() if s.url_bound} == {"twilio", "square", "hubspot_v3"}
     assert PROVIDERS["stripe"].default_tolerance == 300
     assert PROVIDERS["paddle_billing"].default_tolerance == 5

@@ -78,17 +78,38 @@ def _keys(provider: str, which: int) -> tuple[str, str]:
 
 
 def signed(provider: str, body: bytes = BODY, which: int = 0, **kw: Any) -> dict[str, Any]:
-    req = sign_request(provider, secret=keys(provider, which)[0], body=body, url=URL, now=NOW,
-                       delivery_id="d-1", options=HMAC_OPTS if provider == "hmac" else None, **kw)
+    req = sign_request(
+        provider,
+        secret=keys(provider, which)[0],
+        body=body,
+        url=URL,
+        now=NOW,
+        delivery_id="d-1",
+        options=HMAC_OPTS if provider == "hmac" else None,
+        **kw,
+    )
     return {"headers": dict(req.headers), "body": req.body}
 
 
-def check(provider: str, code: str, *, secrets: list[str] | None = None, forbidden: tuple[str, ...] = (),
-          now: float = NOW, **request: Any) -> SignatureError:
+def check(
+    provider: str,
+    code: str,
+    *,
+    secrets: list[str] | None = None,
+    forbidden: tuple[str, ...] = (),
+    now: float = NOW,
+    **request: Any,
+) -> SignatureError:
     secrets = secrets if secrets is not None else [keys(provider)[1]]
     with pytest.raises(SignatureError) as info:
-        verify(provider, secrets=secrets, url=URL, now=now,
-               options=HMAC_OPTS if provider == "hmac" else None, **request)
+        verify(
+            provider,
+            secrets=secrets,
+            url=URL,
+            now=now,
+            options=HMAC_OPTS if provider == "hmac" else None,
+            **request,
+        )
     exc = info.value
     assert exc.code == code, (exc.code, str(exc))
     leaks = [*secrets, keys(provider)[0], *forbidden]
@@ -107,8 +128,14 @@ def check(provider: str, code: str, *, secrets: list[str] | None = None, forbidd
 
 def test_baseline_valid_for_every_provider() -> None:
     for provider in PROVIDERS:
-        verify(provider, secrets=[keys(provider)[1]], url=URL, now=NOW,
-               options=HMAC_OPTS if provider == "hmac" else None, **signed(provider))
+        verify(
+            provider,
+            secrets=[keys(provider)[1]],
+            url=URL,
+            now=NOW,
+            options=HMAC_OPTS if provider == "hmac" else None,
+            **signed(provider),
+        )
 
 
 @pytest.mark.parametrize("provider", BODY_BOUND)
@@ -125,8 +152,14 @@ def test_wrong_secret(provider: str) -> None:
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 def test_rotation_second_secret_matches(provider: str) -> None:
-    verify(provider, secrets=[keys(provider, 1)[1], keys(provider)[1]], url=URL, now=NOW,
-           options=HMAC_OPTS if provider == "hmac" else None, **signed(provider))
+    verify(
+        provider,
+        secrets=[keys(provider, 1)[1], keys(provider)[1]],
+        url=URL,
+        now=NOW,
+        options=HMAC_OPTS if provider == "hmac" else None,
+        **signed(provider),
+    )
 
 
 @pytest.mark.parametrize("provider", HEADER_SIGNED)
@@ -191,8 +224,13 @@ def test_explicit_tolerance_overrides_the_default() -> None:
     check("stripe", "timestamp_expired", now=NOW + 11, tolerance=10, **signed("stripe"))
     verify("stripe", secrets=[keys("stripe")[1]], now=NOW + 3000, tolerance=3600, **signed("stripe"))
     check("paddle_billing", "timestamp_expired", now=NOW + 6, **signed("paddle_billing"))
-    verify("paddle_billing", secrets=[keys("paddle_billing")[1]], now=NOW + 6, tolerance=30,
-           **signed("paddle_billing"))
+    verify(
+        "paddle_billing",
+        secrets=[keys("paddle_billing")[1]],
+        now=NOW + 6,
+        tolerance=30,
+        **signed("paddle_billing"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -231,8 +269,13 @@ def test_stripe_v0_only_header_fails_even_with_a_correct_digest() -> None:
     good = _hex(secret, f"{NOW}.".encode() + BODY)
     check("stripe", "unsupported_version", headers={"Stripe-Signature": f"t={NOW},v0={good}"}, body=BODY)
     check("stripe", "unsupported_version", headers={"Stripe-Signature": f"t={NOW},v2={good}"}, body=BODY)
-    verify("stripe", secrets=[secret], headers={"Stripe-Signature": f"t={NOW},v0=00,v1={good}"}, body=BODY,
-           now=NOW)
+    verify(
+        "stripe",
+        secrets=[secret],
+        headers={"Stripe-Signature": f"t={NOW},v0=00,v1={good}"},
+        body=BODY,
+        now=NOW,
+    )
 
 
 def test_stripe_several_v1_values() -> None:
@@ -248,15 +291,23 @@ def test_paddle_several_h1_and_unknown_keys() -> None:
     good = _hex(secret, f"{NOW}:".encode() + BODY)
     header = f"ts={NOW};h2=ff;h1=dummy;h1={good}"
     verify("paddle_billing", secrets=[secret], headers={"Paddle-Signature": header}, body=BODY, now=NOW)
-    check("paddle_billing", "unsupported_version", headers={"Paddle-Signature": f"ts={NOW};h2={good}"},
-          body=BODY)
+    check(
+        "paddle_billing",
+        "unsupported_version",
+        headers={"Paddle-Signature": f"ts={NOW};h2={good}"},
+        body=BODY,
+    )
 
 
 def test_pagerduty_several_v1_and_unknown_versions() -> None:
     secret = keys("pagerduty_v3")[0]
     good = _hex(secret, BODY)
-    verify("pagerduty_v3", secrets=[secret], headers={"X-PagerDuty-Signature": f"v1={'0' * 64},v1={good}"},
-           body=BODY)
+    verify(
+        "pagerduty_v3",
+        secrets=[secret],
+        headers={"X-PagerDuty-Signature": f"v1={'0' * 64},v1={good}"},
+        body=BODY,
+    )
     check("pagerduty_v3", "unsupported_version", headers={"X-PagerDuty-Signature": f"v2={good}"}, body=BODY)
 
 
@@ -277,8 +328,13 @@ def test_stripe_secret_is_used_verbatim_not_decoded() -> None:
     secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
     decoded_key = base64.b64decode(secret[6:])
     bad = hmac.new(decoded_key, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
-    check("stripe", "bad_signature", secrets=[secret], headers={"Stripe-Signature": f"t={NOW},v1={bad}"},
-          body=BODY)
+    check(
+        "stripe",
+        "bad_signature",
+        secrets=[secret],
+        headers={"Stripe-Signature": f"t={NOW},v1={bad}"},
+        body=BODY,
+    )
     good = _hex(secret, f"{NOW}.".encode() + BODY)
     verify("stripe", secrets=[secret], headers={"Stripe-Signature": f"t={NOW},v1={good}"}, body=BODY, now=NOW)
 
@@ -312,8 +368,10 @@ def test_standard_webhooks_secret_is_base64_decoded_not_verbatim() -> None:
 # --- encodings, algorithms and bytes -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("provider", "header", "prefix"), [("shopify", "X-Shopify-Hmac-Sha256", ""),
-                                                            ("typeform", "Typeform-Signature", "sha256=")])
+@pytest.mark.parametrize(
+    ("provider", "header", "prefix"),
+    [("shopify", "X-Shopify-Hmac-Sha256", ""), ("typeform", "Typeform-Signature", "sha256=")],
+)
 def test_hex_where_base64_is_expected(provider: str, header: str, prefix: str) -> None:
     hex_sig = _hex(keys(provider)[0], BODY)
     check(provider, "bad_signature", headers={header: prefix + hex_sig}, body=BODY)
@@ -340,27 +398,48 @@ def test_unicode_escapes_re_serialised_fail() -> None:
 
 
 def test_paddle_special_chars_re_serialised_fail() -> None:
-    vector = next(v for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
-                  if "special_chars" in v["name"])
+    vector = next(
+        v
+        for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
+        if "special_chars" in v["name"]
+    )
     redumped = json.dumps(json.loads(vector["body"]), ensure_ascii=False, separators=(",", ":")).encode()
     assert redumped != vector["body"].encode()
-    check("paddle_billing", "bad_signature", secrets=[vector["secret"]], headers=vector["headers"],
-          body=redumped, now=vector["now"], tolerance=vector["tolerance_seconds"])
+    check(
+        "paddle_billing",
+        "bad_signature",
+        secrets=[vector["secret"]],
+        headers=vector["headers"],
+        body=redumped,
+        now=vector["now"],
+        tolerance=vector["tolerance_seconds"],
+    )
 
 
 def test_sendgrid_trailing_crlf_dropped_fails() -> None:
-    vector = next(v for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
-                  if v["provider"] == "sendgrid_event_webhook" and v["expected_valid"])
+    vector = next(
+        v
+        for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
+        if v["provider"] == "sendgrid_event_webhook" and v["expected_valid"]
+    )
     assert vector["body"].endswith("\r\n")
-    check("sendgrid_event_webhook", "bad_signature", secrets=[vector["public_key"]],
-          headers=vector["headers"], body=vector["body"][:-2].encode(), now=vector["now"])
+    check(
+        "sendgrid_event_webhook",
+        "bad_signature",
+        secrets=[vector["public_key"]],
+        headers=vector["headers"],
+        body=vector["body"][:-2].encode(),
+        now=vector["now"],
+    )
 
 
 def test_swapped_signed_fields_fail() -> None:
-    for provider, header in (("twitch_eventsub", "Twitch-Eventsub-Message-Id"),
-                             ("discord_interactions", "X-Signature-Timestamp"),
-                             ("sendgrid_event_webhook", "X-Twilio-Email-Event-Webhook-Timestamp"),
-                             ("standard_webhooks", "webhook-id")):
+    for provider, header in (
+        ("twitch_eventsub", "Twitch-Eventsub-Message-Id"),
+        ("discord_interactions", "X-Signature-Timestamp"),
+        ("sendgrid_event_webhook", "X-Twilio-Email-Event-Webhook-Timestamp"),
+        ("standard_webhooks", "webhook-id"),
+    ):
         req = signed(provider)
         req["headers"][header] = str(NOW + 1) if "Timestamp" in header else "other-id"
         check(provider, "bad_signature", **req)

@@ -46,12 +46,29 @@ def test_round_trip_with_sample(provider: str) -> None:
     req = sign_request(provider, secret=private, body=_sample(provider), url=URL, now=NOW, options=opts)
     assert req.headers["Content-Type"].startswith("application/")
     verify(provider, secrets=[public], headers=req.headers, body=req.body, url=URL, now=NOW, options=opts)
-    verify(provider, secrets=[public], headers=list(req.headers.items()), body=req.body, url=URL, now=NOW + 1,
-           options=opts)
+    verify(
+        provider,
+        secrets=[public],
+        headers=list(req.headers.items()),
+        body=req.body,
+        url=URL,
+        now=NOW + 1,
+        options=opts,
+    )
     if provider not in ("mailgun", "linear"):
         assert req.body == _sample(provider)
-        assert sign(provider, secret=private, body=req.body, url=URL, now=NOW, options=opts,
-                    delivery_id=req.headers.get("webhook-id")).keys() == req.headers.keys()
+        assert (
+            sign(
+                provider,
+                secret=private,
+                body=req.body,
+                url=URL,
+                now=NOW,
+                options=opts,
+                delivery_id=req.headers.get("webhook-id"),
+            ).keys()
+            == req.headers.keys()
+        )
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
@@ -68,8 +85,13 @@ def test_standard_webhooks_ed25519_round_trip() -> None:
     req = sign_request("standard_webhooks", secret=private, body=b'{"a":1}', now=NOW, delivery_id="msg_1")
     assert req.headers["webhook-signature"].startswith("v1a,")
     assert req.headers["webhook-id"] == "msg_1"
-    verify("standard_webhooks", secrets=["whsec_" + base64.b64encode(b"k" * 24).decode(), public],
-           headers=req.headers, body=req.body, now=NOW)
+    verify(
+        "standard_webhooks",
+        secrets=["whsec_" + base64.b64encode(b"k" * 24).decode(), public],
+        headers=req.headers,
+        body=req.body,
+        now=NOW,
+    )
     validate_secret("standard_webhooks", private)
     validate_secret("standard_webhooks", public)
 
@@ -95,8 +117,9 @@ def test_sendgrid_pem_private_key_is_accepted() -> None:
 
     der, spki = generate_keypair("sendgrid_event_webhook")
     key = serialization.load_der_private_key(base64.b64decode(der), password=None)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     req = sign_request("sendgrid_event_webhook", secret=pem, body=b"[]\r\n", now=NOW)
     verify("sendgrid_event_webhook", secrets=[spki], headers=req.headers, body=req.body, now=NOW)
 
@@ -123,8 +146,13 @@ HMAC_COMBOS: list[dict[str, Any]] = [
     {"header": "X-Hub-Signature", "algorithm": "sha1", "prefix": "sha1="},
     {"header": "X-Sig", "algorithm": "sha512", "encoding": "base64"},
     {"header": "X-Sig", "signed": "{timestamp}.{body}", "timestamp_header": "X-Timestamp", "prefix": "v1="},
-    {"header": "X-Sig", "signed": "{id}:{timestamp}:{method}:{url}:{body}", "timestamp_header": "X-Ts",
-     "id_header": "X-Id", "encoding": "base64"},
+    {
+        "header": "X-Sig",
+        "signed": "{id}:{timestamp}:{method}:{url}:{body}",
+        "timestamp_header": "X-Ts",
+        "id_header": "X-Id",
+        "encoding": "base64",
+    },
 ]
 
 
@@ -133,20 +161,51 @@ def test_generic_hmac_option_combos(options: dict[str, Any]) -> None:
     for opts in (options, HmacOptions(**options)):
         req = sign_request("hmac", secret="shh", body=b'{"id":1}', url=URL, now=NOW, options=opts)
         assert req.headers[options["header"]].startswith(options.get("prefix", ""))
-        verify("hmac", secrets=["nope", "shh"], headers=req.headers, body=req.body, url=URL, now=NOW,
-               options=opts)
+        verify(
+            "hmac",
+            secrets=["nope", "shh"],
+            headers=req.headers,
+            body=req.body,
+            url=URL,
+            now=NOW,
+            options=opts,
+        )
         with pytest.raises(SignatureError) as info:
-            verify("hmac", secrets=["shh"], headers=req.headers, body=req.body + b" ", url=URL, now=NOW,
-                   options=opts)
+            verify(
+                "hmac",
+                secrets=["shh"],
+                headers=req.headers,
+                body=req.body + b" ",
+                url=URL,
+                now=NOW,
+                options=opts,
+            )
         assert info.value.code == "bad_signature"
         stale = NOW + 301
         if "{timestamp}" in options.get("signed", ""):
             with pytest.raises(SignatureError) as info:
-                verify("hmac", secrets=["shh"], headers=req.headers, body=req.body, url=URL, now=stale,
-                       options=opts)
+                verify(
+                    "hmac",
+                    secrets=["shh"],
+                    headers=req.headers,
+                    body=req.body,
+                    url=URL,
+                    now=stale,
+                    options=opts,
+                )
             assert info.value.code == "timestamp_expired"
         else:
-            verify("hmac", secrets=["shh"], headers=req.headers, body=req.body, url=URL, now=stale, options=opts)
+            verify(
+                "hmac", secrets=["shh"], headers=req.headers, body=req.body, url=URL, now=stale, options=opts
+            )
+
+
+def test_hmac_options_from_mapping() -> None:
+    opts = HmacOptions.from_mapping({"header": "X-Sig", "algorithm": "sha1"})
+    assert opts == HmacOptions(header="X-Sig", algorithm="sha1")
+    assert HmacOptions.from_mapping(opts) is opts
+    with pytest.raises(ValueError, match="encoding"):
+        HmacOptions.from_mapping({"header": "X", "encoding": "z85"})
 
 
 def test_generic_hmac_millisecond_timestamps_and_url_requirement() -> None:
@@ -156,7 +215,9 @@ def test_generic_hmac_millisecond_timestamps_and_url_requirement() -> None:
     import hmac
 
     sig = hmac.new(b"k", ts_ms.encode() + b"{}", hashlib.sha256).hexdigest()
-    verify("hmac", secrets=["k"], headers={"X-Sig": sig, "X-Ts": ts_ms}, body=b"{}", now=NOW + 5, options=opts)
+    verify(
+        "hmac", secrets=["k"], headers={"X-Sig": sig, "X-Ts": ts_ms}, body=b"{}", now=NOW + 5, options=opts
+    )
     url_opts = {"header": "X-Sig", "signed": "{url}{body}"}
     with pytest.raises(SignatureError) as info:
         verify("hmac", secrets=["k"], headers={"X-Sig": sig}, body=b"{}", options=url_opts)
@@ -193,8 +254,9 @@ def test_signed_delivery_id_is_what_extract_meta_reads(provider: str) -> None:
     """Where the provider carries the delivery id in a header, sign() puts the given id there."""
     private, _ = _secrets(provider)
     opts = {"header": "X-Signature"} if provider == "hmac" else None
-    req = sign_request(provider, secret=private, body=_sample(provider), url=URL, now=NOW, delivery_id="dlv-7",
-                       options=opts)
+    req = sign_request(
+        provider, secret=private, body=_sample(provider), url=URL, now=NOW, delivery_id="dlv-7", options=opts
+    )
     meta = extract_meta(provider, headers=req.headers, payload=json.loads(req.body))
     assert meta.delivery_id == "dlv-7"
 
