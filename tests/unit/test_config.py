@@ -1,0 +1,99 @@
+"""hookline.toml validation: errors name the exact key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import environment_problems, load_config, parse_config
+from app.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD: dict[str, Any] = {
+    "sources": {"stripe": {"provider": "stripe", "secrets_env": ["STRIPE_SECRET"]}},
+    "pipelines": {"p": {"source": "stripe", "instructions": "x", "output_schema": {"type": "object"},
+                        "actions": [{"type": "log"}, {"type": "http", "url_env": "CRM_URL"}]}},
+}
+
+
+def _err(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    return str(exc.value)
+
+
+def test_the_sample_file_is_valid() -> None:
+    config = load_config(ROOT / "hookline.toml")
+    assert {"github", "stripe"} <= set(config.sources)
+    assert config.pipelines["payment-recovery"].matches("stripe", "invoice.payment_failed")
+
+
+def test_good_config_parses_and_names_things() -> None:
+    config = parse_config(GOOD)
+    assert config.sources["stripe"].name == "stripe"
+    assert config.pipelines["p"].action_key(0) == "log#0"
+    assert config.pipelines_for("stripe", "anything") == [config.pipelines["p"]]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["sources"]["stripe"].update(provider="strpe"),
+     "sources.stripe.provider: unknown provider 'strpe' (did you mean 'stripe'?)"),
+    (lambda d: d["sources"]["stripe"].update(secrets_env=["not a name"]), "sources.stripe.secrets_env"),
+    (lambda d: d["sources"]["stripe"].update(colour="red"), "sources.stripe.colour: unknown key"),
+    (lambda d: d["sources"]["stripe"].update(ordering_key="data.customer"), "needs a 'header:' or 'json:' prefix"),
+    (lambda d: d["sources"]["stripe"].update(public_url="example.com/x"), "sources.stripe.public_url"),
+    (lambda d: d["pipelines"]["p"].update(source="nope"), "pipelines.p.source: no [sources.nope]"),
+    (lambda d: d["pipelines"]["p"].pop("instructions"), "pipelines.p.instructions: required key is missing"),
+    (lambda d: d["pipelines"]["p"].update(output_model="x:Y"), "set exactly one of output_schema or output_model"),
+    (lambda d: d["pipelines"]["p"].update(output_schema={"type": "string"}), "pipelines.p.output_schema"),
+    (lambda d: d["pipelines"]["p"]["actions"].append({"type": "email"}), "pipelines.p.actions.2"),
+    (lambda d: d["pipelines"]["p"]["actions"].append({"type": "python", "target": "nocolon"}),
+     "target must look like"),
+    (lambda d: d["pipelines"]["p"].update(retry={"max_attempts": 0}), "pipelines.p.retry.max_attempts"),
+])
+def test_errors_name_the_key(mutate: Any, expected: str) -> None:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    assert expected in _err(data)
+
+
+def test_hmac_provider_needs_its_table() -> None:
+    data = {"sources": {"x": {"provider": "hmac", "secrets_env": ["S"]}}}
+    assert "hmac" in _err(data)
+    data["sources"]["x"]["hmac"] = {"header": "X-Sig", "algorithm": "md5"}
+    assert "sources.x" in _err(data)
+    data["sources"]["x"]["hmac"] = {"header": "X-Sig", "algorithm": "sha512", "encoding": "base64"}
+    assert parse_config(data).sources["x"].hmac_options() is not None
+
+
+def test_environment_problems_name_variables_not_values() -> None:
+    config = parse_config(GOOD)
+    problems = environment_problems(config, {"STRIPE_SECRET": "whsec_supersecret"})
+    assert problems == ["pipelines.p.actions.1.url_env: CRM_URL is not set"]
+    problems = environment_problems(config, {})
+    assert any("STRIPE_SECRET" in p for p in problems)
+    assert not any("supersecret" in p for p in problems)
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "h.toml"
+    bad.write_text("[sources.x\nprovider=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    assert load_config(tmp_path / "missing.toml").sources == {}
+
+
+def test_retry_delay_grows_and_is_capped() -> None:
+    from app.config import RetryPolicy
+
+    policy = RetryPolicy(backoff_seconds=2, max_backoff_seconds=10, jitter=False)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+    assert policy.delay(1, retry_after=7) == 7
+    assert policy.delay(1, retry_after=3600) == 10
+    jittered = RetryPolicy(backoff_seconds=4, max_backoff_seconds=100)
+    assert all(2 <= jittered.delay(1) <= 4 for _ in range(50))

@@ -1,0 +1,90 @@
+"""Small pure pieces: DSNs, named queries, header redaction, body parsing, trimming, pricing, errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import anthropic
+import httpx
+import pytest
+
+from app.db import asyncpg_dsn, libpq_dsn
+from app.errors import BadRequest
+from app.ingest import parse_body, redact_headers
+from app.sqlfiles import parse_queries
+from worker.errors import PermanentError, TransientError, classify, retry_after_seconds
+from worker.pricing import cost_usd
+from worker.prompt import MAX_STRING, dig, trim
+
+
+def test_database_urls_of_every_shape() -> None:
+    assert libpq_dsn("postgres://u:p@h:5/d") == "postgresql://u:p@h:5/d"
+    assert libpq_dsn("postgresql+psycopg://u@h/d") == "postgresql://u@h/d"
+    assert libpq_dsn("postgresql://user@/db?host=/run/pg") == "postgresql://user@/db?host=/run/pg"
+    dsn, settings = asyncpg_dsn("postgresql://u@/db?host=/run/pg&application_name=x&options=-c%20search_path%3Dy")
+    assert dsn == "postgresql://u@/db?host=%2Frun%2Fpg" and settings == {"application_name": "x", "search_path": "y"}
+    with pytest.raises(ValueError, match="postgresql://"):
+        libpq_dsn("mysql://x")
+
+
+def test_named_queries() -> None:
+    text = "-- name: a\n-- doc\nSELECT 1;\n\n-- name: b\nSELECT\n  2\n"
+    assert parse_queries(text) == {"a": "SELECT 1", "b": "SELECT\n  2"}
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
+
+
+def test_signature_and_credential_headers_are_redacted() -> None:
+    stored = redact_headers([("Stripe-Signature", "t=1,v1=abc"), ("X-Gitlab-Token", "tok"),
+                             ("Authorization", "Bearer x"), ("X-Custom-Sig", "s"), ("User-Agent", "Stripe/1.0"), ("X-Dup", "a"), ("x-dup", "b")],
+                            extra=["X-Custom-Sig"])
+    assert stored == {"stripe-signature": "[redacted]", "x-gitlab-token": "[redacted]", "authorization": "[redacted]",
+                      "x-custom-sig": "[redacted]", "user-agent": "Stripe/1.0", "x-dup": "a, b"}
+
+
+def test_body_parsing() -> None:
+    assert parse_body(b'{"a": 1}', "application/json") == {"a": 1}
+    assert parse_body(b"a=1&b=two", "application/x-www-form-urlencoded") == {"a": "1", "b": "two"}
+    assert parse_body(b'payload=%7B%22x%22%3A1%7D', "application/x-www-form-urlencoded") == {"x": 1}
+    for bad in (b"", b"not json", b"\xff\xfe"):
+        with pytest.raises(BadRequest):
+            parse_body(bad, "application/json")
+
+
+def test_trim_keeps_only_listed_fields_and_clips_long_strings() -> None:
+    payload = {"type": "t", "data": {"object": {"email": "a@b", "items": [{"id": 1}, {"id": 2}], "big": "x" * 9000}}}
+    assert trim(payload, ("type", "data.object.email", "data.object.items.1.id", "missing.path")) == {
+        "type": "t", "data.object.email": "a@b", "data.object.items.1.id": 2}
+    clipped = trim(payload, ("data.object.big",))["data.object.big"]
+    assert clipped.startswith("x" * MAX_STRING) and "5000 more characters cut" in clipped
+    assert trim(payload, ())["data"]["object"]["email"] == "a@b"
+    assert dig([{"a": 1}], "0.a") == 1
+
+
+def test_cost_from_usage() -> None:
+    usage = {"input_tokens": 50_000, "output_tokens": 100_000, "cache_read_input_tokens": 10_000,
+             "cache_creation": {"ephemeral_5m_input_tokens": 20_000, "ephemeral_1h_input_tokens": 0}}
+    # 50k × $0.10 + 100k × $0.50 + 10k × $0.01 + 20k × $0.125, per million
+    assert cost_usd("claude-haiku-5-5", usage) == Decimal("0.05760000")
+    # Haiku 5.5 over 100k prompt tokens: every token of the request at the higher tier
+    assert cost_usd("claude-haiku-5-5", {"input_tokens": 200_000, "output_tokens": 0}) == Decimal("0.10000000")
+    assert cost_usd("claude-opus-5-5", {"input_tokens": 1_000_000, "output_tokens": 1_000_000,
+                                        "service_tier": "batch"}) == Decimal("12.00000000")
+    assert cost_usd("claude-unknown", usage) is None
+
+
+def _status_error(cls: type[anthropic.APIStatusError], status: int, headers: dict[str, str] | None = None) -> Exception:
+    request = httpx.Request("POST", "https://api.example/v1/messages")
+    response = httpx.Response(status, headers=headers or {}, request=request)
+    return cls("boom", response=response, body=None)  # type: ignore[arg-type]
+
+
+def test_transient_versus_permanent() -> None:
+    assert isinstance(classify(_status_error(anthropic.RateLimitError, 429, {"retry-after": "3"})), TransientError)
+    assert classify(_status_error(anthropic.RateLimitError, 429, {"retry-after": "3"})).retry_after == 3
+    assert isinstance(classify(_status_error(anthropic.InternalServerError, 529)), TransientError)
+    assert isinstance(classify(_status_error(anthropic.BadRequestError, 400)), PermanentError)
+    assert isinstance(classify(TimeoutError()), TransientError)
+    assert isinstance(classify(ImportError("no module")), PermanentError)
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_seconds({}) is None
