@@ -36,7 +36,8 @@ def test_named_queries() -> None:
 
 def test_signature_and_credential_headers_are_redacted() -> None:
     stored = redact_headers([("Stripe-Signature", "t=1,v1=abc"), ("X-Gitlab-Token", "tok"),
-                             ("Authorization", "Bearer x"), ("X-Custom-Sig", "s"), ("User-Agent", "Stripe/1.0"), ("X-Dup", "a"), ("x-dup", "b")],
+                             ("Authorization", "Bearer x"), ("X-Custom-Sig", "s"), ("User-Agent", "Stripe/1.0"),
+                             ("X-Dup", "a"), ("x-dup", "b")],
                             extra=["X-Custom-Sig"])
     assert stored == {"stripe-signature": "[redacted]", "x-gitlab-token": "[redacted]", "authorization": "[redacted]",
                       "x-custom-sig": "[redacted]", "user-agent": "Stripe/1.0", "x-dup": "a, b"}
