@@ -1,0 +1,150 @@
+"""Every provider over HTTP: `hookline send` → ingest → accepted; handshakes answered, never stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Config
+from app.send import send
+from app.signatures import PROVIDERS, generate_keypair, sign, sign_request
+from tests.harness import ROOT, config_from, make_settings, rows, web_server
+
+PUBLIC = "https://hooks.example.com"
+HMAC_OPTIONS = {"header": "X-Acme-Signature", "algorithm": "sha512", "encoding": "base64", "prefix": "sha512=",
+                "signed": "{timestamp}.{body}", "timestamp_header": "X-Acme-Timestamp"}
+
+
+def all_providers_config(monkeypatch: pytest.MonkeyPatch) -> Config:
+    sources: dict[str, Any] = {}
+    for name, spec in PROVIDERS.items():
+        env = f"HL_{name.upper()}"
+        private, public = generate_keypair(name) if spec.public_key else (f"secret-{name}-0123456789",) * 2
+        if name == "standard_webhooks":
+            private = public = "whsec_" + "c2VjcmV0LWZvci1zdGFuZGFyZC13ZWJob29rcw=="
+        monkeypatch.setenv(env, public)
+        source: dict[str, Any] = {"provider": name, "secrets_env": [env]}
+        if spec.public_key:
+            monkeypatch.setenv(env + "_PRIVATE", private)
+            source["signing_key_env"] = env + "_PRIVATE"
+        if name == "hmac":
+            source["hmac"] = HMAC_OPTIONS
+            source["delivery_id"] = "json:id"
+        if name == "paddle_billing":
+            source["tolerance_seconds"] = 60
+        sources[name] = source
+    return config_from({"sources": sources})
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+async def test_send_round_trip_for_every_provider(provider: str, db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Any) -> None:
+    config = all_providers_config(monkeypatch)
+    settings = make_settings(db_url, public_url=PUBLIC)
+    file = None
+    if provider == "hmac":
+        file = tmp_path / "hmac.json"
+        file.write_text(json.dumps({"id": "x", "type": "thing.happened", "data": {"n": 1}}))
+    async with web_server(settings, config) as base:
+        sent = await asyncio.to_thread(send, config, provider, environ=os.environ, base_url=base,
+                                       public_url=PUBLIC, file=file)
+        again = await asyncio.to_thread(send, config, provider, environ=os.environ, base_url=base,
+                                        public_url=PUBLIC, file=file, delivery_id=sent.delivery_id)
+    assert sent.status == 200, sent.body
+    body = json.loads(sent.body)
+    assert body["status"] == "accepted"
+    assert json.loads(again.body) == {"status": "duplicate", "event_id": body["event_id"]}
+    ((source, delivery_id, event_type),) = rows(db_url, "SELECT source, delivery_id, event_type FROM hookline.events")
+    assert source == provider and delivery_id
+    assert event_type, f"{provider}: no event type extracted from its sample"
+
+
+async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    config = all_providers_config(monkeypatch)
+    toml = tmp_path / "hookline.toml"
+    toml.write_text('[sources.github]\nprovider = "github"\nsecrets_env = ["HL_GITHUB"]\n')
+    settings = make_settings(db_url)
+    env = {**os.environ, "HOOKLINE_CONFIG": str(toml)}
+    async with web_server(settings, config) as base:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app.cli", "send", "github", "--type", "pull_request.opened",
+            "--file", str(ROOT / "app/samples/github/pull_request.opened.json"), "--url", base,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "→ 200" in out.decode() and '"accepted"' in out.decode()
+    assert rows(db_url, "SELECT event_type FROM hookline.events") == [("pull_request.opened",)]
+
+    check = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "check", env=env,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await check.communicate()
+    assert check.returncode == 0 and "1 source(s)" in out.decode()
+    toml.write_text('[sources.github]\nprovider = "githib"\nsecrets_env = ["HL_GITHUB"]\n')
+    bad = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "check", env=env,
+                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await bad.communicate()
+    assert bad.returncode == 2
+    assert "sources.github.provider: unknown provider 'githib' (did you mean 'github'?)" in err.decode()
+
+
+async def test_handshakes_are_answered_and_never_stored(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = all_providers_config(monkeypatch)
+    monkeypatch.setenv("HL_META_VERIFY", "verify-me")
+    data = config.model_dump()
+    data["sources"]["meta_whatsapp"]["verify_token_env"] = "HL_META_VERIFY"
+    for src in data["sources"].values():
+        src.pop("name", None)
+        for key in [k for k, v in src.items() if v is None]:
+            src.pop(key)
+    config = config_from(data)
+    settings = make_settings(db_url, public_url=PUBLIC)
+    env = os.environ
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+        async def post(provider: str, payload: Any, **kw: Any) -> httpx.Response:
+            body = json.dumps(payload).encode()
+            var = f"HL_{provider.upper()}" + ("_PRIVATE" if PROVIDERS[provider].public_key else "")
+            secret = env[var]
+            signed = sign_request(provider, secret=secret, body=body, url=f"{PUBLIC}/webhooks/{provider}", **kw)
+            return await client.post(f"{base}/webhooks/{provider}", content=signed.body, headers=signed.headers)
+
+        slack = await post("slack", {"token": "t", "challenge": "chal-123", "type": "url_verification"})
+        assert slack.status_code == 200 and "chal-123" in slack.text
+
+        ping = await post("discord_interactions", {"id": "1", "type": 1, "application_id": "a"})
+        assert ping.status_code == 200 and ping.json() == {"type": 1}
+        probe = await client.post(f"{base}/webhooks/discord_interactions", content=b'{"type":1}',
+                                  headers={"X-Signature-Ed25519": "00" * 64,
+                                           "X-Signature-Timestamp": str(int(time.time()))})
+        assert probe.status_code == 401
+
+        zoom = await post("zoom", {"event": "endpoint.url_validation", "payload": {"plainToken": "plain-1"},
+                                   "event_ts": int(time.time() * 1000)})
+        assert zoom.status_code == 200 and zoom.json()["plainToken"] == "plain-1" and zoom.json()["encryptedToken"]
+
+        twitch_body = json.dumps({"challenge": "twitch-chal", "subscription": {"type": "channel.follow"}}).encode()
+        headers = sign("twitch_eventsub", secret=env["HL_TWITCH_EVENTSUB"], body=twitch_body, delivery_id="m1",
+                       event_type="channel.follow") | {"Twitch-Eventsub-Message-Type": "webhook_callback_verification"}
+        twitch = await client.post(f"{base}/webhooks/twitch_eventsub", content=twitch_body, headers=headers)
+        assert twitch.status_code == 200 and twitch.text == "twitch-chal"
+
+        meta = await client.get(f"{base}/webhooks/meta_whatsapp",
+                                params={"hub.mode": "subscribe", "hub.verify_token": "verify-me",
+                                        "hub.challenge": "42"})
+        assert meta.status_code == 200 and meta.text == "42"
+        meta_bad = await client.get(f"{base}/webhooks/meta_whatsapp",
+                                    params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"})
+        assert meta_bad.status_code == 403
+        not_meta = await client.get(f"{base}/webhooks/slack")
+        assert not_meta.status_code == 405
+
+        metrics = (await client.get(f"{base}/metrics")).text
+    assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(0,)]
+    assert 'hookline_handshakes_total{source="slack"} 1' in metrics
+    assert 'reason="' in metrics and 'hookline_signature_failures_total{provider="discord_interactions"' in metrics
