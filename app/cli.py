@@ -98,6 +98,29 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if st.current else 1
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from app.replay import parse_when, start_replay, wait_for
+
+    if not (args.event_ids or args.source or args.type or args.status or args.since or args.until):
+        print("hookline replay: name event ids or at least one filter (--source, --type, --status, --since, --until)",
+              file=sys.stderr)
+        return 2
+    url = _db_url(settings)
+    result = start_replay(url, event_ids=args.event_ids, source=args.source, event_type=args.type,
+                          status=args.status, since=parse_when(args.since) if args.since else None,
+                          until=parse_when(args.until) if args.until else None,
+                          recompute=args.recompute, force=args.force)
+    print(f"replaying {len(result.event_ids)} event(s)", file=sys.stderr)
+    if args.no_wait or not result.event_ids:
+        return 0
+    wait_for(url, result, timeout=args.timeout)
+    if result.done < len(result.event_ids):
+        print(f"timed out: {len(result.event_ids) - result.done} event(s) still running (is a worker up?)",
+              file=sys.stderr)
+        return 1
+    return 1 if result.dead else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,12 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--delivery-id", help="delivery id to use (default: a fresh one)")
     send.add_argument("--url", help="base URL of the running server (default: http://127.0.0.1:$PORT)")
     sub.add_parser("status", help="schema version and event/job counts by status")
+    replay = sub.add_parser("replay", help="re-run finished events (reusing stored answers unless --recompute)")
+    replay.add_argument("event_ids", nargs="*", type=int, metavar="EVENT_ID")
+    replay.add_argument("--source")
+    replay.add_argument("--type", help="event type")
+    replay.add_argument("--status", choices=["succeeded", "dead", "skipped"])
+    replay.add_argument("--since", help="received at or after: ISO-8601 time, or 30m / 2h / 7d ago")
+    replay.add_argument("--until", help="received before: ISO-8601 time, or 30m / 2h / 7d ago")
+    replay.add_argument("--recompute", action="store_true", help="call the model again instead of reusing its answer")
+    replay.add_argument("--force", action="store_true", help="run actions again even where they succeeded")
+    replay.add_argument("--no-wait", action="store_true", help="defer the jobs and return")
+    replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the replays to finish")
     return p
 
 
 COMMANDS = {
     "dev": cmd_dev, "migrate": cmd_migrate, "web": cmd_web, "worker": cmd_worker, "check": cmd_check,
-    "send": cmd_send, "status": cmd_status,
+    "send": cmd_send, "status": cmd_status, "replay": cmd_replay,
 }
 
 

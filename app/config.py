@@ -200,6 +200,8 @@ class Pipeline(_Strict):
     ordering_key: tuple[str, ...] | None = None
     timeout_seconds: float = Field(default=120.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    latest_wins: bool = False
+    history: int = Field(default=0, ge=0, le=50)
     actions: tuple[Action, ...] = ()
 
     @field_validator("events", "fields", mode="before")

@@ -80,10 +80,12 @@ class _Base:
 
 @pytest.fixture(scope="session")
 def pg_base(pg_server: PgServer) -> _Base:
-    # A run that was killed leaves its template behind; start from a clean slate.
+    # A run that was killed leaves its databases behind; drop those of sessions that are gone.
     with psycopg.connect(pg_server.url("postgres"), autocommit=True) as c:
-        for name in ("hookline_test", "hookline_test_tmpl"):
-            if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname ~ '^hookline_t[0-9]+(_tmpl|_empty)?$'")
+        for (name,) in leftovers.fetchall():
+            pid = int(name.removeprefix("hookline_t").removesuffix("_tmpl").removesuffix("_empty"))
+            if pid != os.getpid() and not _alive(pid):
                 c.execute(f'ALTER DATABASE "{name}" WITH is_template false')
                 c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     return _Base(host=pg_server.host, port=pg_server.port, user=pg_server.user, password=pg_server.password or None)
@@ -94,7 +96,19 @@ def load_schema(host: str, port: int, user: str, dbname: str, password: str | No
     migrations.migrate(PgServer(host, int(port), user, password or "").url(dbname))
 
 
-hookline_pg = factories.postgresql_noproc(depends_on="pg_base", dbname="hookline_test", load=[load_schema])
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: One database name per pytest session, so concurrent sessions on one server do not collide.
+TEST_DB = f"hookline_t{os.getpid()}"
+hookline_pg = factories.postgresql_noproc(depends_on="pg_base", dbname=TEST_DB, load=[load_schema])
 hookline_db = factories.postgresql("hookline_pg")
 
 
@@ -114,7 +128,7 @@ def conn(hookline_db: psycopg.Connection) -> psycopg.Connection:
 @pytest.fixture
 def empty_db_url(pg_server: PgServer) -> Iterator[str]:
     """A brand-new database with nothing in it (migration tests)."""
-    name = "hookline_empty"
+    name = f"{TEST_DB}_empty"
     admin = pg_server.url("postgres")
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

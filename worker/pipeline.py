@@ -10,7 +10,7 @@ from app.config import Pipeline
 from worker.actions import ActionContext, run_action
 from worker.errors import InvalidOutput, PipelineError, classify
 from worker.llm import CallRecord, ask
-from worker.prompt import build_request, output_spec
+from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.pipeline")
@@ -49,7 +49,8 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
         stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
         if stored is not None:
             return stored["output"], True
-    request = build_request(pipeline, event)
+    history = await _history(rt, event, pipeline) if pipeline.history else None
+    request = build_request(pipeline, event, history)
     if rt.llm is None:
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
             model=pipeline.model, status="dry_run", request=request,
@@ -66,9 +67,22 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
             model=pipeline.model, status="failed", request=request, error=str(err))))
         raise err from e
+    if recompute:
+        await rt.db.run("supersede_calls", event_id=eid, pipeline=pipeline.name)
     for rec in answer.calls:
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
     return answer.output, False
+
+
+async def _history(rt: Runtime, event: dict[str, Any], pipeline: Pipeline) -> list[dict[str, Any]] | None:
+    """The last ``pipeline.history`` events of the same entity, oldest first, trimmed like the event."""
+    if not event.get("ordering_key"):
+        return None
+    recent = await rt.db.all("recent_for_key", source=event["source"], ordering_key=event["ordering_key"],
+                             event_id=event["id"], limit=pipeline.history)
+    return [{"event_id": r["id"], "event_type": r["event_type"], "status": r["status"],
+             "occurred_at": (r["occurred_at"] or r["received_at"]).isoformat(),
+             "fields": trim(r["payload"], pipeline.fields)} for r in reversed(recent)]
 
 
 async def run_pipeline(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,

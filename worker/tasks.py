@@ -47,8 +47,9 @@ def runtime_of(context: JobContext) -> Runtime:
     return rt
 
 
-async def process_event(context: JobContext, event_id: int) -> str:
-    return await handle_event(runtime_of(context), event_id)
+async def process_event(context: JobContext, event_id: int, recompute: bool = False,
+                        force_actions: bool = False) -> str:
+    return await handle_event(runtime_of(context), event_id, recompute=recompute, force_actions=force_actions)
 
 
 def register(bp: procrastinate.Blueprint) -> None:
@@ -69,6 +70,13 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         return "skipped"
     current: Pipeline | None = None
     dry = False
+    superseded_by = await _superseded(rt, event, pipelines)
+    if superseded_by is not None:
+        pipelines = [p for p in pipelines if not p.latest_wins]
+        if not pipelines:
+            await _finish(rt, event_id, "skipped", detail=f"superseded: event {superseded_by} of the same "
+                                                          "ordering key is newer and already processed")
+            return "skipped"
     try:
         for pipeline in pipelines:
             current = pipeline
@@ -87,6 +95,15 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
               "no action fired") if dry else None
     await _finish(rt, event_id, "succeeded", dry_run=dry, detail=detail)
     return "succeeded"
+
+
+async def _superseded(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeline]) -> int | None:
+    """latest_wins: the id of a newer (sender's clock) event of the same key already processed."""
+    if not any(p.latest_wins for p in pipelines) or not event.get("ordering_key") or not event.get("occurred_at"):
+        return None
+    row = await rt.db.one("newer_processed", source=event["source"], ordering_key=event["ordering_key"],
+                          event_id=event["id"], occurred_at=event["occurred_at"])
+    return int(row["id"]) if row else None
 
 
 async def _failed(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, exc: BaseException) -> str:

@@ -82,3 +82,24 @@ WHERE id IN (
       AND received_at < now() - make_interval(days => %(days)s)
       AND (body IS NOT NULL OR payload IS NOT NULL)
     LIMIT %(batch)s);
+
+-- name: supersede_calls
+-- A replay with recompute: the stored answer steps aside for the new one.
+UPDATE hookline.llm_calls SET status = 'superseded'
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeeded';
+
+-- name: newer_processed
+-- latest_wins: an event of the same entity, newer by the sender's clock, already processed.
+SELECT id FROM hookline.events
+WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND id <> %(event_id)s
+  AND status = 'succeeded' AND occurred_at > %(occurred_at)s
+ORDER BY occurred_at DESC
+LIMIT 1;
+
+-- name: recent_for_key
+-- Event-history context: the last events of the same entity before this one.
+SELECT id, event_type, occurred_at, received_at, status, payload
+FROM hookline.events
+WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND id < %(event_id)s
+ORDER BY id DESC
+LIMIT %(limit)s;

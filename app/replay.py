@@ -1,0 +1,105 @@
+"""``hookline replay``: re-run finished events through their pipelines, with a progress bar.
+
+Stored model answers are reused unless ``--recompute``; actions that already succeeded are not
+repeated unless ``--force``. The SQL side is ``hookline.replay(...)`` (see README), usable from psql.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+import psycopg
+from psycopg.rows import dict_row
+
+from app.db import libpq_dsn
+from app.errors import HooklineError
+from app.sqlfiles import queries
+
+Q = queries("replay")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class ReplayError(HooklineError):
+    code = "replay_error"
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """``2026-11-22T10:00:00Z``, ``2026-11-22``, or relative to now: ``90s``, ``30m``, ``2h``, ``7d``, ``1w``."""
+    now = now or datetime.now(UTC)
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(f"cannot read {text!r} as a time: use ISO-8601 (2026-11-22T10:00Z) "
+                          "or a duration ago: 30m / 2h / 7d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class ReplayResult:
+    event_ids: list[int]
+    done: int = 0
+    dead: int = 0
+
+
+def start_replay(url: str, *, event_ids: list[int], source: str | None = None, event_type: str | None = None,
+                 status: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                 recompute: bool = False, force: bool = False) -> ReplayResult:
+    """Defer the replay jobs (one transaction); returns the replayed event ids."""
+    ids: list[int] = []
+    try:
+        with psycopg.connect(libpq_dsn(url)) as conn, conn.cursor(row_factory=dict_row) as cur:
+            for event_id in event_ids:
+                cur.execute(Q["replay_one"], {"event_id": event_id, "recompute": recompute, "force": force})
+                ids.append(event_id)
+            if source or event_type or status or since or until:
+                cur.execute(Q["replay_matching"], {"source": source, "event_type": event_type, "status": status,
+                                                   "since": since, "until": until, "recompute": recompute,
+                                                   "force": force})
+                ids.extend(int(r["event_id"]) for r in cur.fetchall())
+    except psycopg.errors.RaiseException as e:
+        raise ReplayError(e.diag.message_primary or str(e)) from None
+    except (psycopg.errors.NoDataFound, psycopg.errors.ObjectNotInPrerequisiteState,
+            psycopg.errors.InvalidParameterValue) as e:
+        raise ReplayError(e.diag.message_primary or str(e)) from None
+    return ReplayResult(sorted(set(ids)))
+
+
+def wait_for(url: str, result: ReplayResult, *, timeout: float, out: TextIO = sys.stderr,
+             interval: float = 0.25) -> ReplayResult:
+    """Poll until every replayed event is finished, drawing a progress bar on ``out``."""
+    deadline = time.monotonic() + timeout
+    total = len(result.event_ids)
+    tty = out.isatty()
+    last = ""
+    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        while True:
+            cur.execute(Q["progress"], {"ids": result.event_ids})
+            row = cur.fetchone() or {"done": 0, "dead": 0}
+            result.done, result.dead = int(row["done"]), int(row["dead"])
+            line = progress_bar(result.done, total, result.dead)
+            if tty:
+                out.write("\r" + line)
+            elif line != last:
+                out.write(line + "\n")
+            out.flush()
+            last = line
+            if result.done >= total or time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+    if tty:
+        out.write("\n")
+    return result
+
+
+def progress_bar(done: int, total: int, dead: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} finished" + (f", {dead} dead" if dead else "")
