@@ -294,3 +294,30 @@ def test_outbound_signature_is_standard_webhooks() -> None:
     key = base64.b64decode(OUT_SECRET.removeprefix("whsec_"))
     expected = base64.b64encode(hmac.new(key, b"msg_1.1700000000." + body, hashlib.sha256).digest()).decode()
     assert f"v1,{expected}" in headers["webhook-signature"].split(" ")
+
+
+async def test_output_model_and_python_action(db_url: str, env: None, fake: FakeMessagesAPI) -> None:
+    """A pydantic model named by import path validates the answer (constraints included) and a python
+    action receives it; an answer breaking the model's bounds gets the repair turn."""
+    from tests import pipeline_models
+
+    pipeline_models.RECEIVED.clear()
+    config = skeleton_config(output_schema=None, output_model="tests.pipeline_models:Triage",
+                             actions=[{"type": "python", "target": "tests.pipeline_models:record", "name": "record"}])
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    fake.enqueue(reply({"category": "billing", "urgency": 9, "summary": "card declined"}),
+                 reply({"category": "billing", "urgency": 4, "summary": "card declined"}))
+    body = stripe_event("evt_model")
+    async with web_server(settings, config) as base, worker_task(settings, config, _strict_response_validation=True):
+        async with httpx.AsyncClient() as client:
+            resp = await client.post(f"{base}/webhooks/stripe", content=body, headers=stripe_headers(body))
+        event = await wait_for_status(db_url, resp.json()["event_id"])
+    assert event["status"] == "succeeded", event
+    first = fake.calls_to("/v1/messages")[0].body
+    schema = first["output_config"]["format"]["schema"]
+    assert schema["additionalProperties"] is False and set(schema["required"]) == {"category", "urgency", "summary"}
+    assert "less than or equal to 5" in fake.calls_to("/v1/messages")[1].body["messages"][-1]["content"]
+    (ctx,) = pipeline_models.RECEIVED
+    assert ctx.output == {"category": "billing", "urgency": 4, "summary": "card declined"}
+    assert ctx.idempotency_key == f"hookline-{event['id']}-payment-recovery-record"
+    assert rows(db_url, "SELECT result FROM hookline.action_runs") == [({"returned": {"seen": "billing"}},)]
