@@ -47,8 +47,6 @@ class Settings(BaseSettings):
         default=5 * 1024 * 1024, description="Default request body cap in bytes (per source: max_body_bytes).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
-    admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token for the admin API under /admin. Unset: /admin is off.")
     public_url: str | None = Field(
         default=None,
         description="Public base URL senders use (e.g. https://hooks.example.com); "

@@ -200,7 +200,7 @@ async def test_replay_reuses_answers_and_never_repeats_actions_unless_asked(
 def test_replay_refuses_what_it_cannot_do(conn: psycopg.Connection) -> None:
     conn.execute("INSERT INTO hookline.events (source, delivery_id, payload) VALUES ('s', 'd', '{}')")
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not finished"):
-        conn.execute("SELECT hookline.replay(1::bigint)")
+        conn.execute("SELECT hookline.replay(1)")
     with pytest.raises(psycopg.errors.NoDataFound):
         conn.execute("SELECT hookline.replay(999::bigint)")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="at least one"):
