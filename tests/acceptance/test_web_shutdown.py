@@ -1,0 +1,57 @@
+"""PaaS deploys send SIGTERM: `hookline web` finishes the request in flight, then exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.signatures import sign
+from tests.harness import ROOT, free_port, rows
+
+
+def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> None:
+    toml = tmp_path / "hookline.toml"
+    toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
+    secret = "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ="
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "HOOKLINE_CONFIG": str(toml), "HL_SW_SECRET": secret,
+           "PORT": str(port), "HOOKLINE_SHUTDOWN_TIMEOUT": "10"}
+    web = subprocess.Popen([sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"], env=env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = b'{"type": "deploy.test", "data": {"n": 1}}'
+        headers = sign("standard_webhooks", secret=secret, body=body, delivery_id="msg_drain")
+        head = (f"POST /webhooks/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode() + body[:10])  # the request is in flight: half its body sent
+            time.sleep(0.3)
+            web.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert web.poll() is None, "the web process quit with a request in flight"
+            sock.sendall(body[10:])
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert '"accepted"' in answer
+        web.wait(15)
+    finally:
+        if web.poll() is None:
+            web.kill()
+        out = web.communicate()[0]
+    # uvicorn re-raises the signal after a clean shutdown, so supervisors see "terminated by SIGTERM"
+    assert web.returncode in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out
+    assert rows(db_url, "SELECT delivery_id FROM hookline.events") == [("msg_drain",)]
