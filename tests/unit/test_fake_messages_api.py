@@ -66,9 +66,22 @@ def fake() -> Iterator[FakeMessagesAPI]:
         yield server
 
 
+_OPEN_CLIENTS: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
 def client(fake: FakeMessagesAPI, **kw: Any) -> anthropic.Anthropic:
+    """A strict SDK client for `fake` (max_retries=0 unless given), closed after the test."""
     opts: dict[str, Any] = {"api_key": "test", "max_retries": 0, "_strict_response_validation": True}
-    return anthropic.Anthropic(base_url=fake.base_url, **{**opts, **kw})
+    c = anthropic.Anthropic(base_url=fake.base_url, **{**opts, **kw})
+    _OPEN_CLIENTS.append(c)
+    return c
 
 
 def create(c: anthropic.Anthropic, **kw: Any) -> Message:
@@ -82,7 +95,8 @@ def post(url: str, body: Any, headers: dict[str, str]) -> tuple[int, dict[str, A
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read()), dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+        with exc:
+            return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
 # ------------------------------------------------------------------------------------ happy paths
@@ -112,17 +126,13 @@ def test_generated_documents_honour_strict_grammar_corners() -> None:
         "$defs": {"node": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
     }
     doc = generate(schema)
-    assert (
-        doc["a"] == "fixed" and "@" in doc["b"] and doc["c"] == {"x": 1} and doc["d"] == [3] and doc["e"] > 7
-    )
+    assert doc["a"] == "fixed" and "@" in doc["b"] and doc["c"] == {"x": 1} and doc["d"] == [3] and doc["e"] > 7
     assert validate(doc, schema) == []
     assert validate({**doc, "zzz": 1}, schema) == ["$: additional property 'zzz' not allowed"]
 
 
 def test_parse_with_pydantic_output_format(fake: FakeMessagesAPI) -> None:
-    msg = client(fake).messages.parse(
-        model=MODEL, max_tokens=1024, messages=USER, output_format=Classification
-    )
+    msg = client(fake).messages.parse(model=MODEL, max_tokens=1024, messages=USER, output_format=Classification)
     assert isinstance(msg.parsed_output, Classification)
     assert fake.calls_to("/v1/messages")[0].body["output_config"]["format"]["type"] == "json_schema"
 
@@ -130,9 +140,7 @@ def test_parse_with_pydantic_output_format(fake: FakeMessagesAPI) -> None:
 def test_scripted_reply_overrides_generation(fake: FakeMessagesAPI) -> None:
     fake.enqueue(reply({"category": "billing"}, usage={"output_tokens": 7}))
     msg = create(client(fake))
-    assert isinstance(msg.content[0], TextBlock) and json.loads(msg.content[0].text) == {
-        "category": "billing"
-    }
+    assert isinstance(msg.content[0], TextBlock) and json.loads(msg.content[0].text) == {"category": "billing"}
     assert msg.usage.output_tokens == 7
     assert create(client(fake)).content[0].text == "This is a reply from the fake Messages API."  # type: ignore[union-attr]
 
@@ -145,9 +153,7 @@ def test_forced_tool_use_reply(fake: FakeMessagesAPI) -> None:
     }
     msg = create(client(fake), tools=[tool], tool_choice={"type": "tool", "name": "classify_event"})
     block = msg.content[0]
-    assert (
-        isinstance(block, ToolUseBlock) and block.id.startswith("toolu_") and block.name == "classify_event"
-    )
+    assert isinstance(block, ToolUseBlock) and block.id.startswith("toolu_") and block.name == "classify_event"
     assert block.caller is not None and block.caller.type == "direct" and msg.stop_reason == "tool_use"
     Classification.model_validate(block.input)
     fake.enqueue(tool_reply({"category": "auth"}), reply({"category": "other"}))
@@ -161,19 +167,14 @@ def test_forced_tool_use_reply(fake: FakeMessagesAPI) -> None:
 
 def test_usage_prompt_cache_and_count_tokens(fake: FakeMessagesAPI) -> None:
     c = client(fake)
-    system = [
-        {"type": "text", "text": "You classify webhook events. " * 40, "cache_control": {"type": "ephemeral"}}
-    ]
+    system = [{"type": "text", "text": "You classify webhook events. " * 40, "cache_control": {"type": "ephemeral"}}]
     first, second = create(c, system=system), create(c, system=system)
     u1, u2 = first.usage, second.usage
     assert u1.cache_creation_input_tokens and u1.cache_read_input_tokens == 0 and u1.input_tokens > 0
     assert (
-        u1.cache_creation is not None
-        and u1.cache_creation.ephemeral_5m_input_tokens == u1.cache_creation_input_tokens
+        u1.cache_creation is not None and u1.cache_creation.ephemeral_5m_input_tokens == u1.cache_creation_input_tokens
     )
-    assert (
-        u2.cache_read_input_tokens == u1.cache_creation_input_tokens and u2.cache_creation_input_tokens == 0
-    )
+    assert u2.cache_read_input_tokens == u1.cache_creation_input_tokens and u2.cache_creation_input_tokens == 0
     assert u1.output_tokens > 0 and u1.service_tier == "standard"
     total = c.messages.count_tokens(model=MODEL, messages=USER, system=system).input_tokens  # type: ignore[arg-type]
     assert total == u2.input_tokens + u2.cache_read_input_tokens
@@ -211,9 +212,7 @@ def test_stream_assembles_the_same_message(fake: FakeMessagesAPI) -> None:
 def test_429_with_retry_after_ms_is_retried_then_succeeds(fake: FakeMessagesAPI) -> None:
     fake.enqueue(rate_limited(retry_after=30, retry_after_ms=20))
     started = time.monotonic()
-    raw_resp = client(fake, max_retries=1).messages.with_raw_response.create(
-        model=MODEL, max_tokens=64, messages=USER
-    )
+    raw_resp = client(fake, max_retries=1).messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=USER)
     assert raw_resp.retries_taken == 1 and time.monotonic() - started < 2
     calls = fake.calls_to("/v1/messages")
     assert [c.status for c in calls] == [429, 200]
@@ -244,10 +243,7 @@ def test_status_errors_map_to_sdk_exceptions(
     fake.enqueue(step)
     with pytest.raises(exc) as info:
         create(client(fake))
-    assert (
-        info.value.status_code == status
-        and info.value.request_id == fake.requests[0].response_headers["request-id"]
-    )
+    assert info.value.status_code == status and info.value.request_id == fake.requests[0].response_headers["request-id"]
 
 
 def test_529_is_an_internal_server_error_subclass() -> None:
@@ -258,10 +254,7 @@ def test_spend_limit(fake: FakeMessagesAPI) -> None:
     fake.enqueue(spend_limit(should_retry=False))
     with pytest.raises(anthropic.EnforcedSpendLimitReachedError) as info:
         create(client(fake, max_retries=2))
-    assert (
-        isinstance(info.value, anthropic.RateLimitError)
-        and info.value.error_code == "enforced_spend_limit_reached"
-    )
+    assert isinstance(info.value, anthropic.RateLimitError) and info.value.error_code == "enforced_spend_limit_reached"
     assert "retry-after" not in info.value.response.headers and len(fake.requests) == 1
 
 
@@ -343,9 +336,7 @@ def test_refusal_truncation_and_invalid_json_break_parse(fake: FakeMessagesAPI) 
 
 def test_small_max_tokens_cuts_generated_output(fake: FakeMessagesAPI) -> None:
     schema = anthropic.transform_schema(Classification)
-    msg = create(
-        client(fake), max_tokens=10, output_config={"format": {"type": "json_schema", "schema": schema}}
-    )
+    msg = create(client(fake), max_tokens=10, output_config={"format": {"type": "json_schema", "schema": schema}})
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 10
 
 
@@ -429,9 +420,7 @@ async def test_async_client_structured_output_and_retry(fake: FakeMessagesAPI) -
     aclient = anthropic.AsyncAnthropic(
         api_key="test", base_url=fake.base_url, max_retries=1, _strict_response_validation=True
     )
-    msg = await aclient.messages.parse(
-        model=MODEL, max_tokens=1024, messages=USER, output_format=Classification
-    )
+    msg = await aclient.messages.parse(model=MODEL, max_tokens=1024, messages=USER, output_format=Classification)
     await aclient.close()
     assert isinstance(msg.parsed_output, Classification)
     assert [r.headers["x-stainless-async"] for r in fake.requests] == ["async:asyncio"] * 2
@@ -451,13 +440,10 @@ def test_steps_round_trip_through_dicts() -> None:
 def test_out_of_process_mode() -> None:
     with FakeMessagesAPIProcess() as proc:
         proc.enqueue(reply({"from": "child"}), rate_limited(retry_after_ms=5))
-        c = anthropic.Anthropic(
-            api_key="k", base_url=proc.base_url, max_retries=0, _strict_response_validation=True
-        )
+        c = anthropic.Anthropic(api_key="k", base_url=proc.base_url, max_retries=0, _strict_response_validation=True)
+        _OPEN_CLIENTS.append(c)
         first = create(c)
-        assert isinstance(first.content[0], TextBlock) and json.loads(first.content[0].text) == {
-            "from": "child"
-        }
+        assert isinstance(first.content[0], TextBlock) and json.loads(first.content[0].text) == {"from": "child"}
         with pytest.raises(anthropic.RateLimitError):
             create(c)
         assert [r["status"] for r in proc.calls_to("/v1/messages")] == [200, 429]
