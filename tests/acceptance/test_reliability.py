@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,19 +21,6 @@ from tests.harness import Receiver, config_from, make_settings, rows, wait_for_s
 
 SECRET = "whsec_reliability_tests"
 GOOD = {"subject": "Hello", "body": "World"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeMessagesAPI]:
-    with FakeMessagesAPI() as f:
-        yield f
 
 
 @pytest.fixture(autouse=True)

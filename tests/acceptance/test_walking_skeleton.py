@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -31,19 +30,6 @@ from tests.harness import (
 SECRET = "whsec_" + base64.b64encode(b"hookline-test-secret-32-bytes!!!").decode()
 OUT_SECRET = "whsec_" + base64.b64encode(b"receiver-verifies-hookline-sigs!").decode()
 STRIPE_SECRET = "whsec_stripe_test_secret"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeMessagesAPI]:
-    with FakeMessagesAPI() as f:
-        yield f
 
 
 @pytest.fixture
