@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app import embedded, migrations
+from app import watch as watching
 from app.config import environment_problems, load_config
 from app.errors import ConfigError, HooklineError
 from app.logs import setup_logging
@@ -25,9 +26,12 @@ def _db_url(settings: Settings) -> str:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     url = _db_url(settings)
+    config = load_config(settings.config)
     applied = migrations.migrate(url)
     for m in applied:
         print(f"applied {m.version:04d}_{m.name}")
+    for line in watching.apply_watches(url, config.watch):
+        print(f"watch {line}")
     st = migrations.status(url)
     print(f"schema is current (version {max(st.applied, default=0):04d}); {len(applied)} migration(s) applied now")
     return 0
@@ -124,6 +128,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
+    COMMANDS.update(watching.add_cli(sub))
     sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
     sub.add_parser("migrate", help="apply pending SQL migrations (Procfile release step)")
     web = sub.add_parser("web", help="serve the HTTP API on $PORT")

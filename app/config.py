@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import ConfigError
 from app.signatures import PROVIDERS, HmacOptions, parse_locator
+from app.watch import WatchSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -258,7 +259,7 @@ def _glob(pattern: str, value: str) -> bool:
 class Config(_Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
-    watch: tuple[dict[str, Any], ...] = ()
+    watch: tuple[WatchSpec, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

@@ -98,7 +98,7 @@ DECLARE
     v_label    text    := TG_ARGV[0];
     v_keys     text[]  := TG_ARGV[1]::text[];
     v_exclude  text[]  := TG_ARGV[2]::text[];
-    v_max      integer := pg_catalog.nullif(TG_ARGV[3], '')::integer;
+    v_max      integer := nullif(TG_ARGV[3], '')::integer;
     v_op       text    := pg_catalog.lower(TG_OP);
     v_old      jsonb;
     v_new      jsonb;
@@ -147,7 +147,7 @@ BEGIN
     -- Per-transaction sequence number: a row changed twice in one transaction gives two events.
     -- Transaction-local setting: it restarts with every transaction and rolls back with a savepoint
     -- (together with the events that used it).
-    v_seq := coalesce(pg_catalog.nullif(pg_catalog.current_setting('hookline.row_event_seq', true), '')::bigint, 0) + 1;
+    v_seq := coalesce(nullif(pg_catalog.current_setting('hookline.row_event_seq', true), '')::bigint, 0) + 1;
     PERFORM pg_catalog.set_config('hookline.row_event_seq', v_seq::text, true);
 
     v_payload := pg_catalog.jsonb_build_object(
@@ -175,10 +175,26 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION hookline.row_event() FROM PUBLIC;
+-- The events_enqueue trigger (0002) names procrastinate's defer function and type unqualified, so the
+-- definer's search_path must also hold the schema procrastinate was installed in (public, normally);
+-- it is looked up here rather than assumed. Everything row_event itself names is schema-qualified.
+DO $$
+DECLARE
+    v_schema text := (SELECT n.nspname FROM pg_catalog.pg_proc p
+                      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                      WHERE p.proname = 'procrastinate_defer_jobs_v1' ORDER BY n.nspname LIMIT 1);
+BEGIN
+    IF v_schema IS NULL THEN
+        RAISE EXCEPTION 'procrastinate_defer_jobs_v1 not found: migration 0001 must be applied first';
+    END IF;
+    EXECUTE format('ALTER FUNCTION hookline.row_event() SET search_path = pg_catalog, %I, pg_temp', v_schema);
+END;
+$$;
 COMMENT ON FUNCTION hookline.row_event() IS
   'Trigger function installed by hookline.watch(): stores one row change as a hookline.events row '
   '(source ''db'', type schema.table.op, payload {op, table, key, old, new, changed, txid}), whose job '
-  'events_enqueue defers in the same transaction. SECURITY DEFINER with search_path pg_catalog, pg_temp: '
+  'events_enqueue defers in the same transaction. SECURITY DEFINER with search_path pg_catalog, '
+  '<procrastinate''s schema>, pg_temp: '
   'writers need no rights on hookline.*; EXECUTE is revoked from PUBLIC so only roles granted it (and '
   'the owner) can attach it to a table. Settings come from the trigger arguments (label, key columns, '
   'excluded columns, max value bytes).';
@@ -312,8 +328,12 @@ BEGIN
     -- one watch() at a time per table; then replace the triggers
     PERFORM pg_advisory_xact_lock(hashtextextended('hookline.watch:' || v_rel::oid::text, 0));
     DELETE FROM hookline.watches w WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = w.relation);
-    FOREACH v_op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'hookline_watch_' || v_op, v_rel);
+    FOR v_trigger IN
+        SELECT t.tgname FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = v_rel AND NOT t.tgisinternal
+          AND t.tgname IN ('hookline_watch_insert', 'hookline_watch_update', 'hookline_watch_delete')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, v_rel);
     END LOOP;
 
     FOREACH v_op IN ARRAY v_ops LOOP
@@ -353,14 +373,14 @@ BEGIN
             RAISE EXCEPTION 'hookline.watch: invalid condition for % events on %: %', upper(v_op), v_rel, SQLERRM
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'The condition is one SQL expression on OLD and NEW (e.g. NEW.status = ''cancelled''): '
-                             'no subqueries, NEW is not available for delete, nor OLD for insert.';
+                             'no subqueries; NEW does not exist for delete nor OLD for insert (narrow operations).';
         END;
         -- the trigger must be exactly what we meant: our function, our arguments, AFTER ROW <op>
         v_tgtype := 1 | CASE v_op WHEN 'insert' THEN 4 WHEN 'delete' THEN 8 ELSE 16 END;
         SELECT count(*) = 1 INTO v_ok FROM pg_catalog.pg_trigger t
         WHERE t.tgrelid = v_rel AND t.tgname = v_trigger AND NOT t.tgisinternal
           AND t.tgfoid = 'hookline.row_event()'::regprocedure AND t.tgtype = v_tgtype AND t.tgnargs = 4
-          AND t.tgattr::int2[] = '{}'::int2[]
+          AND cardinality(t.tgattr::int2[]) = 0
           AND t.tgargs = convert_to(v_label, getdatabaseencoding()) || '\x00'::bytea
                       || convert_to(v_keys::text, getdatabaseencoding()) || '\x00'::bytea
                       || convert_to(v_excl::text, getdatabaseencoding()) || '\x00'::bytea
@@ -406,19 +426,23 @@ CREATE FUNCTION hookline.unwatch("table" regclass) RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_rel   regclass := unwatch."table";
-    v_op    text;
-    v_found boolean;
+    v_rel     regclass := unwatch."table";
+    v_trigger text;
+    v_found   boolean := false;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('hookline.watch:' || v_rel::oid::text, 0));
-    v_found := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
-                       WHERE t.tgrelid = v_rel AND NOT t.tgisinternal AND t.tgname LIKE 'hookline\_watch\_%');
-    FOREACH v_op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'hookline_watch_' || v_op, v_rel);
+    FOR v_trigger IN
+        SELECT t.tgname FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = v_rel AND NOT t.tgisinternal
+          AND t.tgname IN ('hookline_watch_insert', 'hookline_watch_update', 'hookline_watch_delete')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, v_rel);
+        v_found := true;
     END LOOP;
-    DELETE FROM hookline.watches w
-    WHERE w.relation = v_rel OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = w.relation);
-    RETURN v_found OR FOUND;
+    DELETE FROM hookline.watches w WHERE w.relation = v_rel;
+    v_found := v_found OR FOUND;
+    DELETE FROM hookline.watches w WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = w.relation);
+    RETURN v_found;
 END;
 $$;
 COMMENT ON FUNCTION hookline.unwatch(regclass) IS

@@ -153,3 +153,20 @@ CREATE TRIGGER hookline_notify_lock_released
     EXECUTE FUNCTION hookline.notify_job_runnable();
 COMMENT ON TRIGGER hookline_notify_lock_released ON procrastinate_jobs IS
   'hookline: notify workers when a lock is released or a job is immediately runnable again.';
+
+-- ---------------------------------------------------------------------------------------------
+-- hookline.defer_job names procrastinate's function unqualified; pin its search_path to the schema
+-- procrastinate was installed in, so an INSERT into hookline.events works whatever the writer's
+-- search_path is (a DBA's psql, a business role).
+-- ---------------------------------------------------------------------------------------------
+DO $$
+DECLARE
+    pq_schema text;
+BEGIN
+    SELECT n.nspname INTO STRICT pq_schema
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.proname = 'procrastinate_defer_jobs_v1';
+    EXECUTE format('ALTER FUNCTION hookline.defer_job(text, text, jsonb, text, text, integer, timestamptz) '
+                   'SET search_path = %I, pg_catalog, pg_temp', pq_schema);
+END;
+$$;

@@ -126,3 +126,9 @@ def test_sql_stays_out_of_python() -> None:
         if re.search(r"\b(INSERT INTO|UPDATE hookline|DELETE FROM)\b", text) and not allowed:
             offenders.append(path.name)
     assert offenders == []
+
+
+def test_insert_enqueues_whatever_the_writers_search_path(conn: psycopg.Connection) -> None:
+    conn.execute("SET search_path = pg_catalog")
+    conn.execute("INSERT INTO hookline.events (source, delivery_id) VALUES ('psql', 'by-hand')")
+    assert conn.execute("SELECT count(*) FROM public.procrastinate_jobs").fetchone() == (1,)

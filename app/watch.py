@@ -1,0 +1,355 @@
+"""Watched tables: row changes of business tables as events (source ``db``).
+
+The work happens in Postgres: ``hookline.watch(table, ...)`` installs AFTER ROW triggers that write
+the event row in the writer's own transaction (``sql/migrations/0003_watch.sql``). This module is the
+Python side of it:
+
+* :class:`WatchSpec`, one ``[[watch]]`` entry of hookline.toml;
+* :func:`apply_watches`, run by ``hookline migrate`` after the migrations: installs or updates every
+  entry, all in one transaction. Re-applying an identical entry touches nothing; a changed entry
+  replaces the triggers. Tables watched in the database but absent from the file are left alone
+  (a DBA may have watched them from psql); ``hookline unwatch TABLE`` removes them;
+* :func:`add_cli`, the ``hookline watch`` / ``unwatch`` / ``watched`` subcommands.
+
+Postgres errors (no primary key, a condition that is not one valid expression, ...) come back as
+:class:`WatchError` with Postgres' own message on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.db import libpq_dsn
+from app.errors import HooklineError
+from app.settings import Settings
+from app.sqlfiles import queries
+
+Operation = Literal["insert", "update", "delete"]
+OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete")
+
+
+class WatchError(HooklineError):
+    """hookline.watch()/unwatch() refused (the message is Postgres'), or the database is unreachable."""
+
+    code = "watch_error"
+
+
+def _names(v: Any) -> Any:
+    """``"a, b"`` or ``["a", "b"]`` → ``("a", "b")``; blanks dropped."""
+    if isinstance(v, str):
+        v = v.split(",")
+    if isinstance(v, list | tuple):
+        return tuple(s.strip() if isinstance(s, str) else s for s in v if not (isinstance(s, str) and not s.strip()))
+    return v
+
+
+class WatchSpec(BaseModel):
+    """One ``[[watch]]`` entry of hookline.toml (and what ``hookline watch`` builds from its flags)::
+
+        [[watch]]
+        table = "public.orders"          # required; resolved with the database's search_path
+        on = ["update"]                  # insert, update, delete (default: all three)
+        columns = ["status"]             # UPDATE events only when one of these changed
+        when = "NEW.status = 'cancelled'"  # SQL expression on OLD/NEW (the trigger's WHEN clause)
+        exclude_columns = ["card_token"] # left out of the payload's old/new
+        max_value_bytes = 2048           # longer values are cut (strings) or nulled
+        key_columns = ["id"]             # default: the primary key (required without one)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str = Field(min_length=1)
+    on: tuple[Operation, ...] = OPERATIONS
+    columns: tuple[str, ...] | None = None
+    when: str | None = None
+    exclude_columns: tuple[str, ...] = ()
+    max_value_bytes: int | None = Field(default=None, gt=0)
+    key_columns: tuple[str, ...] | None = None
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("name a table")
+        return v
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _on(cls, v: Any) -> Any:
+        v = _names(v)
+        if isinstance(v, tuple):
+            v = tuple(s.lower() if isinstance(s, str) else s for s in v)
+            if not v:
+                raise ValueError("name at least one of insert, update, delete")
+        return v
+
+    @field_validator("on")
+    @classmethod
+    def _on_order(cls, v: tuple[Operation, ...]) -> tuple[Operation, ...]:
+        return tuple(op for op in OPERATIONS if op in v)
+
+    @field_validator("columns", "key_columns", mode="before")
+    @classmethod
+    def _optional_names(cls, v: Any) -> Any:
+        v = _names(v)
+        return None if v == () else v
+
+    @field_validator("exclude_columns", mode="before")
+    @classmethod
+    def _excluded(cls, v: Any) -> Any:
+        return () if v is None else _names(v)
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if ";" in v or "--" in v or "/*" in v:
+            raise ValueError("must be a single SQL expression (no ';' and no comments)")
+        return v
+
+    @model_validator(mode="after")
+    def _columns_need_update(self) -> WatchSpec:
+        if self.columns is not None and "update" not in self.on:
+            raise ValueError("columns only filters UPDATE events; add update to 'on'")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """Arguments of the ``watch`` named query (hookline.watch())."""
+        return {
+            "table": self.table,
+            "operations": list(self.on),
+            "columns": list(self.columns) if self.columns is not None else None,
+            "condition": self.when,
+            "key_columns": list(self.key_columns) if self.key_columns is not None else None,
+            "exclude_columns": list(self.exclude_columns),
+            "max_value_bytes": self.max_value_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A row of the view hookline.watched."""
+
+    table: str
+    event_types: tuple[str, ...]
+    operations: tuple[str, ...]
+    columns: tuple[str, ...] | None
+    condition: str | None
+    key_columns: tuple[str, ...]
+    exclude_columns: tuple[str, ...]
+    max_value_bytes: int | None
+    active: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Watched:
+        return cls(
+            table=row["table_name"], event_types=tuple(row["event_types"]), operations=tuple(row["operations"]),
+            columns=tuple(row["columns"]) if row["columns"] is not None else None, condition=row["condition"],
+            key_columns=tuple(row["key_columns"]), exclude_columns=tuple(row["exclude_columns"]),
+            max_value_bytes=row["max_value_bytes"], active=bool(row["active"]),
+        )
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """What hookline.watch() did: ``created``, ``replaced`` or ``unchanged``."""
+
+    outcome: str
+    watched: Watched
+
+    def line(self) -> str:
+        return f"{self.watched.table}: {self.outcome} (events {', '.join(self.watched.event_types)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# database side
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _error(e: psycopg.Error, table: str | None = None) -> WatchError:
+    """Postgres' message (and hint), on one line."""
+    if isinstance(e, psycopg.OperationalError) and e.diag.sqlstate is None:
+        return WatchError(f"cannot reach the database: {_one_line(str(e))}")
+    primary = e.diag.message_primary or str(e)
+    if table is not None and not primary.startswith("hookline."):
+        primary = f"{table}: {primary}"
+    hint = e.diag.message_hint
+    return WatchError(_one_line(primary + (f" (hint: {hint})" if hint else "")))
+
+
+def _connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
+    try:
+        return psycopg.connect(libpq_dsn(dsn), autocommit=True, row_factory=dict_row)
+    except psycopg.Error as e:
+        raise _error(e) from None
+
+
+def _watch(conn: psycopg.Connection[dict[str, Any]], spec: WatchSpec) -> WatchResult:
+    sql = queries("watch")
+    try:
+        row = conn.execute(sql["watch"], spec.params()).fetchone()
+        info = conn.execute(sql["watched_table"], {"table": spec.table}).fetchone()
+    except psycopg.Error as e:
+        raise _error(e, spec.table) from None
+    assert row is not None and info is not None
+    return WatchResult(str(row["result"]), Watched.from_row(info))
+
+
+def watch_table(dsn: str, spec: WatchSpec) -> WatchResult:
+    """Watch one table (``hookline watch``): create, replace or leave its triggers as they are."""
+    with _connect(dsn) as conn, conn.transaction():
+        return _watch(conn, spec)
+
+
+def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
+    """Apply the ``[[watch]]`` entries of hookline.toml in one transaction (``hookline migrate``).
+
+    Returns one line per entry (``public.orders: created (events public.orders.update)``). Identical
+    entries change nothing (no DDL, no lock on the table); a changed entry replaces the triggers; a
+    failing entry rolls all of them back and raises :class:`WatchError`. Watches that are in the
+    database but not in the file stay: psql users may have added them.
+    """
+    if not specs:
+        return []
+    lines: list[str] = []
+    seen: dict[str, str] = {}
+    with _connect(dsn) as conn, conn.transaction():
+        for spec in specs:
+            result = _watch(conn, spec)
+            table = result.watched.table
+            if table in seen:
+                raise WatchError(f"[[watch]] lists {table} twice (as {seen[table]!r} and {spec.table!r}); "
+                                 "merge the entries")
+            seen[table] = spec.table
+            lines.append(result.line())
+    return lines
+
+
+def unwatch_table(dsn: str, table: str) -> bool:
+    """Stop watching a table; False when it was not watched. Stored events stay."""
+    with _connect(dsn) as conn, conn.transaction():
+        try:
+            row = conn.execute(queries("watch")["unwatch"], {"table": table}).fetchone()
+        except psycopg.Error as e:
+            raise _error(e, table) from None
+    assert row is not None
+    return bool(row["removed"])
+
+
+def list_watched(dsn: str) -> list[Watched]:
+    """Every watched table, from the view hookline.watched."""
+    with _connect(dsn) as conn:
+        try:
+            rows = conn.execute(queries("watch")["watched"]).fetchall()
+        except psycopg.Error as e:
+            raise _error(e) from None
+    return [Watched.from_row(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: hookline watch | unwatch | watched
+# ---------------------------------------------------------------------------------------------
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _db_url(settings: Settings) -> tuple[str, Any]:
+    from app.embedded import resolve_database_url
+
+    return resolve_database_url(settings.dsn(), settings.home)
+
+
+def spec_from_args(args: argparse.Namespace) -> WatchSpec:
+    """The WatchSpec that ``hookline watch`` flags describe; bad flags are a one-line WatchError."""
+    data: dict[str, Any] = {"table": args.table}
+    for flag, key in (("on", "on"), ("columns", "columns"), ("when", "when"), ("exclude", "exclude_columns"),
+                      ("max_value_bytes", "max_value_bytes"), ("key_columns", "key_columns")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[key] = value
+    try:
+        return WatchSpec.model_validate(data)
+    except ValidationError as e:
+        flags = {"exclude_columns": "exclude", "table": "TABLE"}
+        parts = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"][:1])
+            flag = flags.get(where, where).replace("_", "-")
+            name = flag if flag == "TABLE" else f"--{flag}"
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{name}: {msg}" if where else msg)
+        raise WatchError("; ".join(parts)) from None
+
+
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    url, _server = _db_url(settings)
+    result = watch_table(url, spec)
+    print(result.line())
+    if result.outcome != "unchanged":
+        print(f'pipelines match them with source = "db" and events = {list(result.watched.event_types)}; '
+              f"this watch is not in hookline.toml: `hookline migrate` leaves it alone, `hookline unwatch` removes it")
+    return 0
+
+
+def cmd_unwatch(settings: Settings, args: argparse.Namespace) -> int:
+    url, _server = _db_url(settings)
+    if unwatch_table(url, args.table):
+        print(f"{args.table}: no longer watched (events already stored stay)")
+    else:
+        print(f"{args.table}: was not watched")
+    return 0
+
+
+def format_watched(items: Sequence[Watched]) -> str:
+    """hookline.watched as a plain text table."""
+    if not items:
+        return "no table is watched (hookline watch TABLE, or [[watch]] in hookline.toml)"
+    header = ("table", "on", "columns", "when", "key", "exclude", "max bytes", "active")
+    rows = [header] + [
+        (w.table, ",".join(w.operations), ",".join(w.columns) if w.columns else "*", w.condition or "",
+         ",".join(w.key_columns), ",".join(w.exclude_columns), str(w.max_value_bytes or ""),
+         "yes" if w.active else "NO")
+        for w in items
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows)
+
+
+def cmd_watched(settings: Settings, args: argparse.Namespace) -> int:
+    url, _server = _db_url(settings)
+    print(format_watched(list_watched(url)))
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add ``watch``, ``unwatch`` and ``watched`` to the ``hookline`` parser; returns their handlers."""
+    w = subparsers.add_parser(
+        "watch", help="turn a table's row changes into events (source db)",
+        description="Install (or update) the triggers that turn a table's row changes into hookline events "
+                    "of type SCHEMA.TABLE.OPERATION, source db. Same as SELECT hookline.watch(...) in psql.")
+    w.add_argument("table", help="table name, optionally schema-qualified (public.orders)")
+    w.add_argument("--on", help="operations to watch: insert,update,delete (default: all)")
+    w.add_argument("--columns", help="UPDATE events only when one of these columns changed: a,b")
+    w.add_argument("--when", help="SQL condition on OLD/NEW, e.g. \"NEW.status = 'cancelled'\"")
+    w.add_argument("--exclude", help="columns left out of the payload: a,b")
+    w.add_argument("--max-value-bytes", type=int, help="cut longer values in the payload")
+    w.add_argument("--key-columns", help="columns identifying a row (default: the primary key): a,b")
+    u = subparsers.add_parser("unwatch", help="stop turning a table's row changes into events")
+    u.add_argument("table")
+    subparsers.add_parser("watched", help="list watched tables (the view hookline.watched)")
+    return {"watch": cmd_watch, "unwatch": cmd_unwatch, "watched": cmd_watched}
