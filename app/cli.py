@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app import embedded, migrations
+from app import bench as benchmark
 from app import watch as watching
 from app.config import environment_problems, load_config
 from app.errors import ConfigError, HooklineError
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
     COMMANDS.update(watching.add_cli(sub))
+    COMMANDS.update(benchmark.add_cli(sub))
     sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
     sub.add_parser("migrate", help="apply pending SQL migrations (Procfile release step)")
     web = sub.add_parser("web", help="serve the HTTP API on $PORT")

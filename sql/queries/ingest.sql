@@ -10,6 +10,22 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (source, delivery_id) DO NOTHING
 RETURNING id;
 
+-- name: store_event
+-- insert_event and, for a duplicate, the stored id, in one round trip: (id, inserted).
+-- No row back means the conflicting delivery committed after this statement's snapshot: ask find_event.
+WITH ins AS (
+    INSERT INTO hookline.events
+        (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
+         headers, body, payload, content_type, remote_addr)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (source, delivery_id) DO NOTHING
+    RETURNING id
+)
+SELECT id, true AS inserted FROM ins
+UNION ALL
+SELECT id, false AS inserted FROM hookline.events
+WHERE source = $1 AND delivery_id = $2 AND NOT EXISTS (SELECT 1 FROM ins);
+
 -- name: find_event
 -- The id of an already stored delivery (the duplicate answer).
 SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;

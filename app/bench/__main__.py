@@ -1,0 +1,37 @@
+"""Child processes of ``hookline bench``: ``python -m app.bench loadgen|bare …``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m app.bench")
+    sub = p.add_subparsers(dest="role", required=True)
+    lg = sub.add_parser("loadgen", help="HTTP/1.1 keep-alive load on 127.0.0.1 (prints JSON)")
+    lg.add_argument("--port", type=int, required=True)
+    lg.add_argument("--path", default="/webhooks/bench")
+    lg.add_argument("--count", type=int, required=True, help="distinct pre-signed requests")
+    lg.add_argument("--prefix", required=True, help="delivery ids are PREFIX-0 … PREFIX-(count-1)")
+    lg.add_argument("--concurrency", type=int, required=True)
+    lg.add_argument("--duration", type=float, required=True)
+    lg.add_argument("--warmup", type=float, default=0.0)
+    lg.add_argument("--cycle", action="store_true", help="start over when the requests run out")
+    lg.add_argument("--server-pid", type=int, help="process whose CPU use is sampled over the measured window")
+    bare = sub.add_parser("bare", help="the bare Starlette baseline under uvicorn")
+    bare.add_argument("--host", default="127.0.0.1")
+    bare.add_argument("--port", type=int, required=True)
+    args = p.parse_args(argv)
+    if args.role == "loadgen":
+        from app.bench.loadgen import main as loadgen
+
+        return loadgen(args)
+    from app.bench.bare import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
