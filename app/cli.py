@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from app import embedded, migrations
 from app import bench as benchmark
+from app import embedded, migrations
 from app import watch as watching
 from app.config import environment_problems, load_config
 from app.errors import ConfigError, HooklineError
