@@ -23,7 +23,7 @@ class WorkerDB:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
         self.pool = AsyncConnectionPool(libpq_dsn(url), min_size=min_size, max_size=max_size, open=False,
                                         kwargs={"autocommit": True, "application_name": "hookline-worker"},
-                                        check=AsyncConnectionPool.check_connection, reconnect_timeout=0)
+                                        check=AsyncConnectionPool.check_connection)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

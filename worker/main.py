@@ -43,6 +43,37 @@ def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
     return app
 
 
+def heartbeat_interval(stalled_after: float) -> float:
+    """How often a worker proves it is alive: well inside ``stalled_after``, so that another worker
+    (or this one's own maintenance task) never takes a live worker's jobs for stalled ones.
+    procrastinate's fixed 10 s default is not, for a ``stalled_after`` near or below 10 s."""
+    return max(0.1, min(10.0, stalled_after / 4))
+
+
+async def _recover_later(app: procrastinate.App, stalled_after: float) -> None:
+    """A worker that died just before this one started still looked alive at start (its heartbeat
+    was fresh): once that heartbeat is stale, hand its jobs back instead of waiting for the next
+    maintenance tick."""
+    await asyncio.sleep(stalled_after + 1)
+    try:
+        recovered = await maintenance.recover_stalled(app, stalled_after)
+    except Exception as e:
+        log.warning("stalled-job recovery failed (%s); the maintenance task will retry", e.__class__.__name__)
+        return
+    if recovered:
+        log.info("recovered %d stalled job(s) of a worker that died around this one's start", recovered)
+
+
+class _QuietRetries(logging.Filter):
+    """A scheduled retry is logged once by hookline with its reason; drop procrastinate's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], tasks.RetryLater):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 async def wait_for_database(dsn: str, stop: asyncio.Event) -> bool:
     """Block until Postgres accepts a connection (True) or a stop is requested (False)."""
     delay = 0.5
@@ -97,6 +128,7 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
                     recovered = await maintenance.recover_stalled(pq_app, settings.stalled_after)
                     if recovered:
                         log.info("recovered %d stalled job(s) at start", recovered)
+                    late = asyncio.create_task(_recover_later(pq_app, settings.stalled_after))
                     current = asyncio.create_task(pq_app.run_worker_async(
                         queues=[QUEUE],
                         name="hookline",
@@ -105,6 +137,7 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
                         abort_job_polling_interval=settings.worker_poll_interval,
                         shutdown_graceful_timeout=settings.shutdown_timeout,
                         stalled_worker_timeout=settings.stalled_after,
+                        update_heartbeat_interval=heartbeat_interval(settings.stalled_after),
                         install_signal_handlers=False,
                         additional_context={"runtime": rt},
                         listen_notify=True,
@@ -113,6 +146,7 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
                     with contextlib.suppress(asyncio.CancelledError):
                         await current
                     current = None
+                    late.cancel()
             except Exception as e:
                 log.warning("worker loop failed (%s: %s)", e.__class__.__name__, e)
             if not stop.is_set():
@@ -128,6 +162,7 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
 def main() -> None:
     settings = Settings()
     setup_logging(settings.log_level, settings.log_format, process="worker")
+    logging.getLogger("procrastinate.worker").addFilter(_QuietRetries())
     config = load_config(settings.config)
     asyncio.run(run_worker(settings, config))
 

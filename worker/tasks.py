@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import procrastinate
+import psycopg
 from procrastinate import JobContext, RetryDecision
 from procrastinate.jobs import Job
 
@@ -37,6 +38,10 @@ class HooklineRetry(procrastinate.BaseRetryStrategy):
             return RetryDecision(retry_in={"milliseconds": int(exception.delay * 1000)})
         if isinstance(exception, asyncio.CancelledError | procrastinate.exceptions.JobAborted):
             return RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, psycopg.OperationalError | OSError):
+            # the database went away outside the pipeline's own error handling (claiming or finishing
+            # the event): the event is not terminal, so run the job again once the database is back
+            return RetryDecision(retry_in={"seconds": min(60, 2 ** min(job.attempts, 6))})
         return None
 
 
