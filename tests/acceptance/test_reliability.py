@@ -65,16 +65,22 @@ def settings_for(db_url: str, fake: FakeMessagesAPI, **over: Any) -> Any:
     return make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url, **over)
 
 
+async def process_one(db_url: str, fake: FakeMessagesAPI, config: Config, body: bytes) -> dict[str, Any]:
+    """Real web and worker: deliver one signed event and wait until it is finished."""
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, worker_task(settings, config):
+        async with httpx.AsyncClient() as client:
+            event_id = await deliver(client, base, body)
+        return await wait_for_status(db_url, event_id)
+
+
 async def test_rate_limit_is_retried_honouring_retry_after(db_url: str, fake: FakeMessagesAPI,
                                                            receiver: Receiver) -> None:
     config = make_config()
     fake.enqueue(rate_limited(retry_after=1), reply(GOOD))
-    settings = settings_for(db_url, fake)
-    async with web_server(settings, config) as base, worker_task(settings, config):
-        async with httpx.AsyncClient() as client:
-            event_id = await deliver(client, base, event_body("evt_429"))
-        started = time.monotonic()
-        event = await wait_for_status(db_url, event_id)
+    started = time.monotonic()
+    event = await process_one(db_url, fake, config, event_body("evt_429"))
+    event_id = event["id"]
     assert event["status"] == "succeeded" and event["attempts"] == 2
     assert time.monotonic() - started >= 0.9, "the retry-after of 1 s was not honoured"
     calls = rows(db_url, "SELECT status, error FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", event_id)
@@ -86,11 +92,8 @@ async def test_permanent_error_goes_straight_to_the_dead_letters(db_url: str, fa
                                                                  receiver: Receiver) -> None:
     config = make_config()
     fake.enqueue(error(400, "invalid_request_error", "max_tokens: too large"))
-    settings = settings_for(db_url, fake)
-    async with web_server(settings, config) as base, worker_task(settings, config):
-        async with httpx.AsyncClient() as client:
-            event_id = await deliver(client, base, event_body("evt_400"))
-        event = await wait_for_status(db_url, event_id)
+    event = await process_one(db_url, fake, config, event_body("evt_400"))
+    event_id = event["id"]
     assert event["status"] == "dead" and event["attempts"] == 1
     ((error_text, attempts, detail),) = rows(
         db_url, "SELECT error, attempts, detail FROM hookline.dead_letters WHERE event_id = %s", event_id)
@@ -102,11 +105,8 @@ async def test_permanent_error_goes_straight_to_the_dead_letters(db_url: str, fa
 async def test_invalid_output_gets_one_repair_turn(db_url: str, fake: FakeMessagesAPI, receiver: Receiver) -> None:
     config = make_config()
     fake.enqueue(reply({"subject": "only a subject"}), reply(GOOD))
-    settings = settings_for(db_url, fake)
-    async with web_server(settings, config) as base, worker_task(settings, config):
-        async with httpx.AsyncClient() as client:
-            event_id = await deliver(client, base, event_body("evt_repair"))
-        event = await wait_for_status(db_url, event_id)
+    event = await process_one(db_url, fake, config, event_body("evt_repair"))
+    event_id = event["id"]
     assert event["status"] == "succeeded" and event["attempts"] == 1
     calls = fake.calls_to("/v1/messages")
     assert len(calls) == 2
@@ -229,11 +229,7 @@ async def test_latest_wins_skips_an_older_event_that_arrives_late(db_url: str, f
 async def test_a_hung_model_call_times_out_and_is_retried(db_url: str, fake: FakeMessagesAPI) -> None:
     config = make_config(timeout_seconds=0.5, actions=[])
     fake.enqueue(hang(), reply(GOOD))
-    settings = settings_for(db_url, fake)
-    async with web_server(settings, config) as base, worker_task(settings, config):
-        async with httpx.AsyncClient() as client:
-            event_id = await deliver(client, base, event_body("evt_hang"))
-        event = await wait_for_status(db_url, event_id)
+    event = await process_one(db_url, fake, config, event_body("evt_hang"))
     assert event["status"] == "succeeded" and event["attempts"] == 2
     assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'") == [(0,)]
 
