@@ -148,3 +148,43 @@ async def test_handshakes_are_answered_and_never_stored(db_url: str, monkeypatch
     assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(0,)]
     assert 'hookline_handshakes_total{source="slack"} 1' in metrics
     assert 'reason="' in metrics and 'hookline_signature_failures_total{provider="discord_interactions"' in metrics
+
+
+async def test_delivery_id_tenant_occurred_at_and_overrides(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_HMAC", "generic-secret")
+    monkeypatch.setenv("HL_STRIPE", "whsec_meta_test")
+    hmac_source = {"provider": "hmac", "secrets_env": ["HL_HMAC"], "hmac": {"header": "X-Sig"}}
+    config = config_from({"sources": {
+        "strict": hmac_source,
+        "hashed": {**hmac_source, "content_hash_ids": True},
+        "custom": {**hmac_source, "delivery_id": "header:X-Request-Id", "event_type": ["json:kind", "json:type"],
+                   "tenant": "json:org.id", "occurred_at": "json:at"},
+        "stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE"]},
+    }})
+    settings = make_settings(db_url)
+    no_id = json.dumps({"type": "ping"}).encode()
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+        def h(body: bytes, **extra: str) -> dict[str, str]:
+            return {**sign("hmac", secret="generic-secret", body=body, options={"header": "X-Sig"}), **extra}
+
+        refused = await client.post(f"{base}/webhooks/strict", content=no_id, headers=h(no_id))
+        hashed = await client.post(f"{base}/webhooks/hashed", content=no_id, headers=h(no_id))
+        hashed_again = await client.post(f"{base}/webhooks/hashed", content=no_id, headers=h(no_id))
+        custom_body = json.dumps({"kind": "order.paid", "org": {"id": 77}, "at": "2026-11-20T10:00:00Z"}).encode()
+        custom = await client.post(f"{base}/webhooks/custom", content=custom_body,
+                                   headers=h(custom_body, **{"X-Request-Id": "req-1"}))
+        stripe_body = json.dumps({"id": "evt_connect", "type": "charge.failed", "created": 1795000000,
+                                  "account": "acct_123", "data": {"object": {}}}).encode()
+        stripe = await client.post(f"{base}/webhooks/stripe", content=stripe_body,
+                                   headers=sign("stripe", secret="whsec_meta_test", body=stripe_body))
+    assert refused.status_code == 400 and "no delivery id" in refused.json()["detail"]
+    assert hashed.json()["status"] == "accepted"
+    assert hashed_again.json() == {"status": "duplicate", "event_id": hashed.json()["event_id"]}
+    assert custom.status_code == 200 and stripe.status_code == 200
+    stored = {r[0]: r[1:] for r in rows(db_url, "SELECT source, delivery_id, event_type, tenant, "
+                                                "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') "
+                                                "FROM hookline.events")}
+    assert stored["hashed"][0].startswith("sha256:") and "strict" not in stored
+    assert stored["custom"] == ("req-1", "order.paid", "77", "2026-11-20 10:00")
+    assert stored["stripe"][:3] == ("evt_connect", "charge.failed", "acct_123")
+    assert stored["stripe"][3] is not None
