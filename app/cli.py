@@ -15,6 +15,7 @@ from app import bench as benchmark
 from app import embedded, migrations
 from app import watch as watching
 from app.config import environment_problems, load_config
+from app.db import libpq_dsn
 from app.errors import ConfigError, HooklineError
 from app.logs import setup_logging
 from app.settings import Settings
@@ -66,7 +67,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{path}: no such file (HOOKLINE_CONFIG)", file=sys.stderr)
         return 1
     config = load_config(path)
-    problems = environment_problems(config, settings.environ)
+    problems = environment_problems(config, settings.environ, settings.public_url)
     print(f"{path}: OK — {len(config.sources)} source(s), {len(config.pipelines)} pipeline(s)")
     for name, src in sorted(config.sources.items()):
         pipes = [p.name for p in config.pipelines.values() if p.source == name]
@@ -92,7 +93,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     url = _db_url(settings)
     st = migrations.status(url)
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(libpq_dsn(url)) as conn:
         counts = conn.execute(
             "SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
         jobs = conn.execute(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import ConfigError
@@ -227,6 +228,12 @@ class Pipeline(_Strict):
     def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None and v.get("type") != "object":
             raise ValueError("output_schema must be a JSON Schema whose type is 'object'")
+        if v is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(v)
+            except jsonschema.SchemaError as e:
+                where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+                raise ValueError(f"not a valid JSON Schema at {where}: {e.message}") from None
         return v
 
     @model_validator(mode="after")
@@ -327,14 +334,14 @@ def load_config(path: Path) -> Config:
     return parse_config(data)
 
 
-def environment_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
+def environment_problems(config: Config, environ: Mapping[str, str], public_url: str | None = None) -> list[str]:
     """What `hookline check` reports about the environment the file names (never the values)."""
     problems: list[str] = []
     for name, src in config.sources.items():
         if not src.secrets(environ):
             problems.append(f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; "
                             "every request will get 401")
-        if PROVIDERS[src.provider].url_bound and not src.public_url:
+        if PROVIDERS[src.provider].url_bound and not (src.public_url or public_url):
             problems.append(f"sources.{name}.public_url: provider {src.provider} signs the URL; "
                             "set public_url (or HOOKLINE_PUBLIC_URL)")
     for name, p in config.pipelines.items():

@@ -32,7 +32,7 @@ def _pump(name: str, stream: IO[bytes], color: bool) -> None:
 
 def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
     config = load_config(settings.config)  # fail early, with the key that is wrong
-    for problem in environment_problems(config, environ):
+    for problem in environment_problems(config, environ, settings.public_url):
         print(f"warning: {problem}", file=sys.stderr)
     url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
     applied = migrations.migrate(url)

@@ -119,9 +119,15 @@ def parse_body(body: bytes, content_type: str) -> Any:
     if not body.strip():
         raise BadRequest("body is empty; a JSON document was expected")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply to store") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def public_url(request: Request, src: Source, base: str | None) -> str | None:
@@ -187,6 +193,8 @@ async def receive_webhook(request: Request) -> Response:
             raise BadRequest("no delivery id found in this request (the sender's event id header or field); "
                              "set content_hash_ids = true on the source to use a hash of the body")
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
+    elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
+        delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
     ordering = state.config.ordering_locators(name)
     ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
 
@@ -194,10 +202,10 @@ async def receive_webhook(request: Request) -> Response:
     try:
         pool = await state.db.ensure()
         row = await pool.fetchrow(
-            Q["store_event"], name, delivery_id[:512], meta.event_type, meta.tenant, ordering_key,
+            Q["store_event"], name, delivery_id, meta.event_type, meta.tenant, ordering_key,
             meta.occurred_at, stored, body, payload, content_type or None, _remote(request))
         if row is None:  # the first delivery committed while this statement ran
-            row = await pool.fetchrow(Q["find_event"], name, delivery_id[:512])
+            row = await pool.fetchrow(Q["find_event"], name, delivery_id)
             event_id, status = (row["id"] if row else None), "duplicate"
         else:
             event_id, status = row["id"], ("accepted" if row["inserted"] else "duplicate")
@@ -206,8 +214,9 @@ async def receive_webhook(request: Request) -> Response:
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
         raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",
                                   headers={"Retry-After": str(state.settings.retry_after_seconds)}) from None
-    except asyncpg.exceptions.UntranslatableCharacterError:
-        raise BadRequest("body contains \\u0000, which Postgres JSON cannot store") from None
+    except asyncpg.exceptions.DataError as e:  # \u0000, lone surrogates …: valid JSON Postgres cannot store
+        raise BadRequest(f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
+                         "e.g. \\u0000 or an unpaired surrogate") from None
     state.metrics.inc("hookline_ingest_requests_total", source=name, outcome=status)
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
 

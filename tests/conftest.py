@@ -93,7 +93,10 @@ def pg_base(pg_server: PgServer) -> _Base:
 
 def load_schema(host: str, port: int, user: str, dbname: str, password: str | None, **_: Any) -> None:
     """pytest-postgresql loader: migrate the template database once per session."""
-    migrations.migrate(PgServer(host, int(port), user, password or "").url(dbname))
+    url = PgServer(host, int(port), user, password or "").url(dbname)
+    migrations.migrate(url)
+    with psycopg.connect(url, autocommit=True) as c:  # Postgres 14 lets PUBLIC create in public; 15+ does not
+        c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
 
 
 def _alive(pid: int) -> bool:

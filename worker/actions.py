@@ -8,6 +8,7 @@ so a receiver can drop the rare repeat after a crash between its 2xx and our boo
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -55,9 +56,12 @@ async def run_action(action: Action, ctx: ActionContext, *, http: httpx.AsyncCli
         return {"logged": True}
     if isinstance(action, PythonAction):
         fn = resolve_target(action.target)
-        result = fn(ctx)
-        if inspect.isawaitable(result):
-            result = await result
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(ctx)
+        else:  # off the event loop: a slow function must not stall heartbeats or timeouts
+            result = await asyncio.to_thread(fn, ctx)
+            if inspect.isawaitable(result):
+                result = await result
         plain = isinstance(result, str | int | float | bool | dict | list | None)
         return {"returned": result if plain else repr(result)}
     raise PermanentError(f"unknown action type {getattr(action, 'type', '?')}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import jsonschema
 import psycopg
 
 
@@ -84,6 +85,6 @@ def classify(exc: BaseException) -> PipelineError:
         return TransientError("timed out (pipeline timeout_seconds)")
     if isinstance(exc, httpx.TransportError | psycopg.OperationalError | OSError):
         return TransientError(msg)
-    if isinstance(exc, ImportError | AttributeError | KeyError | TypeError | ValueError):
+    if isinstance(exc, ImportError | AttributeError | KeyError | TypeError | ValueError | jsonschema.SchemaError):
         return PermanentError(msg)
     return TransientError(msg)

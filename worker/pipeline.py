@@ -49,6 +49,8 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
         stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
         if stored is not None:
             return stored["output"], True
+    if recompute:  # before the call: a failed call must not leave the old answer in place for the retry
+        await rt.db.run("supersede_calls", event_id=eid, pipeline=pipeline.name)
     history = await _history(rt, event, pipeline) if pipeline.history else None
     request = build_request(pipeline, event, history)
     if rt.llm is None:
@@ -67,8 +69,6 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
             model=pipeline.model, status="failed", request=request, error=str(err))))
         raise err from e
-    if recompute:
-        await rt.db.run("supersede_calls", event_id=eid, pipeline=pipeline.name)
     for rec in answer.calls:
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
     return answer.output, False

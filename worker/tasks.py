@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import procrastinate
-import psycopg
 from procrastinate import JobContext, RetryDecision
 from procrastinate.jobs import Job
 
@@ -38,10 +37,6 @@ class HooklineRetry(procrastinate.BaseRetryStrategy):
             return RetryDecision(retry_in={"milliseconds": int(exception.delay * 1000)})
         if isinstance(exception, asyncio.CancelledError | procrastinate.exceptions.JobAborted):
             return RetryDecision(retry_in={"seconds": 0})
-        if isinstance(exception, psycopg.OperationalError | OSError):
-            # the database went away outside the pipeline's own error handling (claiming or finishing
-            # the event): the event is not terminal, so run the job again once the database is back
-            return RetryDecision(retry_in={"seconds": min(60, 2 ** min(job.attempts, 6))})
         return None
 
 
@@ -52,9 +47,32 @@ def runtime_of(context: JobContext) -> Runtime:
     return rt
 
 
+#: Job runs that failed outside the pipelines' own error handling (database errors while claiming or
+#: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
+MAX_INFRASTRUCTURE_ATTEMPTS = 50
+
+
 async def process_event(context: JobContext, event_id: int, recompute: bool = False,
                         force_actions: bool = False) -> str:
-    return await handle_event(runtime_of(context), event_id, recompute=recompute, force_actions=force_actions)
+    rt = runtime_of(context)
+    try:
+        return await handle_event(rt, event_id, recompute=recompute, force_actions=force_actions)
+    except RetryLater:
+        raise
+    except Exception as e:
+        # The database failed us outside the pipeline's error handling (claiming, finishing or
+        # recording the event). The event is not terminal: run the job again, or give up loudly.
+        attempts = (context.job.attempts if context.job else 0) + 1
+        reason = f"{e.__class__.__name__}: {e}"
+        if attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
+            with contextlib.suppress(Exception):
+                await _finish(rt, event_id, "dead", error=reason,
+                              detail=f"gave up after {attempts} job runs failed outside the pipeline")
+            log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
+            return "dead"
+        delay = float(min(60, 2 ** min(attempts, 6)))
+        log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
+        raise RetryLater(delay, reason) from e
 
 
 def register(bp: procrastinate.Blueprint) -> None:
@@ -73,6 +91,9 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         await _finish(rt, event_id, "skipped",
                       detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}")
         return "skipped"
+    if int(event["attempts"]) > 1:
+        # a retry of a replayed job: the answer it recomputed and the actions it forced are done
+        recompute = force_actions = False
     current: Pipeline | None = None
     dry = False
     superseded_by = await _superseded(rt, event, pipelines)

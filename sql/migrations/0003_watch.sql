@@ -200,6 +200,32 @@ COMMENT ON FUNCTION hookline.row_event() IS
   'excluded columns, max value bytes).';
 
 -- ---------------------------------------------------------------------------------------------
+-- Safety of the SECURITY DEFINER chain: row_event → events_enqueue → hookline.defer_job →
+-- procrastinate's functions and triggers, which name some objects unqualified. If another role may
+-- CREATE in the schemas on that path, it could plant a function (an exact-type overload wins over
+-- pg_catalog's, whatever the search_path) that then runs with the definer's rights.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION hookline.unsafe_schema_creators() RETURNS TABLE (schema_name text, role_name text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.nspname::text,
+           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+    FROM pg_namespace n
+    CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+    WHERE n.oid IN (SELECT pronamespace FROM pg_proc WHERE proname = 'procrastinate_defer_jobs_v1'
+                    UNION SELECT 'hookline'::regnamespace::oid)
+      AND a.privilege_type = 'CREATE'
+      AND (a.grantee = 0 OR NOT (
+              pg_has_role((SELECT proowner FROM pg_proc WHERE oid = 'hookline.row_event()'::regprocedure),
+                          a.grantee, 'MEMBER')
+              OR (SELECT rolsuper FROM pg_roles WHERE oid = a.grantee)));
+$$;
+COMMENT ON FUNCTION hookline.unsafe_schema_creators() IS
+  'Roles (or PUBLIC) other than the owner of hookline.row_event() that may CREATE objects in the '
+  'schemas its SECURITY DEFINER chain uses (hookline and procrastinate''s). hookline.watch() refuses '
+  'to install a watch while this returns rows: such a role could run code with the owner''s rights.';
+
+-- ---------------------------------------------------------------------------------------------
 -- watch / unwatch
 -- ---------------------------------------------------------------------------------------------
 CREATE FUNCTION hookline.watch(
@@ -238,6 +264,15 @@ DECLARE
 BEGIN
     IF v_rel IS NULL THEN
         RAISE EXCEPTION 'hookline.watch: table is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(format('%s may CREATE in schema %I', u.role_name, u.schema_name), '; ')
+    INTO v_label FROM hookline.unsafe_schema_creators() u;
+    IF v_label IS NOT NULL THEN
+        RAISE EXCEPTION 'hookline.watch: refused, % (the row-change trigger runs with its owner''s rights, '
+                        'and such a role could plant a function it calls)', v_label
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'REVOKE CREATE ON SCHEMA public FROM PUBLIC; (the default since Postgres 15), '
+                         'and revoke CREATE from the other roles named.';
     END IF;
     SELECT * INTO v_class FROM pg_catalog.pg_class WHERE oid = v_rel;
     v_schema := (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = v_class.relnamespace);

@@ -167,6 +167,6 @@ BEGIN
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE p.proname = 'procrastinate_defer_jobs_v1';
     EXECUTE format('ALTER FUNCTION hookline.defer_job(text, text, jsonb, text, text, integer, timestamptz) '
-                   'SET search_path = %I, pg_catalog, pg_temp', pq_schema);
+                   'SET search_path = pg_catalog, %I, pg_temp', pq_schema);
 END;
 $$;

@@ -278,3 +278,26 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
         dup = conn.execute("INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'old_7') "
                            "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id").fetchone()
     assert dup is None, "a pruned event still deduplicates its delivery id"
+
+
+async def test_a_retried_replay_does_not_recompute_or_force_again(db_url: str, fake: FakeMessagesAPI,
+                                                                  receiver: Receiver) -> None:
+    """replay --recompute --force whose http action fails once: the retry reuses the recomputed
+    answer and does not force the action that already ran in the replay again."""
+    config = make_config(actions=[{"type": "log", "name": "note"}, {"type": "http", "url_env": "HL_CRM_URL"}])
+    fake.set_default(reply(GOOD))
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, worker_task(settings, config):
+        async with httpx.AsyncClient() as client:
+            event_id = await deliver(client, base, event_body("evt_rr"))
+        await wait_for_status(db_url, event_id)
+        receiver.statuses = [503]
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("SELECT hookline.replay(%s, p_recompute => true, p_force => true)", (event_id,))
+        event = await wait_for_status(db_url, event_id, statuses=("succeeded", "dead"))
+    assert event["status"] == "succeeded" and event["attempts"] == 2
+    assert len(fake.calls_to("/v1/messages")) == 2, "one call at first, one for the recompute, none for the retry"
+    runs = dict(rows(db_url, "SELECT action, attempts FROM hookline.action_runs WHERE event_id = %s", event_id))
+    assert runs == {"note": 2, "http#1": 3}
+    assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", event_id) == [
+        ("superseded",), ("succeeded",)]

@@ -179,10 +179,16 @@ async def test_client_errors_are_clear_and_store_nothing(db_url: str, env: None)
         bad_json = await client.post(f"{base}/webhooks/hooks", content=not_json,
                                      headers=sign("standard_webhooks", secret=SECRET, body=not_json, delivery_id="m1"))
         wrong_method = await client.put(f"{base}/webhooks/hooks", content=b"{}")
+        unstorable = []
+        for i, raw in enumerate((b'{"a": "nul \\u0000 here"}', b'{"a": "\\ud800"}')):
+            unstorable.append(await client.post(f"{base}/webhooks/hooks", content=raw, headers=sign(
+                "standard_webhooks", secret=SECRET, body=raw, delivery_id=f"msg_bad_{i}")))
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_source"
     assert too_big.status_code == 413 and too_big.json()["error"] == "payload_too_large"
     assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["detail"]
     assert wrong_method.status_code == 405
+    assert [r.status_code for r in unstorable] == [400, 400], [r.text for r in unstorable]
+    assert all("cannot store" in r.json()["detail"] for r in unstorable)
     assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(0,)]
 
 

@@ -49,6 +49,8 @@ def test_good_config_parses_and_names_things() -> None:
     (lambda d: d["pipelines"]["p"].pop("instructions"), "pipelines.p.instructions: required key is missing"),
     (lambda d: d["pipelines"]["p"].update(output_model="x:Y"), "set exactly one of output_schema or output_model"),
     (lambda d: d["pipelines"]["p"].update(output_schema={"type": "string"}), "pipelines.p.output_schema"),
+    (lambda d: d["pipelines"]["p"].update(output_schema={"type": "object", "properties": {"a": {"type": "strng"}}}),
+     "pipelines.p.output_schema: not a valid JSON Schema at properties/a/type"),
     (lambda d: d["pipelines"]["p"]["actions"].append({"type": "email"}), "pipelines.p.actions.2"),
     (lambda d: d["pipelines"]["p"]["actions"].append({"type": "python", "target": "nocolon"}),
      "target must look like"),

@@ -47,7 +47,7 @@ def test_body_parsing() -> None:
     assert parse_body(b'{"a": 1}', "application/json") == {"a": 1}
     assert parse_body(b"a=1&b=two", "application/x-www-form-urlencoded") == {"a": "1", "b": "two"}
     assert parse_body(b'payload=%7B%22x%22%3A1%7D', "application/x-www-form-urlencoded") == {"x": 1}
-    for bad in (b"", b"not json", b"\xff\xfe"):
+    for bad in (b"", b"not json", b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}', b"[" * 100_000 + b"]" * 100_000):
         with pytest.raises(BadRequest):
             parse_body(bad, "application/json")
 
