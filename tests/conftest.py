@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from app import migrations
+from app.core import migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -26,9 +26,9 @@ import httpx
 import psycopg
 import uvicorn
 
-from app.config import Config, parse_config
-from app.settings import Settings
-from app.web import create_app
+from app.core.config import Config, parse_config
+from app.core.settings import Settings
+from app.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "dead", "skipped")
@@ -42,10 +42,18 @@ def free_port() -> int:
 
 def make_settings(db_url: str | None, **over: Any) -> Settings:
     base: dict[str, Any] = {
-        "database_url": db_url, "anthropic_api_key": None, "anthropic_base_url": None,
-        "worker_concurrency": 4, "worker_poll_interval": 0.5, "shutdown_timeout": 5.0,
-        "llm_timeout": 10.0, "llm_max_retries": 0, "db_timeout": 2.0, "retry_after_seconds": 2,
-        "stalled_after": 2.0, "port": 0,
+        "database_url": db_url,
+        "anthropic_api_key": None,
+        "anthropic_base_url": None,
+        "worker_concurrency": 4,
+        "worker_poll_interval": 0.5,
+        "shutdown_timeout": 5.0,
+        "llm_timeout": 10.0,
+        "llm_max_retries": 0,
+        "db_timeout": 2.0,
+        "retry_after_seconds": 2,
+        "stalled_after": 2.0,
+        "port": 0,
     }
     base.update(over)
     return Settings(**base)
@@ -55,8 +63,9 @@ def make_settings(db_url: str | None, **over: Any) -> Settings:
 async def web_server(settings: Settings, config: Config) -> AsyncIterator[str]:
     """uvicorn serving hookline on a free 127.0.0.1 port; yields the base URL."""
     port = free_port()
-    cfg = uvicorn.Config(create_app(settings, config), host="127.0.0.1", port=port, log_config=None,
-                         access_log=False, lifespan="on")
+    cfg = uvicorn.Config(
+        create_app(settings, config), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
     server = uvicorn.Server(cfg)
     task = asyncio.create_task(server.serve())
     for _ in range(200):
@@ -95,8 +104,13 @@ class WorkerProcess:
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker"], env={**os.environ, **env}, cwd=ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         self.proc.kill()
@@ -170,14 +184,17 @@ def config_from(toml_like: dict[str, Any]) -> Config:
     return parse_config(toml_like)
 
 
-async def wait_for_status(db_url: str, event_id: int, statuses: tuple[str, ...] = TERMINAL,
-                          timeout: float = 20.0) -> dict[str, Any]:
+async def wait_for_status(
+    db_url: str, event_id: int, statuses: tuple[str, ...] = TERMINAL, timeout: float = 20.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     row: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         async with await psycopg.AsyncConnection.connect(db_url) as conn:
-            cur = await conn.execute("SELECT id, status, attempts, last_error, detail, dry_run FROM hookline.events "
-                                     "WHERE id = %s", (event_id,))
+            cur = await conn.execute(
+                "SELECT id, status, attempts, last_error, detail, dry_run FROM hookline.events WHERE id = %s",
+                (event_id,),
+            )
             rec = await cur.fetchone()
         if rec is not None:
             row = dict(zip(("id", "status", "attempts", "last_error", "detail", "dry_run"), rec, strict=True))

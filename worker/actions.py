@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from app.config import Action, HttpAction, LogAction, PythonAction, resolve_target
+from app.core.config import Action, HttpAction, LogAction, PythonAction, resolve_target
 from app.signatures import sign
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 
@@ -40,19 +40,31 @@ class ActionContext:
 
 
 def envelope(ctx: ActionContext) -> dict[str, Any]:
-    return {"event_id": ctx.event_id, "source": ctx.source, "event_type": ctx.event_type,
-            "pipeline": ctx.pipeline, "action": ctx.action, "idempotency_key": ctx.idempotency_key,
-            "output": ctx.output}
+    return {
+        "event_id": ctx.event_id,
+        "source": ctx.source,
+        "event_type": ctx.event_type,
+        "pipeline": ctx.pipeline,
+        "action": ctx.action,
+        "idempotency_key": ctx.idempotency_key,
+        "output": ctx.output,
+    }
 
 
-async def run_action(action: Action, ctx: ActionContext, *, http: httpx.AsyncClient,
-                     environ: Mapping[str, str], timeout: float) -> dict[str, Any]:
+async def run_action(
+    action: Action, ctx: ActionContext, *, http: httpx.AsyncClient, environ: Mapping[str, str], timeout: float
+) -> dict[str, Any]:
     if isinstance(action, HttpAction):
         return await _http(action, ctx, http=http, environ=environ, timeout=timeout)
     if isinstance(action, LogAction):
         logging.getLogger("hookline.output").log(
-            logging.getLevelName(action.level.upper()), "%s/%s event %s: %s", ctx.pipeline, ctx.action,
-            ctx.event_id, json.dumps(ctx.output, ensure_ascii=False, default=str))
+            logging.getLevelName(action.level.upper()),
+            "%s/%s event %s: %s",
+            ctx.pipeline,
+            ctx.action,
+            ctx.event_id,
+            json.dumps(ctx.output, ensure_ascii=False, default=str),
+        )
         return {"logged": True}
     if isinstance(action, PythonAction):
         fn = resolve_target(action.target)
@@ -67,14 +79,19 @@ async def run_action(action: Action, ctx: ActionContext, *, http: httpx.AsyncCli
     raise PermanentError(f"unknown action type {getattr(action, 'type', '?')}")
 
 
-async def _http(action: HttpAction, ctx: ActionContext, *, http: httpx.AsyncClient,
-                environ: Mapping[str, str], timeout: float) -> dict[str, Any]:
+async def _http(
+    action: HttpAction, ctx: ActionContext, *, http: httpx.AsyncClient, environ: Mapping[str, str], timeout: float
+) -> dict[str, Any]:
     url = environ.get(action.url_env)
     if not url:
         raise PermanentError(f"http action {ctx.action}: environment variable {action.url_env} is not set")
     body = json.dumps(envelope(ctx), ensure_ascii=False, separators=(",", ":"), default=str).encode()
-    headers = {"content-type": "application/json", "user-agent": "hookline", "idempotency-key": ctx.idempotency_key,
-               **action.headers}
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "hookline",
+        "idempotency-key": ctx.idempotency_key,
+        **action.headers,
+    }
     secret = environ.get(action.secret_env) if action.secret_env else None
     if secret:
         headers.update(sign("standard_webhooks", secret=secret, body=body, delivery_id=ctx.idempotency_key))

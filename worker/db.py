@@ -9,8 +9,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from app.db import libpq_dsn
-from app.sqlfiles import queries
+from app.core.db import libpq_dsn
+from app.core.sqlfiles import queries
 
 Q = queries("worker")
 
@@ -21,9 +21,14 @@ def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
 
 class WorkerDB:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
-        self.pool = AsyncConnectionPool(libpq_dsn(url), min_size=min_size, max_size=max_size, open=False,
-                                        kwargs={"autocommit": True, "application_name": "hookline-worker"},
-                                        check=AsyncConnectionPool.check_connection)
+        self.pool = AsyncConnectionPool(
+            libpq_dsn(url),
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "hookline-worker"},
+            check=AsyncConnectionPool.check_connection,
+        )
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

@@ -19,8 +19,9 @@ class PipelineError(Exception):
 
     permanent = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None, output: object = None,
-                 calls: list[Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, output: object = None, calls: list[Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.output = output

@@ -38,8 +38,9 @@ class Answer:
     calls: list[CallRecord]
 
 
-def make_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int,
-                **kw: Any) -> anthropic.AsyncAnthropic:
+def make_client(
+    *, api_key: str, base_url: str | None, timeout: float, max_retries: int, **kw: Any
+) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries, **kw)
 
 
@@ -77,9 +78,16 @@ async def _one_call(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -
     latency = int((time.monotonic() - started) * 1000)
     body = message.model_dump(mode="json", exclude_none=False)
     usage = body.get("usage") or {}
-    return CallRecord(model=request["model"], status="succeeded", request=request, response=body,
-                      usage=usage, cost_usd=cost_usd(request["model"], usage), latency_ms=latency,
-                      request_id=raw.request_id or raw.headers.get("request-id"))
+    return CallRecord(
+        model=request["model"],
+        status="succeeded",
+        request=request,
+        response=body,
+        usage=usage,
+        cost_usd=cost_usd(request["model"], usage),
+        latency_ms=latency,
+        request_id=raw.request_id or raw.headers.get("request-id"),
+    )
 
 
 async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: OutputSpec) -> Answer:
@@ -103,8 +111,11 @@ async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: O
     repair["messages"] = [
         *request["messages"],
         {"role": "assistant", "content": _text_of(first.response or {}) or ""},
-        {"role": "user", "content": f"That answer does not match the required schema: {problem}. "
-                                     "Answer again with JSON that matches the schema exactly."},
+        {
+            "role": "user",
+            "content": f"That answer does not match the required schema: {problem}. "
+            "Answer again with JSON that matches the schema exactly.",
+        },
     ]
     second = await _one_call(client, repair)
     calls.append(second)
@@ -113,5 +124,6 @@ async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: O
         return Answer(second.output, calls)
     except ValueError as e:
         second.status, second.error = "invalid_output", str(e)
-        raise InvalidOutput(f"invalid model output after one repair attempt: {e}",
-                            output=_text_of(second.response or {}), calls=calls) from None
+        raise InvalidOutput(
+            f"invalid model output after one repair attempt: {e}", output=_text_of(second.response or {}), calls=calls
+        ) from None

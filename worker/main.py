@@ -19,11 +19,11 @@ from typing import Any
 import procrastinate
 import psycopg
 
-from app.config import Config, load_config
-from app.db import libpq_dsn
-from app.logs import setup_logging
-from app.settings import Settings
-from app.tasknames import NAMESPACE, QUEUE
+from app.core.config import Config, load_config
+from app.core.db import libpq_dsn
+from app.core.jobs import NAMESPACE, QUEUE
+from app.core.logs import setup_logging
+from app.core.settings import Settings
 from worker import maintenance, tasks
 from worker.runtime import Runtime
 
@@ -32,7 +32,9 @@ log = logging.getLogger("hookline.worker")
 
 def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
-        conninfo=libpq_dsn(dsn), min_size=1, max_size=pool_size,
+        conninfo=libpq_dsn(dsn),
+        min_size=1,
+        max_size=pool_size,
         kwargs={"application_name": "hookline-worker-queue"},
     )
     app = procrastinate.App(connector=connector)
@@ -90,8 +92,14 @@ async def wait_for_database(dsn: str, stop: asyncio.Event) -> bool:
     return False
 
 
-async def run_worker(settings: Settings, config: Config, *, install_signals: bool = True,
-                     stop: asyncio.Event | None = None, **llm_kwargs: Any) -> None:
+async def run_worker(
+    settings: Settings,
+    config: Config,
+    *,
+    install_signals: bool = True,
+    stop: asyncio.Event | None = None,
+    **llm_kwargs: Any,
+) -> None:
     dsn = settings.dsn()
     if dsn is None:
         raise SystemExit("DATABASE_URL is not set")
@@ -117,8 +125,11 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
     rt = Runtime.build(settings, config, **llm_kwargs)
     await rt.open()
     pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2)
-    log.info("hookline worker starting: concurrency %d, %s", settings.worker_concurrency,
-             "dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled")
+    log.info(
+        "hookline worker starting: concurrency %d, %s",
+        settings.worker_concurrency,
+        "dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled",
+    )
     try:
         while not stop.is_set():
             if not await wait_for_database(dsn, stop):
@@ -129,20 +140,22 @@ async def run_worker(settings: Settings, config: Config, *, install_signals: boo
                     if recovered:
                         log.info("recovered %d stalled job(s) at start", recovered)
                     late = asyncio.create_task(_recover_later(pq_app, settings.stalled_after))
-                    current = asyncio.create_task(pq_app.run_worker_async(
-                        queues=[QUEUE],
-                        name="hookline",
-                        concurrency=settings.worker_concurrency,
-                        fetch_job_polling_interval=settings.worker_poll_interval,
-                        abort_job_polling_interval=settings.worker_poll_interval,
-                        shutdown_graceful_timeout=settings.shutdown_timeout,
-                        stalled_worker_timeout=settings.stalled_after,
-                        update_heartbeat_interval=heartbeat_interval(settings.stalled_after),
-                        install_signal_handlers=False,
-                        additional_context={"runtime": rt},
-                        listen_notify=True,
-                        delete_jobs="never",
-                    ))
+                    current = asyncio.create_task(
+                        pq_app.run_worker_async(
+                            queues=[QUEUE],
+                            name="hookline",
+                            concurrency=settings.worker_concurrency,
+                            fetch_job_polling_interval=settings.worker_poll_interval,
+                            abort_job_polling_interval=settings.worker_poll_interval,
+                            shutdown_graceful_timeout=settings.shutdown_timeout,
+                            stalled_worker_timeout=settings.stalled_after,
+                            update_heartbeat_interval=heartbeat_interval(settings.stalled_after),
+                            install_signal_handlers=False,
+                            additional_context={"runtime": rt},
+                            listen_notify=True,
+                            delete_jobs="never",
+                        )
+                    )
                     with contextlib.suppress(asyncio.CancelledError):
                         await current
                     current = None

@@ -14,7 +14,7 @@ import logging
 import procrastinate
 from procrastinate import JobContext
 
-from app.tasknames import MAINTENANCE, MAINTENANCE_SHORT, QUEUE
+from app.core.jobs import MAINTENANCE, MAINTENANCE_SHORT, QUEUE
 from worker.tasks import runtime_of
 
 log = logging.getLogger("hookline.maintenance")

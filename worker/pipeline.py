@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import Pipeline
+from app.core.config import Pipeline
 from worker.actions import ActionContext, run_action
 from worker.errors import InvalidOutput, PipelineError, classify
 from worker.llm import CallRecord, ask
@@ -28,17 +28,27 @@ class PipelineOutcome:
 def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
     usage = rec.usage or {}
     return {
-        "event_id": event_id, "pipeline": pipeline, "model": rec.model, "status": rec.status,
-        "request": rec.request, "response": rec.response, "output": rec.output, "error": rec.error,
-        "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
+        "event_id": event_id,
+        "pipeline": pipeline,
+        "model": rec.model,
+        "status": rec.status,
+        "request": rec.request,
+        "response": rec.response,
+        "output": rec.output,
+        "error": rec.error,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
         "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
         "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
-        "cost_usd": rec.cost_usd, "latency_ms": rec.latency_ms, "request_id": rec.request_id,
+        "cost_usd": rec.cost_usd,
+        "latency_ms": rec.latency_ms,
+        "request_id": rec.request_id,
     }
 
 
-async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
-                     recompute: bool = False) -> tuple[Any, bool]:
+async def answer_for(
+    rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False
+) -> tuple[Any, bool]:
     """The validated output for (event, pipeline): the stored one if any, else a new model call.
 
     Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the
@@ -54,9 +64,19 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
     history = await _history(rt, event, pipeline) if pipeline.history else None
     request = build_request(pipeline, event, history)
     if rt.llm is None:
-        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
-            model=pipeline.model, status="dry_run", request=request,
-            error="dry run: ANTHROPIC_API_KEY is not set; the request was stored, not sent")))
+        await rt.db.one(
+            "insert_call",
+            **_call_row(
+                eid,
+                pipeline.name,
+                CallRecord(
+                    model=pipeline.model,
+                    status="dry_run",
+                    request=request,
+                    error="dry run: ANTHROPIC_API_KEY is not set; the request was stored, not sent",
+                ),
+            ),
+        )
         return None, False
     try:
         answer = await ask(rt.llm, request, output_spec(pipeline))
@@ -66,8 +86,12 @@ async def answer_for(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
         raise
     except Exception as e:
         err = classify(e)
-        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, CallRecord(
-            model=pipeline.model, status="failed", request=request, error=str(err))))
+        await rt.db.one(
+            "insert_call",
+            **_call_row(
+                eid, pipeline.name, CallRecord(model=pipeline.model, status="failed", request=request, error=str(err))
+            ),
+        )
         raise err from e
     for rec in answer.calls:
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
@@ -78,15 +102,28 @@ async def _history(rt: Runtime, event: dict[str, Any], pipeline: Pipeline) -> li
     """The last ``pipeline.history`` events of the same entity, oldest first, trimmed like the event."""
     if not event.get("ordering_key"):
         return None
-    recent = await rt.db.all("recent_for_key", source=event["source"], ordering_key=event["ordering_key"],
-                             event_id=event["id"], limit=pipeline.history)
-    return [{"event_id": r["id"], "event_type": r["event_type"], "status": r["status"],
-             "occurred_at": (r["occurred_at"] or r["received_at"]).isoformat(),
-             "fields": trim(r["payload"], pipeline.fields)} for r in reversed(recent)]
+    recent = await rt.db.all(
+        "recent_for_key",
+        source=event["source"],
+        ordering_key=event["ordering_key"],
+        event_id=event["id"],
+        limit=pipeline.history,
+    )
+    return [
+        {
+            "event_id": r["id"],
+            "event_type": r["event_type"],
+            "status": r["status"],
+            "occurred_at": (r["occurred_at"] or r["received_at"]).isoformat(),
+            "fields": trim(r["payload"], pipeline.fields),
+        }
+        for r in reversed(recent)
+    ]
 
 
-async def run_pipeline(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *,
-                       recompute: bool = False, force_actions: bool = False) -> PipelineOutcome:
+async def run_pipeline(
+    rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False, force_actions: bool = False
+) -> PipelineOutcome:
     outcome = PipelineOutcome(pipeline.name)
     output, outcome.reused_answer = await answer_for(rt, event, pipeline, recompute=recompute)
     if output is None:
@@ -95,17 +132,32 @@ async def run_pipeline(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
         idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
-        claim = await rt.db.one("claim_action", event_id=event["id"], pipeline=pipeline.name, action=key,
-                                action_type=action.type, idempotency_key=idem, force=force_actions)
+        claim = await rt.db.one(
+            "claim_action",
+            event_id=event["id"],
+            pipeline=pipeline.name,
+            action=key,
+            action_type=action.type,
+            idempotency_key=idem,
+            force=force_actions,
+        )
         if claim is None:
             outcome.actions_skipped += 1
             continue
-        ctx = ActionContext(event_id=event["id"], source=event["source"], event_type=event.get("event_type"),
-                            pipeline=pipeline.name, action=key, idempotency_key=idem, output=output,
-                            payload=event.get("payload"))
+        ctx = ActionContext(
+            event_id=event["id"],
+            source=event["source"],
+            event_type=event.get("event_type"),
+            pipeline=pipeline.name,
+            action=key,
+            idempotency_key=idem,
+            output=output,
+            payload=event.get("payload"),
+        )
         try:
-            result = await run_action(action, ctx, http=rt.http, environ=rt.settings.environ,
-                                      timeout=rt.settings.outbound_timeout)
+            result = await run_action(
+                action, ctx, http=rt.http, environ=rt.settings.environ, timeout=rt.settings.outbound_timeout
+            )
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
             await rt.db.run("finish_action", id=claim["id"], status="failed", result=None, error=str(err))

@@ -8,8 +8,8 @@ from typing import Any
 import anthropic
 import httpx
 
-from app.config import Config
-from app.settings import Settings
+from app.core.config import Config
+from app.core.settings import Settings
 from worker.db import WorkerDB
 from worker.llm import make_client
 
@@ -30,11 +30,20 @@ class Runtime:
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         llm = None
         if key:
-            llm = make_client(api_key=key, base_url=settings.anthropic_base_url, timeout=settings.llm_timeout,
-                              max_retries=settings.llm_max_retries, **llm_kwargs)
-        return cls(settings=settings, config=config,
-                   db=WorkerDB(dsn, min_size=1, max_size=settings.worker_concurrency + 2),
-                   http=httpx.AsyncClient(follow_redirects=False), llm=llm)
+            llm = make_client(
+                api_key=key,
+                base_url=settings.anthropic_base_url,
+                timeout=settings.llm_timeout,
+                max_retries=settings.llm_max_retries,
+                **llm_kwargs,
+            )
+        return cls(
+            settings=settings,
+            config=config,
+            db=WorkerDB(dsn, min_size=1, max_size=settings.worker_concurrency + 2),
+            http=httpx.AsyncClient(follow_redirects=False),
+            llm=llm,
+        )
 
     async def open(self) -> None:
         await self.db.open()

@@ -11,13 +11,14 @@ import procrastinate
 from procrastinate import JobContext, RetryDecision
 from procrastinate.jobs import Job
 
-from app.config import Pipeline
-from app.tasknames import PROCESS_EVENT_SHORT, QUEUE
+from app.core.config import Pipeline
+from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
 from worker.errors import classify
 from worker.pipeline import run_pipeline
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
+
 
 class RetryLater(Exception):
     """Raised by process_event after it recorded a transient failure: reschedule in ``delay`` s."""
@@ -52,8 +53,9 @@ def runtime_of(context: JobContext) -> Runtime:
 MAX_INFRASTRUCTURE_ATTEMPTS = 50
 
 
-async def process_event(context: JobContext, event_id: int, recompute: bool = False,
-                        force_actions: bool = False) -> str:
+async def process_event(
+    context: JobContext, event_id: int, recompute: bool = False, force_actions: bool = False
+) -> str:
     rt = runtime_of(context)
     try:
         return await handle_event(rt, event_id, recompute=recompute, force_actions=force_actions)
@@ -66,8 +68,13 @@ async def process_event(context: JobContext, event_id: int, recompute: bool = Fa
         reason = f"{e.__class__.__name__}: {e}"
         if attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
             with contextlib.suppress(Exception):
-                await _finish(rt, event_id, "dead", error=reason,
-                              detail=f"gave up after {attempts} job runs failed outside the pipeline")
+                await _finish(
+                    rt,
+                    event_id,
+                    "dead",
+                    error=reason,
+                    detail=f"gave up after {attempts} job runs failed outside the pipeline",
+                )
             log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
             return "dead"
         delay = float(min(60, 2 ** min(attempts, 6)))
@@ -88,8 +95,12 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         return "noop"
     pipelines = rt.config.pipelines_for(event["source"], event["event_type"])
     if not pipelines:
-        await _finish(rt, event_id, "skipped",
-                      detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}")
+        await _finish(
+            rt,
+            event_id,
+            "skipped",
+            detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}",
+        )
         return "skipped"
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
@@ -100,8 +111,12 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
     if superseded_by is not None:
         pipelines = [p for p in pipelines if not p.latest_wins]
         if not pipelines:
-            await _finish(rt, event_id, "skipped", detail=f"superseded: event {superseded_by} of the same "
-                                                          "ordering key is newer and already processed")
+            await _finish(
+                rt,
+                event_id,
+                "skipped",
+                detail=f"superseded: event {superseded_by} of the same ordering key is newer and already processed",
+            )
             return "skipped"
     try:
         for pipeline in pipelines:
@@ -111,14 +126,23 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
             dry = dry or outcome.dry_run
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await asyncio.shield(rt.db.run("retry_event", event_id=event_id, error="interrupted (worker shutdown)",
-                                           detail="handed back to the queue"))
+            await asyncio.shield(
+                rt.db.run(
+                    "retry_event",
+                    event_id=event_id,
+                    error="interrupted (worker shutdown)",
+                    detail="handed back to the queue",
+                )
+            )
         raise
     except Exception as e:
         assert current is not None
         return await _failed(rt, event, current, e)
-    detail = ("dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, "
-              "no action fired") if dry else None
+    detail = (
+        ("dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, no action fired")
+        if dry
+        else None
+    )
     await _finish(rt, event_id, "succeeded", dry_run=dry, detail=detail)
     return "succeeded"
 
@@ -127,8 +151,13 @@ async def _superseded(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeli
     """latest_wins: the id of a newer (sender's clock) event of the same key already processed."""
     if not any(p.latest_wins for p in pipelines) or not event.get("ordering_key") or not event.get("occurred_at"):
         return None
-    row = await rt.db.one("newer_processed", source=event["source"], ordering_key=event["ordering_key"],
-                          event_id=event["id"], occurred_at=event["occurred_at"])
+    row = await rt.db.one(
+        "newer_processed",
+        source=event["source"],
+        ordering_key=event["ordering_key"],
+        event_id=event["id"],
+        occurred_at=event["occurred_at"],
+    )
     return int(row["id"]) if row else None
 
 
@@ -143,12 +172,23 @@ async def _failed(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, exc: B
         log.warning("event %s is dead (%s): %s", event["id"], why, where)
         return "dead"
     delay = policy.delay(attempt, err.retry_after)
-    await rt.db.run("retry_event", event_id=event["id"], error=where,
-                    detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s")
+    await rt.db.run(
+        "retry_event",
+        event_id=event["id"],
+        error=where,
+        detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s",
+    )
     log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
     raise RetryLater(delay, where) from exc
 
 
-async def _finish(rt: Runtime, event_id: int, status: str, *, dry_run: bool = False,
-                  detail: str | None = None, error: str | None = None) -> None:
+async def _finish(
+    rt: Runtime,
+    event_id: int,
+    status: str,
+    *,
+    dry_run: bool = False,
+    detail: str | None = None,
+    error: str | None = None,
+) -> None:
     await rt.db.run("finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error)

@@ -91,16 +91,12 @@ def _discord_sign(inp: SignInput) -> SignedRequest:
 
 def _discord_keypair() -> tuple[str, str]:
     sk = Ed25519PrivateKey.generate()
-    seed = sk.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    seed = sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     pub = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return seed.hex(), pub.hex()
 
 
-DISCORD = Scheme(
-    verify=_discord_verify, sign=_discord_sign, keypair=_discord_keypair, check_secret=_discord_check
-)
+DISCORD = Scheme(verify=_discord_verify, sign=_discord_sign, keypair=_discord_keypair, check_secret=_discord_check)
 
 
 # --- SendGrid --------------------------------------------------------------------------------------
@@ -123,11 +119,7 @@ def _sendgrid_public(secret: str) -> ec.EllipticCurvePublicKey | None:
         return None
     kind, data = found
     try:
-        key = (
-            serialization.load_pem_public_key(data)
-            if kind == "pem"
-            else serialization.load_der_public_key(data)
-        )
+        key = serialization.load_pem_public_key(data) if kind == "pem" else serialization.load_der_public_key(data)
     except (ValueError, UnsupportedAlgorithm, binascii.Error):
         return None
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
@@ -196,12 +188,8 @@ def _sendgrid_sign(inp: SignInput) -> SignedRequest:
 
 def _sendgrid_keypair() -> tuple[str, str]:
     sk = ec.generate_private_key(ec.SECP256R1())
-    der = sk.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    pub = sk.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = sk.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pub = sk.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return b64(der), b64(pub)
 
 

@@ -25,7 +25,7 @@ class ProviderSpec:
     event_type: tuple[str, ...]
     occurred_at: tuple[str, ...]
     tenant: tuple[str, ...]
-    sample: str | None  # relative path under app/samples
+    sample: str | None  # relative path under app/signatures/samples
 
 
 def _spec(

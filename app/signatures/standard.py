@@ -158,9 +158,7 @@ def keypair() -> tuple[str, str]:
     from cryptography.hazmat.primitives import serialization
 
     sk = Ed25519PrivateKey.generate()
-    seed = sk.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    seed = sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     pub = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "whsk_" + b64(seed + pub), "whpk_" + b64(pub)
 

@@ -26,8 +26,8 @@ import httpx
 import psycopg
 import pytest
 
-from app import migrations
-from app.config import load_config
+from app.core import migrations
+from app.core.config import load_config
 from app.signatures import verify
 from tests.chaos_support import (
     ANSWER,
@@ -141,14 +141,21 @@ def one(db_url: str, sql: str, *params: Any) -> Any:
 
 
 def actions_of(db_url: str, event_id: int) -> list[tuple[str, str, int]]:
-    return [(str(a), str(s), int(n)) for a, s, n in query(
-        db_url, "SELECT action, status, attempts FROM hookline.action_runs WHERE event_id = %s ORDER BY action",
-        event_id)]
+    return [
+        (str(a), str(s), int(n))
+        for a, s, n in query(
+            db_url,
+            "SELECT action, status, attempts FROM hookline.action_runs WHERE event_id = %s ORDER BY action",
+            event_id,
+        )
+    ]
 
 
 def calls_of(db_url: str, event_id: int) -> list[str]:
-    return [str(s) for (s,) in query(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s ORDER BY id",
-                                     event_id)]
+    return [
+        str(s)
+        for (s,) in query(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", event_id)
+    ]
 
 
 def event_and_jobs(db_url: str, event_id: int) -> str:
@@ -168,28 +175,44 @@ async def wait_terminal(db_url: str, event_id: int, workers: Workers, timeout: f
             return f"stranded: {event_and_jobs(db_url, event_id)}"
         return None
 
-    status: str = await wait_until(check, timeout=timeout, what=f"event {event_id} to finish",
-                                   report=lambda: f"{event_and_jobs(db_url, event_id)}\n{workers.report()}")
+    status: str = await wait_until(
+        check,
+        timeout=timeout,
+        what=f"event {event_id} to finish",
+        report=lambda: f"{event_and_jobs(db_url, event_id)}\n{workers.report()}",
+    )
     return status
 
 
 async def wait_stalled(db_url: str, workers: Workers) -> None:
     """Wait out HOOKLINE_STALLED_AFTER since the dead worker's last heartbeat: from then on a starting
     worker hands its job back at once (before that, only the every-minute maintenance would)."""
-    await wait_until(lambda: freshest_heartbeat_age(db_url) > STALLED_AFTER + 0.2, timeout=15,
-                     what="the killed worker's heartbeat to go stale", report=workers.report)
+    await wait_until(
+        lambda: freshest_heartbeat_age(db_url) > STALLED_AFTER + 0.2,
+        timeout=15,
+        what="the killed worker's heartbeat to go stale",
+        report=workers.report,
+    )
 
 
 def assert_no_job_left_behind(db_url: str, workers: Workers) -> None:
-    left = query(db_url, "SELECT id, status::text FROM procrastinate_jobs WHERE task_name = 'hookline:process_event' "
-                         "AND status <> 'succeeded'")
+    left = query(
+        db_url,
+        "SELECT id, status::text FROM procrastinate_jobs WHERE task_name = 'hookline:process_event' "
+        "AND status <> 'succeeded'",
+    )
     assert left == [], f"process_event jobs not succeeded: {left}\n{workers.report()}"
 
 
 # ------------------------------------------------------------------------------------------ 1. SIGKILL
 async def test_sigkill_during_the_model_call_does_everything_exactly_once(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """Worker A is SIGKILLed inside a slow model call (nothing stored yet). Worker B, started once A's
     heartbeat is stale, hands the job back and runs it: one answer stored, each action once, the
     receiver hit once, the job succeeded (not left in ``doing``)."""
@@ -208,14 +231,17 @@ async def test_sigkill_during_the_model_call_does_everything_exactly_once(
 
         await workers.start("B", env)
         assert await wait_terminal(chaos_db, event_id, workers) == "succeeded"
-        print(f"\nSIGKILL mid model call: event succeeded {time.monotonic() - killed_at:.1f}s after the kill "
-              f"(of which {STALLED_AFTER}s+ waiting for the heartbeat to go stale)")
+        print(
+            f"\nSIGKILL mid model call: event succeeded {time.monotonic() - killed_at:.1f}s after the kill "
+            f"(of which {STALLED_AFTER}s+ waiting for the heartbeat to go stale)"
+        )
 
         assert one(chaos_db, "SELECT attempts FROM hookline.events WHERE id = %s", event_id) == 2
         calls = fake.calls_to(MESSAGES)
         assert [c.status for c in calls] == [None, 200], "one call cut off by the kill, one answered"
-        assert query(chaos_db, "SELECT status, output FROM hookline.llm_calls WHERE event_id = %s", event_id) \
-            == [("succeeded", ANSWER)]
+        assert query(chaos_db, "SELECT status, output FROM hookline.llm_calls WHERE event_id = %s", event_id) == [
+            ("succeeded", ANSWER)
+        ]
         assert actions_of(chaos_db, event_id) == [("http#0", "succeeded", 1), ("log#1", "succeeded", 1)]
         (got,) = receiver.received
         assert json.loads(got.body)["output"] == ANSWER
@@ -225,8 +251,13 @@ async def test_sigkill_during_the_model_call_does_everything_exactly_once(
 
 
 async def test_sigkill_during_the_http_action_reuses_the_answer_and_redelivers_with_the_same_key(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """The worker dies after the receiver got the POST, before it answered. Observed: the receiver
     gets the POST again from the next worker (at-least-once): the same envelope as JSON (not byte for
     byte: the stored answer's keys come back in jsonb order), the same Idempotency-Key and webhook-id,
@@ -256,9 +287,13 @@ async def test_sigkill_during_the_http_action_reuses_the_answer_and_redelivers_w
         for d in (first, second):
             verify("standard_webhooks", secrets=[OUT_SECRET], headers=d.headers, body=d.body)
             assert json.loads(d.body)["output"] == ANSWER
-        assert first.headers["idempotency-key"] == second.headers["idempotency-key"] \
-            == first.headers["webhook-id"] == second.headers["webhook-id"] \
+        assert (
+            first.headers["idempotency-key"]
+            == second.headers["idempotency-key"]
+            == first.headers["webhook-id"]
+            == second.headers["webhook-id"]
             == f"hookline-{event_id}-recovery-http#0"
+        )
         # Same envelope, but not byte for byte: the repeat carries the answer as stored (jsonb orders
         # object keys its own way), the first one the answer as parsed from the API response.
         assert json.loads(first.body) == json.loads(second.body)
@@ -270,13 +305,13 @@ async def test_sigkill_during_the_http_action_reuses_the_answer_and_redelivers_w
 # ------------------------------------------------------------------------------------------ 2. Postgres restart
 def _listening(db_url: str, dbname: str) -> bool:
     """Some session of this database is LISTENing (only the worker's listener runs LISTEN)."""
-    got = query(db_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query ILIKE 'LISTEN %%'",
-                dbname)
+    got = query(db_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query ILIKE 'LISTEN %%'", dbname)
     return bool(got[0][0])
 
 
-async def _pickup_latency(db_url: str, tag: str, workers: Workers, fake: FakeMessagesAPI,
-                          timeout: float = 40.0) -> float:
+async def _pickup_latency(
+    db_url: str, tag: str, workers: Workers, fake: FakeMessagesAPI, timeout: float = 40.0
+) -> float:
     """INSERT an event directly (as a watched table or psql would) and time commit → started_at,
     both on the database clock. Returns once the probe is finished and the worker idle again: a
     NOTIFY that arrives while procrastinate 3.10 is inside a fetch is lost (its worker loop clears
@@ -287,12 +322,17 @@ async def _pickup_latency(db_url: str, tag: str, workers: Workers, fake: FakeMes
         row = conn.execute(
             "INSERT INTO hookline.events (source, delivery_id, event_type, body, payload) "
             "VALUES ('stripe', %s, 'invoice.payment_failed', %s, %s::jsonb) RETURNING id, clock_timestamp()",
-            (tag, body, body.decode())).fetchone()
+            (tag, body, body.decode()),
+        ).fetchone()
     assert row is not None
     event_id, inserted = row
     started = await wait_until(
         lambda: query(db_url, "SELECT started_at FROM hookline.events WHERE id = %s", event_id)[0][0],
-        timeout=timeout, what=f"probe {tag} to be picked up", report=workers.report, interval=0.01)
+        timeout=timeout,
+        what=f"probe {tag} to be picked up",
+        report=workers.report,
+        interval=0.01,
+    )
     await wait_terminal(db_url, event_id, workers, timeout=20)
     await asyncio.sleep(0.2)
     return float((started - inserted).total_seconds())
@@ -301,9 +341,12 @@ async def _pickup_latency(db_url: str, tag: str, workers: Workers, fake: FakeMes
 def _events_by_state(db_url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """(in progress, stranded): events not succeeded whose job may still run them, and those whose
     job ended ``failed`` (nothing will ever run them again). Rows: event id, status, job id."""
-    rows = query(db_url, "SELECT e.id, e.status, j.id, j.status::text FROM hookline.events e "
-                         "LEFT JOIN procrastinate_jobs j ON (j.args->>'event_id')::bigint = e.id "
-                         "WHERE e.status <> 'succeeded' ORDER BY e.id")
+    rows = query(
+        db_url,
+        "SELECT e.id, e.status, j.id, j.status::text FROM hookline.events e "
+        "LEFT JOIN procrastinate_jobs j ON (j.args->>'event_id')::bigint = e.id "
+        "WHERE e.status <> 'succeeded' ORDER BY e.id",
+    )
     live = [r[:3] for r in rows if r[3] != "failed"]
     stranded = [r[:3] for r in rows if r[3] == "failed"]
     return live, stranded
@@ -315,7 +358,7 @@ def _job_error(log: str, job_id: int) -> str:
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if marker in line and "ended with status: Error" in line:
-            for follow in lines[i + 1:]:
+            for follow in lines[i + 1 :]:
                 if follow[:4].isdigit():  # the next log line: the traceback is over
                     break
                 if follow and not follow.startswith((" ", "\t", "Traceback")):
@@ -324,8 +367,8 @@ def _job_error(log: str, job_id: int) -> str:
 
 
 async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
-        tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None, request: pytest.FixtureRequest
+) -> None:
     """Senders keep delivering (8/s for 8 s) while Postgres is stopped (fast) and started again.
     Every request is answered 200 or 503 + Retry-After; every acknowledged delivery is stored once
     and processed; the worker never exits, its NOTIFY wake-up comes back; latencies are recorded
@@ -334,8 +377,9 @@ async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
         pytest.skip("DATABASE_URL points at an external server, which this test cannot restart")
     config = write_config(tmp_path)
     rate, duration, restart_at, down_for = 8.0, 8.0, 2.0, 1.5
-    deliveries = [Delivery(f"evt_stream_{i:03d}", stripe_event(f"evt_stream_{i:03d}"))
-                  for i in range(int(rate * duration))]
+    deliveries = [
+        Delivery(f"evt_stream_{i:03d}", stripe_event(f"evt_stream_{i:03d}")) for i in range(int(rate * duration))
+    ]
     marks: dict[str, float] = {}
     pg = RestartablePostgres(ROOT / ".hookline" / "chaos-pg")
     dbname = session_db("restart")
@@ -351,11 +395,21 @@ async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
             # Every model call takes 0.4 s, so at 8 requests/s a few jobs are always mid-call when
             # Postgres stops. A 30 s poll interval: only NOTIFY can explain a pickup in under 3 s.
             fake.set_default(slow(0.4, then=reply(ANSWER)))
-            w = await workers.start("W", worker_env(
-                db_url, config, fake_url=fake.base_url, receiver_url=receiver.url, poll=30.0, shutdown=2.0,
-                HOOKLINE_WORKER_CONCURRENCY="10"))
-            await wait_until(lambda: _listening(db_url, dbname), timeout=10, what="the worker's LISTEN",
-                             report=workers.report)
+            w = await workers.start(
+                "W",
+                worker_env(
+                    db_url,
+                    config,
+                    fake_url=fake.base_url,
+                    receiver_url=receiver.url,
+                    poll=30.0,
+                    shutdown=2.0,
+                    HOOKLINE_WORKER_CONCURRENCY="10",
+                ),
+            )
+            await wait_until(
+                lambda: _listening(db_url, dbname), timeout=10, what="the worker's LISTEN", report=workers.report
+            )
             before = [await _pickup_latency(db_url, f"probe_before_{i}", workers, fake) for i in range(3)]
 
             def restart() -> None:
@@ -366,12 +420,15 @@ async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
                 marks["started"] = time.monotonic()
 
             async def watch_listen() -> None:
-                await wait_until(lambda: _listening(db_url, dbname), timeout=30,
-                                 what="the worker to LISTEN again after the restart", report=workers.report)
+                await wait_until(
+                    lambda: _listening(db_url, dbname),
+                    timeout=30,
+                    what="the worker to LISTEN again after the restart",
+                    report=workers.report,
+                )
                 marks["listening"] = time.monotonic()
 
-            async with web(db_url, config, retry_after_seconds=1, db_timeout=2.0) as url, \
-                    httpx.AsyncClient() as client:
+            async with web(db_url, config, retry_after_seconds=1, db_timeout=2.0) as url, httpx.AsyncClient() as client:
                 with unhandled_web_errors() as web_errors:
                     t0 = time.monotonic()
                     senders: list[asyncio.Task[None]] = []
@@ -389,39 +446,59 @@ async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
             got_503 = sum(1 for d in deliveries if 503 in d.statuses)
             assert got_503 > 0, "no sender noticed the restart; the test proved nothing"
             problems = {d.delivery_id: d.problems for d in deliveries if d.problems}
-            assert problems == {}, (f"every request gets 200 or 503 + Retry-After: {problems}\n"
-                                    f"unhandled in the web app: {web_errors!r}")
+            assert problems == {}, (
+                f"every request gets 200 or 503 + Retry-After: {problems}\nunhandled in the web app: {web_errors!r}"
+            )
 
             # reconcile: every acknowledged delivery is stored, once, and processed
             acked = {d.delivery_id: d.event_id for d in deliveries}
-            stored = dict(query(db_url, "SELECT delivery_id, id FROM hookline.events "
-                                        "WHERE delivery_id LIKE 'evt_stream_%%'"))
+            stored = dict(
+                query(db_url, "SELECT delivery_id, id FROM hookline.events WHERE delivery_id LIKE 'evt_stream_%%'")
+            )
             assert stored == acked, "acknowledged deliveries missing from (or different in) hookline.events"
-            await wait_until(lambda: not _events_by_state(db_url)[0], timeout=60, what="every event to finish",
-                             report=lambda: f"{_events_by_state(db_url)}\n{workers.report()}", interval=0.2)
+            await wait_until(
+                lambda: not _events_by_state(db_url)[0],
+                timeout=60,
+                what="every event to finish",
+                report=lambda: f"{_events_by_state(db_url)}\n{workers.report()}",
+                interval=0.2,
+            )
             marks["all_done"] = time.monotonic()
             await listen_watch
 
             # the wake-up is back: with a 30 s poll interval only NOTIFY explains a pickup under 3 s
             after = [await _pickup_latency(db_url, f"probe_after_{i}", workers, fake) for i in range(3)]
-            assert max(after) < 3.0, (f"pickup after the restart took {max(after):.2f}s with a 30s poll interval: "
-                                      f"the NOTIFY wake-up is not back\n{workers.report()}")
-            await wait_until(lambda: not _events_by_state(db_url)[0], timeout=20, what="the probes to finish",
-                             report=lambda: f"{_events_by_state(db_url)}\n{workers.report()}", interval=0.2)
+            assert max(after) < 3.0, (
+                f"pickup after the restart took {max(after):.2f}s with a 30s poll interval: "
+                f"the NOTIFY wake-up is not back\n{workers.report()}"
+            )
+            await wait_until(
+                lambda: not _events_by_state(db_url)[0],
+                timeout=20,
+                what="the probes to finish",
+                report=lambda: f"{_events_by_state(db_url)}\n{workers.report()}",
+                interval=0.2,
+            )
 
             stranded = _events_by_state(db_url)[1]
             errors = {event_id: _job_error(w.output(), job_id) for event_id, _, job_id in stranded}
             assert errors == {}, f"stranded events: {errors}"
             done = query(db_url, "SELECT id FROM hookline.events WHERE status = 'succeeded'")
-            answers = query(db_url, "SELECT e.id, count(c.id) FROM hookline.events e LEFT JOIN hookline.llm_calls c "
-                                    "ON c.event_id = e.id AND c.status = 'succeeded' WHERE e.status = 'succeeded' "
-                                    "GROUP BY e.id HAVING count(c.id) <> 1")
+            answers = query(
+                db_url,
+                "SELECT e.id, count(c.id) FROM hookline.events e LEFT JOIN hookline.llm_calls c "
+                "ON c.event_id = e.id AND c.status = 'succeeded' WHERE e.status = 'succeeded' "
+                "GROUP BY e.id HAVING count(c.id) <> 1",
+            )
             assert answers == [], f"succeeded events without exactly one stored answer: {answers}"
             keys = [r.headers["idempotency-key"] for r in receiver.received]
             expected = {f"hookline-{e}-recovery-http#0" for (e,) in done}
             assert set(keys) == expected, "every succeeded event's http action was delivered, and only those"
-            per_event = query(db_url, "SELECT e.id, count(j.id) FROM hookline.events e LEFT JOIN procrastinate_jobs j "
-                                      "ON (j.args->>'event_id')::bigint = e.id GROUP BY e.id HAVING count(j.id) <> 1")
+            per_event = query(
+                db_url,
+                "SELECT e.id, count(j.id) FROM hookline.events e LEFT JOIN procrastinate_jobs j "
+                "ON (j.args->>'event_id')::bigint = e.id GROUP BY e.id HAVING count(j.id) <> 1",
+            )
             assert per_event == [], f"events without exactly one job: {per_event}"
             left = query(db_url, "SELECT id, status::text FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
             assert left == [], f"jobs left behind: {left}"
@@ -459,8 +536,13 @@ async def test_postgres_restart_under_a_stream_of_requests_loses_nothing(
 
 # ------------------------------------------------------------------------------------------ 3. SIGTERM
 async def test_sigterm_finishes_the_running_job_and_takes_no_new_one(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """A PaaS deploy: SIGTERM while a 2 s model call runs, HOOKLINE_SHUTDOWN_TIMEOUT=10. The worker
     finishes that job, exits 0, unregisters, and takes nothing new: an event sent after the signal
     waits (queued) for the next worker."""
@@ -495,8 +577,13 @@ async def test_sigterm_finishes_the_running_job_and_takes_no_new_one(
 
 
 async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """SIGTERM while a 20 s model call runs, HOOKLINE_SHUTDOWN_TIMEOUT=1: the worker exits within
     seconds, the job is back in ``todo`` and the event ``retrying``; a fresh worker completes it once."""
     config = write_config(tmp_path)
@@ -511,8 +598,9 @@ async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
         signalled = time.monotonic()
         code = await asyncio.to_thread(a.proc.wait, 20)
         exited_in = time.monotonic() - signalled
-        print(f"\nSIGTERM with a 20s model call in flight, 1s shutdown timeout: exit code {code} "
-              f"after {exited_in:.1f}s")
+        print(
+            f"\nSIGTERM with a 20s model call in flight, 1s shutdown timeout: exit code {code} after {exited_in:.1f}s"
+        )
         assert code == 0, workers.report()
         assert exited_in < 6, workers.report()
         assert [s for _, s, _ in process_jobs(chaos_db)] == ["todo"], "the job is handed back to the queue"
@@ -531,8 +619,13 @@ async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
 
 # ------------------------------------------------------------------------------------------ 4. duplicates
 async def test_duplicate_delivery_while_the_first_is_processing(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """The sender retries (same delivery id) while the first delivery's model call is still running:
     ``200 duplicate`` with the same event_id, and still one row, one job, one model call, one action."""
     config = write_config(tmp_path)
@@ -562,8 +655,13 @@ async def test_duplicate_delivery_while_the_first_is_processing(
 
 # ------------------------------------------------------------------------------------------ 5. rolling deploy
 async def test_a_worker_starting_during_a_long_job_does_not_take_it_over(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """Rolling deploy / scale-up: a new worker starts while an old one is inside a long http action.
     Only a worker whose heartbeat stopped may lose its jobs (HOOKLINE_STALLED_AFTER=2 here, so the
     heartbeat must come more often than procrastinate's default 10 s)."""
@@ -593,8 +691,13 @@ async def test_a_worker_starting_during_a_long_job_does_not_take_it_over(
 
 # ------------------------------------------------------------------------------------------ 6. killed backend
 async def test_a_database_connection_killed_mid_statement_does_not_strand_the_event(
-        chaos_db: str, tmp_path: Path, workers: Workers, fake: FakeMessagesAPI, web_env: None,
-        request: pytest.FixtureRequest) -> None:
+    chaos_db: str,
+    tmp_path: Path,
+    workers: Workers,
+    fake: FakeMessagesAPI,
+    web_env: None,
+    request: pytest.FixtureRequest,
+) -> None:
     """The worker's connection dies in the middle of its last statement (Postgres restart, failover,
     pg_terminate_backend, a network cut). A row lock held by the test parks the worker's final
     ``UPDATE hookline.events … 'succeeded'`` so that the kill lands exactly there. The event must
@@ -612,9 +715,15 @@ async def test_a_database_connection_killed_mid_statement_does_not_strand_the_ev
             locker.execute("SELECT 1 FROM hookline.events WHERE id = %s FOR NO KEY UPDATE", (event_id,))
             receiver.release()
             ((pid,),) = await wait_until(
-                lambda: query(chaos_db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                                        "AND wait_event_type = 'Lock' AND query ILIKE '%%UPDATE hookline.events%%'"),
-                timeout=15, what="the worker's final UPDATE to wait on the row lock", report=workers.report)
+                lambda: query(
+                    chaos_db,
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE '%%UPDATE hookline.events%%'",
+                ),
+                timeout=15,
+                what="the worker's final UPDATE to wait on the row lock",
+                report=workers.report,
+            )
             assert query(chaos_db, "SELECT pg_terminate_backend(%s)", pid) == [(True,)]
             locker.rollback()
         assert await wait_terminal(chaos_db, event_id, workers, timeout=30) == "succeeded"

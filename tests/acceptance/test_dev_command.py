@@ -21,11 +21,24 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
     port = free_port()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({"PORT": str(port), "HOOKLINE_HOME": str(home), "HOOKLINE_CONFIG": str(ROOT / "hookline.toml"),
-                "GITHUB_WEBHOOK_SECRET": "dev-secret", "HOOKLINE_SHUTDOWN_TIMEOUT": "5"})
+    env.update(
+        {
+            "PORT": str(port),
+            "HOOKLINE_HOME": str(home),
+            "HOOKLINE_CONFIG": str(ROOT / "hookline.toml"),
+            "GITHUB_WEBHOOK_SECRET": "dev-secret",
+            "HOOKLINE_SHUTDOWN_TIMEOUT": "5",
+        }
+    )
     env.pop("ANTHROPIC_API_KEY", None)
-    dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev"], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dev"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output: list[str] = []
     try:
         deadline = time.monotonic() + 60
@@ -39,14 +52,35 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
                 pass
             time.sleep(0.3)
         assert ready, "hookline dev did not become ready"
-        sent = subprocess.run([sys.executable, "-m", "app.cli", "send", "github", "--type", "pull_request.opened",
-                               "--file", str(ROOT / "app/samples/github/pull_request.opened.json")],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "send",
+                "github",
+                "--type",
+                "pull_request.opened",
+                "--file",
+                str(ROOT / "app/signatures/samples/github/pull_request.opened.json"),
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert sent.returncode == 0, sent.stderr + sent.stdout
         status: dict[str, dict[str, int]] = {}
         for _ in range(100):
-            out = subprocess.run([sys.executable, "-m", "app.cli", "status"], env=env, cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [sys.executable, "-m", "app.cli", "status"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             status = json.loads(out.stdout)
             if status["events"].get("succeeded"):
                 break

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.config import Config
+from app.core.config import Config
 from app.signatures import sign
 from tests.fakes.messages_api import FakeMessagesAPI, error, hang, invalid_json_reply, rate_limited, reply
 from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, web_server, worker_task
@@ -31,32 +31,49 @@ def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
 
 def make_config(**pipeline_over: Any) -> Config:
     pipeline: dict[str, Any] = {
-        "source": "stripe", "events": ["invoice.*"], "fields": ["type", "data.object.note"],
+        "source": "stripe",
+        "events": ["invoice.*"],
+        "fields": ["type", "data.object.note"],
         "instructions": "Write to the customer.",
-        "output_schema": {"type": "object", "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
-                          "required": ["subject", "body"], "additionalProperties": False},
+        "output_schema": {
+            "type": "object",
+            "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
+            "required": ["subject", "body"],
+            "additionalProperties": False,
+        },
         "retry": {"max_attempts": 3, "backoff_seconds": 0.05, "max_backoff_seconds": 2, "jitter": False},
         "actions": [{"type": "http", "url_env": "HL_CRM_URL"}],
     }
     pipeline.update(pipeline_over)
-    return config_from({
-        "sources": {"stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"],
-                               "ordering_key": "json:data.object.customer"}},
-        "pipelines": {"recovery": pipeline},
-    })
+    return config_from(
+        {
+            "sources": {
+                "stripe": {
+                    "provider": "stripe",
+                    "secrets_env": ["HL_STRIPE_SECRET"],
+                    "ordering_key": "json:data.object.customer",
+                }
+            },
+            "pipelines": {"recovery": pipeline},
+        }
+    )
 
 
 def event_body(evt: str, *, customer: str | None = None, created: int | None = None, note: str = "") -> bytes:
     obj: dict[str, Any] = {"note": note or evt}
     if customer:
         obj["customer"] = customer
-    return json.dumps({"id": evt, "type": "invoice.payment_failed", "created": created or int(time.time()),
-                       "data": {"object": obj}}).encode()
+    return json.dumps(
+        {"id": evt, "type": "invoice.payment_failed", "created": created or int(time.time()), "data": {"object": obj}}
+    ).encode()
 
 
 async def deliver(client: httpx.AsyncClient, base: str, body: bytes) -> int:
-    resp = await client.post(f"{base}/webhooks/stripe", content=body,
-                             headers={**sign("stripe", secret=SECRET, body=body), "content-type": "application/json"})
+    resp = await client.post(
+        f"{base}/webhooks/stripe",
+        content=body,
+        headers={**sign("stripe", secret=SECRET, body=body), "content-type": "application/json"},
+    )
     assert resp.status_code == 200, resp.text
     return int(resp.json()["event_id"])
 
@@ -74,8 +91,9 @@ async def process_one(db_url: str, fake: FakeMessagesAPI, config: Config, body: 
         return await wait_for_status(db_url, event_id)
 
 
-async def test_rate_limit_is_retried_honouring_retry_after(db_url: str, fake: FakeMessagesAPI,
-                                                           receiver: Receiver) -> None:
+async def test_rate_limit_is_retried_honouring_retry_after(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = make_config()
     fake.enqueue(rate_limited(retry_after=1), reply(GOOD))
     started = time.monotonic()
@@ -88,15 +106,17 @@ async def test_rate_limit_is_retried_honouring_retry_after(db_url: str, fake: Fa
     assert len(receiver.received) == 1
 
 
-async def test_permanent_error_goes_straight_to_the_dead_letters(db_url: str, fake: FakeMessagesAPI,
-                                                                 receiver: Receiver) -> None:
+async def test_permanent_error_goes_straight_to_the_dead_letters(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = make_config()
     fake.enqueue(error(400, "invalid_request_error", "max_tokens: too large"))
     event = await process_one(db_url, fake, config, event_body("evt_400"))
     event_id = event["id"]
     assert event["status"] == "dead" and event["attempts"] == 1
     ((error_text, attempts, detail),) = rows(
-        db_url, "SELECT error, attempts, detail FROM hookline.dead_letters WHERE event_id = %s", event_id)
+        db_url, "SELECT error, attempts, detail FROM hookline.dead_letters WHERE event_id = %s", event_id
+    )
     assert "400" in error_text and "max_tokens: too large" in error_text and attempts == 1
     assert detail == "permanent error"
     assert receiver.received == []
@@ -118,7 +138,8 @@ async def test_invalid_output_gets_one_repair_turn(db_url: str, fake: FakeMessag
 
 
 async def test_exhausted_attempts_keep_the_invalid_output_then_replay_after_the_fix(
-        db_url: str, fake: FakeMessagesAPI, receiver: Receiver) -> None:
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = make_config(retry={"max_attempts": 2, "backoff_seconds": 0.05, "jitter": False})
     fake.set_default(invalid_json_reply("Sure! here it is: {"))
     settings = settings_for(db_url, fake)
@@ -128,8 +149,11 @@ async def test_exhausted_attempts_keep_the_invalid_output_then_replay_after_the_
         event = await wait_for_status(db_url, event_id)
         assert event["status"] == "dead" and event["attempts"] == 2
         ((detail, bad_error, bad_response),) = rows(
-            db_url, "SELECT detail, invalid_output_error, invalid_output_response FROM hookline.dead_letters "
-                    "WHERE event_id = %s", event_id)
+            db_url,
+            "SELECT detail, invalid_output_error, invalid_output_response FROM hookline.dead_letters "
+            "WHERE event_id = %s",
+            event_id,
+        )
         assert detail == "gave up after 2 attempt(s)" and "not JSON" in bad_error
         assert "Sure! here it is" in json.dumps(bad_response)
         assert len(fake.calls_to("/v1/messages")) == 4  # two attempts, each with its repair turn
@@ -147,7 +171,8 @@ async def test_exhausted_attempts_keep_the_invalid_output_then_replay_after_the_
 
 
 async def test_replay_reuses_answers_and_never_repeats_actions_unless_asked(
-        db_url: str, fake: FakeMessagesAPI, receiver: Receiver) -> None:
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = make_config()
     settings = settings_for(db_url, fake)
     fake.set_default(reply(GOOD))
@@ -170,15 +195,27 @@ async def test_replay_reuses_answers_and_never_repeats_actions_unless_asked(
         fake.set_default(reply({"subject": "Second", "body": "Take"}))
         env = {**os.environ, "DATABASE_URL": db_url}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app.cli", "replay", str(ids[0]), "--recompute", "--force", "--timeout", "30",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "app.cli",
+            "replay",
+            str(ids[0]),
+            "--recompute",
+            "--force",
+            "--timeout",
+            "30",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert "1/1 finished" in err.decode()
     assert len(fake.calls_to("/v1/messages")) == 4
     assert [r.json()["output"]["subject"] for r in receiver.received] == ["Hello"] * 3 + ["Second"]
-    calls = rows(db_url, "SELECT status, output->>'subject' FROM hookline.llm_calls WHERE event_id = %s ORDER BY id",
-                 ids[0])
+    calls = rows(
+        db_url, "SELECT status, output->>'subject' FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", ids[0]
+    )
     assert calls == [("superseded", "Hello"), ("succeeded", "Second")]
     assert rows(db_url, "SELECT attempts FROM hookline.action_runs WHERE event_id = %s", ids[0]) == [(2,)]
 
@@ -204,15 +241,17 @@ async def test_same_ordering_key_runs_one_at_a_time_in_arrival_order(db_url: str
         async with worker_task(settings, config):
             for i in ids + others:
                 assert (await wait_for_status(db_url, i))["status"] == "succeeded"
-    spans = rows(db_url, "SELECT id, started_at, finished_at FROM hookline.events WHERE id = ANY(%s) "
-                         "ORDER BY started_at", ids)
+    spans = rows(
+        db_url, "SELECT id, started_at, finished_at FROM hookline.events WHERE id = ANY(%s) ORDER BY started_at", ids
+    )
     assert [s[0] for s in spans] == ids, "events of one key must run in arrival order"
     for (_, _, prev_end), (_, next_start, _) in itertools.pairwise(spans):
         assert next_start >= prev_end, "events of one key must not overlap"
 
 
-async def test_latest_wins_skips_an_older_event_that_arrives_late(db_url: str, fake: FakeMessagesAPI,
-                                                                  receiver: Receiver) -> None:
+async def test_latest_wins_skips_an_older_event_that_arrives_late(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = make_config(latest_wins=True)
     fake.set_default(reply(GOOD))
     settings = settings_for(db_url, fake)
@@ -240,8 +279,9 @@ async def test_event_history_reaches_the_model(db_url: str, fake: FakeMessagesAP
     settings = settings_for(db_url, fake)
     async with web_server(settings, config) as base, worker_task(settings, config):
         async with httpx.AsyncClient() as client:
-            ids = [await deliver(client, base, event_body(f"evt_h{i}", customer="cus_h", note=f"n{i}"))
-                   for i in range(3)]
+            ids = [
+                await deliver(client, base, event_body(f"evt_h{i}", customer="cus_h", note=f"n{i}")) for i in range(3)
+            ]
         for i in ids:
             await wait_for_status(db_url, i)
     last = json.loads(fake.calls_to("/v1/messages")[-1].body["messages"][0]["content"])
@@ -257,10 +297,13 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
         conn.execute("""INSERT INTO hookline.events (source, delivery_id, status, body, payload, received_at)
                         SELECT 'stripe', 'old_' || g, 'succeeded', '\\x7b7d', '{}', now() - interval '3 days'
                         FROM generate_series(1, 1200) g""")
-        conn.execute("INSERT INTO hookline.events (source, delivery_id, status, body, payload) "
-                     "VALUES ('stripe', 'fresh', 'succeeded', '\\x7b7d', '{}')")
-        conn.execute("SELECT hookline.defer_job('hookline', 'hookline:process_event', '{}') "
-                     "FROM generate_series(1, 1201)")
+        conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, status, body, payload) "
+            "VALUES ('stripe', 'fresh', 'succeeded', '\\x7b7d', '{}')"
+        )
+        conn.execute(
+            "SELECT hookline.defer_job('hookline', 'hookline:process_event', '{}') FROM generate_series(1, 1201)"
+        )
         conn.execute("UPDATE procrastinate_jobs SET status = 'succeeded'")
         conn.execute("UPDATE procrastinate_events SET at = now() - interval '2 hours'")
     rt = Runtime.build(settings, config)
@@ -275,13 +318,16 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
     assert rows(db_url, fresh) == [(1,)]
     assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(0,)]
     with psycopg.connect(db_url, autocommit=True) as conn:
-        dup = conn.execute("INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'old_7') "
-                           "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id").fetchone()
+        dup = conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'old_7') "
+            "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id"
+        ).fetchone()
     assert dup is None, "a pruned event still deduplicates its delivery id"
 
 
-async def test_a_retried_replay_does_not_recompute_or_force_again(db_url: str, fake: FakeMessagesAPI,
-                                                                  receiver: Receiver) -> None:
+async def test_a_retried_replay_does_not_recompute_or_force_again(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     """replay --recompute --force whose http action fails once: the retry reuses the recomputed
     answer and does not force the action that already ran in the replay again."""
     config = make_config(actions=[{"type": "log", "name": "note"}, {"type": "http", "url_env": "HL_CRM_URL"}])
@@ -300,4 +346,6 @@ async def test_a_retried_replay_does_not_recompute_or_force_again(db_url: str, f
     runs = dict(rows(db_url, "SELECT action, attempts FROM hookline.action_runs WHERE event_id = %s", event_id))
     assert runs == {"note": 2, "http#1": 3}
     assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", event_id) == [
-        ("superseded",), ("succeeded",)]
+        ("superseded",),
+        ("succeeded",),
+    ]

@@ -12,14 +12,20 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config import Config
-from app.send import send
+from app.cli.send import send
+from app.core.config import Config
 from app.signatures import PROVIDERS, generate_keypair, sign, sign_request
 from tests.harness import ROOT, config_from, make_settings, rows, web_server
 
 PUBLIC = "https://hooks.example.com"
-HMAC_OPTIONS = {"header": "X-Acme-Signature", "algorithm": "sha512", "encoding": "base64", "prefix": "sha512=",
-                "signed": "{timestamp}.{body}", "timestamp_header": "X-Acme-Timestamp"}
+HMAC_OPTIONS = {
+    "header": "X-Acme-Signature",
+    "algorithm": "sha512",
+    "encoding": "base64",
+    "prefix": "sha512=",
+    "signed": "{timestamp}.{body}",
+    "timestamp_header": "X-Acme-Timestamp",
+}
 
 
 def all_providers_config(monkeypatch: pytest.MonkeyPatch) -> Config:
@@ -44,8 +50,9 @@ def all_providers_config(monkeypatch: pytest.MonkeyPatch) -> Config:
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-async def test_send_round_trip_for_every_provider(provider: str, db_url: str, monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: Any) -> None:
+async def test_send_round_trip_for_every_provider(
+    provider: str, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     config = all_providers_config(monkeypatch)
     settings = make_settings(db_url, public_url=PUBLIC)
     file = None
@@ -53,10 +60,19 @@ async def test_send_round_trip_for_every_provider(provider: str, db_url: str, mo
         file = tmp_path / "hmac.json"
         file.write_text(json.dumps({"id": "x", "type": "thing.happened", "data": {"n": 1}}))
     async with web_server(settings, config) as base:
-        sent = await asyncio.to_thread(send, config, provider, environ=os.environ, base_url=base,
-                                       public_url=PUBLIC, file=file)
-        again = await asyncio.to_thread(send, config, provider, environ=os.environ, base_url=base,
-                                        public_url=PUBLIC, file=file, delivery_id=sent.delivery_id)
+        sent = await asyncio.to_thread(
+            send, config, provider, environ=os.environ, base_url=base, public_url=PUBLIC, file=file
+        )
+        again = await asyncio.to_thread(
+            send,
+            config,
+            provider,
+            environ=os.environ,
+            base_url=base,
+            public_url=PUBLIC,
+            file=file,
+            delivery_id=sent.delivery_id,
+        )
     assert sent.status == 200, sent.body
     body = json.loads(sent.body)
     assert body["status"] == "accepted"
@@ -74,21 +90,47 @@ async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, 
     env = {**os.environ, "HOOKLINE_CONFIG": str(toml)}
     async with web_server(settings, config) as base:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app.cli", "send", "github", "--type", "pull_request.opened",
-            "--file", str(ROOT / "app/samples/github/pull_request.opened.json"), "--url", base,
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "app.cli",
+            "send",
+            "github",
+            "--type",
+            "pull_request.opened",
+            "--file",
+            str(ROOT / "app/signatures/samples/github/pull_request.opened.json"),
+            "--url",
+            base,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert "→ 200" in out.decode() and '"accepted"' in out.decode()
     assert rows(db_url, "SELECT event_type FROM hookline.events") == [("pull_request.opened",)]
 
-    check = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "check", env=env,
-                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    check = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "check",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, _ = await check.communicate()
     assert check.returncode == 0 and "1 source(s)" in out.decode()
     toml.write_text('[sources.github]\nprovider = "githib"\nsecrets_env = ["HL_GITHUB"]\n')
-    bad = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "check", env=env,
-                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "check",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await bad.communicate()
     assert bad.returncode == 2
     assert "sources.github.provider: unknown provider 'githib' (did you mean 'github'?)" in err.decode()
@@ -107,6 +149,7 @@ async def test_handshakes_are_answered_and_never_stored(db_url: str, monkeypatch
     settings = make_settings(db_url, public_url=PUBLIC)
     env = os.environ
     async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+
         async def post(provider: str, payload: Any, **kw: Any) -> httpx.Response:
             body = json.dumps(payload).encode()
             var = f"HL_{provider.upper()}" + ("_PRIVATE" if PROVIDERS[provider].public_key else "")
@@ -119,27 +162,43 @@ async def test_handshakes_are_answered_and_never_stored(db_url: str, monkeypatch
 
         ping = await post("discord_interactions", {"id": "1", "type": 1, "application_id": "a"})
         assert ping.status_code == 200 and ping.json() == {"type": 1}
-        probe = await client.post(f"{base}/webhooks/discord_interactions", content=b'{"type":1}',
-                                  headers={"X-Signature-Ed25519": "00" * 64,
-                                           "X-Signature-Timestamp": str(int(time.time()))})
+        probe = await client.post(
+            f"{base}/webhooks/discord_interactions",
+            content=b'{"type":1}',
+            headers={"X-Signature-Ed25519": "00" * 64, "X-Signature-Timestamp": str(int(time.time()))},
+        )
         assert probe.status_code == 401
 
-        zoom = await post("zoom", {"event": "endpoint.url_validation", "payload": {"plainToken": "plain-1"},
-                                   "event_ts": int(time.time() * 1000)})
+        zoom = await post(
+            "zoom",
+            {
+                "event": "endpoint.url_validation",
+                "payload": {"plainToken": "plain-1"},
+                "event_ts": int(time.time() * 1000),
+            },
+        )
         assert zoom.status_code == 200 and zoom.json()["plainToken"] == "plain-1" and zoom.json()["encryptedToken"]
 
         twitch_body = json.dumps({"challenge": "twitch-chal", "subscription": {"type": "channel.follow"}}).encode()
-        headers = sign("twitch_eventsub", secret=env["HL_TWITCH_EVENTSUB"], body=twitch_body, delivery_id="m1",
-                       event_type="channel.follow") | {"Twitch-Eventsub-Message-Type": "webhook_callback_verification"}
+        headers = sign(
+            "twitch_eventsub",
+            secret=env["HL_TWITCH_EVENTSUB"],
+            body=twitch_body,
+            delivery_id="m1",
+            event_type="channel.follow",
+        ) | {"Twitch-Eventsub-Message-Type": "webhook_callback_verification"}
         twitch = await client.post(f"{base}/webhooks/twitch_eventsub", content=twitch_body, headers=headers)
         assert twitch.status_code == 200 and twitch.text == "twitch-chal"
 
-        meta = await client.get(f"{base}/webhooks/meta_whatsapp",
-                                params={"hub.mode": "subscribe", "hub.verify_token": "verify-me",
-                                        "hub.challenge": "42"})
+        meta = await client.get(
+            f"{base}/webhooks/meta_whatsapp",
+            params={"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "42"},
+        )
         assert meta.status_code == 200 and meta.text == "42"
-        meta_bad = await client.get(f"{base}/webhooks/meta_whatsapp",
-                                    params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"})
+        meta_bad = await client.get(
+            f"{base}/webhooks/meta_whatsapp",
+            params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"},
+        )
         assert meta_bad.status_code == 403
         not_meta = await client.get(f"{base}/webhooks/slack")
         assert not_meta.status_code == 405
@@ -154,16 +213,26 @@ async def test_delivery_id_tenant_occurred_at_and_overrides(db_url: str, monkeyp
     monkeypatch.setenv("HL_HMAC", "generic-secret")
     monkeypatch.setenv("HL_STRIPE", "whsec_meta_test")
     hmac_source = {"provider": "hmac", "secrets_env": ["HL_HMAC"], "hmac": {"header": "X-Sig"}}
-    config = config_from({"sources": {
-        "strict": hmac_source,
-        "hashed": {**hmac_source, "content_hash_ids": True},
-        "custom": {**hmac_source, "delivery_id": "header:X-Request-Id", "event_type": ["json:kind", "json:type"],
-                   "tenant": "json:org.id", "occurred_at": "json:at"},
-        "stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE"]},
-    }})
+    config = config_from(
+        {
+            "sources": {
+                "strict": hmac_source,
+                "hashed": {**hmac_source, "content_hash_ids": True},
+                "custom": {
+                    **hmac_source,
+                    "delivery_id": "header:X-Request-Id",
+                    "event_type": ["json:kind", "json:type"],
+                    "tenant": "json:org.id",
+                    "occurred_at": "json:at",
+                },
+                "stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE"]},
+            }
+        }
+    )
     settings = make_settings(db_url)
     no_id = json.dumps({"type": "ping"}).encode()
     async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+
         def h(body: bytes, **extra: str) -> dict[str, str]:
             return {**sign("hmac", secret="generic-secret", body=body, options={"header": "X-Sig"}), **extra}
 
@@ -171,19 +240,36 @@ async def test_delivery_id_tenant_occurred_at_and_overrides(db_url: str, monkeyp
         hashed = await client.post(f"{base}/webhooks/hashed", content=no_id, headers=h(no_id))
         hashed_again = await client.post(f"{base}/webhooks/hashed", content=no_id, headers=h(no_id))
         custom_body = json.dumps({"kind": "order.paid", "org": {"id": 77}, "at": "2026-11-20T10:00:00Z"}).encode()
-        custom = await client.post(f"{base}/webhooks/custom", content=custom_body,
-                                   headers=h(custom_body, **{"X-Request-Id": "req-1"}))
-        stripe_body = json.dumps({"id": "evt_connect", "type": "charge.failed", "created": 1795000000,
-                                  "account": "acct_123", "data": {"object": {}}}).encode()
-        stripe = await client.post(f"{base}/webhooks/stripe", content=stripe_body,
-                                   headers=sign("stripe", secret="whsec_meta_test", body=stripe_body))
+        custom = await client.post(
+            f"{base}/webhooks/custom", content=custom_body, headers=h(custom_body, **{"X-Request-Id": "req-1"})
+        )
+        stripe_body = json.dumps(
+            {
+                "id": "evt_connect",
+                "type": "charge.failed",
+                "created": 1795000000,
+                "account": "acct_123",
+                "data": {"object": {}},
+            }
+        ).encode()
+        stripe = await client.post(
+            f"{base}/webhooks/stripe",
+            content=stripe_body,
+            headers=sign("stripe", secret="whsec_meta_test", body=stripe_body),
+        )
     assert refused.status_code == 400 and "no delivery id" in refused.json()["detail"]
     assert hashed.json()["status"] == "accepted"
     assert hashed_again.json() == {"status": "duplicate", "event_id": hashed.json()["event_id"]}
     assert custom.status_code == 200 and stripe.status_code == 200
-    stored = {r[0]: r[1:] for r in rows(db_url, "SELECT source, delivery_id, event_type, tenant, "
-                                                "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') "
-                                                "FROM hookline.events")}
+    stored = {
+        r[0]: r[1:]
+        for r in rows(
+            db_url,
+            "SELECT source, delivery_id, event_type, tenant, "
+            "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') "
+            "FROM hookline.events",
+        )
+    }
     assert stored["hashed"][0].startswith("sha256:") and "strict" not in stored
     assert stored["custom"] == ("req-1", "order.paid", "77", "2026-11-20 10:00")
     assert stored["stripe"][:3] == ("evt_connect", "charge.failed", "acct_123")

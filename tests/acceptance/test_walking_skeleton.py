@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.config import Config
+from app.core.config import Config
 from app.signatures import sign, verify
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import (
@@ -42,38 +42,57 @@ def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
 
 def skeleton_config(**pipeline_over: Any) -> Config:
     pipeline: dict[str, Any] = {
-        "source": "stripe", "events": ["invoice.payment_failed"],
+        "source": "stripe",
+        "events": ["invoice.payment_failed"],
         "fields": ["type", "data.object.customer_email", "data.object.amount_due"],
         "model": "claude-haiku-5-5",
         "instructions": "Draft a short, kind recovery email for this failed payment.",
-        "output_schema": {"type": "object", "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
-                          "required": ["subject", "body"]},
+        "output_schema": {
+            "type": "object",
+            "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
+            "required": ["subject", "body"],
+        },
         "actions": [{"type": "http", "url_env": "HL_CRM_URL", "secret_env": "HL_CRM_SECRET"}, {"type": "log"}],
     }
     pipeline.update(pipeline_over)
-    return config_from({
-        "sources": {
-            "stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"], "tolerance_seconds": 300},
-            "hooks": {"provider": "standard_webhooks", "secrets_env": ["HL_TEST_SECRET"], "max_body_bytes": 2048},
-        },
-        "pipelines": {"payment-recovery": pipeline},
-    })
+    return config_from(
+        {
+            "sources": {
+                "stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"], "tolerance_seconds": 300},
+                "hooks": {"provider": "standard_webhooks", "secrets_env": ["HL_TEST_SECRET"], "max_body_bytes": 2048},
+            },
+            "pipelines": {"payment-recovery": pipeline},
+        }
+    )
 
 
 def stripe_event(evt_id: str = "evt_1", *, email: str = "ada@example.com", note: str = "x") -> bytes:
-    return json.dumps({
-        "id": evt_id, "object": "event", "type": "invoice.payment_failed", "created": int(time.time()),
-        "data": {"object": {"id": "in_1", "customer": "cus_42", "customer_email": email, "amount_due": 1999,
-                            "internal_note": note}},
-    }).encode()
+    return json.dumps(
+        {
+            "id": evt_id,
+            "object": "event",
+            "type": "invoice.payment_failed",
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": "in_1",
+                    "customer": "cus_42",
+                    "customer_email": email,
+                    "amount_due": 1999,
+                    "internal_note": note,
+                }
+            },
+        }
+    ).encode()
 
 
 def stripe_headers(body: bytes, secret: str = STRIPE_SECRET) -> dict[str, str]:
     return {**sign("stripe", secret=secret, body=body), "content-type": "application/json"}
 
 
-async def test_signed_event_is_processed_end_to_end(db_url: str, env: None, fake: FakeMessagesAPI,
-                                                    receiver: Receiver) -> None:
+async def test_signed_event_is_processed_end_to_end(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = skeleton_config()
     settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
     fake.enqueue(reply({"subject": "About your invoice", "body": "Your card was declined; here is a link."}))
@@ -88,8 +107,12 @@ async def test_signed_event_is_processed_end_to_end(db_url: str, env: None, fake
     assert event["status"] == "succeeded", event
     assert event["attempts"] == 1
 
-    stored = rows(db_url, "SELECT source, delivery_id, event_type, ordering_key, body, payload->>'id', headers "
-                          "FROM hookline.events WHERE id = %s", event_id)[0]
+    stored = rows(
+        db_url,
+        "SELECT source, delivery_id, event_type, ordering_key, body, payload->>'id', headers "
+        "FROM hookline.events WHERE id = %s",
+        event_id,
+    )[0]
     assert stored[:4] == ("stripe", "evt_1", "invoice.payment_failed", None)
     assert bytes(stored[4]) == body  # raw body byte for byte
     assert stored[5] == "evt_1"
@@ -101,14 +124,24 @@ async def test_signed_event_is_processed_end_to_end(db_url: str, env: None, fake
     assert sent["output_config"]["format"]["type"] == "json_schema"
     assert "temperature" not in sent
     user = json.loads(sent["messages"][0]["content"])
-    assert user["fields"] == {"type": "invoice.payment_failed", "data.object.customer_email": "ada@example.com",
-                              "data.object.amount_due": 1999}
+    assert user["fields"] == {
+        "type": "invoice.payment_failed",
+        "data.object.customer_email": "ada@example.com",
+        "data.object.amount_due": 1999,
+    }
     assert "do-not-send-to-the-model" not in json.dumps(sent)
 
-    (llm,) = rows(db_url, "SELECT status, model, output, input_tokens, output_tokens, cost_usd, request_id, "
-                          "latency_ms FROM hookline.llm_calls WHERE event_id = %s", event_id)
-    assert llm[0:3] == ("succeeded", "claude-haiku-5-5", {"subject": "About your invoice",
-                                                          "body": "Your card was declined; here is a link."})
+    (llm,) = rows(
+        db_url,
+        "SELECT status, model, output, input_tokens, output_tokens, cost_usd, request_id, "
+        "latency_ms FROM hookline.llm_calls WHERE event_id = %s",
+        event_id,
+    )
+    assert llm[0:3] == (
+        "succeeded",
+        "claude-haiku-5-5",
+        {"subject": "About your invoice", "body": "Your card was declined; here is a link."},
+    )
     assert llm[3] > 0 and llm[4] > 0 and llm[5] is not None and llm[6].startswith("req_") and llm[7] >= 0
 
     # the http action arrived, signed so the receiver can verify us (Standard Webhooks)
@@ -116,13 +149,15 @@ async def test_signed_event_is_processed_end_to_end(db_url: str, env: None, fake
     verify("standard_webhooks", secrets=[OUT_SECRET], headers=got.headers, body=got.body)
     assert got.json()["output"]["subject"] == "About your invoice"
     assert got.headers["idempotency-key"] == got.headers["webhook-id"]
-    actions = rows(db_url, "SELECT action, action_type, status FROM hookline.action_runs WHERE event_id = %s "
-                           "ORDER BY id", event_id)
+    actions = rows(
+        db_url, "SELECT action, action_type, status FROM hookline.action_runs WHERE event_id = %s ORDER BY id", event_id
+    )
     assert actions == [("http#0", "http", "succeeded"), ("log#1", "log", "succeeded")]
 
 
-async def test_same_delivery_twice_is_one_row_one_job_one_model_call(db_url: str, env: None, fake: FakeMessagesAPI,
-                                                                     receiver: Receiver) -> None:
+async def test_same_delivery_twice_is_one_row_one_job_one_model_call(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = skeleton_config()
     settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
     body = stripe_event("evt_dup")
@@ -141,8 +176,9 @@ async def test_same_delivery_twice_is_one_row_one_job_one_model_call(db_url: str
 
 
 @pytest.mark.parametrize("case", ["tampered", "wrong_secret", "missing_header", "stale"])
-async def test_bad_signatures_get_401_and_store_nothing(db_url: str, env: None, case: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_signatures_get_401_and_store_nothing(
+    db_url: str, env: None, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = skeleton_config()
     settings = make_settings(db_url)
     body = stripe_event("evt_bad")
@@ -173,16 +209,27 @@ async def test_client_errors_are_clear_and_store_nothing(db_url: str, env: None)
     async with web_server(settings, config) as base, httpx.AsyncClient() as client:
         unknown = await client.post(f"{base}/webhooks/nope", content=b"{}")
         big = b'{"pad": "' + b"x" * 4096 + b'"}'
-        too_big = await client.post(f"{base}/webhooks/hooks", content=big,
-                                    headers=sign("standard_webhooks", secret=SECRET, body=big, delivery_id="msg_big"))
+        too_big = await client.post(
+            f"{base}/webhooks/hooks",
+            content=big,
+            headers=sign("standard_webhooks", secret=SECRET, body=big, delivery_id="msg_big"),
+        )
         not_json = b"this is not json"
-        bad_json = await client.post(f"{base}/webhooks/hooks", content=not_json,
-                                     headers=sign("standard_webhooks", secret=SECRET, body=not_json, delivery_id="m1"))
+        bad_json = await client.post(
+            f"{base}/webhooks/hooks",
+            content=not_json,
+            headers=sign("standard_webhooks", secret=SECRET, body=not_json, delivery_id="m1"),
+        )
         wrong_method = await client.put(f"{base}/webhooks/hooks", content=b"{}")
         unstorable = []
         for i, raw in enumerate((b'{"a": "nul \\u0000 here"}', b'{"a": "\\ud800"}')):
-            unstorable.append(await client.post(f"{base}/webhooks/hooks", content=raw, headers=sign(
-                "standard_webhooks", secret=SECRET, body=raw, delivery_id=f"msg_bad_{i}")))
+            unstorable.append(
+                await client.post(
+                    f"{base}/webhooks/hooks",
+                    content=raw,
+                    headers=sign("standard_webhooks", secret=SECRET, body=raw, delivery_id=f"msg_bad_{i}"),
+                )
+            )
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_source"
     assert too_big.status_code == 413 and too_big.json()["error"] == "payload_too_large"
     assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["detail"]
@@ -201,8 +248,10 @@ async def test_health_and_readiness(db_url: str, env: None) -> None:
         metrics = await client.get(f"{base}/metrics")
         assert "hookline_database_up 1" in metrics.text
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM hookline.schema_migrations "
-                     "WHERE version = (SELECT max(version) FROM hookline.schema_migrations)")
+        conn.execute(
+            "DELETE FROM hookline.schema_migrations "
+            "WHERE version = (SELECT max(version) FROM hookline.schema_migrations)"
+        )
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
         stale = await client.get(f"{base}/readyz")
     assert stale.status_code == 503 and stale.json()["database"] == "schema not current"
@@ -213,8 +262,11 @@ async def test_unreachable_database_is_503_with_retry_after(env: None, tmp_path:
     settings = make_settings(f"postgresql://nobody@/nowhere?host={tmp_path}", retry_after_seconds=7)
     body = b'{"hello": "world"}'
     async with web_server(settings, config) as base, httpx.AsyncClient() as client:
-        resp = await client.post(f"{base}/webhooks/hooks", content=body,
-                                 headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_503"))
+        resp = await client.post(
+            f"{base}/webhooks/hooks",
+            content=body,
+            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_503"),
+        )
         health = await client.get(f"{base}/healthz")
         ready = await client.get(f"{base}/readyz")
     assert resp.status_code == 503 and resp.headers["retry-after"] == "7"
@@ -222,9 +274,9 @@ async def test_unreachable_database_is_503_with_retry_after(env: None, tmp_path:
     assert health.status_code == 200 and ready.status_code == 503
 
 
-async def test_worker_run_twice_on_one_event_does_nothing_the_second_time(db_url: str, env: None,
-                                                                          fake: FakeMessagesAPI,
-                                                                          receiver: Receiver) -> None:
+async def test_worker_run_twice_on_one_event_does_nothing_the_second_time(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     from worker.runtime import Runtime
     from worker.tasks import handle_event
 
@@ -246,16 +298,17 @@ async def test_worker_run_twice_on_one_event_does_nothing_the_second_time(db_url
     assert rows(db_url, "SELECT attempts FROM hookline.events WHERE id = %s", event_id) == [(1,)]
 
 
-async def test_without_api_key_the_request_is_stored_and_no_action_fires(db_url: str, env: None,
-                                                                         fake: FakeMessagesAPI,
-                                                                         receiver: Receiver) -> None:
+async def test_without_api_key_the_request_is_stored_and_no_action_fires(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
     config = skeleton_config()
     settings = make_settings(db_url)  # no ANTHROPIC_API_KEY
     body = stripe_event("evt_dry")
     async with web_server(settings, config) as base, worker_task(settings, config):
         async with httpx.AsyncClient() as client:
-            event_id = (await client.post(f"{base}/webhooks/stripe", content=body,
-                                          headers=stripe_headers(body))).json()["event_id"]
+            event_id = (
+                await client.post(f"{base}/webhooks/stripe", content=body, headers=stripe_headers(body))
+            ).json()["event_id"]
         event = await wait_for_status(db_url, event_id)
     assert event["status"] == "succeeded" and event["dry_run"] is True
     assert "dry run" in event["detail"]
@@ -269,12 +322,14 @@ async def test_without_api_key_the_request_is_stored_and_no_action_fires(db_url:
 async def test_event_without_a_matching_pipeline_is_skipped(db_url: str, env: None) -> None:
     config = skeleton_config()
     settings = make_settings(db_url)
-    body = json.dumps({"id": "evt_other", "type": "customer.created", "created": int(time.time()),
-                       "data": {"object": {}}}).encode()
+    body = json.dumps(
+        {"id": "evt_other", "type": "customer.created", "created": int(time.time()), "data": {"object": {}}}
+    ).encode()
     async with web_server(settings, config) as base, worker_task(settings, config):
         async with httpx.AsyncClient() as client:
-            event_id = (await client.post(f"{base}/webhooks/stripe", content=body,
-                                          headers=stripe_headers(body))).json()["event_id"]
+            event_id = (
+                await client.post(f"{base}/webhooks/stripe", content=body, headers=stripe_headers(body))
+            ).json()["event_id"]
         event = await wait_for_status(db_url, event_id)
     assert event["status"] == "skipped" and "no pipeline matches" in event["detail"]
 
@@ -294,11 +349,16 @@ async def test_output_model_and_python_action(db_url: str, env: None, fake: Fake
     from tests import pipeline_models
 
     pipeline_models.RECEIVED.clear()
-    config = skeleton_config(output_schema=None, output_model="tests.pipeline_models:Triage",
-                             actions=[{"type": "python", "target": "tests.pipeline_models:record", "name": "record"}])
+    config = skeleton_config(
+        output_schema=None,
+        output_model="tests.pipeline_models:Triage",
+        actions=[{"type": "python", "target": "tests.pipeline_models:record", "name": "record"}],
+    )
     settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
-    fake.enqueue(reply({"category": "billing", "urgency": 9, "summary": "card declined"}),
-                 reply({"category": "billing", "urgency": 4, "summary": "card declined"}))
+    fake.enqueue(
+        reply({"category": "billing", "urgency": 9, "summary": "card declined"}),
+        reply({"category": "billing", "urgency": 4, "summary": "card declined"}),
+    )
     body = stripe_event("evt_model")
     async with web_server(settings, config) as base, worker_task(settings, config, _strict_response_validation=True):
         async with httpx.AsyncClient() as client:

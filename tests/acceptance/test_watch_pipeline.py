@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.config import Config
-from app.watch import WatchSpec, apply_watches
+from app.cli.watch import WatchSpec, apply_watches
+from app.core.config import Config
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import config_from, make_settings, rows, wait_for_status, worker_task
 
@@ -30,37 +30,47 @@ def fake() -> Iterator[FakeMessagesAPI]:
 @pytest.fixture
 def orders(db_url: str) -> str:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, "
-                     "status text NOT NULL DEFAULT 'new', note text, card_token text)")
-        conn.execute("INSERT INTO orders (id, customer, card_token) "
-                     "SELECT g, 'customer ' || g, 'tok_' || g FROM generate_series(1, %s) g", (ROWS,))
+        conn.execute(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, "
+            "status text NOT NULL DEFAULT 'new', note text, card_token text)"
+        )
+        conn.execute(
+            "INSERT INTO orders (id, customer, card_token) "
+            "SELECT g, 'customer ' || g, 'tok_' || g FROM generate_series(1, %s) g",
+            (ROWS,),
+        )
     return "public.orders"
 
 
 def db_config() -> Config:
     """A pipeline on row events: no [sources.db] table is needed for source = "db"."""
-    return config_from({
-        "pipelines": {
-            "cancellation-note": {
-                "source": "db",
-                "events": ["public.orders.update"],
-                "fields": ["key.id", "old.status", "new.status", "new.customer", "changed"],
-                "model": "claude-haiku-5-5",
-                "instructions": "Write a one-line note for the support team about this order status change.",
-                "output_schema": {"type": "object", "properties": {"note": {"type": "string"}},
-                                  "required": ["note"]},
-                "actions": [{"type": "log"}],
+    return config_from(
+        {
+            "pipelines": {
+                "cancellation-note": {
+                    "source": "db",
+                    "events": ["public.orders.update"],
+                    "fields": ["key.id", "old.status", "new.status", "new.customer", "changed"],
+                    "model": "claude-haiku-5-5",
+                    "instructions": "Write a one-line note for the support team about this order status change.",
+                    "output_schema": {
+                        "type": "object",
+                        "properties": {"note": {"type": "string"}},
+                        "required": ["note"],
+                    },
+                    "actions": [{"type": "log"}],
+                },
             },
-        },
-    })
+        }
+    )
 
 
 async def test_status_update_runs_the_pipeline(db_url: str, orders: str, fake: FakeMessagesAPI) -> None:
     config = db_config()
     # the way `hookline migrate` applies [[watch]] from hookline.toml
-    assert apply_watches(db_url, [WatchSpec(table="orders", on=("update",), columns=("status",),
-                                            exclude_columns=("card_token",))]) == [
-        "public.orders: created (events public.orders.update)"]
+    assert apply_watches(
+        db_url, [WatchSpec(table="orders", on=("update",), columns=("status",), exclude_columns=("card_token",))]
+    ) == ["public.orders: created (events public.orders.update)"]
     fake.enqueue(reply({"note": "Order 42 of customer 42 was cancelled."}))
     settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
 
@@ -76,13 +86,20 @@ async def test_status_update_runs_the_pipeline(db_url: str, orders: str, fake: F
 
     (call,) = fake.calls_to("/v1/messages")
     user = json.loads(call.body["messages"][0]["content"])
-    assert user["fields"] == {"key.id": 42, "old.status": "new", "new.status": "cancelled",
-                              "new.customer": "customer 42", "changed": ["status"]}
+    assert user["fields"] == {
+        "key.id": 42,
+        "old.status": "new",
+        "new.status": "cancelled",
+        "new.customer": "customer 42",
+        "changed": ["status"],
+    }
     assert "tok_42" not in json.dumps(call.body)  # excluded column never reaches the model
     assert rows(db_url, "SELECT status, output FROM hookline.llm_calls WHERE event_id = %s", event_id) == [
-        ("succeeded", {"note": "Order 42 of customer 42 was cancelled."})]
+        ("succeeded", {"note": "Order 42 of customer 42 was cancelled."})
+    ]
     assert rows(db_url, "SELECT action, status FROM hookline.action_runs WHERE event_id = %s", event_id) == [
-        ("log#0", "succeeded")]
+        ("log#0", "succeeded")
+    ]
 
 
 async def test_thousand_rows_in_one_statement_are_processed_once_each(db_url: str, orders: str) -> None:
@@ -96,22 +113,29 @@ async def test_thousand_rows_in_one_statement_are_processed_once_each(db_url: st
         deadline = started + 60
         done = 0
         while time.monotonic() < deadline:
-            ((done,),) = rows(db_url, "SELECT count(*) FROM hookline.events "
-                                      "WHERE status IN ('succeeded', 'dead', 'skipped')")
+            ((done,),) = rows(
+                db_url, "SELECT count(*) FROM hookline.events WHERE status IN ('succeeded', 'dead', 'skipped')"
+            )
             if done == ROWS:
                 break
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started
     assert done == ROWS, f"{done}/{ROWS} events finished in {elapsed:.1f}s"
 
-    summary: list[tuple[Any, ...]] = rows(db_url, """
+    summary: list[tuple[Any, ...]] = rows(
+        db_url,
+        """
         SELECT count(*), count(DISTINCT payload->'key'), count(*) FILTER (WHERE status = 'succeeded'),
                count(*) FILTER (WHERE attempts = 1), count(*) FILTER (WHERE dry_run)
-        FROM hookline.events WHERE source = 'db' AND event_type = 'public.orders.update'""")
+        FROM hookline.events WHERE source = 'db' AND event_type = 'public.orders.update'""",
+    )
     assert summary == [(ROWS, ROWS, ROWS, ROWS, ROWS)]
-    jobs = rows(db_url, "SELECT count(*), count(DISTINCT args->'event_id'), "
-                        "count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE attempts = 1) "
-                        "FROM procrastinate_jobs WHERE task_name = 'hookline:process_event'")
+    jobs = rows(
+        db_url,
+        "SELECT count(*), count(DISTINCT args->'event_id'), "
+        "count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE attempts = 1) "
+        "FROM procrastinate_jobs WHERE task_name = 'hookline:process_event'",
+    )
     assert jobs == [(ROWS, ROWS, ROWS, ROWS)]  # one job per event, each run once
     calls = rows(db_url, "SELECT count(*), count(DISTINCT event_id) FROM hookline.llm_calls WHERE status = 'dry_run'")
     assert calls == [(ROWS, ROWS)]

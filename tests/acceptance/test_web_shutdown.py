@@ -21,10 +21,22 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
     toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
     secret = "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ="
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "HOOKLINE_CONFIG": str(toml), "HL_SW_SECRET": secret,
-           "PORT": str(port), "HOOKLINE_SHUTDOWN_TIMEOUT": "10"}
-    web = subprocess.Popen([sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"], env=env, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "HOOKLINE_CONFIG": str(toml),
+        "HL_SW_SECRET": secret,
+        "PORT": str(port),
+        "HOOKLINE_SHUTDOWN_TIMEOUT": "10",
+    }
+    web = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for _ in range(100):
             try:
@@ -34,8 +46,10 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
                 time.sleep(0.1)
         body = b'{"type": "deploy.test", "data": {"n": 1}}'
         headers = sign("standard_webhooks", secret=secret, body=body, delivery_id="msg_drain")
-        head = (f"POST /webhooks/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+        head = (
+            f"POST /webhooks/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(head.encode() + body[:10])  # the request is in flight: half its body sent
             time.sleep(0.3)

@@ -29,9 +29,7 @@ class FakeMessagesAPIProcess:
         fake.log()                                           # list of RecordedRequest dicts
     """
 
-    def __init__(
-        self, *, port: int = 0, extra_args: list[str] | None = None, startup_timeout: float = 15.0
-    ) -> None:
+    def __init__(self, *, port: int = 0, extra_args: list[str] | None = None, startup_timeout: float = 15.0) -> None:
         self.port = port
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout

@@ -95,18 +95,14 @@ def output_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else None
 
 
-def _check_common(
-    body: Any, headers: Mapping[str, str], allowed: frozenset[str], strict_schemas: bool
-) -> None:
+def _check_common(body: Any, headers: Mapping[str, str], allowed: frozenset[str], strict_schemas: bool) -> None:
     if not isinstance(body, dict):
         raise _bad("Request body must be a JSON object")
     version = headers.get("anthropic-version")
     if version != "2023-06-01":
         for key in SAMPLING_KEYS:
             if key in body:
-                raise _bad(
-                    f"{key}: is not supported with anthropic-version {version}; remove it from the request"
-                )
+                raise _bad(f"{key}: is not supported with anthropic-version {version}; remove it from the request")
     if "output_format" in body and STRUCTURED_OUTPUTS_BETA in _betas(headers):
         allowed = allowed | {"output_format"}
     for key in body:
@@ -193,11 +189,7 @@ def _check_system(system: Any) -> None:
     if not isinstance(system, list):
         raise _bad("system: Input should be a valid string or list of text blocks")
     for i, block in enumerate(system):
-        if (
-            not isinstance(block, Mapping)
-            or block.get("type") != "text"
-            or not isinstance(block.get("text"), str)
-        ):
+        if not isinstance(block, Mapping) or block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise _bad(f"system.{i}: system blocks must be text blocks")
         if not block["text"]:
             raise _bad(f"system.{i}: text content blocks must be non-empty")
@@ -207,11 +199,7 @@ def _check_system(system: Any) -> None:
 def _check_cache_control(cc: Any, where: str) -> None:
     if cc is None:
         return
-    if (
-        not isinstance(cc, Mapping)
-        or cc.get("type") != "ephemeral"
-        or cc.get("ttl", "5m") not in ("5m", "1h")
-    ):
+    if not isinstance(cc, Mapping) or cc.get("type") != "ephemeral" or cc.get("ttl", "5m") not in ("5m", "1h"):
         raise _bad(f"{where}: expected {{'type': 'ephemeral', 'ttl'?: '5m'|'1h'}}")
 
 

@@ -87,9 +87,7 @@ def _cache_prefix(body: Mapping[str, Any]) -> tuple[str, float] | None:
         ttls.append(top.get("ttl", "5m"))
     system = body.get("system")
     blocks = system if isinstance(system, list) else []
-    ttls += [
-        b["cache_control"].get("ttl", "5m") for b in blocks if isinstance(b.get("cache_control"), Mapping)
-    ]
+    ttls += [b["cache_control"].get("ttl", "5m") for b in blocks if isinstance(b.get("cache_control"), Mapping)]
     ttls += [t["cache_control"].get("ttl", "5m") for t in body.get("tools") or [] if t.get("cache_control")]
     last_msg = -1
     for i, msg in enumerate(body["messages"]):
@@ -185,9 +183,7 @@ def scenario_step(fake: FakeMessagesAPI, headers: Mapping[str, str]) -> Step | N
         "429-spend-noretry": spend_limit(should_retry=False),
         "400": error(400, "invalid_request_error", "scripted bad request"),
         "401": error(401, "authentication_error"),
-        "minimal": raw(
-            200, json.dumps({"content": [{"type": "text", "text": "hi"}]}), content_type="application/json"
-        ),
+        "minimal": raw(200, json.dumps({"content": [{"type": "text", "text": "hi"}]}), content_type="application/json"),
         "textplain": raw(200, "this is not json", content_type="text/plain"),
         "html200": raw(200, "<html><body>ok</body></html>", content_type="text/html"),
         "badjson200": raw(200, '{"id": "msg_trunc", "content": [', content_type="application/json"),
@@ -227,9 +223,7 @@ def _respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str, rid: st
         try:
             body = json.loads(raw_text)
         except ValueError as exc:
-            raise RequestRejected(
-                400, "invalid_request_error", f"There was an error parsing the body: {exc}"
-            ) from exc
+            raise RequestRejected(400, "invalid_request_error", f"There was an error parsing the body: {exc}") from exc
         check = check_messages_body if endpoints[path] else check_count_tokens_body
         check(body, headers, strict_schemas=fake.strict_schemas)
     except RequestRejected as rej:
@@ -280,9 +274,7 @@ def run_step(ctx: Ctx, step: Step | None) -> Outcome | None:
             return out
         case "raw":
             text = step.content if isinstance(step.content, str) else json.dumps(step.content)
-            return Outcome(
-                step.status, text.encode(), step.content_type or "text/plain", dict(step.headers), text
-            )
+            return Outcome(step.status, text.encode(), step.content_type or "text/plain", dict(step.headers), text)
         case "reply":
             forced = ctx.tool(forced_only=True)
             if forced is not None and isinstance(step.content, dict):
@@ -301,9 +293,7 @@ def run_step(ctx: Ctx, step: Step | None) -> Outcome | None:
         case "max_tokens_cut":
             text = step.content
             if text is None:
-                full = (
-                    json.dumps(generate(ctx.schema)) if ctx.schema else '{"summary": "the event describes a'
-                )
+                full = json.dumps(generate(ctx.schema)) if ctx.schema else '{"summary": "the event describes a'
                 text = full[: max(1, len(full) // 2)]
             usage = {"output_tokens": ctx.body["max_tokens"], **(step.usage or {})}
             return _message(ctx, [_text_block(str(text))], "max_tokens", None, usage)
@@ -405,12 +395,8 @@ def to_sse(out: Outcome) -> Outcome:
             first = {**block, "thinking": "", "signature": ""}
             deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
-        frames.append(
-            ("content_block_start", {"type": "content_block_start", "index": i, "content_block": first})
-        )
-        frames += [
-            ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": d}) for d in deltas
-        ]
+        frames.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": first}))
+        frames += [("content_block_delta", {"type": "content_block_delta", "index": i, "delta": d}) for d in deltas]
         frames.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
     delta = {"stop_reason": msg["stop_reason"], "stop_sequence": None, "stop_details": msg["stop_details"]}
     frames.append(

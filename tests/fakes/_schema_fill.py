@@ -42,9 +42,7 @@ _FORMAT_RES: dict[str, re.Pattern[str]] = {
     "date": re.compile(r"^\d{4}-\d\d-\d\d$"),
     "duration": re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"),
     "email": re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
-    "hostname": re.compile(
-        r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
-    ),
+    "hostname": re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"),
     "uri": re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$"),
     "ipv4": re.compile(r"^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)$"),
     "uuid": re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"),
@@ -302,9 +300,7 @@ def strict_schema_problems(schema: Any, *, root: Any = None, path: str = "schema
     fmt = schema.get("format")
     if fmt is not None and fmt not in SUPPORTED_FORMATS:
         problems.append(f"{path}: string format {fmt!r} is not supported")
-    is_object = schema.get("type") == "object" or (
-        isinstance(schema.get("type"), list) and "object" in schema["type"]
-    )
+    is_object = schema.get("type") == "object" or (isinstance(schema.get("type"), list) and "object" in schema["type"])
     if is_object and schema.get("additionalProperties") is not False:
         problems.append(f"{path}: For 'object' type, 'additionalProperties' must be explicitly set to false")
     for key in ("properties", "$defs", "definitions"):

@@ -31,9 +31,7 @@ __all__ = [
     "tool_reply",
 ]
 
-StepKind = Literal[
-    "default", "reply", "tool_reply", "error", "raw", "slow", "hang", "refusal", "max_tokens_cut"
-]
+StepKind = Literal["default", "reply", "tool_reply", "error", "raw", "slow", "hang", "refusal", "max_tokens_cut"]
 _KINDS: frozenset[str] = frozenset(get_args(StepKind))
 
 
@@ -116,9 +114,7 @@ def reply(content: Any, *, stop_reason: str = "end_turn", usage: dict[str, Any] 
     return Step("reply", content=content, stop_reason=stop_reason, usage=usage)
 
 
-def tool_reply(
-    input: dict[str, Any], *, name: str | None = None, usage: dict[str, Any] | None = None
-) -> Step:
+def tool_reply(input: dict[str, Any], *, name: str | None = None, usage: dict[str, Any] | None = None) -> Step:
     """A `tool_use` block with this input; `name` defaults to the forced tool or the first tool."""
     return Step("tool_reply", content=input, tool_name=name, stop_reason="tool_use", usage=usage)
 
@@ -176,16 +172,13 @@ def spend_limit(*, should_retry: bool | None = None) -> Step:
     return error(
         429,
         "rate_limit_error",
-        "You have reached your specified API usage limits. "
-        "You will regain access on 2027-01-01 at 00:00 UTC.",
+        "You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC.",
         error_code="enforced_spend_limit_reached",
         should_retry=should_retry,
     )
 
 
-def raw(
-    status: int, body: str, *, content_type: str = "text/html", headers: dict[str, str] | None = None
-) -> Step:
+def raw(status: int, body: str, *, content_type: str = "text/html", headers: dict[str, str] | None = None) -> Step:
     """Any raw HTTP response (HTML 502 page, truncated JSON with a JSON content-type, ...)."""
     return Step("raw", status=status, content=body, content_type=content_type, headers=dict(headers or {}))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import migrations
-from app.migrations import Migration, MigrationError
+from app.core import migrations
+from app.core.migrations import Migration, MigrationError
 
 
 def test_applies_everything_once_on_an_empty_database(empty_db_url: str) -> None:
@@ -19,7 +19,9 @@ def test_applies_everything_once_on_an_empty_database(empty_db_url: str) -> None
     assert migrations.status(empty_db_url).current
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT to_regclass('hookline.events'), to_regclass('procrastinate_jobs')").fetchone() == (
-            "hookline.events", "procrastinate_jobs")
+            "hookline.events",
+            "procrastinate_jobs",
+        )
 
 
 def test_a_changed_applied_file_is_refused(empty_db_url: str) -> None:

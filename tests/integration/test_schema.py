@@ -11,8 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from app import tasknames
-from app.sqlfiles import queries, sql_dir
+from app.core import jobs as jobnames
+from app.core.sqlfiles import queries, sql_dir
 
 
 def test_every_hookline_object_has_a_comment(conn: psycopg.Connection) -> None:
@@ -44,7 +44,9 @@ def test_every_hookline_object_has_a_comment(conn: psycopg.Connection) -> None:
 def _insert(conn: psycopg.Connection, delivery: str, ordering_key: str | None = None) -> int:
     row = conn.execute(
         "INSERT INTO hookline.events (source, delivery_id, event_type, ordering_key, payload) "
-        "VALUES ('stripe', %s, 'invoice.paid', %s, '{}') RETURNING id", (delivery, ordering_key)).fetchone()
+        "VALUES ('stripe', %s, 'invoice.paid', %s, '{}') RETURNING id",
+        (delivery, ordering_key),
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -52,11 +54,12 @@ def _insert(conn: psycopg.Connection, delivery: str, ordering_key: str | None = 
 def test_insert_defers_exactly_one_job_in_the_same_transaction(conn: psycopg.Connection) -> None:
     event_id = _insert(conn, "evt_1", ordering_key="cus_42")
     jobs = conn.execute("SELECT queue_name, task_name, args, lock, status::text FROM procrastinate_jobs").fetchall()
-    assert jobs == [(tasknames.QUEUE, tasknames.PROCESS_EVENT, {"event_id": event_id},
-                     "hookline:stripe:cus_42", "todo")]
+    assert jobs == [(jobnames.QUEUE, jobnames.PROCESS_EVENT, {"event_id": event_id}, "hookline:stripe:cus_42", "todo")]
     # a duplicate delivery is no new row and no new job
-    conn.execute("INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'evt_1') "
-                 "ON CONFLICT (source, delivery_id) DO NOTHING")
+    conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'evt_1') "
+        "ON CONFLICT (source, delivery_id) DO NOTHING"
+    )
     assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (1,)
 
 
@@ -72,7 +75,7 @@ def test_rolled_back_insert_leaves_neither_event_nor_job(conn: psycopg.Connectio
 
 def test_commit_notifies_listening_workers(conn: psycopg.Connection, db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
-        listener.execute(f'LISTEN "procrastinate_queue_v1#{tasknames.QUEUE}"')
+        listener.execute(f'LISTEN "procrastinate_queue_v1#{jobnames.QUEUE}"')
         event_id = _insert(conn, "evt_notify")
         ready = select.select([listener.fileno()], [], [], 5)[0]
         assert ready, "no NOTIFY within 5 s of the commit"
@@ -93,11 +96,11 @@ def test_trigger_names_the_worker_task() -> None:
     from worker.main import build_app
 
     sql = "\n".join(p.read_text() for p in (sql_dir() / "migrations").glob("*.sql"))
-    assert f"'{tasknames.PROCESS_EVENT}'" in sql
+    assert f"'{jobnames.PROCESS_EVENT}'" in sql
     app = build_app("postgresql://unused@/x?host=/nonexistent", pool_size=2)
-    assert tasknames.PROCESS_EVENT in app.tasks
-    assert tasknames.MAINTENANCE in app.tasks
-    assert app.tasks[tasknames.PROCESS_EVENT].queue == tasknames.QUEUE
+    assert jobnames.PROCESS_EVENT in app.tasks
+    assert jobnames.MAINTENANCE in app.tasks
+    assert app.tasks[jobnames.PROCESS_EVENT].queue == jobnames.QUEUE
 
 
 async def test_every_named_query_prepares(db_url: str) -> None:

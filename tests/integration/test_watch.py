@@ -16,8 +16,8 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from app import watch as watch_mod
-from app.watch import WatchError, WatchSpec, apply_watches, format_watched, list_watched, watch_table
+from app.cli import watch as watch_mod
+from app.cli.watch import WatchError, WatchSpec, apply_watches, format_watched, list_watched, watch_table
 from tests.harness import make_settings
 
 
@@ -38,8 +38,10 @@ def orders(conn: psycopg.Connection) -> str:
 
 def events(conn: psycopg.Connection) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    return cur.execute("SELECT id, source, delivery_id, event_type, ordering_key, status, payload, headers, "
-                       "occurred_at FROM hookline.events ORDER BY id").fetchall()
+    return cur.execute(
+        "SELECT id, source, delivery_id, event_type, ordering_key, status, payload, headers, "
+        "occurred_at FROM hookline.events ORDER BY id"
+    ).fetchall()
 
 
 def jobs(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
@@ -47,8 +49,11 @@ def jobs(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
 
 
 def triggers(conn: psycopg.Connection, table: str = "public.orders") -> list[tuple[str, str | None]]:
-    return conn.execute("SELECT tgname, obj_description(oid, 'pg_trigger') FROM pg_trigger "
-                        "WHERE tgrelid = %s::regclass AND NOT tgisinternal ORDER BY tgname", (table,)).fetchall()
+    return conn.execute(
+        "SELECT tgname, obj_description(oid, 'pg_trigger') FROM pg_trigger "
+        "WHERE tgrelid = %s::regclass AND NOT tgisinternal ORDER BY tgname",
+        (table,),
+    ).fetchall()
 
 
 def one(conn: psycopg.Connection, query: str, *params: Any) -> Any:
@@ -73,7 +78,11 @@ def test_update_of_status_is_one_event_with_its_job(conn: psycopg.Connection, or
     assert ev["ordering_key"] == 'public.orders:{"id": 1}'
     assert ev["status"] == "queued" and ev["occurred_at"] is not None
     assert ev["payload"] == {
-        "op": "update", "table": "public.orders", "key": {"id": 1}, "txid": txid, "changed": ["status"],
+        "op": "update",
+        "table": "public.orders",
+        "key": {"id": 1},
+        "txid": txid,
+        "changed": ["status"],
         "old": {"id": 1, "status": "new", "note": "first", "amount": 10.00, "blob": None, "meta": None},
         "new": {"id": 1, "status": "cancelled", "note": "first", "amount": 10.00, "blob": None, "meta": None},
     }
@@ -93,7 +102,8 @@ def test_update_of_another_column_does_nothing_when_columns_is_set(conn: psycopg
 
 
 def test_rolled_back_transaction_leaves_nothing_and_committed_one_always_has_its_job(
-        conn: psycopg.Connection, orders: str) -> None:
+    conn: psycopg.Connection, orders: str
+) -> None:
     conn.execute("SELECT hookline.watch('orders')")
     with pytest.raises(RuntimeError), conn.transaction():
         conn.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
@@ -115,8 +125,7 @@ def test_rolled_back_transaction_leaves_nothing_and_committed_one_always_has_its
     assert [j[0] for j in jobs(conn)] == [{"event_id": e["id"]} for e in got]  # nobody listened: the jobs wait
 
 
-def test_a_row_changed_twice_in_one_transaction_gives_two_ordered_events(conn: psycopg.Connection,
-                                                                          orders: str) -> None:
+def test_a_row_changed_twice_in_one_transaction_gives_two_ordered_events(conn: psycopg.Connection, orders: str) -> None:
     conn.execute("SELECT hookline.watch('orders')")
     with conn.transaction():
         conn.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
@@ -127,7 +136,10 @@ def test_a_row_changed_twice_in_one_transaction_gives_two_ordered_events(conn: p
     assert [e["delivery_id"] for e in got] == [f'public.orders:{{"id": 1}}:{txid}:update:{n}' for n in (1, 2, 3)]
     assert {e["ordering_key"] for e in got} == {'public.orders:{"id": 1}'}
     assert [(e["payload"]["old"]["status"], e["payload"]["new"]["status"]) for e in got] == [
-        ("new", "paid"), ("paid", "new"), ("new", "paid")]
+        ("new", "paid"),
+        ("paid", "new"),
+        ("new", "paid"),
+    ]
     # the next transaction starts counting again, with its own txid
     conn.execute("UPDATE orders SET status = 'x' WHERE id = 1")
     last = events(conn)[-1]
@@ -146,8 +158,7 @@ def test_insert_and_delete_events(conn: psycopg.Connection, orders: str) -> None
     assert dele["payload"]["key"] == {"id": 7} and dele["ordering_key"] == ins["ordering_key"]
 
 
-def test_thousand_rows_in_one_statement_are_a_thousand_events_and_jobs(conn: psycopg.Connection,
-                                                                       orders: str) -> None:
+def test_thousand_rows_in_one_statement_are_a_thousand_events_and_jobs(conn: psycopg.Connection, orders: str) -> None:
     conn.execute("INSERT INTO orders (id) SELECT g FROM generate_series(3, 1000) g")
     conn.execute("SELECT hookline.watch('orders', '{update}', columns => '{status}')")
     conn.execute("UPDATE orders SET status = 'shipped'")
@@ -163,18 +174,21 @@ def test_thousand_rows_in_one_statement_are_a_thousand_events_and_jobs(conn: psy
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("condition", [
-    "true; DROP TABLE orders",
-    "NEW.status = 'x'; DELETE FROM orders",
-    "true) EXECUTE FUNCTION hookline.row_event('x', '{id}', '{}', '') --",
-    "true /* sneaky */",
-    "true) EXECUTE FUNCTION hookline.enqueue_event(",
-    "EXISTS (SELECT 1 FROM pg_class)",
-    "NEW.status IN (SELECT status FROM orders)",
-    "NEW.no_such_column = 1",
-    "count(*) > 1",
-    "NEW.status =",
-])
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "true; DROP TABLE orders",
+        "NEW.status = 'x'; DELETE FROM orders",
+        "true) EXECUTE FUNCTION hookline.row_event('x', '{id}', '{}', '') --",
+        "true /* sneaky */",
+        "true) EXECUTE FUNCTION hookline.enqueue_event(",
+        "EXISTS (SELECT 1 FROM pg_class)",
+        "NEW.status IN (SELECT status FROM orders)",
+        "NEW.no_such_column = 1",
+        "count(*) > 1",
+        "NEW.status =",
+    ],
+)
 def test_an_injected_or_invalid_condition_is_refused(conn: psycopg.Connection, orders: str, condition: str) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
         conn.execute("SELECT hookline.watch('orders', condition => %s)", (condition,))
@@ -188,13 +202,16 @@ def test_subqueries_are_refused_by_postgres_itself(conn: psycopg.Connection, ord
         conn.execute("SELECT hookline.watch('orders', '{update}', condition => '(SELECT true)')")
 
 
-@pytest.mark.parametrize("table", [
-    "orders; DROP TABLE orders",
-    'orders"; DROP TABLE orders; --',
-    "orders WHERE false",
-    "pg_sleep(1)",
-    "no_such_table",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "orders; DROP TABLE orders",
+        'orders"; DROP TABLE orders; --',
+        "orders WHERE false",
+        "pg_sleep(1)",
+        "no_such_table",
+    ],
+)
 def test_an_injected_table_name_is_refused(conn: psycopg.Connection, db_url: str, orders: str, table: str) -> None:
     with pytest.raises(psycopg.Error):
         conn.execute("SELECT hookline.watch(%s)", (table,))
@@ -210,9 +227,10 @@ def test_quoted_identifiers_are_handled(conn: psycopg.Connection) -> None:
     conn.execute('CREATE TABLE "Sales Dept"."Order Lines" ("Line Id" int PRIMARY KEY, "Status""s" text)')
     conn.execute("""SELECT hookline.watch('"Sales Dept"."Order Lines"', '{update}', columns => '{"Status\\"s"}',
                                           condition => 'NEW."Status""s" <> ''skip''')""")
-    conn.execute('INSERT INTO "Sales Dept"."Order Lines" VALUES (1, \'a\'), (2, \'a\')')
-    conn.execute('UPDATE "Sales Dept"."Order Lines" '
-                 'SET "Status""s" = CASE "Line Id" WHEN 1 THEN \'b\' ELSE \'skip\' END')
+    conn.execute("INSERT INTO \"Sales Dept\".\"Order Lines\" VALUES (1, 'a'), (2, 'a')")
+    conn.execute(
+        'UPDATE "Sales Dept"."Order Lines" SET "Status""s" = CASE "Line Id" WHEN 1 THEN \'b\' ELSE \'skip\' END'
+    )
     (ev,) = events(conn)
     assert ev["event_type"] == "Sales Dept.Order Lines.update"
     assert ev["payload"]["key"] == {"Line Id": 1} and ev["payload"]["changed"] == ['Status"s']
@@ -232,8 +250,9 @@ def test_condition_on_old_and_new(conn: psycopg.Connection, orders: str) -> None
     (ev,) = events(conn)
     assert ev["payload"]["key"] == {"id": 2}
     # NEW does not exist for DELETE: Postgres says so, watch() passes it on with a hint
-    with pytest.raises(psycopg.errors.InvalidParameterValue,
-                       match="DELETE trigger's WHEN condition cannot reference NEW"):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="DELETE trigger's WHEN condition cannot reference NEW"
+    ):
         conn.execute("SELECT hookline.watch('orders', '{update,delete}', condition => 'NEW.status = ''x''')")
 
 
@@ -309,10 +328,13 @@ def test_partitioned_tables_report_the_parent(conn: psycopg.Connection) -> None:
     assert ev["event_type"] == "public.metrics.insert" and ev["payload"]["key"] == {"id": 1, "day": "2024-05-01"}
 
 
-@pytest.mark.parametrize(("table_sql", "message"), [
-    ("CREATE VIEW v AS SELECT 1 AS id", "is not a table"),
-    ("CREATE TEMP TABLE v (id int PRIMARY KEY)", "temporary"),
-])
+@pytest.mark.parametrize(
+    ("table_sql", "message"),
+    [
+        ("CREATE VIEW v AS SELECT 1 AS id", "is not a table"),
+        ("CREATE TEMP TABLE v (id int PRIMARY KEY)", "temporary"),
+    ],
+)
 def test_what_cannot_be_watched(conn: psycopg.Connection, table_sql: str, message: str) -> None:
     conn.execute(table_sql)
     with pytest.raises(psycopg.Error, match=message):
@@ -397,23 +419,38 @@ def test_watched_view_and_comments(conn: psycopg.Connection, orders: str) -> Non
 
 
 def test_watch_spec_parses_toml_shapes() -> None:
-    spec = WatchSpec.model_validate({"table": " public.orders ", "on": "Update, insert", "columns": ["status"],
-                                     "when": " NEW.status = 'x' ", "exclude_columns": "a, b", "max_value_bytes": 10})
+    spec = WatchSpec.model_validate(
+        {
+            "table": " public.orders ",
+            "on": "Update, insert",
+            "columns": ["status"],
+            "when": " NEW.status = 'x' ",
+            "exclude_columns": "a, b",
+            "max_value_bytes": 10,
+        }
+    )
     assert spec.table == "public.orders" and spec.on == ("insert", "update") and spec.columns == ("status",)
     assert spec.when == "NEW.status = 'x'" and spec.exclude_columns == ("a", "b")
     assert WatchSpec(table="t").on == ("insert", "update", "delete")
     assert WatchSpec.model_validate({"table": "t", "columns": [], "when": " "}).params()["columns"] is None
-    for bad in ({"table": "t", "on": ["truncate"]}, {"table": "t", "on": []}, {"table": ""},
-                {"table": "t", "when": "true; drop table t"}, {"table": "t", "max_value_bytes": 0},
-                {"table": "t", "on": ["insert"], "columns": ["a"]}, {"table": "t", "nope": 1}):
+    for bad in (
+        {"table": "t", "on": ["truncate"]},
+        {"table": "t", "on": []},
+        {"table": ""},
+        {"table": "t", "when": "true; drop table t"},
+        {"table": "t", "max_value_bytes": 0},
+        {"table": "t", "on": ["insert"], "columns": ["a"]},
+        {"table": "t", "nope": 1},
+    ):
         with pytest.raises(ValueError):
             WatchSpec.model_validate(bad)
     with pytest.raises(ValidationError):
         spec.table = "other"  # frozen
 
 
-def test_apply_watches_is_idempotent_and_leaves_other_watches_alone(conn: psycopg.Connection, db_url: str,
-                                                                    orders: str) -> None:
+def test_apply_watches_is_idempotent_and_leaves_other_watches_alone(
+    conn: psycopg.Connection, db_url: str, orders: str
+) -> None:
     url = db_url
     conn.execute("CREATE TABLE customers (id int PRIMARY KEY, email text)")
     conn.execute("SELECT hookline.watch('customers')")  # a DBA's own watch, not in the file
@@ -422,7 +459,8 @@ def test_apply_watches_is_idempotent_and_leaves_other_watches_alone(conn: psycop
     assert apply_watches(url, specs) == ["public.orders: unchanged (events public.orders.update)"]
     changed = [specs[0].model_copy(update={"on": ("insert", "update")})]
     assert apply_watches(url, changed) == [
-        "public.orders: replaced (events public.orders.insert, public.orders.update)"]
+        "public.orders: replaced (events public.orders.insert, public.orders.update)"
+    ]
     assert apply_watches(url, []) == []
     assert sorted(w.table for w in list_watched(url)) == ["public.customers", "public.orders"]
     conn.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
@@ -430,8 +468,9 @@ def test_apply_watches_is_idempotent_and_leaves_other_watches_alone(conn: psycop
     assert [e["payload"]["new"]["status"] for e in events(conn)] == ["paid"]
 
 
-def test_apply_watches_is_all_or_nothing_with_one_line_errors(conn: psycopg.Connection, db_url: str,
-                                                              orders: str) -> None:
+def test_apply_watches_is_all_or_nothing_with_one_line_errors(
+    conn: psycopg.Connection, db_url: str, orders: str
+) -> None:
     url = db_url
     conn.execute("CREATE TABLE nokey (a int)")
     with pytest.raises(WatchError) as info:
@@ -456,11 +495,26 @@ def _cli(argv: list[str]) -> tuple[argparse.Namespace, Any]:
     return args, handlers[args.command]
 
 
-def test_cli_watch_watched_unwatch(conn: psycopg.Connection, db_url: str, orders: str,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_watch_watched_unwatch(
+    conn: psycopg.Connection, db_url: str, orders: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = make_settings(db_url)
-    args, handler = _cli(["watch", "orders", "--on", "update", "--columns", "status,note",
-                          "--when", "NEW.status <> 'draft'", "--exclude", "blob", "--max-value-bytes", "100"])
+    args, handler = _cli(
+        [
+            "watch",
+            "orders",
+            "--on",
+            "update",
+            "--columns",
+            "status,note",
+            "--when",
+            "NEW.status <> 'draft'",
+            "--exclude",
+            "blob",
+            "--max-value-bytes",
+            "100",
+        ]
+    )
     assert handler(settings, args) == 0
     out = capsys.readouterr().out
     assert out.startswith("public.orders: created (events public.orders.update)") and 'source = "db"' in out
@@ -489,8 +543,9 @@ def test_cli_watch_watched_unwatch(conn: psycopg.Connection, db_url: str, orders
 
 
 def test_format_watched_lists_inactive_watches() -> None:
-    text = format_watched([watch_mod.Watched("public.t", ("public.t.insert",), ("insert",), None, None, ("id",), (),
-                                             None, False)])
+    text = format_watched(
+        [watch_mod.Watched("public.t", ("public.t.insert",), ("insert",), None, None, ("id",), (), None, False)]
+    )
     assert "public.t" in text and "NO" in text.splitlines()[1]
 
 
@@ -501,5 +556,3 @@ def test_payload_is_plain_json_for_the_worker(conn: psycopg.Connection, orders: 
     body = json.loads(json.dumps(ev["payload"]))
     assert body["new"]["meta"] == {"x": [1, 2]} and body["new"]["amount"] == 12.5
     assert one(conn, "SELECT content_type FROM hookline.events") == "application/json"
-
-

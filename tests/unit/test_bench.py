@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from app.bench import ROWS, add_cli
-from app.bench.database import check_name, with_dbname
-from app.bench.procs import BenchError
-from app.settings import Settings
+from app.cli.bench import ROWS, add_cli
+from app.cli.bench.database import check_name, with_dbname
+from app.cli.bench.procs import BenchError
+from app.core.settings import Settings
 from tests.conftest import PgServer
 
 
@@ -29,8 +29,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
 def test_add_cli_registers_bench_with_its_options() -> None:
     parser, handlers = _parser()
     assert set(handlers) == {"bench"}
-    args = parser.parse_args(["bench", "--quick", "--duration", "2", "--concurrency", "4", "--json", "x.json",
-                              "--only", "ingest,lockchain", "--database-name", "hookline_bench_x"])
+    args = parser.parse_args(
+        [
+            "bench",
+            "--quick",
+            "--duration",
+            "2",
+            "--concurrency",
+            "4",
+            "--json",
+            "x.json",
+            "--only",
+            "ingest,lockchain",
+            "--database-name",
+            "hookline_bench_x",
+        ]
+    )
     assert (args.quick, args.duration, args.concurrency, args.json) == (True, 2.0, 4, "x.json")
     assert args.only == ("ingest", "lockchain")
     assert args.database_name == "hookline_bench_x"
@@ -46,21 +60,28 @@ def test_database_name_and_url_helpers() -> None:
     for bad in ("hookline", "postgres", "hookline_bench; DROP", "Hookline_bench"):
         with pytest.raises(BenchError):
             check_name(bad)
-    assert with_dbname("postgres://u:p@h:5/app?sslmode=require", "hookline_bench") == \
-        "postgresql://u:p@h:5/hookline_bench?sslmode=require"
-    assert with_dbname("postgresql://u@/app?host=/run/pg&dbname=app", "hookline_bench") == \
-        "postgresql://u@/hookline_bench?host=%2Frun%2Fpg"
+    assert (
+        with_dbname("postgres://u:p@h:5/app?sslmode=require", "hookline_bench")
+        == "postgresql://u:p@h:5/hookline_bench?sslmode=require"
+    )
+    assert (
+        with_dbname("postgresql://u@/app?host=/run/pg&dbname=app", "hookline_bench")
+        == "postgresql://u@/hookline_bench?host=%2Frun%2Fpg"
+    )
     # libpq does not read "+" as a space: options must keep %20
-    assert with_dbname("postgresql://u@h/app?options=-c%20synchronous_commit%3Doff", "hookline_bench") == \
-        "postgresql://u@h/hookline_bench?options=-c%20synchronous_commit%3Doff"
+    assert (
+        with_dbname("postgresql://u@h/app?options=-c%20synchronous_commit%3Doff", "hookline_bench")
+        == "postgresql://u@h/hookline_bench?options=-c%20synchronous_commit%3Doff"
+    )
 
 
 @pytest.mark.timeout(120)
 def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser, handlers = _parser()
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["bench", "--quick", "--json", str(out), "--database-name",
-                              f"hookline_bench_t{os.getpid()}"])
+    args = parser.parse_args(
+        ["bench", "--quick", "--json", str(out), "--database-name", f"hookline_bench_t{os.getpid()}"]
+    )
     settings = Settings(database_url=pg_server.url("postgres"), home=tmp_path / "home")
 
     status = handlers["bench"](settings, args)
@@ -68,8 +89,14 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert str(out) in printed
-    for metric in ("ingest hookline", "ingest bare Starlette", "pickup commit → started_at", "worker throughput",
-                   "lock chain with fix", "lock chain without fix"):
+    for metric in (
+        "ingest hookline",
+        "ingest bare Starlette",
+        "pickup commit → started_at",
+        "worker throughput",
+        "lock chain with fix",
+        "lock chain without fix",
+    ):
         assert metric in printed
     doc = json.loads(out.read_text())
     assert set(doc["results"]) == set(ROWS)

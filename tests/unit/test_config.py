@@ -7,15 +7,21 @@ from typing import Any
 
 import pytest
 
-from app.config import environment_problems, load_config, parse_config
-from app.errors import ConfigError
+from app.core.config import environment_problems, load_config, parse_config
+from app.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 GOOD: dict[str, Any] = {
     "sources": {"stripe": {"provider": "stripe", "secrets_env": ["STRIPE_SECRET"]}},
-    "pipelines": {"p": {"source": "stripe", "instructions": "x", "output_schema": {"type": "object"},
-                        "actions": [{"type": "log"}, {"type": "http", "url_env": "CRM_URL"}]}},
+    "pipelines": {
+        "p": {
+            "source": "stripe",
+            "instructions": "x",
+            "output_schema": {"type": "object"},
+            "actions": [{"type": "log"}, {"type": "http", "url_env": "CRM_URL"}],
+        }
+    },
 }
 
 
@@ -38,24 +44,35 @@ def test_good_config_parses_and_names_things() -> None:
     assert config.pipelines_for("stripe", "anything") == [config.pipelines["p"]]
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [
-    (lambda d: d["sources"]["stripe"].update(provider="strpe"),
-     "sources.stripe.provider: unknown provider 'strpe' (did you mean 'stripe'?)"),
-    (lambda d: d["sources"]["stripe"].update(secrets_env=["not a name"]), "sources.stripe.secrets_env"),
-    (lambda d: d["sources"]["stripe"].update(colour="red"), "sources.stripe.colour: unknown key"),
-    (lambda d: d["sources"]["stripe"].update(ordering_key="data.customer"), "needs a 'header:' or 'json:' prefix"),
-    (lambda d: d["sources"]["stripe"].update(public_url="example.com/x"), "sources.stripe.public_url"),
-    (lambda d: d["pipelines"]["p"].update(source="nope"), "pipelines.p.source: no [sources.nope]"),
-    (lambda d: d["pipelines"]["p"].pop("instructions"), "pipelines.p.instructions: required key is missing"),
-    (lambda d: d["pipelines"]["p"].update(output_model="x:Y"), "set exactly one of output_schema or output_model"),
-    (lambda d: d["pipelines"]["p"].update(output_schema={"type": "string"}), "pipelines.p.output_schema"),
-    (lambda d: d["pipelines"]["p"].update(output_schema={"type": "object", "properties": {"a": {"type": "strng"}}}),
-     "pipelines.p.output_schema: not a valid JSON Schema at properties/a/type"),
-    (lambda d: d["pipelines"]["p"]["actions"].append({"type": "email"}), "pipelines.p.actions.2"),
-    (lambda d: d["pipelines"]["p"]["actions"].append({"type": "python", "target": "nocolon"}),
-     "target must look like"),
-    (lambda d: d["pipelines"]["p"].update(retry={"max_attempts": 0}), "pipelines.p.retry.max_attempts"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["sources"]["stripe"].update(provider="strpe"),
+            "sources.stripe.provider: unknown provider 'strpe' (did you mean 'stripe'?)",
+        ),
+        (lambda d: d["sources"]["stripe"].update(secrets_env=["not a name"]), "sources.stripe.secrets_env"),
+        (lambda d: d["sources"]["stripe"].update(colour="red"), "sources.stripe.colour: unknown key"),
+        (lambda d: d["sources"]["stripe"].update(ordering_key="data.customer"), "needs a 'header:' or 'json:' prefix"),
+        (lambda d: d["sources"]["stripe"].update(public_url="example.com/x"), "sources.stripe.public_url"),
+        (lambda d: d["pipelines"]["p"].update(source="nope"), "pipelines.p.source: no [sources.nope]"),
+        (lambda d: d["pipelines"]["p"].pop("instructions"), "pipelines.p.instructions: required key is missing"),
+        (lambda d: d["pipelines"]["p"].update(output_model="x:Y"), "set exactly one of output_schema or output_model"),
+        (lambda d: d["pipelines"]["p"].update(output_schema={"type": "string"}), "pipelines.p.output_schema"),
+        (
+            lambda d: d["pipelines"]["p"].update(
+                output_schema={"type": "object", "properties": {"a": {"type": "strng"}}}
+            ),
+            "pipelines.p.output_schema: not a valid JSON Schema at properties/a/type",
+        ),
+        (lambda d: d["pipelines"]["p"]["actions"].append({"type": "email"}), "pipelines.p.actions.2"),
+        (
+            lambda d: d["pipelines"]["p"]["actions"].append({"type": "python", "target": "nocolon"}),
+            "target must look like",
+        ),
+        (lambda d: d["pipelines"]["p"].update(retry={"max_attempts": 0}), "pipelines.p.retry.max_attempts"),
+    ],
+)
 def test_errors_name_the_key(mutate: Any, expected: str) -> None:
     import copy
 
@@ -91,7 +108,7 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_retry_delay_grows_and_is_capped() -> None:
-    from app.config import RetryPolicy
+    from app.core.config import RetryPolicy
 
     policy = RetryPolicy(backoff_seconds=2, max_backoff_seconds=10, jitter=False)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -30,14 +30,21 @@ def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     out = subprocess.run(
-        ["awk", r"/<!-- test-command/{grab=1; next} grab && /^```sh/{next} grab && /^```/{exit} grab{print}",
-         str(ROOT / "README.md")], capture_output=True, text=True, check=True).stdout.strip()
+        [
+            "awk",
+            r"/<!-- test-command/{grab=1; next} grab && /^```sh/{next} grab && /^```/{exit} grab{print}",
+            str(ROOT / "README.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.startswith("python3 -m venv .venv") and out.endswith("pytest")
     assert 'eval "$test_command"' in (ROOT / ".ci" / "run").read_text()
 
 
 def test_every_cli_command_is_documented() -> None:
-    from app.cli import COMMANDS, build_parser
+    from app.cli.main import COMMANDS, build_parser
 
     build_parser()  # registers the commands other modules add (watch, bench)
     for name in COMMANDS:

@@ -92,10 +92,7 @@ def test_twitch_callback_verification() -> None:
     notification = {"twitch-eventsub-message-type": "notification"}
     assert call("twitch_eventsub", payload, headers=notification) is None
     revocation = {"Twitch-Eventsub-Message-Type": "revocation"}
-    assert (
-        call("twitch_eventsub", {"subscription": {"status": "authorization_revoked"}}, headers=revocation)
-        is None
-    )
+    assert call("twitch_eventsub", {"subscription": {"status": "authorization_revoked"}}, headers=revocation) is None
 
 
 def test_twitch_sign_marks_a_challenge_body_as_verification() -> None:

@@ -13,7 +13,7 @@ from app.signatures import PROVIDERS, EventMeta, MetaError, extract_meta, parse_
 from app.signatures.meta import parse_overrides
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "payloads"
-SAMPLES = Path(__file__).resolve().parents[2] / "app" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
 
 
 def load(rel: str) -> Any:
@@ -171,8 +171,7 @@ def test_standard_webhooks() -> None:
             "calendly",
             {},
             (
-                "invitee.created:https://api.calendly.com/scheduled_events/GBGBDCAADAEDCRZ2/invitees/"
-                "AAAAAAAAAAAAAAAA",
+                "invitee.created:https://api.calendly.com/scheduled_events/GBGBDCAADAEDCRZ2/invitees/AAAAAAAAAAAAAAAA",
                 "invitee.created",
                 "https://api.calendly.com/users/GBGBDCAADAEDCRZ2",
             ),
@@ -255,9 +254,7 @@ def test_numeric_indexes_and_non_scalars() -> None:
         },
     )
     assert meta.delivery_id == "7"
-    on_dict = extract_meta(
-        "hmac", headers={}, payload={"0": {"id": "zero"}}, overrides={"delivery_id": "json:0.id"}
-    )
+    on_dict = extract_meta("hmac", headers={}, payload={"0": {"id": "zero"}}, overrides={"delivery_id": "json:0.id"})
     assert on_dict.delivery_id == "zero"
 
 

@@ -65,9 +65,7 @@ def test_stripe_dotnet_fixture_signature() -> None:
     """shared/payloads/SOURCES.md: stripe-dotnet EventUtilityTest over the exact file bytes."""
     body = (PAYLOADS / "stripe" / "customer.created.json").read_bytes()
     header = "t=1533204620,v1=2220f87ef101a04665f11cdf770523143f875572008577fa0f20882ddb9cc3c7"
-    verify(
-        "stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header}, body=body, now=1533204620
-    )
+    verify("stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header}, body=body, now=1533204620)
     with pytest.raises(SignatureError):
         verify(
             "stripe",
@@ -106,9 +104,7 @@ def test_paddle_fixture_needs_the_final_newline_stripped(name: str, ts: int, sig
 # --- the verify() contract -----------------------------------------------------------------------
 
 SECRET = "It's a Secret to Everybody"
-GH_HEADERS = {
-    "X-Hub-Signature-256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-}
+GH_HEADERS = {"X-Hub-Signature-256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}
 
 
 def test_unknown_provider_is_a_value_error() -> None:
@@ -143,9 +139,7 @@ def test_legacy_sha1_header_alone_is_not_accepted() -> None:
         verify("github", secrets=[SECRET], headers={"X-Hub-Signature": "sha1=" + sha1}, body=b"Hello, World!")
     assert info.value.code == "missing_header"
     with pytest.raises(SignatureError) as info:
-        verify(
-            "github", secrets=[SECRET], headers={"X-Hub-Signature-256": "sha1=" + sha1}, body=b"Hello, World!"
-        )
+        verify("github", secrets=[SECRET], headers={"X-Hub-Signature-256": "sha1=" + sha1}, body=b"Hello, World!")
     assert info.value.code == "unsupported_version"
 
 
@@ -236,7 +230,7 @@ def test_every_provider_has_a_spec_with_consistent_flags() -> None:
 
 
 def test_every_sample_exists_and_is_json() -> None:
-    samples = Path(__file__).resolve().parents[2] / "app" / "samples"
+    samples = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
     for name, spec in PROVIDERS.items():
         if spec.sample is None:
             assert name == "hmac"

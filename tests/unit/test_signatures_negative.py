@@ -387,7 +387,7 @@ def test_intercom_is_sha1() -> None:
 
 def test_unicode_escapes_re_serialised_fail() -> None:
     """Meta signs the body with \\uXXXX escapes; a re-dump with literal UTF-8 must not verify."""
-    body = (Path(__file__).resolve().parents[2] / "app" / "samples" / "meta_whatsapp.json").read_bytes()
+    body = (Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples" / "meta_whatsapp.json").read_bytes()
     assert b"\\u00e9" in body
     req = signed("meta_whatsapp", body=body)
     verify("meta_whatsapp", secrets=[keys("meta_whatsapp")[1]], **req)
@@ -399,9 +399,7 @@ def test_unicode_escapes_re_serialised_fail() -> None:
 
 def test_paddle_special_chars_re_serialised_fail() -> None:
     vector = next(
-        v
-        for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
-        if "special_chars" in v["name"]
+        v for v in json.loads((SHARED / "vectors" / "signatures.json").read_text()) if "special_chars" in v["name"]
     )
     redumped = json.dumps(json.loads(vector["body"]), ensure_ascii=False, separators=(",", ":")).encode()
     assert redumped != vector["body"].encode()

@@ -21,7 +21,7 @@ from app.signatures import (
     verify,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "app" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
 NOW = 1_715_678_467
 URL = "https://hookline.example.com/webhooks/src"
 
@@ -195,9 +195,7 @@ def test_generic_hmac_option_combos(options: dict[str, Any]) -> None:
                 )
             assert info.value.code == "timestamp_expired"
         else:
-            verify(
-                "hmac", secrets=["shh"], headers=req.headers, body=req.body, url=URL, now=stale, options=opts
-            )
+            verify("hmac", secrets=["shh"], headers=req.headers, body=req.body, url=URL, now=stale, options=opts)
 
 
 def test_hmac_options_from_mapping() -> None:
@@ -215,9 +213,7 @@ def test_generic_hmac_millisecond_timestamps_and_url_requirement() -> None:
     import hmac
 
     sig = hmac.new(b"k", ts_ms.encode() + b"{}", hashlib.sha256).hexdigest()
-    verify(
-        "hmac", secrets=["k"], headers={"X-Sig": sig, "X-Ts": ts_ms}, body=b"{}", now=NOW + 5, options=opts
-    )
+    verify("hmac", secrets=["k"], headers={"X-Sig": sig, "X-Ts": ts_ms}, body=b"{}", now=NOW + 5, options=opts)
     url_opts = {"header": "X-Sig", "signed": "{url}{body}"}
     with pytest.raises(SignatureError) as info:
         verify("hmac", secrets=["k"], headers={"X-Sig": sig}, body=b"{}", options=url_opts)

@@ -8,10 +8,10 @@ import anthropic
 import httpx
 import pytest
 
-from app.db import asyncpg_dsn, libpq_dsn
-from app.errors import BadRequest
-from app.ingest import parse_body, redact_headers
-from app.sqlfiles import parse_queries
+from app.core.db import asyncpg_dsn, libpq_dsn
+from app.core.errors import BadRequest
+from app.core.sqlfiles import parse_queries
+from app.web.ingest import parse_body, redact_headers
 from worker.errors import PermanentError, TransientError, classify, retry_after_seconds
 from worker.pricing import cost_usd
 from worker.prompt import MAX_STRING, dig, trim
@@ -35,18 +35,32 @@ def test_named_queries() -> None:
 
 
 def test_signature_and_credential_headers_are_redacted() -> None:
-    stored = redact_headers([("Stripe-Signature", "t=1,v1=abc"), ("X-Gitlab-Token", "tok"),
-                             ("Authorization", "Bearer x"), ("X-Custom-Sig", "s"), ("User-Agent", "Stripe/1.0"),
-                             ("X-Dup", "a"), ("x-dup", "b")],
-                            extra=["X-Custom-Sig"])
-    assert stored == {"stripe-signature": "[redacted]", "x-gitlab-token": "[redacted]", "authorization": "[redacted]",
-                      "x-custom-sig": "[redacted]", "user-agent": "Stripe/1.0", "x-dup": "a, b"}
+    stored = redact_headers(
+        [
+            ("Stripe-Signature", "t=1,v1=abc"),
+            ("X-Gitlab-Token", "tok"),
+            ("Authorization", "Bearer x"),
+            ("X-Custom-Sig", "s"),
+            ("User-Agent", "Stripe/1.0"),
+            ("X-Dup", "a"),
+            ("x-dup", "b"),
+        ],
+        extra=["X-Custom-Sig"],
+    )
+    assert stored == {
+        "stripe-signature": "[redacted]",
+        "x-gitlab-token": "[redacted]",
+        "authorization": "[redacted]",
+        "x-custom-sig": "[redacted]",
+        "user-agent": "Stripe/1.0",
+        "x-dup": "a, b",
+    }
 
 
 def test_body_parsing() -> None:
     assert parse_body(b'{"a": 1}', "application/json") == {"a": 1}
     assert parse_body(b"a=1&b=two", "application/x-www-form-urlencoded") == {"a": "1", "b": "two"}
-    assert parse_body(b'payload=%7B%22x%22%3A1%7D', "application/x-www-form-urlencoded") == {"x": 1}
+    assert parse_body(b"payload=%7B%22x%22%3A1%7D", "application/x-www-form-urlencoded") == {"x": 1}
     for bad in (b"", b"not json", b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}', b"[" * 100_000 + b"]" * 100_000):
         with pytest.raises(BadRequest):
             parse_body(bad, "application/json")
@@ -55,7 +69,10 @@ def test_body_parsing() -> None:
 def test_trim_keeps_only_listed_fields_and_clips_long_strings() -> None:
     payload = {"type": "t", "data": {"object": {"email": "a@b", "items": [{"id": 1}, {"id": 2}], "big": "x" * 9000}}}
     assert trim(payload, ("type", "data.object.email", "data.object.items.1.id", "missing.path")) == {
-        "type": "t", "data.object.email": "a@b", "data.object.items.1.id": 2}
+        "type": "t",
+        "data.object.email": "a@b",
+        "data.object.items.1.id": 2,
+    }
     clipped = trim(payload, ("data.object.big",))["data.object.big"]
     assert clipped.startswith("x" * MAX_STRING) and "5000 more characters cut" in clipped
     assert trim(payload, ())["data"]["object"]["email"] == "a@b"
@@ -63,14 +80,19 @@ def test_trim_keeps_only_listed_fields_and_clips_long_strings() -> None:
 
 
 def test_cost_from_usage() -> None:
-    usage = {"input_tokens": 50_000, "output_tokens": 100_000, "cache_read_input_tokens": 10_000,
-             "cache_creation": {"ephemeral_5m_input_tokens": 20_000, "ephemeral_1h_input_tokens": 0}}
+    usage = {
+        "input_tokens": 50_000,
+        "output_tokens": 100_000,
+        "cache_read_input_tokens": 10_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 20_000, "ephemeral_1h_input_tokens": 0},
+    }
     # 50k × $0.10 + 100k × $0.50 + 10k × $0.01 + 20k × $0.125, per million
     assert cost_usd("claude-haiku-5-5", usage) == Decimal("0.05760000")
     # Haiku 5.5 over 100k prompt tokens: every token of the request at the higher tier
     assert cost_usd("claude-haiku-5-5", {"input_tokens": 200_000, "output_tokens": 0}) == Decimal("0.10000000")
-    assert cost_usd("claude-opus-5-5", {"input_tokens": 1_000_000, "output_tokens": 1_000_000,
-                                        "service_tier": "batch"}) == Decimal("12.00000000")
+    assert cost_usd(
+        "claude-opus-5-5", {"input_tokens": 1_000_000, "output_tokens": 1_000_000, "service_tier": "batch"}
+    ) == Decimal("12.00000000")
     assert cost_usd("claude-unknown", usage) is None
 
 

@@ -17,10 +17,29 @@ import asyncpg
 _SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 
 #: URI query keys asyncpg understands itself; anything else would be sent as a server setting.
-_ASYNCPG_KEYS = {"host", "port", "user", "password", "passfile", "dbname", "database", "sslmode",
-                 "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
-                 "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib",
-                 "service", "servicefile", "direct_tls"}
+_ASYNCPG_KEYS = {
+    "host",
+    "port",
+    "user",
+    "password",
+    "passfile",
+    "dbname",
+    "database",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+    "service",
+    "servicefile",
+    "direct_tls",
+}
 
 
 def libpq_dsn(url: str) -> str:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.bench.loadgen import cpu_snapshot, cpu_usage, event_body, percentile
-from app.bench.procs import BenchError
-from app.sqlfiles import queries
+from app.cli.bench.loadgen import cpu_snapshot, cpu_usage, event_body, percentile
+from app.cli.bench.procs import BenchError
+from app.core.sqlfiles import queries
 
 SOURCE = "bench"
 ORDERED_SOURCE = "bench-ordered"
@@ -38,8 +38,19 @@ LOCK_TRIGGER_ON = "ALTER TABLE procrastinate_jobs ENABLE TRIGGER hookline_notify
 def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> tuple[Any, ...]:
     """Arguments of the ``insert_event`` query, as the ingest route passes them."""
     body = event_body(i, delivery_id.rsplit("-", 1)[0], key)
-    return (source, delivery_id, "bench.created", None, key, None, {"content-type": "application/json"},
-            body, json.loads(body), "application/json", "127.0.0.1")
+    return (
+        source,
+        delivery_id,
+        "bench.created",
+        None,
+        key,
+        None,
+        {"content-type": "application/json"},
+        body,
+        json.loads(body),
+        "application/json",
+        "127.0.0.1",
+    )
 
 
 def ms_stats(values_s: list[float]) -> dict[str, float | None]:
@@ -59,7 +70,7 @@ class Events:
 
     @classmethod
     async def open(cls, url: str) -> Events:
-        from app.db import connect
+        from app.core.db import connect
 
         return cls(await connect(url, timeout=10.0))
 
@@ -87,8 +98,10 @@ class Events:
             if done >= expected:
                 return
             await asyncio.sleep(0.05)
-        raise BenchError(f"{source}/{prefix}: only {done} of {expected} events finished within {timeout:.0f}s "
-                         "(is the worker running?)")
+        raise BenchError(
+            f"{source}/{prefix}: only {done} of {expected} events finished within {timeout:.0f}s "
+            "(is the worker running?)"
+        )
 
     async def times(self, source: str, prefix: str) -> list[Any]:
         return list(await self.conn.fetch(_TIMES, source, prefix + "-%"))
@@ -129,11 +142,16 @@ async def pickup(db: Events, *, rate: float, seconds: float) -> dict[str, Any]:
     from_commit = [r["started_at"].timestamp() - commits[r["id"]] for r in rows]
     from_received = [(r["started_at"] - r["received_at"]).total_seconds() for r in rows]
     to_finish = [(r["finished_at"] - r["started_at"]).total_seconds() for r in rows]
-    return {"events": n, "rate_per_s": rate, "commit_to_start_ms": ms_stats(from_commit),
-            "received_to_start_ms": ms_stats(from_received), "start_to_finish_ms": ms_stats(to_finish),
-            "insert_commit_ms": ms_stats(insert_s),
-            "succeeded": sum(r["status"] == "succeeded" for r in rows),
-            "dry_run": sum(bool(r["dry_run"]) for r in rows)}
+    return {
+        "events": n,
+        "rate_per_s": rate,
+        "commit_to_start_ms": ms_stats(from_commit),
+        "received_to_start_ms": ms_stats(from_received),
+        "start_to_finish_ms": ms_stats(to_finish),
+        "insert_commit_ms": ms_stats(insert_s),
+        "succeeded": sum(r["status"] == "succeeded" for r in rows),
+        "dry_run": sum(bool(r["dry_run"]) for r in rows),
+    }
 
 
 async def throughput(db: Events, *, events: int, worker_pid: int | None = None) -> dict[str, Any]:
@@ -149,11 +167,17 @@ async def throughput(db: Events, *, events: int, worker_pid: int | None = None) 
     first = min(r["started_at"] for r in got).timestamp()
     last = max(r["finished_at"] for r in got).timestamp()
     span = last - first
-    return {"events": events, "events_per_s": events / span if span > 0 else None, "span_s": round(span, 3),
-            "commit_to_last_finished_s": round(last - commit, 3), "bulk_insert_s": round(insert_s, 3),
-            "bulk_insert_per_s": events / insert_s if insert_s > 0 else None,
-            "cpu": {"worker_pct_of_core": cpu["server_pct_of_core"], "machine_busy_pct": cpu["machine_busy_pct"]},
-            "succeeded": sum(r["status"] == "succeeded" for r in got), "dry_run": sum(bool(r["dry_run"]) for r in got)}
+    return {
+        "events": events,
+        "events_per_s": events / span if span > 0 else None,
+        "span_s": round(span, 3),
+        "commit_to_last_finished_s": round(last - commit, 3),
+        "bulk_insert_s": round(insert_s, 3),
+        "bulk_insert_per_s": events / insert_s if insert_s > 0 else None,
+        "cpu": {"worker_pct_of_core": cpu["server_pct_of_core"], "machine_busy_pct": cpu["machine_busy_pct"]},
+        "succeeded": sum(r["status"] == "succeeded" for r in got),
+        "dry_run": sum(bool(r["dry_run"]) for r in got),
+    }
 
 
 async def lock_chain(db: Events, *, links: int, prefix: str, poll_interval: float) -> dict[str, Any]:
@@ -165,8 +189,13 @@ async def lock_chain(db: Events, *, links: int, prefix: str, poll_interval: floa
     starts = [r["started_at"].timestamp() for r in got]
     ends = [r["finished_at"].timestamp() for r in got]
     gaps = [starts[i + 1] - ends[i] for i in range(len(got) - 1)]
-    return {"links": links, "total_s": round(max(ends) - commit, 3), "first_start_to_last_finish_s":
-            round(max(ends) - min(starts), 3), "gap_ms": ms_stats(gaps),
-            "mean_gap_ms": round(1000 * sum(gaps) / len(gaps), 3) if gaps else None,
-            "in_order": starts == sorted(starts), "overlaps": sum(g < 0 for g in gaps),
-            "succeeded": sum(r["status"] == "succeeded" for r in got)}
+    return {
+        "links": links,
+        "total_s": round(max(ends) - commit, 3),
+        "first_start_to_last_finish_s": round(max(ends) - min(starts), 3),
+        "gap_ms": ms_stats(gaps),
+        "mean_gap_ms": round(1000 * sum(gaps) / len(gaps), 3) if gaps else None,
+        "in_order": starts == sorted(starts),
+        "overlaps": sum(g < 0 for g in gaps),
+        "succeeded": sum(r["status"] == "succeeded" for r in got),
+    }

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from app.errors import HooklineError
+from app.core.errors import HooklineError
 
 
 class BenchError(HooklineError):
@@ -41,8 +41,14 @@ class Children:
             self.stop(name)
         log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs[name] = log
-        proc = subprocess.Popen([sys.executable, *argv], env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -50,8 +56,14 @@ class Children:
         """Run a child to its end; returns its stdout (stderr goes to its log)."""
         log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - closed below
         self._logs[name] = log
-        proc = subprocess.Popen([sys.executable, *argv], env=dict(env), stdout=subprocess.PIPE, stderr=log,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         try:
             out, _ = proc.communicate(timeout=timeout)
@@ -97,8 +109,9 @@ class Children:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_http(children: Children, name: str, url: str, *, method: str = "GET", body: bytes | None = None,
-              timeout: float = 30.0) -> None:
+def wait_http(
+    children: Children, name: str, url: str, *, method: str = "GET", body: bytes | None = None, timeout: float = 30.0
+) -> None:
     """Until ``url`` answers 200 (the child ``name`` must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout
     last = ""

@@ -16,12 +16,12 @@ import functools
 import re
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
+_APP = Path(__file__).resolve().parents[1]
 
 
 def sql_dir() -> Path:
     """``sql/`` beside the packages in a checkout, or ``app/_sql`` inside an installed wheel."""
-    for candidate in (_HERE.parent / "sql", _HERE / "_sql"):
+    for candidate in (_APP.parent / "sql", _APP / "_sql"):
         if (candidate / "migrations").is_dir():
             return candidate
     raise FileNotFoundError("hookline's sql/ folder was not found next to the app package")

@@ -11,14 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from app import bench as benchmark
-from app import embedded, migrations
-from app import watch as watching
-from app.config import environment_problems, load_config
-from app.db import libpq_dsn
-from app.errors import ConfigError, HooklineError
-from app.logs import setup_logging
-from app.settings import Settings
+from app.cli import bench as benchmark
+from app.cli import embedded
+from app.cli import watch as watching
+from app.core import migrations
+from app.core.config import environment_problems, load_config
+from app.core.db import libpq_dsn
+from app.core.errors import ConfigError, HooklineError
+from app.core.logs import setup_logging
+from app.core.settings import Settings
 
 
 def _db_url(settings: Settings) -> str:
@@ -44,9 +45,17 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
     setup_logging(settings.log_level, settings.log_format, process="web")
     load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
-    uvicorn.run("app.web:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
-                log_config=None, access_log=args.access_log, timeout_graceful_shutdown=int(settings.shutdown_timeout),
-                proxy_headers=True, server_header=False)
+    uvicorn.run(
+        "app.web.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        proxy_headers=True,
+        server_header=False,
+    )
     return 0
 
 
@@ -56,7 +65,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from app.dev import run_dev
+    from app.cli.dev import run_dev
 
     return run_dev(settings, dict(settings.environ))
 
@@ -78,12 +87,20 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    from app.send import send
+    from app.cli.send import send
 
     config = load_config(settings.config)
     base = args.url or f"http://127.0.0.1:{settings.port}"
-    sent = send(config, args.source, environ=settings.environ, base_url=base, public_url=settings.public_url,
-                file=Path(args.file) if args.file else None, event_type=args.type, delivery_id=args.delivery_id)
+    sent = send(
+        config,
+        args.source,
+        environ=settings.environ,
+        base_url=base,
+        public_url=settings.public_url,
+        file=Path(args.file) if args.file else None,
+        event_type=args.type,
+        delivery_id=args.delivery_id,
+    )
     print(f"POST {sent.url} (delivery {sent.delivery_id}) → {sent.status} {sent.body}")
     return 0 if 200 <= sent.status < 300 else 1
 
@@ -94,35 +111,50 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     url = _db_url(settings)
     st = migrations.status(url)
     with psycopg.connect(libpq_dsn(url)) as conn:
-        counts = conn.execute(
-            "SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
+        counts = conn.execute("SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
         jobs = conn.execute(
-            "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1").fetchall()
-    out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending],
-           "events": dict(counts), "jobs": dict(jobs)}
+            "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1"
+        ).fetchall()
+    out = {
+        "schema_current": st.current,
+        "pending_migrations": [m.version for m in st.pending],
+        "events": dict(counts),
+        "jobs": dict(jobs),
+    }
     print(json.dumps(out, indent=2))
     return 0 if st.current else 1
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from app.replay import parse_when, start_replay, wait_for
+    from app.cli.replay import parse_when, start_replay, wait_for
 
     if not (args.event_ids or args.source or args.type or args.status or args.since or args.until):
-        print("hookline replay: name event ids or at least one filter (--source, --type, --status, --since, --until)",
-              file=sys.stderr)
+        print(
+            "hookline replay: name event ids or at least one filter (--source, --type, --status, --since, --until)",
+            file=sys.stderr,
+        )
         return 2
     url = _db_url(settings)
-    result = start_replay(url, event_ids=args.event_ids, source=args.source, event_type=args.type,
-                          status=args.status, since=parse_when(args.since) if args.since else None,
-                          until=parse_when(args.until) if args.until else None,
-                          recompute=args.recompute, force=args.force)
+    result = start_replay(
+        url,
+        event_ids=args.event_ids,
+        source=args.source,
+        event_type=args.type,
+        status=args.status,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until) if args.until else None,
+        recompute=args.recompute,
+        force=args.force,
+    )
     print(f"replaying {len(result.event_ids)} event(s)", file=sys.stderr)
     if args.no_wait or not result.event_ids:
         return 0
     wait_for(url, result, timeout=args.timeout)
     if result.done < len(result.event_ids):
-        print(f"timed out: {len(result.event_ids) - result.done} event(s) still running (is a worker up?)",
-              file=sys.stderr)
+        print(
+            f"timed out: {len(result.event_ids) - result.done} event(s) still running (is a worker up?)",
+            file=sys.stderr,
+        )
         return 1
     return 1 if result.dead else 0
 
@@ -163,8 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "dev": cmd_dev, "migrate": cmd_migrate, "web": cmd_web, "worker": cmd_worker, "check": cmd_check,
-    "send": cmd_send, "status": cmd_status, "replay": cmd_replay,
+    "dev": cmd_dev,
+    "migrate": cmd_migrate,
+    "web": cmd_web,
+    "worker": cmd_worker,
+    "check": cmd_check,
+    "send": cmd_send,
+    "status": cmd_status,
+    "replay": cmd_replay,
 }
 
 

@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from app import migrations
-from app.config import Config, load_config
-from app.errors import HTTPError
-from app.ingest import DB_UNAVAILABLE, json_response, receive_webhook
-from app.settings import Settings
-from app.sqlfiles import queries
-from app.state import AppState, PoolHolder
+from app.core import migrations
+from app.core.config import Config, load_config
+from app.core.errors import HTTPError
+from app.core.settings import Settings
+from app.core.sqlfiles import queries
+from app.web.ingest import receive_webhook
+from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.state import AppState, PoolHolder
 
 log = logging.getLogger("hookline.web")
 Q = queries("ingest")
@@ -40,15 +41,25 @@ async def readyz(request: Request) -> Response:
         pool = await state.db.ensure()
         rows = await pool.fetch(Q["schema_versions"])
     except (*DB_UNAVAILABLE, HTTPError) as e:  # type: ignore[misc]
-        return json_response(503, {"status": "unavailable", "database": "unreachable", "detail": e.__class__.__name__},
-                             {"Retry-After": str(state.settings.retry_after_seconds)})
+        return json_response(
+            503,
+            {"status": "unavailable", "database": "unreachable", "detail": e.__class__.__name__},
+            {"Retry-After": str(state.settings.retry_after_seconds)},
+        )
     except Exception as e:
         return json_response(503, {"status": "unavailable", "database": "not migrated", "detail": e.__class__.__name__})
     applied = {int(r["version"]): str(r["checksum"]) for r in rows}
     if applied != state.expected_migrations:
         pending = sorted(set(state.expected_migrations) - set(applied))
-        return json_response(503, {"status": "unavailable", "database": "schema not current",
-                                   "pending": pending, "hint": "run `hookline migrate`"})
+        return json_response(
+            503,
+            {
+                "status": "unavailable",
+                "database": "schema not current",
+                "pending": pending,
+                "hint": "run `hookline migrate`",
+            },
+        )
     return json_response(200, {"status": "ready", "schema_version": max(applied, default=0)})
 
 
@@ -58,11 +69,23 @@ async def metrics(request: Request) -> Response:
     try:
         pool = await state.db.ensure()
         for r in await pool.fetch(Q["queue_depth"]):
-            gauges.append(("hookline_jobs", "procrastinate jobs by queue and status (todo, doing).",
-                           {"queue": r["queue_name"], "status": r["status"]}, float(r["n"])))
+            gauges.append(
+                (
+                    "hookline_jobs",
+                    "procrastinate jobs by queue and status (todo, doing).",
+                    {"queue": r["queue_name"], "status": r["status"]},
+                    float(r["n"]),
+                )
+            )
         for r in await pool.fetch(Q["event_status_counts"]):
-            gauges.append(("hookline_events_last_hour", "Events received in the last hour, by status.",
-                           {"status": r["status"]}, float(r["n"])))
+            gauges.append(
+                (
+                    "hookline_events_last_hour",
+                    "Events received in the last hour, by status.",
+                    {"status": r["status"]},
+                    float(r["n"]),
+                )
+            )
         up = 1.0
     except Exception:
         up = 0.0
@@ -88,8 +111,13 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
-        holder = PoolHolder(settings.dsn(), min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-                            timeout=settings.db_timeout, retry_after=settings.retry_after_seconds)
+        holder = PoolHolder(
+            settings.dsn(),
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout=settings.db_timeout,
+            retry_after=settings.retry_after_seconds,
+        )
         await holder.open()
         state = AppState(settings=settings, config=config, db=holder, expected_migrations=expected)
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))

@@ -1,4 +1,4 @@
-"""Child processes of ``hookline bench``: ``python -m app.bench loadgen|bare …``."""
+"""Child processes of ``hookline bench``: ``python -m app.cli.bench loadgen|bare …``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m app.bench")
+    p = argparse.ArgumentParser(prog="python -m app.cli.bench")
     sub = p.add_subparsers(dest="role", required=True)
     lg = sub.add_parser("loadgen", help="HTTP/1.1 keep-alive load on 127.0.0.1 (prints JSON)")
     lg.add_argument("--port", type=int, required=True)
@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     bare.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
     if args.role == "loadgen":
-        from app.bench.loadgen import main as loadgen
+        from app.cli.bench.loadgen import main as loadgen
 
         return loadgen(args)
-    from app.bench.bare import serve
+    from app.cli.bench.bare import serve
 
     serve(args.host, args.port)
     return 0

@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 async def _receive(request: Request) -> Response:
     await request.body()
-    return Response(json.dumps({"status": "accepted", "event_id": 0}, separators=(",", ":")),
-                    media_type="application/json")
+    return Response(
+        json.dumps({"status": "accepted", "event_id": 0}, separators=(",", ":")), media_type="application/json"
+    )
 
 
 def bare_app() -> Starlette:
@@ -28,6 +29,15 @@ def bare_app() -> Starlette:
 def serve(host: str, port: int, shutdown_timeout: float = 5.0) -> None:
     import uvicorn
 
-    uvicorn.run("app.bench.bare:bare_app", factory=True, host=host, port=port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=int(shutdown_timeout), proxy_headers=True, server_header=False,
-                log_level="warning")
+    uvicorn.run(
+        "app.cli.bench.bare:bare_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(shutdown_timeout),
+        proxy_headers=True,
+        server_header=False,
+        log_level="warning",
+    )

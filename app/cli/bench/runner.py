@@ -20,43 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from app.bench import ROWS, phases, report
-from app.bench.database import BenchDatabase
-from app.bench.loadgen import SECRET_ENV
-from app.bench.procs import BenchError, Children, free_port, wait_http
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to run and how big; ``quick`` shrinks everything for the smoke test (< 30 s)."""
-
-    quick: bool = False
-    duration: float = 8.0
-    concurrency: int = 32
-    only: tuple[str, ...] = ROWS
-    database_name: str = "hookline_bench"
-    json_path: Path | None = None
-    warmup: float = 1.0
-    duplicate_duration: float = 2.0
-    pickup_rate: float = 50.0
-    pickup_seconds: float = 4.0
-    throughput_events: int = 2000
-    chain_links: int = 20
-    chain_poll_interval: float = 5.0
-    chain_concurrency: int = 4
-    worker_concurrency: int = 10
-
-    @classmethod
-    def make(cls, *, quick: bool = False, duration: float | None = None, concurrency: int | None = None,
-             only: tuple[str, ...] | None = None, database_name: str = "hookline_bench",
-             json_path: Path | None = None) -> Plan:
-        base = (cls(quick=True, duration=1.5, concurrency=8, warmup=0.3, duplicate_duration=0.5, pickup_seconds=1.0,
-                    throughput_events=100, chain_links=4, chain_poll_interval=0.5) if quick else cls())
-        d = duration if duration is not None else base.duration
-        return cls(**{**base.__dict__, "duration": d, "concurrency": concurrency or base.concurrency,
-                      "only": only or ROWS, "database_name": database_name, "json_path": json_path,
-                      "warmup": min(base.warmup, d / 4)})
-
+from app.cli.bench import phases, report
+from app.cli.bench.database import BenchDatabase
+from app.cli.bench.loadgen import SECRET_ENV
+from app.cli.bench.plan import ROWS, Plan
+from app.cli.bench.procs import BenchError, Children, free_port, wait_http
 
 CONFIG_TOML = """\
 # written by hookline bench
@@ -95,18 +63,52 @@ class Bench:
     out: Callable[[str], None] = print
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ANTHROPIC_", "HOOKLINE_")) and k not in ("DATABASE_URL", "PORT")}
-        env |= {"DATABASE_URL": self.db.url, "HOOKLINE_CONFIG": str(self.workdir / "hookline.toml"),
-                "HOOKLINE_LOG_LEVEL": "WARNING", "HOOKLINE_SHUTDOWN_TIMEOUT": "5", SECRET_ENV: self.secret,
-                "PYTHONUNBUFFERED": "1"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ANTHROPIC_", "HOOKLINE_")) and k not in ("DATABASE_URL", "PORT")
+        }
+        env |= {
+            "DATABASE_URL": self.db.url,
+            "HOOKLINE_CONFIG": str(self.workdir / "hookline.toml"),
+            "HOOKLINE_LOG_LEVEL": "WARNING",
+            "HOOKLINE_SHUTDOWN_TIMEOUT": "5",
+            SECRET_ENV: self.secret,
+            "PYTHONUNBUFFERED": "1",
+        }
         return env | extra
 
-    def loadgen(self, name: str, port: int, *, count: int, prefix: str, duration: float, warmup: float,
-                cycle: bool, server_pid: int | None = None) -> dict[str, Any]:
-        argv = ["-m", "app.bench", "loadgen", "--port", str(port), "--path", f"/webhooks/{phases.SOURCE}",
-                "--count", str(count), "--prefix", prefix, "--concurrency", str(self.plan.concurrency),
-                "--duration", str(duration), "--warmup", str(warmup)] + (["--cycle"] if cycle else [])
+    def loadgen(
+        self,
+        name: str,
+        port: int,
+        *,
+        count: int,
+        prefix: str,
+        duration: float,
+        warmup: float,
+        cycle: bool,
+        server_pid: int | None = None,
+    ) -> dict[str, Any]:
+        argv = [
+            "-m",
+            "app.cli.bench",
+            "loadgen",
+            "--port",
+            str(port),
+            "--path",
+            f"/webhooks/{phases.SOURCE}",
+            "--count",
+            str(count),
+            "--prefix",
+            prefix,
+            "--concurrency",
+            str(self.plan.concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+        ] + (["--cycle"] if cycle else [])
         if server_pid:
             argv += ["--server-pid", str(server_pid)]
         out = self.children.run(name, argv, self.env(), timeout=duration + warmup + 120)
@@ -119,38 +121,76 @@ class Bench:
         p = self.plan
         bare_port, web_port = free_port(), free_port()
         self.out("ingest: bare Starlette baseline …")
-        bare_pid = self.children.start("bare", ["-m", "app.bench", "bare", "--port", str(bare_port)], self.env()).pid
-        web_pid = self.children.start("web", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(web_port)],
-                                      self.env()).pid
+        bare_pid = self.children.start(
+            "bare", ["-m", "app.cli.bench", "bare", "--port", str(bare_port)], self.env()
+        ).pid
+        web_pid = self.children.start(
+            "web", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(web_port)], self.env()
+        ).pid
         wait_http(self.children, "bare", f"http://127.0.0.1:{bare_port}/webhooks/{phases.SOURCE}")
-        bare = self.loadgen("loadgen-bare", bare_port, count=1000, prefix="bare", duration=p.duration,
-                            warmup=p.warmup, cycle=True, server_pid=bare_pid)
+        bare = self.loadgen(
+            "loadgen-bare",
+            bare_port,
+            count=1000,
+            prefix="bare",
+            duration=p.duration,
+            warmup=p.warmup,
+            cycle=True,
+            server_pid=bare_pid,
+        )
         self.children.stop("bare")
         self.out("ingest: hookline POST /webhooks/bench …")
         wait_http(self.children, "web", f"http://127.0.0.1:{web_port}/readyz")
         pool = int((p.duration + p.warmup) * 6000) + 1000
-        hook = self.loadgen("loadgen-hookline", web_port, count=pool, prefix="ing", duration=p.duration,
-                            warmup=p.warmup, cycle=False, server_pid=web_pid)
+        hook = self.loadgen(
+            "loadgen-hookline",
+            web_port,
+            count=pool,
+            prefix="ing",
+            duration=p.duration,
+            warmup=p.warmup,
+            cycle=False,
+            server_pid=web_pid,
+        )
         accepted = int(hook["outcomes_total"].get("accepted", 0))
         stored = asyncio.run(_count(self.db.url, phases.SOURCE, "ing"))
         hook |= {"accepted_total": accepted, "stored": stored, "stored_matches_accepted": stored == accepted}
         dup: dict[str, Any] = {}
         if accepted:
             self.out("ingest: duplicate deliveries …")
-            dup = self.loadgen("loadgen-duplicate", web_port, count=min(500, accepted), prefix="ing",
-                               duration=p.duplicate_duration, warmup=min(0.3, p.duplicate_duration / 4), cycle=True,
-                               server_pid=web_pid)
+            dup = self.loadgen(
+                "loadgen-duplicate",
+                web_port,
+                count=min(500, accepted),
+                prefix="ing",
+                duration=p.duplicate_duration,
+                warmup=min(0.3, p.duplicate_duration / 4),
+                cycle=True,
+                server_pid=web_pid,
+            )
             stored_after = asyncio.run(_count(self.db.url, phases.SOURCE, "ing"))
-            dup |= {"duplicates_total": int(dup["outcomes_total"].get("duplicate", 0)),
-                    "new_rows": stored_after - stored}
+            dup |= {
+                "duplicates_total": int(dup["outcomes_total"].get("duplicate", 0)),
+                "new_rows": stored_after - stored,
+            }
         self.children.stop("web")
         ratio = hook["ok_rps"] / bare["ok_rps"] if bare["ok_rps"] else None
-        return {"hookline": hook, "bare": bare, "duplicate": dup, "ratio_hookline_to_bare": ratio,
-                "concurrency": p.concurrency, "duration_s": p.duration, "web_pool_max": 10}
+        return {
+            "hookline": hook,
+            "bare": bare,
+            "duplicate": dup,
+            "ratio_hookline_to_bare": ratio,
+            "concurrency": p.concurrency,
+            "duration_s": p.duration,
+            "web_pool_max": 10,
+        }
 
     def worker(self, name: str, concurrency: int, poll: float) -> None:
-        self.children.start(name, ["-m", "worker"], self.env(HOOKLINE_WORKER_CONCURRENCY=str(concurrency),
-                                                             HOOKLINE_WORKER_POLL_INTERVAL=str(poll)))
+        self.children.start(
+            name,
+            ["-m", "worker"],
+            self.env(HOOKLINE_WORKER_CONCURRENCY=str(concurrency), HOOKLINE_WORKER_POLL_INTERVAL=str(poll)),
+        )
 
     def worker_rows(self, rows: tuple[str, ...]) -> dict[str, Any]:
         return asyncio.run(self._worker_rows(rows))
@@ -169,8 +209,9 @@ class Bench:
                         out[row] = await self._guard(row, self._worker_row(db, row))
                 await asyncio.to_thread(self.children.stop, "worker")
             if "lockchain" in rows:
-                self.out(f"lockchain: worker concurrency {p.chain_concurrency}, poll interval "
-                         f"{p.chain_poll_interval:g}s …")
+                self.out(
+                    f"lockchain: worker concurrency {p.chain_concurrency}, poll interval {p.chain_poll_interval:g}s …"
+                )
                 out["lockchain"] = await self._guard("lockchain", self._lockchain(db))
         finally:
             await db.close()
@@ -191,20 +232,27 @@ class Bench:
         await asyncio.to_thread(self.worker, "worker-chain", p.chain_concurrency, p.chain_poll_interval)
         try:
             await db.wait_worker("probe-w2", timeout=30 + p.chain_poll_interval)
-            with_fix = await phases.lock_chain(db, links=p.chain_links, prefix="lc1",
-                                               poll_interval=p.chain_poll_interval)
+            with_fix = await phases.lock_chain(
+                db, links=p.chain_links, prefix="lc1", poll_interval=p.chain_poll_interval
+            )
             self.out("lockchain: again with trigger hookline_notify_lock_released disabled …")
             await db.set_lock_trigger(False)
             try:
-                without = await phases.lock_chain(db, links=p.chain_links, prefix="lc2",
-                                                  poll_interval=p.chain_poll_interval)
+                without = await phases.lock_chain(
+                    db, links=p.chain_links, prefix="lc2", poll_interval=p.chain_poll_interval
+                )
             finally:
                 await db.set_lock_trigger(True)
         finally:
             await asyncio.to_thread(self.children.stop, "worker-chain")
         speedup = without["total_s"] / with_fix["total_s"] if with_fix["total_s"] > 0 else None
-        return {"with_fix": with_fix, "without_fix": without, "speedup": speedup,
-                "worker_concurrency": p.chain_concurrency, "poll_interval_s": p.chain_poll_interval}
+        return {
+            "with_fix": with_fix,
+            "without_fix": without,
+            "speedup": speedup,
+            "worker_concurrency": p.chain_concurrency,
+            "poll_interval_s": p.chain_poll_interval,
+        }
 
     async def _guard(self, row: str, coro: Any) -> dict[str, Any]:
         try:
@@ -213,8 +261,11 @@ class Bench:
             return self._failed(row, e)
 
     def _failed(self, row: str, e: BaseException) -> dict[str, Any]:
-        logs = {n: self.children.tail(n) for n in ("web", "worker", "worker-chain", "bare") if
-                (self.children.logdir / f"{n}.log").exists()}
+        logs = {
+            n: self.children.tail(n)
+            for n in ("web", "worker", "worker-chain", "bare")
+            if (self.children.logdir / f"{n}.log").exists()
+        }
         self.out(f"{row}: FAILED: {e}")
         return {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc(limit=5), "logs": logs}
 
@@ -230,6 +281,7 @@ async def _count(url: str, source: str, prefix: str) -> int:
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends the bench like Ctrl-C: children and database are cleaned up on the way out."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
@@ -259,8 +311,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
         with _sigterm_as_interrupt():
             bench = Bench(plan=plan, db=db, workdir=workdir, children=children, out=out)
             (workdir / "hookline.toml").write_text(CONFIG_TOML.format(secret_env=SECRET_ENV))
-            out(f"hookline bench: database {db.kind}, rows {', '.join(plan.only)}"
-                f"{' (quick)' if plan.quick else ''}")
+            out(f"hookline bench: database {db.kind}, rows {', '.join(plan.only)}{' (quick)' if plan.quick else ''}")
             machine = report.machine_facts()  # first: its idle check must not see our own start-up
             db.open()
             db.recreate()

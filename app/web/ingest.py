@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,8 +20,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.config import Source
-from app.errors import (
+from app.core.config import Source
+from app.core.errors import (
     BadRequest,
     DatabaseUnavailable,
     InvalidSignature,
@@ -29,6 +29,7 @@ from app.errors import (
     PayloadTooLarge,
     UnknownSource,
 )
+from app.core.sqlfiles import queries
 from app.signatures import (
     PROVIDERS,
     Headers,
@@ -41,29 +42,25 @@ from app.signatures import (
     verify,
 )
 from app.signatures.locators import first
-from app.sqlfiles import queries
-from app.state import AppState
+from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.state import AppState
 
 log = logging.getLogger("hookline.ingest")
 
 Q = queries("ingest")
 
 #: Header names whose values are credentials or signatures; stored as "[redacted]".
-_REDACT_EXACT = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-gitlab-token",
-                 "x-shopify-hmac-sha256", "x-square-hmacsha256-signature", "x-api-key"}
+_REDACT_EXACT = {
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-gitlab-token",
+    "x-shopify-hmac-sha256",
+    "x-square-hmacsha256-signature",
+    "x-api-key",
+}
 _REDACT_PARTS = ("signature", "hmac", "token", "secret", "password")
-
-#: Postgres is down or unreachable: answer 503 + Retry-After, the sender retries later.
-DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InternalClientError,  # a connection reset after the server killed it mid-statement
-)
 
 
 def redact_headers(items: Iterable[tuple[str, str]], extra: Iterable[str] = ()) -> dict[str, str]:
@@ -75,11 +72,6 @@ def redact_headers(items: Iterable[tuple[str, str]], extra: Iterable[str] = ()) 
             value = "[redacted]"
         out[lname] = f"{out[lname]}, {value}" if lname in out else value
     return out
-
-
-def json_response(status: int, data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status,
-                    media_type="application/json", headers=dict(headers or {}))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -154,8 +146,16 @@ async def receive_webhook(request: Request) -> Response:
         if not accepts_get(provider):
             raise MethodNotAllowed("this source accepts POST only")
         token = environ.get(src.verify_token_env) if src.verify_token_env else None
-        reply = handshake(provider, method="GET", headers=headers, body=b"", payload=None,
-                          query=dict(request.query_params), secrets=src.secrets(environ), verify_token=token)
+        reply = handshake(
+            provider,
+            method="GET",
+            headers=headers,
+            body=b"",
+            payload=None,
+            query=dict(request.query_params),
+            secrets=src.secrets(environ),
+            verify_token=token,
+        )
         if reply is None:
             raise BadRequest("GET is only used for the subscription handshake")
         state.metrics.inc("hookline_handshakes_total", source=name)
@@ -163,22 +163,45 @@ async def receive_webhook(request: Request) -> Response:
 
     body = await read_body(request, src.max_body_bytes or state.settings.max_body_bytes)
     try:
-        verify(provider, secrets=src.secrets(environ), headers=headers, body=body,
-               url=public_url(request, src, state.settings.public_url), method=request.method,
-               tolerance=src.tolerance_seconds, options=src.hmac_options())
+        verify(
+            provider,
+            secrets=src.secrets(environ),
+            headers=headers,
+            body=body,
+            url=public_url(request, src, state.settings.public_url),
+            method=request.method,
+            tolerance=src.tolerance_seconds,
+            options=src.hmac_options(),
+        )
     except SignatureError as e:
         state.metrics.inc("hookline_signature_failures_total", source=name, provider=provider, reason=e.code)
         state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="invalid_signature")
-        log.warning("signature rejected", extra={"source": name, "provider": provider, "reason": e.code,
-                                                 "remote_addr": _remote(request), "request_id": request_id})
+        log.warning(
+            "signature rejected",
+            extra={
+                "source": name,
+                "provider": provider,
+                "reason": e.code,
+                "remote_addr": _remote(request),
+                "request_id": request_id,
+            },
+        )
         raise InvalidSignature("signature verification failed") from None
 
     content_type = request.headers.get("content-type", "")
     payload = parse_body(body, content_type)
 
     token = environ.get(src.verify_token_env) if src.verify_token_env else None
-    reply = handshake(provider, method="POST", headers=headers, body=body, payload=payload,
-                      query=dict(request.query_params), secrets=src.secrets(environ), verify_token=token)
+    reply = handshake(
+        provider,
+        method="POST",
+        headers=headers,
+        body=body,
+        payload=payload,
+        query=dict(request.query_params),
+        secrets=src.secrets(environ),
+        verify_token=token,
+    )
     if reply is not None:
         state.metrics.inc("hookline_handshakes_total", source=name)
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
@@ -190,8 +213,10 @@ async def receive_webhook(request: Request) -> Response:
     delivery_id = meta.delivery_id
     if not delivery_id:
         if not src.content_hash_ids:
-            raise BadRequest("no delivery id found in this request (the sender's event id header or field); "
-                             "set content_hash_ids = true on the source to use a hash of the body")
+            raise BadRequest(
+                "no delivery id found in this request (the sender's event id header or field); "
+                "set content_hash_ids = true on the source to use a hash of the body"
+            )
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
     elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
         delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
@@ -202,8 +227,19 @@ async def receive_webhook(request: Request) -> Response:
     try:
         pool = await state.db.ensure()
         row = await pool.fetchrow(
-            Q["store_event"], name, delivery_id, meta.event_type, meta.tenant, ordering_key,
-            meta.occurred_at, stored, body, payload, content_type or None, _remote(request))
+            Q["store_event"],
+            name,
+            delivery_id,
+            meta.event_type,
+            meta.tenant,
+            ordering_key,
+            meta.occurred_at,
+            stored,
+            body,
+            payload,
+            content_type or None,
+            _remote(request),
+        )
         if row is None:  # the first delivery committed while this statement ran
             row = await pool.fetchrow(Q["find_event"], name, delivery_id)
             event_id, status = (row["id"] if row else None), "duplicate"
@@ -212,11 +248,15 @@ async def receive_webhook(request: Request) -> Response:
     except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
         state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="db_unavailable")
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
-        raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",
-                                  headers={"Retry-After": str(state.settings.retry_after_seconds)}) from None
+        raise DatabaseUnavailable(
+            "the event store is unavailable; nothing was stored, retry later",
+            headers={"Retry-After": str(state.settings.retry_after_seconds)},
+        ) from None
     except asyncpg.exceptions.DataError as e:  # \u0000, lone surrogates …: valid JSON Postgres cannot store
-        raise BadRequest(f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
-                         "e.g. \\u0000 or an unpaired surrogate") from None
+        raise BadRequest(
+            f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
+            "e.g. \\u0000 or an unpaired surrogate"
+        ) from None
     state.metrics.inc("hookline_ingest_requests_total", source=name, outcome=status)
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
 

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from app.errors import ConfigError
+from app.core.errors import ConfigError
+from app.core.watchspec import WatchSpec
 from app.signatures import PROVIDERS, HmacOptions, parse_locator
-from app.watch import WatchSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -121,8 +121,9 @@ class Source(_Strict):
 
     def overrides(self) -> dict[str, tuple[str, ...]]:
         """Per-source locator overrides for app.signatures.extract_meta."""
-        return {k: v for k in ("delivery_id", "event_type", "occurred_at", "tenant")
-                if (v := getattr(self, k)) is not None}
+        return {
+            k: v for k in ("delivery_id", "event_type", "occurred_at", "tenant") if (v := getattr(self, k)) is not None
+        }
 
     def secrets(self, environ: Mapping[str, str]) -> list[str]:
         """The configured secrets that are set (rotation: any may match), in file order."""
@@ -339,11 +340,14 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
     problems: list[str] = []
     for name, src in config.sources.items():
         if not src.secrets(environ):
-            problems.append(f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; "
-                            "every request will get 401")
+            problems.append(
+                f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; every request will get 401"
+            )
         if PROVIDERS[src.provider].url_bound and not (src.public_url or public_url):
-            problems.append(f"sources.{name}.public_url: provider {src.provider} signs the URL; "
-                            "set public_url (or HOOKLINE_PUBLIC_URL)")
+            problems.append(
+                f"sources.{name}.public_url: provider {src.provider} signs the URL; "
+                "set public_url (or HOOKLINE_PUBLIC_URL)"
+            )
     for name, p in config.pipelines.items():
         for i, action in enumerate(p.actions):
             if isinstance(action, HttpAction) and not environ.get(action.url_env):

@@ -20,120 +20,23 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from app.db import libpq_dsn
-from app.errors import HooklineError
-from app.settings import Settings
-from app.sqlfiles import queries
-
-Operation = Literal["insert", "update", "delete"]
-OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete")
+from app.core.db import libpq_dsn
+from app.core.errors import HooklineError
+from app.core.settings import Settings
+from app.core.sqlfiles import queries
+from app.core.watchspec import WatchSpec
 
 
 class WatchError(HooklineError):
     """hookline.watch()/unwatch() refused (the message is Postgres'), or the database is unreachable."""
 
     code = "watch_error"
-
-
-def _names(v: Any) -> Any:
-    """``"a, b"`` or ``["a", "b"]`` → ``("a", "b")``; blanks dropped."""
-    if isinstance(v, str):
-        v = v.split(",")
-    if isinstance(v, list | tuple):
-        return tuple(s.strip() if isinstance(s, str) else s for s in v if not (isinstance(s, str) and not s.strip()))
-    return v
-
-
-class WatchSpec(BaseModel):
-    """One ``[[watch]]`` entry of hookline.toml (and what ``hookline watch`` builds from its flags)::
-
-        [[watch]]
-        table = "public.orders"          # required; resolved with the database's search_path
-        on = ["update"]                  # insert, update, delete (default: all three)
-        columns = ["status"]             # UPDATE events only when one of these changed
-        when = "NEW.status = 'cancelled'"  # SQL expression on OLD/NEW (the trigger's WHEN clause)
-        exclude_columns = ["card_token"] # left out of the payload's old/new
-        max_value_bytes = 2048           # longer values are cut (strings) or nulled
-        key_columns = ["id"]             # default: the primary key (required without one)
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    table: str = Field(min_length=1)
-    on: tuple[Operation, ...] = OPERATIONS
-    columns: tuple[str, ...] | None = None
-    when: str | None = None
-    exclude_columns: tuple[str, ...] = ()
-    max_value_bytes: int | None = Field(default=None, gt=0)
-    key_columns: tuple[str, ...] | None = None
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("name a table")
-        return v
-
-    @field_validator("on", mode="before")
-    @classmethod
-    def _on(cls, v: Any) -> Any:
-        v = _names(v)
-        if isinstance(v, tuple):
-            v = tuple(s.lower() if isinstance(s, str) else s for s in v)
-            if not v:
-                raise ValueError("name at least one of insert, update, delete")
-        return v
-
-    @field_validator("on")
-    @classmethod
-    def _on_order(cls, v: tuple[Operation, ...]) -> tuple[Operation, ...]:
-        return tuple(op for op in OPERATIONS if op in v)
-
-    @field_validator("columns", "key_columns", mode="before")
-    @classmethod
-    def _optional_names(cls, v: Any) -> Any:
-        v = _names(v)
-        return None if v == () else v
-
-    @field_validator("exclude_columns", mode="before")
-    @classmethod
-    def _excluded(cls, v: Any) -> Any:
-        return () if v is None else _names(v)
-
-    @field_validator("when")
-    @classmethod
-    def _when(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        v = v.strip()
-        if ";" in v or "--" in v or "/*" in v:
-            raise ValueError("must be a single SQL expression (no ';' and no comments)")
-        return v
-
-    @model_validator(mode="after")
-    def _columns_need_update(self) -> WatchSpec:
-        if self.columns is not None and "update" not in self.on:
-            raise ValueError("columns only filters UPDATE events; add update to 'on'")
-        return self
-
-    def params(self) -> dict[str, Any]:
-        """Arguments of the ``watch`` named query (hookline.watch())."""
-        return {
-            "table": self.table,
-            "operations": list(self.on),
-            "columns": list(self.columns) if self.columns is not None else None,
-            "condition": self.when,
-            "key_columns": list(self.key_columns) if self.key_columns is not None else None,
-            "exclude_columns": list(self.exclude_columns),
-            "max_value_bytes": self.max_value_bytes,
-        }
 
 
 @dataclass(frozen=True)
@@ -153,10 +56,15 @@ class Watched:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Watched:
         return cls(
-            table=row["table_name"], event_types=tuple(row["event_types"]), operations=tuple(row["operations"]),
-            columns=tuple(row["columns"]) if row["columns"] is not None else None, condition=row["condition"],
-            key_columns=tuple(row["key_columns"]), exclude_columns=tuple(row["exclude_columns"]),
-            max_value_bytes=row["max_value_bytes"], active=bool(row["active"]),
+            table=row["table_name"],
+            event_types=tuple(row["event_types"]),
+            operations=tuple(row["operations"]),
+            columns=tuple(row["columns"]) if row["columns"] is not None else None,
+            condition=row["condition"],
+            key_columns=tuple(row["key_columns"]),
+            exclude_columns=tuple(row["exclude_columns"]),
+            max_value_bytes=row["max_value_bytes"],
+            active=bool(row["active"]),
         )
 
 
@@ -232,8 +140,9 @@ def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
             result = _watch(conn, spec)
             table = result.watched.table
             if table in seen:
-                raise WatchError(f"[[watch]] lists {table} twice (as {seen[table]!r} and {spec.table!r}); "
-                                 "merge the entries")
+                raise WatchError(
+                    f"[[watch]] lists {table} twice (as {seen[table]!r} and {spec.table!r}); merge the entries"
+                )
             seen[table] = spec.table
             lines.append(result.line())
     return lines
@@ -268,7 +177,7 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 
 
 def _db_url(settings: Settings) -> tuple[str, Any]:
-    from app.embedded import resolve_database_url
+    from app.cli.embedded import resolve_database_url
 
     return resolve_database_url(settings.dsn(), settings.home)
 
@@ -276,8 +185,14 @@ def _db_url(settings: Settings) -> tuple[str, Any]:
 def spec_from_args(args: argparse.Namespace) -> WatchSpec:
     """The WatchSpec that ``hookline watch`` flags describe; bad flags are a one-line WatchError."""
     data: dict[str, Any] = {"table": args.table}
-    for flag, key in (("on", "on"), ("columns", "columns"), ("when", "when"), ("exclude", "exclude_columns"),
-                      ("max_value_bytes", "max_value_bytes"), ("key_columns", "key_columns")):
+    for flag, key in (
+        ("on", "on"),
+        ("columns", "columns"),
+        ("when", "when"),
+        ("exclude", "exclude_columns"),
+        ("max_value_bytes", "max_value_bytes"),
+        ("key_columns", "key_columns"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             data[key] = value
@@ -301,8 +216,10 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     result = watch_table(url, spec)
     print(result.line())
     if result.outcome != "unchanged":
-        print(f'pipelines match them with source = "db" and events = {list(result.watched.event_types)}; '
-              f"this watch is not in hookline.toml: `hookline migrate` leaves it alone, `hookline unwatch` removes it")
+        print(
+            f'pipelines match them with source = "db" and events = {list(result.watched.event_types)}; '
+            f"this watch is not in hookline.toml: `hookline migrate` leaves it alone, `hookline unwatch` removes it"
+        )
     return 0
 
 
@@ -321,9 +238,16 @@ def format_watched(items: Sequence[Watched]) -> str:
         return "no table is watched (hookline watch TABLE, or [[watch]] in hookline.toml)"
     header = ("table", "on", "columns", "when", "key", "exclude", "max bytes", "active")
     rows = [header] + [
-        (w.table, ",".join(w.operations), ",".join(w.columns) if w.columns else "*", w.condition or "",
-         ",".join(w.key_columns), ",".join(w.exclude_columns), str(w.max_value_bytes or ""),
-         "yes" if w.active else "NO")
+        (
+            w.table,
+            ",".join(w.operations),
+            ",".join(w.columns) if w.columns else "*",
+            w.condition or "",
+            ",".join(w.key_columns),
+            ",".join(w.exclude_columns),
+            str(w.max_value_bytes or ""),
+            "yes" if w.active else "NO",
+        )
         for w in items
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -339,9 +263,11 @@ def cmd_watched(settings: Settings, args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``watch``, ``unwatch`` and ``watched`` to the ``hookline`` parser; returns their handlers."""
     w = subparsers.add_parser(
-        "watch", help="turn a table's row changes into events (source db)",
+        "watch",
+        help="turn a table's row changes into events (source db)",
         description="Install (or update) the triggers that turn a table's row changes into hookline events "
-                    "of type SCHEMA.TABLE.OPERATION, source db. Same as SELECT hookline.watch(...) in psql.")
+        "of type SCHEMA.TABLE.OPERATION, source db. Same as SELECT hookline.watch(...) in psql.",
+    )
     w.add_argument("table", help="table name, optionally schema-qualified (public.orders)")
     w.add_argument("--on", help="operations to watch: insert,update,delete (default: all)")
     w.add_argument("--columns", help="UPDATE events only when one of these columns changed: a,b")

@@ -16,9 +16,9 @@ from typing import TextIO
 import psycopg
 from psycopg.rows import dict_row
 
-from app.db import libpq_dsn
-from app.errors import HooklineError
-from app.sqlfiles import queries
+from app.core.db import libpq_dsn
+from app.core.errors import HooklineError
+from app.core.sqlfiles import queries
 
 Q = queries("replay")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -38,8 +38,9 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ReplayError(f"cannot read {text!r} as a time: use ISO-8601 (2026-11-22T10:00Z) "
-                          "or a duration ago: 30m / 2h / 7d") from None
+        raise ReplayError(
+            f"cannot read {text!r} as a time: use ISO-8601 (2026-11-22T10:00Z) or a duration ago: 30m / 2h / 7d"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -50,9 +51,18 @@ class ReplayResult:
     dead: int = 0
 
 
-def start_replay(url: str, *, event_ids: list[int], source: str | None = None, event_type: str | None = None,
-                 status: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                 recompute: bool = False, force: bool = False) -> ReplayResult:
+def start_replay(
+    url: str,
+    *,
+    event_ids: list[int],
+    source: str | None = None,
+    event_type: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    recompute: bool = False,
+    force: bool = False,
+) -> ReplayResult:
     """Defer the replay jobs (one transaction); returns the replayed event ids."""
     ids: list[int] = []
     try:
@@ -61,20 +71,33 @@ def start_replay(url: str, *, event_ids: list[int], source: str | None = None, e
                 cur.execute(Q["replay_one"], {"event_id": event_id, "recompute": recompute, "force": force})
                 ids.append(event_id)
             if source or event_type or status or since or until:
-                cur.execute(Q["replay_matching"], {"source": source, "event_type": event_type, "status": status,
-                                                   "since": since, "until": until, "recompute": recompute,
-                                                   "force": force})
+                cur.execute(
+                    Q["replay_matching"],
+                    {
+                        "source": source,
+                        "event_type": event_type,
+                        "status": status,
+                        "since": since,
+                        "until": until,
+                        "recompute": recompute,
+                        "force": force,
+                    },
+                )
                 ids.extend(int(r["event_id"]) for r in cur.fetchall())
     except psycopg.errors.RaiseException as e:
         raise ReplayError(e.diag.message_primary or str(e)) from None
-    except (psycopg.errors.NoDataFound, psycopg.errors.ObjectNotInPrerequisiteState,
-            psycopg.errors.InvalidParameterValue) as e:
+    except (
+        psycopg.errors.NoDataFound,
+        psycopg.errors.ObjectNotInPrerequisiteState,
+        psycopg.errors.InvalidParameterValue,
+    ) as e:
         raise ReplayError(e.diag.message_primary or str(e)) from None
     return ReplayResult(sorted(set(ids)))
 
 
-def wait_for(url: str, result: ReplayResult, *, timeout: float, out: TextIO = sys.stderr,
-             interval: float = 0.25) -> ReplayResult:
+def wait_for(
+    url: str, result: ReplayResult, *, timeout: float, out: TextIO = sys.stderr, interval: float = 0.25
+) -> ReplayResult:
     """Poll until every replayed event is finished, drawing a progress bar on ``out``."""
     deadline = time.monotonic() + timeout
     total = len(result.event_ids)

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 
-from app.config import Config, Source
-from app.errors import ConfigError
+from app.core.config import Config, Source
+from app.core.errors import ConfigError
 from app.signatures import PROVIDERS, parse_locator, sign_request
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "signatures" / "samples"
 
 
 @dataclass
@@ -82,8 +82,10 @@ def signing_secret(src: Source, environ: Mapping[str, str]) -> str:
     if spec.public_key:
         key = environ.get(src.signing_key_env) if src.signing_key_env else None
         if not key:
-            raise ConfigError(f"sources.{src.name}: provider {src.provider} verifies with a public key; set "
-                              "signing_key_env to a variable holding the private key to sign with")
+            raise ConfigError(
+                f"sources.{src.name}: provider {src.provider} verifies with a public key; set "
+                "signing_key_env to a variable holding the private key to sign with"
+            )
         return key
     secrets = src.secrets(environ)
     if not secrets:
@@ -91,9 +93,18 @@ def signing_secret(src: Source, environ: Mapping[str, str]) -> str:
     return secrets[0]
 
 
-def send(config: Config, source: str, *, environ: Mapping[str, str], base_url: str, public_url: str | None,
-         file: Path | None = None, event_type: str | None = None, delivery_id: str | None = None,
-         timeout: float = 10.0) -> Sent:
+def send(
+    config: Config,
+    source: str,
+    *,
+    environ: Mapping[str, str],
+    base_url: str,
+    public_url: str | None,
+    file: Path | None = None,
+    event_type: str | None = None,
+    delivery_id: str | None = None,
+    timeout: float = 10.0,
+) -> Sent:
     src = config.sources.get(source)
     if src is None:
         raise ConfigError(f"no [sources.{source}] in the config; known: {', '.join(sorted(config.sources)) or 'none'}")
@@ -102,8 +113,15 @@ def send(config: Config, source: str, *, environ: Mapping[str, str], base_url: s
     body = prepare_body(src, raw, delivery_id=delivery_id, event_type=event_type)
     target = f"{base_url.rstrip('/')}/webhooks/{source}"
     signed_url = src.public_url or (f"{public_url.rstrip('/')}/webhooks/{source}" if public_url else target)
-    signed = sign_request(src.provider, secret=signing_secret(src, environ), body=body, url=signed_url,
-                          now=time.time(), delivery_id=delivery_id, event_type=event_type,
-                          options=src.hmac_options())
+    signed = sign_request(
+        src.provider,
+        secret=signing_secret(src, environ),
+        body=body,
+        url=signed_url,
+        now=time.time(),
+        delivery_id=delivery_id,
+        event_type=event_type,
+        options=src.hmac_options(),
+    )
     resp = httpx.post(target, content=signed.body, headers=signed.headers, timeout=timeout)
     return Sent(resp.status_code, resp.text, delivery_id, target)

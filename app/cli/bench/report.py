@@ -11,23 +11,23 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.bench.runner import Plan
+    from app.cli.bench.plan import Plan
 
 #: Published figures to compare with (shared/reference/procrastinate.md §3, a 2-vCPU box where the
 #: load generator, workers and Postgres share the cores).
 REFERENCE = {
     "ingest": "§3.4: asyncpg INSERT + defer trigger + NOTIFY, no HTTP: 1,100/s on 1 connection, "
-              "1,610–1,967/s on 8 connections",
+    "1,610–1,967/s on 8 connections",
     "pickup": "§3.3: procrastinate alone, commit → task start, c=10 at 100/s: p50 2.91, p90 3.77, p99 7.52 ms",
     "throughput": "§3.2: procrastinate alone, async no-op, 1 process c=10: 344–408 jobs/s; "
-                  "the box saturates at ~350–470",
+    "the box saturates at ~350–470",
     "lockchain": "§3.5: procrastinate alone (c>1): each link waits for the poll (1 s poll → links 1.01 s apart)",
 }
 
 
 def busy_before(seconds: float = 0.5) -> float | None:
     """Percent of the machine's CPU busy over ``seconds`` before the bench starts (other load)."""
-    from app.bench.loadgen import cpu_snapshot, cpu_usage
+    from app.cli.bench.loadgen import cpu_snapshot, cpu_usage
 
     a = cpu_snapshot(None)
     time.sleep(seconds)
@@ -91,8 +91,10 @@ def _lat(d: dict[str, Any] | None) -> str:
 
 def _cpu(load: dict[str, Any]) -> str:
     c = load.get("cpu") or {}
-    return (f"CPU: server {_f(c.get('server_pct_of_core'), 0)}% of a core, load generator "
-            f"{_f(c.get('loadgen_pct_of_core'), 0)}%, machine {_f(c.get('machine_busy_pct'), 0)}% busy")
+    return (
+        f"CPU: server {_f(c.get('server_pct_of_core'), 0)}% of a core, load generator "
+        f"{_f(c.get('loadgen_pct_of_core'), 0)}%, machine {_f(c.get('machine_busy_pct'), 0)}% busy"
+    )
 
 
 def rows(results: dict[str, Any], plan: Plan) -> list[dict[str, str]]:
@@ -111,48 +113,89 @@ def rows(results: dict[str, Any], plan: Plan) -> list[dict[str, str]]:
         if key == "ingest":
             h, b, d = r["hookline"], r["bare"], r.get("duplicate") or {}
             where = f"{r['concurrency']} conns, {_f(r['duration_s'])} s"
-            add("ingest hookline", _f(h["ok_rps"], 0), "req/s",
-                f"{where}, 1 uvicorn process, pool max {r['web_pool_max']}, no worker; {_cpu(h)}")
-            add("ingest hookline latency", _lat(h["latency_ms"]), "ms p50/p90/p99",
-                f"max {_f(h['latency_ms']['max'], 1)}")
-            add("ingest hookline errors", _f(h["errors"]), "count",
+            add(
+                "ingest hookline",
+                _f(h["ok_rps"], 0),
+                "req/s",
+                f"{where}, 1 uvicorn process, pool max {r['web_pool_max']}, no worker; {_cpu(h)}",
+            )
+            add(
+                "ingest hookline latency",
+                _lat(h["latency_ms"]),
+                "ms p50/p90/p99",
+                f"max {_f(h['latency_ms']['max'], 1)}",
+            )
+            add(
+                "ingest hookline errors",
+                _f(h["errors"]),
+                "count",
                 f"stored {_f(h['stored'])} of {_f(h['accepted_total'])} accepted"
-                + ("" if h["stored_matches_accepted"] else " MISMATCH"))
+                + ("" if h["stored_matches_accepted"] else " MISMATCH"),
+            )
             add("ingest bare Starlette", _f(b["ok_rps"], 0), "req/s", f"{where}, same uvicorn options; {_cpu(b)}")
             add("ingest bare latency", _lat(b["latency_ms"]), "ms p50/p90/p99", f"errors {_f(b['errors'])}")
             add("ingest hookline / bare", _f(r["ratio_hookline_to_bare"], 3), "ratio", REFERENCE["ingest"][:60] + "…")
             if d:
-                add("ingest duplicate re-send", _f(d["ok_rps"], 0), "req/s",
-                    f"p50 {_f(d['latency_ms']['p50'], 2)} ms, {_f(d['new_rows'])} new rows, errors {_f(d['errors'])}")
+                add(
+                    "ingest duplicate re-send",
+                    _f(d["ok_rps"], 0),
+                    "req/s",
+                    f"p50 {_f(d['latency_ms']['p50'], 2)} ms, {_f(d['new_rows'])} new rows, errors {_f(d['errors'])}",
+                )
         elif key == "pickup":
-            add("pickup commit → started_at", _lat(r["commit_to_start_ms"]), "ms p50/p90/p99",
+            add(
+                "pickup commit → started_at",
+                _lat(r["commit_to_start_ms"]),
+                "ms p50/p90/p99",
                 f"{r['events']} events at {_f(r['rate_per_s'], 0)}/s, 1 worker c={r['worker_concurrency']}, "
-                f"max {_f(r['commit_to_start_ms']['max'], 1)}")
-            add("pickup received_at → started_at", _lat(r["received_to_start_ms"]), "ms p50/p90/p99",
-                "ref " + REFERENCE["pickup"].split(": ", 1)[1])
-            add("insert + commit (ingest SQL)", _lat(r["insert_commit_ms"]), "ms p50/p90/p99",
-                "one event per transaction, the pickup row's inserts (fsync on commit)")
+                f"max {_f(r['commit_to_start_ms']['max'], 1)}",
+            )
+            add(
+                "pickup received_at → started_at",
+                _lat(r["received_to_start_ms"]),
+                "ms p50/p90/p99",
+                "ref " + REFERENCE["pickup"].split(": ", 1)[1],
+            )
+            add(
+                "insert + commit (ingest SQL)",
+                _lat(r["insert_commit_ms"]),
+                "ms p50/p90/p99",
+                "one event per transaction, the pickup row's inserts (fsync on commit)",
+            )
         elif key == "throughput":
-            add("worker throughput", _f(r["events_per_s"], 0), "events/s",
+            add(
+                "worker throughput",
+                _f(r["events_per_s"], 0),
+                "events/s",
                 f"{r['events']} events dry-run, 1 worker c={r['worker_concurrency']}, first start → last finish "
                 f"{_f(r['span_s'], 2)} s; CPU: worker {_f(r['cpu']['worker_pct_of_core'], 0)}% of a core, machine "
-                f"{_f(r['cpu']['machine_busy_pct'], 0)}% busy; ref 344–408 jobs/s no-op")
+                f"{_f(r['cpu']['machine_busy_pct'], 0)}% busy; ref 344–408 jobs/s no-op",
+            )
             add("bulk insert (trigger, 1 tx)", _f(r["bulk_insert_per_s"], 0), "events/s", "ingest SQL, executemany")
         elif key == "lockchain":
             w, wo = r["with_fix"], r["without_fix"]
             where = f"{w['links']} links, c={r['worker_concurrency']}, poll {_f(r['poll_interval_s'])} s"
-            add("lock chain with fix", _f(w["total_s"], 3), "s",
+            add(
+                "lock chain with fix",
+                _f(w["total_s"], 3),
+                "s",
                 f"{where}; gap p50 {_f(w['gap_ms']['p50'], 1)} ms, max {_f(w['gap_ms']['max'], 1)} ms"
-                + ("" if w["in_order"] and not w["overlaps"] else " ORDER/OVERLAP PROBLEM"))
-            add("lock chain without fix", _f(wo["total_s"], 3), "s",
+                + ("" if w["in_order"] and not w["overlaps"] else " ORDER/OVERLAP PROBLEM"),
+            )
+            add(
+                "lock chain without fix",
+                _f(wo["total_s"], 3),
+                "s",
                 f"trigger disabled; gap p50 {_f(wo['gap_ms']['p50'], 0)} ms, max {_f(wo['gap_ms']['max'], 0)} ms"
-                + ("" if wo["in_order"] and not wo["overlaps"] else " ORDER/OVERLAP PROBLEM"))
+                + ("" if wo["in_order"] and not wo["overlaps"] else " ORDER/OVERLAP PROBLEM"),
+            )
             add("lock chain speed-up", _f(r["speedup"], 1), "x", "without fix / with fix")
     return out
 
 
-def document(plan: Plan, results: dict[str, Any], machine: dict[str, Any], timings: dict[str, float],
-             started: datetime) -> dict[str, Any]:
+def document(
+    plan: Plan, results: dict[str, Any], machine: dict[str, Any], timings: dict[str, float], started: datetime
+) -> dict[str, Any]:
     opts = {k: (str(v) if k == "json_path" and v is not None else v) for k, v in plan.__dict__.items()}
     return {
         "hookline_bench": 1,
@@ -180,14 +223,18 @@ def render(doc: dict[str, Any]) -> str:
     ]
     busy = m.get("busy_before_start_pct")
     if busy is not None and busy > 15:
-        lines.append(f"WARNING: the machine was {busy:.0f}% busy before the bench started (load average "
-                     f"{', '.join(f'{x:.1f}' for x in m.get('loadavg') or [])}): other work competes, figures are low")
+        lines.append(
+            f"WARNING: the machine was {busy:.0f}% busy before the bench started (load average "
+            f"{', '.join(f'{x:.1f}' for x in m.get('loadavg') or [])}): other work competes, figures are low"
+        )
     lines.append("")
     table = [{"metric": "metric", "value": "value", "unit": "unit", "notes": "notes"}, *doc["rows"]]
     widths = {c: max(len(r[c]) for r in table) for c in ("metric", "value", "unit")}
     for i, r in enumerate(table):
-        lines.append(f"{r['metric']:<{widths['metric']}}  {r['value']:>{widths['value']}}  "
-                     f"{r['unit']:<{widths['unit']}}  {r['notes']}".rstrip())
+        lines.append(
+            f"{r['metric']:<{widths['metric']}}  {r['value']:>{widths['value']}}  "
+            f"{r['unit']:<{widths['unit']}}  {r['notes']}".rstrip()
+        )
         if i == 0:
             lines.append("-" * (sum(widths.values()) + 6 + 40))
     lines.append(f"\nwall time {doc['wall_s'].get('total', 0):.1f} s")

@@ -44,34 +44,43 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="Interface `hookline web` binds.")  # noqa: S104
     home: Path = Field(default=Path(".hookline"), description="Folder for the embedded Postgres and local state.")
     max_body_bytes: int = Field(
-        default=5 * 1024 * 1024, description="Default request body cap in bytes (per source: max_body_bytes).")
+        default=5 * 1024 * 1024, description="Default request body cap in bytes (per source: max_body_bytes)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
     public_url: str | None = Field(
         default=None,
         description="Public base URL senders use (e.g. https://hooks.example.com); "
-                    "URL-bound signatures (Twilio, Square, HubSpot) are checked against it.",
+        "URL-bound signatures (Twilio, Square, HubSpot) are checked against it.",
     )
     db_pool_min: int = Field(default=2, description="Minimum connections of the web process pool.")
     db_pool_max: int = Field(default=10, description="Maximum connections of the web process pool.")
     db_timeout: float = Field(
-        default=5.0, description="Seconds to wait for a connection or a statement on the ingest path.")
+        default=5.0, description="Seconds to wait for a connection or a statement on the ingest path."
+    )
     retry_after_seconds: int = Field(default=5, description="Retry-After sent with 503 when Postgres is unreachable.")
     worker_concurrency: int = Field(default=10, description="Jobs one worker process runs at once.")
     worker_poll_interval: float = Field(
-        default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner).")
+        default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
+    )
     shutdown_timeout: float = Field(
-        default=30.0, description="Seconds a worker waits for running jobs on SIGTERM before handing them back.")
+        default=30.0, description="Seconds a worker waits for running jobs on SIGTERM before handing them back."
+    )
     stalled_after: float = Field(
-        default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker.")
+        default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker."
+    )
     job_retention_hours: int = Field(
-        default=24, description="Finished procrastinate jobs are deleted after this many hours.")
+        default=24, description="Finished procrastinate jobs are deleted after this many hours."
+    )
     payload_retention_days: int = Field(
-        default=30, description="Bodies and payloads of finished events are dropped after this many days "
-                                "(the row, and so deduplication, stays).")
+        default=30,
+        description="Bodies and payloads of finished events are dropped after this many days "
+        "(the row, and so deduplication, stays).",
+    )
     llm_timeout: float = Field(default=60.0, description="Seconds before a model call times out.")
     llm_max_retries: int = Field(
-        default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low).")
+        default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
+    )
     outbound_timeout: float = Field(default=10.0, description="Seconds before an http action times out.")
 
     @property

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import db
-from app.config import Config
-from app.errors import DatabaseUnavailable
-from app.metrics import Metrics
-from app.settings import Settings
+from app.core import db
+from app.core.config import Config
+from app.core.errors import DatabaseUnavailable
+from app.core.settings import Settings
+from app.web.metrics import Metrics
 
 log = logging.getLogger("hookline.db")
 
@@ -44,13 +44,16 @@ class PoolHolder:
         async with self._lock:
             if self._pool is None:
                 assert self._url is not None
-                self._pool = await db.create_pool(self._url, min_size=self._min, max_size=self._max,
-                                                  timeout=self._timeout)
+                self._pool = await db.create_pool(
+                    self._url, min_size=self._min, max_size=self._max, timeout=self._timeout
+                )
 
     def pool(self) -> Any:
         if self._pool is None:
-            raise DatabaseUnavailable("the event store is unavailable; nothing was stored, retry later",
-                                      headers={"Retry-After": str(self._retry_after)})
+            raise DatabaseUnavailable(
+                "the event store is unavailable; nothing was stored, retry later",
+                headers={"Retry-After": str(self._retry_after)},
+            )
         return self._pool
 
     async def ensure(self) -> Any:

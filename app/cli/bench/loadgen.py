@@ -1,4 +1,4 @@
-"""HTTP/1.1 keep-alive load generator over raw asyncio streams (``python -m app.bench loadgen``).
+"""HTTP/1.1 keep-alive load generator over raw asyncio streams (``python -m app.cli.bench loadgen``).
 
 Runs in its own process so it never shares the server's event loop. Every request is built (and
 signed) before the clock starts; C connections each send one request at a time for D seconds, then
@@ -48,8 +48,12 @@ def build_requests(*, port: int, path: str, count: int, prefix: str, secret: str
     for i in range(count):
         body = event_body(i, prefix)
         headers = sign("standard_webhooks", secret=secret, body=body, delivery_id=f"{prefix}-{i}", now=now)
-        lines = [f"POST {path} HTTP/1.1", f"Host: {HOST}:{port}", "User-Agent: hookline-bench",
-                 f"Content-Length: {len(body)}"]
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {HOST}:{port}",
+            "User-Agent: hookline-bench",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         out.append(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
     return out
@@ -148,15 +152,18 @@ def cpu_snapshot(pid: int | None) -> tuple[float, float, float, float] | None:
     return proc / hz, time.process_time(), (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
-def cpu_usage(a: tuple[float, float, float, float] | None, b: tuple[float, float, float, float] | None,
-              wall: float) -> dict[str, float | None]:
+def cpu_usage(
+    a: tuple[float, float, float, float] | None, b: tuple[float, float, float, float] | None, wall: float
+) -> dict[str, float | None]:
     """CPU use between two snapshots, in percent of one core (server, load generator) and of the machine."""
     if a is None or b is None or wall <= 0:
         return {"server_pct_of_core": None, "loadgen_pct_of_core": None, "machine_busy_pct": None}
     total = b[3] - a[3]
-    return {"server_pct_of_core": round(100 * (b[0] - a[0]) / wall, 1),
-            "loadgen_pct_of_core": round(100 * (b[1] - a[1]) / wall, 1),
-            "machine_busy_pct": round(100 * (b[2] - a[2]) / total, 1) if total > 0 else None}
+    return {
+        "server_pct_of_core": round(100 * (b[0] - a[0]) / wall, 1),
+        "loadgen_pct_of_core": round(100 * (b[1] - a[1]) / wall, 1),
+        "machine_busy_pct": round(100 * (b[2] - a[2]) / total, 1) if total > 0 else None,
+    }
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -176,15 +183,24 @@ async def _sample_cpu(run: _Run, pid: int | None, out: dict[str, Any]) -> None:
     out |= cpu_usage(a, cpu_snapshot(pid), run.end - run.warm_end)
 
 
-async def run_load(*, port: int, requests: list[bytes], concurrency: int, duration: float, warmup: float,
-                   cycle: bool, server_pid: int | None = None) -> dict[str, Any]:
+async def run_load(
+    *,
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    cycle: bool,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
     start = time.perf_counter()
     run = _Run(requests=requests, cycle=cycle, warm_end=start + warmup, end=start + warmup + duration)
     cpu: dict[str, Any] = {}
     sampler = asyncio.create_task(_sample_cpu(run, server_pid, cpu))
     results = await asyncio.wait_for(
         asyncio.gather(*(_connection(run, port) for _ in range(concurrency)), return_exceptions=True),
-        timeout=warmup + duration + 60)
+        timeout=warmup + duration + 60,
+    )
     if not sampler.done():
         sampler.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -195,14 +211,24 @@ async def run_load(*, port: int, requests: list[bytes], concurrency: int, durati
     lat = sorted(run.latencies)
     ok = run.statuses.get("200", 0)
     return {
-        "concurrency": concurrency, "duration_s": duration, "warmup_s": warmup, "window_s": round(window, 3),
-        "requests": len(lat), "ok": ok, "rps": len(lat) / window if window > 0 else 0.0,
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "window_s": round(window, 3),
+        "requests": len(lat),
+        "ok": ok,
+        "rps": len(lat) / window if window > 0 else 0.0,
         "ok_rps": ok / window if window > 0 else 0.0,
         "latency_ms": {f"p{p}": _ms(percentile(lat, p)) for p in (50, 90, 99)} | {"max": _ms(lat[-1] if lat else None)},
-        "statuses": run.statuses, "errors": sum(n for s, n in run.statuses.items() if s != "200") + run.conn_errors,
-        "connection_errors": run.conn_errors, "connection_failures": failures[:5],
-        "sent_total": run.sent_total, "outcomes_total": run.outcomes,
-        "pool_size": len(requests), "pool_exhausted": run.exhausted, "cpu": cpu,
+        "statuses": run.statuses,
+        "errors": sum(n for s, n in run.statuses.items() if s != "200") + run.conn_errors,
+        "connection_errors": run.conn_errors,
+        "connection_failures": failures[:5],
+        "sent_total": run.sent_total,
+        "outcomes_total": run.outcomes,
+        "pool_size": len(requests),
+        "pool_exhausted": run.exhausted,
+        "cpu": cpu,
     }
 
 
@@ -211,7 +237,7 @@ def _ms(v: float | None) -> float | None:
 
 
 def main(args: Any) -> int:
-    """Entry point of the child process; ``args`` from ``app.bench.__main__``."""
+    """Entry point of the child process; ``args`` from ``app.cli.bench.__main__``."""
     secret = os.environ[SECRET_ENV]
     t0 = time.perf_counter()
     requests = build_requests(port=args.port, path=args.path, count=args.count, prefix=args.prefix, secret=secret)
@@ -224,9 +250,17 @@ def main(args: Any) -> int:
         loop_name = "uvloop"
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
         runner = asyncio.run
-    result = runner(run_load(port=args.port, requests=requests, concurrency=args.concurrency,
-                             duration=args.duration, warmup=args.warmup, cycle=args.cycle,
-                             server_pid=args.server_pid))
+    result = runner(
+        run_load(
+            port=args.port,
+            requests=requests,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            cycle=args.cycle,
+            server_pid=args.server_pid,
+        )
+    )
     result |= {"loop": loop_name, "presign_s": round(build_s, 3)}
     print(json.dumps(result))
     return 0

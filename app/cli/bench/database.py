@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from app import migrations
-from app.bench.procs import BenchError
-from app.db import libpq_dsn
+from app.cli.bench.procs import BenchError
+from app.core import migrations
+from app.core.db import libpq_dsn
 
 _NAME = re.compile(r"^hookline_bench[a-z0-9_]{0,49}$")
 

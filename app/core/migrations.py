@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psycopg
 
-from app.db import libpq_dsn
-from app.errors import HooklineError
-from app.sqlfiles import sql_dir
+from app.core.db import libpq_dsn
+from app.core.errors import HooklineError
+from app.core.sqlfiles import sql_dir
 
 #: pg_advisory_lock key: the bytes of "hookline" read as a big-endian integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"hookline", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -82,8 +82,9 @@ def discover(folder: Path | None = None) -> list[Migration]:
         found.append(Migration(int(m.group(1)), m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()))
     for expected, mig in enumerate(found, start=1):
         if mig.version != expected:
-            raise MigrationError("migration versions must be contiguous from 0001: "
-                                 f"expected {expected:04d}, found {mig.version:04d}")
+            raise MigrationError(
+                f"migration versions must be contiguous from 0001: expected {expected:04d}, found {mig.version:04d}"
+            )
     return found
 
 

@@ -16,9 +16,10 @@ import time
 from collections.abc import Mapping
 from typing import IO
 
-from app import embedded, migrations
-from app.config import environment_problems, load_config
-from app.settings import Settings
+from app.cli import embedded
+from app.core import migrations
+from app.core.config import environment_problems, load_config
+from app.core.settings import Settings
 
 _COLORS = {"web": "\033[36m", "worker": "\033[35m"}
 
@@ -36,8 +37,11 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
     applied = migrations.migrate(url)
-    print(f"hookline dev: database {'embedded in ' + str(settings.home / 'pg') if server else 'from DATABASE_URL'}, "
-          f"{len(applied)} migration(s) applied", flush=True)
+    print(
+        f"hookline dev: database {'embedded in ' + str(settings.home / 'pg') if server else 'from DATABASE_URL'}, "
+        f"{len(applied)} migration(s) applied",
+        flush=True,
+    )
     env = {**environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     color = sys.stdout.isatty()
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -50,8 +54,9 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for name, cmd in commands.items():
-            procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+            procs[name] = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
             assert procs[name].stdout is not None
             threading.Thread(target=_pump, args=(name, procs[name].stdout, color), daemon=True).start()
         print(f"hookline dev: web on http://127.0.0.1:{settings.port}  (Ctrl-C stops everything)", flush=True)

@@ -1,0 +1,68 @@
+"""What ``hookline bench`` runs, and how big."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROWS = ("ingest", "pickup", "throughput", "lockchain")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run and how big; ``quick`` shrinks everything for the smoke test (< 30 s)."""
+
+    quick: bool = False
+    duration: float = 8.0
+    concurrency: int = 32
+    only: tuple[str, ...] = ROWS
+    database_name: str = "hookline_bench"
+    json_path: Path | None = None
+    warmup: float = 1.0
+    duplicate_duration: float = 2.0
+    pickup_rate: float = 50.0
+    pickup_seconds: float = 4.0
+    throughput_events: int = 2000
+    chain_links: int = 20
+    chain_poll_interval: float = 5.0
+    chain_concurrency: int = 4
+    worker_concurrency: int = 10
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        quick: bool = False,
+        duration: float | None = None,
+        concurrency: int | None = None,
+        only: tuple[str, ...] | None = None,
+        database_name: str = "hookline_bench",
+        json_path: Path | None = None,
+    ) -> Plan:
+        base = (
+            cls(
+                quick=True,
+                duration=1.5,
+                concurrency=8,
+                warmup=0.3,
+                duplicate_duration=0.5,
+                pickup_seconds=1.0,
+                throughput_events=100,
+                chain_links=4,
+                chain_poll_interval=0.5,
+            )
+            if quick
+            else cls()
+        )
+        d = duration if duration is not None else base.duration
+        return cls(
+            **{
+                **base.__dict__,
+                "duration": d,
+                "concurrency": concurrency or base.concurrency,
+                "only": only or ROWS,
+                "database_name": database_name,
+                "json_path": json_path,
+                "warmup": min(base.warmup, d / 4),
+            }
+        )

@@ -1,0 +1,1 @@
+"""The web process: the Starlette application factory, ingest, lifespan state, metrics."""
