@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 
+from app.core.status import CallStatus
 from worker.errors import InvalidOutput
 from worker.pricing import cost_usd
 from worker.prompt import OutputSpec
@@ -21,7 +22,7 @@ class CallRecord:
     """One Messages API round trip, as stored in hookline.llm_calls."""
 
     model: str
-    status: str
+    status: CallStatus
     request: dict[str, Any]
     response: dict[str, Any] | None = None
     output: Any = None
@@ -80,7 +81,7 @@ async def _one_call(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -
     usage = body.get("usage") or {}
     return CallRecord(
         model=request["model"],
-        status="succeeded",
+        status=CallStatus.SUCCEEDED,
         request=request,
         response=body,
         usage=usage,
@@ -103,7 +104,7 @@ async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: O
         first.output = _check(first.response or {}, spec)
         return Answer(first.output, calls)
     except ValueError as e:
-        first.status, first.error = "invalid_output", str(e)
+        first.status, first.error = CallStatus.INVALID_OUTPUT, str(e)
         problem = str(e)
     if (first.response or {}).get("stop_reason") in ("refusal", "max_tokens"):
         raise InvalidOutput(f"invalid model output: {problem}", output=_text_of(first.response or {}), calls=calls)
@@ -123,7 +124,7 @@ async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: O
         second.output = _check(second.response or {}, spec)
         return Answer(second.output, calls)
     except ValueError as e:
-        second.status, second.error = "invalid_output", str(e)
+        second.status, second.error = CallStatus.INVALID_OUTPUT, str(e)
         raise InvalidOutput(
             f"invalid model output after one repair attempt: {e}", output=_text_of(second.response or {}), calls=calls
         ) from None

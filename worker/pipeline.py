@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.config import Pipeline
+from app.core.status import ActionStatus, CallStatus
 from worker.actions import ActionContext, run_action
 from worker.errors import InvalidOutput, PipelineError, classify
 from worker.llm import CallRecord, ask
@@ -71,7 +72,7 @@ async def answer_for(
                 pipeline.name,
                 CallRecord(
                     model=pipeline.model,
-                    status="dry_run",
+                    status=CallStatus.DRY_RUN,
                     request=request,
                     error="dry run: ANTHROPIC_API_KEY is not set; the request was stored, not sent",
                 ),
@@ -89,7 +90,9 @@ async def answer_for(
         await rt.db.one(
             "insert_call",
             **_call_row(
-                eid, pipeline.name, CallRecord(model=pipeline.model, status="failed", request=request, error=str(err))
+                eid,
+                pipeline.name,
+                CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
             ),
         )
         raise err from e
@@ -160,8 +163,8 @@ async def run_pipeline(
             )
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
-            await rt.db.run("finish_action", id=claim["id"], status="failed", result=None, error=str(err))
+            await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
             raise err from e
-        await rt.db.run("finish_action", id=claim["id"], status="succeeded", result=result, error=None)
+        await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
         outcome.actions_run += 1
     return outcome

@@ -13,6 +13,7 @@ from procrastinate.jobs import Job
 
 from app.core.config import Pipeline
 from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
+from app.core.status import EventStatus
 from worker.errors import classify
 from worker.pipeline import run_pipeline
 from worker.runtime import Runtime
@@ -71,12 +72,12 @@ async def process_event(
                 await _finish(
                     rt,
                     event_id,
-                    "dead",
+                    EventStatus.DEAD,
                     error=reason,
                     detail=f"gave up after {attempts} job runs failed outside the pipeline",
                 )
             log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
-            return "dead"
+            return EventStatus.DEAD
         delay = float(min(60, 2 ** min(attempts, 6)))
         log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
         raise RetryLater(delay, reason) from e
@@ -98,10 +99,10 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         await _finish(
             rt,
             event_id,
-            "skipped",
+            EventStatus.SKIPPED,
             detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}",
         )
-        return "skipped"
+        return EventStatus.SKIPPED
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
         recompute = force_actions = False
@@ -114,10 +115,10 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
             await _finish(
                 rt,
                 event_id,
-                "skipped",
+                EventStatus.SKIPPED,
                 detail=f"superseded: event {superseded_by} of the same ordering key is newer and already processed",
             )
-            return "skipped"
+            return EventStatus.SKIPPED
     try:
         for pipeline in pipelines:
             current = pipeline
@@ -143,8 +144,8 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         if dry
         else None
     )
-    await _finish(rt, event_id, "succeeded", dry_run=dry, detail=detail)
-    return "succeeded"
+    await _finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail)
+    return EventStatus.SUCCEEDED
 
 
 async def _superseded(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeline]) -> int | None:
@@ -168,9 +169,9 @@ async def _failed(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, exc: B
     where = f"pipeline {pipeline.name}: {err}"
     if err.permanent or attempt >= policy.max_attempts:
         why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
-        await _finish(rt, event["id"], "dead", error=where, detail=why)
+        await _finish(rt, event["id"], EventStatus.DEAD, error=where, detail=why)
         log.warning("event %s is dead (%s): %s", event["id"], why, where)
-        return "dead"
+        return EventStatus.DEAD
     delay = policy.delay(attempt, err.retry_after)
     await rt.db.run(
         "retry_event",

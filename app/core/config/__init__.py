@@ -1,0 +1,137 @@
+"""hookline.toml: sources (who may send what) and pipelines (what Claude does with it).
+
+Loaded once per process into typed, frozen models. Errors name the exact key
+(``sources.stripe.provider: unknown provider 'strpe' (did you mean 'stripe'?)``). Secrets never live in
+the file: it names environment variables, resolved through the mapping the settings object provides.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from app.core.config._base import NAME, Strict, import_problem, resolve_target
+from app.core.config.actions import Action, HttpAction, LogAction, PythonAction
+from app.core.config.pipelines import Pipeline, RetryPolicy
+from app.core.config.sources import Source
+from app.core.errors import ConfigError
+from app.core.watchspec import WatchSpec
+from app.signatures import PROVIDERS
+
+__all__ = [
+    "Action",
+    "Config",
+    "HttpAction",
+    "LogAction",
+    "Pipeline",
+    "PythonAction",
+    "RetryPolicy",
+    "Source",
+    "environment_problems",
+    "load_config",
+    "parse_config",
+    "resolve_target",
+]
+
+
+class Config(Strict):
+    sources: dict[str, Source] = Field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = Field(default_factory=dict)
+    watch: tuple[WatchSpec, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for section in ("sources", "pipelines"):
+                items = data.get(section)
+                if isinstance(items, dict):
+                    for key, value in items.items():
+                        if not NAME.match(key):
+                            raise ValueError(f"{section}.{key}: names are letters, digits, '_', '-', '.' (max 64)")
+                        if isinstance(value, dict):
+                            value.setdefault("name", key)
+        return data
+
+    @model_validator(mode="after")
+    def _refs(self) -> Config:
+        for name, p in self.pipelines.items():
+            if p.source not in self.sources and p.source != "db":
+                raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined")
+        return self
+
+    def pipelines_for(self, source: str, event_type: str | None) -> list[Pipeline]:
+        return [p for p in self.pipelines.values() if p.matches(source, event_type)]
+
+    def ordering_locators(self, source: str) -> tuple[str, ...] | None:
+        """The source's ordering key, else the first pipeline of that source that names one."""
+        src = self.sources.get(source)
+        if src is not None and src.ordering_key:
+            return src.ordering_key
+        for p in self.pipelines.values():
+            if p.source == source and p.ordering_key:
+                return p.ordering_key
+        return None
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("function-after", "function-before"))
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            where = _loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            lines.append(f"{where}: {msg}" if where else msg)
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate hookline.toml. A missing file is an empty config (no sources)."""
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data)
+
+
+def environment_problems(config: Config, environ: Mapping[str, str], public_url: str | None = None) -> list[str]:
+    """What `hookline check` reports about the environment the file names (never the values)."""
+    problems: list[str] = []
+    for name, src in config.sources.items():
+        if not src.secrets(environ):
+            problems.append(
+                f"sources.{name}.secrets_env: none of {list(src.secrets_env)} is set; every request will get 401"
+            )
+        if PROVIDERS[src.provider].url_bound and not (src.public_url or public_url):
+            problems.append(
+                f"sources.{name}.public_url: provider {src.provider} signs the URL; "
+                "set public_url (or HOOKLINE_PUBLIC_URL)"
+            )
+    for name, p in config.pipelines.items():
+        for i, action in enumerate(p.actions):
+            if isinstance(action, HttpAction) and not environ.get(action.url_env):
+                problems.append(f"pipelines.{name}.actions.{i}.url_env: {action.url_env} is not set")
+            if isinstance(action, PythonAction):
+                err = import_problem(action.target)
+                if err:
+                    problems.append(f"pipelines.{name}.actions.{i}.target: {err}")
+        if p.output_model:
+            err = import_problem(p.output_model)
+            if err:
+                problems.append(f"pipelines.{name}.output_model: {err}")
+    return problems

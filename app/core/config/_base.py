@@ -1,0 +1,51 @@
+"""Shared pieces of the config models: strict frozen models, name checks, import targets."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from app.signatures import parse_locator
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOCATOR_KEYS = ("delivery_id", "event_type", "occurred_at", "tenant", "ordering_key")
+TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_env_name(v: str) -> str:
+    if not ENV.match(v):
+        raise ValueError(f"{v!r} is not an environment variable name")
+    return v
+
+
+def check_locators(v: str | list[str] | None) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    items = [v] if isinstance(v, str) else list(v)
+    for item in items:
+        parse_locator(item)
+    return tuple(items)
+
+
+def import_problem(target: str) -> str | None:
+    module, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:
+        return f"cannot import {module!r}: {e.__class__.__name__}: {e}"
+    if not hasattr(mod, attr):
+        return f"{module!r} has no attribute {attr!r}"
+    return None
+
+
+def resolve_target(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,107 @@
+"""``[pipelines.NAME]``: which events go to which prompt, and what happens with the answer."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import jsonschema
+from pydantic import Field, field_validator, model_validator
+
+from app.core.config._base import TARGET, Strict, check_locators
+from app.core.config.actions import Action
+
+
+class RetryPolicy(Strict):
+    """``[pipelines.NAME.retry]``: attempts in all (first run included) and exponential backoff."""
+
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_seconds: float = Field(default=2.0, ge=0)
+    max_backoff_seconds: float = Field(default=300.0, ge=0)
+    jitter: bool = True
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before the next run after ``attempt`` runs failed; ``retry_after`` is a floor."""
+        base = min(self.max_backoff_seconds, self.backoff_seconds * (2 ** max(0, attempt - 1)))
+        if self.jitter:
+            base = base * (0.5 + random.random() / 2)
+        if retry_after is not None:
+            base = max(base, min(retry_after, self.max_backoff_seconds))
+        return float(base)
+
+
+class Pipeline(Strict):
+    """``[pipelines.NAME]``: which events go to which prompt, and what happens with the answer."""
+
+    name: str = ""
+    source: str
+    events: tuple[str, ...] = ("*",)
+    fields: tuple[str, ...] = ()
+    model: str = "claude-haiku-5-5"
+    instructions: str
+    system: str | None = None
+    output_schema: dict[str, Any] | None = None
+    output_model: str | None = None
+    max_tokens: int = Field(default=1024, gt=0, le=64000)
+    ordering_key: tuple[str, ...] | None = None
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    latest_wins: bool = False
+    history: int = Field(default=0, ge=0, le=50)
+    actions: tuple[Action, ...] = ()
+
+    @field_validator("events", "fields", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("ordering_key", mode="before")
+    @classmethod
+    def _locators(cls, v: Any) -> Any:
+        return check_locators(v)
+
+    @field_validator("output_model")
+    @classmethod
+    def _model_path(cls, v: str | None) -> str | None:
+        if v is not None and not TARGET.match(v):
+            raise ValueError("output_model must look like 'package.module:ClassName'")
+        return v
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type") != "object":
+            raise ValueError("output_schema must be a JSON Schema whose type is 'object'")
+        if v is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(v)
+            except jsonschema.SchemaError as e:
+                where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+                raise ValueError(f"not a valid JSON Schema at {where}: {e.message}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_output(self) -> Pipeline:
+        if (self.output_schema is None) == (self.output_model is None):
+            raise ValueError("set exactly one of output_schema or output_model")
+        names = [a.name for a in self.actions if a.name]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"actions: duplicate action name(s) {sorted(dupes)}")
+        return self
+
+    def matches(self, source: str, event_type: str | None) -> bool:
+        if source != self.source:
+            return False
+        return any(p == "*" or (event_type is not None and _glob(p, event_type)) for p in self.events)
+
+    def action_key(self, index: int) -> str:
+        action = self.actions[index]
+        return action.name or f"{action.type}#{index}"
+
+
+def _glob(pattern: str, value: str) -> bool:
+    """``invoice.*`` matches ``invoice.paid``; exact otherwise."""
+    if pattern.endswith(".*"):
+        return value.startswith(pattern[:-1])
+    return pattern == value
