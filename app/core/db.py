@@ -94,8 +94,10 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeou
     )
 
 
-async def connect(url: str, *, timeout: float = 5.0) -> Any:
+async def connect(url: str, *, timeout: float = 5.0, application_name: str | None = None) -> Any:
     dsn, server_settings = asyncpg_dsn(url)
+    if application_name:
+        server_settings.setdefault("application_name", application_name)
     conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=server_settings or None)
     await _init_connection(conn)
     return conn

@@ -22,6 +22,7 @@ from app.core.errors import HTTPError
 from app.core.settings import Settings
 from app.core.sqlfiles import queries
 from app.web.ingest import receive_webhook
+from app.web.listener import EventListener
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
 
@@ -119,11 +120,13 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             retry_after=settings.retry_after_seconds,
         )
         await holder.open()
-        state = AppState(settings=settings, config=config, db=holder, expected_migrations=expected)
+        listener = EventListener(settings.dsn())
+        state = AppState(settings=settings, config=config, db=holder, listener=listener, expected_migrations=expected)
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))
         try:
             yield {"hookline": state}
         finally:
+            await listener.close()
             await holder.close()
 
     return Starlette(

@@ -13,6 +13,7 @@ from app.core import db
 from app.core.config import Config
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
+from app.web.listener import EventListener
 from app.web.metrics import Metrics
 
 log = logging.getLogger("hookline.db")
@@ -75,4 +76,6 @@ class AppState:
     config: Config
     db: PoolHolder
     metrics: Metrics = field(default_factory=Metrics)
+    #: The process's one LISTEN connection (started on first use).
+    listener: EventListener = field(default_factory=lambda: EventListener(None))
     expected_migrations: dict[int, str] = field(default_factory=dict)

@@ -1,0 +1,129 @@
+"""One template mechanism for every text that an action or a reply renders.
+
+Templates are Jinja2 run in its :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment` (no access to
+Python internals, no mutation of the context), with ``StrictUndefined`` so that a misspelt name is an
+error rather than an empty string. A template sees exactly three names:
+
+* ``output`` — the pipeline's validated answer;
+* ``event`` — ``id``, ``source``, ``type``, ``tenant``, ``occurred_at``;
+* ``fields`` — the event's payload trimmed to the pipeline's ``fields`` (what the model saw).
+
+It never sees secrets or the environment. :func:`check` compiles a template at config load, so a
+syntax error names its TOML key; :func:`render` raises :class:`TemplateRenderError` at run time, which
+the worker treats as a permanent action failure (the message is kept).
+
+Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
+:func:`render_value`: every string inside is a template, the structure stays as written, so a value
+rendered into JSON can never break the JSON around it. ``escape="xml"`` autoescapes for TwiML and
+other XML replies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+Escape = Literal["none", "xml"]
+
+#: Longest text one render may produce; longer is an error, not a truncation.
+MAX_RENDERED_CHARS = 1_000_000
+
+
+class TemplateRenderError(Exception):
+    """A template failed at render time (an undefined name, a sandbox refusal, a filter error)."""
+
+
+def _env(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+    env.globals.clear()  # no range/lipsum/dict/cycler...: templates format data, they do not compute
+    return env
+
+
+_ENVS: dict[Escape, ImmutableSandboxedEnvironment] = {"none": _env(False), "xml": _env(True)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(source: str, escape: Escape) -> Template:
+    return _ENVS[escape].from_string(source)
+
+
+def check(source: str, escape: Escape = "none") -> None:
+    """Compile ``source``; raises ``ValueError`` with Jinja's message (for config validation)."""
+    try:
+        _compile(source, escape)
+    except TemplateError as e:
+        raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
+
+
+def check_value(value: Any, escape: Escape = "none") -> None:
+    """:func:`check` every string inside a nested structure of dicts and lists."""
+    if isinstance(value, str):
+        check(value, escape)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            check_value(v, escape)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_value(v, escape)
+
+
+@dataclass(frozen=True)
+class TemplateContext:
+    """What a template sees. Build it from the event row, the trimmed fields and the output."""
+
+    output: Any
+    event: Mapping[str, Any]
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        output: Any,
+        event_id: int,
+        source: str,
+        event_type: str | None,
+        tenant: str | None,
+        occurred_at: Any,
+        fields: Mapping[str, Any] | None = None,
+    ) -> TemplateContext:
+        when = occurred_at.isoformat() if hasattr(occurred_at, "isoformat") else occurred_at
+        event = {"id": event_id, "source": source, "type": event_type, "tenant": tenant, "occurred_at": when}
+        return cls(output=output, event=event, fields=dict(fields or {}))
+
+    def names(self) -> dict[str, Any]:
+        return {"output": self.output, "event": dict(self.event), "fields": dict(self.fields)}
+
+
+def render(source: str, ctx: TemplateContext, escape: Escape = "none") -> str:
+    """Render one template; raises :class:`TemplateRenderError` with Jinja's message."""
+    try:
+        text = _compile(source, escape).render(ctx.names())
+    except TemplateError as e:
+        raise TemplateRenderError(f"template error: {e.message or e.__class__.__name__}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:
+        raise TemplateRenderError(f"template error: {e.__class__.__name__}: {e}") from None
+    if len(text) > MAX_RENDERED_CHARS:
+        raise TemplateRenderError(f"template error: rendered text is longer than {MAX_RENDERED_CHARS} characters")
+    return text
+
+
+def render_value(value: Any, ctx: TemplateContext, escape: Escape = "none") -> Any:
+    """Render every string inside a nested structure; other values pass through unchanged."""
+    if isinstance(value, str):
+        return render(value, ctx, escape)
+    if isinstance(value, Mapping):
+        return {k: render_value(v, ctx, escape) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_value(v, ctx, escape) for v in value]
+    return value

@@ -1,0 +1,99 @@
+"""The web process's one LISTEN connection: status waiters and subscribers, with real NOTIFYs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from app.web.listener import EventListener
+
+
+def _insert(conn: psycopg.Connection, delivery_id: str) -> int:
+    row = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id) VALUES ('s', %s) RETURNING id", (delivery_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_waiter_wakes_on_its_own_event_only(db_url: str, conn: psycopg.Connection) -> None:
+    listener = EventListener(db_url)
+    try:
+        assert await listener.wait_connected(10)
+        first, second = _insert(conn, "a"), _insert(conn, "b")
+        async with listener.watch(first) as w1, listener.watch(second) as w2:
+            assert listener.waiting() == 2
+            await asyncio.to_thread(
+                conn.execute, "UPDATE hookline.events SET status = 'succeeded' WHERE id = %s", (first,)
+            )
+            assert await w1.changed(10)
+            assert w1.status == "succeeded"
+            assert not await w2.changed(0.3)
+            assert w2.status is None
+        assert listener.waiting() == 0
+    finally:
+        await listener.close()
+
+
+async def test_subscribers_see_one_insert_notice_per_statement(db_url: str, conn: psycopg.Connection) -> None:
+    listener = EventListener(db_url)
+    try:
+        assert await listener.wait_connected(10)
+        async with listener.subscribe() as queue:
+            await asyncio.to_thread(
+                conn.execute,
+                "INSERT INTO hookline.events (source, delivery_id) "
+                "SELECT 's', 'batch-' || g FROM generate_series(1, 50) g",
+            )
+            notice = await asyncio.wait_for(queue.get(), 10)
+            assert notice.op == "insert"
+            assert notice.data["count"] == 50
+            assert notice.data["max_id"] - notice.data["min_id"] == 49
+            await asyncio.sleep(0.2)
+            assert queue.empty()  # one NOTIFY for the whole statement
+    finally:
+        await listener.close()
+
+
+async def test_reconnects_and_wakes_waiters(db_url: str, conn: psycopg.Connection) -> None:
+    listener = EventListener(db_url, max_backoff=0.5)
+    try:
+        assert await listener.wait_connected(10)
+        event_id = _insert(conn, "c")
+        async with listener.watch(event_id) as waiter:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'hookline-web-listen' AND datname = current_database()"
+            )
+            assert await waiter.changed(15)
+            assert waiter.reconnected  # notices may have been missed: the caller re-reads the row
+        assert listener.connections_made == 2
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("waiters", [200])
+async def test_many_waiters_share_one_connection(db_url: str, conn: psycopg.Connection, waiters: int) -> None:
+    listener = EventListener(db_url)
+    try:
+        ids = [_insert(conn, f"w{i}") for i in range(waiters)]
+
+        async def wait_one(event_id: int) -> str | None:
+            async with listener.watch(event_id) as w:
+                await w.changed(20)
+                return w.status
+
+        tasks = [asyncio.create_task(wait_one(i)) for i in ids]
+        assert await listener.wait_connected(10)
+        await asyncio.sleep(0.1)
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hookline-web-listen' "
+            "AND datname = current_database()"
+        ).fetchone()
+        assert row is not None and row[0] == 1
+        await asyncio.to_thread(conn.execute, "UPDATE hookline.events SET status = 'dead' WHERE id = ANY(%s)", (ids,))
+        assert await asyncio.gather(*tasks) == ["dead"] * waiters
+    finally:
+        await listener.close()

@@ -1,0 +1,67 @@
+"""The one template mechanism: Jinja2's sandbox, strict names, leaf-by-leaf structures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from app.core.templates import TemplateContext, TemplateRenderError, check, check_value, render, render_value
+
+CTX = TemplateContext.of(
+    output={"answer": "42 <b>", "urgent": True},
+    event_id=7,
+    source="slack-commands",
+    event_type="command",
+    tenant="acme",
+    occurred_at=datetime(2026, 12, 1, 9, 0, tzinfo=UTC),
+    fields={"text": "hi"},
+)
+
+
+def test_renders_output_event_and_fields() -> None:
+    text = render(
+        "{{ output.answer }} #{{ event.id }} {{ event.source }} {{ fields.text }} {{ event.occurred_at }}", CTX
+    )
+    assert text == "42 <b> #7 slack-commands hi 2026-12-01T09:00:00+00:00"
+
+
+def test_xml_escape_for_twiml() -> None:
+    assert render("<Message>{{ output.answer }}</Message>", CTX, escape="xml") == "<Message>42 &lt;b&gt;</Message>"
+
+
+def test_structures_render_leaf_by_leaf() -> None:
+    body = {"response_type": "in_channel", "text": "{{ output.answer }}", "n": 3, "blocks": [{"t": "{{ event.type }}"}]}
+    assert render_value(body, CTX) == {
+        "response_type": "in_channel",
+        "text": "42 <b>",
+        "n": 3,
+        "blocks": [{"t": "command"}],
+    }
+
+
+def test_undefined_name_is_a_render_error() -> None:
+    with pytest.raises(TemplateRenderError, match=r"has no attribute 'nope'"):
+        render("{{ output.nope }}", CTX)
+    with pytest.raises(TemplateRenderError):
+        render("{{ environ }}", CTX)
+
+
+def test_sandbox_refuses_python_internals() -> None:
+    with pytest.raises(TemplateRenderError):
+        render("{{ output.__class__.__mro__ }}", CTX)
+    with pytest.raises(TemplateRenderError):
+        render("{{ output.update({'a': 1}) }}", CTX)  # immutable sandbox
+
+
+def test_no_globals_reach_templates() -> None:
+    with pytest.raises(TemplateRenderError):
+        render("{{ range(3) | list }}", CTX)
+
+
+def test_check_reports_syntax_errors() -> None:
+    with pytest.raises(ValueError, match="template error"):
+        check("{{ output.answer ")
+    with pytest.raises(ValueError, match="template error"):
+        check_value({"a": ["ok", "{% if %}"]})
+    check_value({"a": ["{{ output.answer }}", 1, None]})
