@@ -21,6 +21,8 @@ import pytest
 from pytest_postgresql import factories
 
 from app.core import migrations
+from tests.fakes.messages_api import FakeMessagesAPI
+from tests.harness import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -60,7 +62,7 @@ def pg_server() -> Iterator[PgServer]:
 
         home = ROOT / ".hookline"
         home.mkdir(exist_ok=True)
-        server = pgserver.get_server(home / "test-pg", cleanup_mode="stop")
+        server = pgserver.get_server(home / "test-pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     yield _server_from_url(server.get_uri())
     server.cleanup()
 
@@ -139,3 +141,18 @@ def empty_db_url(pg_server: PgServer) -> Iterator[str]:
     yield pg_server.url(name)
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP endpoint standing in for the user's CRM."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeMessagesAPI]:
+    """The fake Messages API the real anthropic SDK talks to."""
+    with FakeMessagesAPI() as f:
+        yield f

@@ -42,10 +42,6 @@ class InvalidOutput(PipelineError):
     permanent = False
 
 
-class ActionFailed(PipelineError):
-    pass
-
-
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     """``retry-after-ms`` / ``retry-after`` (seconds or HTTP date) as seconds, if present."""
     if not headers:

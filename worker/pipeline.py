@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.config import Pipeline
+from app.core.records import EventRow
 from app.core.status import ActionStatus, CallStatus
 from worker.actions import ActionContext, run_action
 from worker.errors import InvalidOutput, PipelineError, classify
@@ -21,9 +22,6 @@ log = logging.getLogger("hookline.pipeline")
 class PipelineOutcome:
     pipeline: str
     dry_run: bool = False
-    reused_answer: bool = False
-    actions_run: int = 0
-    actions_skipped: int = 0
 
 
 def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
@@ -47,9 +45,7 @@ def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
     }
 
 
-async def answer_for(
-    rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False
-) -> tuple[Any, bool]:
+async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:
     """The validated output for (event, pipeline): the stored one if any, else a new model call.
 
     Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the
@@ -101,12 +97,11 @@ async def answer_for(
     return answer.output, False
 
 
-async def _history(rt: Runtime, event: dict[str, Any], pipeline: Pipeline) -> list[dict[str, Any]] | None:
+async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dict[str, Any]] | None:
     """The last ``pipeline.history`` events of the same entity, oldest first, trimmed like the event."""
     if not event.get("ordering_key"):
         return None
-    recent = await rt.db.all(
-        "recent_for_key",
+    recent = await rt.db.history(
         source=event["source"],
         ordering_key=event["ordering_key"],
         event_id=event["id"],
@@ -125,10 +120,10 @@ async def _history(rt: Runtime, event: dict[str, Any], pipeline: Pipeline) -> li
 
 
 async def run_pipeline(
-    rt: Runtime, event: dict[str, Any], pipeline: Pipeline, *, recompute: bool = False, force_actions: bool = False
+    rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False, force_actions: bool = False
 ) -> PipelineOutcome:
     outcome = PipelineOutcome(pipeline.name)
-    output, outcome.reused_answer = await answer_for(rt, event, pipeline, recompute=recompute)
+    output, _reused = await answer_for(rt, event, pipeline, recompute=recompute)
     if output is None:
         outcome.dry_run = True
         return outcome
@@ -144,8 +139,7 @@ async def run_pipeline(
             idempotency_key=idem,
             force=force_actions,
         )
-        if claim is None:
-            outcome.actions_skipped += 1
+        if claim is None:  # already succeeded: a retried job never repeats a side effect
             continue
         ctx = ActionContext(
             event_id=event["id"],
@@ -166,5 +160,4 @@ async def run_pipeline(
             await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
             raise err from e
         await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
-        outcome.actions_run += 1
     return outcome

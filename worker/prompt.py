@@ -12,6 +12,7 @@ import jsonschema
 from pydantic import BaseModel
 
 from app.core.config import Pipeline, resolve_target
+from app.core.records import EventRow
 
 SYSTEM_PREAMBLE = (
     "You are hookline's event processor. You receive one event from a webhook sender or a database "
@@ -105,9 +106,7 @@ def output_spec(pipeline: Pipeline) -> OutputSpec:
     return cached[1]
 
 
-def build_request(
-    pipeline: Pipeline, event: dict[str, Any], history: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def build_request(pipeline: Pipeline, event: EventRow, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The exact ``messages.create`` keyword arguments for this event (stored for dry runs too)."""
     spec = output_spec(pipeline)
     system = SYSTEM_PREAMBLE + "\n\nPipeline instructions:\n" + pipeline.instructions

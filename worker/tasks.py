@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import procrastinate
 from procrastinate import JobContext, RetryDecision
@@ -13,6 +12,7 @@ from procrastinate.jobs import Job
 
 from app.core.config import Pipeline
 from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
+from app.core.records import EventRow
 from app.core.status import EventStatus
 from worker.errors import classify
 from worker.pipeline import run_pipeline
@@ -148,7 +148,7 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
     return EventStatus.SUCCEEDED
 
 
-async def _superseded(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeline]) -> int | None:
+async def _superseded(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> int | None:
     """latest_wins: the id of a newer (sender's clock) event of the same key already processed."""
     if not any(p.latest_wins for p in pipelines) or not event.get("ordering_key") or not event.get("occurred_at"):
         return None
@@ -162,7 +162,7 @@ async def _superseded(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeli
     return int(row["id"]) if row else None
 
 
-async def _failed(rt: Runtime, event: dict[str, Any], pipeline: Pipeline, exc: BaseException) -> str:
+async def _failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseException) -> str:
     err = classify(exc)
     attempt = int(event["attempts"])
     policy = pipeline.retry

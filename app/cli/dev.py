@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import IO
 
 from app.cli import embedded
-from app.core import migrations
+from app.cli.release import release
 from app.core.config import environment_problems, load_config
 from app.core.settings import Settings
 
@@ -36,7 +36,7 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
     for problem in environment_problems(config, environ, settings.public_url):
         print(f"warning: {problem}", file=sys.stderr)
     url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
-    applied = migrations.migrate(url)
+    applied = release(url, config, lambda line: print(f"hookline dev: {line}", flush=True))
     print(
         f"hookline dev: database {'embedded in ' + str(settings.home / 'pg') if server else 'from DATABASE_URL'}, "
         f"{len(applied)} migration(s) applied",

@@ -14,6 +14,7 @@ from pathlib import Path
 from app.cli import bench as benchmark
 from app.cli import embedded
 from app.cli import watch as watching
+from app.cli.release import release
 from app.core import migrations
 from app.core.config import environment_problems, load_config
 from app.core.db import libpq_dsn
@@ -30,11 +31,7 @@ def _db_url(settings: Settings) -> str:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     url = _db_url(settings)
     config = load_config(settings.config)
-    applied = migrations.migrate(url)
-    for m in applied:
-        print(f"applied {m.version:04d}_{m.name}")
-    for line in watching.apply_watches(url, config.watch):
-        print(f"watch {line}")
+    applied = release(url, config)
     st = migrations.status(url)
     print(f"schema is current (version {max(st.applied, default=0):04d}); {len(applied)} migration(s) applied now")
     return 0

@@ -18,9 +18,10 @@ from psycopg.rows import dict_row
 
 from app.core.db import libpq_dsn
 from app.core.errors import HooklineError
-from app.core.sqlfiles import queries
+from app.core.querynames import ReplayQuery
+from app.core.sqlfiles import NamedQueries
 
-Q = queries("replay")
+Q: NamedQueries[ReplayQuery] = NamedQueries("replay", ReplayQuery)
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

@@ -28,9 +28,12 @@ from pydantic import ValidationError
 
 from app.core.db import libpq_dsn
 from app.core.errors import HooklineError
+from app.core.querynames import WatchQuery
 from app.core.settings import Settings
-from app.core.sqlfiles import queries
+from app.core.sqlfiles import NamedQueries
 from app.core.watchspec import WatchSpec
+
+WATCH_SQL: NamedQueries[WatchQuery] = NamedQueries("watch", WatchQuery)
 
 
 class WatchError(HooklineError):
@@ -107,7 +110,7 @@ def _connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
 
 
 def _watch(conn: psycopg.Connection[dict[str, Any]], spec: WatchSpec) -> WatchResult:
-    sql = queries("watch")
+    sql = WATCH_SQL
     try:
         row = conn.execute(sql["watch"], spec.params()).fetchone()
         info = conn.execute(sql["watched_table"], {"table": spec.table}).fetchone()
@@ -152,7 +155,7 @@ def unwatch_table(dsn: str, table: str) -> bool:
     """Stop watching a table; False when it was not watched. Stored events stay."""
     with _connect(dsn) as conn, conn.transaction():
         try:
-            row = conn.execute(queries("watch")["unwatch"], {"table": table}).fetchone()
+            row = conn.execute(WATCH_SQL["unwatch"], {"table": table}).fetchone()
         except psycopg.Error as e:
             raise _error(e, table) from None
     assert row is not None
@@ -163,7 +166,7 @@ def list_watched(dsn: str) -> list[Watched]:
     """Every watched table, from the view hookline.watched."""
     with _connect(dsn) as conn:
         try:
-            rows = conn.execute(queries("watch")["watched"]).fetchall()
+            rows = conn.execute(WATCH_SQL["watched"]).fetchall()
         except psycopg.Error as e:
             raise _error(e) from None
     return [Watched.from_row(r) for r in rows]

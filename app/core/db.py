@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -79,7 +78,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     asyncpg's default reset query and save a round trip per request."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0) -> Any:
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0
+) -> asyncpg.Pool[asyncpg.Record]:
     dsn, server_settings = asyncpg_dsn(url)
     server_settings.setdefault("application_name", "hookline-web")
     return await asyncpg.create_pool(
@@ -94,7 +95,9 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeou
     )
 
 
-async def connect(url: str, *, timeout: float = 5.0, application_name: str | None = None) -> Any:
+async def connect(
+    url: str, *, timeout: float = 5.0, application_name: str | None = None
+) -> asyncpg.Connection[asyncpg.Record]:
     dsn, server_settings = asyncpg_dsn(url)
     if application_name:
         server_settings.setdefault("application_name", application_name)

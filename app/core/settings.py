@@ -90,7 +90,3 @@ class Settings(BaseSettings):
 
     def dsn(self) -> str | None:
         return self.database_url.get_secret_value() if self.database_url else None
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]

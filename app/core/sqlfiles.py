@@ -6,8 +6,10 @@ Runtime SQL is kept in ``sql/queries/*.sql`` as named blocks::
     -- Store a verified delivery; nothing when (source, delivery_id) exists.
     INSERT INTO ...;
 
-Python only names the block. ``tests/integration/test_queries.py`` prepares every block against a
-migrated database, our compile-time check.
+Python only names the block, through a :class:`NamedQueries` typed by a ``Literal`` of the file's
+names (``app/core/querynames.py``): a mistyped name is a mypy error, and a file whose names differ
+from its ``Literal`` fails at import. ``tests/integration/test_schema.py`` prepares every block
+against a migrated database, our compile-time check.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Any, Generic, TypeVar, get_args
 
 _APP = Path(__file__).resolve().parents[1]
 
@@ -48,3 +51,23 @@ def parse_queries(text: str) -> dict[str, str]:
 def queries(name: str) -> dict[str, str]:
     """The named blocks of ``sql/queries/<name>.sql``."""
     return parse_queries((sql_dir() / "queries" / f"{name}.sql").read_text(encoding="utf-8"))
+
+
+N = TypeVar("N", bound=str)
+
+
+class NamedQueries(Generic[N]):
+    """The blocks of one ``sql/queries/<file>.sql``, indexed by a ``Literal`` of its names."""
+
+    def __init__(self, file: str, names: Any) -> None:
+        self._blocks = queries(file)
+        expected, actual = set(get_args(names)), set(self._blocks)
+        if expected != actual:
+            raise RuntimeError(
+                f"sql/queries/{file}.sql and app/core/querynames.py differ: "
+                f"blocks without a name in the Literal {sorted(actual - expected)}, "
+                f"names without a block {sorted(expected - actual)}"
+            )
+
+    def __getitem__(self, name: N) -> str:
+        return self._blocks[name]

@@ -19,15 +19,16 @@ from starlette.routing import Route
 from app.core import migrations
 from app.core.config import Config, load_config
 from app.core.errors import HTTPError
+from app.core.querynames import IngestQuery
 from app.core.settings import Settings
-from app.core.sqlfiles import queries
+from app.core.sqlfiles import NamedQueries
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
 
 log = logging.getLogger("hookline.web")
-Q = queries("ingest")
+Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 
 
 async def healthz(request: Request) -> Response:

@@ -29,7 +29,8 @@ from app.core.errors import (
     PayloadTooLarge,
     UnknownSource,
 )
-from app.core.sqlfiles import queries
+from app.core.querynames import IngestQuery
+from app.core.sqlfiles import NamedQueries
 from app.signatures import (
     PROVIDERS,
     Headers,
@@ -47,7 +48,7 @@ from app.web.state import AppState
 
 log = logging.getLogger("hookline.ingest")
 
-Q = queries("ingest")
+Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 
 #: Header names whose values are credentials or signatures; stored as "[redacted]".
 _REDACT_EXACT = {

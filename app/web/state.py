@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+import asyncpg
 
 from app.core import db
 from app.core.config import Config
@@ -29,7 +30,7 @@ class PoolHolder:
     def __init__(self, url: str | None, *, min_size: int, max_size: int, timeout: float, retry_after: int) -> None:
         self._url = url
         self._min, self._max, self._timeout, self._retry_after = min_size, max_size, timeout, retry_after
-        self._pool: Any = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
         self._next_try = 0.0
 
@@ -49,7 +50,7 @@ class PoolHolder:
                     self._url, min_size=self._min, max_size=self._max, timeout=self._timeout
                 )
 
-    def pool(self) -> Any:
+    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None:
             raise DatabaseUnavailable(
                 "the event store is unavailable; nothing was stored, retry later",
@@ -57,7 +58,7 @@ class PoolHolder:
             )
         return self._pool
 
-    async def ensure(self) -> Any:
+    async def ensure(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None and self._url is not None and time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + 1.0
             with contextlib.suppress(Exception):  # still down: pool() answers 503

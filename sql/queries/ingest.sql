@@ -1,15 +1,5 @@
 -- Runtime SQL of the web process (asyncpg: $1, $2 … placeholders).
 
--- name: insert_event
--- Store a verified delivery. Nothing happens when (source, delivery_id) exists; the AFTER INSERT
--- trigger defers the processing job in this same statement's transaction.
-INSERT INTO hookline.events
-    (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-     headers, body, payload, content_type, remote_addr)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (source, delivery_id) DO NOTHING
-RETURNING id;
-
 -- name: store_event
 -- insert_event and, for a duplicate, the stored id, in one round trip: (id, inserted).
 -- No row back means the conflicting delivery committed after this statement's snapshot: ask find_event.

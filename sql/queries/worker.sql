@@ -73,15 +73,26 @@ WHERE id IN (
     LIMIT %(batch)s);
 
 -- name: prune_payloads
--- Retention: drop the body and payload of a batch of terminal events older than %(days)s days.
--- The row stays, so deduplication on (source, delivery_id) keeps holding.
-UPDATE hookline.events SET body = NULL, payload = NULL
-WHERE id IN (
+-- Retention: drop the body and payload of a batch of terminal events older than %(days)s days,
+-- and the copies of payload text kept beside them: the model request and raw response in
+-- llm_calls (the validated output stays: it is the pipeline's result) and action_runs.result.
+-- The event row stays, so deduplication on (source, delivery_id) keeps holding.
+WITH victims AS (
     SELECT id FROM hookline.events
     WHERE status IN ('succeeded', 'dead', 'skipped')
       AND received_at < now() - make_interval(days => %(days)s)
       AND (body IS NOT NULL OR payload IS NOT NULL)
-    LIMIT %(batch)s);
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), calls AS (
+    UPDATE hookline.llm_calls SET request = '{"pruned": true}'::jsonb, response = NULL
+    WHERE event_id IN (SELECT id FROM victims)
+), runs AS (
+    UPDATE hookline.action_runs SET result = NULL
+    WHERE event_id IN (SELECT id FROM victims) AND result IS NOT NULL
+)
+UPDATE hookline.events SET body = NULL, payload = NULL
+WHERE id IN (SELECT id FROM victims);
 
 -- name: supersede_calls
 -- A replay with recompute: the stored answer steps aside for the new one.

@@ -73,7 +73,7 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
         assert sent.returncode == 0, sent.stderr + sent.stdout
         status: dict[str, dict[str, int]] = {}
         for _ in range(100):
-            out = subprocess.run(
+            proc = subprocess.run(
                 [sys.executable, "-m", "app.cli", "status"],
                 env=env,
                 cwd=tmp_path,
@@ -81,7 +81,7 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
                 text=True,
                 timeout=30,
             )
-            status = json.loads(out.stdout)
+            status = json.loads(proc.stdout)
             if status["events"].get("succeeded"):
                 break
             time.sleep(0.2)

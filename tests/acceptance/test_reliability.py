@@ -306,6 +306,19 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
         )
         conn.execute("UPDATE procrastinate_jobs SET status = 'succeeded'")
         conn.execute("UPDATE procrastinate_events SET at = now() - interval '2 hours'")
+        for delivery_id in ("old_1", "fresh"):  # copies of payload text beside the event
+            conn.execute(
+                "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, response, output) "
+                "SELECT id, 'p', 'm', 'succeeded', '{\"messages\": [\"pii\"]}', '{\"content\": \"pii\"}', "
+                "'{\"answer\": 1}' FROM hookline.events WHERE delivery_id = %s",
+                (delivery_id,),
+            )
+            conn.execute(
+                "INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idempotency_key, "
+                "status, result) SELECT id, 'p', 'a', 'http', 'k-' || id, 'succeeded', '{\"echo\": \"pii\"}' "
+                "FROM hookline.events WHERE delivery_id = %s",
+                (delivery_id,),
+            )
     rt = Runtime.build(settings, config)
     await rt.open()
     try:
@@ -317,6 +330,15 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
     fresh = "SELECT count(*) FROM hookline.events WHERE delivery_id = 'fresh' AND payload IS NOT NULL"
     assert rows(db_url, fresh) == [(1,)]
     assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(0,)]
+    copies = (
+        "SELECT e.delivery_id, c.request, c.response, c.output, a.result FROM hookline.events e "
+        "JOIN hookline.llm_calls c ON c.event_id = e.id JOIN hookline.action_runs a ON a.event_id = e.id "
+        "ORDER BY e.delivery_id"
+    )
+    assert rows(db_url, copies) == [
+        ("fresh", {"messages": ["pii"]}, {"content": "pii"}, {"answer": 1}, {"echo": "pii"}),
+        ("old_1", {"pruned": True}, None, {"answer": 1}, None),
+    ]
     with psycopg.connect(db_url, autocommit=True) as conn:
         dup = conn.execute(
             "INSERT INTO hookline.events (source, delivery_id) VALUES ('stripe', 'old_7') "

@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.cli.watch import WatchSpec, apply_watches
+from app.cli.watch import apply_watches
 from app.core.config import Config
+from app.core.watchspec import WatchSpec
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import config_from, make_settings, rows, wait_for_status, worker_task
 

@@ -6,12 +6,14 @@ import json
 import re
 import select
 from pathlib import Path
+from typing import get_args
 
 import asyncpg
 import psycopg
 import pytest
 
 from app.core import jobs as jobnames
+from app.core import querynames
 from app.core.sqlfiles import queries, sql_dir
 
 
@@ -116,7 +118,15 @@ async def test_every_named_query_prepares(db_url: str) -> None:
                 names.append(f"{path.stem}.{name}")
     finally:
         await conn.close()
-    assert "ingest.insert_event" in names and "worker.start_event" in names
+    assert "ingest.store_event" in names and "worker.start_event" in names
+
+
+def test_every_query_file_has_its_typed_names() -> None:
+    """Each sql/queries file is reached through a Literal of exactly its block names."""
+    files = {p.stem for p in (sql_dir() / "queries").glob("*.sql")}
+    assert files == set(querynames.BY_FILE), "register each sql/queries file in app.core.querynames.BY_FILE"
+    for stem, names in querynames.BY_FILE.items():
+        assert set(get_args(names)) == set(queries(stem)), stem
 
 
 def test_sql_stays_out_of_python() -> None:

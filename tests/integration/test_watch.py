@@ -17,7 +17,8 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from app.cli import watch as watch_mod
-from app.cli.watch import WatchError, WatchSpec, apply_watches, format_watched, list_watched, watch_table
+from app.cli.watch import WatchError, apply_watches, format_watched, list_watched, watch_table
+from app.core.watchspec import WatchSpec
 from tests.harness import make_settings
 
 

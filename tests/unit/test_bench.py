@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from app.cli.bench import ROWS, add_cli
 from app.cli.bench.database import check_name, with_dbname
@@ -20,7 +22,7 @@ from app.core.settings import Settings
 from tests.conftest import PgServer
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict]:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="hookline")
     handlers = add_cli(parser.add_subparsers(dest="command", required=True))
     return parser, handlers
@@ -82,7 +84,7 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
     args = parser.parse_args(
         ["bench", "--quick", "--json", str(out), "--database-name", f"hookline_bench_t{os.getpid()}"]
     )
-    settings = Settings(database_url=pg_server.url("postgres"), home=tmp_path / "home")
+    settings = Settings(database_url=SecretStr(pg_server.url("postgres")), home=tmp_path / "home")
 
     status = handlers["bench"](settings, args)
 

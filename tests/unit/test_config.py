@@ -82,7 +82,7 @@ def test_errors_name_the_key(mutate: Any, expected: str) -> None:
 
 
 def test_hmac_provider_needs_its_table() -> None:
-    data = {"sources": {"x": {"provider": "hmac", "secrets_env": ["S"]}}}
+    data: dict[str, Any] = {"sources": {"x": {"provider": "hmac", "secrets_env": ["S"]}}}
     assert "hmac" in _err(data)
     data["sources"]["x"]["hmac"] = {"header": "X-Sig", "algorithm": "md5"}
     assert "sources.x" in _err(data)

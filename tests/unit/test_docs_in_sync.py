@@ -15,7 +15,7 @@ README = (ROOT / "README.md").read_text()
 def _env_name(field: str) -> str:
     info = Settings.model_fields[field]
     alias = info.validation_alias
-    return alias.choices[0] if alias is not None else f"HOOKLINE_{field.upper()}"  # type: ignore[union-attr]
+    return str(alias.choices[0]) if alias is not None else f"HOOKLINE_{field.upper()}"  # type: ignore[union-attr]
 
 
 def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:

@@ -325,6 +325,7 @@ def test_headers_as_pairs_first_value_wins() -> None:
 
 
 def test_non_object_payloads_do_not_crash() -> None:
-    for payload in (None, "text", 42, [], {"entry": "x"}):
+    payloads: tuple[Any, ...] = (None, "text", 42, [], {"entry": "x"})
+    for payload in payloads:
         for provider in PROVIDERS:
             extract_meta(provider, headers={}, payload=payload)

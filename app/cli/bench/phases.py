@@ -16,10 +16,12 @@ from typing import Any
 
 from app.cli.bench.loadgen import cpu_snapshot, cpu_usage, event_body, percentile
 from app.cli.bench.procs import BenchError
-from app.core.sqlfiles import queries
+from app.core.querynames import IngestQuery
+from app.core.sqlfiles import NamedQueries
 
 SOURCE = "bench"
 ORDERED_SOURCE = "bench-ordered"
+INGEST_SQL: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 TERMINAL = ("succeeded", "dead", "skipped")
 
 #: Trivial reads over hookline.events (the bench's only SQL besides the trigger switch).
@@ -78,12 +80,12 @@ class Events:
         await self.conn.close()
 
     async def insert(self, source: str, delivery_id: str, i: int, key: str | None = None) -> int:
-        return int(await self.conn.fetchval(queries("ingest")["insert_event"], *event_row(source, delivery_id, i, key)))
+        return int(await self.conn.fetchval(INGEST_SQL["store_event"], *event_row(source, delivery_id, i, key)))
 
     async def insert_many(self, rows: list[tuple[Any, ...]]) -> float:
         """All rows in one transaction; returns the client time at commit."""
         async with self.conn.transaction():
-            await self.conn.executemany(queries("ingest")["insert_event"], rows)
+            await self.conn.executemany(INGEST_SQL["store_event"], rows)
         return time.time()
 
     async def count(self, source: str, prefix: str) -> int:

@@ -1,0 +1,19 @@
+"""The release step shared by ``hookline migrate`` and ``hookline dev``: migrations, then ``[[watch]]``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from app.cli.watch import apply_watches
+from app.core import migrations
+from app.core.config import Config
+
+
+def release(url: str, config: Config, out: Callable[[str], None] = print) -> list[migrations.Migration]:
+    """Apply pending migrations, then every ``[[watch]]`` entry; returns the migrations applied now."""
+    applied = migrations.migrate(url)
+    for m in applied:
+        out(f"applied {m.version:04d}_{m.name}")
+    for line in apply_watches(url, config.watch):
+        out(f"watch {line}")
+    return applied

@@ -1,0 +1,45 @@
+"""The names of the named SQL blocks, one ``Literal`` per ``sql/queries/*.sql`` file.
+
+Code reaches a block only through these types (see :class:`app.core.sqlfiles.NamedQueries`): a
+mistyped name is a type error, and adding a block means adding its name here (the loader refuses a
+file and a ``Literal`` that differ).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+IngestQuery = Literal[
+    "store_event",
+    "find_event",
+    "schema_versions",
+    "queue_depth",
+    "event_status_counts",
+]
+
+WorkerQuery = Literal[
+    "start_event",
+    "finish_event",
+    "retry_event",
+    "succeeded_call",
+    "insert_call",
+    "claim_action",
+    "finish_action",
+    "prune_jobs",
+    "prune_payloads",
+    "supersede_calls",
+    "newer_processed",
+    "recent_for_key",
+]
+
+ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
+
+WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
+
+#: Every file of sql/queries and its names (a test checks the two agree).
+BY_FILE: dict[str, Any] = {
+    "ingest": IngestQuery,
+    "worker": WorkerQuery,
+    "replay": ReplayQuery,
+    "watch": WatchQuery,
+}

@@ -1,0 +1,58 @@
+"""Typed records of the rows hookline's code reads back from Postgres.
+
+Each is a ``TypedDict`` named after the query that returns it, so mypy checks every column a caller
+reads (a misspelt or missing column is a type error), while the row stays the plain mapping the
+driver produced: no copy per row on the hot path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypedDict
+
+
+class EventRow(TypedDict):
+    """``start_event``: the event a job works on."""
+
+    id: int
+    source: str
+    delivery_id: str
+    event_type: str | None
+    tenant: str | None
+    ordering_key: str | None
+    occurred_at: datetime | None
+    payload: Any
+    attempts: int
+    received_at: datetime
+
+
+class StoredCallRow(TypedDict):
+    """``succeeded_call``: the stored answer a retry reuses."""
+
+    id: int
+    output: Any
+    response: Any
+
+
+class IdRow(TypedDict):
+    """``insert_call``, ``newer_processed``: just an id."""
+
+    id: int
+
+
+class ClaimRow(TypedDict):
+    """``claim_action``: the action run now owned by this job."""
+
+    id: int
+    attempts: int
+
+
+class HistoryRow(TypedDict):
+    """``recent_for_key``: an earlier event of the same entity."""
+
+    id: int
+    event_type: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+    status: str
+    payload: Any
