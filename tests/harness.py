@@ -87,15 +87,29 @@ async def worker_task(settings: Settings, config: Config, **llm_kwargs: Any) -> 
     from worker.main import run_worker
 
     stop = asyncio.Event()
+    dsn = settings.dsn()
+    assert dsn is not None
+    before = await _registered_workers(dsn)
     task = asyncio.create_task(run_worker(settings, config, install_signals=False, stop=stop, **llm_kwargs))
-    await asyncio.sleep(0.3)
-    if task.done():
-        task.result()
+    deadline = time.monotonic() + 30
+    while await _registered_workers(dsn) <= before:  # ready: procrastinate registered the worker
+        if task.done():
+            task.result()
+        if time.monotonic() > deadline:
+            raise AssertionError("the worker did not register within 30 s")
+        await asyncio.sleep(0.02)
     try:
         yield stop
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def _registered_workers(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM procrastinate_workers")
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 class WorkerProcess:

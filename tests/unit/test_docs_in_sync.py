@@ -49,3 +49,14 @@ def test_every_cli_command_is_documented() -> None:
     build_parser()  # registers the commands other modules add (watch, bench)
     for name in COMMANDS:
         assert f"`hookline {name}" in README, name
+
+
+def test_price_table_matches_the_code() -> None:
+    from worker.pricing import PRICES
+
+    table = README.split("<!-- price-table:start -->")[1].split("<!-- price-table:end -->")[0]
+    documented = {
+        m.group(1): tuple(c.strip() for c in m.group(2).split("|"))
+        for m in re.finditer(r"^\| `([^`]+)` \|(.+)\|$", table, re.MULTILINE)
+    }
+    assert documented == PRICES
