@@ -25,7 +25,6 @@ from tests.fakes.messages_api import FakeMessagesAPI
 from tests.harness import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 @dataclass(frozen=True)

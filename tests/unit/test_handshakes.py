@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.signatures import PROVIDERS, HandshakeReply, accepts_get, handshake, sign_request, verify
-
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "payloads"
+from tests.datafiles import PAYLOADS
 
 
 def call(

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.signatures import PROVIDERS, EventMeta, MetaError, extract_meta, parse_locator, parse_timestamp
 from app.signatures.meta import parse_overrides
-
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "payloads"
-SAMPLES = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
+from tests.datafiles import PAYLOADS, SAMPLES
 
 
 def load(rel: str) -> Any:

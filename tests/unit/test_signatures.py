@@ -1,20 +1,18 @@
-"""Official vectors (shared/vectors/signatures.json) and the verify() contract."""
+"""Official vectors (tests/data/vectors/signatures.json) and the verify() contract."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.signatures import PROVIDERS, REASON_CODES, SignatureError, sign_request, verify
+from tests.datafiles import PAYLOADS, SAMPLES, VECTORS_FILE
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-VECTORS: list[dict[str, Any]] = json.loads((SHARED / "vectors" / "signatures.json").read_text())
-PAYLOADS = SHARED / "payloads"
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text())
 
 
 def _vector_id(v: dict[str, Any]) -> str:
@@ -62,7 +60,7 @@ def test_vector_without_frozen_clock_fails_on_time() -> None:
 
 
 def test_stripe_dotnet_fixture_signature() -> None:
-    """shared/payloads/SOURCES.md: stripe-dotnet EventUtilityTest over the exact file bytes."""
+    """tests/data/payloads/SOURCES.md: stripe-dotnet EventUtilityTest over the exact file bytes."""
     body = (PAYLOADS / "stripe" / "customer.created.json").read_bytes()
     header = "t=1533204620,v1=2220f87ef101a04665f11cdf770523143f875572008577fa0f20882ddb9cc3c7"
     verify("stripe", secrets=["webhook_secret"], headers={"Stripe-Signature": header}, body=body, now=1533204620)
@@ -230,7 +228,7 @@ def test_every_provider_has_a_spec_with_consistent_flags() -> None:
 
 
 def test_every_sample_exists_and_is_json() -> None:
-    samples = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
+    samples = SAMPLES
     for name, spec in PROVIDERS.items():
         if spec.sample is None:
             assert name == "hmac"

@@ -7,14 +7,13 @@ import functools
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.signatures import PROVIDERS, SignatureError, generate_keypair, sign_request, verify
+from tests.datafiles import SAMPLES, VECTORS_FILE
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 NOW = 1_700_000_000
 URL = "https://hooks.example.com/webhooks/src?tenant=acme"
 BODY = b'{"id":"evt_1","type":"thing.happened","name":"Ren\\u00e9e","webhookTimestamp":1}'
@@ -387,7 +386,7 @@ def test_intercom_is_sha1() -> None:
 
 def test_unicode_escapes_re_serialised_fail() -> None:
     """Meta signs the body with \\uXXXX escapes; a re-dump with literal UTF-8 must not verify."""
-    body = (Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples" / "meta_whatsapp.json").read_bytes()
+    body = (SAMPLES / "meta_whatsapp.json").read_bytes()
     assert b"\\u00e9" in body
     req = signed("meta_whatsapp", body=body)
     verify("meta_whatsapp", secrets=[keys("meta_whatsapp")[1]], **req)
@@ -398,9 +397,7 @@ def test_unicode_escapes_re_serialised_fail() -> None:
 
 
 def test_paddle_special_chars_re_serialised_fail() -> None:
-    vector = next(
-        v for v in json.loads((SHARED / "vectors" / "signatures.json").read_text()) if "special_chars" in v["name"]
-    )
+    vector = next(v for v in json.loads(VECTORS_FILE.read_text()) if "special_chars" in v["name"])
     redumped = json.dumps(json.loads(vector["body"]), ensure_ascii=False, separators=(",", ":")).encode()
     assert redumped != vector["body"].encode()
     check(
@@ -417,7 +414,7 @@ def test_paddle_special_chars_re_serialised_fail() -> None:
 def test_sendgrid_trailing_crlf_dropped_fails() -> None:
     vector = next(
         v
-        for v in json.loads((SHARED / "vectors" / "signatures.json").read_text())
+        for v in json.loads(VECTORS_FILE.read_text())
         if v["provider"] == "sendgrid_event_webhook" and v["expected_valid"]
     )
     assert vector["body"].endswith("\r\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ from app.signatures import (
     validate_secret,
     verify,
 )
+from tests.datafiles import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[2] / "app" / "signatures" / "samples"
 NOW = 1_715_678_467
 URL = "https://hookline.example.com/webhooks/src"
 
