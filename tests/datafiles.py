@@ -10,5 +10,5 @@ DATA = ROOT / "tests" / "data"
 VECTORS_FILE = DATA / "vectors" / "signatures.json"
 #: Real published payloads (tests/data/payloads/SOURCES.md).
 PAYLOADS = DATA / "payloads"
-#: The sample payloads ``hookline send`` ships, one per provider.
+#: The sample payloads ``hookline send`` ships, one per provider (each record's ``sample_path``).
 SAMPLES = ROOT / "app" / "signatures" / "samples"

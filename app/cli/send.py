@@ -20,8 +20,6 @@ from app.core.config import Config, Source
 from app.core.errors import ConfigError
 from app.signatures import PROVIDERS, parse_locator, sign_request
 
-SAMPLES = Path(__file__).resolve().parents[1] / "signatures" / "samples"
-
 
 @dataclass
 class Sent:
@@ -32,8 +30,7 @@ class Sent:
 
 
 def sample_payload(provider: str) -> bytes:
-    spec = PROVIDERS[provider]
-    path = SAMPLES / (spec.sample or f"{provider}.json")
+    path = PROVIDERS[provider].sample_path
     if not path.exists():
         raise ConfigError(f"no sample payload ships for provider {provider}; pass --file")
     return path.read_bytes()

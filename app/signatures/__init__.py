@@ -1,6 +1,8 @@
 """Webhook signature verification, signing, event metadata and handshakes — pure functions.
 
-Stdlib + ``cryptography`` only; nothing here imports the rest of ``app``.
+Stdlib + ``cryptography`` only; nothing here imports the rest of ``app``. Everything hookline knows
+about one provider (scheme, metadata locators and rules, handshake, sample) is its record in
+:mod:`app.signatures.registry`; :mod:`app.signatures.provider` defines the record.
 
 Reason codes carried by :class:`SignatureError` (``exc.code``; the message never contains a
 secret or a signature): ``missing_header``, ``malformed_header``, ``malformed_body``,
@@ -46,7 +48,8 @@ from .handshakes import HandshakeReply, accepts_get, handshake
 from .locators import Locator, parse_locator
 from .meta import EventMeta, MetaError, extract_meta, parse_overrides, parse_timestamp
 from .options import HmacOptions
-from .specs import PROVIDERS, ProviderSpec
+from .provider import Provider, ProviderSpec
+from .registry import PROVIDERS
 
 __all__ = [
     "PROVIDERS",
@@ -57,6 +60,7 @@ __all__ = [
     "HmacOptions",
     "Locator",
     "MetaError",
+    "Provider",
     "ProviderSpec",
     "SignatureError",
     "SignedRequest",

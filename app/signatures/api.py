@@ -7,49 +7,19 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import asymmetric, body_hmac, generic, mailgun, standard, timestamped, url_bound
 from ._base import Headers, HeadersInput, Scheme, SignatureError, SignedRequest, SignInput, VerifyRequest
 from .options import HmacOptions, coerce_options
-from .specs import get_spec
-
-_SCHEMES: Mapping[str, Scheme] = {
-    "standard_webhooks": standard.SCHEME,
-    "stripe": timestamped.STRIPE,
-    "github": body_hmac.GITHUB,
-    "shopify": body_hmac.SHOPIFY,
-    "slack": timestamped.SLACK,
-    "twilio": url_bound.TWILIO,
-    "linear": body_hmac.LINEAR,
-    "zendesk": timestamped.ZENDESK,
-    "intercom": body_hmac.INTERCOM,
-    "hubspot_v3": url_bound.HUBSPOT_V3,
-    "meta_whatsapp": body_hmac.META_WHATSAPP,
-    "discord_interactions": asymmetric.DISCORD,
-    "gitlab": body_hmac.GITLAB,
-    "paddle_billing": timestamped.PADDLE_BILLING,
-    "square": url_bound.SQUARE,
-    "pagerduty_v3": body_hmac.PAGERDUTY_V3,
-    "sentry": body_hmac.SENTRY,
-    "mailgun": mailgun.SCHEME,
-    "sendgrid_event_webhook": asymmetric.SENDGRID,
-    "calendly": timestamped.CALENDLY,
-    "typeform": body_hmac.TYPEFORM,
-    "jira_cloud": body_hmac.JIRA_CLOUD,
-    "twitch_eventsub": timestamped.TWITCH_EVENTSUB,
-    "zoom": timestamped.ZOOM,
-    "hmac": generic.SCHEME,
-}
+from .registry import get_provider
 
 OptionsInput = HmacOptions | Mapping[str, Any] | None
 
 
 def _scheme(provider: str) -> Scheme:
-    get_spec(provider)  # ValueError for an unknown name
-    return _SCHEMES[provider]
+    return get_provider(provider).scheme  # ValueError for an unknown name
 
 
 def _options(provider: str, options: OptionsInput) -> HmacOptions | None:
-    if provider == "hmac":
+    if get_provider(provider).takes_options:
         return coerce_options(options)
     return None
 
@@ -73,8 +43,8 @@ def verify(
     where the timestamp is signed. ``url`` is the public URL the sender called (URL-bound schemes:
     twilio, square, hubspot_v3). Unknown provider → ``ValueError``.
     """
-    scheme = _scheme(provider)
-    spec = get_spec(provider)
+    spec = get_provider(provider)
+    scheme = spec.scheme
     opts = _options(provider, options)
     if not isinstance(body, bytes | bytearray | memoryview):
         raise TypeError("body must be the raw request bytes")

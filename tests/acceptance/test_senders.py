@@ -42,7 +42,6 @@ def all_providers_config(monkeypatch: pytest.MonkeyPatch) -> Config:
             source["signing_key_env"] = env + "_PRIVATE"
         if name == "hmac":
             source["hmac"] = HMAC_OPTIONS
-            source["delivery_id"] = "json:id"
         if name == "paddle_billing":
             source["tolerance_seconds"] = 60
         sources[name] = source
@@ -50,19 +49,11 @@ def all_providers_config(monkeypatch: pytest.MonkeyPatch) -> Config:
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-async def test_send_round_trip_for_every_provider(
-    provider: str, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
+async def test_send_round_trip_for_every_provider(provider: str, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     config = all_providers_config(monkeypatch)
     settings = make_settings(db_url, public_url=PUBLIC)
-    file = None
-    if provider == "hmac":
-        file = tmp_path / "hmac.json"
-        file.write_text(json.dumps({"id": "x", "type": "thing.happened", "data": {"n": 1}}))
-    async with web_server(settings, config) as base:
-        sent = await asyncio.to_thread(
-            send, config, provider, environ=os.environ, base_url=base, public_url=PUBLIC, file=file
-        )
+    async with web_server(settings, config) as base:  # every provider, hmac too, posts its shipped sample
+        sent = await asyncio.to_thread(send, config, provider, environ=os.environ, base_url=base, public_url=PUBLIC)
         again = await asyncio.to_thread(
             send,
             config,
@@ -70,7 +61,6 @@ async def test_send_round_trip_for_every_provider(
             environ=os.environ,
             base_url=base,
             public_url=PUBLIC,
-            file=file,
             delivery_id=sent.delivery_id,
         )
     assert sent.status == 200, sent.body
@@ -80,12 +70,18 @@ async def test_send_round_trip_for_every_provider(
     ((source, delivery_id, event_type),) = rows(db_url, "SELECT source, delivery_id, event_type FROM hookline.events")
     assert source == provider and delivery_id
     assert event_type, f"{provider}: no event type extracted from its sample"
+    if provider == "hmac":  # the generic provider's own sample, read with the default locators
+        assert event_type == "order.created"
 
 
 async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     config = all_providers_config(monkeypatch)
     toml = tmp_path / "hookline.toml"
-    toml.write_text('[sources.github]\nprovider = "github"\nsecrets_env = ["HL_GITHUB"]\n')
+    hmac_table = "".join(f'{key} = "{value}"\n' for key, value in HMAC_OPTIONS.items())
+    toml.write_text(
+        '[sources.github]\nprovider = "github"\nsecrets_env = ["HL_GITHUB"]\n'
+        f'[sources.hmac]\nprovider = "hmac"\nsecrets_env = ["HL_HMAC"]\n[sources.hmac.hmac]\n{hmac_table}'
+    )
     settings = make_settings(db_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(toml)}
     async with web_server(settings, config) as base:
@@ -106,9 +102,27 @@ async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, 
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
+        generic = await asyncio.create_subprocess_exec(  # no --file: the hmac provider's shipped sample
+            sys.executable,
+            "-m",
+            "app.cli",
+            "send",
+            "hmac",
+            "--url",
+            base,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        generic_out, generic_err = await generic.communicate()
     assert proc.returncode == 0, err.decode()
     assert "→ 200" in out.decode() and '"accepted"' in out.decode()
-    assert rows(db_url, "SELECT event_type FROM hookline.events") == [("pull_request.opened",)]
+    assert generic.returncode == 0, generic_err.decode()
+    assert "→ 200" in generic_out.decode() and '"accepted"' in generic_out.decode()
+    assert sorted(rows(db_url, "SELECT source, event_type FROM hookline.events")) == [
+        ("github", "pull_request.opened"),
+        ("hmac", "order.created"),
+    ]
 
     check = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -120,7 +134,7 @@ async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, 
         stderr=asyncio.subprocess.PIPE,
     )
     out, _ = await check.communicate()
-    assert check.returncode == 0 and "1 source(s)" in out.decode()
+    assert check.returncode == 0 and "2 source(s)" in out.decode()
     toml.write_text('[sources.github]\nprovider = "githib"\nsecrets_env = ["HL_GITHUB"]\n')
     bad = await asyncio.create_subprocess_exec(
         sys.executable,

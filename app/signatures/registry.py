@@ -1,0 +1,275 @@
+"""The registry: one :class:`~app.signatures.provider.Provider` record per supported sender.
+
+Adding a provider means adding one record here (and its scheme, rules or handshake if it needs new
+ones). A unit test checks that every record is complete: a scheme that signs and verifies its
+sample, locators for the metadata, and a sample that exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from . import asymmetric, body_hmac, generic, mailgun, meta_rules, standard, timestamped, url_bound
+from . import handshake_replies as replies
+from .provider import Provider
+
+_ALL = [
+    Provider(
+        name="standard_webhooks",
+        scheme=standard.SCHEME,
+        default_tolerance=300,
+        delivery_id=("header:webhook-id", "header:svix-id"),
+        event_type=("json:type",),
+        occurred_at=("json:timestamp", "json:created_at", "header:webhook-timestamp", "header:svix-timestamp"),
+    ),
+    Provider(
+        name="stripe",
+        scheme=timestamped.STRIPE,
+        default_tolerance=300,
+        delivery_id=("json:id",),
+        event_type=("json:type",),
+        occurred_at=("json:created",),
+        tenant=("json:account",),
+        sample="stripe/invoice.payment_failed.json",
+    ),
+    Provider(
+        name="github",
+        scheme=body_hmac.GITHUB,
+        default_tolerance=None,
+        delivery_id=("header:X-GitHub-Delivery",),
+        event_type=("header:X-GitHub-Event",),
+        tenant=("json:installation.id", "json:organization.login", "json:repository.owner.login"),
+        rules={"event_type": meta_rules.join_action(("action",))},
+        sample="github/issues.opened.json",
+    ),
+    Provider(
+        name="shopify",
+        scheme=body_hmac.SHOPIFY,
+        default_tolerance=None,
+        delivery_id=("header:X-Shopify-Webhook-Id", "header:Shopify-Webhook-Id"),
+        event_type=("header:X-Shopify-Topic", "header:Shopify-Topic"),
+        occurred_at=("header:X-Shopify-Triggered-At", "header:Shopify-Triggered-At"),
+        tenant=("header:X-Shopify-Shop-Domain", "header:Shopify-Shop-Domain"),
+        sample="shopify/fulfillments.create.json",
+    ),
+    Provider(
+        name="slack",
+        scheme=timestamped.SLACK,
+        default_tolerance=300,
+        delivery_id=("json:event_id",),
+        event_type=("json:event.type", "json:type"),
+        occurred_at=("json:event_time",),
+        tenant=("json:team_id", "json:team.id", "json:enterprise_id"),
+        rules={"event_type": meta_rules.slack_type},
+        handshake=replies.slack,
+        sample="slack/event_callback.message.json",
+    ),
+    Provider(
+        name="twilio",
+        scheme=url_bound.TWILIO,
+        default_tolerance=None,
+        delivery_id=("header:I-Twilio-Idempotency-Token",),
+        event_type=("json:EventType", "json:MessageStatus", "json:CallStatus", "json:SmsStatus"),
+        tenant=("json:AccountSid",),
+        url_bound=True,
+    ),
+    Provider(
+        name="linear",
+        scheme=body_hmac.LINEAR,
+        default_tolerance=60,
+        delivery_id=("header:Linear-Delivery",),
+        event_type=("json:type", "header:Linear-Event"),
+        occurred_at=("json:createdAt", "json:webhookTimestamp"),
+        tenant=("json:organizationId",),
+        rules={"event_type": meta_rules.join_action(("action",))},
+    ),
+    Provider(
+        name="zendesk",
+        scheme=timestamped.ZENDESK,
+        default_tolerance=300,
+        delivery_id=("header:X-Zendesk-Webhook-Invocation-Id", "json:id"),
+        event_type=("json:type",),
+        occurred_at=("json:time", "header:X-Zendesk-Webhook-Signature-Timestamp"),
+        tenant=("json:account_id",),
+    ),
+    Provider(
+        name="intercom",
+        scheme=body_hmac.INTERCOM,
+        default_tolerance=None,
+        delivery_id=("json:id",),
+        event_type=("json:topic",),
+        occurred_at=("json:created_at",),
+        tenant=("json:app_id",),
+    ),
+    Provider(
+        name="hubspot_v3",
+        scheme=url_bound.HUBSPOT_V3,
+        default_tolerance=300,
+        delivery_id=("json:0.eventId",),
+        event_type=("json:0.subscriptionType",),
+        occurred_at=("json:0.occurredAt",),
+        tenant=("json:0.portalId",),
+        url_bound=True,
+    ),
+    Provider(
+        name="meta_whatsapp",
+        scheme=body_hmac.META_WHATSAPP,
+        default_tolerance=None,
+        delivery_id=("json:entry.0.changes.0.value.messages.0.id",),
+        event_type=("json:entry.0.changes.0.field",),
+        occurred_at=(
+            "json:entry.0.changes.0.value.messages.0.timestamp",
+            "json:entry.0.changes.0.value.statuses.0.timestamp",
+            "json:entry.0.time",
+        ),
+        tenant=("json:entry.0.id",),
+        rules={"delivery_id": meta_rules.wa_delivery, "event_type": meta_rules.wa_type},
+        get_handshake=replies.meta_subscribe,
+    ),
+    Provider(
+        name="discord_interactions",
+        scheme=asymmetric.DISCORD,
+        default_tolerance=300,
+        delivery_id=("json:id", "json:event.id"),
+        event_type=("json:event.type", "json:type"),
+        occurred_at=("json:event.timestamp",),
+        tenant=("json:guild_id", "json:application_id"),
+        handshake=replies.discord_ping,
+        public_key=True,
+    ),
+    Provider(
+        name="gitlab",
+        scheme=body_hmac.GITLAB,
+        default_tolerance=None,
+        delivery_id=("header:Idempotency-Key", "header:X-Gitlab-Event-UUID"),
+        event_type=("json:object_kind", "json:event_name", "header:X-Gitlab-Event"),
+        occurred_at=("json:object_attributes.updated_at",),
+        tenant=("json:project.path_with_namespace",),
+        rules={"event_type": meta_rules.join_action(("object_attributes", "action"))},
+    ),
+    Provider(
+        name="paddle_billing",
+        scheme=timestamped.PADDLE_BILLING,
+        default_tolerance=5,
+        delivery_id=("json:event_id", "json:notification_id"),
+        event_type=("json:event_type",),
+        occurred_at=("json:occurred_at",),
+        sample="paddle/customer.created.json",
+    ),
+    Provider(
+        name="square",
+        scheme=url_bound.SQUARE,
+        default_tolerance=None,
+        delivery_id=("json:event_id",),
+        event_type=("json:type",),
+        occurred_at=("json:created_at",),
+        tenant=("json:merchant_id",),
+        url_bound=True,
+    ),
+    Provider(
+        name="pagerduty_v3",
+        scheme=body_hmac.PAGERDUTY_V3,
+        default_tolerance=None,
+        delivery_id=("json:event.id", "header:X-Webhook-Id"),
+        event_type=("json:event.event_type",),
+        occurred_at=("json:event.occurred_at",),
+        tenant=("header:X-Webhook-Subscription",),
+        sample="pagerduty/incident.priority_updated.json",
+    ),
+    Provider(
+        name="sentry",
+        scheme=body_hmac.SENTRY,
+        default_tolerance=None,
+        delivery_id=("header:Request-ID",),
+        event_type=("header:Sentry-Hook-Resource",),
+        occurred_at=("header:Sentry-Hook-Timestamp",),
+        tenant=("json:installation.uuid",),
+        rules={"event_type": meta_rules.join_action(("action",))},
+    ),
+    Provider(
+        name="mailgun",
+        scheme=mailgun.SCHEME,
+        default_tolerance=900,
+        delivery_id=("json:event-data.id", "json:signature.token"),
+        event_type=("json:event-data.event",),
+        occurred_at=("json:event-data.timestamp", "json:signature.timestamp"),
+    ),
+    Provider(
+        name="sendgrid_event_webhook",
+        scheme=asymmetric.SENDGRID,
+        default_tolerance=300,
+        delivery_id=("json:0.sg_event_id",),
+        event_type=("json:0.event",),
+        occurred_at=("json:0.timestamp",),
+        sample="sendgrid/event_webhook.batch.json",
+        public_key=True,
+    ),
+    Provider(
+        name="calendly",
+        scheme=timestamped.CALENDLY,
+        default_tolerance=180,
+        delivery_id=("json:payload.uri",),
+        event_type=("json:event",),
+        occurred_at=("json:created_at",),
+        tenant=("json:payload.scheduled_event.event_memberships.0.user",),
+        rules={"delivery_id": meta_rules.calendly_delivery},
+    ),
+    Provider(
+        name="typeform",
+        scheme=body_hmac.TYPEFORM,
+        default_tolerance=None,
+        delivery_id=("json:event_id",),
+        event_type=("json:event_type",),
+        occurred_at=("json:form_response.submitted_at",),
+        tenant=("json:form_response.form_id",),
+    ),
+    Provider(
+        name="jira_cloud",
+        scheme=body_hmac.JIRA_CLOUD,
+        default_tolerance=None,
+        delivery_id=("header:X-Atlassian-Webhook-Identifier",),
+        event_type=("json:webhookEvent",),
+        occurred_at=("json:timestamp",),
+    ),
+    Provider(
+        name="twitch_eventsub",
+        scheme=timestamped.TWITCH_EVENTSUB,
+        default_tolerance=600,
+        delivery_id=("header:Twitch-Eventsub-Message-Id",),
+        event_type=("header:Twitch-Eventsub-Subscription-Type", "json:subscription.type"),
+        occurred_at=("header:Twitch-Eventsub-Message-Timestamp",),
+        tenant=("json:subscription.condition.broadcaster_user_id",),
+        handshake=replies.twitch_verification,
+    ),
+    Provider(
+        name="zoom",
+        scheme=timestamped.ZOOM,
+        default_tolerance=300,
+        delivery_id=("header:x-zm-trackingid",),
+        event_type=("json:event",),
+        occurred_at=("json:event_ts",),
+        tenant=("json:payload.account_id",),
+        rules={"delivery_id": meta_rules.zoom_delivery},
+        handshake=replies.zoom_url_validation,
+    ),
+    Provider(
+        name="hmac",
+        scheme=generic.SCHEME,
+        default_tolerance=300,
+        delivery_id=("json:id", "json:event_id"),
+        event_type=("json:type", "json:event_type", "json:event"),
+        occurred_at=("json:created_at", "json:timestamp", "json:created"),
+        takes_options=True,
+    ),
+]
+
+PROVIDERS: Mapping[str, Provider] = MappingProxyType({p.name: p for p in _ALL})
+
+
+def get_provider(provider: str) -> Provider:
+    """The record of ``provider``; ``ValueError`` naming the known ones for an unknown name."""
+    try:
+        return PROVIDERS[provider]
+    except KeyError:
+        raise ValueError(f"unknown provider {provider!r}; known: {', '.join(sorted(PROVIDERS))}") from None
