@@ -137,12 +137,12 @@ class Workers:
         self.started.append((name, proc))
         return proc
 
-    async def ready(self, proc: WorkerProcess, *, timeout: float = 30.0) -> WorkerProcess:
+    async def ready(self, proc: WorkerProcess, *, timeout: float = 90.0) -> WorkerProcess:
         """Wait until the child's procrastinate loop runs (stalled jobs were handed back before that)."""
         await wait_for_log(proc, self.READY, timeout=timeout, report=self.report)
         return proc
 
-    async def start(self, name: str, env: Mapping[str, str], *, timeout: float = 30.0) -> WorkerProcess:
+    async def start(self, name: str, env: Mapping[str, str], *, timeout: float = 90.0) -> WorkerProcess:
         return await self.ready(self.spawn(name, env), timeout=timeout)
 
     def report(self) -> str:

@@ -543,13 +543,13 @@ async def test_sigterm_finishes_the_running_job_and_takes_no_new_one(
     web_env: None,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A PaaS deploy: SIGTERM while a 2 s model call runs, HOOKLINE_SHUTDOWN_TIMEOUT=10. The worker
-    finishes that job, exits 0, unregisters, and takes nothing new: an event sent after the signal
-    waits (queued) for the next worker."""
+    """A PaaS deploy: SIGTERM while a 2 s model call runs, HOOKLINE_SHUTDOWN_TIMEOUT=60. The worker
+    finishes that job, exits 0 as soon as it is done (well before the timeout), unregisters, and takes
+    nothing new: an event sent after the signal waits (queued) for the next worker."""
     config = write_config(tmp_path)
     fake.enqueue(slow(2, then=reply(ANSWER)))
     with slow_receiver() as receiver, explained(request, workers):
-        env = worker_env(chaos_db, config, fake_url=fake.base_url, receiver_url=receiver.url, shutdown=10.0)
+        env = worker_env(chaos_db, config, fake_url=fake.base_url, receiver_url=receiver.url, shutdown=60.0)
         a = workers.spawn("A", env)
         async with web(chaos_db, config) as url, httpx.AsyncClient() as client:
             first = (await post_event(client, url, stripe_event("evt_term_1")))["event_id"]
@@ -559,11 +559,11 @@ async def test_sigterm_finishes_the_running_job_and_takes_no_new_one(
             signalled = time.monotonic()
             await wait_for_log(a, "shutdown requested", timeout=5, report=workers.report)
             second = (await post_event(client, url, stripe_event("evt_term_2")))["event_id"]
-            code = await asyncio.to_thread(a.proc.wait, 20)
+            code = await asyncio.to_thread(a.proc.wait, 70)
         exited_in = time.monotonic() - signalled
         print(f"\nSIGTERM with a 2s model call in flight: exit code {code} after {exited_in:.1f}s")
         assert code == 0, workers.report()
-        assert exited_in < 8, workers.report()
+        assert exited_in < 45, "the worker waited for the shutdown timeout, not for its job\n" + workers.report()
         assert event_status(chaos_db, first) == "succeeded", event_and_jobs(chaos_db, first)
         assert len(receiver.received) == 1 and len(fake.calls_to(MESSAGES)) == 1
         assert event_status(chaos_db, second) == "queued", "a stopping worker took a new job"
@@ -602,7 +602,7 @@ async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
             f"\nSIGTERM with a 20s model call in flight, 1s shutdown timeout: exit code {code} after {exited_in:.1f}s"
         )
         assert code == 0, workers.report()
-        assert exited_in < 6, workers.report()
+        assert exited_in < 15, "the worker waited for the 20 s call past its 1 s timeout\n" + workers.report()
         assert [s for _, s, _ in process_jobs(chaos_db)] == ["todo"], "the job is handed back to the queue"
         ((status, error),) = query(chaos_db, "SELECT status, last_error FROM hookline.events WHERE id = %s", event_id)
         assert status == "retrying" and "interrupted" in error, (status, error)

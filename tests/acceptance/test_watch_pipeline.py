@@ -111,7 +111,7 @@ async def test_thousand_rows_in_one_statement_are_processed_once_each(db_url: st
         started = time.monotonic()
         with psycopg.connect(db_url, autocommit=True) as psql:
             assert psql.execute("UPDATE orders SET status = 'shipped'").rowcount == ROWS
-        deadline = started + 60
+        deadline = started + 240  # a ceiling for a loaded machine, not a speed target
         done = 0
         while time.monotonic() < deadline:
             ((done,),) = rows(

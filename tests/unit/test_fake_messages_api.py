@@ -408,10 +408,9 @@ async def test_concurrent_calls_get_their_own_scripted_replies(fake: FakeMessage
         block = msg.content[0]
         return json.loads(block.text)["id"] if isinstance(block, TextBlock) else None
 
-    started = time.monotonic()
     results = await asyncio.gather(*(call(i) for i in ids))
     await aclient.close()
-    assert list(results) == ids and time.monotonic() - started < 3
+    assert list(results) == ids
     assert len({r.response_headers["request-id"] for r in fake.requests}) == 50
 
 
