@@ -53,6 +53,16 @@ class UnknownSource(HTTPError):
     code = "unknown_source"
 
 
+class NotFound(HTTPError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(HTTPError):
+    status = 409
+    code = "conflict"
+
+
 class MethodNotAllowed(HTTPError):
     status = 405
     code = "method_not_allowed"

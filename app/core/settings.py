@@ -82,6 +82,15 @@ class Settings(BaseSettings):
         default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
     )
     outbound_timeout: float = Field(default=10.0, description="Seconds before an http action times out.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin API and the dashboard login. Unset: every /admin path is 404.",
+    )
+    trust_forwarded_proto: bool = Field(
+        default=False,
+        description="Believe X-Forwarded-Proto from the proxy in front (PaaS router) when deciding that a "
+        "request came over HTTPS (Secure session cookie, Origin check).",
+    )
 
     @property
     def environ(self) -> Mapping[str, str]:

@@ -22,8 +22,10 @@ from app.core.errors import HTTPError
 from app.core.querynames import IngestQuery
 from app.core.settings import Settings
 from app.core.sqlfiles import NamedQueries
+from app.web import admin
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
+from app.web.openapi import openapi_json
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
 
@@ -136,6 +138,8 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            *admin.routes(settings),
         ],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error},
         lifespan=lifespan,

@@ -31,6 +31,8 @@ class Source(Strict):
     verify_token_env: str | None = None
     signing_key_env: str | None = None
     hmac: dict[str, Any] | None = None
+    #: Payload fields (dotted paths, e.g. ``data.object.customer_email``) masked in the admin API and dashboard.
+    redact: tuple[str, ...] = ()
 
     @field_validator("provider")
     @classmethod
@@ -62,6 +64,14 @@ class Source(Strict):
     @classmethod
     def _locators(cls, v: Any) -> Any:
         return check_locators(v)
+
+    @field_validator("redact")
+    @classmethod
+    def _redact(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            if not path or any(not part for part in path.split(".")):
+                raise ValueError(f"{path!r} is not a dotted payload path such as 'data.object.customer_email'")
+        return v
 
     @field_validator("public_url")
     @classmethod

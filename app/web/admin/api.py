@@ -1,0 +1,261 @@
+"""``/admin/api``: JSON for operators and scripts, behind ``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN``.
+
+Lists are newest first and keyset-paginated on id: pass a page's ``next_cursor`` as ``cursor`` to get
+the next one (``null`` on the last page). Errors are ``{"error": code, "detail": …}`` like the rest of
+the HTTP API. ``app/web/openapi.py`` describes every route here; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.core.errors import BadRequest, Conflict, DatabaseUnavailable, NotFound, PayloadTooLarge
+from app.core.status import EventStatus
+from app.web.admin import data
+from app.web.admin.auth import require_bearer
+from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.state import AppState
+
+Handler = Callable[[Request, AppState], Awaitable[Response]]
+REPLAYABLE = ("succeeded", "dead", "skipped")
+MIN_TIME = datetime(1, 1, 2, tzinfo=UTC)
+MAX_TIME = datetime(9998, 12, 31, tzinfo=UTC)
+MAX_BODY_BYTES = 64 * 1024
+BIGINT = 2**63 - 1
+
+
+def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Bearer check, then the handler with the app state; database trouble becomes 503/404/409/400."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        state: AppState = request.state.hookline
+        assert state.settings.admin_token is not None  # routes exist only when it is set
+        require_bearer(request, state.settings.admin_token.get_secret_value())
+        return await run_db(state, lambda: handler(request, state))
+
+    return endpoint
+
+
+async def run_db(state: AppState, call: Callable[[], Awaitable[Response]]) -> Response:
+    try:
+        return await call()
+    except asyncpg.NoDataFoundError as e:
+        raise NotFound(_pg_message(e)) from None
+    except asyncpg.ObjectNotInPrerequisiteStateError as e:
+        raise Conflict(_pg_message(e)) from None
+    except asyncpg.InvalidParameterValueError as e:
+        raise BadRequest(_pg_message(e)) from None
+    except DB_UNAVAILABLE:
+        raise DatabaseUnavailable(
+            "the event store is unavailable; retry later",
+            headers={"Retry-After": str(state.settings.retry_after_seconds)},
+        ) from None
+
+
+def _pg_message(e: Exception) -> str:
+    return str(e).removeprefix("hookline.replay: ")
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """ISO-8601; a time without an offset is UTC."""
+    if value is None or value == "":
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+        t = (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).astimezone(UTC)
+        if not MIN_TIME <= t <= MAX_TIME:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{name}: an ISO-8601 time between years 1 and 9998 (e.g. 2026-01-31T12:00:00Z)") from None
+    return t
+
+
+def parse_int(name: str, value: str | None, *, default: int | None, low: int, high: int) -> int | None:
+    if value is None or value == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", value) or not low <= int(value) <= high:
+        raise BadRequest(f"{name}: an integer from {low} to {high}")
+    return int(value)
+
+
+def parse_status(value: str | None, allowed: tuple[str, ...] = tuple(EventStatus)) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise BadRequest(f"status: one of {', '.join(allowed)}")
+    return value
+
+
+def clean(name: str, value: Any) -> str | None:
+    """A text filter as Postgres can take it (no NUL, valid UTF-8), or None when empty."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name}: a string")
+    if "\x00" in value or len(value) > 1000:
+        raise BadRequest(f"{name}: no NUL characters, at most 1000 characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name}: not valid Unicode text") from None
+    return value
+
+
+def event_filter(params: Any) -> data.EventFilter:
+    return data.EventFilter(
+        source=clean("source", params.get("source")),
+        event_type=clean("type", params.get("type")),
+        status=parse_status(params.get("status")),
+        tenant=clean("tenant", params.get("tenant")),
+        since=parse_time("since", params.get("since")),
+        until=parse_time("until", params.get("until")),
+    )
+
+
+def page(items: list[dict[str, Any]], limit: int, key: str) -> str | None:
+    return str(items[-1][key]) if len(items) == limit else None
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        return {}
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise BadRequest("send the options as application/json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name}: true or false")
+    return value
+
+
+def text(body: dict[str, Any], name: str) -> str | None:
+    return clean(name, body.get(name))
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+@guarded
+async def list_events(request: Request, state: AppState) -> Response:
+    p = request.query_params
+    f = event_filter(p)
+    limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
+    before = parse_int("cursor", p.get("cursor"), default=None, low=1, high=BIGINT)
+    pool = await state.db.ensure()
+    events = await data.list_events(pool, f, before=before, limit=limit)
+    return json_response(200, {"events": events, "next_cursor": page(events, limit, "id")})
+
+
+@guarded
+async def event_detail(request: Request, state: AppState) -> Response:
+    event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
+    assert event_id is not None
+    detail = await data.event_detail(await state.db.ensure(), state.config, event_id)
+    if detail is None:
+        raise NotFound(f"no event with id {event_id}")
+    return json_response(200, detail)
+
+
+@guarded
+async def dead_letters(request: Request, state: AppState) -> Response:
+    p = request.query_params
+    limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
+    before = parse_int("cursor", p.get("cursor"), default=None, low=1, high=BIGINT)
+    rows = await data.dead_letters(await state.db.ensure(), before=before, limit=limit)
+    return json_response(200, {"dead_letters": rows, "next_cursor": page(rows, limit, "event_id")})
+
+
+async def replay_event(state: AppState, event_id: int, *, recompute: bool, force: bool) -> int:
+    """``hookline.replay(event_id)``: the new job id (404 / 409 as the function raises)."""
+    pool = await state.db.ensure()
+    return int(await pool.fetchval(data.Q["replay_one"], event_id, recompute, force))
+
+
+@guarded
+async def replay_one(request: Request, state: AppState) -> Response:
+    event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
+    assert event_id is not None
+    body = await json_body(request)
+    job_id = await replay_event(state, event_id, recompute=flag(body, "recompute"), force=flag(body, "force"))
+    return json_response(202, {"event_id": event_id, "job_id": job_id})
+
+
+@guarded
+async def replay_matching(request: Request, state: AppState) -> Response:
+    body = await json_body(request)
+    args = (
+        text(body, "source"),
+        text(body, "type"),
+        parse_status(text(body, "status"), REPLAYABLE),
+        parse_time("since", text(body, "since")),
+        parse_time("until", text(body, "until")),
+    )
+    if all(a is None for a in args):
+        raise BadRequest("name at least one of source, type, status, since, until")
+    pool = await state.db.ensure()
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(data.Q["replay_matching"], *args, flag(body, "recompute"), flag(body, "force"))
+    replayed = [{"event_id": int(r["event_id"]), "job_id": int(r["job_id"])} for r in rows]
+    return json_response(202, {"replayed": len(replayed), "events": replayed})
+
+
+@guarded
+async def stats(request: Request, state: AppState) -> Response:
+    return json_response(200, await data.stats(await state.db.ensure()))
+
+
+def today_utc() -> tuple[datetime, datetime]:
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
+@guarded
+async def cost(request: Request, state: AppState) -> Response:
+    p = request.query_params
+    since = parse_time("since", p.get("since")) or today_utc()[0]
+    until = parse_time("until", p.get("until")) or min(since + timedelta(days=1), MAX_TIME)
+    if until <= since:
+        raise BadRequest("until must be after since")
+    rows = await data.cost(await state.db.ensure(), since, until)
+    total = round(sum(float(r["cost_usd"]) for r in rows), 8)
+    return json_response(
+        200, {"since": since.isoformat(), "until": until.isoformat(), "total_usd": total, "rows": rows}
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/events", list_events, methods=["GET"]),
+        Route("/events/{event_id}", event_detail, methods=["GET"]),
+        Route("/events/{event_id}/replay", replay_one, methods=["POST"]),
+        Route("/dead-letters", dead_letters, methods=["GET"]),
+        Route("/replay", replay_matching, methods=["POST"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/cost", cost, methods=["GET"]),
+    ]

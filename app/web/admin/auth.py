@@ -1,0 +1,148 @@
+"""Who may use /admin: the bearer token (API), a signed session cookie (dashboard), CSRF checks.
+
+* The API takes ``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN``, compared in constant time.
+* The dashboard's login form takes the same token and sets a session cookie
+  (``HttpOnly; SameSite=Strict; Path=/admin``, ``Secure`` when the request came over HTTPS).
+  The cookie is ``v1.ISSUED.NONCE.MAC``, MAC = HMAC-SHA256 under a key derived from the token: every
+  web process accepts it, and changing the token signs everyone out. Nothing is stored server side.
+* Every state-changing dashboard request carries a synchronizer token (HMAC of the session's nonce,
+  in the form field or the ``X-CSRF-Token`` header), and its ``Origin`` (or ``Referer``) must be this
+  site; ``Sec-Fetch-Site: cross-site`` is refused outright. The login form uses a double-submit
+  cookie instead, since there is no session yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.errors import Forbidden, Unauthorized
+from app.core.settings import Settings
+
+SESSION_COOKIE = "hookline_session"
+LOGIN_CSRF_COOKIE = "hookline_login_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+#: How long a dashboard session lasts.
+SESSION_SECONDS = 12 * 3600
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison (of digests, so the length of the token does not show either)."""
+    a = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    b = hashlib.sha256(expected.encode()).digest()
+    return hmac.compare_digest(a, b)
+
+
+def require_bearer(request: Request, token: str) -> None:
+    """401 unless the request carries ``Authorization: Bearer <token>``."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="hookline admin"'}
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("send Authorization: Bearer <HOOKLINE_ADMIN_TOKEN>", headers=challenge)
+    if not token_matches(given.strip(), token):
+        raise Unauthorized("the admin token is not valid", headers=challenge)
+
+
+@dataclass(frozen=True)
+class Session:
+    nonce: str
+    csrf: str
+
+
+class Sessions:
+    """Issues and checks dashboard session cookies and their CSRF tokens."""
+
+    def __init__(self, token: str, settings: Settings) -> None:
+        self._key = hmac.new(token.encode(), b"hookline admin session v1", hashlib.sha256).digest()
+        self._settings = settings
+
+    def _mac(self, message: str) -> str:
+        return _b64(hmac.new(self._key, message.encode(), hashlib.sha256).digest())
+
+    def _csrf(self, nonce: str) -> str:
+        return self._mac("csrf." + nonce)
+
+    def issue(self, now: float | None = None) -> tuple[str, Session]:
+        nonce = _b64(secrets.token_bytes(18))
+        body = f"v1.{int(now if now is not None else time.time())}.{nonce}"
+        return f"{body}.{self._mac(body)}", Session(nonce, self._csrf(nonce))
+
+    def read(self, request: Request) -> Session | None:
+        """The request's valid, unexpired session, or None."""
+        parts = request.cookies.get(SESSION_COOKIE, "").split(".")
+        if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit():
+            return None
+        body = ".".join(parts[:3])
+        if not hmac.compare_digest(self._mac(body).encode(), parts[3].encode()):
+            return None
+        if not 0 <= time.time() - int(parts[1]) < SESSION_SECONDS:
+            return None
+        return Session(parts[2], self._csrf(parts[2]))
+
+    # -- cookies ---------------------------------------------------------------------------------
+
+    def is_https(self, request: Request) -> bool:
+        if request.url.scheme == "https":
+            return True
+        if self._settings.trust_forwarded_proto:
+            return request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() == "https"
+        return False
+
+    def set_cookie(self, request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/admin",
+            httponly=True,
+            samesite="strict",
+            secure=self.is_https(request),
+        )
+
+    def clear_cookie(self, request: Request, response: Response, name: str) -> None:
+        response.delete_cookie(name, path="/admin", httponly=True, samesite="strict", secure=self.is_https(request))
+
+    # -- CSRF ------------------------------------------------------------------------------------
+
+    def check_origin(self, request: Request) -> None:
+        """403 for a request another site made the browser send."""
+        if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+            raise Forbidden("cross-site request refused")
+        origin = request.headers.get("origin") or request.headers.get("referer")
+        if origin is None:
+            return  # no browser hint at all (old browser, curl): the CSRF token still has to match
+        parts = urlsplit(origin)
+        allowed = {request.headers.get("host", "")}
+        if self._settings.public_url:
+            allowed.add(urlsplit(self._settings.public_url).netloc)
+        if origin == "null" or parts.netloc not in allowed:
+            raise Forbidden("cross-origin request refused")
+        if parts.scheme == "http" and self.is_https(request):
+            raise Forbidden("cross-origin request refused")
+
+    def check_csrf(self, request: Request, session: Session, submitted: str | None) -> None:
+        """403 unless the Origin is ours and the synchronizer token matches the session."""
+        self.check_origin(request)
+        given = submitted or request.headers.get(CSRF_HEADER, "")
+        if not given or not hmac.compare_digest(given.encode(), session.csrf.encode()):
+            raise Forbidden("missing or wrong CSRF token; reload the page")
+
+    def check_login_csrf(self, request: Request, submitted: str | None) -> None:
+        """Login: the form's token must equal the login cookie set with the form (double submit)."""
+        self.check_origin(request)
+        cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not cookie or not submitted or not hmac.compare_digest(cookie.encode(), submitted.encode()):
+            raise Forbidden("missing or wrong CSRF token; reload the login page")

@@ -1,0 +1,211 @@
+"""The dashboard at ``/admin``: server-rendered Jinja2 pages, one static script, a live SSE stream.
+
+Login with the admin token gives a signed session cookie (see :mod:`app.web.admin.auth`); every
+POST carries a CSRF token and must come from this site. Pages never load anything from another
+origin (``Content-Security-Policy: default-src 'self'``), so the dashboard works with no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.core.errors import BadRequest, NotFound, PayloadTooLarge
+from app.web.admin import chart, data
+from app.web.admin.api import replay_event, run_db, today_utc
+from app.web.admin.auth import (
+    CSRF_FIELD,
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Session,
+    Sessions,
+    token_matches,
+)
+from app.web.admin.stream import updates
+from app.web.responses import json_response
+from app.web.state import AppState
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+CHART_MINUTES = 60
+MAX_FORM_BYTES = 16 * 1024
+STATUSES = ("queued", "processing", "retrying", "throttled", "succeeded", "skipped", "dead")
+
+Page = Callable[[Request, AppState, Session], Awaitable[Response]]
+
+
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status, headers=SECURITY_HEADERS)
+
+
+def sessions(state: AppState) -> Sessions:
+    assert state.settings.admin_token is not None  # routes exist only when it is set
+    return Sessions(state.settings.admin_token.get_secret_value(), state.settings)
+
+
+def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
+    """The page with its session; no session → the login page (or 401 for scripts and streams)."""
+
+    @functools.wraps(page)
+    async def endpoint(request: Request) -> Response:
+        state: AppState = request.state.hookline
+        session = sessions(state).read(request)
+        if session is None:
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse("/admin/login", status_code=303)
+            return json_response(401, {"error": "unauthorized", "detail": "sign in at /admin/login"})
+        return await run_db(state, lambda: page(request, state, session))
+
+    return endpoint
+
+
+# -- login ---------------------------------------------------------------------------------------
+
+
+async def login_form(request: Request) -> Response:
+    state: AppState = request.state.hookline
+    return _login_page(request, state, error=None, status=200)
+
+
+def _login_page(request: Request, state: AppState, *, error: str | None, status: int) -> Response:
+    csrf = secrets.token_urlsafe(24)
+    response = render("login.html", status, csrf_field=CSRF_FIELD, csrf=csrf, error=error)
+    sessions(state).set_cookie(request, response, LOGIN_CSRF_COOKIE, csrf, max_age=3600)
+    return response
+
+
+async def login(request: Request) -> Response:
+    state: AppState = request.state.hookline
+    s = sessions(state)
+    s.check_origin(request)
+    form = await read_form(request)
+    s.check_login_csrf(request, _str(form.get(CSRF_FIELD)))
+    assert state.settings.admin_token is not None
+    if not token_matches(_str(form.get("token")) or "", state.settings.admin_token.get_secret_value()):
+        return _login_page(request, state, error="That is not the admin token.", status=401)
+    cookie, _ = s.issue()
+    response = RedirectResponse("/admin", status_code=303)
+    s.set_cookie(request, response, SESSION_COOKIE, cookie, max_age=SESSION_SECONDS)
+    s.clear_cookie(request, response, LOGIN_CSRF_COOKIE)
+    return response
+
+
+@signed_in
+async def logout(request: Request, state: AppState, session: Session) -> Response:
+    sessions(state).check_origin(request)
+    form = await read_form(request)
+    sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    response = RedirectResponse("/admin/login", status_code=303)
+    sessions(state).clear_cookie(request, response, SESSION_COOKIE)
+    return response
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (the only kind the dashboard posts)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise BadRequest("post the form as application/x-www-form-urlencoded")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise PayloadTooLarge("the form is too large")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+
+@signed_in
+async def overview(request: Request, state: AppState, session: Session) -> Response:
+    pool = await state.db.ensure()
+    since, until = today_utc()
+    counts = await data.status_counts(pool)
+    return render(
+        "overview.html",
+        csrf=session.csrf,
+        statuses=STATUSES,
+        counts=counts,
+        events=await data.list_events(pool, data.EventFilter(), before=None, limit=30),
+        dead=await data.dead_letters(pool, before=None, limit=50),
+        cost=await data.cost(pool, since, until),
+        day=since.date().isoformat(),
+        stats=await data.stats(pool),
+    )
+
+
+@signed_in
+async def event_page(request: Request, state: AppState, session: Session) -> Response:
+    raw = str(request.path_params["event_id"])
+    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        raise NotFound(f"no event with id {raw}")
+    detail = await data.event_detail(await state.db.ensure(), state.config, int(raw))
+    if detail is None:
+        raise NotFound(f"no event with id {raw}")
+    return render("event.html", csrf=session.csrf, replayable=("succeeded", "dead", "skipped"), **detail)
+
+
+@signed_in
+async def replay(request: Request, state: AppState, session: Session) -> Response:
+    sessions(state).check_origin(request)
+    form = await read_form(request)
+    sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    raw = str(request.path_params["event_id"])
+    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        raise NotFound(f"no event with id {raw}")
+    job_id = await replay_event(state, int(raw), recompute=form.get("recompute") == "1", force=False)
+    if "application/json" in request.headers.get("accept", ""):
+        return json_response(202, {"event_id": int(raw), "job_id": job_id})
+    return RedirectResponse(f"/admin/events/{raw}", status_code=303)
+
+
+@signed_in
+async def chart_svg(request: Request, state: AppState, session: Session) -> Response:
+    rows = await data.throughput(await state.db.ensure(), CHART_MINUTES)
+    return Response(
+        chart.render(rows, CHART_MINUTES), media_type="image/svg+xml", headers={"Cache-Control": "no-store"}
+    )
+
+
+@signed_in
+async def stream(request: Request, state: AppState, session: Session) -> Response:
+    return StreamingResponse(
+        updates(state),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", overview, methods=["GET"]),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/events/{event_id}", event_page, methods=["GET"]),
+        Route("/events/{event_id}/replay", replay, methods=["POST"]),
+        Route("/chart.svg", chart_svg, methods=["GET"]),
+        Route("/stream", stream, methods=["GET"]),
+    ]

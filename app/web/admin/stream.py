@@ -1,0 +1,91 @@
+"""The dashboard's live stream: server-sent events fed by the process's one LISTEN connection.
+
+No polling: the stream waits on :meth:`EventListener.subscribe` (NOTIFY from migration 0005), gathers
+the notices that arrive within a short batch window, reads those events' rows by id (and the counts by
+status) in one go, and sends one ``update`` message. A quiet stream sends a comment line now and then
+so proxies keep it open, and ends after ``MAX_STREAM_SECONDS``; the browser's EventSource reconnects
+by itself (``retry:``) and the page re-reads the database on ``resync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.web.admin import data
+from app.web.listener import Notice
+from app.web.state import AppState
+
+#: Notices that arrive this close together become one message.
+BATCH_SECONDS = 0.2
+KEEPALIVE_SECONDS = 15.0
+#: A stream is closed after this long; the browser reconnects at once (bounded server shutdown).
+MAX_STREAM_SECONDS = 300.0
+#: At most this many rows of one large INSERT batch are sent (the newest).
+MAX_ROWS = 100
+
+
+def sse(event: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def ids_of(notices: list[Notice]) -> tuple[list[int], bool]:
+    """The event ids the notices name (newest MAX_ROWS), and whether a reconnect asks for a resync."""
+    ids: set[int] = set()
+    resync = False
+    for n in notices:
+        if n.op == "status" and n.event_id is not None:
+            ids.add(n.event_id)
+        elif n.op == "insert":
+            low, high = n.data.get("min_id"), n.data.get("max_id")
+            if isinstance(low, int) and isinstance(high, int):
+                ids.update(range(max(low, high - MAX_ROWS + 1), high + 1))
+        elif n.op == "reconnected":
+            resync = True
+    return sorted(ids)[-MAX_ROWS:], resync
+
+
+async def _drain(queue: asyncio.Queue[Notice], first: Notice) -> list[Notice]:
+    notices = [first]
+    deadline = time.monotonic() + BATCH_SECONDS
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            async with asyncio.timeout(left):
+                notices.append(await queue.get())
+        except TimeoutError:
+            break
+    while not queue.empty():
+        notices.append(queue.get_nowait())
+    return notices
+
+
+async def updates(state: AppState) -> AsyncIterator[bytes]:
+    """The body of ``GET /admin/stream``."""
+    ended = time.monotonic() + MAX_STREAM_SECONDS
+    async with state.listener.subscribe() as queue:
+        connected = await state.listener.wait_connected(5.0)
+        yield b"retry: 2000\n\n"
+        yield sse("hello", {"listening": connected})
+        while time.monotonic() < ended:
+            try:
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    first = await queue.get()
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            ids, resync = ids_of(await _drain(queue, first))
+            if resync:
+                yield sse("resync", {})
+            if not ids:
+                continue
+            try:
+                pool = await state.db.ensure()
+                rows = await data.events_by_ids(pool, ids)
+                counts = await data.status_counts(pool)
+            except Exception:  # the database is away: the page shows it, the next notice retries
+                yield sse("error", {"detail": "database unavailable"})
+                continue
+            yield sse("update", {"events": rows, "counts": counts})

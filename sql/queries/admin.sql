@@ -1,0 +1,134 @@
+-- Runtime SQL of the admin API and the dashboard (asyncpg: $1, $2 … placeholders).
+-- Lists are keyset-paginated on id (newest first): the cursor is the last id a page returned.
+
+-- name: list_events
+-- Events matching every filter given (NULL = any), newest first, ids below the cursor.
+SELECT id, source, delivery_id, event_type, tenant, status, attempts, replays, dry_run, detail, last_error,
+       received_at, started_at, finished_at
+FROM hookline.events
+WHERE ($1::text IS NULL OR source = $1)
+  AND ($2::text IS NULL OR event_type = $2)
+  AND ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR tenant = $4)
+  AND ($5::timestamptz IS NULL OR received_at >= $5)
+  AND ($6::timestamptz IS NULL OR received_at < $6)
+  AND ($7::bigint IS NULL OR id < $7)
+ORDER BY id DESC
+LIMIT $8;
+
+-- name: event_row
+-- One event with its parsed payload (masked by the caller) and stored headers; the raw body stays out.
+SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, status, attempts, replays,
+       dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at
+FROM hookline.events WHERE id = $1;
+
+-- name: event_calls
+-- One event's model calls (request and response bodies left out: they can be large).
+SELECT id, pipeline, model, status, output, error, input_tokens, output_tokens, cache_creation_input_tokens,
+       cache_read_input_tokens, cost_usd, latency_ms, request_id, created_at
+FROM hookline.llm_calls WHERE event_id = $1 ORDER BY id;
+
+-- name: event_actions
+-- One event's action runs.
+SELECT id, pipeline, action, action_type, status, attempts, idempotency_key, result, error, started_at, finished_at
+FROM hookline.action_runs WHERE event_id = $1 ORDER BY id;
+
+-- name: event_timeline
+-- One event's steps in order: received, started, each model call, each action, finished.
+SELECT step, at, duration_ms, pipeline, name, status, input_tokens, output_tokens, cost_usd FROM (
+    SELECT 'received' AS step, e.received_at AS at, NULL::bigint AS duration_ms, NULL::text AS pipeline,
+           NULL::text AS name, NULL::text AS status, NULL::integer AS input_tokens, NULL::integer AS output_tokens,
+           NULL::numeric AS cost_usd, 0 AS rank, 0::bigint AS ref
+    FROM hookline.events e WHERE e.id = $1
+    UNION ALL
+    SELECT 'started', e.started_at,
+           (extract(epoch FROM e.started_at - e.received_at) * 1000)::bigint, NULL, NULL, NULL, NULL, NULL, NULL, 1, 0
+    FROM hookline.events e WHERE e.id = $1 AND e.started_at IS NOT NULL
+    UNION ALL
+    SELECT 'model_call', c.created_at, c.latency_ms, c.pipeline, c.model, c.status, c.input_tokens, c.output_tokens,
+           c.cost_usd, 2, c.id
+    FROM hookline.llm_calls c WHERE c.event_id = $1
+    UNION ALL
+    SELECT 'action', coalesce(a.finished_at, a.started_at),
+           (extract(epoch FROM a.finished_at - a.started_at) * 1000)::bigint, a.pipeline, a.action, a.status,
+           NULL, NULL, NULL, 3, a.id
+    FROM hookline.action_runs a WHERE a.event_id = $1
+    UNION ALL
+    SELECT 'finished', e.finished_at,
+           (extract(epoch FROM e.finished_at - e.received_at) * 1000)::bigint, NULL, NULL, e.status, NULL, NULL,
+           NULL, 4, 0
+    FROM hookline.events e WHERE e.id = $1 AND e.finished_at IS NOT NULL
+) steps
+ORDER BY at, rank, ref;
+
+-- name: dead_letters
+-- Dead letters, newest first, ids below the cursor.
+SELECT d.event_id, d.source, d.event_type, e.tenant, d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
+       d.died_at, d.invalid_output_pipeline, d.invalid_output_error
+FROM hookline.dead_letters d JOIN hookline.events e ON e.id = d.event_id
+WHERE ($1::bigint IS NULL OR d.event_id < $1)
+ORDER BY d.event_id DESC
+LIMIT $2;
+
+-- name: replay_one
+-- Replay one finished event through hookline.replay; returns the new job id.
+SELECT hookline.replay($1::bigint, $2::boolean, $3::boolean) AS job_id;
+
+-- name: replay_matching
+-- Bulk replay of the finished events matching the filters (hookline.replay's filter form).
+SELECT event_id, job_id FROM hookline.replay(
+    p_source => $1::text, p_event_type => $2::text, p_status => $3::text,
+    p_since => $4::timestamptz, p_until => $5::timestamptz,
+    p_recompute => $6::boolean, p_force => $7::boolean);
+
+-- name: status_counts
+-- Events per status, all time.
+SELECT status, count(*) AS n FROM hookline.events GROUP BY status;
+
+-- name: recent_counts
+-- Events received in the last hour, and those finished in it with their latency (received → finished).
+SELECT count(*) AS received,
+       count(*) FILTER (WHERE finished_at IS NOT NULL) AS finished,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - received_at))
+           FILTER (WHERE finished_at IS NOT NULL) AS p50_seconds,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - received_at))
+           FILTER (WHERE finished_at IS NOT NULL) AS p95_seconds
+FROM hookline.events
+WHERE received_at > now() - interval '1 hour';
+
+-- name: queue_depth
+-- Jobs waiting and running per queue.
+SELECT queue_name, status::text AS status, count(*) AS n
+FROM procrastinate_jobs
+WHERE status IN ('todo', 'doing')
+GROUP BY queue_name, status
+ORDER BY queue_name, status;
+
+-- name: throughput
+-- Events received per minute over the last $1 minutes, with the latency of those that finished.
+SELECT date_trunc('minute', received_at) AS minute,
+       count(*) AS received,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - received_at))
+           FILTER (WHERE finished_at IS NOT NULL) AS p50_seconds,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - received_at))
+           FILTER (WHERE finished_at IS NOT NULL) AS p95_seconds
+FROM hookline.events
+WHERE received_at > date_trunc('minute', now()) - make_interval(mins => $1::integer - 1)
+GROUP BY 1
+ORDER BY 1;
+
+-- name: cost
+-- Model calls, tokens and cost per tenant and pipeline for calls made in [$1, $2).
+SELECT coalesce(e.tenant, '') AS tenant, c.pipeline, count(*) AS calls,
+       coalesce(sum(c.input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(c.output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(c.cost_usd), 0) AS cost_usd
+FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id
+WHERE c.created_at >= $1 AND c.created_at < $2
+GROUP BY 1, 2
+ORDER BY cost_usd DESC, tenant, c.pipeline;
+
+-- name: events_by_ids
+-- What a live dashboard row shows, for the events named in notices.
+SELECT id, source, event_type, tenant, status, attempts, received_at, finished_at
+FROM hookline.events WHERE id = ANY($1::bigint[]) ORDER BY id;
