@@ -1,0 +1,158 @@
+"""The dashboard's door, over plain HTTP: login, the session cookie's attributes, CSRF and Origin checks.
+
+The browser test (tests/browser/) drives the pages themselves; these tests speak HTTP the way a
+hostile page or a careless proxy would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.acceptance.test_admin_api import TOKEN, admin_config, insert_event
+from tests.harness import make_settings, web_server
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+async def start(db_url: str, monkeypatch: pytest.MonkeyPatch, **over: Any) -> Any:
+    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_x")
+    monkeypatch.setenv("HL_GITHUB_SECRET", "gh")
+    return web_server(make_settings(db_url, admin_token=TOKEN, **over), admin_config())
+
+
+@pytest.fixture
+async def base(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    async with await start(db_url, monkeypatch) as url:
+        yield url
+
+
+async def login(client: httpx.AsyncClient, token: str = TOKEN, **headers: str) -> httpx.Response:
+    page = await client.get("/admin/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert page.status_code == 200 and csrf is not None
+    return await client.post(
+        "/admin/login", content=f"csrf_token={csrf.group(1)}&token={token}", headers={**FORM, **headers}
+    )
+
+
+def csrf_of(page: httpx.Response) -> str:
+    m = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+    assert m is not None
+    return m.group(1)
+
+
+async def test_login_sets_a_strict_httponly_session_cookie(base: str) -> None:
+    async with httpx.AsyncClient(base_url=base) as client:
+        first = await client.get("/admin", headers={"accept": "text/html"})
+        assert first.status_code == 303 and first.headers["location"] == "/admin/login"
+        wrong = await login(client, "not-the-token")
+        assert wrong.status_code == 401 and "not the admin token" in wrong.text and TOKEN not in wrong.text
+        ok = await login(client)
+        assert ok.status_code == 303 and ok.headers["location"] == "/admin"
+        cookie = next(v for k, v in ok.headers.multi_items() if k == "set-cookie" and v.startswith("hookline_session="))
+        attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/admin"} <= attrs and "secure" not in attrs
+        assert TOKEN not in cookie
+        page = await client.get("/admin")
+        assert page.status_code == 200 and "Live events" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert (
+            "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page.text
+        )
+        chart = await client.get("/admin/chart.svg")
+        assert chart.status_code == 200 and chart.headers["content-type"].startswith("image/svg+xml")
+    value = cookie.split(";")[0].split("=", 1)[1]
+    issued = int(value.split(".")[1])
+    forged = [value[:-2] + "xx", value.replace(f".{issued}.", f".{issued + 3600}."), "v1.1.abc.def", ""]
+    for bad in forged:
+        async with httpx.AsyncClient(base_url=base, headers={"cookie": f"hookline_session={bad}"}) as other:
+            assert (await other.get("/admin", headers={"accept": "text/html"})).status_code == 303, bad
+    async with httpx.AsyncClient(base_url=base, headers={"cookie": f"hookline_session={value}"}) as other:
+        assert (await other.get("/admin")).status_code == 200
+
+
+async def test_the_cookie_is_secure_behind_https_only_when_trusted(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a PaaS: the proxy in front is not loopback, so uvicorn itself does not believe its headers.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "192.0.2.1")
+    https = {"x-forwarded-proto": "https"}
+    async with await start(db_url, monkeypatch) as url, httpx.AsyncClient(base_url=url, headers=https) as client:
+        r = await login(client)
+        assert r.status_code == 303
+        assert "secure" not in r.headers["set-cookie"].lower(), "X-Forwarded-Proto must not be trusted by default"
+    trusted = await start(db_url, monkeypatch, trust_forwarded_proto=True)
+    # The client speaks plain http to the test server, so it would hold back Secure cookies: pass them by hand.
+    async with trusted as url, httpx.AsyncClient(base_url=url, headers=https) as client:
+        form = await client.get("/admin/login")
+        login_cookie = form.cookies["hookline_login_csrf"]
+        assert "secure" in form.headers["set-cookie"].lower()
+        r = await client.post(
+            "/admin/login",
+            content=f"csrf_token={login_cookie}&token={TOKEN}",
+            headers={**FORM, "cookie": f"hookline_login_csrf={login_cookie}"},
+        )
+        assert r.status_code == 303
+        cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and "hookline_session=" in v)
+        assert "secure" in cookie.lower()
+        session = {"cookie": cookie.split(";")[0]}
+        page = await client.get("/admin", headers=session)
+        assert page.status_code == 200
+        # Over HTTPS, an http:// Origin is another origin.
+        replay = await client.post(
+            "/admin/events/1/replay",
+            content=f"csrf_token={csrf_of(page)}",
+            headers={**FORM, **session, "origin": url},
+        )
+        assert replay.status_code == 403
+
+
+async def test_a_cross_site_post_is_refused(base: str, conn: psycopg.Connection) -> None:
+    dead = insert_event(conn, "stripe", "dead", status="dead")
+    async with httpx.AsyncClient(base_url=base) as client:
+        assert (await login(client)).status_code == 303
+        csrf = csrf_of(await client.get("/admin"))
+        url = f"/admin/events/{dead}/replay"
+        good = f"csrf_token={csrf}"
+        attempts = [
+            ({**FORM, "origin": "https://evil.example"}, good),
+            ({**FORM, "origin": "null"}, good),
+            ({**FORM, "referer": "https://evil.example/page"}, good),
+            ({**FORM, "sec-fetch-site": "cross-site"}, good),
+            ({**FORM, "origin": base}, ""),
+            ({**FORM, "origin": base}, "csrf_token=forged"),
+            ({"content-type": "text/plain", "origin": "https://evil.example"}, good),
+        ]
+        for headers, body in attempts:
+            r = await client.post(url, content=body, headers=headers)
+            assert r.status_code == 403, (headers, body, r.text)
+        assert conn.execute("SELECT status FROM hookline.events WHERE id = %s", (dead,)).fetchone() == ("dead",)
+        # The login form is protected too (login CSRF): a foreign page cannot sign the browser in.
+        evil_login = await client.post(
+            "/admin/login", content=f"csrf_token=x&token={TOKEN}", headers={**FORM, "origin": "https://evil.example"}
+        )
+        assert evil_login.status_code == 403
+        same_site = await client.post(url, content=good, headers={**FORM, "origin": base, "accept": "application/json"})
+        assert same_site.status_code == 202 and same_site.json()["event_id"] == dead
+        assert conn.execute("SELECT status FROM hookline.events WHERE id = %s", (dead,)).fetchone() == ("queued",)
+
+
+async def test_without_a_session_actions_and_the_stream_are_refused(base: str, conn: psycopg.Connection) -> None:
+    dead = insert_event(conn, "stripe", "dead", status="dead")
+    async with httpx.AsyncClient(base_url=base) as client:
+        assert (
+            await client.post(f"/admin/events/{dead}/replay", content="csrf_token=x", headers=FORM)
+        ).status_code == 401
+        assert (await client.get("/admin/stream")).status_code == 401
+        assert (await client.get(f"/admin/events/{dead}", headers={"accept": "text/html"})).status_code == 303
+        # The API's bearer token is not a dashboard session, and a session is not an API token.
+        api = await client.get("/admin/api/events", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert api.status_code == 200
+        assert (await login(client)).status_code == 303
+        assert (await client.get("/admin/api/events")).status_code == 401
