@@ -85,9 +85,9 @@
     });
     var note = document.querySelector("#dead + .empty-note");
     if (note) note.hidden = dead.rows.length > 0;
-    Object.keys(msg.counts || {}).forEach(function (s) {
-      var n = document.querySelector('#counts .n[data-status="' + s + '"]');
-      if (n) n.textContent = msg.counts[s];
+    var counts = msg.counts || {};
+    document.querySelectorAll("#counts .n[data-status]").forEach(function (n) {
+      n.textContent = counts[n.getAttribute("data-status")] || 0;
     });
     var now = Date.now();
     if (now - lastChart > 10000) {
