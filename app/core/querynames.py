@@ -36,10 +36,28 @@ ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
 
 WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
 
+AdminQuery = Literal[
+    "list_events",
+    "event_row",
+    "event_calls",
+    "event_actions",
+    "event_timeline",
+    "dead_letters",
+    "replay_one",
+    "replay_matching",
+    "status_counts",
+    "recent_counts",
+    "queue_depth",
+    "throughput",
+    "cost",
+    "events_by_ids",
+]
+
 #: Every file of sql/queries and its names (a test checks the two agree).
 BY_FILE: dict[str, Any] = {
     "ingest": IngestQuery,
     "worker": WorkerQuery,
     "replay": ReplayQuery,
     "watch": WatchQuery,
+    "admin": AdminQuery,
 }

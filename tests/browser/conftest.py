@@ -20,8 +20,6 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import fake, receiver  # noqa: F401 - the same fake API and receiver
-
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".hookline" / "artifacts"
 _skipped: list[str] = []

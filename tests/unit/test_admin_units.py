@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from starlette.requests import Request
 
 from app.core.config import parse_config
@@ -44,7 +45,7 @@ def _request(cookie: str = "", **headers: str) -> Request:
 
 
 def test_session_cookies_are_signed_bound_to_the_token_and_expire() -> None:
-    settings = Settings(admin_token="t" * 32)
+    settings = Settings(admin_token=SecretStr("t" * 32))
     sessions = Sessions("t" * 32, settings)
     cookie, session = sessions.issue()
     read = sessions.read(_request(cookie))
@@ -80,7 +81,7 @@ def test_chart_draws_bars_and_the_latency_line() -> None:
 def test_openapi_lists_admin_routes_only_when_admin_is_on() -> None:
     off = document(Settings())
     assert not [p for p in off["paths"] if p.startswith("/admin")] and "securitySchemes" not in off["components"]
-    on = document(Settings(admin_token="x" * 32))
+    on = document(Settings(admin_token=SecretStr("x" * 32)))
     refs: list[str] = []
 
     def walk(node: Any) -> None:

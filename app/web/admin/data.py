@@ -13,9 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 from app.core.config import Config
-from app.core.sqlfiles import queries
+from app.core.querynames import AdminQuery
+from app.core.sqlfiles import NamedQueries
 
-Q = queries("admin")
+Q: NamedQueries[AdminQuery] = NamedQueries("admin", AdminQuery)
 
 MASK = "[redacted]"
 #: Largest page the list endpoints return.
