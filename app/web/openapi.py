@@ -13,8 +13,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.core.config import Config
 from app.core.settings import Settings
 from app.core.status import EventStatus
+from app.signatures import accepts_get
 from app.web.responses import json_response
 
 JSON = "application/json"
@@ -133,17 +135,20 @@ SCHEMAS: dict[str, Any] = {
         ["dead_letters", "next_cursor"],
     ),
     "ReplayOptions": _obj({"recompute": BOOL, "force": BOOL}),
-    "ReplayFilter": _obj(
-        {
-            "source": STR,
-            "type": STR,
-            "status": {"type": "string", "enum": ["succeeded", "dead", "skipped"]},
-            "since": TIME,
-            "until": TIME,
-            "recompute": BOOL,
-            "force": BOOL,
-        }
-    ),
+    "ReplayFilter": {
+        **_obj(
+            {
+                "source": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"},
+                "type": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"},
+                "status": {"type": "string", "enum": ["succeeded", "dead", "skipped"]},
+                "since": TIME,
+                "until": TIME,
+                "recompute": BOOL,
+                "force": BOOL,
+            }
+        ),
+        "anyOf": [{"required": [key]} for key in ("source", "type", "status", "since", "until")],
+    },
     "Replayed": _obj({"event_id": INT, "job_id": INT}, ["event_id", "job_id"]),
     "ReplayedMany": _obj(
         {"replayed": INT, "events": {"type": "array", "items": _ref("Replayed")}}, ["replayed", "events"]
@@ -184,7 +189,7 @@ def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-TEXT_FILTER = {"type": "string", "maxLength": 1000}
+TEXT_FILTER = {"type": "string", "maxLength": 1000, "pattern": "^[^\\u0000]*$"}
 CURSOR = _q("cursor", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "next_cursor of the previous page.")
 LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size.")
 EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
@@ -199,7 +204,8 @@ def _op(summary: str, ok: tuple[str, dict[str, Any]], *, params: Any = None, **e
     responses = {ok[0]: ok[1], **AUTH, **{k: v for k, v in extra.items() if k[0].isdigit()}}
     out: dict[str, Any] = {"summary": summary, "tags": ["admin"], "parameters": params or [], "responses": responses}
     if "body" in extra:
-        out["requestBody"] = {"required": False, "content": {JSON: {"schema": extra["body"]}}}
+        required = bool(extra.get("body_required", False))
+        out["requestBody"] = {"required": required, "content": {JSON: {"schema": extra["body"]}}}
     return out
 
 
@@ -244,6 +250,7 @@ def admin_paths() -> dict[str, Any]:
                 "Replay every finished event matching a filter (at least one of source, type, status, since, until)",
                 ("202", _json(_ref("ReplayedMany"), "Queued again.")),
                 body=_ref("ReplayFilter"),
+                body_required=True,
                 **BAD,
                 **replay_fail,
             )
@@ -268,9 +275,19 @@ def admin_paths() -> dict[str, Any]:
     }
 
 
-def ingest_paths() -> dict[str, Any]:
-    source = {"name": "source", "in": "path", "required": True, "schema": {"type": "string"}}
-    handshake = {"description": "Sender handshake answered (URL verification, challenge).", "content": {"*/*": {}}}
+def _source_param(names: list[str], others: list[str]) -> dict[str, Any]:
+    """The {source} path parameter: one of ``names``; when there is none, any name but ``others``."""
+    schema: dict[str, Any] = {"type": "string"}
+    if names:
+        schema["enum"] = names
+    elif others:
+        schema["not"] = {"enum": others}  # no source answers this method: every name is a 404
+    return {"name": "source", "in": "path", "required": True, "schema": schema, "description": "A configured source."}
+
+
+def ingest_paths(config: Config) -> dict[str, Any]:
+    source = _source_param(sorted(config.sources), [])
+    get_sources = sorted(n for n, s in config.sources.items() if accepts_get(s.provider))
     accepted = _json(_ref("Accepted"), "Stored (accepted) or already stored (duplicate).")
     accepted["content"]["*/*"] = {}  # a provider handshake may answer in its own content type
     errors = {
@@ -293,10 +310,11 @@ def ingest_paths() -> dict[str, Any]:
                 "responses": {"200": accepted, **errors},
             },
             "get": {
-                "summary": "Subscription handshake (providers that verify the URL with a GET)",
+                "summary": "Subscription handshake of providers that verify the URL with a GET (Meta's "
+                "hub.challenge); other sources answer 405",
                 "tags": ["ingest"],
-                "parameters": [source],
-                "responses": {"200": handshake, **errors},
+                "parameters": [_source_param(get_sources, sorted(config.sources))],
+                "responses": {"200": {"description": "The challenge echoed.", "content": {"text/plain": {}}}, **errors},
             },
         },
         "/healthz": {"get": {"summary": "Liveness", "tags": ["health"], "responses": ok}},
@@ -310,9 +328,9 @@ def ingest_paths() -> dict[str, Any]:
     }
 
 
-def document(settings: Settings) -> dict[str, Any]:
+def document(settings: Settings, config: Config) -> dict[str, Any]:
     admin_on = settings.admin_token is not None and bool(settings.admin_token.get_secret_value())
-    paths = ingest_paths()
+    paths = ingest_paths(config)
     components: dict[str, Any] = {"schemas": SCHEMAS}
     if admin_on:
         paths.update(admin_paths())
@@ -334,4 +352,5 @@ def document(settings: Settings) -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return json_response(200, document(request.state.hookline.settings))
+    state = request.state.hookline
+    return json_response(200, document(state.settings, state.config))

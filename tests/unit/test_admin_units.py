@@ -78,10 +78,20 @@ def test_chart_draws_bars_and_the_latency_line() -> None:
     assert 'class="bar"' not in render([], 60, now=now)
 
 
+CONFIG = parse_config(
+    {
+        "sources": {
+            "stripe": {"provider": "stripe", "secrets_env": ["S"]},
+            "meta": {"provider": "meta_whatsapp", "secrets_env": ["M"], "verify_token_env": "MV"},
+        }
+    }
+)
+
+
 def test_openapi_lists_admin_routes_only_when_admin_is_on() -> None:
-    off = document(Settings())
+    off = document(Settings(), CONFIG)
     assert not [p for p in off["paths"] if p.startswith("/admin")] and "securitySchemes" not in off["components"]
-    on = document(Settings(admin_token=SecretStr("x" * 32)))
+    on = document(Settings(admin_token=SecretStr("x" * 32)), CONFIG)
     refs: list[str] = []
 
     def walk(node: Any) -> None:
@@ -93,6 +103,14 @@ def test_openapi_lists_admin_routes_only_when_admin_is_on() -> None:
             for v in node:
                 walk(v)
 
+    webhooks = on["paths"]["/webhooks/{source}"]
+    assert webhooks["post"]["parameters"][0]["schema"]["enum"] == ["meta", "stripe"]
+    assert webhooks["get"]["parameters"][0]["schema"]["enum"] == ["meta"]
+    no_get = document(Settings(), parse_config({"sources": {"s": {"provider": "stripe", "secrets_env": ["S"]}}}))
+    assert no_get["paths"]["/webhooks/{source}"]["get"]["parameters"][0]["schema"] == {
+        "type": "string",
+        "not": {"enum": ["s"]},
+    }
     walk(on)
     schemas = on["components"]["schemas"]
     assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)

@@ -71,8 +71,8 @@ def _pg_message(e: Exception) -> str:
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
-    """ISO-8601; a time without an offset is UTC."""
-    if value is None or value == "":
+    """ISO-8601; a time without an offset is UTC. Absent is None; an empty value is an error."""
+    if value is None:
         return None
     try:
         t = datetime.fromisoformat(value)
@@ -85,7 +85,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
 
 
 def parse_int(name: str, value: str | None, *, default: int | None, low: int, high: int) -> int | None:
-    if value is None or value == "":
+    if value is None:
         return default
     if not re.fullmatch(r"[0-9]{1,19}", value) or not low <= int(value) <= high:
         raise BadRequest(f"{name}: an integer from {low} to {high}")
@@ -155,7 +155,19 @@ def flag(body: dict[str, Any], name: str) -> bool:
 
 
 def text(body: dict[str, Any], name: str) -> str | None:
+    """A string field of a JSON body: absent or null is None, an empty string is an error."""
+    if name in body and body[name] in ("", None):
+        raise BadRequest(f"{name}: must not be empty or null (leave it out instead)")
     return clean(name, body.get(name))
+
+
+def parse_cursor(value: str | None) -> int | None:
+    """A list cursor: the last id of the previous page (any id-like number; past bigint means 'all')."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", value):
+        raise BadRequest("cursor: the next_cursor of the previous page (digits)")
+    return min(int(value), BIGINT)
 
 
 # -- endpoints -----------------------------------------------------------------------------------
@@ -166,7 +178,7 @@ async def list_events(request: Request, state: AppState) -> Response:
     p = request.query_params
     f = event_filter(p)
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
-    before = parse_int("cursor", p.get("cursor"), default=None, low=1, high=BIGINT)
+    before = parse_cursor(p.get("cursor"))
     pool = await state.db.ensure()
     events = await data.list_events(pool, f, before=before, limit=limit)
     return json_response(200, {"events": events, "next_cursor": page(events, limit, "id")})
@@ -186,7 +198,7 @@ async def event_detail(request: Request, state: AppState) -> Response:
 async def dead_letters(request: Request, state: AppState) -> Response:
     p = request.query_params
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
-    before = parse_int("cursor", p.get("cursor"), default=None, low=1, high=BIGINT)
+    before = parse_cursor(p.get("cursor"))
     rows = await data.dead_letters(await state.db.ensure(), before=before, limit=limit)
     return json_response(200, {"dead_letters": rows, "next_cursor": page(rows, limit, "event_id")})
 
@@ -240,9 +252,7 @@ async def cost(request: Request, state: AppState) -> Response:
     p = request.query_params
     since = parse_time("since", p.get("since")) or today_utc()[0]
     until = parse_time("until", p.get("until")) or min(since + timedelta(days=1), MAX_TIME)
-    if until <= since:
-        raise BadRequest("until must be after since")
-    rows = await data.cost(await state.db.ensure(), since, until)
+    rows = await data.cost(await state.db.ensure(), since, until) if since < until else []
     total = round(sum(float(r["cost_usd"]) for r in rows), 8)
     return json_response(
         200, {"since": since.isoformat(), "until": until.isoformat(), "total_usd": total, "rows": rows}
