@@ -6,6 +6,7 @@ hostile page or a careless proxy would.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -156,3 +157,30 @@ async def test_without_a_session_actions_and_the_stream_are_refused(base: str, c
         assert api.status_code == 200
         assert (await login(client)).status_code == 303
         assert (await client.get("/admin/api/events")).status_code == 401
+
+
+async def test_the_stream_sends_rows_named_by_notify(base: str, conn: psycopg.Connection) -> None:
+    """A row written by anyone (here a DBA's psql) reaches the open stream through LISTEN/NOTIFY."""
+    async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        assert (await login(client)).status_code == 303
+        async with client.stream("GET", "/admin/stream") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            messages: list[tuple[str, Any]] = []
+            event = ""
+            inserted: list[int] = []
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    messages.append((event, json.loads(line.removeprefix("data: "))))
+                    if event == "hello":
+                        assert messages[-1][1] == {"listening": True}
+                        inserted.append(insert_event(conn, "github", "live-1", status="queued"))
+                        conn.execute("UPDATE hookline.events SET status = 'dead' WHERE id = %s", (inserted[0],))
+                    elif event == "update" and any(
+                        e["id"] == inserted[0] and e["status"] == "dead" for e in messages[-1][1]["events"]
+                    ):
+                        break
+    updates = [m for e, m in messages if e == "update"]
+    assert updates and all(e["id"] == inserted[0] for m in updates for e in m["events"])
+    assert sum(updates[0]["counts"].values()) == 1, "the first update carries the counts by status"

@@ -22,6 +22,8 @@ from app.web.state import AppState
 #: Notices that arrive this close together become one message.
 BATCH_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
+#: Counts by status are re-read at most this often per stream.
+COUNTS_SECONDS = 2.0
 #: A stream is closed after this long; the browser reconnects at once (bounded server shutdown).
 MAX_STREAM_SECONDS = 300.0
 #: At most this many rows of one large INSERT batch are sent (the newest).
@@ -63,29 +65,45 @@ async def _drain(queue: asyncio.Queue[Notice], first: Notice) -> list[Notice]:
 
 
 async def updates(state: AppState) -> AsyncIterator[bytes]:
-    """The body of ``GET /admin/stream``."""
+    """The body of ``GET /admin/stream``.
+
+    Rows of the events named in notices go out at once; the counts by status (a scan of the events
+    table) at most every ``COUNTS_SECONDS``, and once more when the stream falls quiet, so the last
+    change is always counted.
+    """
     ended = time.monotonic() + MAX_STREAM_SECONDS
+    counted_at, counts_due = 0.0, False
     async with state.listener.subscribe() as queue:
         connected = await state.listener.wait_connected(5.0)
         yield b"retry: 2000\n\n"
         yield sse("hello", {"listening": connected})
         while time.monotonic() < ended:
+            wait = KEEPALIVE_SECONDS
+            if counts_due:
+                wait = max(0.0, counted_at + COUNTS_SECONDS - time.monotonic())
             try:
-                async with asyncio.timeout(KEEPALIVE_SECONDS):
-                    first = await queue.get()
+                async with asyncio.timeout(wait):
+                    first: Notice | None = await queue.get()
             except TimeoutError:
-                yield b": keepalive\n\n"
-                continue
-            ids, resync = ids_of(await _drain(queue, first))
+                first = None
+            ids, resync = ids_of(await _drain(queue, first)) if first is not None else ([], False)
             if resync:
                 yield sse("resync", {})
-            if not ids:
+            counts_due = counts_due or bool(ids)
+            send_counts = counts_due and time.monotonic() - counted_at >= COUNTS_SECONDS
+            if not ids and not send_counts:
+                if first is None:
+                    yield b": keepalive\n\n"
                 continue
+            message: dict[str, Any] = {"events": []}
             try:
                 pool = await state.db.ensure()
-                rows = await data.events_by_ids(pool, ids)
-                counts = await data.status_counts(pool)
+                if ids:
+                    message["events"] = await data.events_by_ids(pool, ids)
+                if send_counts:
+                    message["counts"] = await data.status_counts(pool)
+                    counted_at, counts_due = time.monotonic(), False
             except Exception:  # the database is away: the page shows it, the next notice retries
                 yield sse("error", {"detail": "database unavailable"})
                 continue
-            yield sse("update", {"events": rows, "counts": counts})
+            yield sse("update", message)

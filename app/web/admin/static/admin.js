@@ -85,10 +85,11 @@
     });
     var note = document.querySelector("#dead + .empty-note");
     if (note) note.hidden = dead.rows.length > 0;
-    var counts = msg.counts || {};
-    document.querySelectorAll("#counts .n[data-status]").forEach(function (n) {
-      n.textContent = counts[n.getAttribute("data-status")] || 0;
-    });
+    if (msg.counts) {
+      document.querySelectorAll("#counts .n[data-status]").forEach(function (n) {
+        n.textContent = msg.counts[n.getAttribute("data-status")] || 0;
+      });
+    }
     var now = Date.now();
     if (now - lastChart > 10000) {
       lastChart = now;
