@@ -89,7 +89,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "TimelineStep": _obj(
         {
-            "step": {"type": "string", "enum": ["received", "started", "model_call", "action", "finished"]},
+            "step": {"type": "string", "enum": ["received", "queued", "started", "model_call", "action", "finished"]},
             "at": TIME,
             "duration_ms": N_INT,
             "pipeline": N_STR,

@@ -165,7 +165,8 @@ async def test_detail_masks_the_redacted_fields(admin: httpx.AsyncClient, conn: 
     obj = body["event"]["payload"]["data"]
     assert obj["object"] == {"customer_email": "[redacted]", "amount_due": 1200}
     assert obj["items"] == [{"card": "[redacted]", "sku": "x"}, {"card": "[redacted]", "sku": "y"}]
-    assert [s["step"] for s in body["timeline"]] == ["received", "started", "model_call", "action", "finished"]
+    steps = [s["step"] for s in body["timeline"] if s["step"] != "queued"]  # the view may add a queued step
+    assert steps == ["received", "started", "model_call", "action", "finished"]
     call = next(s for s in body["timeline"] if s["step"] == "model_call")
     assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (100, 20, 0.00123)
     assert [c["pipeline"] for c in body["calls"]] == ["recovery"] and body["actions"][0]["action"] == "http#0"
