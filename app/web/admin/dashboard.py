@@ -142,17 +142,17 @@ async def read_form(request: Request) -> dict[str, str]:
 async def overview(request: Request, state: AppState, session: Session) -> Response:
     pool = await state.db.ensure()
     since, until = today_utc()
-    counts = await data.status_counts(pool)
+    stats = await data.stats(pool)
     return render(
         "overview.html",
         csrf=session.csrf,
         statuses=STATUSES,
-        counts=counts,
+        counts=stats["events_by_status"],
         events=await data.list_events(pool, data.EventFilter(), before=None, limit=30),
         dead=await data.dead_letters(pool, before=None, limit=50),
         cost=await data.cost(pool, since, until),
         day=since.date().isoformat(),
-        stats=await data.stats(pool),
+        stats=stats,
     )
 
 
