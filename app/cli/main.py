@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.cli import bench as benchmark
 from app.cli import embedded
+from app.cli import schedules as scheduling
 from app.cli import watch as watching
 from app.cli.release import release
 from app.core import migrations
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     COMMANDS.update(watching.add_cli(sub))
     COMMANDS.update(benchmark.add_cli(sub))
+    COMMANDS.update(scheduling.add_cli(sub))
     sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
     sub.add_parser("migrate", help="apply pending SQL migrations (Procfile release step)")
     web = sub.add_parser("web", help="serve the HTTP API on $PORT")

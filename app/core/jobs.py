@@ -14,3 +14,6 @@ PROCESS_EVENT = f"{NAMESPACE}:{PROCESS_EVENT_SHORT}"
 #: Periodic upkeep (stalled jobs, retention).
 MAINTENANCE_SHORT = "maintenance"
 MAINTENANCE = f"{NAMESPACE}:{MAINTENANCE_SHORT}"
+#: Fires one ``[schedules.NAME]`` (a procrastinate periodic task per schedule, periodic_id = NAME).
+FIRE_SCHEDULE_SHORT = "fire_schedule"
+FIRE_SCHEDULE = f"{NAMESPACE}:{FIRE_SCHEDULE_SHORT}"

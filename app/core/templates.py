@@ -15,20 +15,25 @@ the worker treats as a permanent action failure (the message is kept).
 Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
 rendered into JSON can never break the JSON around it. ``escape="xml"`` autoescapes for TwiML and
-other XML replies.
+other XML replies; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
+(``/`` ``?`` ``#`` ``@`` included), so a value can never change the host or the path around it.
+
+Expressions (a pipeline's ``when``) use the same sandbox: :func:`check_expression` at config load,
+:func:`evaluate` at run time; a name outside the allowed ones is refused at config load.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-Escape = Literal["none", "xml"]
+Escape = Literal["none", "xml", "url"]
 
 #: Longest text one render may produce; longer is an error, not a truncation.
 MAX_RENDERED_CHARS = 1_000_000
@@ -38,18 +43,28 @@ class TemplateRenderError(Exception):
     """A template failed at render time (an undefined name, a sandbox refusal, a filter error)."""
 
 
-def _env(autoescape: bool) -> ImmutableSandboxedEnvironment:
+def _segment(value: Any) -> str:
+    """One ``{{ … }}`` value of a URL template: a single percent-encoded path segment."""
+    return quote(str(value), safe="")
+
+
+def _env(autoescape: bool, finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
         auto_reload=False,
+        finalize=finalize,
     )
     env.globals.clear()  # no range/lipsum/dict/cycler...: templates format data, they do not compute
     return env
 
 
-_ENVS: dict[Escape, ImmutableSandboxedEnvironment] = {"none": _env(False), "xml": _env(True)}
+_ENVS: dict[Escape, ImmutableSandboxedEnvironment] = {
+    "none": _env(False),
+    "xml": _env(True),
+    "url": _env(False, _segment),
+}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -75,6 +90,46 @@ def check_value(value: Any, escape: Escape = "none") -> None:
     elif isinstance(value, list | tuple):
         for v in value:
             check_value(v, escape)
+
+
+def names_used(source: str) -> set[str]:
+    """The top-level names a template reads (``output``, ``event``, ``fields``…); ValueError if invalid."""
+    env = _ENVS["none"]
+    try:
+        return set(meta.find_undeclared_variables(env.parse(source)))
+    except TemplateError as e:
+        raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_expression(source: str) -> Callable[..., Any]:
+    return _ENVS["none"].compile_expression(source, undefined_to_none=False)
+
+
+def check_expression(source: str, allowed: Iterable[str]) -> None:
+    """Compile an expression (``payload.amount > 100 and event.type == "x"``); ValueError if it is
+    invalid or reads a name outside ``allowed``."""
+    if not source.strip():
+        raise ValueError("expression is empty")
+    try:
+        _compile_expression(source)
+        used = set(meta.find_undeclared_variables(_ENVS["none"].parse("{{ (" + source + ") }}")))
+    except TemplateError as e:
+        raise ValueError(f"expression error: {e.message or e.__class__.__name__}") from None
+    unknown = used - set(allowed)
+    if unknown:
+        raise ValueError(f"expression error: unknown name(s) {sorted(unknown)}; use {sorted(allowed)}")
+
+
+def evaluate(source: str, names: Mapping[str, Any]) -> Any:
+    """Evaluate an expression in the sandbox; raises :class:`TemplateRenderError` (a missing key
+    included: names are strict)."""
+    try:
+        return _compile_expression(source)(**names)
+    except TemplateError as e:
+        raise TemplateRenderError(f"expression error: {e.message or e.__class__.__name__}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:
+        raise TemplateRenderError(f"expression error: {e.__class__.__name__}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,38 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from app.core.config._base import NAME, Strict, import_problem, resolve_target
-from app.core.config.actions import Action, HttpAction, LogAction, PythonAction
+from app.core.config.actions import (
+    Action,
+    EmailAction,
+    EnvHeader,
+    HttpAction,
+    LogAction,
+    PythonAction,
+    SlackAction,
+    SqlAction,
+)
 from app.core.config.pipelines import Pipeline, RetryPolicy
+from app.core.config.schedules import SCHEDULE_SOURCE, Schedule
 from app.core.config.sources import Source
 from app.core.errors import ConfigError
 from app.core.watchspec import WatchSpec
 from app.signatures import PROVIDERS
 
 __all__ = [
+    "SCHEDULE_SOURCE",
     "Action",
     "Config",
+    "EmailAction",
+    "EnvHeader",
     "HttpAction",
     "LogAction",
     "Pipeline",
     "PythonAction",
     "RetryPolicy",
+    "Schedule",
+    "SlackAction",
     "Source",
+    "SqlAction",
     "environment_problems",
     "load_config",
     "parse_config",
@@ -41,13 +57,14 @@ __all__ = [
 class Config(Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
     watch: tuple[WatchSpec, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
     def _names(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for section in ("sources", "pipelines"):
+            for section in ("sources", "pipelines", "schedules"):
                 items = data.get(section)
                 if isinstance(items, dict):
                     for key, value in items.items():
@@ -60,11 +77,24 @@ class Config(Strict):
     @model_validator(mode="after")
     def _refs(self) -> Config:
         for name, p in self.pipelines.items():
-            if p.source not in self.sources and p.source != "db":
+            if p.source not in self.sources and p.source not in ("db", SCHEDULE_SOURCE):
                 raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined")
+        if SCHEDULE_SOURCE in self.sources:
+            raise ValueError(f"sources.{SCHEDULE_SOURCE}: the name is reserved for [schedules] firings")
+        for name, sched in self.schedules.items():
+            target = self.pipelines.get(sched.pipeline)
+            if target is None:
+                raise ValueError(f"schedules.{name}.pipeline: no [pipelines.{sched.pipeline}] is defined")
+            if target.source != SCHEDULE_SOURCE:
+                raise ValueError(
+                    f"schedules.{name}.pipeline: pipelines.{sched.pipeline} must have source = {SCHEDULE_SOURCE!r}"
+                )
         return self
 
     def pipelines_for(self, source: str, event_type: str | None) -> list[Pipeline]:
+        if source == SCHEDULE_SOURCE:  # a firing goes to the pipeline its schedule names, only
+            sched = self.schedules.get(event_type or "")
+            return [self.pipelines[sched.pipeline]] if sched is not None else []
         return [p for p in self.pipelines.values() if p.matches(source, event_type)]
 
     def ordering_locators(self, source: str) -> tuple[str, ...] | None:
@@ -78,8 +108,21 @@ class Config(Strict):
         return None
 
 
+#: Tags pydantic puts in an error's location for a tagged union (``actions.0.slack.text``).
+_UNION_TAGS = frozenset({"http", "log", "python", "slack", "email", "sql"})
+
+
 def _loc(loc: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in loc if part not in ("function-after", "function-before"))
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if part in ("function-after", "function-before"):
+            continue
+        if part in _UNION_TAGS and i >= 1 and isinstance(loc[i - 1], int) and "actions" in loc[:i]:
+            continue
+        if part in ("str", "EnvHeader") and "headers" in loc[:i]:  # the branches of a header value
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
@@ -124,8 +167,9 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
             )
     for name, p in config.pipelines.items():
         for i, action in enumerate(p.actions):
-            if isinstance(action, HttpAction) and not environ.get(action.url_env):
-                problems.append(f"pipelines.{name}.actions.{i}.url_env: {action.url_env} is not set")
+            for key, env in _action_envs(action):
+                if not environ.get(env):
+                    problems.append(f"pipelines.{name}.actions.{i}.{key}: {env} is not set")
             if isinstance(action, PythonAction):
                 err = import_problem(action.target)
                 if err:
@@ -135,3 +179,18 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
             if err:
                 problems.append(f"pipelines.{name}.output_model: {err}")
     return problems
+
+
+def _action_envs(action: Action) -> list[tuple[str, str]]:
+    """``(key, environment variable)`` pairs an action needs at run time."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(action, HttpAction):
+        if action.url_env:
+            pairs.append(("url_env", action.url_env))
+        pairs += [(f"headers.{h}.env", v.env) for h, v in action.headers.items() if isinstance(v, EnvHeader)]
+    elif isinstance(action, SlackAction):
+        named = (("webhook_url_env", action.webhook_url_env), ("token_env", action.token_env))
+        pairs += [(k, v) for k, v in named if v]
+    elif isinstance(action, EmailAction):
+        pairs.append(("smtp_url_env", action.smtp_url_env))
+    return pairs

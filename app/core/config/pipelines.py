@@ -8,8 +8,12 @@ from typing import Any
 import jsonschema
 from pydantic import Field, field_validator, model_validator
 
+from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
 from app.core.config.actions import Action
+
+#: Names a ``when`` expression may read.
+WHEN_NAMES = ("payload", "event")
 
 
 class RetryPolicy(Strict):
@@ -49,6 +53,14 @@ class Pipeline(Strict):
     latest_wins: bool = False
     history: int = Field(default=0, ge=0, le=50)
     actions: tuple[Action, ...] = ()
+    when: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str | None) -> str | None:
+        if v is not None:
+            templates.check_expression(v, WHEN_NAMES)
+        return v
 
     @field_validator("events", "fields", mode="before")
     @classmethod

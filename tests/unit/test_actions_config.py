@@ -1,0 +1,208 @@
+"""Config of the actions that reach real systems, `when` routing and schedules (no database)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cli.schedules import table
+from app.core.config import Config, EmailAction, HttpAction, parse_config
+from app.core.errors import ConfigError
+from app.signatures import verify
+from worker.actions import ActionContext, ActionDeps
+from worker.actions.email import build_message, message_id
+from worker.actions.http import build_headers
+from worker.errors import PermanentError
+from worker.routing import passes
+
+BASE: dict[str, Any] = {
+    "sources": {"gh": {"provider": "github", "secrets_env": ["GH_SECRET"]}},
+    "pipelines": {"p": {"source": "gh", "instructions": "x", "output_schema": {"type": "object"}}},
+}
+OUT_SECRET = "whsec_cmVjZWl2ZXItdmVyaWZpZXMtaG9va2xpbmUtc2lncyE="
+
+
+def config(actions: list[dict[str, Any]] | None = None, **extra: Any) -> Config:
+    data = copy.deepcopy(BASE)
+    if actions is not None:
+        data["pipelines"]["p"]["actions"] = actions
+    for key, value in extra.items():
+        if key == "when":
+            data["pipelines"]["p"]["when"] = value
+        else:
+            data[key] = value
+    return parse_config(data)
+
+
+def error_of(**kw: Any) -> str:
+    with pytest.raises(ConfigError) as e:
+        config(**kw)
+    return str(e.value)
+
+
+CTX = ActionContext(
+    event_id=7,
+    source="gh",
+    event_type="issues.opened",
+    pipeline="p",
+    action="http#0",
+    idempotency_key="hookline-7-p-http#0",
+    output={"comment": "Thanks!", "n": "1/../../admin"},
+    payload={},
+    fields={"repository.full_name": "octo/hello world", "issue.number": 42},
+)
+
+
+def test_template_errors_name_the_key() -> None:
+    msg = error_of(actions=[{"type": "slack", "webhook_url_env": "W", "text": "{{ output.summary"}])
+    assert msg.startswith("pipelines.p.actions.0.text: template error:")
+    msg = error_of(
+        actions=[{"type": "slack", "token_env": "T", "channel": "C1", "text": "x", "blocks": [{"a": "{% if %}"}]}]
+    )
+    assert msg.startswith("pipelines.p.actions.0.blocks: template error:")
+    msg = error_of(
+        actions=[
+            {"type": "email", "smtp_url_env": "S", "from": "a@b.io", "to": "x@y.io", "subject": "s", "body": "{{ }"}
+        ]
+    )
+    assert msg.startswith("pipelines.p.actions.0.body: template error:")
+
+
+def test_action_shapes_are_checked() -> None:
+    assert "exactly one of webhook_url_env" in error_of(actions=[{"type": "slack", "text": "x"}])
+    assert "channel" in error_of(actions=[{"type": "slack", "token_env": "T", "text": "x"}])
+    assert "schema-qualified" in error_of(actions=[{"type": "sql", "function": "apply_lead_score"}])
+    assert "schema-qualified" in error_of(actions=[{"type": "sql", "function": "crm.x; DROP TABLE y"}])
+    assert "exactly one of url" in error_of(actions=[{"type": "http"}])
+    assert "pipelines.p.actions.0.headers.Authorization.env: required key is missing" in error_of(
+        actions=[{"type": "http", "url_env": "U", "headers": {"Authorization": {"prefix": "Bearer "}}}]
+    )
+
+
+def test_url_template_may_not_read_the_output_nor_place_the_host() -> None:
+    msg = error_of(actions=[{"type": "http", "url": "https://api.github.com/x/{{ output.n }}"}])
+    assert msg.startswith("pipelines.p.actions.0.url: a url template may use only") and "output" in msg
+    msg = error_of(actions=[{"type": "http", "url": "https://{{ fields.host }}/x"}])
+    assert "host written out" in msg
+    msg = error_of(actions=[{"type": "http", "url": "https://api.github.com{{ fields.x }}"}])
+    assert "only after the host" in msg
+
+
+def test_url_values_are_single_encoded_path_segments() -> None:
+    from worker.actions.base import render
+
+    url = 'https://api.github.com/repos/{{ fields["repository.full_name"] }}/issues/{{ fields["issue.number"] }}'
+    config([{"type": "http", "url": url}])
+    assert render(url, CTX, what="t", escape="url") == "https://api.github.com/repos/octo%2Fhello%20world/issues/42"
+
+
+def test_http_headers_are_set_once_each() -> None:
+    """The duplicate Content-Type (ours, then the signature's) is gone: RFC 9110 allows one."""
+    action = HttpAction.model_validate(
+        {
+            "type": "http",
+            "url_env": "U",
+            "secret_env": "OUT",
+            "headers": {"Authorization": {"env": "GITHUB_TOKEN", "prefix": "Bearer "}, "X-Plain": "1"},
+        }
+    )
+    deps = ActionDeps(http=httpx.AsyncClient(), environ={"GITHUB_TOKEN": "ghp_x", "OUT": OUT_SECRET}, timeout=1)
+    body = b'{"a":1}'
+    headers = build_headers(action, CTX, deps, body)
+    names = [k.lower() for k, _ in headers.raw]
+    assert len(names) == len(set(names)), names
+    assert headers["content-type"] == "application/json"
+    assert headers["authorization"] == "Bearer ghp_x"
+    assert headers["webhook-id"] == headers["idempotency-key"] == CTX.idempotency_key
+    verify("standard_webhooks", secrets=[OUT_SECRET], headers=dict(headers), body=body)
+    with pytest.raises(PermanentError, match="GITHUB_TOKEN is not set") as e:
+        build_headers(action, CTX, ActionDeps(http=deps.http, environ={}, timeout=1), body)
+    assert "ghp_x" not in str(e.value)
+
+
+def test_email_message_id_comes_from_the_idempotency_key() -> None:
+    action = EmailAction.model_validate(
+        {
+            "type": "email",
+            "smtp_url_env": "S",
+            "from": "Hookline <ops@example.com>",
+            "to": "{{ output.to }}",
+            "subject": "Re: {{ event.type }}",
+            "body": "{{ output.comment }}",
+        }
+    )
+    ctx = ActionContext(**{**CTX.__dict__, "output": {"to": "ada@example.com", "comment": "hi"}})
+    msg, to = build_message(action, ctx)
+    again, _ = build_message(action, ctx)
+    assert to == ["ada@example.com"]
+    assert msg["Message-ID"] == again["Message-ID"] == message_id(CTX.idempotency_key, "ops@example.com")
+    assert msg["Message-ID"].endswith("@example.com>")
+    bad = ActionContext(**{**CTX.__dict__, "output": {"to": "not an address\r\nBcc: x@y.io", "comment": ""}})
+    with pytest.raises(PermanentError, match="not an email address"):
+        build_message(action, bad)
+
+
+def test_when_is_checked_at_load_and_filters_at_run() -> None:
+    assert "pipelines.p.when: expression error" in error_of(when="payload.amount >")
+    assert "unknown name(s) ['output']" in error_of(when="output.x > 1")
+    assert "unsafe" not in error_of(when="payload.__class__ and nope")  # an unknown name is refused first
+    cfg = config(when="payload.data.object.amount_due > 10000 and event.type == 'invoice.payment_failed'")
+    p = cfg.pipelines["p"]
+    event = {"source": "gh", "event_type": "invoice.payment_failed", "tenant": None, "occurred_at": None}
+    assert passes(p, {**event, "payload": {"data": {"object": {"amount_due": 20000}}}}) == (True, None)
+    ok, why = passes(p, {**event, "payload": {"data": {"object": {"amount_due": 500}}}})
+    assert not ok and why == "when is false"
+    ok, why = passes(p, {**event, "payload": {"data": {}}})
+    assert not ok and why is not None and "has no attribute 'object'" in why
+
+
+SCHEDULED = {
+    "pipelines": {
+        **BASE["pipelines"],
+        "digest": {"source": "schedule", "instructions": "Summarize.", "output_schema": {"type": "object"}},
+    },
+    "schedules": {
+        "daily-digest": {
+            "cron": "0 9 * * *",
+            "pipeline": "digest",
+            "window": "24h",
+            "timezone": "Europe/Berlin",
+            "filter": {"source": "gh", "status": ["dead", "succeeded"]},
+        },
+    },
+}
+
+
+def test_schedules_validate_and_route_to_their_pipeline() -> None:
+    cfg = parse_config({**copy.deepcopy(BASE), **copy.deepcopy(SCHEDULED)})
+    assert [p.name for p in cfg.pipelines_for("schedule", "daily-digest")] == ["digest"]
+    assert cfg.pipelines_for("schedule", "other") == []
+    bad = copy.deepcopy(SCHEDULED)
+    bad["schedules"]["daily-digest"]["pipeline"] = "p"
+    with pytest.raises(ConfigError, match="schedules.daily-digest.pipeline: pipelines.p must have source = 'schedule'"):
+        parse_config({**copy.deepcopy(BASE), **bad})
+    bad["schedules"]["daily-digest"].update(pipeline="digest", cron="61 * * * *", window="1y", timezone="Mars/Base")
+    with pytest.raises(ConfigError) as e:
+        parse_config({**copy.deepcopy(BASE), **bad})
+    assert [line.split(":")[0] for line in str(e.value).splitlines()] == [
+        "schedules.daily-digest.cron",
+        "schedules.daily-digest.window",
+        "schedules.daily-digest.timezone",
+    ]
+
+
+def test_next_run_honours_the_time_zone_and_daylight_saving() -> None:
+    cfg = parse_config({**copy.deepcopy(BASE), **copy.deepcopy(SCHEDULED)})
+    s = cfg.schedules["daily-digest"]
+    winter = s.next_run(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    summer = s.next_run(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+    assert winter.astimezone(UTC) == datetime(2026, 12, 2, 8, 0, tzinfo=UTC)  # 09:00 CET
+    assert summer.astimezone(UTC) == datetime(2026, 7, 2, 7, 0, tzinfo=UTC)  # 09:00 CEST
+    assert s.delivery_id(winter) == "daily-digest@2026-12-02T08:00:00Z"
+    lines = table(cfg, now=datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    assert lines[1].split()[:5] == ["daily-digest", "0", "9", "*", "*"]
+    assert "2026-12-02 08:00:00Z (2026-12-02T09:00+01:00)" in lines[1]

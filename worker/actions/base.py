@@ -1,0 +1,87 @@
+"""What every action receives, and the helpers they share (environment look-ups, templates)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from app.core import templates
+from worker.errors import PermanentError
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What an action receives (a ``python`` action gets this object)."""
+
+    event_id: int
+    source: str
+    event_type: str | None
+    pipeline: str
+    action: str
+    idempotency_key: str
+    output: Any
+    payload: Any
+    tenant: str | None = None
+    occurred_at: Any = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def template_context(self) -> templates.TemplateContext:
+        """What a template sees: the output, the event and the trimmed fields (never secrets)."""
+        return templates.TemplateContext.of(
+            output=self.output,
+            event_id=self.event_id,
+            source=self.source,
+            event_type=self.event_type,
+            tenant=self.tenant,
+            occurred_at=self.occurred_at,
+            fields=self.fields,
+        )
+
+
+@dataclass(frozen=True)
+class ActionDeps:
+    """What the running worker lends an action: its HTTP client, the environment, default limits."""
+
+    http: httpx.AsyncClient
+    environ: Mapping[str, str]
+    timeout: float
+    slack_api_url: str = "https://slack.com/api"
+
+
+def envelope(ctx: ActionContext) -> dict[str, Any]:
+    """The JSON an ``http`` action posts when it has no ``body`` template."""
+    return {
+        "event_id": ctx.event_id,
+        "source": ctx.source,
+        "event_type": ctx.event_type,
+        "pipeline": ctx.pipeline,
+        "action": ctx.action,
+        "idempotency_key": ctx.idempotency_key,
+        "output": ctx.output,
+    }
+
+
+def env_value(environ: Mapping[str, str], name: str, *, what: str) -> str:
+    """The value of environment variable ``name``; a permanent error naming it (never a value) if unset."""
+    value = environ.get(name)
+    if not value:
+        raise PermanentError(f"{what}: environment variable {name} is not set")
+    return value
+
+
+def render(source: str, ctx: ActionContext, *, what: str, escape: templates.Escape = "none") -> str:
+    """Render one template; a render error is a permanent action failure with Jinja's message kept."""
+    try:
+        return templates.render(source, ctx.template_context(), escape)
+    except templates.TemplateRenderError as e:
+        raise PermanentError(f"{what}: {e}") from None
+
+
+def render_value(value: Any, ctx: ActionContext, *, what: str) -> Any:
+    try:
+        return templates.render_value(value, ctx.template_context())
+    except templates.TemplateRenderError as e:
+        raise PermanentError(f"{what}: {e}") from None

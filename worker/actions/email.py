@@ -1,0 +1,90 @@
+"""``type = "email"``: one message over SMTP (aiosmtplib).
+
+``smtp_url_env`` names a variable holding ``smtp://[user:password@]host[:port]`` (STARTTLS when the
+server offers it), ``smtp+starttls://…`` (STARTTLS required) or ``smtps://…`` (TLS from the first
+byte, port 465 by default). The ``Message-ID`` is derived from the action's idempotency key, so a
+message sent again after a crash between the server's ``250`` and our bookkeeping carries the same
+id, which mail systems and clients use to drop the duplicate (at least once, deduplicable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+
+from app.core.config import EmailAction
+from worker.actions.base import ActionContext, ActionDeps, env_value, render
+from worker.errors import PermanentError, TransientError
+
+_SCHEMES = {"smtp": (None, 25), "smtp+starttls": (True, 587), "smtps": (False, 465)}
+
+
+def message_id(idempotency_key: str, sender: str) -> str:
+    """``<hookline.<sha256 of the key>@<sender's domain>>``: the same key always gives the same id."""
+    domain = sender.rpartition("@")[2].strip(">").strip() or "hookline.invalid"
+    return f"<hookline.{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}@{domain}>"
+
+
+def _address(text: str, what: str) -> str:
+    _, addr = parseaddr(text)
+    if "@" not in addr or any(c in text for c in "\r\n") or " " in addr:
+        raise PermanentError(f"{what}: {text[:100]!r} is not an email address")
+    return addr
+
+
+def build_message(action: EmailAction, ctx: ActionContext) -> tuple[EmailMessage, list[str]]:
+    what = f"email action {ctx.action}"
+    items = [action.to] if isinstance(action.to, str) else list(action.to)
+    to = [_address(render(t, ctx, what=f"{what}: to").strip(), f"{what}: to") for t in items]
+    subject = render(action.subject, ctx, what=f"{what}: subject")
+    if "\n" in subject or "\r" in subject:
+        subject = " ".join(subject.split())
+    msg = EmailMessage()
+    msg["From"] = action.from_
+    msg["To"] = ", ".join(str(Address(addr_spec=a)) for a in to)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = message_id(ctx.idempotency_key, parseaddr(action.from_)[1])
+    msg["X-Hookline-Idempotency-Key"] = ctx.idempotency_key
+    msg.set_content(render(action.body, ctx, what=f"{what}: body"))
+    return msg, to
+
+
+async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict[str, Any]:
+    what = f"email action {ctx.action}"
+    parts = urlsplit(env_value(deps.environ, action.smtp_url_env, what=what))
+    if parts.scheme not in _SCHEMES or not parts.hostname:
+        raise PermanentError(f"{what}: {action.smtp_url_env} must be smtp://, smtp+starttls:// or smtps://host")
+    start_tls, default_port = _SCHEMES[parts.scheme]
+    msg, to = build_message(action, ctx)
+    try:
+        await aiosmtplib.send(
+            msg,
+            sender=parseaddr(action.from_)[1],
+            recipients=to,
+            hostname=parts.hostname,
+            port=parts.port or default_port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            use_tls=parts.scheme == "smtps",
+            start_tls=start_tls,
+            timeout=action.timeout_seconds or deps.timeout,
+        )
+    except aiosmtplib.SMTPAuthenticationError as e:
+        raise PermanentError(f"{what}: SMTP authentication failed ({e.code})") from None
+    except aiosmtplib.SMTPRecipientsRefused as e:
+        codes = sorted({r.code for r in e.recipients})
+        err = PermanentError if all(c >= 500 for c in codes) else TransientError
+        raise err(f"{what}: the SMTP server refused the recipient(s) ({codes})") from None
+    except aiosmtplib.SMTPResponseException as e:
+        err = PermanentError if e.code >= 500 else TransientError
+        raise err(f"{what}: the SMTP server answered {e.code} {e.message[:200]}") from None
+    except (aiosmtplib.SMTPException, OSError) as e:
+        raise TransientError(f"{what}: {e.__class__.__name__}") from None
+    return {"message_id": msg["Message-ID"], "to": to}

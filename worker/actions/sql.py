@@ -1,0 +1,98 @@
+"""``type = "sql"``: call ``schema.function(event_id bigint, output jsonb)`` exactly once.
+
+The call and the row that marks the action run succeeded commit in one transaction: a crash
+before the commit rolls both back (the next run calls again, into a database that never saw the
+first call), a commit makes both durable (a retry or a replay sees ``succeeded`` and skips). The
+function name comes only from the configuration, is quoted as two identifiers, and is checked
+against ``pg_proc`` when the worker starts (:func:`problems`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.core.config import Config, SqlAction
+from app.core.sqlfiles import queries
+from worker.actions.base import ActionContext
+from worker.errors import PermanentError, TransientError
+
+Q = queries("actions")
+#: SQLSTATE classes and codes worth another attempt: rollbacks (serialization, deadlock),
+#: resources, operator intervention (statement timeout, shutdown), connection, lock not available.
+TRANSIENT_CLASSES = ("40", "53", "57", "08", "58")
+TRANSIENT_CODES = ("55P03", "55006")
+
+
+def split(function: str) -> tuple[str, str]:
+    schema, _, name = function.partition(".")
+    return schema, name
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+async def call_and_record(
+    conn: psycopg.AsyncConnection[Any], action: SqlAction, ctx: ActionContext, run_id: int, timeout: float
+) -> dict[str, Any]:
+    """Call the function and mark action run ``run_id`` succeeded in one transaction."""
+    what = f"sql action {ctx.action}"
+    schema, name = split(action.function)
+    call = sql.SQL("SELECT {}.{}(%(event_id)s::bigint, %(output)s::jsonb)").format(
+        sql.Identifier(schema), sql.Identifier(name)
+    )
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout * 1000)}ms",))
+            cur = await conn.execute(call, {"event_id": ctx.event_id, "output": Jsonb(ctx.output)})
+            row = await cur.fetchone()
+            result = {"function": action.function, "returned": _plain(row[0] if row else None)}
+            done = await conn.execute(Q["record_action_succeeded"], {"id": run_id, "result": Jsonb(result)})
+            if done.rowcount != 1:  # another run finished it meanwhile: roll the call back
+                raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back")
+    except psycopg.Error as e:
+        state = e.sqlstate or ""
+        msg = f"{what}: {action.function} failed: {state} {e.__class__.__name__}: {str(e).splitlines()[0][:300]}"
+        if isinstance(e, psycopg.OperationalError) or state[:2] in TRANSIENT_CLASSES or state in TRANSIENT_CODES:
+            raise TransientError(msg) from None
+        raise PermanentError(msg) from None
+    return result
+
+
+async def problems(conn: psycopg.AsyncConnection[Any], config: Config) -> list[str]:
+    """Every ``sql`` action whose function is missing, of the wrong shape or not callable by us."""
+    out: list[str] = []
+    for pname, pipeline in config.pipelines.items():
+        for i, action in enumerate(pipeline.actions):
+            if not isinstance(action, SqlAction):
+                continue
+            key = f"pipelines.{pname}.actions.{i}.function"
+            schema, name = split(action.function)
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(Q["sql_function_check"], {"schema": schema, "function": name})
+                found = await cur.fetchall()
+            if not found:
+                out.append(f"{key}: no function {action.function} in pg_proc (see the README for what a DBA creates)")
+                continue
+            best = found[0]
+            if not best["signature_ok"]:
+                shapes = ", ".join(f"({r['arguments']})" for r in found)
+                out.append(f"{key}: {action.function} must take (event_id bigint, output jsonb); found {shapes}")
+            elif not best["is_function"]:
+                out.append(f"{key}: {action.function} is a procedure; make it a function")
+            elif not (best["schema_usage"] and best["can_execute"]):
+                out.append(f"{key}: this role may not call {action.function} (GRANT USAGE ON SCHEMA and EXECUTE)")
+    return out

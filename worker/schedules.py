@@ -1,0 +1,137 @@
+"""Scheduled pipelines on procrastinate's periodic tasks.
+
+Every worker registers one periodic task per ``[schedules.NAME]`` (``periodic_id`` = NAME), so each
+scheduled time is deferred once however many workers run (procrastinate's
+``procrastinate_periodic_defers`` is unique on task, periodic id and time). The job turns the firing
+into an event row, source ``schedule``, type NAME, delivery id ``NAME@<scheduled time UTC>``; the
+unique ``(source, delivery_id)`` makes a second firing of the same time a no-op even so. The row's
+payload is the digest of the window's events, and the row is processed like any webhook: the
+AFTER INSERT trigger defers ``process_event``, the schedule's pipeline gets the digest as its input.
+
+procrastinate reads cron in UTC; for a schedule with a ``timezone`` the periodic record's croniter
+is built in that zone (daylight-saving changes included).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import croniter
+import procrastinate
+from procrastinate import JobContext
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.core.config import Config, Schedule
+from app.core.jobs import FIRE_SCHEDULE, FIRE_SCHEDULE_SHORT, QUEUE
+from app.core.sqlfiles import queries
+from worker.prompt import trim
+from worker.runtime import Runtime
+from worker.tasks import runtime_of
+
+log = logging.getLogger("hookline.schedules")
+Q = queries("schedules")
+
+
+def register(bp: procrastinate.Blueprint) -> None:
+    """Add the fire_schedule task (the periodic records come from :func:`add_periodic`)."""
+    bp.task(name=FIRE_SCHEDULE_SHORT, queue=QUEUE, pass_context=True)(fire_schedule)
+
+
+def add_periodic(app: procrastinate.App, config: Config) -> None:
+    """One periodic record per schedule on the app (after its tasks were added)."""
+    task = app.tasks[FIRE_SCHEDULE]
+    for name, sched in config.schedules.items():
+        pt: Any = app.periodic_registry.register_task(
+            task=task, cron=sched.cron, periodic_id=name, configure_kwargs={"task_kwargs": {"schedule": name}}
+        )
+        if sched.timezone != "UTC":
+            # PeriodicTask.croniter is a cached property built without a zone (so UTC); fill it with
+            # one built in the schedule's zone (tests/integration/test_schedules.py checks the ticks)
+            pt.__dict__["croniter"] = croniter.croniter(sched.cron, start_time=datetime.now(sched.zone))
+
+
+async def fire_schedule(context: JobContext, timestamp: int, schedule: str) -> dict[str, Any]:
+    rt = runtime_of(context)
+    sched = rt.config.schedules.get(schedule)
+    if sched is None:
+        log.warning("schedule %s fired but is no longer configured; nothing to do", schedule)
+        return {"event_id": None}
+    scheduled = datetime.fromtimestamp(timestamp, UTC)
+    return {"event_id": await fire(rt, sched, scheduled)}
+
+
+async def fire(rt: Runtime, sched: Schedule, scheduled: datetime) -> int | None:
+    """Store the firing of ``sched`` at ``scheduled`` as an event; None if it was already stored."""
+    digest = await build_digest(rt, sched, scheduled - sched.window_delta, scheduled)
+    async with rt.db.pool.connection() as conn, conn.cursor() as cur:
+        await cur.execute(
+            Q["insert_firing"],
+            {
+                "delivery_id": sched.delivery_id(scheduled),
+                "schedule": sched.name,
+                "scheduled_at": scheduled,
+                "payload": Jsonb(digest),
+            },
+        )
+        row = await cur.fetchone()
+    if row is None:
+        log.info("schedule %s at %s was already fired", sched.name, scheduled.isoformat())
+        return None
+    log.info(
+        "schedule %s fired for %s: event %s (%s events in the window)", sched.name, scheduled, row[0], digest["total"]
+    )
+    return int(row[0])
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def build_digest(rt: Runtime, sched: Schedule, since: datetime, until: datetime) -> dict[str, Any]:
+    """Counts by source, type and status, plus the newest ``examples`` events trimmed."""
+    f = sched.filter
+    params = {
+        "since": since,
+        "until": until,
+        "sources": list(f.source),
+        "statuses": list(f.status),
+        "types": [t[:-1] + "%" if t.endswith("*") else t for t in f.events],
+    }
+    async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(Q["window_counts"], params)
+        counts = await cur.fetchall()
+        examples: list[dict[str, Any]] = []
+        if sched.examples:
+            await cur.execute(Q["window_examples"], {**params, "limit": sched.examples})
+            examples = await cur.fetchall()
+    by_status: dict[str, int] = {}
+    for c in counts:
+        by_status[c["status"]] = by_status.get(c["status"], 0) + int(c["n"])
+    return {
+        "schedule": sched.name,
+        "scheduled_at": _iso(until),
+        "window": {"from": _iso(since), "to": _iso(until), "length": sched.window},
+        "filter": f.model_dump(exclude_defaults=True),
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "counts": [
+            {"source": c["source"], "event_type": c["event_type"], "status": c["status"], "count": int(c["n"])}
+            for c in counts
+        ],
+        "examples": [
+            {
+                "event_id": e["id"],
+                "source": e["source"],
+                "event_type": e["event_type"],
+                "status": e["status"],
+                "tenant": e["tenant"],
+                "received_at": _iso(e["received_at"]),
+                "last_error": (e["last_error"] or "")[:500] or None,
+                "fields": trim(e["payload"], sched.example_fields) if e["payload"] is not None else None,
+            }
+            for e in examples
+        ],
+    }
