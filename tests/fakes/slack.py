@@ -46,7 +46,7 @@ def rate_limited(retry_after: int = 1, *, api: bool = True) -> Answer:
 
 
 class FakeSlack:
-    def __init__(self, token: str = "xoxb-test-token") -> None:
+    def __init__(self, token: str = "xoxb-test-token") -> None:  # noqa: S107 - a fake
         self.token = token
         self.posts: list[Post] = []
         self._answers: deque[Answer] = deque()

@@ -1,9 +1,9 @@
 """A real SMTP server in the test process (aiosmtpd), recording what it accepts.
 
-    with SmtpServer(users={"hookline": "s3cret"}) as smtp:
-        smtp.url("hookline", "s3cret")    # smtp://hookline:s3cret@127.0.0.1:PORT
-        smtp.messages                      # [email.message.EmailMessage, ...]
-        smtp.refuse_next(451)              # the next RCPT gets a 451 (transient) answer
+with SmtpServer(users={"hookline": "s3cret"}) as smtp:
+    smtp.url("hookline", "s3cret")    # smtp://hookline:s3cret@127.0.0.1:PORT
+    smtp.messages                      # [email.message.EmailMessage, ...]
+    smtp.refuse_next(451)              # the next RCPT gets a 451 (transient) answer
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def test_schedules_validate_and_route_to_their_pipeline() -> None:
     assert cfg.pipelines_for("schedule", "other") == []
     bad = copy.deepcopy(SCHEDULED)
     bad["schedules"]["daily-digest"]["pipeline"] = "p"
-    with pytest.raises(ConfigError, match="schedules.daily-digest.pipeline: pipelines.p must have source = 'schedule'"):
+    with pytest.raises(ConfigError, match=r"daily-digest\.pipeline: pipelines\.p must have source = 'schedule'"):
         parse_config({**copy.deepcopy(BASE), **bad})
     bad["schedules"]["daily-digest"].update(pipeline="digest", cron="61 * * * *", window="1y", timezone="Mars/Base")
     with pytest.raises(ConfigError) as e:
