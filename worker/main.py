@@ -24,13 +24,14 @@ from app.core.db import libpq_dsn
 from app.core.jobs import NAMESPACE, QUEUE
 from app.core.logs import setup_logging
 from app.core.settings import Settings
-from worker import maintenance, tasks
+from worker import maintenance, schedules, tasks
+from worker.actions import sql as sql_action
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
 
 
-def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
+def build_app(dsn: str, *, pool_size: int, config: Config | None = None) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
         conninfo=libpq_dsn(dsn),
         min_size=1,
@@ -41,8 +42,17 @@ def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
     bp = procrastinate.Blueprint()
     tasks.register(bp)
     maintenance.register(bp)
+    schedules.register(bp)
     app.add_tasks_from(bp, namespace=NAMESPACE)
+    if config is not None:
+        schedules.add_periodic(app, config)
     return app
+
+
+async def sql_action_problems(rt: Runtime) -> list[str]:
+    """``type = "sql"`` functions checked against pg_proc (exists, right arguments, callable)."""
+    async with rt.db.pool.connection() as conn:
+        return await sql_action.problems(conn, rt.config)
 
 
 def heartbeat_interval(stalled_after: float) -> float:
@@ -124,7 +134,8 @@ async def run_worker(
 
     rt = Runtime.build(settings, config, **llm_kwargs)
     await rt.open()
-    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2)
+    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2, config=config)
+    checked = False
     log.info(
         "hookline worker starting: concurrency %d, %s",
         settings.worker_concurrency,
@@ -134,6 +145,13 @@ async def run_worker(
         while not stop.is_set():
             if not await wait_for_database(dsn, stop):
                 break
+            if not checked:
+                problems = await sql_action_problems(rt)
+                for problem in problems:
+                    log.error("configuration error: %s", problem)
+                if problems:
+                    raise SystemExit(2)
+                checked = True
             try:
                 async with pq_app.open_async():
                     recovered = await maintenance.recover_stalled(pq_app, settings.stalled_after)

@@ -8,9 +8,9 @@ from typing import Any
 
 from app.core.config import Pipeline
 from app.core.records import EventRow
-from app.core.status import ActionStatus, CallStatus
-from worker.actions import ActionContext, run_action
-from worker.errors import InvalidOutput, PipelineError, classify
+from app.core.status import CallStatus
+from worker.action_runs import run_actions
+from worker.errors import InvalidOutput, classify
 from worker.llm import CallRecord, ask
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
@@ -127,37 +127,5 @@ async def run_pipeline(
     if output is None:
         outcome.dry_run = True
         return outcome
-    for index, action in enumerate(pipeline.actions):
-        key = pipeline.action_key(index)
-        idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
-        claim = await rt.db.one(
-            "claim_action",
-            event_id=event["id"],
-            pipeline=pipeline.name,
-            action=key,
-            action_type=action.type,
-            idempotency_key=idem,
-            force=force_actions,
-        )
-        if claim is None:  # already succeeded: a retried job never repeats a side effect
-            continue
-        ctx = ActionContext(
-            event_id=event["id"],
-            source=event["source"],
-            event_type=event.get("event_type"),
-            pipeline=pipeline.name,
-            action=key,
-            idempotency_key=idem,
-            output=output,
-            payload=event.get("payload"),
-        )
-        try:
-            result = await run_action(
-                action, ctx, http=rt.http, environ=rt.settings.environ, timeout=rt.settings.outbound_timeout
-            )
-        except Exception as e:
-            err = e if isinstance(e, PipelineError) else classify(e)
-            await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
-            raise err from e
-        await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
+    await run_actions(rt, event, pipeline, output, force_actions=force_actions)
     return outcome

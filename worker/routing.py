@@ -7,13 +7,15 @@ error does not crash the event: the pipeline does not apply, and the reason is k
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from app.core import templates
 from app.core.config import Pipeline
 
 
-def passes(pipeline: Pipeline, event: dict[str, Any]) -> tuple[bool, str | None]:
+def passes(pipeline: Pipeline, event: Mapping[str, Any]) -> tuple[bool, str | None]:
     """``(True, None)`` when the event passes ``when`` (or there is none); else ``(False, why)``."""
     if pipeline.when is None:
         return True, None
@@ -25,7 +27,7 @@ def passes(pipeline: Pipeline, event: dict[str, Any]) -> tuple[bool, str | None]
             "source": event.get("source"),
             "type": event.get("event_type"),
             "tenant": event.get("tenant"),
-            "occurred_at": occurred.isoformat() if hasattr(occurred, "isoformat") else occurred,
+            "occurred_at": occurred.isoformat() if isinstance(occurred, datetime) else occurred,
         },
     }
     try:
@@ -33,3 +35,16 @@ def passes(pipeline: Pipeline, event: dict[str, Any]) -> tuple[bool, str | None]
     except templates.TemplateRenderError as e:
         return False, str(e)
     return (True, None) if result else (False, "when is false")
+
+
+def route(pipelines: list[Pipeline], event: Mapping[str, Any]) -> tuple[list[Pipeline], list[str]]:
+    """The pipelines whose ``when`` the event passes, and why each other one does not apply."""
+    kept: list[Pipeline] = []
+    reasons: list[str] = []
+    for p in pipelines:
+        ok, why = passes(p, event)
+        if ok:
+            kept.append(p)
+        else:
+            reasons.append(f"pipeline {p.name}: {why}")
+    return kept, reasons

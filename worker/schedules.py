@@ -26,13 +26,14 @@ from psycopg.types.json import Jsonb
 
 from app.core.config import Config, Schedule
 from app.core.jobs import FIRE_SCHEDULE, FIRE_SCHEDULE_SHORT, QUEUE
-from app.core.sqlfiles import queries
+from app.core.querynames import SchedulesQuery
+from app.core.sqlfiles import NamedQueries
 from worker.prompt import trim
 from worker.runtime import Runtime
 from worker.tasks import runtime_of
 
 log = logging.getLogger("hookline.schedules")
-Q = queries("schedules")
+Q: NamedQueries[SchedulesQuery] = NamedQueries("schedules", SchedulesQuery)
 
 
 def register(bp: procrastinate.Blueprint) -> None:

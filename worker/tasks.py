@@ -16,6 +16,7 @@ from app.core.records import EventRow
 from app.core.status import EventStatus
 from worker.errors import classify
 from worker.pipeline import run_pipeline
+from worker.routing import route
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
@@ -102,6 +103,10 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
             EventStatus.SKIPPED,
             detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}",
         )
+        return EventStatus.SKIPPED
+    pipelines, filtered = route(pipelines, event)
+    if not pipelines:  # routing without the model: no pipeline's `when` lets the event through
+        await _finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000])
         return EventStatus.SKIPPED
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done

@@ -53,6 +53,10 @@ AdminQuery = Literal[
     "events_by_ids",
 ]
 
+ActionsQuery = Literal["sql_function_check", "record_action_succeeded"]
+
+SchedulesQuery = Literal["insert_firing", "window_counts", "window_examples"]
+
 #: Every file of sql/queries and its names (a test checks the two agree).
 BY_FILE: dict[str, Any] = {
     "ingest": IngestQuery,
@@ -60,4 +64,6 @@ BY_FILE: dict[str, Any] = {
     "replay": ReplayQuery,
     "watch": WatchQuery,
     "admin": AdminQuery,
+    "actions": ActionsQuery,
+    "schedules": SchedulesQuery,
 }

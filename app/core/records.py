@@ -45,6 +45,7 @@ class ClaimRow(TypedDict):
 
     id: int
     attempts: int
+    previous_status: str | None
 
 
 class HistoryRow(TypedDict):

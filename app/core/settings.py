@@ -81,7 +81,13 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(
         default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
     )
-    outbound_timeout: float = Field(default=10.0, description="Seconds before an http action times out.")
+    outbound_timeout: float = Field(
+        default=10.0,
+        description="Seconds before an http, slack or email action times out (per action: timeout_seconds).",
+    )
+    slack_api_url: str = Field(
+        default="https://slack.com/api", description="Slack Web API base URL of slack actions with token_env."
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the admin API and the dashboard login. Unset: every /admin path is 404.",

@@ -48,13 +48,19 @@ RETURNING id;
 
 -- name: claim_action
 -- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.
+-- previous_status is the row's status before this claim (NULL for a first start; 'running' when
+-- the last start never recorded an outcome: the worker died mid-action).
+WITH prev AS (
+    SELECT status FROM hookline.action_runs
+    WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND action = %(action)s
+)
 INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idempotency_key)
 VALUES (%(event_id)s, %(pipeline)s, %(action)s, %(action_type)s, %(idempotency_key)s)
 ON CONFLICT (event_id, pipeline, action) DO UPDATE
 SET status = 'running', attempts = hookline.action_runs.attempts + 1, started_at = now(),
     finished_at = NULL, error = NULL
 WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
-RETURNING id, attempts;
+RETURNING id, attempts, (SELECT status FROM prev) AS previous_status;
 
 -- name: finish_action
 -- Record an action's outcome.

@@ -19,11 +19,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from app.core.config import Config, SqlAction
-from app.core.sqlfiles import queries
+from app.core.querynames import ActionsQuery
+from app.core.sqlfiles import NamedQueries
 from worker.actions.base import ActionContext
 from worker.errors import PermanentError, TransientError
 
-Q = queries("actions")
+Q: NamedQueries[ActionsQuery] = NamedQueries("actions", ActionsQuery)
 #: SQLSTATE classes and codes worth another attempt: rollbacks (serialization, deadlock),
 #: resources, operator intervention (statement timeout, shutdown), connection, lock not available.
 TRANSIENT_CLASSES = ("40", "53", "57", "08", "58")

@@ -1,0 +1,93 @@
+"""Run a pipeline's actions for one answer, each under its ``hookline.action_runs`` row.
+
+The row is claimed before the action starts (``running``) and finished after. What a claim finds
+decides what happens:
+
+* ``succeeded``: skipped (a retried or replayed job never repeats a side effect it knows happened;
+  ``replay --force`` runs it again, except ``sql``, which runs exactly once);
+* ``running`` for an at-most-once type (``slack``): the last start died without an outcome, so the
+  message may be out; it is not sent again, the action fails permanently saying so;
+* ``sql``: the call and the ``succeeded`` record commit in one transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.config import Pipeline, SqlAction
+from app.core.records import EventRow
+from app.core.status import ActionStatus
+from worker.actions import AT_MOST_ONCE, IN_TRANSACTION, ActionContext, ActionDeps, run_action
+from worker.actions import sql as sql_action
+from worker.errors import PermanentError, PipelineError, classify
+from worker.prompt import trim
+from worker.runtime import Runtime
+
+
+def deps_of(rt: Runtime) -> ActionDeps:
+    return ActionDeps(
+        http=rt.http,
+        environ=rt.settings.environ,
+        timeout=rt.settings.outbound_timeout,
+        slack_api_url=rt.settings.slack_api_url,
+    )
+
+
+def interrupted(kind: str, key: str, event_id: int) -> PermanentError:
+    return PermanentError(
+        f"{kind} action {key}: its last attempt was interrupted with the outcome unknown (the worker stopped "
+        f"mid-request), so it may have been delivered; {kind} has no idempotency key and hookline sends at most "
+        f"once. Check the destination; `hookline replay {event_id}` sends it again."
+    )
+
+
+async def run_actions(
+    rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any, *, force_actions: bool = False
+) -> int:
+    """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
+    ran = 0
+    fields = trim(event.get("payload"), pipeline.fields)
+    for index, action in enumerate(pipeline.actions):
+        key = pipeline.action_key(index)
+        idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
+        claim = await rt.db.one(
+            "claim_action",
+            event_id=event["id"],
+            pipeline=pipeline.name,
+            action=key,
+            action_type=action.type,
+            idempotency_key=idem,
+            force=force_actions and action.type not in IN_TRANSACTION,
+        )
+        if claim is None:  # already succeeded: a retried job never repeats a side effect
+            continue
+        ctx = ActionContext(
+            event_id=event["id"],
+            source=event["source"],
+            event_type=event.get("event_type"),
+            pipeline=pipeline.name,
+            action=key,
+            idempotency_key=idem,
+            output=output,
+            payload=event.get("payload"),
+            tenant=event.get("tenant"),
+            occurred_at=event.get("occurred_at") or event.get("received_at"),
+            fields=fields if isinstance(fields, dict) else {"payload": fields},
+        )
+        try:
+            if action.type in AT_MOST_ONCE and claim["previous_status"] == ActionStatus.RUNNING:
+                raise interrupted(action.type, key, event["id"])
+            if isinstance(action, SqlAction):
+                timeout = action.timeout_seconds or pipeline.timeout_seconds
+                async with rt.db.pool.connection() as conn:
+                    result = await sql_action.call_and_record(conn, action, ctx, claim["id"], timeout)
+                ran += 1
+                continue
+            result = await run_action(action, ctx, deps_of(rt))
+        except Exception as e:
+            err = e if isinstance(e, PipelineError) else classify(e)
+            await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
+            raise err from e
+        await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
+        ran += 1
+    return ran
