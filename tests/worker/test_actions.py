@@ -126,7 +126,7 @@ async def test_every_action_type_reaches_its_fake(
 ) -> None:
     conn.execute(CRM)
     base = receiver.url.removesuffix("/hook")
-    actions = [
+    actions: list[dict[str, Any]] = [
         {
             "type": "http",
             "name": "comment",
