@@ -1,0 +1,127 @@
+"""Scheduled pipelines: two real workers, one firing per scheduled time, its digest reaching the model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from app.cli.main import main
+from tests.chaos_support import query, wait_until
+from tests.fakes.messages_api import FakeMessagesAPI
+from tests.harness import config_from, make_settings, worker_task
+
+SCHEDULES = {
+    "sources": {"stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"]}},
+    "pipelines": {
+        "digest": {
+            "source": "schedule",
+            "instructions": "Summarize the window's payment failures for the team.",
+            "output_schema": {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]},
+        }
+    },
+    "schedules": {
+        "digest-3s": {
+            "cron": "* * * * * */3",  # every 3 seconds (6th field: seconds, as procrastinate reads it)
+            "pipeline": "digest",
+            "window": "1h",
+            "filter": {"source": "stripe", "status": ["dead", "succeeded"]},
+            "examples": 2,
+            "example_fields": ["data.object.amount_due"],
+        }
+    },
+}
+
+
+def seed(db_url: str) -> None:
+    """Stripe events of the last hour (already finished: the workers have nothing to do with them)."""
+    for i, (status, etype) in enumerate(
+        [
+            ("dead", "invoice.payment_failed"),
+            ("dead", "invoice.payment_failed"),
+            ("succeeded", "invoice.paid"),
+            ("skipped", "customer.created"),
+        ]
+    ):
+        query(
+            db_url,
+            "INSERT INTO hookline.events (source, delivery_id, event_type, status, payload, received_at) "
+            "VALUES ('stripe', %s, %s, %s, %s, now() - interval '10 minutes') RETURNING id",
+            f"evt_seed_{i}",
+            etype,
+            status,
+            json.dumps({"type": etype, "data": {"object": {"amount_due": 1000 * (i + 1), "secret_note": "x"}}}),
+        )
+
+
+async def test_a_schedule_fires_once_per_time_with_two_workers_and_its_digest_reaches_the_model(
+    db_url: str, fake: FakeMessagesAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_x")
+    config = config_from(SCHEDULES)
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    seed(db_url)
+
+    def fired_and_done() -> bool:
+        got = query(db_url, "SELECT count(*) FROM hookline.events WHERE source = 'schedule' AND status = 'succeeded'")
+        return int(got[0][0]) >= 2
+
+    async with worker_task(settings, config), worker_task(settings, config):
+        await wait_until(
+            lambda: query(db_url, "SELECT count(*) FROM procrastinate_workers")[0][0] == 2,
+            timeout=20,
+            what="two workers registered",
+        )
+        await wait_until(fired_and_done, timeout=30, what="two firings processed")
+
+    firings = query(
+        db_url,
+        "SELECT id, delivery_id, event_type, status, payload FROM hookline.events WHERE source = 'schedule' ORDER BY id",
+    )
+    jobs = query(
+        db_url,
+        "SELECT args->>'timestamp', count(*) FROM procrastinate_jobs WHERE task_name = 'hookline:fire_schedule' "
+        "GROUP BY 1 ORDER BY 1",
+    )
+    assert all(n == 1 for _, n in jobs), f"a scheduled time was deferred more than once: {jobs}"
+    assert len(firings) == len(jobs), "one event row per scheduled time"
+    for _id, delivery_id, event_type, _status, payload in firings:
+        assert event_type == "digest-3s" and delivery_id.startswith("digest-3s@") and delivery_id.endswith("Z")
+        assert payload["scheduled_at"] == delivery_id.split("@")[1]
+
+    done = [f for f in firings if f[3] == "succeeded"]
+    calls = fake.calls_to("/v1/messages")
+    per_event = query(db_url, "SELECT event_id, count(*) FROM hookline.llm_calls GROUP BY event_id HAVING count(*) > 1")
+    assert per_event == [] and len(calls) >= len(done) >= 2
+    digest: dict[str, Any] = json.loads(calls[0].body["messages"][0]["content"])["fields"]
+    assert digest["schedule"] == "digest-3s" and digest["window"]["length"] == "1h"
+    assert digest["total"] == 3 and digest["by_status"] == {"dead": 2, "succeeded": 1}
+    assert {(c["event_type"], c["status"], c["count"]) for c in digest["counts"]} == {
+        ("invoice.payment_failed", "dead", 2),
+        ("invoice.paid", "succeeded", 1),
+    }
+    assert [e["fields"] for e in digest["examples"]] == [
+        {"data.object.amount_due": 3000},
+        {"data.object.amount_due": 2000},
+    ]
+    assert "secret_note" not in json.dumps(digest)
+
+
+def test_hookline_schedules_lists_the_next_run(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "hookline.toml"
+    path.write_text(
+        '[pipelines.digest]\nsource = "schedule"\ninstructions = "x"\noutput_schema = { type = "object" }\n'
+        '[schedules.daily-digest]\ncron = "0 9 * * *"\ntimezone = "Europe/Berlin"\npipeline = "digest"\n'
+    )
+    monkeypatch.setenv("HOOKLINE_CONFIG", str(path))
+    assert main(["schedules", "--next", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["SCHEDULE", "CRON", "TIMEZONE"]
+    assert (
+        out[1].startswith("daily-digest")
+        and "Europe/Berlin" in out[1]
+        and out[1].count("+01:00") + out[1].count("+02:00") == 2
+    )
