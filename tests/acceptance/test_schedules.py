@@ -77,7 +77,8 @@ async def test_a_schedule_fires_once_per_time_with_two_workers_and_its_digest_re
 
     firings = query(
         db_url,
-        "SELECT id, delivery_id, event_type, status, payload FROM hookline.events WHERE source = 'schedule' ORDER BY id",
+        "SELECT id, delivery_id, event_type, status, payload FROM hookline.events "
+        "WHERE source = 'schedule' ORDER BY id",
     )
     jobs = query(
         db_url,
