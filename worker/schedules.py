@@ -38,7 +38,13 @@ Q: NamedQueries[SchedulesQuery] = NamedQueries("schedules", SchedulesQuery)
 
 def register(bp: procrastinate.Blueprint) -> None:
     """Add the fire_schedule task (the periodic records come from :func:`add_periodic`)."""
-    bp.task(name=FIRE_SCHEDULE_SHORT, queue=QUEUE, pass_context=True)(fire_schedule)
+    # retries are safe: a firing is one INSERT … ON CONFLICT DO NOTHING keyed by the scheduled time
+    bp.task(
+        name=FIRE_SCHEDULE_SHORT,
+        queue=QUEUE,
+        pass_context=True,
+        retry=procrastinate.RetryStrategy(max_attempts=5, wait=2),
+    )(fire_schedule)
 
 
 def add_periodic(app: procrastinate.App, config: Config) -> None:
