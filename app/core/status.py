@@ -37,6 +37,7 @@ class CallStatus(StrEnum):
     FAILED = "failed"
     DRY_RUN = "dry_run"
     SUPERSEDED = "superseded"
+    SIMULATED = "simulated"
 
 
 class ActionStatus(StrEnum):

@@ -135,7 +135,7 @@ async def receive_webhook(request: Request) -> Response:
     state: AppState = request.state.hookline
     name = request.path_params["source"]
     src = state.config.sources.get(name)
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
     if src is None:
         state.metrics.inc("hookline_ingest_requests_total", source="", outcome="unknown_source")
         raise UnknownSource(f"no source named {name!r} is configured")
@@ -240,6 +240,7 @@ async def receive_webhook(request: Request) -> Response:
             payload,
             content_type or None,
             _remote(request),
+            request_id,
         )
         if row is None:  # the first delivery committed while this statement ran
             row = await pool.fetchrow(Q["find_event"], name, delivery_id)

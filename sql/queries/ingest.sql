@@ -6,8 +6,8 @@
 WITH ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         headers, body, payload, content_type, remote_addr, request_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (source, delivery_id) DO NOTHING
     RETURNING id
 )

@@ -9,7 +9,7 @@ SET status = 'processing',
 WHERE id = %(event_id)s
   AND status IN ('queued', 'retrying', 'processing', 'throttled')
 RETURNING id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, payload,
-          attempts, received_at;
+          attempts, received_at, request_id;
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead).
