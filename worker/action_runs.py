@@ -81,13 +81,18 @@ async def run_actions(
                 timeout = action.timeout_seconds or pipeline.timeout_seconds
                 async with rt.db.pool.connection() as conn:
                     result = await sql_action.call_and_record(conn, action, ctx, claim["id"], timeout)
+                rt.metrics.actions.labels(
+                    pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED
+                ).inc()
                 ran += 1
                 continue
             result = await run_action(action, ctx, deps_of(rt))
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
             await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
+            rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.FAILED).inc()
             raise err from e
         await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
+        rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED).inc()
         ran += 1
     return ran

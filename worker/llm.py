@@ -15,6 +15,10 @@ from app.core.status import CallStatus
 from worker.errors import InvalidOutput
 from worker.pricing import cost_usd
 from worker.prompt import OutputSpec
+from worker.simulated import SimulatedModel
+
+#: What the worker asks: the anthropic client, or the simulated model of `hookline dev --simulate-model`.
+LLMClient = anthropic.AsyncAnthropic | SimulatedModel
 
 
 @dataclass
@@ -72,26 +76,27 @@ def _check(message: dict[str, Any], spec: OutputSpec) -> Any:
     return spec.validate(data)
 
 
-async def _one_call(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> CallRecord:
+async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
     started = time.monotonic()
     raw = await client.messages.with_raw_response.create(**request)
     message = await raw.parse()
     latency = int((time.monotonic() - started) * 1000)
     body = message.model_dump(mode="json", exclude_none=False)
     usage = body.get("usage") or {}
+    simulated = isinstance(client, SimulatedModel)
     return CallRecord(
         model=request["model"],
-        status=CallStatus.SUCCEEDED,
+        status=CallStatus.SIMULATED if simulated else CallStatus.SUCCEEDED,
         request=request,
         response=body,
         usage=usage,
-        cost_usd=cost_usd(request["model"], usage),
+        cost_usd=None if simulated else cost_usd(request["model"], usage),
         latency_ms=latency,
         request_id=raw.request_id or raw.headers.get("request-id"),
     )
 
 
-async def ask(client: anthropic.AsyncAnthropic, request: dict[str, Any], spec: OutputSpec) -> Answer:
+async def ask(client: LLMClient, request: dict[str, Any], spec: OutputSpec) -> Answer:
     """Call the model and validate; on a schema failure, send the error back once for a repair.
 
     API errors propagate (worker.errors.classify decides retry or dead letter). Every round trip is

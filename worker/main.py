@@ -10,6 +10,7 @@ get ``HOOKLINE_SHUTDOWN_TIMEOUT`` seconds, then are handed back to the queue.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -108,6 +109,7 @@ async def run_worker(
     *,
     install_signals: bool = True,
     stop: asyncio.Event | None = None,
+    simulate_model: bool = False,
     **llm_kwargs: Any,
 ) -> None:
     dsn = settings.dsn()
@@ -132,14 +134,18 @@ async def run_worker(
     stop_watch = asyncio.create_task(stop.wait())
     stop_watch.add_done_callback(lambda _: request_stop())
 
-    rt = Runtime.build(settings, config, **llm_kwargs)
+    rt = Runtime.build(settings, config, simulate_model=simulate_model, **llm_kwargs)
     await rt.open()
+    if settings.worker_metrics_port is not None:
+        rt.metrics.serve(settings.worker_metrics_port, settings.host)
     pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2, config=config)
     checked = False
     log.info(
         "hookline worker starting: concurrency %d, %s",
         settings.worker_concurrency,
-        "dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled",
+        "simulated model (answers made up locally, never priced)"
+        if rt.simulated
+        else ("dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled"),
     )
     try:
         while not stop.is_set():
@@ -186,16 +192,24 @@ async def run_worker(
                     await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         stop_watch.cancel()
+        rt.metrics.stop()
         await rt.close()
         log.info("hookline worker stopped")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="hookline worker")
+    parser.add_argument(
+        "--simulate-model",
+        action="store_true",
+        help="answer model calls locally from the output schema (what hookline dev --simulate-model runs)",
+    )
+    args = parser.parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level, settings.log_format, process="worker")
     logging.getLogger("procrastinate.worker").addFilter(_QuietRetries())
     config = load_config(settings.config)
-    asyncio.run(run_worker(settings, config))
+    asyncio.run(run_worker(settings, config, simulate_model=args.simulate_model))
 
 
 if __name__ == "__main__":

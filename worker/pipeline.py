@@ -80,6 +80,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
     except InvalidOutput as e:
         for rec in getattr(e, "calls", []):
             await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
+            _observe(rt, rec)
         raise
     except Exception as e:
         err = classify(e)
@@ -94,7 +95,13 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
         raise err from e
     for rec in answer.calls:
         await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
+        _observe(rt, rec)
     return answer.output, False
+
+
+def _observe(rt: Runtime, rec: CallRecord) -> None:
+    if rec.latency_ms is not None:
+        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
 
 
 async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dict[str, Any]] | None:

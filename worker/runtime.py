@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import anthropic
 import httpx
 
 from app.core.config import Config
 from app.core.settings import Settings
 from worker.db import WorkerDB
-from worker.llm import make_client
+from worker.llm import LLMClient, make_client
+from worker.metrics import WorkerMetrics
+from worker.simulated import SimulatedModel
 
 
 @dataclass
@@ -20,16 +21,24 @@ class Runtime:
     config: Config
     db: WorkerDB
     http: httpx.AsyncClient
-    llm: anthropic.AsyncAnthropic | None
+    llm: LLMClient | None
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+    @property
+    def simulated(self) -> bool:
+        """Model calls are answered locally (hookline dev --simulate-model)."""
+        return isinstance(self.llm, SimulatedModel)
 
     @classmethod
-    def build(cls, settings: Settings, config: Config, **llm_kwargs: Any) -> Runtime:
+    def build(cls, settings: Settings, config: Config, *, simulate_model: bool = False, **llm_kwargs: Any) -> Runtime:
         dsn = settings.dsn()
         if dsn is None:
             raise RuntimeError("DATABASE_URL is not set (hookline dev sets it for the processes it starts)")
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
-        llm = None
-        if key:
+        llm: LLMClient | None = None
+        if simulate_model:
+            llm = SimulatedModel()
+        elif key:
             llm = make_client(
                 api_key=key,
                 base_url=settings.anthropic_base_url,

@@ -12,6 +12,7 @@ from procrastinate.jobs import Job
 
 from app.core.config import Pipeline
 from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
+from app.core.logs import bind_log_context, log_context
 from app.core.records import EventRow
 from app.core.status import EventStatus
 from worker.errors import classify
@@ -59,6 +60,30 @@ async def process_event(
     context: JobContext, event_id: int, recompute: bool = False, force_actions: bool = False
 ) -> str:
     rt = runtime_of(context)
+    rt.metrics.jobs_in_flight.inc()
+    try:
+        with log_context(event_id=event_id):
+            await _observe_pickup(rt, context)
+            status = await _process_event(rt, context, event_id, recompute=recompute, force_actions=force_actions)
+        rt.metrics.jobs.labels(status=status).inc()
+        return status
+    finally:
+        rt.metrics.jobs_in_flight.dec()
+
+
+async def _observe_pickup(rt: Runtime, context: JobContext) -> None:
+    """hookline_pickup_delay_seconds, when this worker serves metrics (one small query per job)."""
+    if not rt.metrics.serving or context.job is None or context.job.id is None:
+        return
+    with contextlib.suppress(Exception):
+        row = await rt.db.one("pickup_delay", job_id=context.job.id)
+        if row is not None and row["seconds"] is not None:
+            rt.metrics.pickup_delay.observe(max(0.0, float(row["seconds"])))
+
+
+async def _process_event(
+    rt: Runtime, context: JobContext, event_id: int, *, recompute: bool, force_actions: bool
+) -> str:
     try:
         return await handle_event(rt, event_id, recompute=recompute, force_actions=force_actions)
     except RetryLater:
@@ -95,6 +120,7 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
     if event is None:
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
+    bind_log_context(request_id=event.get("request_id"))
     pipelines = rt.config.pipelines_for(event["source"], event["event_type"])
     if not pipelines:
         await _finish(
@@ -147,7 +173,7 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
     detail = (
         ("dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, no action fired")
         if dry
-        else None
+        else ("simulated model: answers made up from the output schema, no API call" if rt.simulated else None)
     )
     await _finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail)
     return EventStatus.SUCCEEDED
@@ -198,3 +224,4 @@ async def _finish(
     error: str | None = None,
 ) -> None:
     await rt.db.run("finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error)
+    log.info("event %s %s", event_id, status, extra={"status": str(status)})

@@ -6,6 +6,7 @@ interleaved with a prefix. Ctrl-C (or SIGTERM) stops both gracefully, then the e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -31,7 +32,27 @@ def _pump(name: str, stream: IO[bytes], color: bool) -> None:
         sys.stdout.flush()
 
 
-def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
+def _follow_events(url: str, stop: threading.Event, color: bool) -> None:
+    """One readable line per event transition (hookline tail), until ``stop``."""
+    from app.cli.tail import follow
+
+    prefix = f"\033[33m{'events':>6} |\033[0m " if color else f"{'events':>6} | "
+
+    def emit(line: str) -> None:
+        sys.stdout.write(prefix + line + "\n")
+        sys.stdout.flush()
+
+    async def run() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
+        await follow(url, emit, stop=done)
+
+    with contextlib.suppress(Exception):
+        asyncio.run(run())
+
+
+def run_dev(settings: Settings, environ: Mapping[str, str], *, simulate_model: bool = False) -> int:
     config = load_config(settings.config)  # fail early, with the key that is wrong
     for problem in environment_problems(config, environ, settings.public_url):
         print(f"warning: {problem}", file=sys.stderr)
@@ -45,8 +66,10 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
     env = {**environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     color = sys.stdout.isatty()
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    commands = {"web": [sys.executable, "-m", "app.cli", "web"], "worker": [sys.executable, "-m", "app.cli", "worker"]}
+    worker = [sys.executable, "-m", "app.cli", "worker", *(["--simulate-model"] if simulate_model else [])]
+    commands = {"web": [sys.executable, "-m", "app.cli", "web"], "worker": worker}
     stopping = threading.Event()
+    follower = threading.Thread(target=_follow_events, args=(url, stopping, color), daemon=True)
 
     def stop(*_: object) -> None:
         stopping.set()
@@ -59,7 +82,11 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
             )
             assert procs[name].stdout is not None
             threading.Thread(target=_pump, args=(name, procs[name].stdout, color), daemon=True).start()
+        follower.start()
+        model = "simulated model (answers made up from each output schema)" if simulate_model else None
         print(f"hookline dev: web on http://127.0.0.1:{settings.port}  (Ctrl-C stops everything)", flush=True)
+        if model:
+            print(f"hookline dev: {model}; calls are stored as simulated and never priced", flush=True)
         while not stopping.is_set():
             for name, proc in procs.items():
                 if proc.poll() is not None:
@@ -78,6 +105,9 @@ def run_dev(settings: Settings, environ: Mapping[str, str]) -> int:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        stopping.set()
+        if follower.is_alive():
+            follower.join(5)
         if server is not None:
             embedded.stop(server)
         for sig, handler in old.items():

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ from app.cli import watch as watching
 from app.cli.release import release
 from app.core import migrations
 from app.core.config import environment_problems, load_config
-from app.core.db import libpq_dsn
 from app.core.errors import ConfigError, HooklineError
 from app.core.logs import setup_logging
 from app.core.settings import Settings
@@ -59,13 +57,14 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     load_config(settings.config)
-    os.execv(sys.executable, [sys.executable, "-m", "worker"])  # noqa: S606 - our own module
+    extra = ["--simulate-model"] if args.simulate_model else []
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *extra])  # noqa: S606 - our own module
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli.dev import run_dev
 
-    return run_dev(settings, dict(settings.environ))
+    return run_dev(settings, dict(settings.environ), simulate_model=args.simulate_model)
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -104,23 +103,32 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    import psycopg
+    from app.cli.observe import status
 
-    url = _db_url(settings)
-    st = migrations.status(url)
-    with psycopg.connect(libpq_dsn(url)) as conn:
-        counts = conn.execute("SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
-        jobs = conn.execute(
-            "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1"
-        ).fetchall()
-    out = {
-        "schema_current": st.current,
-        "pending_migrations": [m.version for m in st.pending],
-        "events": dict(counts),
-        "jobs": dict(jobs),
-    }
-    print(json.dumps(out, indent=2))
-    return 0 if st.current else 1
+    return status(_db_url(settings), as_json=args.json)
+
+
+def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    from app.cli.observe import show_event
+
+    return show_event(_db_url(settings), args.event_id, as_json=args.json)
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from app.cli.tail import run_tail
+
+    url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
+    try:
+        return run_tail(url, as_json=args.json)
+    finally:
+        if server is not None:
+            embedded.stop(server)
+
+
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    from app.cli.observe import psql
+
+    return psql(settings.dsn(), settings.home, args.psql_args)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -163,13 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(watching.add_cli(sub))
     COMMANDS.update(benchmark.add_cli(sub))
     COMMANDS.update(scheduling.add_cli(sub))
-    sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
+    dev = sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
+    dev.add_argument(
+        "--simulate-model",
+        action="store_true",
+        help="answer model calls locally from each pipeline's output schema (no API key; stored as simulated)",
+    )
     sub.add_parser("migrate", help="apply pending SQL migrations (Procfile release step)")
     web = sub.add_parser("web", help="serve the HTTP API on $PORT")
     web.add_argument("--host")
     web.add_argument("--port", type=int)
     web.add_argument("--access-log", action="store_true", help="log every request (off: the ingest path stays lean)")
-    sub.add_parser("worker", help="run a worker (procrastinate, async concurrency)")
+    worker = sub.add_parser("worker", help="run a worker (procrastinate, async concurrency)")
+    worker.add_argument("--simulate-model", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check", help="validate hookline.toml and the environment it names")
     check.add_argument("--strict", action="store_true", help="exit 1 on environment warnings too")
     send = sub.add_parser("send", help="sign a payload as the source's provider would and post it")
@@ -178,7 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--type", help="event type to send (header or body field, as the provider does)")
     send.add_argument("--delivery-id", help="delivery id to use (default: a fresh one)")
     send.add_argument("--url", help="base URL of the running server (default: http://127.0.0.1:$PORT)")
-    sub.add_parser("status", help="schema version and event/job counts by status")
+    status = sub.add_parser("status", help="queue depth, rates, dead letters and today's spend")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    tail = sub.add_parser("tail", help="follow events live as they arrive and change status (LISTEN)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    events = sub.add_parser("events", help="look at events")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    show = events_sub.add_parser("show", help="one event's timeline, model calls and actions")
+    show.add_argument("event_id", type=int)
+    show.add_argument("--json", action="store_true", help="the event, timeline, calls and actions as JSON")
+    psql = sub.add_parser("psql", help="open psql on the configured (or embedded) database")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql (e.g. -c 'SELECT 1')")
     replay = sub.add_parser("replay", help="re-run finished events (reusing stored answers unless --recompute)")
     replay.add_argument("event_ids", nargs="*", type=int, metavar="EVENT_ID")
     replay.add_argument("--source")
@@ -201,6 +225,9 @@ COMMANDS = {
     "check": cmd_check,
     "send": cmd_send,
     "status": cmd_status,
+    "events": cmd_events,
+    "tail": cmd_tail,
+    "psql": cmd_psql,
     "replay": cmd_replay,
 }
 

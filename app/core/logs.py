@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 #: Extra fields worth a place on a text line; JSON lines carry every extra field.
 TEXT_FIELDS = ("source", "provider", "reason", "remote_addr", "request_id", "event_id", "pipeline", "action")
+
+
+_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("hookline_log_context", default={})  # noqa: B039
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Every record logged inside carries these fields (``event_id``, ``request_id``…), unless it
+    sets them itself. Scoped to the current task or thread; undone on exit."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def bind_log_context(**fields: Any) -> None:
+    """Add fields to the innermost :func:`log_context` (None values are left out)."""
+    _CONTEXT.set({**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def _install_record_factory() -> None:
+    """Every record gets the log context's fields when it is made, whichever handler formats it."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "hookline_context", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        for key, value in _CONTEXT.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return record
+
+    factory.hookline_context = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_factory()
 
 
 class JsonFormatter(logging.Formatter):

@@ -30,6 +30,7 @@ WorkerQuery = Literal[
     "supersede_calls",
     "newer_processed",
     "recent_for_key",
+    "pickup_delay",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
@@ -57,6 +58,22 @@ ActionsQuery = Literal["sql_function_check", "record_action_succeeded"]
 
 SchedulesQuery = Literal["insert_firing", "window_counts", "window_examples"]
 
+ObserveQuery = Literal[
+    "event_detail",
+    "event_timeline",
+    "event_calls",
+    "event_actions",
+    "event_brief",
+    "events_between",
+    "metric_totals",
+    "queue_depth",
+    "dead_letters_count",
+    "event_rates",
+    "spend_today",
+    "event_status_counts",
+    "jobs_by_status",
+]
+
 #: Every file of sql/queries and its names (a test checks the two agree).
 BY_FILE: dict[str, Any] = {
     "ingest": IngestQuery,
@@ -66,4 +83,5 @@ BY_FILE: dict[str, Any] = {
     "admin": AdminQuery,
     "actions": ActionsQuery,
     "schedules": SchedulesQuery,
+    "observe": ObserveQuery,
 }

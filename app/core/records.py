@@ -24,6 +24,13 @@ class EventRow(TypedDict):
     payload: Any
     attempts: int
     received_at: datetime
+    request_id: str | None
+
+
+class PickupRow(TypedDict):
+    """``pickup_delay``: seconds from runnable to started (None when procrastinate's log lacks it)."""
+
+    seconds: float | None
 
 
 class StoredCallRow(TypedDict):

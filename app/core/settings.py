@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         description="Believe X-Forwarded-Proto from the proxy in front (PaaS router) when deciding that a "
         "request came over HTTPS (Secure session cookie, Origin check).",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires when set; unset, /metrics is public and shows "
+        "no tenant label and no signature-failure reason.",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, description="Port on which each worker serves its own Prometheus metrics; unset: none."
+    )
 
     @property
     def environ(self) -> Mapping[str, str]:

@@ -12,9 +12,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from app.core.sqlfiles import queries
+from app.core.querynames import ObserveQuery
+from app.core.sqlfiles import NamedQueries
 
-Q = queries("observe")
+Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 
 
 @dataclass(frozen=True)

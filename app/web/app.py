@@ -7,13 +7,16 @@ globals. ``create_app()`` is what uvicorn serves (``hookline web``).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from app.core import migrations
@@ -25,6 +28,7 @@ from app.core.sqlfiles import NamedQueries
 from app.web import admin
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
+from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, cluster_figures, note_outcome
 from app.web.openapi import openapi_json
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
@@ -68,43 +72,39 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus text; with ``HOOKLINE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
     state: AppState = request.state.hookline
-    gauges: list[tuple[str, str, dict[str, str], float]] = []
+    token = state.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        expected = "Bearer " + token.get_secret_value()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return json_response(
+                401,
+                {"error": "unauthorized", "detail": "send Authorization: Bearer <HOOKLINE_METRICS_TOKEN>"},
+                {"WWW-Authenticate": "Bearer"},
+            )
+    cluster: list[Metric] = []
+    up = GaugeMetricFamily("hookline_database_up", "1 when the last metrics query reached Postgres.")
     try:
-        pool = await state.db.ensure()
-        for r in await pool.fetch(Q["queue_depth"]):
-            gauges.append(
-                (
-                    "hookline_jobs",
-                    "procrastinate jobs by queue and status (todo, doing).",
-                    {"queue": r["queue_name"], "status": r["status"]},
-                    float(r["n"]),
-                )
-            )
-        for r in await pool.fetch(Q["event_status_counts"]):
-            gauges.append(
-                (
-                    "hookline_events_last_hour",
-                    "Events received in the last hour, by status.",
-                    {"status": r["status"]},
-                    float(r["n"]),
-                )
-            )
-        up = 1.0
+        cluster = await cluster_figures(await state.db.ensure())
+        up.add_metric([], 1.0)
     except Exception:
-        up = 0.0
-    gauges.append(("hookline_database_up", "1 when the last metrics query reached Postgres.", {}, up))
-    return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+        up.add_metric([], 0.0)
+    body = state.metrics.render([*cluster, up], private=token is not None)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
+    note_outcome(request.scope, exc.code)
     return json_response(exc.status, {"error": exc.code, "detail": exc.detail}, exc.headers)
 
 
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    note_outcome(request.scope, code)
     return json_response(exc.status_code, {"error": code, "detail": exc.detail}, exc.headers)
 
 
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin.routes(settings),
         ],
+        middleware=[Middleware(IngestMetricsMiddleware)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error},
         lifespan=lifespan,
     )

@@ -43,6 +43,7 @@ from app.signatures import (
     verify,
 )
 from app.signatures.locators import first
+from app.web.metrics import note_outcome
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState
 
@@ -137,7 +138,6 @@ async def receive_webhook(request: Request) -> Response:
     src = state.config.sources.get(name)
     request_id = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
     if src is None:
-        state.metrics.inc("hookline_ingest_requests_total", source="", outcome="unknown_source")
         raise UnknownSource(f"no source named {name!r} is configured")
     provider = src.provider
     headers = Headers(request.headers.items())
@@ -160,6 +160,7 @@ async def receive_webhook(request: Request) -> Response:
         if reply is None:
             raise BadRequest("GET is only used for the subscription handshake")
         state.metrics.inc("hookline_handshakes_total", source=name)
+        note_outcome(request.scope, "handshake")
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
     body = await read_body(request, src.max_body_bytes or state.settings.max_body_bytes)
@@ -176,7 +177,6 @@ async def receive_webhook(request: Request) -> Response:
         )
     except SignatureError as e:
         state.metrics.inc("hookline_signature_failures_total", source=name, provider=provider, reason=e.code)
-        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="invalid_signature")
         log.warning(
             "signature rejected",
             extra={
@@ -205,6 +205,7 @@ async def receive_webhook(request: Request) -> Response:
     )
     if reply is not None:
         state.metrics.inc("hookline_handshakes_total", source=name)
+        note_outcome(request.scope, "handshake")
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
     try:
@@ -248,7 +249,6 @@ async def receive_webhook(request: Request) -> Response:
         else:
             event_id, status = row["id"], ("accepted" if row["inserted"] else "duplicate")
     except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
-        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="db_unavailable")
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
         raise DatabaseUnavailable(
             "the event store is unavailable; nothing was stored, retry later",
@@ -259,7 +259,13 @@ async def receive_webhook(request: Request) -> Response:
             f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
             "e.g. \\u0000 or an unpaired surrogate"
         ) from None
-    state.metrics.inc("hookline_ingest_requests_total", source=name, outcome=status)
+    note_outcome(request.scope, status)
+    log.info(
+        "event %s %s",
+        event_id,
+        status,
+        extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
+    )
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
 
 

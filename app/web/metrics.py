@@ -1,54 +1,205 @@
-"""Process-local counters rendered as Prometheus text (``GET /metrics``)."""
+"""``GET /metrics``: the web process's own figures (prometheus-client) plus the cluster-wide picture
+read from Postgres at scrape time, because on a PaaS only the web process is reachable.
+
+Web process figures are counted by :class:`IngestMetricsMiddleware` (every answer under
+``/webhooks/``, whatever produced it) and by ingest itself (signature failures, handshakes).
+Cluster figures come from the trigger-kept rollup ``hookline.metric_totals`` and a few cheap counts.
+
+When ``HOOKLINE_METRICS_TOKEN`` is set, a scrape must present it as a bearer token and sees every
+label; when it is not set the endpoint is public and drops the ``tenant`` and ``reason`` labels
+(summing over them), so an attacker learns neither tenants nor why a signature failed.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
+import time
 from collections.abc import Iterable
+from typing import Any
 
-_HELP = {
-    "hookline_ingest_requests_total": "Webhook requests answered, by source and outcome.",
-    "hookline_signature_failures_total": "Rejected signatures, by source, provider and reason code.",
-    "hookline_handshakes_total": "Sender handshakes answered (not stored), by source.",
-}
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.querynames import ObserveQuery
+from app.core.sqlfiles import NamedQueries
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise
+
+Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
+#: Labels only an authenticated scrape sees.
+PRIVATE_LABELS = frozenset({"tenant", "reason"})
+#: Key in the ASGI scope where ingest (and the error handlers) note the outcome of a webhook request.
+OUTCOME_KEY = "hookline.outcome"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
+    """The web process's registry (one per app, so tests can run several apps in one process)."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingest_requests = Counter(
+            "hookline_ingest_requests",
+            "Webhook requests answered, by source ('' when unknown) and outcome (accepted, duplicate, "
+            "handshake, or the error code of a 4xx/5xx answer).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.ingest_duration = Histogram(
+            "hookline_ingest_duration_seconds",
+            "Time to answer a webhook request, by source.",
+            ["source"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.signature_failures = Counter(
+            "hookline_signature_failures",
+            "Rejected signatures, by source, provider and reason code (reason: authenticated scrapes only).",
+            ["source", "provider", "reason"],
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "hookline_handshakes", "Sender handshakes answered (not stored), by source.", ["source"], registry=r
+        )
+        self._by_name: dict[str, Counter] = {
+            "hookline_ingest_requests_total": self.ingest_requests,
+            "hookline_signature_failures_total": self.signature_failures,
+            "hookline_handshakes_total": self.handshakes,
+        }
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._counters[key] += amount
+        """Count on one of the counters by its exposed name (``hookline_handshakes_total``)."""
+        self._by_name[name].labels(**labels).inc(amount)
 
-    def value(self, name: str, **labels: str) -> int:
-        with self._lock:
-            return self._counters[(name, tuple(sorted(labels.items())))]
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-    def render(self, gauges: Iterable[tuple[str, str, dict[str, str], float]] = ()) -> str:
-        lines: list[str] = []
-        with self._lock:
-            items = sorted(self._counters.items())
-        seen: set[str] = set()
-        for (name, labels), value in items:
-            if name not in seen:
-                seen.add(name)
-                lines.append(f"# HELP {name} {_HELP.get(name, name)}")
-                lines.append(f"# TYPE {name} counter")
-            lines.append(f"{name}{_labels(labels)} {value}")
-        for name, help_text, labels_d, gvalue in gauges:
-            if name not in seen:
-                seen.add(name)
-                lines.append(f"# HELP {name} {help_text}")
-                lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name}{_labels(tuple(sorted(labels_d.items())))} {gvalue:g}")
-        return "\n".join(lines) + "\n"
+    def render(self, cluster: Iterable[Metric] = (), *, private: bool) -> bytes:
+        families = [*self.registry.collect(), *cluster]
+        if not private:
+            families = [_without(f, PRIVATE_LABELS) for f in families]
+        out = CollectorRegistry(auto_describe=False)
+        out.register(_Fixed(families))
+        return generate_latest(out)
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    esc = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in labels)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(labels, esc, strict=True)) + "}"
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _without(family: Metric, drop: frozenset[str]) -> Metric:
+    """The family with the ``drop`` labels summed away."""
+    if not any(drop & s.labels.keys() for s in family.samples):
+        return family
+    out = Metric(family.name, family.documentation, family.type, family.unit)
+    sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for s in family.samples:
+        key = (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in drop)))
+        sums[key] = sums.get(key, 0.0) + s.value
+    for (name, labels), value in sums.items():
+        out.add_sample(name, dict(labels), value)
+    return out
+
+
+async def cluster_figures(pool: Any) -> list[Metric]:
+    """The cluster-wide picture from Postgres: a handful of small queries on one connection."""
+    jobs = _gauge("hookline_jobs", "procrastinate jobs by queue and status (todo, doing).", "queue", "status")
+    dead = _gauge("hookline_dead_letters", "Events that will not be retried (status dead).")
+    last_hour = _gauge("hookline_events_last_hour", "Events received in the last hour, by status.", "status")
+    finished = _counter(
+        "hookline_events_finished", "Events finished (terminal status), by pipeline and status.", "pipeline", "status"
+    )
+    tokens = _counter(
+        "hookline_llm_tokens",
+        "Model tokens, by model, tenant and kind (input, output, cache_creation, cache_read).",
+        "model",
+        "tenant",
+        "kind",
+    )
+    cost = _counter("hookline_llm_cost_usd", "Model spend in US dollars, by model and tenant.", "model", "tenant")
+    calls = _counter("hookline_llm_calls", "Model calls stored, by model and outcome (status).", "model", "outcome")
+    async with pool.acquire() as conn:
+        for r in await conn.fetch(Q["queue_depth"]):
+            jobs.add_metric([r["queue_name"], r["status"]], float(r["n"]))
+        dead.add_metric([], float(await conn.fetchval(Q["dead_letters_count"])))
+        for r in await conn.fetch(Q["event_rates"]):
+            last_hour.add_metric([r["status"]], float(r["last_1h"]))
+        for r in await conn.fetch(Q["metric_totals"]):
+            v = float(r["value"])
+            metric = r["metric"]
+            if metric == "events_finished":
+                finished.add_metric([r["pipeline"], r["status"]], v)
+            elif metric == "tokens":
+                tokens.add_metric([r["model"], r["tenant"], r["kind"]], v)
+            elif metric == "cost_usd":
+                cost.add_metric([r["model"], r["tenant"]], v)
+            elif metric == "model_calls":
+                calls.add_metric([r["model"], r["status"]], v)
+    # Breaker state (hookline_breaker_state) joins here once circuit breakers exist.
+    return [jobs, dead, last_hour, finished, tokens, cost, calls]
+
+
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+class IngestMetricsMiddleware:
+    """Counts and times every answer under ``/webhooks/``: 2xx, 4xx and 5xx alike, including the
+    router's own 404/405. The source label is the configured source name, or '' for any other
+    path segment (so random URLs cannot create series)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        state = (scope.get("state") or {}).get("hookline")
+        if scope["type"] != "http" or state is None or not path.startswith("/webhooks/"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        name = path[len("/webhooks/") :].split("/", 1)[0]
+        source = name if name in state.config.sources else ""
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            outcome = scope.get(OUTCOME_KEY) or _OUTCOMES.get(status, "error" if status >= 500 else str(status))
+            metrics: Metrics = state.metrics
+            metrics.ingest_requests.labels(source=source, outcome=outcome).inc()
+            metrics.ingest_duration.labels(source=source).observe(time.perf_counter() - started)
+
+
+_OUTCOMES = {
+    200: "accepted",
+    400: "bad_request",
+    401: "invalid_signature",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+    503: "database_unavailable",
+}
+
+
+def note_outcome(scope: Scope, outcome: str) -> None:
+    """What the answer to this webhook request was (the label of hookline_ingest_requests_total)."""
+    scope[OUTCOME_KEY] = outcome

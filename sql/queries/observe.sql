@@ -72,3 +72,7 @@ ORDER BY cost_usd DESC, tenant, c.model;
 -- name: event_status_counts
 -- Events per status, all time (the status command).
 SELECT status, count(*) AS n FROM hookline.events GROUP BY status ORDER BY status;
+
+-- name: jobs_by_status
+-- hookline's jobs by status (the status command's "jobs").
+SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1 ORDER BY 1;

@@ -120,3 +120,14 @@ FROM hookline.events
 WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND id < %(event_id)s
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: pickup_delay
+-- Seconds from a job becoming runnable (deferred, or the time its retry was scheduled for) to its
+-- last start, from procrastinate's own event log (hookline_pickup_delay_seconds).
+SELECT extract(epoch FROM (
+           (SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id AND e.type = 'started')
+         - greatest(j.scheduled_at,
+                    (SELECT max(e.at) FROM procrastinate_events e
+                     WHERE e.job_id = j.id AND e.type IN ('deferred', 'deferred_for_retry', 'retried')))
+       ))::float8 AS seconds
+FROM procrastinate_jobs j WHERE j.id = %(job_id)s;

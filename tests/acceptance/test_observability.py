@@ -1,0 +1,260 @@
+"""Metrics after a known workload (exact counts), the private/public split of /metrics, the worker's
+own metrics port, the event timeline of a real run, and request ids in the worker's JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.core.config import Config
+from app.core.logs import JsonFormatter, bind_log_context, log_context
+from app.signatures import sign
+from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.harness import (
+    Receiver,
+    config_from,
+    free_port,
+    make_settings,
+    rows,
+    wait_for_status,
+    web_server,
+    worker_task,
+)
+from worker.pricing import cost_usd
+
+STRIPE_SECRET = "whsec_observe_test"
+USAGE = {
+    "input_tokens": 100,
+    "output_tokens": 20,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def pick(samples: Samples, name: str, **labels: str) -> float:
+    """The one sample of ``name`` with exactly these labels (0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def of(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def config() -> Config:
+    return config_from(
+        {
+            "sources": {
+                "stripe": {
+                    "provider": "stripe",
+                    "secrets_env": ["HL_STRIPE_SECRET"],
+                    "tenant": "json:data.object.customer",
+                    "max_body_bytes": 4096,
+                },
+            },
+            "pipelines": {
+                "recovery": {
+                    "source": "stripe",
+                    "events": ["invoice.payment_failed"],
+                    "instructions": "Draft a recovery email.",
+                    "output_schema": {
+                        "type": "object",
+                        "properties": {"subject": {"type": "string"}},
+                        "required": ["subject"],
+                    },
+                    "actions": [{"type": "http", "url_env": "HL_CRM_URL"}],
+                }
+            },
+        }
+    )
+
+
+def stripe_body(evt_id: str, customer: str = "cus_42") -> bytes:
+    data = {"id": evt_id, "type": "invoice.payment_failed", "created": int(time.time())}
+    return json.dumps(data | {"data": {"object": {"customer": customer}}}).encode()
+
+
+def signed(body: bytes) -> dict[str, str]:
+    return {**sign("stripe", secret=STRIPE_SECRET, body=body), "content-type": "application/json"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    monkeypatch.setenv("HL_STRIPE_SECRET", STRIPE_SECRET)
+    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+
+
+async def test_metrics_exact_counts_after_a_known_workload(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    worker_port = free_port()
+    settings = make_settings(
+        db_url,
+        anthropic_api_key="sk-test",
+        anthropic_base_url=fake.base_url,
+        metrics_token="scrape-me",
+        worker_metrics_port=worker_port,
+        host="127.0.0.1",
+    )
+    fake.set_default(reply({"subject": "About your invoice"}, usage=USAGE))
+    cfg = config()
+    async with web_server(settings, cfg) as base, worker_task(settings, cfg), httpx.AsyncClient() as client:
+        ids = []
+        for evt, customer in (("evt_1", "cus_42"), ("evt_2", "cus_7")):
+            body = stripe_body(evt, customer)
+            resp = await client.post(f"{base}/webhooks/stripe", content=body, headers=signed(body))
+            assert resp.status_code == 200, resp.text
+            ids.append(resp.json()["event_id"])
+        dup = stripe_body("evt_1")
+        assert (await client.post(f"{base}/webhooks/stripe", content=dup, headers=signed(dup))).status_code == 200
+        bad = stripe_body("evt_bad")
+        headers = {**sign("stripe", secret="whsec_someone_else", body=bad), "content-type": "application/json"}
+        assert (await client.post(f"{base}/webhooks/stripe", content=bad, headers=headers)).status_code == 401
+        assert (await client.post(f"{base}/webhooks/nope", content=b"{}")).status_code == 404
+        assert (await client.put(f"{base}/webhooks/stripe", content=b"{}")).status_code == 405
+        big = b"{" + b" " * 5000 + b"}"
+        assert (await client.post(f"{base}/webhooks/stripe", content=big, headers=signed(big))).status_code == 413
+        notjson = b"not json"
+        resp = await client.post(f"{base}/webhooks/stripe", content=notjson, headers=signed(notjson))
+        assert resp.status_code == 400
+        for event_id in ids:
+            assert (await wait_for_status(db_url, event_id))["status"] == "succeeded"
+
+        assert (await client.get(f"{base}/metrics")).status_code == 401
+        wrong = await client.get(f"{base}/metrics", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "scrape-me" not in wrong.text
+        resp = await client.get(f"{base}/metrics", headers={"authorization": "Bearer scrape-me"})
+        assert resp.status_code == 200
+        web = scrape(resp.text)
+        worker = scrape((await client.get(f"http://127.0.0.1:{worker_port}/metrics")).text)
+
+    requests = of(web, "hookline_ingest_requests_total")
+    assert requests == {
+        frozenset({("source", "stripe"), ("outcome", "accepted")}): 2,
+        frozenset({("source", "stripe"), ("outcome", "duplicate")}): 1,
+        frozenset({("source", "stripe"), ("outcome", "invalid_signature")}): 1,
+        frozenset({("source", ""), ("outcome", "unknown_source")}): 1,
+        frozenset({("source", "stripe"), ("outcome", "method_not_allowed")}): 1,
+        frozenset({("source", "stripe"), ("outcome", "payload_too_large")}): 1,
+        frozenset({("source", "stripe"), ("outcome", "bad_request")}): 1,
+    }
+    assert pick(web, "hookline_ingest_duration_seconds_count", source="stripe") == 7
+    assert pick(web, "hookline_ingest_duration_seconds_count", source="") == 1
+    assert of(web, "hookline_signature_failures_total") == {
+        frozenset({("source", "stripe"), ("provider", "stripe"), ("reason", "bad_signature")}): 1
+    }
+    model = "claude-haiku-5-5"
+    assert of(web, "hookline_llm_calls_total") == {frozenset({("model", model), ("outcome", "succeeded")}): 2}
+    assert of(web, "hookline_llm_tokens_total") == {
+        frozenset({("model", model), ("tenant", t), ("kind", k)}): n
+        for t in ("cus_42", "cus_7")
+        for k, n in (("input", 100), ("output", 20))
+    }
+    one_call = float(cost_usd(model, USAGE) or Decimal(0))
+    assert one_call > 0
+    cost = of(web, "hookline_llm_cost_usd_total")
+    assert cost.keys() == {frozenset({("model", model), ("tenant", t)}) for t in ("cus_42", "cus_7")}
+    assert all(v == pytest.approx(one_call) for v in cost.values())
+    assert of(web, "hookline_events_finished_total") == {
+        frozenset({("pipeline", "recovery"), ("status", "succeeded")}): 2
+    }
+    assert pick(web, "hookline_dead_letters") == 0
+    assert pick(web, "hookline_database_up") == 1
+    assert pick(web, "hookline_events_last_hour", status="succeeded") == 2
+
+    assert pick(worker, "hookline_actions_total", pipeline="recovery", type="http", outcome="succeeded") == 2
+    assert pick(worker, "hookline_llm_latency_seconds_count", model=model, outcome="succeeded") == 2
+    assert pick(worker, "hookline_pickup_delay_seconds_count") == 2
+    assert pick(worker, "hookline_jobs_in_flight") == 0
+    assert pick(worker, "hookline_worker_jobs_total", status="succeeded") == 2
+
+    # the timeline of a real run, and the request id stored with the event
+    steps = rows(
+        db_url,
+        "SELECT step, name, status FROM hookline.event_timeline WHERE event_id = %s ORDER BY at, step_rank, ref_id",
+        ids[0],
+    )
+    assert steps == [
+        ("received", None, None),
+        ("queued", None, None),
+        ("started", None, None),
+        ("model_call", model, "succeeded"),
+        ("action", "http#0", "succeeded"),
+        ("finished", None, "succeeded"),
+    ]
+
+
+async def test_public_metrics_hide_tenant_and_signature_reason(db_url: str, env: None) -> None:
+    settings = make_settings(db_url)
+    cfg = config()
+    async with web_server(settings, cfg) as base, httpx.AsyncClient() as client:
+        body = stripe_body("evt_pub", "cus_secret_tenant")
+        assert (await client.post(f"{base}/webhooks/stripe", content=body, headers=signed(body))).status_code == 200
+        for header in ("t=1,v1=00", "garbage"):
+            headers = signed(body) | {"stripe-signature": header}
+            assert (await client.post(f"{base}/webhooks/stripe", content=body, headers=headers)).status_code == 401
+        rows(
+            db_url,
+            "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, input_tokens, cost_usd) "
+            "SELECT id, 'recovery', 'claude-haiku-5-5', 'succeeded', '{}', 10, 0.5 FROM hookline.events "
+            "RETURNING id",
+        )
+        resp = await client.get(f"{base}/metrics")
+    assert resp.status_code == 200
+    assert "reason=" not in resp.text and "tenant=" not in resp.text and "cus_secret_tenant" not in resp.text
+    samples = scrape(resp.text)
+    assert of(samples, "hookline_signature_failures_total") == {
+        frozenset({("source", "stripe"), ("provider", "stripe")}): 2
+    }
+    assert pick(samples, "hookline_llm_tokens_total", model="claude-haiku-5-5", kind="input") == 10
+    assert pick(samples, "hookline_llm_cost_usd_total", model="claude-haiku-5-5") == 0.5
+
+
+async def test_worker_json_logs_carry_event_and_request_ids(
+    db_url: str, env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(db_url)  # no API key: dry run, still a full pass through the worker
+    cfg = config()
+    caplog.set_level(logging.INFO)
+    async with web_server(settings, cfg) as base, worker_task(settings, cfg):
+        body = stripe_body("evt_log")
+        async with httpx.AsyncClient() as client:
+            resp = await client.post(
+                f"{base}/webhooks/stripe", content=body, headers=signed(body) | {"x-request-id": "req-abc-123"}
+            )
+        assert resp.headers["x-request-id"] == "req-abc-123"
+        event_id = resp.json()["event_id"]
+        await wait_for_status(db_url, event_id)
+    assert rows(db_url, "SELECT request_id FROM hookline.events WHERE id = %s", event_id) == [("req-abc-123",)]
+    fmt = JsonFormatter()
+    lines: list[dict[str, Any]] = [json.loads(fmt.format(r)) for r in caplog.records]
+    web = [x for x in lines if x["logger"] == "hookline.ingest" and x.get("event_id") == event_id]
+    assert web and web[0]["request_id"] == "req-abc-123"
+    finished = [x for x in lines if x["logger"] == "hookline.worker" and x.get("status") == "succeeded"]
+    assert finished and finished[-1]["event_id"] == event_id and finished[-1]["request_id"] == "req-abc-123"
+
+
+def test_log_context_is_scoped() -> None:
+    log = logging.getLogger("hookline.test")
+    with log_context(event_id=7):
+        bind_log_context(request_id="r", tenant=None)
+        inside = log.makeRecord("hookline.test", logging.INFO, "", 0, "m", (), None)
+    outside = log.makeRecord("hookline.test", logging.INFO, "", 0, "m", (), None)
+    assert (inside.event_id, inside.request_id) == (7, "r")  # type: ignore[attr-defined]
+    assert not hasattr(inside, "tenant") and not hasattr(outside, "event_id")
