@@ -233,7 +233,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["psql"] and not {"-h", "--help"} & set(argv[1:2]):  # psql's own options pass through as is
+        args = argparse.Namespace(command="psql", psql_args=[a for a in argv[1:2] if a != "--"] + argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         settings = Settings()
         return COMMANDS[args.command](settings, args)

@@ -74,7 +74,7 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
         status: dict[str, dict[str, int]] = {}
         for _ in range(100):
             proc = subprocess.run(
-                [sys.executable, "-m", "app.cli", "status"],
+                [sys.executable, "-m", "app.cli", "status", "--json"],
                 env=env,
                 cwd=tmp_path,
                 capture_output=True,
