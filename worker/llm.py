@@ -103,7 +103,11 @@ async def ask(client: LLMClient, request: dict[str, Any], spec: OutputSpec) -> A
     returned in ``calls`` so the caller stores all of them, failed ones included.
     """
     calls: list[CallRecord] = []
-    first = await _one_call(client, request)
+    if isinstance(client, SimulatedModel):
+        with client.answering(spec.raw_schema):
+            first = await _one_call(client, request)
+    else:
+        first = await _one_call(client, request)
     calls.append(first)
     try:
         first.output = _check(first.response or {}, spec)

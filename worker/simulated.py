@@ -9,14 +9,21 @@ status ``simulated`` and never prices them. It is only ever used when asked for 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
 
 _IDS = itertools.count(1)
+#: The pipeline's own schema, when the worker gives it: the schema sent to the API is a simplified
+#: copy (structured outputs drop constraints such as minItems > 1), and answers are checked against
+#: the original.
+_SCHEMA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("simulated_schema", default=None)
 
 
 def example(schema: dict[str, Any], root: dict[str, Any] | None = None, name: str = "value") -> Any:
@@ -84,7 +91,8 @@ class _Raw:
 
 class _RawMessages:
     async def create(self, **request: Any) -> _Raw:
-        schema = ((request.get("output_config") or {}).get("format") or {}).get("schema") or {}
+        sent = ((request.get("output_config") or {}).get("format") or {}).get("schema") or {}
+        schema = _SCHEMA.get() or sent
         value = example(schema) if schema else {}
         n = next(_IDS)
         message = anthropic.types.Message.model_validate(
@@ -112,6 +120,15 @@ class SimulatedModel:
 
     def __init__(self) -> None:
         self.messages = _Messages()
+
+    @contextlib.contextmanager
+    def answering(self, schema: dict[str, Any]) -> Iterator[None]:
+        """Answer calls made inside from ``schema`` (the pipeline's own) rather than the one sent."""
+        token = _SCHEMA.set(schema)
+        try:
+            yield
+        finally:
+            _SCHEMA.reset(token)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -23,17 +23,3 @@ SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;
 -- name: schema_versions
 -- Applied migrations, for /readyz.
 SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
-
--- name: queue_depth
--- Jobs waiting and running per queue, for /metrics.
-SELECT queue_name, status::text AS status, count(*) AS n
-FROM procrastinate_jobs
-WHERE status IN ('todo', 'doing')
-GROUP BY queue_name, status;
-
--- name: event_status_counts
--- Events per status over the last hour, for /metrics.
-SELECT status, count(*) AS n
-FROM hookline.events
-WHERE received_at > now() - interval '1 hour'
-GROUP BY status;
