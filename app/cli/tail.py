@@ -114,7 +114,11 @@ async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Even
 
 async def _lines(conn: Any, notice: dict[str, Any], as_json: bool) -> list[str]:
     if notice.get("op") == "insert":
-        rows = [dict(r) for r in await conn.fetch(Q["events_between"], notice["min_id"], notice["max_id"])]
+        # the row may already be further on; its own status notices follow, so say only that it arrived
+        rows = [
+            dict(r) | {"status": "received"}
+            for r in await conn.fetch(Q["events_between"], notice["min_id"], notice["max_id"])
+        ]
         return [json.dumps(jsonable(r)) if as_json else format_brief(r) for r in rows]
     if notice.get("op") != "status":
         return []
