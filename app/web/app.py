@@ -75,9 +75,10 @@ async def metrics(request: Request) -> Response:
     """Prometheus text; with ``HOOKLINE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
     state: AppState = request.state.hookline
     token = state.settings.metrics_token
-    if token is not None:
+    secret = token.get_secret_value() if token is not None else ""  # empty counts as unset
+    if secret:
         given = request.headers.get("authorization", "")
-        expected = "Bearer " + token.get_secret_value()
+        expected = "Bearer " + secret
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return json_response(
                 401,
@@ -91,7 +92,7 @@ async def metrics(request: Request) -> Response:
         up.add_metric([], 1.0)
     except Exception:
         up.add_metric([], 0.0)
-    body = state.metrics.render([*cluster, up], private=token is not None)
+    body = state.metrics.render([*cluster, up], private=bool(secret))
     return Response(body, media_type=CONTENT_TYPE)
 
 
