@@ -38,7 +38,7 @@ LOCK_TRIGGER_ON = "ALTER TABLE procrastinate_jobs ENABLE TRIGGER hookline_notify
 
 
 def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> tuple[Any, ...]:
-    """Arguments of the ``insert_event`` query, as the ingest route passes them."""
+    """Arguments of the ``store_event`` query, as the ingest route passes them (request id last)."""
     body = event_body(i, delivery_id.rsplit("-", 1)[0], key)
     return (
         source,
@@ -52,6 +52,7 @@ def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> 
         json.loads(body),
         "application/json",
         "127.0.0.1",
+        f"bench-{delivery_id}",
     )
 
 
