@@ -11,7 +11,11 @@ from app.core.config import Config
 
 def release(url: str, config: Config, out: Callable[[str], None] = print) -> list[migrations.Migration]:
     """Apply pending migrations, then every ``[[watch]]`` entry; returns the migrations applied now."""
-    applied = migrations.migrate(url)
+
+    def step(n: int, total: int, m: migrations.Migration) -> None:
+        out(f"[{n}/{total}] applying {m.version:04d}_{m.name} …")
+
+    applied = migrations.migrate(url, on_step=step)
     for m in applied:
         out(f"applied {m.version:04d}_{m.name}")
     for line in apply_watches(url, config.watch):

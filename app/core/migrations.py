@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +113,14 @@ def compare(applied: dict[int, str], migrations: list[Migration]) -> SchemaStatu
     )
 
 
-def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Apply pending migrations; returns what was applied. Safe to run concurrently."""
+def migrate(
+    dsn: str,
+    migrations: list[Migration] | None = None,
+    on_step: Callable[[int, int, Migration], None] | None = None,
+) -> list[Migration]:
+    """Apply pending migrations; returns what was applied. Safe to run concurrently.
+
+    ``on_step(n, total, migration)`` is called before each one (progress for long migrations)."""
     migrations = discover() if migrations is None else migrations
     done: list[Migration] = []
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
@@ -134,7 +141,9 @@ def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migrati
                     + ", ".join(f"{v:04d}" for v in st.unknown)
                     + " — is an older release running against a newer schema?"
                 )
-            for mig in st.pending:
+            for n, mig in enumerate(st.pending, 1):
+                if on_step is not None:
+                    on_step(n, len(st.pending), mig)
                 record = "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
                 if mig.transactional:
                     with conn.transaction():

@@ -81,3 +81,9 @@ def test_procrastinate_schema_is_the_installed_version() -> None:
     installed = (Path(procrastinate.__file__).parent / "sql" / "schema.sql").read_text()
     ours = migrations.discover()[0].sql.split("-- procrastinate-schema-begin\n", 1)[1]
     assert ours == installed
+
+
+def test_migrate_reports_each_step_before_applying_it(empty_db_url: str) -> None:
+    steps: list[tuple[int, int, int]] = []
+    applied = migrations.migrate(empty_db_url, on_step=lambda n, total, m: steps.append((n, total, m.version)))
+    assert steps == [(i, len(applied), m.version) for i, m in enumerate(applied, 1)] and len(applied) >= 6
