@@ -13,8 +13,6 @@ IngestQuery = Literal[
     "store_event",
     "find_event",
     "schema_versions",
-    "queue_depth",
-    "event_status_counts",
 ]
 
 WorkerQuery = Literal[
