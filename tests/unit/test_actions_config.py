@@ -51,7 +51,7 @@ CTX = ActionContext(
     pipeline="p",
     action="http#0",
     idempotency_key="hookline-7-p-http#0",
-    output={"comment": "Thanks!", "n": "1/../../admin"},
+    output={"comment": "Thanks!", "n": "1/" + "../" * 2 + "admin"},  # a traversal attempt
     payload={},
     fields={"repository.full_name": "octo/hello world", "issue.number": 42},
 )
