@@ -213,6 +213,12 @@ def respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str) -> Outco
 
 def _respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str, rid: str) -> Outcome | None:
     method, path, headers = rec.method, rec.path, rec.headers
+    if path.startswith("/v1/messages/batches"):
+        try:
+            check_headers(headers, fake.api_key)
+        except RequestRejected as rej:
+            return error_outcome(rej.status, rej.error_type, rej.message, rid)
+        return fake.batches.route(method, path, raw_text, rid)
     endpoints = {"/v1/messages": True, "/v1/messages/count_tokens": False}
     if path not in endpoints:
         return error_outcome(404, "not_found_error", f"Not found: {method} {path}", rid)
@@ -230,8 +236,17 @@ def _respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str, rid: st
         return error_outcome(rej.status, rej.error_type, rej.message, rid)
     if not endpoints[path]:
         return Outcome.json(200, {"input_tokens": estimate_tokens(body)})
+    wait = fake.over_limit()
+    if wait is not None:
+        out = run_step(Ctx(fake, body, headers, rid), rate_limited(retry_after=max(1, int(wait) + 1)))
+        assert out is not None
+        out.headers.update(fake.rate_limit_headers(0, limited=True))
+        rec.step = "rate-limit"
+        return out
     ctx = Ctx(fake, body, headers, rid)
-    step, source = fake.take_keyed(raw_text)
+    step, source = fake.take_for_model(str(body.get("model")))
+    if step is None:
+        step, source = fake.take_keyed(raw_text)
     if step is None:
         step, source = scenario_step(fake, headers), "scenario"
     if step is None:

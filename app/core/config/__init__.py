@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from app.core.config._base import NAME, Strict, import_problem, resolve_target
 from app.core.config.actions import Action, HttpAction, LogAction, PythonAction
+from app.core.config.limits import Breaker, ModelLimits, Prices, RateLimit, Tenant
 from app.core.config.pipelines import Pipeline, RetryPolicy
 from app.core.config.sources import Source
 from app.core.errors import ConfigError
@@ -24,7 +25,12 @@ from app.signatures import PROVIDERS
 
 __all__ = [
     "Action",
+    "Breaker",
     "Config",
+    "ModelLimits",
+    "Prices",
+    "RateLimit",
+    "Tenant",
     "HttpAction",
     "LogAction",
     "Pipeline",
@@ -42,6 +48,9 @@ class Config(Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
     watch: tuple[WatchSpec, ...] = ()
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    alerts: tuple[Action, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -62,7 +71,23 @@ class Config(Strict):
         for name, p in self.pipelines.items():
             if p.source not in self.sources and p.source != "db":
                 raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined")
+        for name, m in self.models.items():
+            if m.fallback == name:
+                raise ValueError(f"models.{name}.fallback: a model cannot fall back to itself")
         return self
+
+    def tenant(self, name: str | None) -> Tenant:
+        """The caps of one tenant: its own ``[tenants.NAME]`` keys over ``[tenants."*"]``."""
+        defaults = self.tenants.get("*", Tenant())
+        own = self.tenants.get(name or "") if name != "*" else None
+        return own.merged_over(defaults) if own is not None else defaults
+
+    def model_limits(self, model: str) -> ModelLimits:
+        return self.models.get(model) or ModelLimits()
+
+    def priority_for(self, source: str, event_type: str | None) -> int:
+        """procrastinate job priority of an event: the highest of the pipelines it matches (0 if none)."""
+        return max((p.priority for p in self.pipelines_for(source, event_type)), default=0)
 
     def pipelines_for(self, source: str, event_type: str | None) -> list[Pipeline]:
         return [p for p in self.pipelines.values() if p.matches(source, event_type)]

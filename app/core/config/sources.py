@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from app.core.config._base import LOCATOR_KEYS, Strict, check_env_name, check_locators
+from app.core.config.limits import RateLimit
 from app.signatures import PROVIDERS, HmacOptions
 
 
@@ -31,6 +32,7 @@ class Source(Strict):
     verify_token_env: str | None = None
     signing_key_env: str | None = None
     hmac: dict[str, Any] | None = None
+    rate_limit: RateLimit | None = None
 
     @field_validator("provider")
     @classmethod
