@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.cli import bench as benchmark
 from app.cli import embedded
@@ -112,14 +113,23 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         jobs = conn.execute(
             "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1"
         ).fetchall()
+        spend = _spend(conn, settings) if st.current else []
     out = {
         "schema_current": st.current,
         "pending_migrations": [m.version for m in st.pending],
         "events": dict(counts),
         "jobs": dict(jobs),
+        "spend": spend,
     }
     print(json.dumps(out, indent=2))
     return 0 if st.current else 1
+
+
+def _spend(conn: Any, settings: Settings) -> list[dict[str, Any]]:
+    """Issue 10: today's spend per tenant against its caps (app/cli/spend.py)."""
+    from app.cli.spend import spend_today
+
+    return spend_today(conn, load_config(settings.config))
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,0 +1,73 @@
+-- Runtime SQL of the worker's limits (psycopg: %(name)s placeholders): model buckets, tenant budgets,
+-- breakers, the loop guard. The atomic parts are PL/pgSQL functions in sql/migrations/0006_limits.sql.
+
+-- name: take_model_capacity
+-- 0 when the call may go now (capacity taken), else seconds until the shared bucket can serve it.
+SELECT hookline.take_model_capacity_v1(%(model)s, %(rpm)s, %(itpm)s, %(otpm)s, %(input)s, %(output)s) AS wait;
+
+-- name: settle_model_capacity
+-- Give back (or take more of) what the call used beyond its estimate.
+SELECT hookline.settle_model_capacity_v1(%(model)s, %(input_delta)s, %(output_delta)s, %(itpm)s, %(otpm)s);
+
+-- name: observe_model_limits
+-- Keep the bucket in step with the API's anthropic-ratelimit-* headers and 429s.
+SELECT hookline.observe_model_limits_v1(%(model)s, %(requests)s, %(input)s, %(output)s, %(blocked_until)s, %(reason)s);
+
+-- name: admit_event
+-- Count the event once against events_per_hour: NULL admitted, else when the next hour opens.
+SELECT hookline.admit_event_v1(%(event_id)s, %(tenant)s, %(cap)s) AS reopens_at;
+
+-- name: reserve_budget
+-- Reserve a call's worst case in the tenant's UTC day (granted, day_start, reopens_at).
+SELECT granted, day_start, reopens_at
+FROM hookline.reserve_budget_v1(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s);
+
+-- name: settle_budget
+-- Replace the reservation by the call's actual usage; the day's totals come back.
+SELECT day_tokens, day_usd
+FROM hookline.settle_budget_v1(%(tenant)s, %(day_start)s, %(reserved_tokens)s, %(reserved_usd)s, %(tokens)s, %(usd)s);
+
+-- name: claim_alert
+-- True for exactly one caller per tenant, period and window.
+SELECT hookline.claim_alert_v1(%(tenant)s, %(period)s, %(window_start)s) AS claimed;
+
+-- name: breaker_acquire
+-- closed / probe / open (with retry_at) for a call to this model.
+SELECT verdict, retry_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_timeout)s);
+
+-- name: breaker_record
+-- A call's outcome for the model's breaker; flipped = the state changed.
+SELECT new_state, flipped
+FROM hookline.breaker_record_v1(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
+
+-- name: loop_guard_key
+-- Events of one ordering key admitted within the window, and when the oldest of them leaves it.
+SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
+FROM hookline.events
+WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND admitted_at IS NOT NULL
+  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
+
+-- name: loop_guard_tenant
+-- Events of one tenant admitted within the window, and when the oldest of them leaves it.
+SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
+FROM hookline.events
+WHERE tenant IS NOT DISTINCT FROM %(tenant)s AND admitted_at IS NOT NULL
+  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
+
+-- name: mark_admitted
+-- The event counts for the loop guard from now on (when no tenant budget admitted it already).
+UPDATE hookline.events SET admitted_at = now() WHERE id = %(event_id)s AND admitted_at IS NULL;
+
+-- name: throttle_event
+-- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
+UPDATE hookline.events
+SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s
+WHERE id = %(event_id)s;
+
+-- name: spend_today
+-- hookline status: today's usage per tenant (UTC day, this hour's events).
+SELECT w.tenant, w.period, w.events, w.tokens, w.usd, w.reserved_tokens, w.reserved_usd, w.alerted_at
+FROM hookline.budget_windows w
+WHERE (w.period = 'day' AND w.window_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+   OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now()))
+ORDER BY w.tenant, w.period;
