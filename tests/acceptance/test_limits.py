@@ -4,9 +4,7 @@ against the fake Messages API."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import time
 from typing import Any
 
@@ -15,17 +13,13 @@ import pytest
 
 from app.core.config import Config
 from app.signatures import sign
-from tests.fakes.messages_api import FakeMessagesAPI, overloaded, refusal, reply
+from tests.fakes.messages_api import FakeMessagesAPI
 from tests.harness import (
-    ROOT,
     Receiver,
-    WorkerProcess,
     config_from,
     make_settings,
     rows,
-    wait_for_status,
     web_server,
-    worker_task,
 )
 
 SECRET = "whsec_limits_tests"

@@ -84,7 +84,7 @@ def test_bad_limits_name_the_key(top: dict[str, Any], expected: str) -> None:
 
 def test_escalate_needs_a_boolean_field_and_batch_excludes_batch_api() -> None:
     p = BASE["pipelines"]["triage"]
-    with pytest.raises(ConfigError, match="escalate.when"):
+    with pytest.raises(ConfigError, match=r"escalate\.when"):
         parse_config(_with(pipelines={"triage": {**p, "escalate": {"model": "m", "when": "nope"}}}))
     with pytest.raises(ConfigError, match="do not combine"):
         parse_config(_with(pipelines={"triage": {**p, "batch": {"max_events": 5}, "mode": "batch_api"}}))
