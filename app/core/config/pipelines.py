@@ -71,6 +71,7 @@ class Pipeline(Strict):
     output_schema: dict[str, Any] | None = None
     output_model: str | None = None
     max_tokens: int = Field(default=1024, gt=0, le=64000)
+    max_tokens_cap: int = Field(default=8192, gt=0, le=64000)
     ordering_key: tuple[str, ...] | None = None
     timeout_seconds: float = Field(default=120.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
