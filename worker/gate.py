@@ -13,6 +13,7 @@ from typing import Any
 import anthropic
 
 from app.core.config import Pipeline
+from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
 from worker.errors import classify
@@ -31,7 +32,7 @@ def _breaker_failure(exc: BaseException) -> bool:
 @dataclass
 class Gate:
     rt: Runtime
-    event: dict[str, Any]
+    event: EventRow
     pipeline: Pipeline
     records: list[CallRecord] = field(default_factory=list)
 

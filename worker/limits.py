@@ -21,13 +21,15 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from app.core.config import Pipeline, Tenant
-from app.core.sqlfiles import queries
+from app.core.querynames import LimitsQuery
+from app.core.records import EventRow
+from app.core.sqlfiles import NamedQueries
 from worker.errors import PipelineError
 from worker.pricing import cost_usd
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.limits")
-LQ = queries("limits")
+LQ: NamedQueries[LimitsQuery] = NamedQueries("limits", LimitsQuery)
 #: A half-open probe that has not reported back after this long is presumed lost; another may go.
 PROBE_TIMEOUT_SECONDS = 120.0
 
@@ -44,7 +46,8 @@ class Held(PipelineError):
         self.dead = dead
 
 
-async def one(rt: Runtime, name: str, **params: Any) -> dict[str, Any] | None:
+async def one(rt: Runtime, name: LimitsQuery, **params: Any) -> dict[str, Any] | None:
+    """The first row of a sql/queries/limits.sql block (None when it returns none)."""
     async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LQ[name], params)
         return await cur.fetchone() if cur.description else None
@@ -56,12 +59,12 @@ def _seconds_until(when: dt.datetime | None) -> float:
     return max(0.05, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def tenant_key(event: dict[str, Any]) -> str:
+def tenant_key(event: EventRow) -> str:
     return str(event.get("tenant") or "")
 
 
 # ------------------------------------------------------------------------------------------- admission
-async def admit(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeline]) -> None:
+async def admit(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> None:
     """Count the event once against ``events_per_hour`` and hold it while a loop guard trips."""
     cfg = rt.config
     for p in pipelines:
@@ -82,7 +85,7 @@ async def admit(rt: Runtime, event: dict[str, Any], pipelines: list[Pipeline]) -
         await one(rt, "mark_admitted", event_id=event["id"])
 
 
-async def _loop_guard(rt: Runtime, event: dict[str, Any], p: Pipeline) -> None:
+async def _loop_guard(rt: Runtime, event: EventRow, p: Pipeline) -> None:
     guard = p.loop_guard
     assert guard is not None
     if event.get("ordering_key"):
@@ -173,7 +176,7 @@ async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = 
         await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})
 
 
-async def reserve(rt: Runtime, event: dict[str, Any], request: dict[str, Any]) -> Reservation:
+async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Reservation:
     """Take the call's share of the model's bucket and reserve its worst case in the tenant's day."""
     model = request["model"]
     limits = rt.config.model_limits(model)
@@ -239,7 +242,7 @@ def _input_tokens(usage: dict[str, Any]) -> int:
 
 
 async def settle(
-    rt: Runtime, event: dict[str, Any], res: Reservation, usage: dict[str, Any] | None, cost: Decimal | None
+    rt: Runtime, event: EventRow, res: Reservation, usage: dict[str, Any] | None, cost: Decimal | None
 ) -> None:
     """After the call (answered or failed): actual usage replaces the reservation."""
     await settle_model(rt, res, usage)
@@ -306,7 +309,7 @@ async def observe_headers(rt: Runtime, model: str, headers: Any, status: int | N
 
 # ------------------------------------------------------------------------------------------- alerts
 async def _budget_alert(
-    rt: Runtime, event: dict[str, Any], caps: Tenant, period: str, window_start: Any, what: str, fraction: float
+    rt: Runtime, event: EventRow, caps: Tenant, period: str, window_start: Any, what: str, fraction: float
 ) -> None:
     if not rt.config.alerts or window_start is None:
         return

@@ -140,7 +140,7 @@ async def ask(
         larger = min(max(int(request["max_tokens"]) * 4, 1024), max_tokens_cap)
         if larger <= int(request["max_tokens"]):
             raise CutShort(
-                f"invalid model output: cut at max_tokens = {request['max_tokens']} (max_tokens_cap = {max_tokens_cap})",
+                f"invalid model output: cut at max_tokens = {request['max_tokens']} (cap {max_tokens_cap})",
                 output=_text_of(first.response or {}),
                 calls=calls,
             )

@@ -10,7 +10,8 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import ActionStatus, CallStatus
 from worker.actions import ActionContext, run_action
-from worker.errors import InvalidOutput, PipelineError, classify
+from worker.errors import PipelineError, classify
+from worker.gate import Gate
 from worker.llm import CallRecord, ask
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
@@ -42,6 +43,9 @@ def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
         "cost_usd": rec.cost_usd,
         "latency_ms": rec.latency_ms,
         "request_id": rec.request_id,
+        "requested_model": rec.requested_model or rec.model,
+        "route": rec.route,
+        "stop_reason": (rec.response or {}).get("stop_reason"),
     }
 
 
@@ -75,26 +79,45 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
             ),
         )
         return None, False
+    gate = Gate(rt, event, pipeline)
     try:
-        answer = await ask(rt.llm, request, output_spec(pipeline))
-    except InvalidOutput as e:
-        for rec in getattr(e, "calls", []):
-            await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
-        raise
+        answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
+        output = answer.output
+        esc = pipeline.escalate
+        if esc is not None and isinstance(output, dict) and output.get(esc.when) is True:
+            for rec in answer.calls:  # the escalated answer takes the one succeeded slot
+                if rec.status == CallStatus.SUCCEEDED:
+                    rec.status = CallStatus.SUPERSEDED
+            stronger = {**request, "model": esc.model}
+            answer = await ask(
+                gate,
+                stronger,
+                output_spec(pipeline),
+                max_tokens_cap=pipeline.max_tokens_cap,
+                route=f"escalate:{esc.when}",
+            )
+            output = answer.output
     except Exception as e:
         err = classify(e)
-        await rt.db.one(
-            "insert_call",
-            **_call_row(
-                eid,
-                pipeline.name,
-                CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
-            ),
-        )
+        await _store(rt, eid, pipeline.name, gate.records)
+        if not gate.records:
+            await rt.db.one(
+                "insert_call",
+                **_call_row(
+                    eid,
+                    pipeline.name,
+                    CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
+                ),
+            )
         raise err from e
-    for rec in answer.calls:
-        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
-    return answer.output, False
+    await _store(rt, eid, pipeline.name, gate.records)
+    return output, False
+
+
+async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+    """Every round trip of this run, in order, before any action (a limit hold stores none)."""
+    for rec in records:
+        await rt.db.one("insert_call", **_call_row(event_id, pipeline, rec))
 
 
 async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dict[str, Any]] | None:

@@ -12,12 +12,14 @@ from typing import Any
 import psycopg
 
 from app.core.config import Config
-from app.core.sqlfiles import queries
+from app.core.querynames import LimitsQuery
+from app.core.sqlfiles import NamedQueries
 
 
 def spend_today(conn: psycopg.Connection[Any], config: Config) -> list[dict[str, Any]]:
     """Rows of hookline.budget_windows for this UTC day and hour, merged per tenant, with caps."""
-    cur = conn.execute(queries("limits")["spend_today"])
+    named: NamedQueries[LimitsQuery] = NamedQueries("limits", LimitsQuery)
+    cur = conn.execute(named["spend_today"])
     names = [d.name for d in cur.description or ()]
     per: dict[str, dict[str, Any]] = {}
     for rec in cur.fetchall():

@@ -32,6 +32,23 @@ WorkerQuery = Literal[
     "recent_for_key",
 ]
 
+LimitsQuery = Literal[
+    "take_model_capacity",
+    "settle_model_capacity",
+    "observe_model_limits",
+    "admit_event",
+    "reserve_budget",
+    "settle_budget",
+    "claim_alert",
+    "breaker_acquire",
+    "breaker_record",
+    "loop_guard_key",
+    "loop_guard_tenant",
+    "mark_admitted",
+    "throttle_event",
+    "spend_today",
+]
+
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
 
 WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
@@ -40,6 +57,7 @@ WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
 BY_FILE: dict[str, Any] = {
     "ingest": IngestQuery,
     "worker": WorkerQuery,
+    "limits": LimitsQuery,
     "replay": ReplayQuery,
     "watch": WatchQuery,
 }

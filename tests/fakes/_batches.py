@@ -83,9 +83,10 @@ class BatchStore:
                 self._batches[batch.id] = batch
             return Outcome.json(200, self._json(batch))
         with self._lock:
-            batch = self._batches.get(parts[0]) if parts else None
-        if batch is None:
+            found = self._batches.get(parts[0]) if parts else None
+        if found is None:
             return error_outcome(404, "not_found_error", f"no batch {path}", rid)
+        batch = found
         if method == "GET" and len(parts) == 1:
             with self._lock:
                 batch.polls += 1

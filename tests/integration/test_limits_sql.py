@@ -12,7 +12,7 @@ LQ = queries("limits")
 
 
 def _one(conn: psycopg.Connection, name: str, **params: object) -> tuple[object, ...]:
-    row = conn.execute(LQ[name], params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(LQ[name], params).fetchone()
     assert row is not None
     return tuple(row)
 
