@@ -113,7 +113,11 @@ async def _loop_guard(rt: Runtime, event: EventRow, p: Pipeline) -> None:
         f"loop guard of pipeline {p.name}: {what} had {row['n']} events in {guard.window_seconds:g}s "
         f"(max_events = {guard.max_events}); held until the window has room"
     )
-    await send_alert(rt, "loop_guard", reason, {"pipeline": p.name, "event_id": event["id"], "key": what}, once=None)
+    if rt.config.alerts:
+        claim = await one(rt, "claim_once", kind="loop_guard", subject=f"{p.name} {what}")
+        if claim and claim["claimed"]:
+            data = {"pipeline": p.name, "event_id": event["id"], "key": what}
+            await send_alert(rt, "loop_guard", reason, data, once=f"{p.name}-{event['id']}")
     raise Held(reason, delay=_seconds_until(row["frees_at"]))
 
 
@@ -321,7 +325,7 @@ async def _budget_alert(
     await send_alert(rt, "budget", text, data, once=f"{tenant_key(event)}-{period}-{window_start}")
 
 
-async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], once: str | None = "") -> None:
+async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], once: str | None = None) -> None:
     """Send an alert through every ``[[alerts]]`` action; failures are logged, never raised."""
     from worker.actions import ActionContext, run_action
 

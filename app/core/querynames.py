@@ -47,6 +47,7 @@ LimitsQuery = Literal[
     "mark_admitted",
     "throttle_event",
     "spend_today",
+    "claim_once",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

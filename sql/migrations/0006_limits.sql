@@ -471,3 +471,22 @@ COMMENT ON FUNCTION hookline.replay(bigint, boolean, boolean) IS
   'Re-run a finished event (succeeded, dead or skipped) through its pipelines at its priority; returns the '
   'job id. Stored model answers are reused unless p_recompute; actions that already succeeded are not '
   'repeated unless p_force.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Alerts sent once per window (loop guard)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE hookline.alerts_sent (
+    kind         text        NOT NULL,
+    subject      text        NOT NULL,
+    window_start timestamptz NOT NULL,
+    sent_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT alerts_sent_pkey PRIMARY KEY (kind, subject, window_start)
+);
+COMMENT ON TABLE hookline.alerts_sent IS
+  'Alerts that fire once per window (loop guard: once per ordering key or tenant and hour), so that every '
+  'worker holding an event of a tripped key does not alert again. Budget alerts use budget_windows.alerted_at.';
+COMMENT ON COLUMN hookline.alerts_sent.kind IS 'Alert kind (loop_guard).';
+COMMENT ON COLUMN hookline.alerts_sent.subject IS 'What tripped (pipeline and ordering key or tenant).';
+COMMENT ON COLUMN hookline.alerts_sent.window_start IS 'The hour the alert covers.';
+COMMENT ON COLUMN hookline.alerts_sent.sent_at IS 'When it was sent.';
+COMMENT ON CONSTRAINT alerts_sent_pkey ON hookline.alerts_sent IS 'One alert per kind, subject and window.';

@@ -71,3 +71,10 @@ FROM hookline.budget_windows w
 WHERE (w.period = 'day' AND w.window_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
    OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now()))
 ORDER BY w.tenant, w.period;
+
+-- name: claim_once
+-- True for exactly one caller per kind, subject and hour: the one that sends the alert.
+INSERT INTO hookline.alerts_sent (kind, subject, window_start)
+VALUES (%(kind)s, %(subject)s, date_trunc('hour', now()))
+ON CONFLICT DO NOTHING
+RETURNING true AS claimed;
