@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from app.core.config import Pipeline, Tenant
 from app.core.querynames import LimitsQuery
@@ -46,11 +47,22 @@ class Held(PipelineError):
         self.dead = dead
 
 
+def _adapt(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
 async def one(rt: Runtime, name: LimitsQuery, **params: Any) -> dict[str, Any] | None:
     """The first row of a sql/queries/limits.sql block (None when it returns none)."""
     async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LQ[name], params)
+        await cur.execute(LQ[name], _adapt(params))
         return await cur.fetchone() if cur.description else None
+
+
+async def all_rows(rt: Runtime, name: LimitsQuery, **params: Any) -> list[dict[str, Any]]:
+    """Every row of a sql/queries/limits.sql block."""
+    async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LQ[name], _adapt(params))
+        return list(await cur.fetchall()) if cur.description else []
 
 
 def _seconds_until(when: dt.datetime | None) -> float:

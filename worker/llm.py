@@ -93,6 +93,14 @@ def _check(message: dict[str, Any], spec: OutputSpec) -> Any:
     return spec.validate(data)
 
 
+def check_answer(message: dict[str, Any], spec: OutputSpec) -> Any:
+    """The validated output of a message; :class:`Refused` for a refusal, ValueError otherwise."""
+    if message.get("stop_reason") == "refusal":
+        details = message.get("stop_details") or {}
+        raise Refused(f"the model refused (category {details.get('category')})")
+    return _check(message, spec)
+
+
 async def _one_call(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> CallRecord:
     started = time.monotonic()
     raw = await client.messages.with_raw_response.create(**request)

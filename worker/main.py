@@ -24,13 +24,13 @@ from app.core.db import libpq_dsn
 from app.core.jobs import NAMESPACE, QUEUE
 from app.core.logs import setup_logging
 from app.core.settings import Settings
-from worker import maintenance, tasks
+from worker import batches, maintenance, tasks
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
 
 
-def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
+def build_app(dsn: str, *, pool_size: int, batch_poll_seconds: int | None = None) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
         conninfo=libpq_dsn(dsn),
         min_size=1,
@@ -41,6 +41,8 @@ def build_app(dsn: str, *, pool_size: int) -> procrastinate.App:
     bp = procrastinate.Blueprint()
     tasks.register(bp)
     maintenance.register(bp)
+    if batch_poll_seconds is not None:
+        batches.register(bp, batch_poll_seconds)
     app.add_tasks_from(bp, namespace=NAMESPACE)
     return app
 
@@ -124,7 +126,12 @@ async def run_worker(
 
     rt = Runtime.build(settings, config, **llm_kwargs)
     await rt.open()
-    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2)
+    uses_batches = any(p.mode == "batch_api" for p in config.pipelines.values())
+    pq_app = build_app(
+        dsn,
+        pool_size=settings.worker_concurrency + 2,
+        batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
+    )
     log.info(
         "hookline worker starting: concurrency %d, %s",
         settings.worker_concurrency,

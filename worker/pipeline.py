@@ -10,6 +10,7 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import ActionStatus, CallStatus
 from worker.actions import ActionContext, run_action
+from worker.batches import batch_answer
 from worker.errors import PipelineError, classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask
@@ -25,7 +26,7 @@ class PipelineOutcome:
     dry_run: bool = False
 
 
-def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
+def call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
     usage = rec.usage or {}
     return {
         "event_id": event_id,
@@ -67,7 +68,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
     if rt.llm is None:
         await rt.db.one(
             "insert_call",
-            **_call_row(
+            **call_row(
                 eid,
                 pipeline.name,
                 CallRecord(
@@ -79,6 +80,8 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
             ),
         )
         return None, False
+    if pipeline.mode == "batch_api":
+        await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
     gate = Gate(rt, event, pipeline)
     try:
         answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
@@ -103,7 +106,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
         if not gate.records:
             await rt.db.one(
                 "insert_call",
-                **_call_row(
+                **call_row(
                     eid,
                     pipeline.name,
                     CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
@@ -117,7 +120,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
 async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
     """Every round trip of this run, in order, before any action (a limit hold stores none)."""
     for rec in records:
-        await rt.db.one("insert_call", **_call_row(event_id, pipeline, rec))
+        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec))
 
 
 async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dict[str, Any]] | None:

@@ -48,6 +48,15 @@ LimitsQuery = Literal[
     "throttle_event",
     "spend_today",
     "claim_once",
+    "batch_item_latest",
+    "batch_item_add",
+    "batch_item_retire",
+    "batch_claim_pending",
+    "batch_mark_submitted",
+    "batch_open",
+    "batch_item_finish",
+    "wake_event_job",
+    "batch_item_finish_fail",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
         default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
     )
     outbound_timeout: float = Field(default=10.0, description="Seconds before an http action times out.")
+    batch_poll_seconds: int = Field(
+        default=30, description='How often the worker submits and polls Message Batches (`mode = "batch_api"`).'
+    )
 
     @property
     def environ(self) -> Mapping[str, str]:

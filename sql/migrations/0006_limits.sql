@@ -490,3 +490,48 @@ COMMENT ON COLUMN hookline.alerts_sent.subject IS 'What tripped (pipeline and or
 COMMENT ON COLUMN hookline.alerts_sent.window_start IS 'The hour the alert covers.';
 COMMENT ON COLUMN hookline.alerts_sent.sent_at IS 'When it was sent.';
 COMMENT ON CONSTRAINT alerts_sent_pkey ON hookline.alerts_sent IS 'One alert per kind, subject and window.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Message Batches API (pipelines with mode = "batch_api")
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE hookline.batch_items (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id      bigint      NOT NULL REFERENCES hookline.events (id) ON DELETE CASCADE,
+    pipeline      text        NOT NULL,
+    custom_id     text        NOT NULL,
+    request       jsonb       NOT NULL,
+    status        text        NOT NULL DEFAULT 'pending',
+    batch_id      text,
+    error         text,
+    permanent     boolean     NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    submitted_at  timestamptz,
+    finished_at   timestamptz,
+    CONSTRAINT batch_items_custom_id_key UNIQUE (custom_id),
+    CONSTRAINT batch_items_status_check CHECK (status IN ('pending', 'submitting', 'submitted', 'done', 'failed', 'retired'))
+);
+CREATE UNIQUE INDEX batch_items_open_idx ON hookline.batch_items (event_id, pipeline)
+    WHERE status IN ('pending', 'submitting', 'submitted');
+CREATE INDEX batch_items_status_idx ON hookline.batch_items (status, batch_id);
+COMMENT ON TABLE hookline.batch_items IS
+  'One request per (event, pipeline) of a mode = "batch_api" pipeline: pending until the batch_poll periodic '
+  'task submits it with others as one Message Batch, submitted until that batch ended, then done (its answer '
+  'is in llm_calls and the event''s job is woken) or failed (the event''s retry policy decides; retired once seen).';
+COMMENT ON COLUMN hookline.batch_items.id IS 'Surrogate key.';
+COMMENT ON COLUMN hookline.batch_items.event_id IS 'The event.';
+COMMENT ON COLUMN hookline.batch_items.pipeline IS 'The pipeline.';
+COMMENT ON COLUMN hookline.batch_items.custom_id IS 'custom_id of the request inside the batch (hl-<id>); results are matched on it.';
+COMMENT ON COLUMN hookline.batch_items.request IS 'The Messages API request (params of the batch request).';
+COMMENT ON COLUMN hookline.batch_items.status IS 'pending, submitting, submitted, done, failed, retired.';
+COMMENT ON COLUMN hookline.batch_items.batch_id IS 'The Message Batch id (msgbatch_…) once submitted.';
+COMMENT ON COLUMN hookline.batch_items.error IS 'Why the request failed (errored, expired, canceled result, or an answer that failed the schema).';
+COMMENT ON COLUMN hookline.batch_items.permanent IS 'The failure cannot improve by asking again (a refusal, a 4xx).';
+COMMENT ON COLUMN hookline.batch_items.created_at IS 'When the event asked for it.';
+COMMENT ON COLUMN hookline.batch_items.submitted_at IS 'When it was (last) claimed for submission.';
+COMMENT ON COLUMN hookline.batch_items.finished_at IS 'When its result was read.';
+COMMENT ON CONSTRAINT batch_items_pkey ON hookline.batch_items IS 'Primary key.';
+COMMENT ON CONSTRAINT batch_items_event_id_fkey ON hookline.batch_items IS 'Items go with their event.';
+COMMENT ON CONSTRAINT batch_items_custom_id_key ON hookline.batch_items IS 'custom_id is unique.';
+COMMENT ON CONSTRAINT batch_items_status_check ON hookline.batch_items IS 'Allowed item statuses.';
+COMMENT ON INDEX hookline.batch_items_open_idx IS 'At most one open request per (event, pipeline).';
+COMMENT ON INDEX hookline.batch_items_status_idx IS 'The poller finds pending items and open batches.';

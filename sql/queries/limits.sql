@@ -78,3 +78,58 @@ INSERT INTO hookline.alerts_sent (kind, subject, window_start)
 VALUES (%(kind)s, %(subject)s, date_trunc('hour', now()))
 ON CONFLICT DO NOTHING
 RETURNING true AS claimed;
+
+-- name: batch_item_latest
+-- The latest Message Batches request of (event, pipeline).
+SELECT id, status, error, permanent, batch_id FROM hookline.batch_items
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s
+ORDER BY id DESC LIMIT 1;
+
+-- name: batch_item_add
+-- Ask for a Message Batches answer (nothing when one is already open).
+WITH ins AS (
+    INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request)
+    VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT count(*) AS added FROM ins;
+
+-- name: batch_item_retire
+-- A failed request the event has seen: the next run asks again.
+UPDATE hookline.batch_items SET status = 'retired' WHERE id = %(id)s AND status = 'failed';
+
+-- name: batch_claim_pending
+-- Claim pending requests (and ones stuck in submitting for 10 minutes) for one batch.
+UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
+WHERE id IN (
+    SELECT id FROM hookline.batch_items
+    WHERE status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes')
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, custom_id, request;
+
+-- name: batch_mark_submitted
+-- The batch was created: its requests wait for it to end.
+UPDATE hookline.batch_items SET status = 'submitted', batch_id = %(batch_id)s
+WHERE id = ANY(%(ids)s) AND status = 'submitting';
+
+-- name: batch_open
+-- Batches with requests still waiting for their result.
+SELECT DISTINCT batch_id FROM hookline.batch_items WHERE status = 'submitted';
+
+-- name: batch_item_finish
+-- Record one result (once: a second reader gets no row back).
+UPDATE hookline.batch_items
+SET status = %(status)s, error = %(error)s, permanent = %(permanent)s, finished_at = now()
+WHERE custom_id = %(custom_id)s AND status = 'submitted'
+RETURNING id, event_id, pipeline, request;
+
+-- name: wake_event_job
+-- The event's waiting job runs now (its answer, or its failure, is in).
+UPDATE procrastinate_jobs SET scheduled_at = now()
+WHERE status = 'todo' AND task_name = 'hookline:process_event' AND (args->>'event_id')::bigint = %(event_id)s;
+
+-- name: batch_item_finish_fail
+-- The answer came back but failed its schema (or was a refusal): the event's retry policy decides.
+UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s WHERE id = %(id)s;

@@ -409,3 +409,30 @@ async def test_escalate_re_asks_a_stronger_model_when_the_answer_says_so(db_url:
         ("claude-haiku-5-5", "primary", "superseded", "Chargeback!"),
         ("claude-sonnet-5-5", "escalate:urgent", "succeeded", "Chargeback: act today"),
     ]
+
+
+# ------------------------------------------------------------------------------------------- Message Batches API
+async def test_the_batches_api_path_runs_end_to_end(db_url: str, fake: FakeMessagesAPI, receiver: Receiver) -> None:
+    config = make_config(pipelines={"triage": {"mode": "batch_api"}})
+    fake.enqueue_for("evt_bx1", refusal())
+    settings = settings_for(db_url, fake, batch_poll_seconds=1)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        ids = [await deliver(client, base, event_body(f"evt_bx{i}")) for i in range(3)]
+        waiting = await wait_for_status(db_url, ids[0], ("throttled", "succeeded"))
+        done = [await wait_for_status(db_url, eid, timeout=60) for eid in ids]
+    assert "Message Batches" in str(waiting["detail"]) or waiting["status"] == "succeeded"
+    assert [d["status"] for d in done] == ["succeeded", "dead", "succeeded"]
+    assert fake.calls_to("/v1/messages") == []  # nothing went through the Messages API
+    created = fake.calls_to("/v1/messages/batches")
+    assert sum(len(c.body["requests"]) for c in created if c.method == "POST") == 3
+    calls = rows(
+        db_url,
+        "SELECT e.delivery_id, c.route, c.status, c.response->'usage'->>'service_tier', c.cost_usd > 0 "
+        "FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id ORDER BY e.id",
+    )
+    assert calls == [
+        ("evt_bx0", "batch_api", "succeeded", "batch", True),
+        ("evt_bx1", "batch_api", "invalid_output", "batch", True),
+        ("evt_bx2", "batch_api", "succeeded", "batch", True),
+    ]
+    assert len([r for r in receiver.received if r.path == "/hook"]) == 2  # each answered event ran its action
