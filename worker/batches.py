@@ -21,7 +21,7 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.errors import InvalidOutput, PermanentError, TransientError
 from worker.limits import Held, all_rows, one, price
-from worker.llm import CallRecord, Refused, check_answer
+from worker.llm import CallRecord, Refused, call_row, check_answer
 from worker.prompt import output_spec
 from worker.runtime import Runtime
 
@@ -111,17 +111,16 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
                 error=str(e),
                 permanent=isinstance(e, Refused),
             )
-    from worker.pipeline import call_row
-
     await rt.db.one("insert_call", **call_row(finished["event_id"], pipeline_name, rec))
     await one(rt, "wake_event_job", event_id=finished["event_id"])
     return 1
 
 
 async def batch_poll(context: JobContext, timestamp: int) -> dict[str, int]:
-    from worker.tasks import runtime_of
-
-    return await poll(runtime_of(context))
+    rt = (context.additional_context or {}).get("runtime")
+    if not isinstance(rt, Runtime):
+        raise RuntimeError("worker started without a hookline runtime in additional_context")
+    return await poll(rt)
 
 
 def register(bp: procrastinate.Blueprint, every_seconds: int) -> None:

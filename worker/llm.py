@@ -192,3 +192,27 @@ async def ask(
         raise cls(
             f"invalid model output after one repair attempt: {e}", output=_text_of(second.response or {}), calls=calls
         ) from None
+
+
+def call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
+    usage = rec.usage or {}
+    return {
+        "event_id": event_id,
+        "pipeline": pipeline,
+        "model": rec.model,
+        "status": rec.status,
+        "request": rec.request,
+        "response": rec.response,
+        "output": rec.output,
+        "error": rec.error,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
+        "cost_usd": rec.cost_usd,
+        "latency_ms": rec.latency_ms,
+        "request_id": rec.request_id,
+        "requested_model": rec.requested_model or rec.model,
+        "route": rec.route,
+        "stop_reason": (rec.response or {}).get("stop_reason"),
+    }

@@ -13,7 +13,7 @@ from worker.actions import ActionContext, run_action
 from worker.batches import batch_answer
 from worker.errors import PipelineError, classify
 from worker.gate import Gate
-from worker.llm import CallRecord, ask
+from worker.llm import CallRecord, ask, call_row
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
 
@@ -24,30 +24,6 @@ log = logging.getLogger("hookline.pipeline")
 class PipelineOutcome:
     pipeline: str
     dry_run: bool = False
-
-
-def call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
-    usage = rec.usage or {}
-    return {
-        "event_id": event_id,
-        "pipeline": pipeline,
-        "model": rec.model,
-        "status": rec.status,
-        "request": rec.request,
-        "response": rec.response,
-        "output": rec.output,
-        "error": rec.error,
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": usage.get("output_tokens"),
-        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
-        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
-        "cost_usd": rec.cost_usd,
-        "latency_ms": rec.latency_ms,
-        "request_id": rec.request_id,
-        "requested_model": rec.requested_model or rec.model,
-        "route": rec.route,
-        "stop_reason": (rec.response or {}).get("stop_reason"),
-    }
 
 
 async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:

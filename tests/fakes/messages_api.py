@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes import _ratelimits
 from tests.fakes._batches import BatchStore
 from tests.fakes._handler import Handler
 from tests.fakes._process import FakeMessagesAPIProcess
@@ -325,43 +326,11 @@ class FakeMessagesAPI:
 
     def over_limit(self) -> float | None:
         """With `enforce_limits`: seconds until the minute window resets if its request limit is used up."""
-        if not self.enforce_limits:
-            return None
-        now = time.time()
-        minute = int(now // 60)
-        with self._lock:
-            m, reqs, _ = self._window
-            if m == minute and reqs >= self.limits["requests"]:
-                return (minute + 1) * 60 - now
-        return None
+        return _ratelimits.over_limit(self)
 
     def rate_limit_headers(self, tokens: int, limited: bool) -> dict[str, str]:
-        now = time.time()
-        minute = int(now // 60)
-        with self._lock:
-            m, reqs, toks = self._window
-            if m != minute:
-                reqs, toks = 0, 0
-            if not limited:
-                reqs, toks = reqs + 1, toks + tokens
-            self._window = (minute, reqs, toks)
-        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((minute + 1) * 60))
-        lim = self.limits
-        req_limit, tok_limit, in_limit, out_limit = lim["requests"], lim["tokens"], lim["input"], lim["output"]
-        return {
-            "anthropic-ratelimit-requests-limit": str(req_limit),
-            "anthropic-ratelimit-requests-remaining": "0" if limited else str(max(req_limit - reqs, 0)),
-            "anthropic-ratelimit-requests-reset": reset,
-            "anthropic-ratelimit-tokens-limit": str(tok_limit),
-            "anthropic-ratelimit-tokens-remaining": "0" if limited else str(max(tok_limit - toks, 0)),
-            "anthropic-ratelimit-tokens-reset": reset,
-            "anthropic-ratelimit-input-tokens-limit": str(in_limit),
-            "anthropic-ratelimit-input-tokens-remaining": "0" if limited else str(max(in_limit - toks, 0)),
-            "anthropic-ratelimit-input-tokens-reset": reset,
-            "anthropic-ratelimit-output-tokens-limit": str(out_limit),
-            "anthropic-ratelimit-output-tokens-remaining": str(out_limit),
-            "anthropic-ratelimit-output-tokens-reset": reset,
-        }
+        """The anthropic-ratelimit-* headers of one answer (and the window's count)."""
+        return _ratelimits.headers(self, tokens, limited)
 
     def control(self, method: str, path: str, body: Any) -> Outcome:
         """The /_fake/* endpoints (out-of-process control)."""
