@@ -198,7 +198,7 @@ async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Rese
     limits = rt.config.model_limits(model)
     est_in, est_out = estimate_input_tokens(request), int(request["max_tokens"])
     res = Reservation(model)
-    if limits.requests_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute:
+    if model in rt.config.models:  # also honours a 429's hold on a model without per-minute limits
         row = await one(
             rt,
             "take_model_capacity",

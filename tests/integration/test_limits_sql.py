@@ -122,3 +122,24 @@ def test_costs_daily_sums_per_tenant_pipeline_and_model(conn: psycopg.Connection
         "SELECT tenant, pipeline, model, calls, input_tokens, usd FROM hookline.costs_daily ORDER BY model"
     ).fetchall()
     assert rows == [("acme", "p", "a", 2, 20, Decimal("0.75")), ("acme", "p", "b", 1, 10, Decimal("1"))]
+
+
+def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) -> None:
+    from app.cli.spend import spend_today
+    from app.core.config import parse_config
+
+    config = parse_config({"tenants": {"*": {"usd_per_day": 20.0}, "acme": {"tokens_per_day": 1000}}})
+    _, day, _ = _one(conn, "reserve_budget", tenant="acme", tokens=10, usd=Decimal(0), tokens_cap=None, usd_cap=None)
+    _one(
+        conn,
+        "settle_budget",
+        tenant="acme",
+        day_start=day,
+        reserved_tokens=10,
+        reserved_usd=Decimal(0),
+        tokens=120,
+        usd=Decimal("0.5"),
+    )
+    (spend,) = spend_today(conn, config)
+    assert spend["tenant"] == "acme" and spend["tokens_today"] == 120 and spend["usd_today"] == 0.5
+    assert (spend["tokens_per_day"], spend["usd_per_day"]) == (1000, 20.0)
