@@ -14,6 +14,7 @@ from worker.batches import batch_answer
 from worker.errors import PipelineError, classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask, call_row
+from worker.microbatch import micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
 
@@ -58,6 +59,8 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
         return None, False
     if pipeline.mode == "batch_api":
         await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
+    if pipeline.batch is not None:
+        return await micro_answer(rt, event, pipeline, request), False
     gate = Gate(rt, event, pipeline)
     try:
         answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)

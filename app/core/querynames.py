@@ -57,6 +57,13 @@ LimitsQuery = Literal[
     "batch_item_finish",
     "wake_event_job",
     "batch_item_finish_fail",
+    "micro_item_latest",
+    "micro_item_add",
+    "micro_pending",
+    "micro_claim",
+    "micro_release",
+    "micro_item_done",
+    "micro_item_fail",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

@@ -507,14 +507,17 @@ CREATE TABLE hookline.batch_items (
     created_at    timestamptz NOT NULL DEFAULT now(),
     submitted_at  timestamptz,
     finished_at   timestamptz,
+    kind          text        NOT NULL DEFAULT 'batch_api',
     CONSTRAINT batch_items_custom_id_key UNIQUE (custom_id),
+    CONSTRAINT batch_items_kind_check CHECK (kind IN ('batch_api', 'micro')),
     CONSTRAINT batch_items_status_check CHECK (status IN ('pending', 'submitting', 'submitted', 'done', 'failed', 'retired'))
 );
 CREATE UNIQUE INDEX batch_items_open_idx ON hookline.batch_items (event_id, pipeline)
     WHERE status IN ('pending', 'submitting', 'submitted');
 CREATE INDEX batch_items_status_idx ON hookline.batch_items (status, batch_id);
 COMMENT ON TABLE hookline.batch_items IS
-  'One request per (event, pipeline) of a mode = "batch_api" pipeline: pending until the batch_poll periodic '
+  'One request per (event, pipeline) of a mode = "batch_api" pipeline (kind batch_api) or of a pipeline with '
+  'batch = {...} (kind micro: the job that leads the micro-batch answers it). batch_api: pending until the batch_poll periodic '
   'task submits it with others as one Message Batch, submitted until that batch ended, then done (its answer '
   'is in llm_calls and the event''s job is woken) or failed (the event''s retry policy decides; retired once seen).';
 COMMENT ON COLUMN hookline.batch_items.id IS 'Surrogate key.';
@@ -529,6 +532,8 @@ COMMENT ON COLUMN hookline.batch_items.permanent IS 'The failure cannot improve 
 COMMENT ON COLUMN hookline.batch_items.created_at IS 'When the event asked for it.';
 COMMENT ON COLUMN hookline.batch_items.submitted_at IS 'When it was (last) claimed for submission.';
 COMMENT ON COLUMN hookline.batch_items.finished_at IS 'When its result was read.';
+COMMENT ON COLUMN hookline.batch_items.kind IS 'batch_api (Message Batches API) or micro (several events in one Messages API prompt, pipeline key batch).';
+COMMENT ON CONSTRAINT batch_items_kind_check ON hookline.batch_items IS 'Allowed kinds.';
 COMMENT ON CONSTRAINT batch_items_pkey ON hookline.batch_items IS 'Primary key.';
 COMMENT ON CONSTRAINT batch_items_event_id_fkey ON hookline.batch_items IS 'Items go with their event.';
 COMMENT ON CONSTRAINT batch_items_custom_id_key ON hookline.batch_items IS 'custom_id is unique.';

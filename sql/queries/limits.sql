@@ -82,7 +82,7 @@ RETURNING true AS claimed;
 -- name: batch_item_latest
 -- The latest Message Batches request of (event, pipeline).
 SELECT id, status, error, permanent, batch_id FROM hookline.batch_items
-WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND kind = 'batch_api'
 ORDER BY id DESC LIMIT 1;
 
 -- name: batch_item_add
@@ -104,7 +104,8 @@ UPDATE hookline.batch_items SET status = 'retired' WHERE id = %(id)s AND status 
 UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
 WHERE id IN (
     SELECT id FROM hookline.batch_items
-    WHERE status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes')
+    WHERE kind = 'batch_api'
+      AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
     ORDER BY id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
 RETURNING id, custom_id, request;
@@ -116,7 +117,7 @@ WHERE id = ANY(%(ids)s) AND status = 'submitting';
 
 -- name: batch_open
 -- Batches with requests still waiting for their result.
-SELECT DISTINCT batch_id FROM hookline.batch_items WHERE status = 'submitted';
+SELECT DISTINCT batch_id FROM hookline.batch_items WHERE status = 'submitted' AND kind = 'batch_api';
 
 -- name: batch_item_finish
 -- Record one result (once: a second reader gets no row back).
@@ -133,3 +134,44 @@ WHERE status = 'todo' AND task_name = 'hookline:process_event' AND (args->>'even
 -- name: batch_item_finish_fail
 -- The answer came back but failed its schema (or was a refusal): the event's retry policy decides.
 UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s WHERE id = %(id)s;
+
+-- name: micro_item_latest
+-- The latest micro-batch request of (event, pipeline).
+SELECT id, status, error, permanent, created_at FROM hookline.batch_items
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND kind = 'micro'
+ORDER BY id DESC LIMIT 1;
+
+-- name: micro_item_add
+-- Join the pipeline's next micro-batch (nothing when a request is already open).
+INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request, kind)
+VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s, 'micro')
+ON CONFLICT DO NOTHING;
+
+-- name: micro_pending
+-- Requests gathering for the pipeline's next micro-batch.
+SELECT count(*) AS n FROM hookline.batch_items
+WHERE kind = 'micro' AND pipeline = %(pipeline)s AND status = 'pending';
+
+-- name: micro_claim
+-- The leader takes up to %(limit)s pending requests (and ones a crashed leader left for 10 minutes).
+UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
+WHERE id IN (
+    SELECT id FROM hookline.batch_items
+    WHERE kind = 'micro' AND pipeline = %(pipeline)s
+      AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, event_id, request;
+
+-- name: micro_release
+-- The leader could not ask (a limit held it): the requests gather again.
+UPDATE hookline.batch_items SET status = 'pending' WHERE id = ANY(%(ids)s) AND status = 'submitting';
+
+-- name: micro_item_done
+-- This event's part of the answer is stored.
+UPDATE hookline.batch_items SET status = 'done', finished_at = now() WHERE id = %(id)s;
+
+-- name: micro_item_fail
+-- This event's part failed (missing, invalid, or the call failed): the event's retry policy decides.
+UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s, finished_at = now()
+WHERE id = %(id)s;

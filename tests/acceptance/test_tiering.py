@@ -3,6 +3,7 @@ Real web, worker, Postgres and the anthropic SDK against the fake Messages API."
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -108,3 +109,38 @@ async def test_the_batches_api_path_runs_end_to_end(db_url: str, fake: FakeMessa
         ("evt_bx2", "batch_api", "succeeded", "batch", True),
     ]
     assert len([r for r in receiver.received if r.path == "/hook"]) == 2  # each answered event ran its action
+
+
+# ------------------------------------------------------------------------------------------- micro-batching
+async def test_a_burst_is_answered_by_one_call_and_an_invalid_part_dies_alone(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config(
+        pipelines={
+            "triage": {
+                "batch": {"max_events": 20, "max_wait_ms": 60000},
+                "retry": {"max_attempts": 1},
+            }
+        }
+    )
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+        ids = [await deliver(client, base, event_body(f"evt_mb{i}")) for i in range(20)]
+    parts = [{"event_id": eid, "output": {"subject": f"s{eid}", "urgent": False}} for eid in ids]
+    parts[7]["output"] = {"subject": "no urgent field"}  # one invalid part
+    fake.enqueue(reply({"results": parts}, usage={"input_tokens": 2000, "output_tokens": 400}))
+    async with worker_task(settings, config):
+        done = [await wait_for_status(db_url, eid, timeout=60) for eid in ids]
+    assert [d["status"] for d in done].count("succeeded") == 19
+    assert done[7]["status"] == "dead" and "urgent" in str(done[7]["last_error"])
+    calls = fake.calls_to("/v1/messages")
+    assert len(calls) == 1 and len(json.loads(calls[0].body["messages"][0]["content"])["events"]) == 20
+    stored = rows(
+        db_url,
+        "SELECT event_id, status, route, input_tokens, cost_usd FROM hookline.llm_calls ORDER BY event_id",
+    )
+    assert [s[1] for s in stored].count("succeeded") == 19 and stored[7][1] == "invalid_output"
+    assert {s[2] for s in stored} == {"micro_batch:20"} and {s[3] for s in stored} == {100}  # tokens split
+    assert len({s[4] for s in stored}) == 1  # the cost split evenly
+    posted = sorted(r.json()["event_id"] for r in receiver.received if r.path == "/hook")
+    assert posted == sorted(eid for i, eid in enumerate(ids) if i != 7)  # each event its own action
