@@ -161,6 +161,9 @@ async def test_two_worker_processes_share_one_model_rate_limit(
         await wait_until(
             lambda: sorted(s for s, _ in statuses(db_url).values()).count("throttled") >= 5, "5 throttled events"
         )
+        await wait_until(
+            lambda: {s for s, _ in statuses(db_url).values()} <= {"succeeded", "throttled"}, "no event in flight"
+        )
         elapsed = time.monotonic() - started
         calls = fake.calls_to("/v1/messages")
         # 3 per minute for both processes together: the bucket starts full (3) and refills 1 per 20 s
