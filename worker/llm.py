@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,26 @@ class CallRecord:
     cost_usd: Decimal | None = None
     latency_ms: int | None = None
     request_id: str | None = None
+    #: why this model answered (hookline.llm_calls.route): primary, fallback:…, escalate:…, retry:max_tokens, repair
+    route: str = "primary"
+    requested_model: str | None = None
+    headers: Any = None
+
+
+#: One gated Messages API round trip: ``call(request, route)`` (limits, breaker, fallback around it).
+Caller = Callable[[dict[str, Any], str], Awaitable[CallRecord]]
+
+
+class Refused(InvalidOutput):
+    """stop_reason "refusal": asking again gets the same answer; straight to the dead letters."""
+
+    permanent = True
+
+
+class CutShort(InvalidOutput):
+    """stop_reason "max_tokens" even with the larger budget: dead, with the cut answer kept."""
+
+    permanent = True
 
 
 @dataclass
@@ -76,6 +97,14 @@ def _check(message: dict[str, Any], spec: OutputSpec) -> Any:
     return spec.validate(data)
 
 
+def check_answer(message: dict[str, Any], spec: OutputSpec) -> Any:
+    """The validated output of a message; :class:`Refused` for a refusal, ValueError otherwise."""
+    if message.get("stop_reason") == "refusal":
+        details = message.get("stop_details") or {}
+        raise Refused(f"the model refused (category {details.get('category')})")
+    return _check(message, spec)
+
+
 async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
     started = time.monotonic()
     raw = await client.messages.with_raw_response.create(**request)
@@ -93,31 +122,61 @@ async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
         cost_usd=None if simulated else cost_usd(request["model"], usage),
         latency_ms=latency,
         request_id=raw.request_id or raw.headers.get("request-id"),
+        headers=raw.headers,
     )
 
 
-async def ask(client: LLMClient, request: dict[str, Any], spec: OutputSpec) -> Answer:
-    """Call the model and validate; on a schema failure, send the error back once for a repair.
+async def one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
+    """One round trip, no validation (the caller gates it)."""
+    return await _one_call(client, request)
 
-    API errors propagate (worker.errors.classify decides retry or dead letter). Every round trip is
-    returned in ``calls`` so the caller stores all of them, failed ones included.
+
+async def ask(
+    call: Caller, request: dict[str, Any], spec: OutputSpec, *, max_tokens_cap: int, route: str = "primary"
+) -> Answer:
+    """Call the model and validate the answer.
+
+    - a refusal is final (:class:`Refused`, permanent);
+    - a ``max_tokens`` cut is asked once more with a larger budget (up to ``max_tokens_cap``), then
+      :class:`CutShort` (permanent);
+    - a schema failure gets one repair turn, then :class:`InvalidOutput` (retried by policy).
+
+    API errors propagate (worker.errors.classify decides retry or dead letter). ``call`` keeps every
+    round trip for the caller to store, failed ones included.
     """
     calls: list[CallRecord] = []
-    if isinstance(client, SimulatedModel):
-        with client.answering(spec.raw_schema):
-            first = await _one_call(client, request)
-    else:
-        first = await _one_call(client, request)
+    first = await call(request, route)
     calls.append(first)
+    stop = (first.response or {}).get("stop_reason")
+    if stop == "max_tokens":
+        first.status, first.error = CallStatus.INVALID_OUTPUT, "the answer was cut at max_tokens"
+        larger = min(max(int(request["max_tokens"]) * 4, 1024), max_tokens_cap)
+        if larger <= int(request["max_tokens"]):
+            raise CutShort(
+                f"invalid model output: cut at max_tokens = {request['max_tokens']} (cap {max_tokens_cap})",
+                output=_text_of(first.response or {}),
+                calls=calls,
+            )
+        request = {**request, "model": first.model, "max_tokens": larger}
+        first = await call(request, "retry:max_tokens")
+        calls.append(first)
+        if (first.response or {}).get("stop_reason") == "max_tokens":
+            first.status, first.error = CallStatus.INVALID_OUTPUT, "the answer was cut at max_tokens"
+            raise CutShort(
+                f"invalid model output: still cut at max_tokens = {larger} after one larger retry",
+                output=_text_of(first.response or {}),
+                calls=calls,
+            )
     try:
         first.output = _check(first.response or {}, spec)
         return Answer(first.output, calls)
     except ValueError as e:
         first.status, first.error = CallStatus.INVALID_OUTPUT, str(e)
         problem = str(e)
-    if (first.response or {}).get("stop_reason") in ("refusal", "max_tokens"):
-        raise InvalidOutput(f"invalid model output: {problem}", output=_text_of(first.response or {}), calls=calls)
+    if (first.response or {}).get("stop_reason") == "refusal":
+        raise Refused(f"the model refused: {problem}", output=_text_of(first.response or {}), calls=calls)
     repair = copy.deepcopy(request)
+    repair["model"] = first.model
     repair["messages"] = [
         *request["messages"],
         {"role": "assistant", "content": _text_of(first.response or {}) or ""},
@@ -127,13 +186,38 @@ async def ask(client: LLMClient, request: dict[str, Any], spec: OutputSpec) -> A
             "Answer again with JSON that matches the schema exactly.",
         },
     ]
-    second = await _one_call(client, repair)
+    second = await call(repair, "repair")
     calls.append(second)
     try:
         second.output = _check(second.response or {}, spec)
         return Answer(second.output, calls)
     except ValueError as e:
         second.status, second.error = CallStatus.INVALID_OUTPUT, str(e)
-        raise InvalidOutput(
+        cls = Refused if (second.response or {}).get("stop_reason") == "refusal" else InvalidOutput
+        raise cls(
             f"invalid model output after one repair attempt: {e}", output=_text_of(second.response or {}), calls=calls
         ) from None
+
+
+def call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
+    usage = rec.usage or {}
+    return {
+        "event_id": event_id,
+        "pipeline": pipeline,
+        "model": rec.model,
+        "status": rec.status,
+        "request": rec.request,
+        "response": rec.response,
+        "output": rec.output,
+        "error": rec.error,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
+        "cost_usd": rec.cost_usd,
+        "latency_ms": rec.latency_ms,
+        "request_id": rec.request_id,
+        "requested_model": rec.requested_model or rec.model,
+        "route": rec.route,
+        "stop_reason": (rec.response or {}).get("stop_reason"),
+    }

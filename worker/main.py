@@ -25,14 +25,16 @@ from app.core.db import libpq_dsn
 from app.core.jobs import NAMESPACE, QUEUE
 from app.core.logs import setup_logging
 from app.core.settings import Settings
-from worker import maintenance, schedules, tasks
+from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
 
 
-def build_app(dsn: str, *, pool_size: int, config: Config | None = None) -> procrastinate.App:
+def build_app(
+    dsn: str, *, pool_size: int, config: Config | None = None, batch_poll_seconds: int | None = None
+) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
         conninfo=libpq_dsn(dsn),
         min_size=1,
@@ -44,6 +46,8 @@ def build_app(dsn: str, *, pool_size: int, config: Config | None = None) -> proc
     tasks.register(bp)
     maintenance.register(bp)
     schedules.register(bp)
+    if batch_poll_seconds is not None:
+        batches.register(bp, batch_poll_seconds)
     app.add_tasks_from(bp, namespace=NAMESPACE)
     if config is not None:
         schedules.add_periodic(app, config)
@@ -138,7 +142,13 @@ async def run_worker(
     await rt.open()
     if settings.worker_metrics_port is not None:
         rt.metrics.serve(settings.worker_metrics_port, settings.host)
-    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2, config=config)
+    uses_batches = any(p.mode == "batch_api" for p in config.pipelines.values())
+    pq_app = build_app(
+        dsn,
+        pool_size=settings.worker_concurrency + 2,
+        config=config,
+        batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
+    )
     checked = False
     log.info(
         "hookline worker starting: concurrency %d, %s",

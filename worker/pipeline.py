@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +11,14 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.action_runs import run_actions
-from worker.errors import InvalidOutput, classify
-from worker.llm import CallRecord, ask
+from worker.batches import batch_answer
+from worker.errors import classify
+from worker.gate import Gate
+from worker.llm import CallRecord, ask, call_row
+from worker.microbatch import micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
+from worker.simulated import SimulatedModel
 
 log = logging.getLogger("hookline.pipeline")
 
@@ -22,27 +27,6 @@ log = logging.getLogger("hookline.pipeline")
 class PipelineOutcome:
     pipeline: str
     dry_run: bool = False
-
-
-def _call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
-    usage = rec.usage or {}
-    return {
-        "event_id": event_id,
-        "pipeline": pipeline,
-        "model": rec.model,
-        "status": rec.status,
-        "request": rec.request,
-        "response": rec.response,
-        "output": rec.output,
-        "error": rec.error,
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": usage.get("output_tokens"),
-        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
-        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
-        "cost_usd": rec.cost_usd,
-        "latency_ms": rec.latency_ms,
-        "request_id": rec.request_id,
-    }
 
 
 async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:
@@ -63,7 +47,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
     if rt.llm is None:
         await rt.db.one(
             "insert_call",
-            **_call_row(
+            **call_row(
                 eid,
                 pipeline.name,
                 CallRecord(
@@ -75,28 +59,58 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
             ),
         )
         return None, False
+    if pipeline.mode == "batch_api":
+        await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
+    if pipeline.batch is not None:
+        return await micro_answer(rt, event, pipeline, request), False
+    gate = Gate(rt, event, pipeline)
     try:
-        answer = await ask(rt.llm, request, output_spec(pipeline))
-    except InvalidOutput as e:
-        for rec in getattr(e, "calls", []):
-            await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
-            _observe(rt, rec)
-        raise
+        with _simulating(rt, pipeline):
+            answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
+            output = answer.output
+            esc = pipeline.escalate
+            if esc is not None and isinstance(output, dict) and output.get(esc.when) is True:
+                for rec in answer.calls:  # the escalated answer takes the one succeeded slot
+                    if rec.status == CallStatus.SUCCEEDED:
+                        rec.status = CallStatus.SUPERSEDED
+                stronger = {**request, "model": esc.model}
+                answer = await ask(
+                    gate,
+                    stronger,
+                    output_spec(pipeline),
+                    max_tokens_cap=pipeline.max_tokens_cap,
+                    route=f"escalate:{esc.when}",
+                )
+                output = answer.output
     except Exception as e:
         err = classify(e)
-        await rt.db.one(
-            "insert_call",
-            **_call_row(
-                eid,
-                pipeline.name,
-                CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
-            ),
-        )
+        await _store(rt, eid, pipeline.name, gate.records)
+        if not gate.records:
+            await rt.db.one(
+                "insert_call",
+                **call_row(
+                    eid,
+                    pipeline.name,
+                    CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
+                ),
+            )
         raise err from e
-    for rec in answer.calls:
-        await rt.db.one("insert_call", **_call_row(eid, pipeline.name, rec))
+    await _store(rt, eid, pipeline.name, gate.records)
+    return output, False
+
+
+def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
+    """A simulated model answers from the pipeline's own schema (hookline dev --simulate-model)."""
+    if isinstance(rt.llm, SimulatedModel):
+        return rt.llm.answering(output_spec(pipeline).raw_schema)
+    return contextlib.nullcontext()
+
+
+async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+    """Every round trip of this run, in order, before any action (a limit hold stores none)."""
+    for rec in records:
+        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec))
         _observe(rt, rec)
-    return answer.output, False
 
 
 def _observe(rt: Runtime, rec: CallRecord) -> None:

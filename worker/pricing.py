@@ -27,12 +27,22 @@ PRICES: dict[str, tuple[str, str, str, str, str]] = {
 _M = Decimal(1_000_000)
 
 
-def cost_usd(model: str, usage: dict[str, Any]) -> Decimal | None:
-    """Cost of one call from its ``usage`` block; None for a model without a price."""
+_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+def cost_usd(model: str, usage: dict[str, Any], override: dict[str, float | None] | None = None) -> Decimal | None:
+    """Cost of one call from its ``usage`` block; None for a model without a price.
+
+    ``override`` is ``[models."MODEL"].prices`` (USD / 1M tokens by key); its set keys replace the
+    built-in table's (and give a price to a model the table does not know, missing keys at 0).
+    """
     price = PRICES.get(model) or PRICES.get(model.rsplit("-", 1)[0])
-    if price is None:
+    given = {k: v for k, v in (override or {}).items() if v is not None}
+    if price is None and not given:
         return None
-    p_in, p_out, p_w5, p_w1, p_rd = (Decimal(x) for x in price)
+    base = dict(zip(_KEYS, price or ("0",) * 5, strict=True))
+    base.update({k: str(v) for k, v in given.items()})
+    p_in, p_out, p_w5, p_w1, p_rd = (Decimal(base[k]) for k in _KEYS)
     inp = int(usage.get("input_tokens") or 0)
     out = int(usage.get("output_tokens") or 0)
     rd = int(usage.get("cache_read_input_tokens") or 0)
@@ -41,7 +51,7 @@ def cost_usd(model: str, usage: dict[str, Any]) -> Decimal | None:
     w1 = int(cc.get("ephemeral_1h_input_tokens") or 0)
     if not (w5 or w1):
         w5 = int(usage.get("cache_creation_input_tokens") or 0)
-    if model == "claude-haiku-5-5" and inp + rd + w5 + w1 > 100_000:
+    if model == "claude-haiku-5-5" and not given and inp + rd + w5 + w1 > 100_000:
         p_in, p_out, p_w5, p_w1, p_rd = (x * 5 for x in (p_in, p_out, p_w5, p_w1, p_rd))
     total = (inp * p_in + out * p_out + w5 * p_w5 + w1 * p_w1 + rd * p_rd) / _M
     if usage.get("service_tier") == "batch":

@@ -16,6 +16,7 @@ from app.core.logs import bind_log_context, log_context
 from app.core.records import EventRow
 from app.core.status import EventStatus
 from worker.errors import classify
+from worker.limits import Held, admit, one
 from worker.pipeline import run_pipeline
 from worker.routing import route
 from worker.runtime import Runtime
@@ -151,6 +152,10 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
             )
             return EventStatus.SKIPPED
     try:
+        await admit(rt, event, pipelines)
+    except Held as held:
+        return await _hold(rt, event, held)
+    try:
         for pipeline in pipelines:
             current = pipeline
             async with asyncio.timeout(pipeline.timeout_seconds):
@@ -167,6 +172,8 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
                 )
             )
         raise
+    except Held as held:
+        return await _hold(rt, event, held)
     except Exception as e:
         assert current is not None
         return await _failed(rt, event, current, e)
@@ -212,6 +219,21 @@ async def _failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExc
     )
     log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
     raise RetryLater(delay, where) from exc
+
+
+class Throttled(RetryLater):
+    """The event waits for a limit (window, bucket, breaker, loop guard); its job runs again later."""
+
+
+async def _hold(rt: Runtime, event: EventRow, held: Held) -> str:
+    """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead."""
+    if held.dead:
+        await _finish(rt, event["id"], EventStatus.DEAD, error=held.reason, detail="over a tenant cap (on_cap = dead)")
+        log.warning("event %s is dead: %s", event["id"], held.reason)
+        return EventStatus.DEAD
+    await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}")
+    log.info("event %s throttled for %.1fs: %s", event["id"], held.delay, held.reason)
+    raise Throttled(held.delay, held.reason)
 
 
 async def _finish(

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.cli import bench as benchmark
 from app.cli import embedded
@@ -105,7 +106,8 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli.observe import status
 
-    return status(_db_url(settings), as_json=args.json)
+    url = _db_url(settings)
+    return status(url, as_json=args.json, caps=lambda: _spend(url, settings))
 
 
 def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
@@ -129,6 +131,21 @@ def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli.observe import psql
 
     return psql(settings.dsn(), settings.home, args.psql_args)
+
+
+def _spend(url: str, settings: Settings) -> list[dict[str, Any]]:
+    """Today's spend per tenant against its [tenants] caps (app/cli/spend.py)."""
+    import psycopg
+
+    from app.cli.spend import spend_today
+    from app.core.db import libpq_dsn
+
+    try:
+        config = load_config(settings.config)
+    except ConfigError:
+        return []  # `hookline check` reports the file; status still shows the counts
+    with psycopg.connect(libpq_dsn(url)) as conn:
+        return spend_today(conn, config)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:

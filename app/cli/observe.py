@@ -12,7 +12,7 @@ import json
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -78,10 +78,11 @@ async def _status_data(url: str) -> dict[str, Any]:
     }
 
 
-def status(url: str, *, as_json: bool) -> int:
+def status(url: str, *, as_json: bool, caps: Callable[[], list[dict[str, Any]]] | None = None) -> int:
     st = migrations.status(url)
     data = asyncio.run(_status_data(url))
     out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending], **data}
+    out["spend"] = caps() if caps is not None and st.current else []
     if as_json:
         print(json.dumps(out, indent=2))
         return 0 if st.current else 1
@@ -104,7 +105,22 @@ def status(url: str, *, as_json: bool) -> int:
     ]
     if rows:
         print(table(["tenant", "model", "calls", "input tokens", "output tokens", "usd"], rows))
+    if out["spend"]:
+        print("\ntoday against the caps of [tenants] (cap: - means none)")
+        print(table(["tenant", "events/h", "tokens/day", "usd/day"], [_caps_row(s) for s in out["spend"]]))
     return 0 if st.current else 1
+
+
+def _caps_row(s: dict[str, Any]) -> tuple[Any, ...]:
+    def of(used: Any, cap: Any) -> str:
+        return f"{used} / {'-' if cap is None else cap}"
+
+    return (
+        s["tenant"],
+        of(s["events_this_hour"], s["events_per_hour"]),
+        of(s["tokens_today"], s["tokens_per_day"]),
+        of(round(float(s["usd_today"]), 6), s["usd_per_day"]),
+    )
 
 
 async def _story(url: str, event_id: int) -> EventStory | None:

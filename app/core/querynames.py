@@ -31,6 +31,40 @@ WorkerQuery = Literal[
     "pickup_delay",
 ]
 
+LimitsQuery = Literal[
+    "take_model_capacity",
+    "settle_model_capacity",
+    "observe_model_limits",
+    "admit_event",
+    "reserve_budget",
+    "settle_budget",
+    "claim_alert",
+    "breaker_acquire",
+    "breaker_record",
+    "loop_guard_key",
+    "loop_guard_tenant",
+    "mark_admitted",
+    "throttle_event",
+    "spend_today",
+    "claim_once",
+    "batch_item_latest",
+    "batch_item_add",
+    "batch_item_retire",
+    "batch_claim_pending",
+    "batch_mark_submitted",
+    "batch_open",
+    "batch_item_finish",
+    "wake_event_job",
+    "batch_item_finish_fail",
+    "micro_item_latest",
+    "micro_item_add",
+    "micro_pending",
+    "micro_claim",
+    "micro_release",
+    "micro_item_done",
+    "micro_item_fail",
+]
+
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
 
 WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
@@ -76,6 +110,7 @@ ObserveQuery = Literal[
 BY_FILE: dict[str, Any] = {
     "ingest": IngestQuery,
     "worker": WorkerQuery,
+    "limits": LimitsQuery,
     "replay": ReplayQuery,
     "watch": WatchQuery,
     "admin": AdminQuery,

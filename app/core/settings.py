@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(
         default=None, description="Port on which each worker serves its own Prometheus metrics; unset: none."
     )
+    batch_poll_seconds: int = Field(
+        default=30, description='How often the worker submits and polls Message Batches (`mode = "batch_api"`).'
+    )
 
     @property
     def environ(self) -> Mapping[str, str]:

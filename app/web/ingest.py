@@ -27,6 +27,7 @@ from app.core.errors import (
     InvalidSignature,
     MethodNotAllowed,
     PayloadTooLarge,
+    RateLimited,
     UnknownSource,
 )
 from app.core.querynames import IngestQuery
@@ -188,6 +189,7 @@ async def receive_webhook(request: Request) -> Response:
             },
         )
         raise InvalidSignature("signature verification failed") from None
+    _rate_limit(state, src)
 
     content_type = request.headers.get("content-type", "")
     payload = parse_body(body, content_type)
@@ -242,6 +244,7 @@ async def receive_webhook(request: Request) -> Response:
             content_type or None,
             _remote(request),
             request_id,
+            state.config.priority_for(name, meta.event_type),
         )
         if row is None:  # the first delivery committed while this statement ran
             row = await pool.fetchrow(Q["find_event"], name, delivery_id)
@@ -267,6 +270,19 @@ async def receive_webhook(request: Request) -> Response:
         extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
     )
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
+
+
+def _rate_limit(state: AppState, src: Source) -> None:
+    """429 + Retry-After once a verified sender exceeds its source's rate_limit; nothing is stored."""
+    if src.rate_limit is None:
+        return
+    wait = state.ingest_limiter.take(src.name, src.rate_limit)
+    if wait:
+        state.metrics.inc("hookline_ingest_requests_total", source=src.name, outcome="rate_limited")
+        raise RateLimited(
+            f"source {src.name!r} is over its rate limit ({src.rate_limit.per_second:g}/s); retry later",
+            headers={"Retry-After": str(int(wait))},
+        )
 
 
 def _signature_headers(src: Source) -> tuple[str, ...]:

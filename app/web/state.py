@@ -16,6 +16,7 @@ from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
 from app.web.listener import EventListener
 from app.web.metrics import Metrics
+from app.web.ratelimit import IngestLimiter
 
 log = logging.getLogger("hookline.db")
 
@@ -80,3 +81,5 @@ class AppState:
     #: The process's one LISTEN connection (started on first use).
     listener: EventListener = field(default_factory=lambda: EventListener(None))
     expected_migrations: dict[int, str] = field(default_factory=dict)
+    #: [sources.NAME] rate_limit buckets (per process).
+    ingest_limiter: IngestLimiter = field(default_factory=IngestLimiter)

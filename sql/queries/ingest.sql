@@ -3,11 +3,12 @@
 -- name: store_event
 -- insert_event and, for a duplicate, the stored id, in one round trip: (id, inserted).
 -- No row back means the conflicting delivery committed after this statement's snapshot: ask find_event.
+-- $12 is the job priority (the highest of the matching pipelines'); the trigger defers at it.
 WITH ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr, request_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         headers, body, payload, content_type, remote_addr, request_id, priority)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
     ON CONFLICT (source, delivery_id) DO NOTHING
     RETURNING id
 )

@@ -39,10 +39,10 @@ WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeede
 INSERT INTO hookline.llm_calls
     (event_id, pipeline, model, status, request, response, output, error,
      input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-     cost_usd, latency_ms, request_id)
+     cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
 VALUES (%(event_id)s, %(pipeline)s, %(model)s, %(status)s, %(request)s, %(response)s, %(output)s, %(error)s,
         %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s, %(cache_read_input_tokens)s,
-        %(cost_usd)s, %(latency_ms)s, %(request_id)s)
+        %(cost_usd)s, %(latency_ms)s, %(request_id)s, %(requested_model)s, %(route)s, %(stop_reason)s)
 ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
 RETURNING id;
 

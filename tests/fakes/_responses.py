@@ -16,6 +16,7 @@ from tests.fakes._request_checks import (
     output_schema,
 )
 from tests.fakes._schema_fill import generate, validate
+from tests.fakes._sse import to_sse
 from tests.fakes._steps import (
     Step,
     error,
@@ -213,6 +214,12 @@ def respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str) -> Outco
 
 def _respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str, rid: str) -> Outcome | None:
     method, path, headers = rec.method, rec.path, rec.headers
+    if path.startswith("/v1/messages/batches"):
+        try:
+            check_headers(headers, fake.api_key)
+        except RequestRejected as rej:
+            return error_outcome(rej.status, rej.error_type, rej.message, rid)
+        return fake.batches.route(method, path, raw_text, rid)
     endpoints = {"/v1/messages": True, "/v1/messages/count_tokens": False}
     if path not in endpoints:
         return error_outcome(404, "not_found_error", f"Not found: {method} {path}", rid)
@@ -230,8 +237,17 @@ def _respond(fake: FakeMessagesAPI, rec: RecordedRequest, raw_text: str, rid: st
         return error_outcome(rej.status, rej.error_type, rej.message, rid)
     if not endpoints[path]:
         return Outcome.json(200, {"input_tokens": estimate_tokens(body)})
+    wait = fake.over_limit()
+    if wait is not None:
+        out = run_step(Ctx(fake, body, headers, rid), rate_limited(retry_after=max(1, int(wait) + 1)))
+        assert out is not None
+        out.headers.update(fake.rate_limit_headers(0, limited=True))
+        rec.step = "rate-limit"
+        return out
     ctx = Ctx(fake, body, headers, rid)
-    step, source = fake.take_keyed(raw_text)
+    step, source = fake.take_for_model(str(body.get("model")))
+    if step is None:
+        step, source = fake.take_keyed(raw_text)
     if step is None:
         step, source = scenario_step(fake, headers), "scenario"
     if step is None:
@@ -369,46 +385,3 @@ def _message(
         "usage": ctx.usage(output_tokens, usage_override),
     }
     return Outcome.json(200, message)
-
-
-def to_sse(out: Outcome) -> Outcome:
-    """The same message as a server-sent-event stream (built in full; sent with Content-Length)."""
-    msg = out.parsed
-    frames: list[tuple[str, dict[str, Any]]] = []
-    start = {
-        **msg,
-        "content": [],
-        "stop_reason": None,
-        "stop_details": None,
-        "usage": {**msg["usage"], "output_tokens": 1},
-    }
-    frames.append(("message_start", {"type": "message_start", "message": start}))
-    for i, block in enumerate(msg["content"]):
-        if block["type"] == "text":
-            first, deltas = {**block, "text": ""}, [{"type": "text_delta", "text": block["text"]}]
-        elif block["type"] == "tool_use":
-            js = json.dumps(block["input"])
-            mid = len(js) // 2
-            first = {**block, "input": {}}
-            deltas = [{"type": "input_json_delta", "partial_json": p} for p in (js[:mid], js[mid:])]
-        else:  # thinking
-            first = {**block, "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}]
-            deltas.append({"type": "signature_delta", "signature": block["signature"]})
-        frames.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": first}))
-        frames += [("content_block_delta", {"type": "content_block_delta", "index": i, "delta": d}) for d in deltas]
-        frames.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
-    delta = {"stop_reason": msg["stop_reason"], "stop_sequence": None, "stop_details": msg["stop_details"]}
-    frames.append(
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": delta,
-                "usage": {"output_tokens": msg["usage"]["output_tokens"]},
-            },
-        )
-    )
-    frames.append(("message_stop", {"type": "message_stop"}))
-    text = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in frames)
-    return Outcome(200, text.encode(), "text/event-stream; charset=utf-8", out.headers, msg)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes import _ratelimits
+from tests.fakes._batches import BatchStore
 from tests.fakes._handler import Handler
 from tests.fakes._process import FakeMessagesAPIProcess
 from tests.fakes._responses import Outcome
@@ -144,6 +146,12 @@ class FakeMessagesAPI:
         self._cache: dict[str, float] = {}  # prefix hash -> expiry (monotonic)
         self._scenario_counts: dict[tuple[str, str], int] = {}
         self._window = (0, 0, 0)  # (minute, requests, tokens) for the rate-limit headers
+        self._model_steps: dict[str, deque[Step]] = {}
+        self._model_default: dict[str, Step] = {}
+        #: per-minute limits the headers report; enforced (429 + retry-after) when `enforce_limits`
+        self.limits = {"requests": 4000, "tokens": 2_000_000, "input": 1_600_000, "output": 400_000}
+        self.enforce_limits = False
+        self.batches = BatchStore(self)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -207,6 +215,28 @@ class FakeMessagesAPI:
         with self._lock:
             self._default = None if step is None else _check_steps([step])[0]
 
+    def enqueue_for_model(self, model: str, *steps: Step) -> None:
+        """Steps consumed only by requests for `model` (checked first, before `enqueue_for`)."""
+        with self._lock:
+            self._model_steps.setdefault(model, deque()).extend(_check_steps(steps))
+
+    def set_model_default(self, model: str, step: Step | None) -> None:
+        """Every request for `model` gets `step` (e.g. overloaded()) until reset with None."""
+        with self._lock:
+            if step is None:
+                self._model_default.pop(model, None)
+            else:
+                self._model_default[model] = _check_steps([step])[0]
+
+    def take_for_model(self, model: str) -> tuple[Step | None, str]:
+        with self._lock:
+            steps = self._model_steps.get(model)
+            if steps:
+                return steps.popleft(), f"model={model}"
+            if model in self._model_default:
+                return self._model_default[model], f"model-default={model}"
+        return None, ""
+
     def pending(self, match: str | None = None) -> int:
         """Steps not consumed yet (global FIFO, or those of one `match`)."""
         with self._lock:
@@ -223,6 +253,8 @@ class FakeMessagesAPI:
             self._log.clear()
             self._cache.clear()
             self._scenario_counts.clear()
+            self._model_steps.clear()
+            self._model_default.clear()
 
     # ------------------------------------------------------------------------------ recording
     @property
@@ -292,31 +324,13 @@ class FakeMessagesAPI:
             self._cache[digest] = max(self._cache.get(digest, 0.0), now + ttl_seconds)
             return hit
 
+    def over_limit(self) -> float | None:
+        """With `enforce_limits`: seconds until the minute window resets if its request limit is used up."""
+        return _ratelimits.over_limit(self)
+
     def rate_limit_headers(self, tokens: int, limited: bool) -> dict[str, str]:
-        now = time.time()
-        minute = int(now // 60)
-        with self._lock:
-            m, reqs, toks = self._window
-            if m != minute:
-                reqs, toks = 0, 0
-            reqs, toks = reqs + 1, toks + tokens
-            self._window = (minute, reqs, toks)
-        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((minute + 1) * 60))
-        req_limit, tok_limit, in_limit, out_limit = 4000, 2_000_000, 1_600_000, 400_000
-        return {
-            "anthropic-ratelimit-requests-limit": str(req_limit),
-            "anthropic-ratelimit-requests-remaining": "0" if limited else str(max(req_limit - reqs, 0)),
-            "anthropic-ratelimit-requests-reset": reset,
-            "anthropic-ratelimit-tokens-limit": str(tok_limit),
-            "anthropic-ratelimit-tokens-remaining": "0" if limited else str(max(tok_limit - toks, 0)),
-            "anthropic-ratelimit-tokens-reset": reset,
-            "anthropic-ratelimit-input-tokens-limit": str(in_limit),
-            "anthropic-ratelimit-input-tokens-remaining": "0" if limited else str(max(in_limit - toks, 0)),
-            "anthropic-ratelimit-input-tokens-reset": reset,
-            "anthropic-ratelimit-output-tokens-limit": str(out_limit),
-            "anthropic-ratelimit-output-tokens-remaining": str(out_limit),
-            "anthropic-ratelimit-output-tokens-reset": reset,
-        }
+        """The anthropic-ratelimit-* headers of one answer (and the window's count)."""
+        return _ratelimits.headers(self, tokens, limited)
 
     def control(self, method: str, path: str, body: Any) -> Outcome:
         """The /_fake/* endpoints (out-of-process control)."""

@@ -53,6 +53,7 @@ def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> 
         "application/json",
         "127.0.0.1",
         f"bench-{delivery_id}",
+        0,  # job priority
     )
 
 

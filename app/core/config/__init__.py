@@ -25,6 +25,7 @@ from app.core.config.actions import (
     SlackAction,
     SqlAction,
 )
+from app.core.config.limits import Breaker, ModelLimits, Prices, RateLimit, Tenant
 from app.core.config.pipelines import Pipeline, RetryPolicy
 from app.core.config.schedules import SCHEDULE_SOURCE, Schedule
 from app.core.config.sources import Source
@@ -35,18 +36,23 @@ from app.signatures import PROVIDERS
 __all__ = [
     "SCHEDULE_SOURCE",
     "Action",
+    "Breaker",
     "Config",
     "EmailAction",
     "EnvHeader",
     "HttpAction",
     "LogAction",
+    "ModelLimits",
     "Pipeline",
+    "Prices",
     "PythonAction",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
     "SlackAction",
     "Source",
     "SqlAction",
+    "Tenant",
     "environment_problems",
     "load_config",
     "parse_config",
@@ -59,6 +65,9 @@ class Config(Strict):
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
     schedules: dict[str, Schedule] = Field(default_factory=dict)
     watch: tuple[WatchSpec, ...] = ()
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    alerts: tuple[Action, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -89,7 +98,23 @@ class Config(Strict):
                 raise ValueError(
                     f"schedules.{name}.pipeline: pipelines.{sched.pipeline} must have source = {SCHEDULE_SOURCE!r}"
                 )
+        for name, m in self.models.items():
+            if m.fallback == name:
+                raise ValueError(f"models.{name}.fallback: a model cannot fall back to itself")
         return self
+
+    def tenant(self, name: str | None) -> Tenant:
+        """The caps of one tenant: its own ``[tenants.NAME]`` keys over ``[tenants."*"]``."""
+        defaults = self.tenants.get("*", Tenant())
+        own = self.tenants.get(name or "") if name != "*" else None
+        return own.merged_over(defaults) if own is not None else defaults
+
+    def model_limits(self, model: str) -> ModelLimits:
+        return self.models.get(model) or ModelLimits()
+
+    def priority_for(self, source: str, event_type: str | None) -> int:
+        """procrastinate job priority of an event: the highest of the pipelines it matches (0 if none)."""
+        return max((p.priority for p in self.pipelines_for(source, event_type)), default=0)
 
     def pipelines_for(self, source: str, event_type: str | None) -> list[Pipeline]:
         if source == SCHEDULE_SOURCE:  # a firing goes to the pipeline its schedule names, only

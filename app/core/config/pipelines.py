@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 from pydantic import Field, field_validator, model_validator
@@ -34,6 +34,34 @@ class RetryPolicy(Strict):
         return float(base)
 
 
+class Concurrency(Strict):
+    """``concurrency = { per_tenant, per_key }``: events of one tenant / one ordering key in flight."""
+
+    per_tenant: int | None = Field(default=None, ge=1)
+    per_key: int | None = Field(default=None, ge=1)
+
+
+class Batch(Strict):
+    """``batch = { max_events, max_wait_ms }``: micro-batching, several events in one prompt."""
+
+    max_events: int = Field(default=20, ge=2, le=100)
+    max_wait_ms: int = Field(default=2000, ge=0, le=600_000)
+
+
+class LoopGuard(Strict):
+    """``loop_guard = { max_events, window_seconds }``: per ordering key (else per tenant)."""
+
+    max_events: int = Field(ge=1)
+    window_seconds: float = Field(default=60.0, gt=0)
+
+
+class Escalate(Strict):
+    """``escalate = { model, when }``: re-ask ``model`` when the output's boolean field ``when`` is true."""
+
+    model: str
+    when: str
+
+
 class Pipeline(Strict):
     """``[pipelines.NAME]``: which events go to which prompt, and what happens with the answer."""
 
@@ -47,6 +75,7 @@ class Pipeline(Strict):
     output_schema: dict[str, Any] | None = None
     output_model: str | None = None
     max_tokens: int = Field(default=1024, gt=0, le=64000)
+    max_tokens_cap: int = Field(default=8192, gt=0, le=64000)
     ordering_key: tuple[str, ...] | None = None
     timeout_seconds: float = Field(default=120.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -61,6 +90,13 @@ class Pipeline(Strict):
         if v is not None:
             templates.check_expression(v, WHEN_NAMES)
         return v
+
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    concurrency: Concurrency | None = None
+    batch: Batch | None = None
+    mode: Literal["messages", "batch_api"] = "messages"
+    loop_guard: LoopGuard | None = None
+    escalate: Escalate | None = None
 
     @field_validator("events", "fields", mode="before")
     @classmethod
@@ -100,6 +136,12 @@ class Pipeline(Strict):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"actions: duplicate action name(s) {sorted(dupes)}")
+        if self.escalate is not None and self.output_schema is not None:
+            prop = (self.output_schema.get("properties") or {}).get(self.escalate.when)
+            if not isinstance(prop, dict) or prop.get("type") != "boolean":
+                raise ValueError(f"escalate.when: {self.escalate.when!r} is not a boolean property of output_schema")
+        if self.batch is not None and self.mode == "batch_api":
+            raise ValueError("batch and mode = 'batch_api' do not combine; choose one")
         return self
 
     def matches(self, source: str, event_type: str | None) -> bool:

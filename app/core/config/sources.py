@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from app.core.config._base import LOCATOR_KEYS, Strict, check_env_name, check_locators
+from app.core.config.limits import RateLimit
 from app.signatures import PROVIDERS, HmacOptions
 
 
@@ -33,6 +34,7 @@ class Source(Strict):
     hmac: dict[str, Any] | None = None
     #: Payload fields (dotted paths, e.g. ``data.object.customer_email``) masked in the admin API and dashboard.
     redact: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
 
     @field_validator("provider")
     @classmethod

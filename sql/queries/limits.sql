@@ -1,0 +1,177 @@
+-- Runtime SQL of the worker's limits (psycopg: %(name)s placeholders): model buckets, tenant budgets,
+-- breakers, the loop guard. The atomic parts are PL/pgSQL functions in sql/migrations/0006_limits.sql.
+
+-- name: take_model_capacity
+-- 0 when the call may go now (capacity taken), else seconds until the shared bucket can serve it.
+SELECT hookline.take_model_capacity_v1(%(model)s, %(rpm)s, %(itpm)s, %(otpm)s, %(input)s, %(output)s) AS wait;
+
+-- name: settle_model_capacity
+-- Give back (or take more of) what the call used beyond its estimate.
+SELECT hookline.settle_model_capacity_v1(%(model)s, %(input_delta)s, %(output_delta)s, %(itpm)s, %(otpm)s);
+
+-- name: observe_model_limits
+-- Keep the bucket in step with the API's anthropic-ratelimit-* headers and 429s.
+SELECT hookline.observe_model_limits_v1(%(model)s, %(requests)s, %(input)s, %(output)s, %(blocked_until)s, %(reason)s);
+
+-- name: admit_event
+-- Count the event once against events_per_hour: NULL admitted, else when the next hour opens.
+SELECT hookline.admit_event_v1(%(event_id)s, %(tenant)s, %(cap)s) AS reopens_at;
+
+-- name: reserve_budget
+-- Reserve a call's worst case in the tenant's UTC day (granted, day_start, reopens_at).
+SELECT granted, day_start, reopens_at
+FROM hookline.reserve_budget_v1(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s);
+
+-- name: settle_budget
+-- Replace the reservation by the call's actual usage; the day's totals come back.
+SELECT day_tokens, day_usd
+FROM hookline.settle_budget_v1(%(tenant)s, %(day_start)s, %(reserved_tokens)s, %(reserved_usd)s, %(tokens)s, %(usd)s);
+
+-- name: claim_alert
+-- True for exactly one caller per tenant, period and window.
+SELECT hookline.claim_alert_v1(%(tenant)s, %(period)s, %(window_start)s) AS claimed;
+
+-- name: breaker_acquire
+-- closed / probe / open (with retry_at) for a call to this model.
+SELECT verdict, retry_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_timeout)s);
+
+-- name: breaker_record
+-- A call's outcome for the model's breaker; flipped = the state changed.
+SELECT new_state, flipped
+FROM hookline.breaker_record_v1(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
+
+-- name: loop_guard_key
+-- Events of one ordering key admitted within the window, and when the oldest of them leaves it.
+SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
+FROM hookline.events
+WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND admitted_at IS NOT NULL
+  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
+
+-- name: loop_guard_tenant
+-- Events of one tenant admitted within the window, and when the oldest of them leaves it.
+SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
+FROM hookline.events
+WHERE tenant IS NOT DISTINCT FROM %(tenant)s AND admitted_at IS NOT NULL
+  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
+
+-- name: mark_admitted
+-- The event counts for the loop guard from now on (when no tenant budget admitted it already).
+UPDATE hookline.events SET admitted_at = now() WHERE id = %(event_id)s AND admitted_at IS NULL;
+
+-- name: throttle_event
+-- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
+UPDATE hookline.events
+SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s
+WHERE id = %(event_id)s;
+
+-- name: spend_today
+-- hookline status: today's usage per tenant (UTC day, this hour's events).
+SELECT w.tenant, w.period, w.events, w.tokens, w.usd, w.reserved_tokens, w.reserved_usd, w.alerted_at
+FROM hookline.budget_windows w
+WHERE (w.period = 'day' AND w.window_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+   OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now()))
+ORDER BY w.tenant, w.period;
+
+-- name: claim_once
+-- True for exactly one caller per kind, subject and hour: the one that sends the alert.
+INSERT INTO hookline.alerts_sent (kind, subject, window_start)
+VALUES (%(kind)s, %(subject)s, date_trunc('hour', now()))
+ON CONFLICT DO NOTHING
+RETURNING true AS claimed;
+
+-- name: batch_item_latest
+-- The latest Message Batches request of (event, pipeline).
+SELECT id, status, error, permanent, batch_id FROM hookline.batch_items
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND kind = 'batch_api'
+ORDER BY id DESC LIMIT 1;
+
+-- name: batch_item_add
+-- Ask for a Message Batches answer (nothing when one is already open).
+WITH ins AS (
+    INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request)
+    VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT count(*) AS added FROM ins;
+
+-- name: batch_item_retire
+-- A failed request the event has seen: the next run asks again.
+UPDATE hookline.batch_items SET status = 'retired' WHERE id = %(id)s AND status = 'failed';
+
+-- name: batch_claim_pending
+-- Claim pending requests (and ones stuck in submitting for 10 minutes) for one batch.
+UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
+WHERE id IN (
+    SELECT id FROM hookline.batch_items
+    WHERE kind = 'batch_api'
+      AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, custom_id, request;
+
+-- name: batch_mark_submitted
+-- The batch was created: its requests wait for it to end.
+UPDATE hookline.batch_items SET status = 'submitted', batch_id = %(batch_id)s
+WHERE id = ANY(%(ids)s) AND status = 'submitting';
+
+-- name: batch_open
+-- Batches with requests still waiting for their result.
+SELECT DISTINCT batch_id FROM hookline.batch_items WHERE status = 'submitted' AND kind = 'batch_api';
+
+-- name: batch_item_finish
+-- Record one result (once: a second reader gets no row back).
+UPDATE hookline.batch_items
+SET status = %(status)s, error = %(error)s, permanent = %(permanent)s, finished_at = now()
+WHERE custom_id = %(custom_id)s AND status = 'submitted'
+RETURNING id, event_id, pipeline, request;
+
+-- name: wake_event_job
+-- The event's waiting job runs now (its answer, or its failure, is in).
+UPDATE procrastinate_jobs SET scheduled_at = now()
+WHERE status = 'todo' AND task_name = 'hookline:process_event' AND (args->>'event_id')::bigint = %(event_id)s;
+
+-- name: batch_item_finish_fail
+-- The answer came back but failed its schema (or was a refusal): the event's retry policy decides.
+UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s WHERE id = %(id)s;
+
+-- name: micro_item_latest
+-- The latest micro-batch request of (event, pipeline).
+SELECT id, status, error, permanent, created_at FROM hookline.batch_items
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND kind = 'micro'
+ORDER BY id DESC LIMIT 1;
+
+-- name: micro_item_add
+-- Join the pipeline's next micro-batch (nothing when a request is already open).
+INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request, kind)
+VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s, 'micro')
+ON CONFLICT DO NOTHING;
+
+-- name: micro_pending
+-- Requests gathering for the pipeline's next micro-batch.
+SELECT count(*) AS n FROM hookline.batch_items
+WHERE kind = 'micro' AND pipeline = %(pipeline)s AND status = 'pending';
+
+-- name: micro_claim
+-- The leader takes up to %(limit)s pending requests (and ones a crashed leader left for 10 minutes).
+UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
+WHERE id IN (
+    SELECT id FROM hookline.batch_items
+    WHERE kind = 'micro' AND pipeline = %(pipeline)s
+      AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, event_id, request;
+
+-- name: micro_release
+-- The leader could not ask (a limit held it): the requests gather again.
+UPDATE hookline.batch_items SET status = 'pending' WHERE id = ANY(%(ids)s) AND status = 'submitting';
+
+-- name: micro_item_done
+-- This event's part of the answer is stored.
+UPDATE hookline.batch_items SET status = 'done', finished_at = now() WHERE id = %(id)s;
+
+-- name: micro_item_fail
+-- This event's part failed (missing, invalid, or the call failed): the event's retry policy decides.
+UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s, finished_at = now()
+WHERE id = %(id)s;

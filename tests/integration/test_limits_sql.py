@@ -1,0 +1,145 @@
+"""The shared-limit functions of migration 0006, called as the worker calls them (real Postgres)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+
+from app.core.sqlfiles import queries
+
+LQ = queries("limits")
+
+
+def _one(conn: psycopg.Connection, name: str, **params: object) -> tuple[object, ...]:
+    row = conn.execute(LQ[name], params).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_model_bucket_grants_up_to_the_limit_then_says_how_long_to_wait(conn: psycopg.Connection) -> None:
+    args = {"model": "m", "rpm": 2, "itpm": None, "otpm": 1000, "input": 10, "output": 400}
+    assert _one(conn, "take_model_capacity", **args) == (0,)
+    assert _one(conn, "take_model_capacity", **args) == (0,)
+    (wait,) = _one(conn, "take_model_capacity", **args)
+    assert isinstance(wait, float) and 0 < wait <= 30  # one request refills in 60/2 s
+    # the refused call took nothing: output tokens left are 1000 - 2*400 (plus a tiny refill)
+    (out_left,) = conn.execute("SELECT output_tokens FROM hookline.model_buckets WHERE model = 'm'").fetchone() or (0,)
+    assert 200 <= out_left < 210
+    # unused output tokens come back on settle
+    _one(conn, "settle_model_capacity", model="m", input_delta=0, output_delta=-300, itpm=None, otpm=1000)
+    (out_left,) = conn.execute("SELECT output_tokens FROM hookline.model_buckets WHERE model = 'm'").fetchone() or (0,)
+    assert 500 <= out_left < 510
+
+
+def test_a_429_blocks_the_model_for_every_worker(conn: psycopg.Connection) -> None:
+    conn.execute(
+        LQ["observe_model_limits"],
+        {
+            "model": "m",
+            "requests": None,
+            "input": None,
+            "output": None,
+            "blocked_until": "2999-01-01T00:00:00Z",
+            "reason": "429",
+        },
+    )
+    (wait,) = _one(conn, "take_model_capacity", model="m", rpm=None, itpm=None, otpm=None, input=1, output=1)
+    assert isinstance(wait, float) and wait > 86400
+
+
+def test_budget_reserves_before_and_settles_after_never_beyond_the_cap(conn: psycopg.Connection) -> None:
+    res = {"tenant": "acme", "usd": Decimal("0.01"), "tokens_cap": 100, "usd_cap": None}
+    granted, day, reopens = _one(conn, "reserve_budget", tokens=60, **res)
+    assert granted is True and reopens > day  # type: ignore[operator]
+    assert _one(conn, "reserve_budget", tokens=50, **res)[0] is False  # 60 in flight + 50 > 100
+    # the first call used 30 tokens: its reservation is released, its usage counted
+    tokens, usd = _one(
+        conn,
+        "settle_budget",
+        tenant="acme",
+        day_start=day,
+        reserved_tokens=60,
+        reserved_usd=Decimal("0.01"),
+        tokens=30,
+        usd=Decimal("0.004"),
+    )
+    assert (tokens, usd) == (30, Decimal("0.004"))
+    assert _one(conn, "reserve_budget", tokens=50, **res)[0] is True
+    assert _one(conn, "reserve_budget", tokens=50, **{**res, "tenant": "other"})[0] is True  # tenants apart
+    assert _one(conn, "claim_alert", tenant="acme", period="day", window_start=day) == (True,)
+    assert _one(conn, "claim_alert", tenant="acme", period="day", window_start=day) == (False,)  # once per window
+
+
+def test_events_per_hour_counts_each_event_once(conn: psycopg.Connection) -> None:
+    ids = [
+        conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, tenant) VALUES ('s', %s, 't') RETURNING id", (f"d{i}",)
+        ).fetchone()[0]  # type: ignore[index]
+        for i in range(3)
+    ]
+    assert _one(conn, "admit_event", event_id=ids[0], tenant="t", cap=2) == (None,)
+    assert _one(conn, "admit_event", event_id=ids[0], tenant="t", cap=2) == (None,)  # a rerun is not counted again
+    assert _one(conn, "admit_event", event_id=ids[1], tenant="t", cap=2) == (None,)
+    (reopens,) = _one(conn, "admit_event", event_id=ids[2], tenant="t", cap=2)
+    assert reopens is not None
+    assert conn.execute("SELECT events FROM hookline.budget_windows WHERE period = 'hour'").fetchone() == (2,)
+
+
+def test_breaker_opens_pauses_probes_once_and_closes(conn: psycopg.Connection) -> None:
+    rec = {"model": "m", "failures": 2, "window_seconds": 60, "open_seconds": 30, "error": "529"}
+    assert _one(conn, "breaker_record", ok=False, **rec) == ("closed", False)
+    assert _one(conn, "breaker_record", ok=False, **rec) == ("open", True)
+    verdict, retry_at = _one(conn, "breaker_acquire", model="m", probe_timeout=120)
+    assert verdict == "open" and retry_at is not None
+    assert conn.execute("SELECT state, state_code FROM hookline.breaker_state").fetchall() == [("open", 1)]
+    conn.execute("UPDATE hookline.breakers SET open_until = now() - interval '1 second'")
+    assert conn.execute("SELECT state FROM hookline.breaker_state").fetchall() == [("half_open",)]
+    assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "probe"
+    assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "open"  # one probe only
+    assert _one(conn, "breaker_record", ok=True, **rec) == ("closed", True)
+    assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "closed"
+
+
+def test_event_priority_becomes_the_job_priority(conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO hookline.events (source, delivery_id, priority) VALUES ('s', 'urgent', 10)")
+    conn.execute("INSERT INTO hookline.events (source, delivery_id) VALUES ('s', 'routine')")
+    jobs = conn.execute("SELECT args->>'event_id', priority FROM procrastinate_jobs ORDER BY id").fetchall()
+    assert [p for _, p in jobs] == [10, 0]
+
+
+def test_costs_daily_sums_per_tenant_pipeline_and_model(conn: psycopg.Connection) -> None:
+    (eid,) = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id, tenant) VALUES ('s', 'c1', 'acme') RETURNING id"
+    ).fetchone() or (0,)
+    for model, cost in (("a", "0.5"), ("a", "0.25"), ("b", "1")):
+        conn.execute(
+            "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, input_tokens, output_tokens,"
+            " cost_usd) VALUES (%s, 'p', %s, 'failed', '{}', 10, 5, %s)",
+            (eid, model, cost),
+        )
+    rows = conn.execute(
+        "SELECT tenant, pipeline, model, calls, input_tokens, usd FROM hookline.costs_daily ORDER BY model"
+    ).fetchall()
+    assert rows == [("acme", "p", "a", 2, 20, Decimal("0.75")), ("acme", "p", "b", 1, 10, Decimal("1"))]
+
+
+def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) -> None:
+    from app.cli.spend import spend_today
+    from app.core.config import parse_config
+
+    config = parse_config({"tenants": {"*": {"usd_per_day": 20.0}, "acme": {"tokens_per_day": 1000}}})
+    _, day, _ = _one(conn, "reserve_budget", tenant="acme", tokens=10, usd=Decimal(0), tokens_cap=None, usd_cap=None)
+    _one(
+        conn,
+        "settle_budget",
+        tenant="acme",
+        day_start=day,
+        reserved_tokens=10,
+        reserved_usd=Decimal(0),
+        tokens=120,
+        usd=Decimal("0.5"),
+    )
+    (spend,) = spend_today(conn, config)
+    assert spend["tenant"] == "acme" and spend["tokens_today"] == 120 and spend["usd_today"] == 0.5
+    assert (spend["tokens_per_day"], spend["usd_per_day"]) == (1000, 20.0)

@@ -1,0 +1,133 @@
+"""``mode = "batch_api"``: events answered through the Message Batches API (half price, minutes late).
+
+The event's job asks for an answer (a row in hookline.batch_items) and waits ``throttled``; the
+``batch_poll`` periodic task submits every pending request as one batch, polls open batches, and when
+one ended stores each answer in hookline.llm_calls (validated like any answer, batch-priced) and
+wakes the event's job, which then runs the actions from the stored answer. A failed request is the
+event's failure (retry policy; a refusal is permanent), and the next run asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anthropic
+import procrastinate
+from procrastinate import JobContext
+
+from app.core.config import Pipeline
+from app.core.jobs import QUEUE
+from app.core.records import EventRow
+from app.core.status import CallStatus
+from worker.errors import InvalidOutput, PermanentError, TransientError
+from worker.limits import Held, all_rows, one, price
+from worker.llm import CallRecord, Refused, call_row, check_answer
+from worker.prompt import output_spec
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.batches")
+
+BATCH_POLL_SHORT = "batch_poll"
+#: A waiting job wakes by itself after this long even if no poll woke it (a safety net).
+WAIT_SECONDS = 300.0
+MAX_REQUESTS = 10_000
+
+
+async def batch_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request: dict[str, Any]) -> None:
+    """No stored answer yet: raise the failure of the last request, or ask (again) and wait."""
+    item = await one(rt, "batch_item_latest", event_id=event["id"], pipeline=pipeline.name)
+    if item is not None and item["status"] in ("pending", "submitting", "submitted"):
+        where = f" in batch {item['batch_id']}" if item["batch_id"] else ""
+        raise Held(f"waiting for its Message Batches answer{where}", delay=WAIT_SECONDS)
+    if item is not None and item["status"] == "failed":
+        await one(rt, "batch_item_retire", id=item["id"])
+        error = f"Message Batches request failed: {item['error']}"
+        raise (PermanentError(error) if item["permanent"] else TransientError(error))
+    await one(rt, "batch_item_add", event_id=event["id"], pipeline=pipeline.name, request=request)
+    raise Held("waiting for its Message Batches answer (queued for the next batch)", delay=WAIT_SECONDS)
+
+
+async def poll(rt: Runtime) -> dict[str, int]:
+    """Submit pending requests as one batch; read the results of ended batches."""
+    client = rt.llm
+    if not isinstance(client, anthropic.AsyncAnthropic):  # dry run, or the simulated model: no batches
+        return {"submitted": 0, "results": 0}
+    submitted = results = 0
+    claimed = await all_rows(rt, "batch_claim_pending", limit=MAX_REQUESTS)
+    if claimed:
+        batch = await client.messages.batches.create(
+            requests=[{"custom_id": r["custom_id"], "params": r["request"]} for r in claimed]
+        )
+        await one(rt, "batch_mark_submitted", ids=[r["id"] for r in claimed], batch_id=batch.id)
+        submitted = len(claimed)
+        log.info("submitted %d request(s) as Message Batch %s", submitted, batch.id)
+    for row in await all_rows(rt, "batch_open"):
+        batch = await client.messages.batches.retrieve(row["batch_id"])
+        if batch.processing_status != "ended":
+            continue
+        async for item in await client.messages.batches.results(row["batch_id"]):
+            results += await _store_result(rt, item.model_dump(mode="json"))
+    return {"submitted": submitted, "results": results}
+
+
+async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
+    result = item.get("result") or {}
+    kind = result.get("type")
+    message = result.get("message") if kind == "succeeded" else None
+    status, error, permanent = "done", None, False
+    if message is None:
+        err = ((result.get("error") or {}).get("error") or {}) if kind == "errored" else {}
+        error = f"{kind}: {err.get('type', '')} {err.get('message', '')}".strip()
+        permanent = err.get("type") == "invalid_request_error"
+        status = "failed"
+    finished = await one(
+        rt,
+        "batch_item_finish",
+        custom_id=item.get("custom_id"),
+        status=status,
+        error=error,
+        permanent=permanent,
+    )
+    if finished is None:
+        return 0  # another poll read it first
+    pipeline_name = finished["pipeline"]
+    pipeline = rt.config.pipelines.get(pipeline_name)
+    request = finished["request"]
+    rec = CallRecord(
+        model=request.get("model", ""), status=CallStatus.FAILED, request=request, route="batch_api", error=error
+    )
+    rec.requested_model = pipeline.model if pipeline else rec.model
+    if message is not None and pipeline is not None:
+        rec.response, rec.usage = message, message.get("usage") or {}
+        rec.cost_usd = price(rt, rec.model, rec.usage)
+        try:
+            output = check_answer(message, output_spec(pipeline))
+            rec.status, rec.output = CallStatus.SUCCEEDED, output
+        except (InvalidOutput, ValueError) as e:
+            rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
+            await one(
+                rt,
+                "batch_item_finish_fail",
+                id=finished["id"],
+                error=str(e),
+                permanent=isinstance(e, Refused),
+            )
+    await rt.db.one("insert_call", **call_row(finished["event_id"], pipeline_name, rec))
+    await one(rt, "wake_event_job", event_id=finished["event_id"])
+    return 1
+
+
+async def batch_poll(context: JobContext, timestamp: int) -> dict[str, int]:
+    rt = (context.additional_context or {}).get("runtime")
+    if not isinstance(rt, Runtime):
+        raise RuntimeError("worker started without a hookline runtime in additional_context")
+    return await poll(rt)
+
+
+def register(bp: procrastinate.Blueprint, every_seconds: int) -> None:
+    """The poller, every ``every_seconds`` (one run per tick across workers; never a lock)."""
+    task = bp.task(name=BATCH_POLL_SHORT, queue=QUEUE, pass_context=True, queueing_lock="hookline:batch_poll")(
+        batch_poll
+    )
+    bp.periodic(cron=f"* * * * * */{max(1, every_seconds)}", periodic_id="batch_poll")(task)

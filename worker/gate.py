@@ -1,0 +1,86 @@
+"""One gated model call: breaker → fallback, shared rate limit, tenant budget, call, settle.
+
+:class:`Gate` is the ``call`` that :func:`worker.llm.ask` makes every round trip through. It keeps a
+record of every round trip (failed ones included) in ``records``, each saying which model answered
+and why (``route``), for the pipeline to store before anything else happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+
+from app.core.config import Pipeline
+from app.core.records import EventRow
+from app.core.status import CallStatus
+from worker import limits
+from worker.errors import classify
+from worker.limits import Held
+from worker.llm import CallRecord, one_call
+from worker.runtime import Runtime
+
+
+def _breaker_failure(exc: BaseException) -> bool:
+    """Failures that say the model is unwell: overload, 5xx, timeouts, lost connections (not 4xx)."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code >= 500
+    return isinstance(exc, anthropic.APIConnectionError | TimeoutError)
+
+
+@dataclass
+class Gate:
+    rt: Runtime
+    event: EventRow
+    pipeline: Pipeline
+    records: list[CallRecord] = field(default_factory=list)
+
+    def _fallback(self, model: str, route: str) -> str | None:
+        if route.startswith("fallback"):
+            return None  # one hop: a fallback's own fallback is not chased
+        return self.rt.config.model_limits(model).fallback
+
+    async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
+        rt, model = self.rt, request["model"]
+        assert rt.llm is not None
+        verdict, wait = await limits.breaker_gate(rt, model)
+        if verdict == "open":
+            fallback = self._fallback(model, route)
+            if fallback:
+                return await self({**request, "model": fallback}, "fallback:breaker_open")
+            raise Held(f"circuit breaker of {model} is open; calls resume after its half-open probe", delay=wait)
+        res = await limits.reserve(rt, self.event, request)
+        try:
+            rec = await one_call(rt.llm, request)
+        except Exception as e:
+            err = classify(e)
+            response = getattr(e, "response", None)
+            status = getattr(e, "status_code", None)
+            await limits.settle(rt, self.event, res, None, None)
+            await limits.observe_headers(rt, model, getattr(response, "headers", None), status, err.retry_after)
+            if _breaker_failure(e):
+                await limits.breaker_report(rt, model, False, str(err)[:300])
+            elif verdict == "probe":  # a 4xx says nothing about the model's health: let the next call probe
+                await limits.breaker_report(rt, model, True)
+            self.records.append(
+                CallRecord(
+                    model=model,
+                    status=CallStatus.FAILED,
+                    request=request,
+                    error=str(err),
+                    route=route,
+                    requested_model=self.pipeline.model,
+                )
+            )
+            fallback = self._fallback(model, route)
+            if status == 529 and fallback:
+                return await self({**request, "model": fallback}, "fallback:overloaded")
+            raise err from e
+        rec.cost_usd = limits.price(rt, model, rec.usage)
+        rec.route, rec.requested_model = route, self.pipeline.model
+        self.records.append(rec)
+        await limits.settle(rt, self.event, res, rec.usage, rec.cost_usd)
+        await limits.observe_headers(rt, model, rec.headers, 200, None)
+        await limits.breaker_report(rt, model, True)
+        return rec

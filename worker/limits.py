@@ -1,0 +1,361 @@
+"""Limits shared by every worker process, kept in Postgres (sql/migrations/0006_limits.sql).
+
+- admission: a tenant's ``events_per_hour`` and the pipeline's ``loop_guard``, once per event;
+- per call: the model's circuit breaker (fallback while open), its shared token bucket
+  (``requests/input/output_tokens_per_minute``), the tenant's day budget (reserve, then settle).
+
+Whatever must wait raises :class:`Held`: the task marks the event ``throttled`` and reschedules its
+job for when the window reopens (never a sleep in a worker slot), or, with ``on_cap = "dead"``,
+sends it to the dead letters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.core.config import Pipeline, Tenant
+from app.core.querynames import LimitsQuery
+from app.core.records import EventRow
+from app.core.sqlfiles import NamedQueries
+from worker.errors import PipelineError
+from worker.pricing import cost_usd
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.limits")
+LQ: NamedQueries[LimitsQuery] = NamedQueries("limits", LimitsQuery)
+#: A half-open probe that has not reported back after this long is presumed lost; another may go.
+PROBE_TIMEOUT_SECONDS = 120.0
+
+
+class Held(PipelineError):
+    """The event must wait ``delay`` seconds (throttled), or die at once when ``dead``."""
+
+    permanent = False
+
+    def __init__(self, reason: str, *, delay: float, dead: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = max(0.05, delay)
+        self.dead = dead
+
+
+def _adapt(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
+async def one(rt: Runtime, name: LimitsQuery, **params: Any) -> dict[str, Any] | None:
+    """The first row of a sql/queries/limits.sql block (None when it returns none)."""
+    async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LQ[name], _adapt(params))
+        return await cur.fetchone() if cur.description else None
+
+
+async def all_rows(rt: Runtime, name: LimitsQuery, **params: Any) -> list[dict[str, Any]]:
+    """Every row of a sql/queries/limits.sql block."""
+    async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LQ[name], _adapt(params))
+        return list(await cur.fetchall()) if cur.description else []
+
+
+def _seconds_until(when: dt.datetime | None) -> float:
+    if when is None:
+        return 1.0
+    return max(0.05, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def tenant_key(event: EventRow) -> str:
+    return str(event.get("tenant") or "")
+
+
+# ------------------------------------------------------------------------------------------- admission
+async def admit(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> None:
+    """Count the event once against ``events_per_hour`` and hold it while a loop guard trips."""
+    cfg = rt.config
+    for p in pipelines:
+        if p.loop_guard is not None:
+            await _loop_guard(rt, event, p)
+    admitted_now = False
+    if cfg.tenants:
+        caps = cfg.tenant(event.get("tenant"))
+        row = await one(rt, "admit_event", event_id=event["id"], tenant=tenant_key(event), cap=caps.events_per_hour)
+        reopens = row["reopens_at"] if row else None
+        if reopens is not None:
+            await _budget_alert(rt, event, caps, "hour", reopens - dt.timedelta(hours=1), "events_per_hour", 1.0)
+            raise _over_cap(
+                caps, f"tenant {tenant_key(event)!r} is at events_per_hour = {caps.events_per_hour}", reopens
+            )
+        admitted_now = True
+    if not admitted_now and any(p.loop_guard for p in pipelines):
+        await one(rt, "mark_admitted", event_id=event["id"])
+
+
+async def _loop_guard(rt: Runtime, event: EventRow, p: Pipeline) -> None:
+    guard = p.loop_guard
+    assert guard is not None
+    if event.get("ordering_key"):
+        row = await one(
+            rt,
+            "loop_guard_key",
+            source=event["source"],
+            ordering_key=event["ordering_key"],
+            event_id=event["id"],
+            window_seconds=guard.window_seconds,
+        )
+        what = f"ordering key {event['ordering_key']!r}"
+    else:
+        row = await one(
+            rt,
+            "loop_guard_tenant",
+            tenant=event.get("tenant"),
+            event_id=event["id"],
+            window_seconds=guard.window_seconds,
+        )
+        what = f"tenant {tenant_key(event)!r}"
+    if row is None or int(row["n"]) < guard.max_events:
+        return
+    reason = (
+        f"loop guard of pipeline {p.name}: {what} had {row['n']} events in {guard.window_seconds:g}s "
+        f"(max_events = {guard.max_events}); held until the window has room"
+    )
+    if rt.config.alerts:
+        claim = await one(rt, "claim_once", kind="loop_guard", subject=f"{p.name} {what}")
+        if claim and claim["claimed"]:
+            data = {"pipeline": p.name, "event_id": event["id"], "key": what}
+            await send_alert(rt, "loop_guard", reason, data, once=f"{p.name}-{event['id']}")
+    raise Held(reason, delay=_seconds_until(row["frees_at"]))
+
+
+def _over_cap(caps: Tenant, what: str, reopens: dt.datetime) -> Held:
+    if caps.on_cap == "dead":
+        return Held(f"{what} (on_cap = dead)", delay=0, dead=True)
+    return Held(f"{what}; waits for the window to reopen at {reopens.isoformat()}", delay=_seconds_until(reopens))
+
+
+# ------------------------------------------------------------------------------------------- per call
+@dataclass
+class Reservation:
+    model: str
+    tenant: str | None = None  # None: no budget reserved
+    day_start: dt.datetime | None = None
+    tokens: int = 0
+    usd: Decimal = Decimal(0)
+    input_taken: int = 0
+    output_taken: int = 0
+
+
+def estimate_input_tokens(request: dict[str, Any]) -> int:
+    """A deliberately high estimate (3 characters per token) of the request's input tokens."""
+    parts = {k: request.get(k) for k in ("system", "messages", "output_config", "tools")}
+    return max(1, len(json.dumps(parts, default=str)) // 3)
+
+
+def price(rt: Runtime, model: str, usage: dict[str, Any]) -> Decimal | None:
+    prices = rt.config.model_limits(model).prices
+    return cost_usd(model, usage, prices.model_dump() if prices is not None else None)
+
+
+async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float]:
+    """("closed"|"probe", 0) when a call may go, ("open", seconds to wait) otherwise."""
+    if rt.config.model_limits(model).breaker is None:
+        return "closed", 0.0
+    row = await one(rt, "breaker_acquire", model=model, probe_timeout=PROBE_TIMEOUT_SECONDS)
+    if row is None or row["verdict"] != "open":
+        return (row["verdict"] if row else "closed"), 0.0
+    return "open", _seconds_until(row["retry_at"])
+
+
+async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = None) -> None:
+    breaker = rt.config.model_limits(model).breaker
+    if breaker is None:
+        return
+    row = await one(
+        rt,
+        "breaker_record",
+        model=model,
+        ok=ok,
+        failures=breaker.failures,
+        window_seconds=breaker.window_seconds,
+        open_seconds=breaker.open_seconds,
+        error=error,
+    )
+    if row and row["flipped"]:
+        state = row["new_state"]
+        log.warning("circuit breaker of %s is now %s%s", model, state, f" ({error})" if error else "")
+        await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})
+
+
+async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Reservation:
+    """Take the call's share of the model's bucket and reserve its worst case in the tenant's day."""
+    model = request["model"]
+    limits = rt.config.model_limits(model)
+    est_in, est_out = estimate_input_tokens(request), int(request["max_tokens"])
+    res = Reservation(model)
+    if model in rt.config.models:  # also honours a 429's hold on a model without per-minute limits
+        row = await one(
+            rt,
+            "take_model_capacity",
+            model=model,
+            rpm=limits.requests_per_minute,
+            itpm=limits.input_tokens_per_minute,
+            otpm=limits.output_tokens_per_minute,
+            input=est_in,
+            output=est_out,
+        )
+        wait = float(row["wait"]) if row else 0.0
+        if wait > 0:
+            raise Held(f"model {model} is at its shared rate limit; next call in {wait:.1f}s", delay=wait)
+        res.input_taken, res.output_taken = est_in, est_out
+    if rt.config.tenants:
+        caps = rt.config.tenant(event.get("tenant"))
+        usd = price(rt, model, {"input_tokens": est_in, "output_tokens": est_out}) or Decimal(0)
+        row = await one(
+            rt,
+            "reserve_budget",
+            tenant=tenant_key(event),
+            tokens=est_in + est_out,
+            usd=usd,
+            tokens_cap=caps.tokens_per_day,
+            usd_cap=Decimal(str(caps.usd_per_day)) if caps.usd_per_day is not None else None,
+        )
+        assert row is not None
+        if not row["granted"]:
+            await settle_model(rt, res, None)
+            await _budget_alert(rt, event, caps, "day", row["day_start"], "tokens_per_day / usd_per_day", 1.0)
+            raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at its daily token or USD cap", row["reopens_at"])
+        res.tenant, res.day_start, res.tokens, res.usd = tenant_key(event), row["day_start"], est_in + est_out, usd
+    return res
+
+
+async def settle_model(rt: Runtime, res: Reservation, usage: dict[str, Any] | None) -> None:
+    if not (res.input_taken or res.output_taken):
+        return
+    limits = rt.config.model_limits(res.model)
+    used_in = _input_tokens(usage) if usage else 0
+    used_out = int((usage or {}).get("output_tokens") or 0)
+    await one(
+        rt,
+        "settle_model_capacity",
+        model=res.model,
+        input_delta=used_in - res.input_taken,
+        output_delta=used_out - res.output_taken,
+        itpm=limits.input_tokens_per_minute,
+        otpm=limits.output_tokens_per_minute,
+    )
+    res.input_taken = res.output_taken = 0
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(int(usage.get(k) or 0) for k in keys)
+
+
+async def settle(
+    rt: Runtime, event: EventRow, res: Reservation, usage: dict[str, Any] | None, cost: Decimal | None
+) -> None:
+    """After the call (answered or failed): actual usage replaces the reservation."""
+    await settle_model(rt, res, usage)
+    if res.tenant is None or res.day_start is None:
+        return
+    tokens = (_input_tokens(usage) + int(usage.get("output_tokens") or 0)) if usage else 0
+    row = await one(
+        rt,
+        "settle_budget",
+        tenant=res.tenant,
+        day_start=res.day_start,
+        reserved_tokens=res.tokens,
+        reserved_usd=res.usd,
+        tokens=tokens,
+        usd=cost or Decimal(0),
+    )
+    if row is None:
+        return
+    caps = rt.config.tenant(event.get("tenant"))
+    fractions = []
+    if caps.tokens_per_day:
+        fractions.append(int(row["day_tokens"]) / caps.tokens_per_day)
+    if caps.usd_per_day:
+        fractions.append(float(row["day_usd"]) / caps.usd_per_day)
+    if fractions and max(fractions) >= caps.alert_at:
+        await _budget_alert(rt, event, caps, "day", res.day_start, "day budget", max(fractions))
+
+
+async def observe_headers(rt: Runtime, model: str, headers: Any, status: int | None, retry_after: float | None) -> None:
+    """Feed the API's rate-limit headers and 429s back into the shared bucket (configured models)."""
+    if model not in rt.config.models or headers is None:
+        return
+
+    def num(name: str) -> float | None:
+        value = headers.get(f"anthropic-ratelimit-{name}-remaining")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    blocked: dt.datetime | None = None
+    reason = None
+    if status == 429:
+        blocked = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=retry_after or 1.0)
+        reason = "429 from the API"
+    elif num("requests") == 0:
+        reset = headers.get("anthropic-ratelimit-requests-reset")
+        try:
+            blocked = dt.datetime.fromisoformat(reset.replace("Z", "+00:00")) if reset else None
+        except ValueError:
+            blocked = None
+        reason = "anthropic-ratelimit-requests-remaining: 0"
+    await one(
+        rt,
+        "observe_model_limits",
+        model=model,
+        requests=num("requests"),
+        input=num("input-tokens"),
+        output=num("output-tokens"),
+        blocked_until=blocked,
+        reason=reason,
+    )
+
+
+# ------------------------------------------------------------------------------------------- alerts
+async def _budget_alert(
+    rt: Runtime, event: EventRow, caps: Tenant, period: str, window_start: Any, what: str, fraction: float
+) -> None:
+    if not rt.config.alerts or window_start is None:
+        return
+    row = await one(rt, "claim_alert", tenant=tenant_key(event), period=period, window_start=window_start)
+    if not (row and row["claimed"]):
+        return
+    text = f"tenant {tenant_key(event)!r} reached {fraction:.0%} of its {what} (alert_at = {caps.alert_at:g})"
+    data = {"tenant": tenant_key(event), "period": period, "window_start": str(window_start), "fraction": fraction}
+    await send_alert(rt, "budget", text, data, once=f"{tenant_key(event)}-{period}-{window_start}")
+
+
+async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], once: str | None = None) -> None:
+    """Send an alert through every ``[[alerts]]`` action; failures are logged, never raised."""
+    from worker.action_runs import deps_of
+    from worker.actions import ActionContext, run_action
+
+    log.warning("alert (%s): %s", kind, text)
+    for index, action in enumerate(rt.config.alerts):
+        key = f"hookline-alert-{kind}-{once or dt.datetime.now(dt.UTC).isoformat()}-{index}"
+        ctx = ActionContext(
+            event_id=int(data.get("event_id") or 0),
+            source="hookline",
+            event_type=f"alert.{kind}",
+            pipeline="alerts",
+            action=f"{action.type}#{index}",
+            idempotency_key=key,
+            output={"alert": kind, "message": text, **data},
+            payload=None,
+        )
+        try:
+            await run_action(action, ctx, deps_of(rt))
+        except Exception as e:
+            log.warning("alert action %s failed: %s", ctx.action, e)

@@ -1,0 +1,153 @@
+"""``batch = { max_events, max_wait_ms }``: several events of one pipeline, one prompt.
+
+Each event's job adds its request to hookline.batch_items (kind ``micro``) and waits ``throttled``
+for at most ``max_wait_ms``. The job that sees ``max_events`` requests pending, or whose own request
+has waited ``max_wait_ms``, leads: it claims up to ``max_events`` pending requests, asks the model once
+for ``{"results": [{"event_id", "output"}, …]}``, validates each part against the pipeline's schema,
+stores one hookline.llm_calls row per event (tokens and cost split evenly, ``route = 'micro_batch:N'``)
+and wakes the other jobs. Each event then runs its own actions from its stored answer; an event whose
+part is missing or invalid fails alone (its retry policy; the next try goes in a later batch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+from app.core.config import Pipeline
+from app.core.records import EventRow
+from app.core.status import CallStatus
+from worker.errors import PermanentError, TransientError
+from worker.gate import Gate
+from worker.limits import Held, all_rows, one
+from worker.llm import CallRecord, call_row
+from worker.prompt import output_spec
+from worker.runtime import Runtime
+
+BATCH_NOTE = (
+    '\n\nSeveral events follow, in the user turn as {"events": [...]}. Answer every one of them: '
+    "results[i].event_id is the event's event_id and results[i].output your answer for that event alone."
+)
+
+
+def combined_request(pipeline: Pipeline, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """One request for several events: the pipeline's system prompt, every event, a results schema."""
+    spec = output_spec(pipeline)
+    first = requests[0]
+    system = [dict(b) for b in first["system"]]
+    system[0]["text"] = system[0]["text"] + BATCH_NOTE
+    events = [json.loads(r["messages"][-1]["content"]) for r in requests]
+    schema = {
+        "type": "object",
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"event_id": {"type": "integer"}, "output": spec.schema},
+                    "required": ["event_id", "output"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["results"],
+        "additionalProperties": False,
+    }
+    return {
+        "model": first["model"],
+        "max_tokens": min(64000, int(first["max_tokens"]) * len(requests)),
+        "system": system,
+        "messages": [{"role": "user", "content": json.dumps({"events": events}, ensure_ascii=False)}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+    }
+
+
+async def micro_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request: dict[str, Any]) -> Any:
+    """This event's answer from a micro-batch: lead one, or raise Held while one gathers."""
+    assert pipeline.batch is not None
+    wait = pipeline.batch.max_wait_ms / 1000
+    item = await one(rt, "micro_item_latest", event_id=event["id"], pipeline=pipeline.name)
+    if item is not None and item["status"] == "failed":
+        await one(rt, "batch_item_retire", id=item["id"])
+        error = f"micro-batch: {item['error']}"
+        raise (PermanentError(error) if item["permanent"] else TransientError(error))
+    if item is None or item["status"] in ("retired", "done"):
+        await one(rt, "micro_item_add", event_id=event["id"], pipeline=pipeline.name, request=request)
+        item = await one(rt, "micro_item_latest", event_id=event["id"], pipeline=pipeline.name)
+        assert item is not None
+    if item["status"] == "submitting":
+        raise Held("its micro-batch is being answered", delay=max(1.0, wait))
+    pending = await one(rt, "micro_pending", pipeline=pipeline.name)
+    age = (dt.datetime.now(dt.UTC) - item["created_at"]).total_seconds()
+    if int(pending["n"] if pending else 0) < pipeline.batch.max_events and age < wait:
+        raise Held(f"gathering a micro-batch (up to {pipeline.batch.max_events} events)", delay=wait - age)
+    return await _lead(rt, event, pipeline)
+
+
+async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
+    assert pipeline.batch is not None
+    claimed = await all_rows(rt, "micro_claim", pipeline=pipeline.name, limit=pipeline.batch.max_events)
+    mine = [c for c in claimed if c["event_id"] == event["id"]]
+    if not mine:  # another job leads the batch this event is in
+        await one(rt, "micro_release", ids=[c["id"] for c in claimed])
+        raise Held("its micro-batch is being answered", delay=1.0)
+    requests = [c["request"] for c in claimed]
+    combined = combined_request(pipeline, requests)
+    gate = Gate(rt, event, pipeline)
+    try:
+        rec = await gate(combined, f"micro_batch:{len(claimed)}")
+    except Held:
+        await one(rt, "micro_release", ids=[c["id"] for c in claimed])
+        raise
+    except Exception as e:
+        for c in claimed:
+            await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
+            if c["event_id"] != event["id"]:
+                await one(rt, "wake_event_job", event_id=c["event_id"])
+        raise
+    parts = _parts(rec.response or {})
+    spec = output_spec(pipeline)
+    n = len(claimed)
+    usage = {k: int(v) // n for k, v in (rec.usage or {}).items() if isinstance(v, int)}
+    cost = (rec.cost_usd or Decimal(0)) / n
+    for c in claimed:
+        part = parts.get(int(c["event_id"]))
+        row = CallRecord(
+            model=rec.model,
+            status=CallStatus.SUCCEEDED,
+            request=combined,
+            response=rec.response,
+            usage=usage,
+            cost_usd=cost.quantize(Decimal("0.00000001")),
+            latency_ms=rec.latency_ms,
+            request_id=rec.request_id,
+            route=rec.route,
+            requested_model=pipeline.model,
+        )
+        try:
+            if part is None:
+                raise ValueError("the answer has no part for this event")
+            row.output = spec.validate(part)
+            await one(rt, "micro_item_done", id=c["id"])
+        except ValueError as e:
+            row.status, row.error, row.output = CallStatus.INVALID_OUTPUT, str(e), part
+            await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
+        await rt.db.one("insert_call", **call_row(int(c["event_id"]), pipeline.name, row))
+        if c["event_id"] != event["id"]:
+            await one(rt, "wake_event_job", event_id=c["event_id"])
+    stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
+    if stored is None:
+        return await micro_answer(rt, event, pipeline, requests[0])  # raises this event's failure
+    return stored["output"]
+
+
+def _parts(message: dict[str, Any]) -> dict[int, Any]:
+    """event_id → output, from the combined answer (empty when it is not the expected JSON)."""
+    text = next((b.get("text") for b in message.get("content") or [] if b.get("type") == "text"), None)
+    try:
+        doc = json.loads(text or "")
+        return {int(r["event_id"]): r.get("output") for r in doc.get("results") or [] if isinstance(r, dict)}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
