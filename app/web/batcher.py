@@ -17,6 +17,8 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
   instead of queueing a second insert that Postgres would block on the first one's row lock.
 - A row Postgres rejects (``DataError`` …) fails its own request only: the flush falls back to one
   savepoint per row and commits the others.
+- Two web processes inserting the same new deliveries in opposite orders can deadlock; Postgres
+  aborts one batch, which is written again (rows stay in arrival order: ordering keys need it).
 - A database error fails every request of the flush with that error (the caller answers 503; nothing
   of the flush was committed).
 """
@@ -36,6 +38,7 @@ from app.core.sqlfiles import queries
 Q = queries("ingest")
 
 Key = tuple[str, str]
+DEADLOCK_RETRIES = 3
 Result = tuple[int | None, bool]
 
 #: Errors that belong to one row (its values), not to the database: that row gets them, others commit.
@@ -92,7 +95,7 @@ class Batcher:
         self._scheduled = False  # a flush task exists that has not taken its batch yet
         self._tasks: set[asyncio.Task[None]] = set()
         #: Counters for /metrics and the bench: flushes, rows, and the largest batch seen.
-        self.stats = {"flushes": 0, "rows": 0, "max_batch_seen": 0, "fallbacks": 0}
+        self.stats = {"flushes": 0, "rows": 0, "max_batch_seen": 0, "fallbacks": 0, "deadlocks": 0}
 
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
@@ -140,6 +143,18 @@ class Batcher:
             self._kick()
 
     async def _write(self, conn: Any, batch: list[_Item]) -> None:
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                await self._write_once(conn, batch)
+                return
+            except asyncpg.exceptions.DeadlockDetectedError:
+                # Two processes inserting the same new keys in opposite orders: Postgres aborted
+                # this batch (nothing of it committed); the other one went through. Again.
+                self.stats["deadlocks"] += 1
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+
+    async def _write_once(self, conn: Any, batch: list[_Item]) -> None:
         try:
             async with conn.transaction():
                 rows = await conn.fetch(Q["store_events"], *_columns(batch))
