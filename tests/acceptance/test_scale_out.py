@@ -32,7 +32,7 @@ def _env(db_url: str, config: Path) -> dict[str, str]:
         "ANTHROPIC_API_KEY": "",
         "HOOKLINE_WORKER_CONCURRENCY": "10",
         "HOOKLINE_WORKER_POLL_INTERVAL": "1",
-        "HOOKLINE_LOG_LEVEL": "INFO",
+        "HOOKLINE_LOG_LEVEL": "WARNING",
         "HOOKLINE_LOG_FORMAT": "text",
         "HOOKLINE_SHUTDOWN_TIMEOUT": "5",
         SECRET_ENV: SECRET,
@@ -51,7 +51,7 @@ async def _wait_http(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"web process on port {port} did not start")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 async def test_two_web_and_three_workers_process_each_event_exactly_once(db_url: str, tmp_path: Path) -> None:
     config = tmp_path / "hookline.toml"
     config.write_text(CONFIG_TOML.format(secret_env=SECRET_ENV))
@@ -69,9 +69,13 @@ async def test_two_web_and_three_workers_process_each_event_exactly_once(db_url:
     ]
     workers = Workers(tmp_path)
     try:
-        procs = [workers.spawn(f"w{i}", _env(db_url, config)) for i in range(3)]
-        for proc in procs:
-            await workers.ready(proc, timeout=180)
+        for i in range(3):
+            workers.spawn(f"w{i}", _env(db_url, config))
+
+        def registered() -> bool:
+            return int(query(db_url, "SELECT count(*) FROM procrastinate_workers")[0][0]) >= 3
+
+        await wait_until(registered, timeout=240, what="three workers registered", report=workers.report)
         for port, web in zip(ports, webs, strict=True):
             await _wait_http(port, web)
 

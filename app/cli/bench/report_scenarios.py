@@ -42,7 +42,8 @@ def scenario_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 "DB floor (store_events, batched)",
                 _f(db["events_per_s"], 0),
                 "events/s",
-                f"asyncpg, {db['connections']} conns × batches of {db['batch']}, same triggers, no HTTP",
+                f"asyncpg, {db['connections']} conns × batches of {db['batch']}, same triggers, no HTTP; "
+                f"WAL {_f(db.get('wal_bytes_per_event'))} bytes/event ({db.get('body_bytes')}-byte bodies)",
             )
             add(
                 "ingest (signed, durable)",

@@ -86,11 +86,21 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
 
     t0 = time.perf_counter()
     try:
+        lsn0 = await pool.fetchval("SELECT pg_current_wal_lsn()::text")
         counts = await asyncio.gather(*(loop(c) for c in range(connections)))
+        wal = await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn0)
     finally:
         await pool.close()
     wall = time.perf_counter() - t0
-    return {"events": sum(counts), "events_per_s": sum(counts) / wall, "batch": batch, "connections": connections}
+    n = sum(counts)
+    return {
+        "events": n,
+        "events_per_s": n / wall,
+        "batch": batch,
+        "connections": connections,
+        "wal_bytes_per_event": round(float(wal) / n) if n else None,
+        "body_bytes": len(body),
+    }
 
 
 def _load(bench: Bench, name: str, port: int, *, prefix: str, count: int, cycle: bool, pid: int) -> dict[str, Any]:
