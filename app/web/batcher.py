@@ -33,9 +33,10 @@ from typing import Any
 
 import asyncpg
 
-from app.core.sqlfiles import queries
+from app.core.querynames import IngestQuery
+from app.core.sqlfiles import NamedQueries
 
-Q = queries("ingest")
+Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 
 Key = tuple[str, str]
 DEADLOCK_RETRIES = 3

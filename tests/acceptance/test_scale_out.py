@@ -95,8 +95,8 @@ async def test_two_web_and_three_workers_process_each_event_exactly_once(db_url:
         for r, sent in zip(results, sends, strict=True):
             assert r["statuses"] == {"200": len(sent)}, r
         outcomes = [r["outcomes_total"] for r in results]
-        assert sum(int(o.get("accepted", 0)) for o in outcomes) == EVENTS  # type: ignore[attr-defined]
-        assert sum(int(o.get("duplicate", 0)) for o in outcomes) == 2 * RACED  # type: ignore[attr-defined]
+        assert sum(int(o.get("accepted", 0)) for o in outcomes) == EVENTS
+        assert sum(int(o.get("duplicate", 0)) for o in outcomes) == 2 * RACED
 
         def finished() -> bool:
             done = query(db_url, "SELECT count(*) FROM hookline.events WHERE status IN ('succeeded','dead','skipped')")

@@ -56,7 +56,9 @@ async def test_concurrent_inserts_share_statements_and_each_gets_its_own_id(
     ids = [r[0] for r in results]
     assert all(not dup for _, dup in results)
     assert len(set(ids)) == 300
-    stored = dict(conn.execute("SELECT delivery_id, id FROM hookline.events WHERE source = 's'").fetchall())
+    stored: dict[str, int] = dict(
+        conn.execute("SELECT delivery_id, id FROM hookline.events WHERE source = 's'").fetchall()
+    )
     assert stored == {f"d-{i}": ids[i] for i in range(300)}
     assert batcher.stats["flushes"] < 300  # they were grouped
     jobs = one(conn, "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'hookline:process_event'")

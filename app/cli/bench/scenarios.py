@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from app.cli.bench import phases, wrk
 from app.cli.bench.loadgen import build_requests, cpu_snapshot, event_body
 from app.cli.bench.procs import BenchError, free_port, wait_http
-from app.core.sqlfiles import queries
 
 if TYPE_CHECKING:
     from app.cli.bench.runner import Bench
@@ -53,7 +52,7 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
     body = event_body(0, "dbf")
     payload = json.loads(body)
     headers = {"content-type": "application/json"}
-    sql = queries("ingest")["store_events"]
+    sql = phases.INGEST_SQL["store_events"]
     pool = await create_pool(url, min_size=connections, max_size=connections, timeout=10)
     counter = 0
     end = time.perf_counter() + seconds
@@ -103,12 +102,33 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
     }
 
 
-def _load(bench: Bench, name: str, port: int, *, prefix: str, count: int, cycle: bool, pid: int) -> dict[str, Any]:
+def _load(
+    bench: Bench,
+    name: str,
+    port: int,
+    *,
+    prefix: str,
+    count: int,
+    cycle: bool,
+    pid: int,
+    only: list[int] | None = None,
+) -> dict[str, Any]:
+    """``count`` requests PREFIX-0 …, or exactly the PREFIX-i of ``only`` (with wrk: python needs a range)."""
     p = bench.plan
+    if only is not None and not wrk.available():
+        present, count = set(only), 0  # the Python load generator sends PREFIX-0 … PREFIX-(count-1)
+        while count in present:
+            count += 1
     if wrk.available():
         reqs = build_requests(
-            port=port, path=f"/webhooks/{phases.SOURCE}", count=count, prefix=prefix, secret=bench.secret
+            port=port,
+            path=f"/webhooks/{phases.SOURCE}",
+            count=(max(only) + 1) if only else count,
+            prefix=prefix,
+            secret=bench.secret,
         )
+        if only is not None:
+            reqs = [reqs[i] for i in only]
         cpu_a = cpu_snapshot(pid)
         t0 = time.perf_counter()
         r = wrk.run(
@@ -146,7 +166,8 @@ def floors(bench: Bench) -> dict[str, Any]:
     ingest = _load(bench, "floor-ingest", web_port, prefix="fi", count=count, cycle=False, pid=web.pid)
     time.sleep(1.0)  # requests in flight when the load generator stopped still commit
     stored = asyncio.run(_count(bench.db.url, "fi-%"))
-    dups = _load(bench, "floor-dup", web_port, prefix="fi", count=min(2000, stored), cycle=True, pid=web.pid)
+    stored_ids = asyncio.run(_stored(bench.db.url, "fi"))[:2000]  # re-send what is stored, nothing else
+    dups = _load(bench, "floor-dup", web_port, prefix="fi", count=0, cycle=True, pid=web.pid, only=stored_ids)
     time.sleep(1.0)
     stored_after = asyncio.run(_count(bench.db.url, "fi-%"))
     bench.children.stop("web")
@@ -164,6 +185,16 @@ def floors(bench: Bench) -> dict[str, Any]:
         "duplicates_over_ingest": dups["ok_rps"] / rate if rate else None,
         "concurrency": p.concurrency,
     }
+
+
+async def _stored(url: str, prefix: str) -> list[int]:
+    """The i of every stored PREFIX-i (requests cut off when the load generator stops leave gaps)."""
+    db = await phases.Events.open(url)
+    try:
+        got = await db.conn.fetch("SELECT delivery_id FROM hookline.events WHERE delivery_id LIKE $1", prefix + "-%")
+    finally:
+        await db.close()
+    return sorted(int(r["delivery_id"].rsplit("-", 1)[1]) for r in got)
 
 
 async def _count(url: str, like: str) -> int:
