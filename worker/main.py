@@ -26,7 +26,7 @@ from app.core.logs import setup_logging
 from app.core.settings import Settings
 from worker import maintenance, schedules, tasks
 from worker.actions import sql as sql_action
-from worker.runtime import Runtime
+from worker.runtime import Runtime, db_pool_size
 
 log = logging.getLogger("hookline.worker")
 
@@ -134,7 +134,7 @@ async def run_worker(
 
     rt = Runtime.build(settings, config, **llm_kwargs)
     await rt.open()
-    pq_app = build_app(dsn, pool_size=settings.worker_concurrency + 2, config=config)
+    pq_app = build_app(dsn, pool_size=db_pool_size(settings.worker_concurrency), config=config)
     checked = False
     log.info(
         "hookline worker starting: concurrency %d, %s",
