@@ -156,7 +156,7 @@ def worker(bench: Bench) -> dict[str, Any]:
             bench.out(f"worker: model {delay:g} s, {procs} process(es) × concurrency {concurrency} …")
             before = asyncio.run(last_worker(bench.db.url))
             pids = start_workers(bench, names, concurrency, **env)
-            events = max(p.worker_events, 3 * procs * concurrency) if delay else p.worker_events
+            events = 3 * procs * concurrency if delay else p.worker_events  # 1 s model: ~3 s of work
             prefix = f"wk{int(delay * 1000)}p{procs}c{concurrency}"
 
             r = asyncio.run(_step(bench.db.url, procs, before, prefix, events, pids))
