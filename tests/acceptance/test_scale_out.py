@@ -111,10 +111,14 @@ async def test_two_web_and_three_workers_process_each_event_exactly_once(db_url:
         per_event = query(
             db_url,
             "SELECT count(*) FROM (SELECT (args->>'event_id')::bigint AS e, count(*) AS n "
-            "FROM procrastinate_jobs GROUP BY 1) j WHERE n <> 1",
+            "FROM procrastinate_jobs WHERE task_name = 'hookline:process_event' GROUP BY 1) j WHERE n <> 1",
         )
         assert per_event == [(0,)]
-        assert query(db_url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'") == [(EVENTS,)]
+        assert query(
+            db_url,
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded' "
+            "AND task_name = 'hookline:process_event'",
+        ) == [(EVENTS,)]
         calls = query(
             db_url, "SELECT count(*), count(DISTINCT event_id) FROM hookline.llm_calls WHERE status = 'dry_run'"
         )
