@@ -27,7 +27,7 @@ from app.core.logs import setup_logging
 from app.core.settings import Settings
 from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
-from worker.runtime import Runtime
+from worker.runtime import Runtime, db_pool_size
 
 log = logging.getLogger("hookline.worker")
 
@@ -145,7 +145,7 @@ async def run_worker(
     uses_batches = any(p.mode == "batch_api" for p in config.pipelines.values())
     pq_app = build_app(
         dsn,
-        pool_size=settings.worker_concurrency + 2,
+        pool_size=db_pool_size(settings.worker_concurrency),
         config=config,
         batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
     )

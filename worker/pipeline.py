@@ -37,9 +37,14 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
     """
     eid = event["id"]
     if not recompute:
-        stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
-        if stored is not None:
-            return stored["output"], True
+        answers = event.get("answers")
+        if answers is not None:  # loaded with the event by start_event: no round trip
+            if pipeline.name in answers:
+                return answers[pipeline.name]["output"], True
+        else:
+            stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
+            if stored is not None:
+                return stored["output"], True
     if recompute:  # before the call: a failed call must not leave the old answer in place for the retry
         await rt.db.run("supersede_calls", event_id=eid, pipeline=pipeline.name)
     history = await _history(rt, event, pipeline) if pipeline.history else None

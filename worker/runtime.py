@@ -14,6 +14,16 @@ from worker.llm import LLMClient, make_client
 from worker.metrics import WorkerMetrics
 from worker.simulated import SimulatedModel
 
+#: Most database connections one worker process opens per pool, whatever its concurrency: a job
+#: holds a connection only for one short statement, never across the model call, so 200 calls in
+#: flight need a handful of connections, not 200.
+DB_POOL_CAP = 16
+
+
+def db_pool_size(concurrency: int) -> int:
+    """Connections of each of the worker's two pools (procrastinate's and hookline's)."""
+    return min(concurrency + 2, DB_POOL_CAP)
+
 
 @dataclass
 class Runtime:
@@ -49,7 +59,7 @@ class Runtime:
         return cls(
             settings=settings,
             config=config,
-            db=WorkerDB(dsn, min_size=1, max_size=settings.worker_concurrency + 2),
+            db=WorkerDB(dsn, min_size=1, max_size=db_pool_size(settings.worker_concurrency)),
             http=httpx.AsyncClient(follow_redirects=False),
             llm=llm,
         )

@@ -12,6 +12,8 @@ from typing import Any, Literal
 IngestQuery = Literal[
     "store_event",
     "find_event",
+    "store_events",
+    "find_events",
     "schema_versions",
 ]
 

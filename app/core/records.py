@@ -8,7 +8,7 @@ driver produced: no copy per row on the hot path.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class EventRow(TypedDict):
@@ -25,6 +25,8 @@ class EventRow(TypedDict):
     attempts: int
     received_at: datetime
     request_id: str | None
+    #: {pipeline: {"output": …}}: the succeeded answers stored for this event (loaded with it).
+    answers: NotRequired[dict[str, Any]]
 
 
 class PickupRow(TypedDict):

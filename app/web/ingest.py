@@ -229,28 +229,24 @@ async def receive_webhook(request: Request) -> Response:
 
     stored = redact_headers(headers.pairs(), extra=_signature_headers(src))
     try:
-        pool = await state.db.ensure()
-        row = await pool.fetchrow(
-            Q["store_event"],
-            name,
-            delivery_id,
-            meta.event_type,
-            meta.tenant,
-            ordering_key,
-            meta.occurred_at,
-            stored,
-            body,
-            payload,
-            content_type or None,
-            _remote(request),
-            request_id,
-            state.config.priority_for(name, meta.event_type),
+        event_id, dup = await state.batcher.insert(
+            (
+                name,
+                delivery_id,
+                meta.event_type,
+                meta.tenant,
+                ordering_key,
+                meta.occurred_at,
+                stored,
+                body,
+                payload,
+                content_type or None,
+                _remote(request),
+                request_id,
+                state.config.priority_for(name, meta.event_type),
+            )
         )
-        if row is None:  # the first delivery committed while this statement ran
-            row = await pool.fetchrow(Q["find_event"], name, delivery_id)
-            event_id, status = (row["id"] if row else None), "duplicate"
-        else:
-            event_id, status = row["id"], ("accepted" if row["inserted"] else "duplicate")
+        status = "duplicate" if dup else "accepted"
     except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
         raise DatabaseUnavailable(

@@ -14,6 +14,7 @@ from app.core import db
 from app.core.config import Config
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
+from app.web.batcher import Batcher
 from app.web.listener import EventListener
 from app.web.metrics import Metrics
 from app.web.ratelimit import IngestLimiter
@@ -83,3 +84,8 @@ class AppState:
     expected_migrations: dict[int, str] = field(default_factory=dict)
     #: [sources.NAME] rate_limit buckets (per process).
     ingest_limiter: IngestLimiter = field(default_factory=IngestLimiter)
+    #: Group commit of ingest rows (app/web/batcher.py).
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.db.ensure, max_flushes=max(1, min(4, self.settings.db_pool_max - 1)))

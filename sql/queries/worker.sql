@@ -1,15 +1,24 @@
 -- Runtime SQL of the worker (psycopg: %(name)s placeholders).
 
 -- name: start_event
--- Claim an event for processing. Returns nothing for a terminal event (idempotent at execute time).
-UPDATE hookline.events
-SET status = 'processing',
-    attempts = attempts + 1,
-    started_at = coalesce(started_at, now())
-WHERE id = %(event_id)s
-  AND status IN ('queued', 'retrying', 'processing', 'throttled')
-RETURNING id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, payload,
-          attempts, received_at, request_id;
+-- Claim an event for processing and load it, with the answers already stored for it (one round
+-- trip): answers is {pipeline: {"output": …}} of its succeeded model calls, the ones a retry reuses
+-- instead of paying twice. Returns nothing for a terminal event (idempotent at execute time).
+WITH claimed AS (
+    UPDATE hookline.events
+    SET status = 'processing',
+        attempts = attempts + 1,
+        started_at = coalesce(started_at, now())
+    WHERE id = %(event_id)s
+      AND status IN ('queued', 'retrying', 'processing', 'throttled')
+    RETURNING id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, payload,
+              attempts, received_at, request_id
+)
+SELECT c.*,
+       (SELECT coalesce(jsonb_object_agg(l.pipeline, jsonb_build_object('output', l.output)), '{}'::jsonb)
+        FROM hookline.llm_calls l
+        WHERE l.event_id = c.id AND l.status = 'succeeded') AS answers
+FROM claimed c;
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead).

@@ -18,7 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     lg.add_argument("--duration", type=float, required=True)
     lg.add_argument("--warmup", type=float, default=0.0)
     lg.add_argument("--cycle", action="store_true", help="start over when the requests run out")
+    lg.add_argument("--rate", type=float, help="paced: this many requests/s in all (latency from the due time)")
+    lg.add_argument("--total", type=int, help="stop after this many requests")
     lg.add_argument("--server-pid", type=int, help="process whose CPU use is sampled over the measured window")
+    fm = sub.add_parser("fakemodel", help="a minimal Messages API answering after --delay seconds")
+    fm.add_argument("--port", type=int, required=True)
+    fm.add_argument("--delay", type=float, default=0.0)
     bare = sub.add_parser("bare", help="the bare Starlette baseline under uvicorn")
     bare.add_argument("--host", default="127.0.0.1")
     bare.add_argument("--port", type=int, required=True)
@@ -27,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         from app.cli.bench.loadgen import main as loadgen
 
         return loadgen(args)
+    if args.role == "fakemodel":
+        from app.cli.bench.fakemodel import serve as fake
+
+        fake(args.port, args.delay)
+        return 0
     from app.cli.bench.bare import serve
 
     serve(args.host, args.port)

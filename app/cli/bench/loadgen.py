@@ -72,8 +72,20 @@ class _Run:
     outcomes: dict[str, int] = field(default_factory=dict)
     sent_total: int = 0
     conn_errors: int = 0
+    #: Paced (open-loop) mode: request k is due at ``start + k / rate``; latency counts from then.
+    rate: float | None = None
+    start: float = 0.0
+    #: Stop after this many requests (any mode).
+    total: int | None = None
+    taken: int = 0
+
+    def due(self) -> float | None:
+        return None if self.rate is None else self.start + self.taken / self.rate
 
     def take(self) -> bytes | None:
+        if self.total is not None and self.taken >= self.total:
+            self.exhausted = True
+            return None
         if self.next_index >= len(self.requests):
             if not self.cycle:
                 self.exhausted = True
@@ -81,6 +93,7 @@ class _Run:
             self.next_index = 0
         req = self.requests[self.next_index]
         self.next_index += 1
+        self.taken += 1
         return req
 
 
@@ -99,10 +112,17 @@ async def _connection(run: _Run, port: int) -> None:
             if writer is None:
                 reader, writer = await asyncio.open_connection(HOST, port)
             assert reader is not None
+            due = run.due()
             req = run.take()
             if req is None:
                 return
-            t0 = time.perf_counter()
+            if due is not None:
+                if due > run.end:
+                    return
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            t0 = time.perf_counter() if due is None else due
             try:
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -192,9 +212,19 @@ async def run_load(
     warmup: float,
     cycle: bool,
     server_pid: int | None = None,
+    rate: float | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    run = _Run(requests=requests, cycle=cycle, warm_end=start + warmup, end=start + warmup + duration)
+    run = _Run(
+        requests=requests,
+        cycle=cycle,
+        warm_end=start + warmup,
+        end=start + warmup + duration,
+        rate=rate,
+        start=start,
+        total=total,
+    )
     cpu: dict[str, Any] = {}
     sampler = asyncio.create_task(_sample_cpu(run, server_pid, cpu))
     results = await asyncio.wait_for(
@@ -212,6 +242,8 @@ async def run_load(
     ok = run.statuses.get("200", 0)
     return {
         "concurrency": concurrency,
+        "offered_rate": rate,
+        "elapsed_s": round(stopped - start, 3),
         "duration_s": duration,
         "warmup_s": warmup,
         "window_s": round(window, 3),
@@ -259,6 +291,8 @@ def main(args: Any) -> int:
             warmup=args.warmup,
             cycle=args.cycle,
             server_pid=args.server_pid,
+            rate=getattr(args, "rate", None),
+            total=getattr(args, "total", None),
         )
     )
     result |= {"loop": loop_name, "presign_s": round(build_s, 3)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ROWS = ("ingest", "pickup", "throughput", "lockchain")
+ROWS = ("ingest", "pickup", "throughput", "lockchain", "floors", "ack", "duplicates", "worker", "scale")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ class Plan:
     chain_poll_interval: float = 5.0
     chain_concurrency: int = 4
     worker_concurrency: int = 10
+    ack_rates: tuple[float, ...] = (100.0, 300.0, 500.0, 1000.0, 2000.0)
+    ack_seconds: float = 4.0
+    dup_deliveries: int = 10_000
+    dup_distinct: int = 100
+    dup_concurrency: int = 200
+    worker_events: int = 1000
+    #: (processes, concurrency) with the fake model at 0 ms, and at 1 s.
+    worker_fast: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (2, 10))
+    worker_slow: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (1, 200))
+    scale_max_processes: int = 4
+    scale_events: int = 1000
 
     @classmethod
     def make(
@@ -50,6 +61,16 @@ class Plan:
                 throughput_events=100,
                 chain_links=4,
                 chain_poll_interval=0.5,
+                ack_rates=(50.0, 200.0),
+                ack_seconds=1.0,
+                dup_deliveries=400,
+                dup_distinct=20,
+                dup_concurrency=20,
+                worker_events=100,
+                worker_fast=((1, 10),),
+                worker_slow=((1, 20),),
+                scale_max_processes=2,
+                scale_events=100,
             )
             if quick
             else cls()

@@ -190,7 +190,9 @@ def rows(results: dict[str, Any], plan: Plan) -> list[dict[str, str]]:
                 + ("" if wo["in_order"] and not wo["overlaps"] else " ORDER/OVERLAP PROBLEM"),
             )
             add("lock chain speed-up", _f(r["speedup"], 1), "x", "without fix / with fix")
-    return out
+    from app.cli.bench.report_scenarios import scenario_rows
+
+    return out + scenario_rows(results)
 
 
 def document(

@@ -25,6 +25,7 @@ from app.cli.bench.database import BenchDatabase
 from app.cli.bench.loadgen import SECRET_ENV
 from app.cli.bench.plan import ROWS, Plan
 from app.cli.bench.procs import BenchError, Children, free_port, wait_http
+from app.cli.bench.scenarios import SCENARIOS, run_scenario
 
 CONFIG_TOML = """\
 # written by hookline bench
@@ -327,11 +328,20 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 timings["ingest"] = time.perf_counter() - t
                 if any(r in plan.only for r in ROWS[1:]):
                     db.recreate()  # the worker rows start from an empty queue
-            worker_rows = tuple(r for r in ROWS[1:] if r in plan.only)
+            worker_rows = tuple(r for r in ("pickup", "throughput", "lockchain") if r in plan.only)
             if worker_rows:
                 t = time.perf_counter()
                 results |= bench.worker_rows(worker_rows)
                 timings["worker_rows"] = time.perf_counter() - t
+            for name in (r for r in SCENARIOS if r in plan.only):
+                t = time.perf_counter()
+                try:
+                    results[name] = run_scenario(bench, name)
+                except Exception as e:
+                    results[name] = bench._failed(name, e)
+                finally:
+                    children.stop_all()
+                timings[name] = time.perf_counter() - t
     finally:
         children.stop_all()
         with contextlib.suppress(Exception):
@@ -342,6 +352,9 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     out(report.render(doc))
+    from app.cli.bench.chart import draw
+
+    out(draw(doc, json_path.with_suffix(".png")))
     out(f"JSON written to {json_path}")
     failed = [r for r, v in results.items() if isinstance(v, Mapping) and "error" in v]
     return (1 if failed else 0), json_path

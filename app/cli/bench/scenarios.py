@@ -1,0 +1,271 @@
+"""Scenarios of ``hookline bench`` beyond the four original rows (issue 9).
+
+- ``floors``: the HTTP floor (bare Starlette, same uvicorn options), hookline ingest and the duplicate
+  re-send, all with the same load generator (``wrk`` when installed, else the Python one), and the DB
+  floor (``store_events`` through the same triggers from asyncpg, batched, no HTTP); ingest as a
+  ratio of each floor.
+- ``ack``: ack latency against offered rate (paced, open-loop), with a worker running: pickup
+  (received_at → started_at) at each rate.
+- ``duplicates``: 10,000 concurrent deliveries of 100 distinct events: rows, jobs, model calls, time.
+- ``worker``: a fake Messages API at 0 ms and 1 s; concurrency settings and processes; worker CPU per event.
+- ``scale``: dry-run worker processes added one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from app.cli.bench import phases, wrk
+from app.cli.bench.loadgen import build_requests, cpu_snapshot, event_body
+from app.cli.bench.procs import BenchError, free_port, wait_http
+
+if TYPE_CHECKING:
+    from app.cli.bench.runner import Bench
+
+SCENARIOS = ("floors", "ack", "duplicates", "worker", "scale")
+_WORKERS = "SELECT count(*) FROM procrastinate_workers WHERE id > $1"
+_LAST_WORKER = "SELECT coalesce(max(id), 0) FROM procrastinate_workers"
+_CALLS = (
+    "SELECT count(*) FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id WHERE e.delivery_id LIKE $1"
+)
+_JOBS = """SELECT count(*) FROM procrastinate_jobs j JOIN hookline.events e ON e.id = (j.args->>'event_id')::bigint
+WHERE e.delivery_id LIKE $1"""
+
+
+def proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes so far."""
+    total = 0.0
+    for pid in pids:
+        snap = cpu_snapshot(pid)
+        total += snap[0] if snap else 0.0
+    return total
+
+
+# ------------------------------------------------------------------------------------------ floors
+async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: int = 4) -> dict[str, Any]:
+    """``store_events`` (the group-commit statement, same triggers) in batches from asyncpg, no HTTP."""
+    from app.core.db import create_pool
+
+    body = event_body(0, "dbf")
+    payload = json.loads(body)
+    headers = {"content-type": "application/json"}
+    sql = phases.INGEST_SQL["store_events"]
+    pool = await create_pool(url, min_size=connections, max_size=connections, timeout=10)
+    counter = 0
+    end = time.perf_counter() + seconds
+
+    async def loop(c: int) -> int:
+        nonlocal counter
+        done = 0
+        async with pool.acquire() as conn:
+            while time.perf_counter() < end:
+                ids = [f"dbf-{c}-{counter + k}" for k in range(batch)]
+                counter += batch
+                n = len(ids)
+                cols = [
+                    [phases.SOURCE] * n,
+                    ids,
+                    ["bench.created"] * n,
+                    [None] * n,
+                    [None] * n,
+                    [None] * n,
+                    [headers] * n,
+                    [body] * n,
+                    [payload] * n,
+                    ["application/json"] * n,
+                    ["127.0.0.1"] * n,
+                ]
+                async with conn.transaction():
+                    await conn.fetch(sql, *cols)
+                done += n
+        return done
+
+    t0 = time.perf_counter()
+    try:
+        lsn0 = await pool.fetchval("SELECT pg_current_wal_lsn()::text")
+        counts = await asyncio.gather(*(loop(c) for c in range(connections)))
+        wal = await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn0)
+    finally:
+        await pool.close()
+    wall = time.perf_counter() - t0
+    n = sum(counts)
+    return {
+        "events": n,
+        "events_per_s": n / wall,
+        "batch": batch,
+        "connections": connections,
+        "wal_bytes_per_event": round(float(wal) / n) if n else None,
+        "body_bytes": len(body),
+    }
+
+
+def _load(
+    bench: Bench,
+    name: str,
+    port: int,
+    *,
+    prefix: str,
+    count: int,
+    cycle: bool,
+    pid: int,
+    only: list[int] | None = None,
+) -> dict[str, Any]:
+    """``count`` requests PREFIX-0 …, or exactly the PREFIX-i of ``only`` (with wrk: python needs a range)."""
+    p = bench.plan
+    if only is not None and not wrk.available():
+        present, count = set(only), 0  # the Python load generator sends PREFIX-0 … PREFIX-(count-1)
+        while count in present:
+            count += 1
+    if wrk.available():
+        reqs = build_requests(
+            port=port,
+            path=f"/webhooks/{phases.SOURCE}",
+            count=(max(only) + 1) if only else count,
+            prefix=prefix,
+            secret=bench.secret,
+        )
+        if only is not None:
+            reqs = [reqs[i] for i in only]
+        cpu_a = cpu_snapshot(pid)
+        t0 = time.perf_counter()
+        r = wrk.run(
+            port=port,
+            path=f"/webhooks/{phases.SOURCE}",
+            requests=reqs,
+            concurrency=p.concurrency,
+            duration=p.duration,
+            workdir=bench.workdir,
+            name=name,
+        )
+        cpu_b = cpu_snapshot(pid)
+        wall = time.perf_counter() - t0
+        r["server_cpu_pct_of_core"] = round(100 * (cpu_b[0] - cpu_a[0]) / wall, 1) if cpu_a and cpu_b else None
+        return r
+    r = bench.loadgen(
+        name, port, count=count, prefix=prefix, duration=p.duration, warmup=p.warmup, cycle=cycle, server_pid=pid
+    )
+    return r | {"generator": "python"}
+
+
+def floors(bench: Bench) -> dict[str, Any]:
+    p = bench.plan
+    bare_port, web_port = free_port(), free_port()
+    bench.out(f"floors: load generator {'wrk' if wrk.available() else 'python (wrk not installed)'} …")
+    bare = bench.children.start("bare", ["-m", "app.cli.bench", "bare", "--port", str(bare_port)], bench.env())
+    web = bench.children.start(
+        "web", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(web_port)], bench.env()
+    )
+    wait_http(bench.children, "bare", f"http://127.0.0.1:{bare_port}/webhooks/{phases.SOURCE}")
+    http_floor = _load(bench, "floor-bare", bare_port, prefix="fb", count=2000, cycle=True, pid=bare.pid)
+    bench.children.stop("bare")
+    wait_http(bench.children, "web", f"http://127.0.0.1:{web_port}/readyz")
+    count = int((p.duration + p.warmup) * 6000) + 1000
+    ingest = _load(bench, "floor-ingest", web_port, prefix="fi", count=count, cycle=False, pid=web.pid)
+    time.sleep(1.0)  # requests in flight when the load generator stopped still commit
+    stored = asyncio.run(_count(bench.db.url, "fi-%"))
+    stored_ids = asyncio.run(_stored(bench.db.url, "fi"))[:2000]  # re-send what is stored, nothing else
+    dups = _load(bench, "floor-dup", web_port, prefix="fi", count=0, cycle=True, pid=web.pid, only=stored_ids)
+    time.sleep(1.0)
+    stored_after = asyncio.run(_count(bench.db.url, "fi-%"))
+    bench.children.stop("web")
+    bench.out("floors: DB floor (store_events from asyncpg, batched) …")
+    dbf = asyncio.run(db_floor(bench.db.url, seconds=max(1.0, p.duration / 2)))
+    rate = ingest["ok_rps"]
+    return {
+        "generator": http_floor.get("generator"),
+        "http_floor": http_floor,
+        "ingest": ingest | {"stored": stored},
+        "duplicates": dups | {"new_rows": stored_after - stored},
+        "db_floor": dbf,
+        "ingest_over_http_floor": rate / http_floor["ok_rps"] if http_floor["ok_rps"] else None,
+        "ingest_over_db_floor": rate / dbf["events_per_s"] if dbf["events_per_s"] else None,
+        "duplicates_over_ingest": dups["ok_rps"] / rate if rate else None,
+        "concurrency": p.concurrency,
+    }
+
+
+async def _stored(url: str, prefix: str) -> list[int]:
+    """The i of every stored PREFIX-i (requests cut off when the load generator stops leave gaps)."""
+    db = await phases.Events.open(url)
+    try:
+        got = await db.conn.fetch("SELECT delivery_id FROM hookline.events WHERE delivery_id LIKE $1", prefix + "-%")
+    finally:
+        await db.close()
+    return sorted(int(r["delivery_id"].rsplit("-", 1)[1]) for r in got)
+
+
+async def _count(url: str, like: str) -> int:
+    db = await phases.Events.open(url)
+    try:
+        return int(await db.conn.fetchval("SELECT count(*) FROM hookline.events WHERE delivery_id LIKE $1", like))
+    finally:
+        await db.close()
+
+
+# --------------------------------------------------------------------------------------- processes
+def start_workers(bench: Bench, names: list[str], concurrency: int, **env: str) -> list[int]:
+    pids = []
+    for name in names:
+        proc = bench.children.start(
+            name,
+            ["-m", "worker"],
+            bench.env(HOOKLINE_WORKER_CONCURRENCY=str(concurrency), HOOKLINE_WORKER_POLL_INTERVAL="1", **env),
+        )
+        pids.append(proc.pid)
+    return pids
+
+
+async def last_worker(url: str) -> int:
+    """The newest registered worker's id: ``wait_workers`` counts those registered after it."""
+    db = await phases.Events.open(url)
+    try:
+        return int(await db.conn.fetchval(_LAST_WORKER))
+    finally:
+        await db.close()
+
+
+async def wait_workers(db: phases.Events, n: int, after: int = 0, timeout: float = 120.0) -> None:
+    """``n`` workers registered after worker id ``after`` (procrastinate_workers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(await db.conn.fetchval(_WORKERS, after)) >= n:
+            await asyncio.sleep(0.3)
+            return
+        await asyncio.sleep(0.1)
+    raise BenchError(f"{n} worker(s) did not register within {timeout:.0f}s")
+
+
+async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int]) -> dict[str, Any]:
+    """Bulk-insert ``events`` and time the running workers draining them; CPU per event."""
+    rows = [phases.event_row(phases.SOURCE, f"{prefix}-{i}", i) for i in range(events)]
+    cpu0 = proc_cpu(pids)
+    await db.insert_many(rows)
+    await db.wait_done(phases.SOURCE, prefix, events, timeout=120 + events / 10)
+    cpu = proc_cpu(pids) - cpu0
+    got = await db.times(phases.SOURCE, prefix)
+    span = max(r["finished_at"] for r in got).timestamp() - min(r["started_at"] for r in got).timestamp()
+    return {
+        "events": events,
+        "events_per_s": events / span if span > 0 else None,
+        "span_s": round(span, 3),
+        "worker_cpu_ms_per_event": round(1000 * cpu / events, 3),
+        "succeeded": sum(r["status"] == "succeeded" for r in got),
+    }
+
+
+def run_scenario(bench: Bench, name: str) -> dict[str, Any]:
+    """Run one of ``SCENARIOS`` (the database is recreated first: each starts from empty tables)."""
+    from app.cli.bench import workload
+
+    bench.db.recreate()
+    fn = {
+        "floors": floors,
+        "ack": workload.ack,
+        "duplicates": workload.duplicates,
+        "worker": workload.worker,
+        "scale": workload.scale,
+    }[name]
+    return fn(bench)

@@ -1,0 +1,203 @@
+"""Group commit for ingest: requests arriving together share one statement and one commit.
+
+``await batcher.insert(row) -> (event_id, duplicate)`` is the whole interface. ``row`` holds the
+arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery id first.
+
+- A row waits only while other flushes are running: when fewer than ``max_flushes`` are in flight, a
+  flush starts on the next turn of the event loop and takes every row queued by then (no timer, so a
+  lone request pays nothing extra). Under load, rows queue behind the running flushes and the next
+  flush takes them all, up to ``max_batch``.
+- A flush is ``BEGIN; store_events (one multi-row INSERT … ON CONFLICT DO NOTHING); COMMIT``. The
+  statement-level triggers of migration 0008 defer the batch's jobs in one call and send one NOTIFY
+  per queue, so a batch costs one fsync and a handful of notifications, whatever its size.
+- New rows are answered after COMMIT (never before durability). Rows that already existed (committed
+  by someone else, so already durable) are answered as soon as the statement returns: a duplicate
+  never waits for another row's fsync and writes nothing.
+- A second delivery of a key still in flight in this process waits for the first one's outcome
+  instead of queueing a second insert that Postgres would block on the first one's row lock.
+- A row Postgres rejects (``DataError`` …) fails its own request only: the flush falls back to one
+  savepoint per row and commits the others.
+- Two web processes inserting the same new deliveries in opposite orders can deadlock; Postgres
+  aborts one batch, which is written again (rows stay in arrival order: ordering keys need it).
+- A database error fails every request of the flush with that error (the caller answers 503; nothing
+  of the flush was committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.core.querynames import IngestQuery
+from app.core.sqlfiles import NamedQueries
+
+Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
+
+Key = tuple[str, str]
+DEADLOCK_RETRIES = 3
+Result = tuple[int | None, bool]
+
+#: Errors that belong to one row (its values), not to the database: that row gets them, others commit.
+ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
+
+
+@dataclass(slots=True)
+class _Item:
+    row: Sequence[Any]
+    fut: asyncio.Future[Result]
+
+
+def _columns(items: Sequence[_Item]) -> list[list[Any]]:
+    """The rows as the 13 parallel arrays ``store_events`` unnests."""
+    return [list(col) for col in zip(*(it.row for it in items), strict=True)]
+
+
+def _settle(fut: asyncio.Future[Result], result: Result | None = None, error: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        assert result is not None
+        fut.set_result(result)
+
+
+def _retrieved(fut: asyncio.Future[Result]) -> None:
+    """Done callback: a failure nobody awaits any more (client gone) is not 'never retrieved'."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Batcher:
+    """Group commit of ``hookline.events`` rows for one web process (one event loop)."""
+
+    def __init__(
+        self,
+        pool: Callable[[], Awaitable[Any]],
+        *,
+        max_flushes: int = 4,
+        max_batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self.max_flushes = max(1, max_flushes)
+        self.max_batch = max(1, max_batch)
+        self._pending: list[_Item] = []
+        self._inflight: dict[Key, asyncio.Future[Result]] = {}
+        self._flushes = 0
+        self._scheduled = False  # a flush task exists that has not taken its batch yet
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Counters for /metrics and the bench: flushes, rows, and the largest batch seen.
+        self.stats = {"flushes": 0, "rows": 0, "max_batch_seen": 0, "fallbacks": 0, "deadlocks": 0}
+
+    async def insert(self, row: Sequence[Any]) -> Result:
+        """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
+        key: Key = (row[0], row[1])
+        first = self._inflight.get(key)
+        if first is not None:  # same delivery already on its way: its outcome is ours
+            event_id, _ = await asyncio.shield(first)
+            return event_id, True
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieved)
+        self._inflight[key] = fut
+        fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        self._pending.append(_Item(row, fut))
+        self._kick()
+        return await asyncio.shield(fut)
+
+    def _kick(self) -> None:
+        if self._pending and not self._scheduled and self._flushes < self.max_flushes:
+            self._flushes += 1
+            self._scheduled = True
+            task = asyncio.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self) -> None:
+        batch: list[_Item] = []
+        self._scheduled = False
+        try:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._kick()  # more than one batch waiting: the next flush starts alongside
+            if batch:
+                self.stats["flushes"] += 1
+                self.stats["rows"] += len(batch)
+                self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
+                pool = await self._pool()
+                async with pool.acquire() as conn:
+                    await self._write(conn, batch)
+        except BaseException as e:  # the database is unavailable, or we are being cancelled
+            for it in batch:
+                _settle(it.fut, error=e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._flushes -= 1
+            self._kick()
+
+    async def _write(self, conn: Any, batch: list[_Item]) -> None:
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                await self._write_once(conn, batch)
+                return
+            except asyncpg.exceptions.DeadlockDetectedError:
+                # Two processes inserting the same new keys in opposite orders: Postgres aborted
+                # this batch (nothing of it committed); the other one went through. Again.
+                self.stats["deadlocks"] += 1
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+
+    async def _write_once(self, conn: Any, batch: list[_Item]) -> None:
+        try:
+            async with conn.transaction():
+                rows = await conn.fetch(Q["store_events"], *_columns(batch))
+                got = {int(r["n"]) - 1: (r["id"], not r["inserted"]) for r in rows}
+                for n, (event_id, dup) in got.items():
+                    if dup:  # committed before this statement: durable already, answer now
+                        _settle(batch[n].fut, (event_id, True))
+        except ROW_ERRORS as e:
+            if len(batch) == 1:
+                _settle(batch[0].fut, error=e)
+                return
+            self.stats["fallbacks"] += 1
+            got = await self._one_by_one(conn, batch)
+        missing = [it for n, it in enumerate(batch) if n not in got and not it.fut.done()]
+        if missing:  # the conflicting delivery committed while our statement ran
+            found = await conn.fetch(Q["find_events"], [it.row[0] for it in missing], [it.row[1] for it in missing])
+            ids = {(r["source"], r["delivery_id"]): r["id"] for r in found}
+            for it in missing:
+                _settle(it.fut, (ids.get((it.row[0], it.row[1])), True))
+        for n, (event_id, dup) in got.items():
+            _settle(batch[n].fut, (event_id, dup))
+
+    async def _one_by_one(self, conn: Any, batch: list[_Item]) -> dict[int, Result]:
+        """One savepoint per row: a rejected row fails alone, the rest commit together."""
+        got: dict[int, Result] = {}
+        async with conn.transaction():
+            for n, it in enumerate(batch):
+                try:
+                    async with conn.transaction():  # SAVEPOINT
+                        rows = await conn.fetch(Q["store_events"], *_columns([it]))
+                except ROW_ERRORS as e:
+                    _settle(it.fut, error=e)
+                    continue
+                for r in rows:
+                    got[n] = (r["id"], not r["inserted"])
+        return got
+
+    async def close(self) -> None:
+        """Wait for the flushes in flight (shutdown drains them; nothing is left half-answered)."""
+        while self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+__all__ = ["ROW_ERRORS", "Batcher"]

@@ -1,0 +1,140 @@
+"""The issue-9 scenarios of ``hookline bench``: floors and the duplicate storm end to end (quick),
+the wrk script and output parsing, the report rows and the chart. No timing is asserted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from app.cli.bench import add_cli, wrk
+from app.cli.bench.chart import draw
+from app.cli.bench.loadgen import build_requests
+from app.cli.bench.report_scenarios import scenario_rows
+from app.core.settings import Settings
+from tests.conftest import PgServer
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:5000/webhooks/bench
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  500.00us  12.50ms   90.00%
+    Req/Sec     3.80k   200.00     4.00k    70.00%
+  Latency Distribution
+     50%    2.00ms
+     75%    2.30ms
+     90%    2.80ms
+     99%    1.20s
+  7600 requests in 2.00s, 1.10MB read
+  Non-2xx or 3xx responses: 76
+Requests/sec:   3800.00
+Transfer/sec:    550.00KB
+"""
+
+
+def test_wrk_output_is_parsed() -> None:
+    r = wrk.parse(WRK_OUTPUT, 2.0)
+    assert r["requests"] == 7600 and r["non_2xx"] == 76 and r["errors"] == 76
+    assert r["latency_ms"] == {"p50": 2.0, "p90": 2.8, "p99": 1200.0, "max": 12.5}
+    assert r["rps"] == 3800.0 and r["ok_rps"] == pytest.approx(3800.0 * 0.99)
+
+
+def test_the_lua_script_holds_each_signed_request_once() -> None:
+    """(wrk running the script against hookline is the floors test below: a broken script fails it.)"""
+    reqs = build_requests(port=1, path="/webhooks/bench", count=3, prefix="lua", secret="whsec_" + "YWJjZA==")
+    script = wrk.lua_script(reqs)
+    assert script.count("r[#r + 1] = [====[") == 3
+    for req in reqs:
+        head, body = req.split(b"\r\n\r\n", 1)
+        assert (head.replace(b"\r\n", b"\n") + b"\n\n" + body).decode("latin-1") in script
+
+
+def _results() -> dict[str, Any]:
+    lat = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+    return {
+        "ack": {
+            "rates": [
+                {
+                    "offered_rate": r,
+                    "achieved_ok_rps": r,
+                    "latency_ms": lat,
+                    "errors": 0,
+                    "server_cpu_pct_of_core": 10.0,
+                    "pickup_ms": lat,
+                }
+                for r in (100.0, 300.0, 500.0)
+            ]
+        },
+        "scale": {
+            "steps": [
+                {"processes": n, "events_per_s": 100.0 * n, "worker_cpu_ms_per_event": 1.5, "events": 10}
+                for n in (1, 2)
+            ]
+        },
+        "worker": {
+            "runs": [
+                {
+                    "model_latency_s": d,
+                    "processes": 1,
+                    "concurrency": 10,
+                    "events": 10,
+                    "events_per_s": 9.5,
+                    "worker_cpu_ms_per_event": 2.0,
+                    "ideal_events_per_s": 10.0 if d else None,
+                    "of_ideal": 0.95 if d else None,
+                }
+                for d in (0.0, 1.0)
+            ]
+        },
+        "duplicates": {"error": "BenchError: boom", "traceback": "", "logs": {}},
+    }
+
+
+def test_report_rows_and_chart(tmp_path: Path) -> None:
+    rows = scenario_rows(_results())
+    metrics = [r["metric"] for r in rows]
+    assert "ack at 500 req/s" in metrics and "scale, 2 dry-run worker(s)" in metrics
+    assert "worker, model 1,000 ms, 1p × c10" in metrics
+    assert {"metric": "duplicates", "value": "FAILED", "unit": "", "notes": "BenchError: boom"} in rows
+    line = draw({"results": _results(), "started_at": "2026-01-01T00:00:00"}, tmp_path / "c.png")
+    assert line == f"chart written to {tmp_path / 'c.png'}"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert draw({"results": {}}, tmp_path / "none.png").startswith("chart: nothing to draw")
+
+
+@pytest.mark.timeout(400)
+def test_quick_floors_and_duplicate_storm(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="hookline")
+    handlers = add_cli(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(
+        [
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--only",
+            "floors,duplicates",
+            "--database-name",
+            f"hookline_bench_s{os.getpid()}",
+        ]
+    )
+    settings = Settings(database_url=SecretStr(pg_server.url("postgres")), home=tmp_path / "home")
+    status = handlers["bench"](settings, args)
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    doc = json.loads(out.read_text())
+    floors = doc["results"]["floors"]
+    assert floors["generator"] == ("wrk" if wrk.available() else "python")
+    assert floors["ingest"]["stored"] > 0 and floors["duplicates"]["new_rows"] == 0
+    assert floors["db_floor"]["events"] > 0 and floors["ingest_over_db_floor"] > 0
+    storm = doc["results"]["duplicates"]
+    assert storm["exact"], storm
+    assert storm["statuses"] == {"200": storm["deliveries"]}
+    assert "HTTP floor (bare Starlette)" in printed and "duplicate storm" in printed
