@@ -95,7 +95,8 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
     if event is None:
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
-    pipelines = rt.config.pipelines_for(event["source"], event["event_type"])
+    # a sync pipeline first: a sender waits for its answer
+    pipelines = sorted(rt.config.pipelines_for(event["source"], event["event_type"]), key=lambda p: not p.sync)
     if not pipelines:
         await _finish(
             rt,

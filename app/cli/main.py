@@ -111,7 +111,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with psycopg.connect(libpq_dsn(url)) as conn:
         counts = conn.execute("SELECT status, count(*) FROM hookline.events GROUP BY status ORDER BY status").fetchall()
         jobs = conn.execute(
-            "SELECT status::text, count(*) FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1"
+            "SELECT status::text, count(*) FROM procrastinate_jobs "
+            "WHERE queue_name IN ('hookline', 'hookline-sync') GROUP BY 1"
         ).fetchall()
     out = {
         "schema_current": st.current,

@@ -15,6 +15,9 @@ IngestQuery = Literal[
     "schema_versions",
     "queue_depth",
     "event_status_counts",
+    "reply_state",
+    "stored_answer",
+    "reply_default",
 ]
 
 WorkerQuery = Literal[
@@ -30,6 +33,7 @@ WorkerQuery = Literal[
     "supersede_calls",
     "newer_processed",
     "recent_for_key",
+    "claim_late_reply",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

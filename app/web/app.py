@@ -94,6 +94,9 @@ async def metrics(request: Request) -> Response:
     except Exception:
         up = 0.0
     gauges.append(("hookline_database_up", "1 when the last metrics query reached Postgres.", {}, up))
+    gauges.append(
+        ("hookline_sync_waiting", "Requests waiting for a synchronous reply.", {}, float(state.listener.waiting()))
+    )
     return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
 
@@ -124,6 +127,8 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         )
         await holder.open()
         listener = EventListener(settings.dsn())
+        if any(p.sync for p in config.pipelines.values()):
+            listener.ensure_started()  # connected before the first sync request needs it
         state = AppState(settings=settings, config=config, db=holder, listener=listener, expected_migrations=expected)
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))
         try:

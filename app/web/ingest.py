@@ -45,6 +45,8 @@ from app.signatures import (
 from app.signatures.locators import first
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState
+from app.web.sync_reply import Delivery
+from app.web.sync_reply import reply as sync_reply
 
 log = logging.getLogger("hookline.ingest")
 
@@ -225,6 +227,7 @@ async def receive_webhook(request: Request) -> Response:
     ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
 
     stored = redact_headers(headers.pairs(), extra=_signature_headers(src))
+    sync = state.config.sync_pipeline_for(name, meta.event_type)
     try:
         pool = await state.db.ensure()
         row = await pool.fetchrow(
@@ -240,6 +243,7 @@ async def receive_webhook(request: Request) -> Response:
             payload,
             content_type or None,
             _remote(request),
+            sync is not None,
         )
         if row is None:  # the first delivery committed while this statement ran
             row = await pool.fetchrow(Q["find_event"], name, delivery_id)
@@ -259,6 +263,18 @@ async def receive_webhook(request: Request) -> Response:
             "e.g. \\u0000 or an unpaired surrogate"
         ) from None
     state.metrics.inc("hookline_ingest_requests_total", source=name, outcome=status)
+    if sync is not None and event_id is not None:
+        delivery = Delivery(
+            event_id=event_id,
+            source=name,
+            event_type=meta.event_type,
+            tenant=meta.tenant,
+            occurred_at=meta.occurred_at,
+            payload=payload,
+            duplicate=status == "duplicate",
+            request_id=request_id,
+        )
+        return await sync_reply(request, state, sync, delivery)
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
 
 

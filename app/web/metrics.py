@@ -10,6 +10,8 @@ _HELP = {
     "hookline_ingest_requests_total": "Webhook requests answered, by source and outcome.",
     "hookline_signature_failures_total": "Rejected signatures, by source, provider and reason code.",
     "hookline_handshakes_total": "Sender handshakes answered (not stored), by source.",
+    "hookline_sync_replies_total": "Synchronous replies, by source, pipeline and outcome (answer, default, "
+    "duplicate_answer, duplicate_default, render_error, disconnected).",
 }
 
 

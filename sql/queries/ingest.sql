@@ -3,11 +3,12 @@
 -- name: store_event
 -- insert_event and, for a duplicate, the stored id, in one round trip: (id, inserted).
 -- No row back means the conflicting delivery committed after this statement's snapshot: ask find_event.
+-- $12 (respond_sync): a synchronous reply waits for this event; its job goes to the sync queue.
 WITH ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         headers, body, payload, content_type, remote_addr, respond_sync)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (source, delivery_id) DO NOTHING
     RETURNING id
 )
@@ -19,6 +20,33 @@ WHERE source = $1 AND delivery_id = $2 AND NOT EXISTS (SELECT 1 FROM ins);
 -- name: find_event
 -- The id of an already stored delivery (the duplicate answer).
 SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;
+
+-- name: reply_state
+-- A synchronous reply: the event's status, and the stored answer of its sync pipeline, claimed for the
+-- HTTP reply (sync_reply = 'answer') unless the worker already gave it to the follow-up actions.
+WITH ans AS (
+    SELECT output FROM hookline.llm_calls
+    WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded'
+), claim AS (
+    UPDATE hookline.events SET sync_reply = 'answer'
+    WHERE id = $1 AND sync_reply IS NULL AND EXISTS (SELECT 1 FROM ans)
+    RETURNING id
+)
+SELECT e.status, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM claim) AS answered,
+       EXISTS (SELECT 1 FROM ans) AS has_answer
+FROM hookline.events e
+-- The reply waits for this commit; skip its fsync. A Postgres crash can lose only the 'answer' mark
+-- (then a follow-up action may post an answer the sender already had).
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+WHERE e.id = $1;
+
+-- name: stored_answer
+-- A duplicate of a sync delivery (the sender's retry): the stored answer, if there is one.
+SELECT output FROM hookline.llm_calls WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded';
+
+-- name: reply_default
+-- A synchronous reply ran out of time: the sender got respond_default (follow-ups deliver the answer).
+UPDATE hookline.events SET sync_reply = 'default' WHERE id = $1 AND sync_reply IS NULL;
 
 -- name: schema_versions
 -- Applied migrations, for /readyz.

@@ -52,6 +52,7 @@ def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> 
         json.loads(body),
         "application/json",
         "127.0.0.1",
+        False,  # respond_sync: no synchronous reply waits
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ROWS = ("ingest", "pickup", "throughput", "lockchain")
+ROWS = ("ingest", "pickup", "throughput", "lockchain", "sync")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Plan:
     chain_poll_interval: float = 5.0
     chain_concurrency: int = 4
     worker_concurrency: int = 10
+    sync_requests: int = 300
+    sync_concurrency: int = 4
+    sync_model_ms: int = 200
 
     @classmethod
     def make(
@@ -50,6 +53,8 @@ class Plan:
                 throughput_events=100,
                 chain_links=4,
                 chain_poll_interval=0.5,
+                sync_requests=20,
+                sync_model_ms=50,
             )
             if quick
             else cls()

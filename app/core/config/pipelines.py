@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 from pydantic import Field, field_validator, model_validator
@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
 from app.core.config.actions import Action
+from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 
 #: Names a ``when`` expression may read.
 WHEN_NAMES = ("payload", "event")
@@ -62,6 +63,13 @@ class Pipeline(Strict):
             templates.check_expression(v, WHEN_NAMES)
         return v
 
+    #: Synchronous replies (see app/core/config/respond.py and the README's "Synchronous replies").
+    respond: Literal["async", "sync"] = "async"
+    respond_timeout_ms: int = Field(default=2500, ge=1, le=60000)
+    respond_default: Any = None
+    respond_body: Any = None
+    respond_content_type: RESPOND_CONTENT_TYPES = "application/json"
+
     @field_validator("events", "fields", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
@@ -100,7 +108,12 @@ class Pipeline(Strict):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"actions: duplicate action name(s) {sorted(dupes)}")
+        check_respond(self)
         return self
+
+    @property
+    def sync(self) -> bool:
+        return self.respond == "sync"
 
     def matches(self, source: str, event_type: str | None) -> bool:
         if source != self.source:
