@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.config import Pipeline, SqlAction
+from app.core.config.followups import FOLLOWUP_TYPES, DiscordFollowupAction, SlackResponseAction
 from app.core.records import EventRow
 from app.core.status import ActionStatus
 from worker.actions import AT_MOST_ONCE, IN_TRANSACTION, ActionContext, ActionDeps, run_action
 from worker.actions import sql as sql_action
 from worker.errors import PermanentError, PipelineError, classify
+from worker.followups import reply_was_late, run_followup
 from worker.prompt import trim
 from worker.runtime import Runtime
 
@@ -46,6 +48,7 @@ async def run_actions(
 ) -> int:
     """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
     ran = 0
+    late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
     fields = trim(event.get("payload"), pipeline.fields)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
@@ -75,7 +78,8 @@ async def run_actions(
             fields=fields if isinstance(fields, dict) else {"payload": fields},
         )
         try:
-            if action.type in AT_MOST_ONCE and claim["previous_status"] == ActionStatus.RUNNING:
+            at_most_once = action.type in AT_MOST_ONCE or action.type in FOLLOWUP_TYPES
+            if at_most_once and claim["previous_status"] == ActionStatus.RUNNING:
                 raise interrupted(action.type, key, event["id"])
             if isinstance(action, SqlAction):
                 timeout = action.timeout_seconds or pipeline.timeout_seconds
@@ -86,7 +90,17 @@ async def run_actions(
                 ).inc()
                 ran += 1
                 continue
-            result = await run_action(action, ctx, deps_of(rt))
+            if isinstance(action, SlackResponseAction | DiscordFollowupAction):  # worker/followups.py
+                if pipeline.sync and action.late_only and late is None:
+                    late = await reply_was_late(rt, event["id"], pipeline)
+                if pipeline.sync and action.late_only and not late:
+                    result = {"skipped": "the answer went out in the HTTP reply"}
+                else:
+                    result = await run_followup(
+                        action, ctx, ctx.template_context(), http=rt.http, timeout=rt.settings.outbound_timeout
+                    )
+            else:
+                result = await run_action(action, ctx, deps_of(rt))
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
             await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))

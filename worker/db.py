@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
-from app.core.records import ClaimRow, EventRow, HistoryRow, IdRow, PickupRow, StoredCallRow
+from app.core.records import ClaimRow, EventRow, HistoryRow, IdRow, LateReplyRow, PickupRow, StoredCallRow
 from app.core.sqlfiles import NamedQueries
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
@@ -52,6 +52,8 @@ class WorkerDB:
     async def one(self, name: Literal["insert_call", "newer_processed"], **params: Any) -> IdRow | None: ...
     @overload
     async def one(self, name: Literal["pickup_delay"], **params: Any) -> PickupRow | None: ...
+    @overload
+    async def one(self, name: Literal["claim_late_reply"], **params: Any) -> LateReplyRow | None: ...
 
     async def one(self, name: WorkerQuery, **params: Any) -> Any:
         """The first row of a query that returns rows, as its typed record; None when there is none."""

@@ -22,7 +22,7 @@ import psycopg
 
 from app.core.config import Config, load_config
 from app.core.db import libpq_dsn
-from app.core.jobs import NAMESPACE, QUEUE
+from app.core.jobs import NAMESPACE, QUEUE, SYNC_QUEUE
 from app.core.logs import setup_logging
 from app.core.settings import Settings
 from worker import batches, maintenance, schedules, tasks
@@ -176,7 +176,7 @@ async def run_worker(
                     late = asyncio.create_task(_recover_later(pq_app, settings.stalled_after))
                     current = asyncio.create_task(
                         pq_app.run_worker_async(
-                            queues=[QUEUE],
+                            queues=[SYNC_QUEUE, QUEUE],  # sync first (and priority 1000 in SQL)
                             name="hookline",
                             concurrency=settings.worker_concurrency,
                             fetch_job_polling_interval=settings.worker_poll_interval,

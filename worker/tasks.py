@@ -122,7 +122,8 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
     bind_log_context(request_id=event.get("request_id"))
-    pipelines = rt.config.pipelines_for(event["source"], event["event_type"])
+    # a sync pipeline first: a sender waits for its answer
+    pipelines = sorted(rt.config.pipelines_for(event["source"], event["event_type"]), key=lambda p: not p.sync)
     if not pipelines:
         await _finish(
             rt,

@@ -17,3 +17,8 @@ MAINTENANCE = f"{NAMESPACE}:{MAINTENANCE_SHORT}"
 #: Fires one ``[schedules.NAME]`` (a procrastinate periodic task per schedule, periodic_id = NAME).
 FIRE_SCHEDULE_SHORT = "fire_schedule"
 FIRE_SCHEDULE = f"{NAMESPACE}:{FIRE_SCHEDULE_SHORT}"
+#: procrastinate queue of events a synchronous reply waits for (``respond = "sync"``). Workers listen
+#: on it first, and its jobs carry :data:`SYNC_PRIORITY`, so they run ahead of any backlog.
+SYNC_QUEUE = "hookline-sync"
+#: Job priority of sync-queue jobs (procrastinate runs higher priorities first).
+SYNC_PRIORITY = 1000

@@ -15,6 +15,9 @@ IngestQuery = Literal[
     "store_events",
     "find_events",
     "schema_versions",
+    "reply_state",
+    "stored_answer",
+    "reply_default",
 ]
 
 WorkerQuery = Literal[
@@ -30,6 +33,7 @@ WorkerQuery = Literal[
     "supersede_calls",
     "newer_processed",
     "recent_for_key",
+    "claim_late_reply",
     "pickup_delay",
 ]
 

@@ -66,3 +66,11 @@ class HistoryRow(TypedDict):
     received_at: datetime
     status: str
     payload: Any
+
+
+class LateReplyRow(TypedDict):
+    """``claim_late_reply``: what the sync reply carried ('answer', 'default' or not yet decided)."""
+
+    respond_sync: bool
+    sync_reply: str | None
+    remaining_s: float | None

@@ -92,7 +92,9 @@ async def metrics(request: Request) -> Response:
         up.add_metric([], 1.0)
     except Exception:
         up.add_metric([], 0.0)
-    body = state.metrics.render([*cluster, up], private=bool(secret))
+    waiting = GaugeMetricFamily("hookline_sync_waiting", "Requests waiting for a synchronous reply.")
+    waiting.add_metric([], float(state.listener.waiting()))
+    body = state.metrics.render([*cluster, up, waiting], private=bool(secret))
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -125,6 +127,8 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         )
         await holder.open()
         listener = EventListener(settings.dsn())
+        if any(p.sync for p in config.pipelines.values()):
+            listener.ensure_started()  # connected before the first sync request needs it
         state = AppState(settings=settings, config=config, db=holder, listener=listener, expected_migrations=expected)
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))
         try:

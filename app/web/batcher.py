@@ -57,7 +57,7 @@ class _Item:
 
 
 def _columns(items: Sequence[_Item]) -> list[list[Any]]:
-    """The rows as the 13 parallel arrays ``store_events`` unnests."""
+    """The rows as the 14 parallel arrays ``store_events`` unnests."""
     return [list(col) for col in zip(*(it.row for it in items), strict=True)]
 
 

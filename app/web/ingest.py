@@ -47,6 +47,8 @@ from app.signatures.locators import first
 from app.web.metrics import note_outcome
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState
+from app.web.sync_reply import Delivery
+from app.web.sync_reply import reply as sync_reply
 
 log = logging.getLogger("hookline.ingest")
 
@@ -228,6 +230,7 @@ async def receive_webhook(request: Request) -> Response:
     ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
 
     stored = redact_headers(headers.pairs(), extra=_signature_headers(src))
+    sync = state.config.sync_pipeline_for(name, meta.event_type)
     try:
         event_id, dup = await state.batcher.insert(
             (
@@ -244,6 +247,7 @@ async def receive_webhook(request: Request) -> Response:
                 _remote(request),
                 request_id,
                 state.config.priority_for(name, meta.event_type),
+                sync is not None,
             )
         )
         status = "duplicate" if dup else "accepted"
@@ -265,6 +269,18 @@ async def receive_webhook(request: Request) -> Response:
         status,
         extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
     )
+    if sync is not None and event_id is not None:
+        delivery = Delivery(
+            event_id=event_id,
+            source=name,
+            event_type=meta.event_type,
+            tenant=meta.tenant,
+            occurred_at=meta.occurred_at,
+            payload=payload,
+            duplicate=status == "duplicate",
+            request_id=request_id,
+        )
+        return await sync_reply(request, state, sync, delivery)
     return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
 
 
@@ -274,7 +290,6 @@ def _rate_limit(state: AppState, src: Source) -> None:
         return
     wait = state.ingest_limiter.take(src.name, src.rate_limit)
     if wait:
-        state.metrics.inc("hookline_ingest_requests_total", source=src.name, outcome="rate_limited")
         raise RateLimited(
             f"source {src.name!r} is over its rate limit ({src.rate_limit.per_second:g}/s); retry later",
             headers={"Retry-After": str(int(wait))},

@@ -1,11 +1,12 @@
 """One LISTEN connection per web process, shared by everything that waits on events.
 
 Migration 0005 NOTIFYs channel ``hookline_events`` once per INSERT statement and once per status
-change (``{"op": "status", "id": N, "status": "..."}``). This hub owns the process's single
+change (``{"op": "status", "id": N, "status": "..."}``); migration 0006 once per stored model answer
+(``{"op": "answer", "id": N, "pipeline": "..."}``). This hub owns the process's single
 dedicated connection (never a pool connection: a request that waits holds no database connection)
 and fans the notices out:
 
-* :meth:`EventListener.watch` — wait for one event's status (synchronous replies). Register the
+* :meth:`EventListener.watch` — wait for one event's status or answer (synchronous replies). Register the
   waiter first, then read the current status once, then wait: a change between the two cannot be
   missed.
 * :meth:`EventListener.subscribe` — a bounded queue of every notice (the dashboard's live stream,
@@ -47,13 +48,19 @@ class Notice:
 
 
 class Waiter:
-    """Woken when its event's status changes (``status`` set) or the listener reconnected."""
+    """Woken when its event's status changes (``status`` set), an answer for it is stored
+    (``answered`` holds the pipeline names) or the listener reconnected."""
 
     def __init__(self, event_id: int) -> None:
         self.event_id = event_id
         self._changed = asyncio.Event()
         self.status: str | None = None
         self.reconnected = False
+        self.answered: set[str] = set()
+
+    def _answer(self, pipeline: str) -> None:
+        self.answered.add(pipeline)
+        self._changed.set()
 
     def _wake(self, status: str | None) -> None:
         if status is None:
@@ -145,6 +152,9 @@ class EventListener:
         if notice.op == "status" and notice.event_id is not None:
             for waiter in tuple(self._waiters.get(notice.event_id, ())):
                 waiter._wake(str(data.get("status")))
+        elif notice.op == "answer" and notice.event_id is not None:
+            for waiter in tuple(self._waiters.get(notice.event_id, ())):
+                waiter._answer(str(data.get("pipeline")))
         self._publish(notice)
 
     def _broadcast_reconnect(self) -> None:

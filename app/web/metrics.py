@@ -64,7 +64,15 @@ class Metrics:
         self.handshakes = Counter(
             "hookline_handshakes", "Sender handshakes answered (not stored), by source.", ["source"], registry=r
         )
+        self.sync_replies = Counter(
+            "hookline_sync_replies",
+            "Synchronous replies, by source, pipeline and outcome (answer, default, duplicate_answer, "
+            "duplicate_default, render_error, disconnected).",
+            ["source", "pipeline", "outcome"],
+            registry=r,
+        )
         self._by_name: dict[str, Counter] = {
+            "hookline_sync_replies_total": self.sync_replies,
             "hookline_ingest_requests_total": self.ingest_requests,
             "hookline_signature_failures_total": self.signature_failures,
             "hookline_handshakes_total": self.handshakes,

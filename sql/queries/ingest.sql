@@ -4,11 +4,12 @@
 -- insert_event and, for a duplicate, the stored id, in one round trip: (id, inserted).
 -- No row back means the conflicting delivery committed after this statement's snapshot: ask find_event.
 -- $12 is the request id, $13 the job priority (the highest of the matching pipelines'); the trigger defers at it.
+-- $14 (respond_sync): a synchronous reply waits for this event; its job goes to the sync queue.
 WITH ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr, request_id, priority)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
     ON CONFLICT (source, delivery_id) DO NOTHING
     RETURNING id
 )
@@ -20,6 +21,33 @@ WHERE source = $1 AND delivery_id = $2 AND NOT EXISTS (SELECT 1 FROM ins);
 -- name: find_event
 -- The id of an already stored delivery (the duplicate answer).
 SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;
+
+-- name: reply_state
+-- A synchronous reply: the event's status, and the stored answer of its sync pipeline, claimed for the
+-- HTTP reply (sync_reply = 'answer') unless the worker already gave it to the follow-up actions.
+WITH ans AS (
+    SELECT output FROM hookline.llm_calls
+    WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded'
+), claim AS (
+    UPDATE hookline.events SET sync_reply = 'answer'
+    WHERE id = $1 AND sync_reply IS NULL AND EXISTS (SELECT 1 FROM ans)
+    RETURNING id
+)
+SELECT e.status, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM claim) AS answered,
+       EXISTS (SELECT 1 FROM ans) AS has_answer
+FROM hookline.events e
+-- The reply waits for this commit; skip its fsync. A Postgres crash can lose only the 'answer' mark
+-- (then a follow-up action may post an answer the sender already had).
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+WHERE e.id = $1;
+
+-- name: stored_answer
+-- A duplicate of a sync delivery (the sender's retry): the stored answer, if there is one.
+SELECT output FROM hookline.llm_calls WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded';
+
+-- name: reply_default
+-- A synchronous reply ran out of time: the sender got respond_default (follow-ups deliver the answer).
+UPDATE hookline.events SET sync_reply = 'default' WHERE id = $1 AND sync_reply IS NULL;
 
 -- name: schema_versions
 -- Applied migrations, for /readyz.
@@ -33,9 +61,9 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 WITH input AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                $7::jsonb[], $8::bytea[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::int[])
+                $7::jsonb[], $8::bytea[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
         WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-                              headers, body, payload, content_type, remote_addr, request_id, priority, n)
+                              headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync, n)
 ),
 known AS (
     SELECT i.n, e.id
@@ -45,9 +73,9 @@ known AS (
 ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr, request_id, priority)
+         headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync)
     SELECT source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-           headers, body, payload, content_type, remote_addr, request_id, priority
+           headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync
     FROM input
     WHERE n NOT IN (SELECT n FROM known)
     ORDER BY n

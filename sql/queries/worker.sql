@@ -140,3 +140,18 @@ SELECT extract(epoch FROM (
                      WHERE e.job_id = j.id AND e.type IN ('deferred', 'deferred_for_retry', 'retried')))
        ))::float8 AS seconds
 FROM procrastinate_jobs j WHERE j.id = %(job_id)s;
+-- name: claim_late_reply
+-- Follow-up actions of a sync pipeline: did the sender's HTTP reply carry the answer? Once the
+-- deadline (received_at + timeout) has passed with nothing recorded, the worker records 'default'
+-- itself, so exactly one of the HTTP reply and the follow-up delivers the answer. remaining_s > 0 and
+-- no sync_reply: the web process may still reply; ask again. Not respond_sync: no HTTP reply waited.
+WITH claim AS (
+    UPDATE hookline.events SET sync_reply = 'default'
+    WHERE id = %(event_id)s AND sync_reply IS NULL AND respond_sync
+      AND received_at + make_interval(secs => %(timeout_s)s) <= now()
+    RETURNING sync_reply
+)
+SELECT e.respond_sync, coalesce((SELECT sync_reply FROM claim), e.sync_reply) AS sync_reply,
+       extract(epoch FROM e.received_at + make_interval(secs => %(timeout_s)s) - now())::float8 AS remaining_s
+FROM hookline.events e
+WHERE e.id = %(event_id)s;

@@ -97,3 +97,21 @@ async def test_many_waiters_share_one_connection(db_url: str, conn: psycopg.Conn
         assert await asyncio.gather(*tasks) == ["dead"] * waiters
     finally:
         await listener.close()
+
+
+async def test_a_stored_answer_wakes_its_waiter_before_any_status_change(db_url: str, conn: psycopg.Connection) -> None:
+    listener = EventListener(db_url)
+    try:
+        assert await listener.wait_connected(10)
+        event_id = _insert(conn, "answered")
+        async with listener.watch(event_id) as waiter:
+            await asyncio.to_thread(
+                conn.execute,
+                "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, output) "
+                "VALUES (%s, 'p', 'm', 'invalid_output', '{}', NULL), (%s, 'p', 'm', 'succeeded', '{}', '{}')",
+                (event_id, event_id),
+            )
+            assert await waiter.changed(10)
+            assert waiter.answered == {"p"} and waiter.status is None and not waiter.reconnected
+    finally:
+        await listener.close()

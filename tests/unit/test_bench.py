@@ -80,7 +80,7 @@ def test_database_name_and_url_helpers() -> None:
     )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser, handlers = _parser()
     out = tmp_path / "bench.json"
@@ -132,6 +132,10 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
     for run in ("with_fix", "without_fix"):
         assert chain[run]["links"] > 0 and chain[run]["succeeded"] == chain[run]["links"]
         assert chain[run]["in_order"] and chain[run]["overlaps"] == 0
+    sync = doc["results"]["sync"]
+    assert sync["requests"] == sync["answered"] > 0 and sync["errors"] == 0
+    assert {"p50", "p95", "p99"} <= set(sync["added_ms"])
+    assert "sync reply added latency" in printed
     # the bench cleans up after itself: its database is gone
     import psycopg
 

@@ -54,6 +54,7 @@ def event_row(source: str, delivery_id: str, i: int, key: str | None = None) -> 
         "127.0.0.1",
         f"bench-{delivery_id}",
         0,  # job priority
+        False,  # respond_sync: no synchronous reply waits
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ROWS = ("ingest", "pickup", "throughput", "lockchain", "floors", "ack", "duplicates", "worker", "scale")
+ROWS = ("ingest", "pickup", "throughput", "lockchain", "floors", "ack", "duplicates", "worker", "scale", "sync")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class Plan:
     worker_slow: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (1, 200))
     scale_max_processes: int = 4
     scale_events: int = 1000
+    sync_requests: int = 300
+    sync_concurrency: int = 4
+    sync_model_ms: int = 200
 
     @classmethod
     def make(
@@ -71,6 +74,8 @@ class Plan:
                 worker_slow=((1, 20),),
                 scale_max_processes=2,
                 scale_events=100,
+                sync_requests=20,
+                sync_model_ms=50,
             )
             if quick
             else cls()

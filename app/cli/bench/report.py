@@ -10,6 +10,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from app.cli.bench.sync_reply import report_rows as sync_rows
+
 if TYPE_CHECKING:
     from app.cli.bench.plan import Plan
 
@@ -190,6 +192,13 @@ def rows(results: dict[str, Any], plan: Plan) -> list[dict[str, str]]:
                 + ("" if wo["in_order"] and not wo["overlaps"] else " ORDER/OVERLAP PROBLEM"),
             )
             add("lock chain speed-up", _f(r["speedup"], 1), "x", "without fix / with fix")
+    sync = results.get("sync")
+    if sync is not None:
+        if "error" in sync:
+            add("sync", "FAILED", "", sync["error"][:100])
+        else:
+            for line in sync_rows(sync):
+                add(*line)
     from app.cli.bench.report_scenarios import scenario_rows
 
     return out + scenario_rows(results)

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from app.cli.bench import phases, report
+from app.cli.bench import phases, report, sync_reply
 from app.cli.bench.database import BenchDatabase
 from app.cli.bench.loadgen import SECRET_ENV
 from app.cli.bench.plan import ROWS, Plan
@@ -311,7 +311,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
     try:
         with _sigterm_as_interrupt():
             bench = Bench(plan=plan, db=db, workdir=workdir, children=children, out=out)
-            (workdir / "hookline.toml").write_text(CONFIG_TOML.format(secret_env=SECRET_ENV))
+            (workdir / "hookline.toml").write_text(CONFIG_TOML.format(secret_env=SECRET_ENV) + sync_reply.CONFIG_TOML)
             out(f"hookline bench: database {db.kind}, rows {', '.join(plan.only)}{' (quick)' if plan.quick else ''}")
             machine = report.machine_facts()  # first: its idle check must not see our own start-up
             db.open()
@@ -326,7 +326,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 finally:
                     children.stop_all()
                 timings["ingest"] = time.perf_counter() - t
-                if any(r in plan.only for r in ROWS[1:]):
+                if any(r in plan.only for r in ROWS[1:4]):
                     db.recreate()  # the worker rows start from an empty queue
             worker_rows = tuple(r for r in ("pickup", "throughput", "lockchain") if r in plan.only)
             if worker_rows:
@@ -342,6 +342,17 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 finally:
                     children.stop_all()
                 timings[name] = time.perf_counter() - t
+            if "sync" in plan.only:
+                t = time.perf_counter()
+                if results:
+                    db.recreate()
+                try:
+                    results["sync"] = sync_reply.run_row(bench)
+                except Exception as e:
+                    results["sync"] = bench._failed("sync", e)
+                finally:
+                    children.stop_all()
+                timings["sync"] = time.perf_counter() - t
     finally:
         children.stop_all()
         with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ from app.core.config.actions import (
 )
 from app.core.config.limits import Breaker, ModelLimits, Prices, RateLimit, Tenant
 from app.core.config.pipelines import Pipeline, RetryPolicy
+from app.core.config.respond import check_sync_overlaps
 from app.core.config.schedules import SCHEDULE_SOURCE, Schedule
 from app.core.config.sources import Source
 from app.core.errors import ConfigError
@@ -101,6 +102,7 @@ class Config(Strict):
         for name, m in self.models.items():
             if m.fallback == name:
                 raise ValueError(f"models.{name}.fallback: a model cannot fall back to itself")
+        check_sync_overlaps(self.pipelines)
         return self
 
     def tenant(self, name: str | None) -> Tenant:
@@ -121,6 +123,10 @@ class Config(Strict):
             sched = self.schedules.get(event_type or "")
             return [self.pipelines[sched.pipeline]] if sched is not None else []
         return [p for p in self.pipelines.values() if p.matches(source, event_type)]
+
+    def sync_pipeline_for(self, source: str, event_type: str | None) -> Pipeline | None:
+        """The one ``respond = "sync"`` pipeline that answers this request, if any."""
+        return next((p for p in self.pipelines.values() if p.sync and p.matches(source, event_type)), None)
 
     def ordering_locators(self, source: str) -> tuple[str, ...] | None:
         """The source's ordering key, else the first pipeline of that source that names one."""

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_env_name
+from app.core.config.followups import DiscordFollowupAction, SlackResponseAction
 
 #: Names a URL template may read: the event and the payload fields, never the model's output.
 URL_NAMES = frozenset({"event", "fields"})
@@ -231,5 +232,13 @@ class SqlAction(Strict):
 
 
 Action = Annotated[
-    HttpAction | LogAction | PythonAction | SlackAction | EmailAction | SqlAction, Field(discriminator="type")
+    HttpAction
+    | LogAction
+    | PythonAction
+    | SlackAction
+    | EmailAction
+    | SqlAction
+    | SlackResponseAction
+    | DiscordFollowupAction,
+    Field(discriminator="type"),
 ]

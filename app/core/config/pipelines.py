@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
 from app.core.config.actions import Action
+from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 
 #: Names a ``when`` expression may read.
 WHEN_NAMES = ("payload", "event")
@@ -97,6 +98,12 @@ class Pipeline(Strict):
     mode: Literal["messages", "batch_api"] = "messages"
     loop_guard: LoopGuard | None = None
     escalate: Escalate | None = None
+    #: Synchronous replies (see app/core/config/respond.py and the README's "Synchronous replies").
+    respond: Literal["async", "sync"] = "async"
+    respond_timeout_ms: int = Field(default=2500, ge=1, le=60000)
+    respond_default: Any = None
+    respond_body: Any = None
+    respond_content_type: RESPOND_CONTENT_TYPES = "application/json"
 
     @field_validator("events", "fields", mode="before")
     @classmethod
@@ -142,7 +149,12 @@ class Pipeline(Strict):
                 raise ValueError(f"escalate.when: {self.escalate.when!r} is not a boolean property of output_schema")
         if self.batch is not None and self.mode == "batch_api":
             raise ValueError("batch and mode = 'batch_api' do not combine; choose one")
+        check_respond(self)
         return self
+
+    @property
+    def sync(self) -> bool:
+        return self.respond == "sync"
 
     def matches(self, source: str, event_type: str | None) -> bool:
         if source != self.source:

@@ -1,0 +1,247 @@
+"""``hookline bench`` row ``sync``: what a synchronous reply adds over the model's own latency.
+
+A real ``hookline web`` and ``python -m worker`` (child processes) serve a ``respond = "sync"``
+pipeline whose model is a stand-in Messages API in this process that answers after a fixed delay.
+Requests go out at a small fixed concurrency; for each, the client's round trip minus the model call's
+own latency (``hookline.llm_calls.latency_ms``, measured by the worker around the SDK call) is what
+hookline adds: ingest, the job pickup, storing the answer, the NOTIFY back to the waiting request and
+the rendering. Target: p95 ≤ 15 ms on this machine. Reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+import httpx
+
+from app.cli.bench.loadgen import SECRET_ENV, percentile
+from app.cli.bench.plan import Plan
+from app.cli.bench.procs import Children, free_port, wait_http
+from app.signatures import sign
+
+
+class _DB(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+class Bench(Protocol):
+    """What this row uses of ``app.cli.bench.runner.Bench`` (a Protocol: no import cycle)."""
+
+    @property
+    def plan(self) -> Plan: ...
+    @property
+    def db(self) -> _DB: ...
+    @property
+    def children(self) -> Children: ...
+    @property
+    def secret(self) -> str: ...
+    @property
+    def out(self) -> Callable[[str], None]: ...
+
+    def env(self, **extra: str) -> dict[str, str]: ...
+
+
+SOURCE = "bench-sync"
+TARGET_P95_MS = 15.0
+
+#: Appended to the bench's hookline.toml (already formatted: braces are literal here).
+CONFIG_TOML = f"""
+[sources.{SOURCE}]
+provider = "standard_webhooks"
+secrets_env = ["{SECRET_ENV}"]
+
+[pipelines.{SOURCE}]
+source = "{SOURCE}"
+events = ["bench.*"]
+fields = ["type"]
+instructions = "Answer this synthetic event (hookline bench, stand-in model)."
+output_schema = {{ type = "object", properties = {{ answer = {{ type = "string" }} }}, required = ["answer"] }}
+respond = "sync"
+respond_timeout_ms = 10000
+respond_body = {{ text = "{{{{ output.answer }}}}" }}
+"""
+
+
+class StandInModel:
+    """A minimal Messages API: every ``POST /v1/messages`` answers ``{"answer": "ok"}`` after ``delay`` s."""
+
+    def __init__(self, delay: float) -> None:
+        outer = self
+        self.delay = delay
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                time.sleep(outer.delay)
+                body = json.dumps(
+                    {
+                        "id": f"msg_{uuid.uuid4().hex[:24]}",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": "claude-haiku-5-5",
+                        "content": [{"type": "text", "text": '{"answer": "ok"}'}],
+                        "stop_reason": "end_turn",
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 20, "output_tokens": 5},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def run_row(bench: Bench) -> dict[str, Any]:
+    """Start web and worker against the stand-in model, measure, stop them."""
+    p = bench.plan
+    model = StandInModel(p.sync_model_ms / 1000)
+    port = free_port()
+    env = bench.env(ANTHROPIC_API_KEY="bench-stand-in", ANTHROPIC_BASE_URL=model.base_url)
+    try:
+        bench.out(f"sync: {p.sync_requests} sync requests, model {p.sync_model_ms} ms, {p.sync_concurrency} at once …")
+        bench.children.start("web-sync", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(port)], env)
+        bench.children.start("worker-sync", ["-m", "worker"], env | {"HOOKLINE_WORKER_CONCURRENCY": "10"})
+        wait_http(bench.children, "web-sync", f"http://127.0.0.1:{port}/readyz")
+        return asyncio.run(_measure(bench, port))
+    finally:
+        bench.children.stop("worker-sync")
+        bench.children.stop("web-sync")
+        model.close()
+
+
+async def _measure(bench: Bench, port: int) -> dict[str, Any]:
+    p = bench.plan
+    url = f"http://127.0.0.1:{port}/webhooks/{SOURCE}"
+    limits = httpx.Limits(max_connections=p.sync_concurrency + 2)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while True:  # the worker is up once a reply carries the answer
+            _, resp = await _one(client, url, bench.secret, "warm")
+            if resp.headers.get("x-hookline-reply") == "answer":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker never answered a sync request within 60 s")
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(p.sync_requests):
+            queue.put_nowait(i)
+        results: list[tuple[float, int, str, int]] = []
+
+        async def client_loop() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                elapsed, resp = await _one(client, url, bench.secret, "sync")
+                results.append(
+                    (
+                        elapsed,
+                        int(resp.headers.get("x-hookline-event-id", "0")),
+                        resp.headers.get("x-hookline-reply", ""),
+                        resp.status_code,
+                    )
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(p.sync_concurrency)))
+        wall = time.perf_counter() - started
+    model_ms = await _model_latency(bench.db.url, [r[1] for r in results if r[1]])
+    added = sorted(r[0] * 1000 - model_ms[r[1]] for r in results if r[2] == "answer" and r[1] in model_ms)
+    e2e = sorted(r[0] * 1000 for r in results)
+    models = sorted(model_ms.values())
+
+    def stats(v: list[float]) -> dict[str, float | None]:
+        return {k: _round(percentile(v, q)) for k, q in (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("max", 100.0))}
+
+    return {
+        "requests": len(results),
+        "answered": sum(1 for r in results if r[2] == "answer"),
+        "defaults": sum(1 for r in results if r[2] == "default"),
+        "errors": sum(1 for r in results if r[3] != 200),
+        "concurrency": p.sync_concurrency,
+        "model_delay_ms": p.sync_model_ms,
+        "added_ms": stats(added),
+        "end_to_end_ms": stats(e2e),
+        "model_ms": stats(models),
+        "requests_per_s": round(len(results) / wall, 1) if wall > 0 else None,
+        "target_p95_added_ms": TARGET_P95_MS,
+    }
+
+
+async def _one(client: httpx.AsyncClient, url: str, secret: str, prefix: str) -> tuple[float, httpx.Response]:
+    body = json.dumps({"type": "bench.created", "data": {"n": uuid.uuid4().hex}}).encode()
+    headers = sign("standard_webhooks", secret=secret, body=body, delivery_id=f"{prefix}-{uuid.uuid4().hex}")
+    headers["content-type"] = "application/json"
+    t = time.perf_counter()
+    resp = await client.post(url, content=body, headers=headers)
+    return time.perf_counter() - t, resp
+
+
+async def _model_latency(url: str, event_ids: list[int]) -> dict[int, float]:
+    from app.core.db import connect
+
+    conn = await connect(url, timeout=10.0)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_id, latency_ms FROM hookline.llm_calls WHERE event_id = ANY($1::bigint[]) "
+            "AND status = 'succeeded'",
+            event_ids,
+        )
+    finally:
+        await conn.close()
+    return {int(r["event_id"]): float(r["latency_ms"]) for r in rows if r["latency_ms"] is not None}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def report_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, value, unit, notes) lines of the printed table."""
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:,.2f}"
+
+    a, e = r["added_ms"], r["end_to_end_ms"]
+    verdict = "within" if a["p95"] is not None and a["p95"] <= TARGET_P95_MS else "OVER"
+    return [
+        (
+            "sync reply added latency",
+            " / ".join(f(a[k]) for k in ("p50", "p95", "p99")),
+            "ms p50/p95/p99",
+            f"round trip minus the model's own latency; target p95 ≤ {TARGET_P95_MS:g} ms ({verdict}); "
+            f"max {f(a['max'])}",
+        ),
+        (
+            "sync reply round trip",
+            " / ".join(f(e[k]) for k in ("p50", "p95", "p99")),
+            "ms p50/p95/p99",
+            f"{r['requests']} requests, {r['concurrency']} at once, stand-in model {r['model_delay_ms']} ms; "
+            f"answered {r['answered']}, defaults {r['defaults']}, errors {r['errors']}",
+        ),
+    ]

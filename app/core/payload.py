@@ -1,0 +1,48 @@
+"""What of an event's payload a pipeline sees: its ``fields``, long strings clipped.
+
+Shared by the worker (the model's prompt) and the web process (``fields`` in a synchronous reply's
+template), so both see exactly the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: A string value longer than this is cut, so one huge field cannot blow the context or the bill.
+MAX_STRING = 4000
+_MISSING = object()
+
+
+def dig(payload: Any, path: str) -> Any:
+    """Dotted path into JSON (``data.object.customer``, ``entry.0.id``); a missing step gives _MISSING."""
+    cur = payload
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return _MISSING
+    return cur
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return value[:MAX_STRING] + f"… [{len(value) - MAX_STRING} more characters cut]"
+    if isinstance(value, dict):
+        return {k: _clip(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip(v) for v in value]
+    return value
+
+
+def trim(payload: Any, fields: tuple[str, ...]) -> Any:
+    """Only the fields the pipeline lists (all of it when it lists none), long strings clipped."""
+    if not fields:
+        return _clip(payload)
+    out: dict[str, Any] = {}
+    for path in fields:
+        value = dig(payload, path)
+        if value is not _MISSING:
+            out[path] = _clip(value)
+    return out

@@ -1,0 +1,214 @@
+"""Synchronous replies: answer the webhook's own HTTP request with the model's verdict.
+
+The ingest route has stored the event (same transaction, same job, same dedup as ever). For a
+``respond = "sync"`` pipeline it then calls :func:`reply`, which waits on the process's one LISTEN
+connection (:class:`app.web.listener.EventListener`) until the worker stores the answer, and renders
+``respond_body`` over it; when ``respond_timeout_ms`` runs out first it renders ``respond_default``.
+The model call stays in the worker; the waiting request holds no database connection (each check is
+one short query on the pool).
+
+* A duplicate (the sender's retry) gets the stored answer if there is one, else the default, at
+  once: it never waits and never causes a second model call.
+* A client that disconnects cancels its wait (its waiter is removed).
+* Anything that goes wrong while waiting (database gone, a template that fails on this output) gives
+  the default: the event is stored, so a 2xx is the truth, and its processing goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.config import Pipeline
+from app.core.config.respond import escape_for
+from app.core.errors import DatabaseUnavailable
+from app.core.payload import trim
+from app.core.querynames import IngestQuery
+from app.core.sqlfiles import NamedQueries
+from app.core.status import TERMINAL_EVENT_STATUSES
+from app.core.templates import TemplateContext, TemplateRenderError, render, render_value
+from app.web.responses import DB_UNAVAILABLE
+from app.web.state import AppState
+
+log = logging.getLogger("hookline.sync")
+
+Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the reply templates see of the stored event."""
+
+    event_id: int
+    source: str
+    event_type: str | None
+    tenant: str | None
+    occurred_at: Any
+    payload: Any
+    duplicate: bool
+    request_id: str
+
+
+async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
+    """The HTTP reply of a sync pipeline: its rendered answer, or its default."""
+    if d.duplicate:
+        output, answered = await _stored(state, pipeline, d)
+        outcome = "duplicate_answer" if answered else "duplicate_default"
+        return _respond(state, pipeline, d, output if answered else None, answered, outcome)
+    waiting = asyncio.ensure_future(_wait(state, pipeline, d))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (gone, waiting):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    if waiting.cancelled():  # the client left first: nobody reads this; follow-ups deliver the answer
+        state.metrics.inc(
+            "hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome="disconnected"
+        )
+        _mark_default_soon(state, d)
+        return Response(status_code=499)
+    error = waiting.exception()
+    if error is not None:
+        log.warning("sync reply for event %s: wait failed (%s)", d.event_id, error.__class__.__name__)
+        output, answered = None, False
+    else:
+        output, answered = waiting.result()
+    return _respond(state, pipeline, d, output, answered, "answer" if answered else "default")
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body is fully read, so the next message says so)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any, bool]:
+    """``(output, True)`` once the answer is stored, ``(None, False)`` at the deadline or the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + pipeline.respond_timeout_ms / 1000
+    listener = state.listener
+    async with listener.watch(d.event_id) as waiter:
+        if not listener.connected.is_set() and not await listener.wait_connected(deadline - loop.time()):
+            return None, False  # no LISTEN connection: a NOTIFY could be missed; do not pretend
+        while True:
+            try:
+                row = await _state_row(state, pipeline, d)
+            except Exception as e:  # the event is stored: the default is still a true answer
+                log.warning("sync reply for event %s: %s", d.event_id, e.__class__.__name__)
+                return None, False
+            if row is None:
+                return None, False
+            if row["answered"]:
+                return row["output"], True
+            if row["has_answer"]:  # stored, but the worker already gave it to the follow-up actions
+                return None, False
+            if row["status"] in TERMINAL_EVENT_STATUSES:  # dead, skipped or dry run: no answer will come
+                _mark_default_soon(state, d)
+                return None, False
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await waiter.changed(remaining):
+                    _mark_default_soon(state, d)
+                    return None, False
+                if waiter.answered or waiter.reconnected or waiter.status in TERMINAL_EVENT_STATUSES:
+                    waiter.answered.clear()
+                    waiter.reconnected = False
+                    break  # read the database again
+
+
+async def _state_row(state: AppState, pipeline: Pipeline, d: Delivery) -> Any:
+    pool = await state.db.ensure()
+    return await pool.fetchrow(Q["reply_state"], d.event_id, pipeline.name)
+
+
+#: Bookkeeping writes that must not hold up a reply (a reference keeps each task alive).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _mark_default_soon(state: AppState, d: Delivery) -> None:
+    """The default goes out at the deadline; recording it follows without delaying the reply."""
+    task = asyncio.create_task(_mark_default(state, d))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _mark_default(state: AppState, d: Delivery) -> None:
+    """Record that the sender got the default, so follow-up actions deliver the answer at once."""
+    try:
+        pool = await state.db.ensure()
+        await pool.execute(Q["reply_default"], d.event_id)
+    except Exception as e:  # the worker decides by the clock then (received_at + respond_timeout_ms)
+        log.warning("sync reply for event %s: could not record the default (%s)", d.event_id, e.__class__.__name__)
+
+
+async def _stored(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any, bool]:
+    try:
+        pool = await state.db.ensure()
+        row = await pool.fetchrow(Q["stored_answer"], d.event_id, pipeline.name)
+    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
+        log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
+        return None, False
+    return (row["output"], True) if row is not None else (None, False)
+
+
+def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, answered: bool, outcome: str) -> Response:
+    ctype = pipeline.respond_content_type
+    ctx = TemplateContext.of(
+        output=output,
+        event_id=d.event_id,
+        source=d.source,
+        event_type=d.event_type,
+        tenant=d.tenant,
+        occurred_at=d.occurred_at,
+        fields=_fields(d.payload, pipeline),
+    )
+    headers = {"x-request-id": d.request_id, "x-hookline-event-id": str(d.event_id)}
+    body: str | None = None
+    if answered:
+        try:
+            body = _render(pipeline, pipeline.respond_body, ctx, output)
+        except TemplateRenderError as e:
+            log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
+            outcome = "render_error"
+    if body is None:
+        try:
+            ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
+            body = _render(pipeline, pipeline.respond_default, ctx, ack)
+        except TemplateRenderError as e:
+            log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
+            body = json.dumps(ack, separators=(",", ":"))
+            ctype = "application/json"
+        headers["x-hookline-reply"] = "default"
+    else:
+        headers["x-hookline-reply"] = "answer"
+    state.metrics.inc("hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome=outcome)
+    return Response(body, status_code=200, media_type=ctype, headers=headers)
+
+
+def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: Any) -> str:
+    """A JSON reply is rendered leaf by leaf (so a value can never break the JSON around it); an
+    XML or text reply is one template, autoescaped for XML. No template: ``fallback`` as JSON."""
+    escape = escape_for(pipeline.respond_content_type)
+    if template is None:
+        return json.dumps(fallback, ensure_ascii=False, separators=(",", ":"), default=str)
+    if pipeline.respond_content_type == "application/json":
+        return json.dumps(render_value(template, ctx, escape), ensure_ascii=False, separators=(",", ":"))
+    return render(str(template), ctx, escape)
+
+
+def _fields(payload: Any, pipeline: Pipeline) -> Any:
+    fields = trim(payload, pipeline.fields)
+    return fields if isinstance(fields, dict) else {"value": fields}

@@ -1,0 +1,229 @@
+"""Synchronous replies end to end: real uvicorn, the real worker, the fake Messages API, a fake
+Slack ``response_url`` (the Receiver), real Postgres NOTIFYs on the one LISTEN connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from app.core.config import Config
+from app.core.jobs import PROCESS_EVENT, SYNC_PRIORITY, SYNC_QUEUE
+from app.signatures import sign
+from tests.fakes.messages_api import FakeMessagesAPI, reply, slow
+from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, web_server, worker_task
+
+SECRET = "slack-signing-secret-for-sync-tests"
+DEFAULT = {"response_type": "ephemeral", "text": "Working on it, the answer follows."}
+_ids = itertools.count(1)
+JOBS = f"SELECT queue_name, priority FROM procrastinate_jobs WHERE task_name = '{PROCESS_EVENT}'"
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_SLACK_SECRET", SECRET)
+
+
+def make_config(timeout_ms: int = 15000, **over: Any) -> Config:
+    pipeline: dict[str, Any] = {
+        "source": "slack-commands",
+        "events": ["/ask"],
+        "fields": ["text", "user_name"],
+        "instructions": "Answer the question in one short sentence.",
+        "output_schema": {
+            "type": "object",
+            "properties": {"answer": {"type": "string"}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        },
+        "respond": "sync",
+        "respond_timeout_ms": timeout_ms,
+        "respond_default": DEFAULT,
+        "respond_body": {"response_type": "in_channel", "text": "{{ output.answer }} (for {{ fields.user_name }})"},
+        "actions": [
+            {"type": "slack_response", "allowed_hosts": ["127.0.0.1"], "text": "Late: {{ output.answer }}"},
+        ],
+        "retry": {"max_attempts": 2, "backoff_seconds": 0.05, "jitter": False},
+    }
+    pipeline.update(over)
+    return config_from(
+        {
+            "sources": {
+                "slack-commands": {
+                    "provider": "slack",
+                    "secrets_env": ["HL_SLACK_SECRET"],
+                    "delivery_id": "json:trigger_id",
+                    "event_type": "json:command",
+                }
+            },
+            "pipelines": {"slash-answer": pipeline},
+        }
+    )
+
+
+def command_body(response_url: str, text: str = "what is 6 x 7?", trigger: str | None = None) -> bytes:
+    """A Slack slash command, form-encoded as Slack sends it."""
+    return urlencode(
+        {
+            "command": "/ask",
+            "text": text,
+            "user_name": "ada",
+            "team_id": "T1",
+            "trigger_id": trigger or f"trig.{time.time_ns()}.{next(_ids)}",
+            "response_url": response_url,
+        }
+    ).encode()
+
+
+async def slash(client: httpx.AsyncClient, base: str, body: bytes, timeout: float = 30) -> httpx.Response:
+    headers = {**sign("slack", secret=SECRET, body=body), "content-type": "application/x-www-form-urlencoded"}
+    return await client.post(f"{base}/webhooks/slack-commands", content=body, headers=headers, timeout=timeout)
+
+
+def settings_for(db_url: str, fake: FakeMessagesAPI, **over: Any) -> Any:
+    return make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url, **over)
+
+
+async def metrics_text(client: httpx.AsyncClient, base: str) -> str:
+    return (await client.get(f"{base}/metrics")).text
+
+
+async def metric(client: httpx.AsyncClient, base: str, name: str) -> float:
+    text = await metrics_text(client, base)
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_answer_in_time_comes_back_in_the_http_body_and_a_duplicate_gets_it_again(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config()
+    fake.enqueue(reply({"answer": "42"}))
+    settings = settings_for(db_url, fake)
+    body = command_body(receiver.url)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        first = await slash(client, base, body)
+        assert first.status_code == 200, first.text
+        assert first.headers["content-type"].startswith("application/json")
+        assert first.json() == {"response_type": "in_channel", "text": "42 (for ada)"}
+        assert first.headers["x-hookline-reply"] == "answer"
+        event_id = int(first.headers["x-hookline-event-id"])
+        event = await wait_for_status(db_url, event_id)
+        again = await slash(client, base, body)  # the sender's retry of the same delivery
+    assert event["status"] == "succeeded"
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["x-hookline-event-id"] == str(event_id)
+    assert len(fake.calls_to("/v1/messages")) == 1, "a duplicate must never cause a second model call"
+    ((queue, priority),) = rows(db_url, JOBS)
+    assert (queue, priority) == (SYNC_QUEUE, SYNC_PRIORITY)
+    ((respond_sync, sync_reply),) = rows(db_url, "SELECT respond_sync, sync_reply FROM hookline.events")
+    assert respond_sync is True and sync_reply == "answer"
+    ((status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
+    assert status == "succeeded" and result == {"skipped": "the answer went out in the HTTP reply"}
+    assert receiver.received == [], "the answer went out in time: no follow-up"
+
+
+async def test_slow_model_gives_the_default_and_the_late_answer_follows_on_response_url(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config(timeout_ms=300)
+    fake.enqueue(slow(1.5, then=reply({"answer": "42, eventually"})))
+    settings = settings_for(db_url, fake)
+    body = command_body(receiver.url)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        early = await slash(client, base, body)
+        assert early.status_code == 200 and early.json() == DEFAULT
+        assert early.headers["x-hookline-reply"] == "default"
+        event_id = int(early.headers["x-hookline-event-id"])
+        duplicate_before = await slash(client, base, body)
+        event = await wait_for_status(db_url, event_id)
+        duplicate_after = await slash(client, base, body)
+    assert duplicate_before.json() == DEFAULT  # no stored answer yet: the default, at once
+    assert duplicate_after.json() == {"response_type": "in_channel", "text": "42, eventually (for ada)"}
+    assert event["status"] == "succeeded"
+    assert len(fake.calls_to("/v1/messages")) == 1
+    assert len(receiver.received) == 1, "the late answer goes to Slack's response_url once"
+    assert receiver.received[0].json() == {"response_type": "ephemeral", "text": "Late: 42, eventually"}
+    assert rows(db_url, "SELECT sync_reply FROM hookline.events") == [("default",)]
+
+
+async def test_two_hundred_waiting_requests_share_one_listen_connection(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config(timeout_ms=60000)
+    settings = settings_for(db_url, fake, db_timeout=30.0, worker_concurrency=10)
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+    async with web_server(settings, config) as base, httpx.AsyncClient(limits=limits, timeout=90) as client:
+        tasks = [asyncio.create_task(slash(client, base, command_body(receiver.url, f"q{i}"), 90)) for i in range(200)]
+        deadline = time.monotonic() + 60
+        while await metric(client, base, "hookline_sync_waiting") < 200:
+            assert time.monotonic() < deadline, "200 requests never all waited"
+            await asyncio.sleep(0.1)
+        listen = rows(
+            db_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hookline-web-listen' "
+            "AND datname = current_database()",
+        )
+        pool = rows(
+            db_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hookline-web' "
+            "AND datname = current_database()",
+        )
+        async with worker_task(settings, config):
+            answers = await asyncio.gather(*tasks)
+    assert listen == [(1,)], "every waiting request shares the process's one LISTEN connection"
+    assert pool[0][0] <= settings.db_pool_max, "waiting requests hold no pool connection"
+    assert [a.status_code for a in answers] == [200] * 200
+    assert {a.headers["x-hookline-reply"] for a in answers} == {"answer"}
+    assert len({a.headers["x-hookline-event-id"] for a in answers}) == 200
+    assert len(fake.calls_to("/v1/messages")) == 200
+
+
+async def test_a_client_that_disconnects_cancels_its_wait(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config(timeout_ms=60000)
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+        request = asyncio.create_task(slash(client, base, command_body(receiver.url), 90))
+        deadline = time.monotonic() + 20
+        while await metric(client, base, "hookline_sync_waiting") != 1:
+            assert time.monotonic() < deadline and not request.done(), "the request never waited"
+            await asyncio.sleep(0.05)
+        request.cancel()  # the client goes away: httpx closes the connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        gone = 'hookline_sync_replies_total{outcome="disconnected",pipeline="slash-answer",source="slack-commands"} 1'
+        while await metric(client, base, "hookline_sync_waiting") != 0 or gone not in await metrics_text(client, base):
+            assert time.monotonic() < deadline, "the wait outlived its client"
+            await asyncio.sleep(0.05)
+        while rows(db_url, "SELECT sync_reply FROM hookline.events") != [("default",)]:
+            assert time.monotonic() < deadline, "the default was not recorded"
+            await asyncio.sleep(0.05)
+    # the event is stored and will be processed; the follow-up will carry its answer
+    assert rows(db_url, "SELECT status FROM hookline.events") == [("queued",)]
+
+
+async def test_handshake_and_async_pipelines_are_unchanged(db_url: str, fake: FakeMessagesAPI) -> None:
+    config = make_config()
+    settings = settings_for(db_url, fake)
+    challenge = json.dumps({"type": "url_verification", "challenge": "c-123", "token": "t"}).encode()
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{base}/webhooks/slack-commands",
+            content=challenge,
+            headers={**sign("slack", secret=SECRET, body=challenge), "content-type": "application/json"},
+        )
+        other = command_body("https://hooks.slack.com/x").replace(b"%2Fask", b"%2Fother")
+        plain = await slash(client, base, other)
+    assert resp.status_code == 200 and "c-123" in resp.text
+    assert plain.status_code == 200 and plain.json()["status"] == "accepted"  # no sync pipeline matches
+    assert rows(db_url, JOBS) == [("hookline", 0)]
