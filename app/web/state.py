@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from app.core import db
 from app.core.config import Config
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
+from app.web.guard import IPNetwork, networks
 from app.web.listener import EventListener
 from app.web.metrics import Metrics
 from app.web.ratelimit import IngestLimiter
@@ -83,3 +85,13 @@ class AppState:
     expected_migrations: dict[int, str] = field(default_factory=dict)
     #: [sources.NAME] rate_limit buckets (per process).
     ingest_limiter: IngestLimiter = field(default_factory=IngestLimiter)
+
+    @functools.cached_property
+    def trusted_proxies(self) -> tuple[IPNetwork, ...]:
+        """HOOKLINE_TRUSTED_PROXIES, parsed once."""
+        return networks(self.settings.trusted_proxies)
+
+    @functools.cached_property
+    def stored_header_names(self) -> frozenset[str]:
+        """HOOKLINE_STORED_HEADERS, lower-cased, parsed once."""
+        return frozenset(h.strip().lower() for h in self.settings.stored_headers.split(",") if h.strip())
