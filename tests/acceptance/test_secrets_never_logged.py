@@ -33,6 +33,7 @@ SECRETS = {
     "HL_ACTION_SECRET": "whsec_" + "YWN0aW9uLWxlYWt5LXNpZ25pbmcta2V5LTAxMjM=",
 }
 API_KEY = "sk-ant-leaky-api-key-0123456789abcdef"
+ADMIN = "admin-leaky-token-0123456789abcdef"
 PROVIDERS = {"sw": "standard_webhooks", "stripe": "stripe", "github": "github", "twilio": "twilio", "slack": "slack"}
 ENV = {"sw": "HL_SW_SECRET", "stripe": "HL_STRIPE_SECRET", "github": "HL_GITHUB_SECRET",
        "twilio": "HL_TWILIO_SECRET", "slack": "HL_SLACK_SECRET"}  # fmt: skip
@@ -85,7 +86,12 @@ async def test_no_secret_in_logs_metrics_or_rows_after_a_run_with_failures(
     }
     config = config_from({"sources": sources, "pipelines": {"p": pipeline}})
     settings = make_settings(
-        db_url, anthropic_api_key=API_KEY, anthropic_base_url=fake.base_url, public_url=PUBLIC, log_level="DEBUG"
+        db_url,
+        anthropic_api_key=API_KEY,
+        anthropic_base_url=fake.base_url,
+        public_url=PUBLIC,
+        log_level="DEBUG",
+        admin_token=ADMIN,
     )
     fake.enqueue(error(500, "api_error"), reply({"s": "ok"}), error(400, "invalid_request_error", "bad"))
     receiver.statuses.extend([500])
@@ -125,6 +131,11 @@ async def test_no_secret_in_logs_metrics_or_rows_after_a_run_with_failures(
         event_ids.append(resp.json()["event_id"])
         finished = [await wait_for_status(db_url, e) for e in event_ids]
         metrics = (await client.get(f"{base}/metrics")).text
+        admin = await client.get(f"{base}/admin/api/events", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert admin.status_code == 200, admin.text
+        metrics += admin.text  # the admin API answers are checked like /metrics
+        wrong = await client.get(f"{base}/admin/api/events", headers={"Authorization": f"Bearer {ADMIN}x"})
+        assert wrong.status_code == 401
     assert 200 in statuses and 401 in statuses and all(s < 500 for s in statuses)
     assert {e["status"] for e in finished} == {"succeeded", "dead"}, finished
     assert receiver.received, "the signed action was sent"
@@ -140,7 +151,7 @@ async def test_no_secret_in_logs_metrics_or_rows_after_a_run_with_failures(
         ],
         default=str,
     )
-    for secret in [*SECRETS.values(), API_KEY]:
+    for secret in [*SECRETS.values(), API_KEY, ADMIN]:
         for form in _forms(secret):
             assert form not in log_text, f"a secret ({form[:6]}…) is in the logs"
             assert form not in metrics, f"a secret ({form[:6]}…) is in /metrics"
