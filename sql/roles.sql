@@ -36,6 +36,7 @@ COMMENT ON ROLE hookline_readonly IS 'Read-only access to hookline and procrasti
 -- search_path, usually public).
 DO $$
 DECLARE
+    t text;
     s text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE c.relname = 'procrastinate_jobs' AND c.relkind = 'r' LIMIT 1);
 BEGIN
@@ -57,6 +58,15 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO hookline_worker', s);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO hookline_worker', s);
     EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA hookline TO hookline_worker';
+
+    -- bookkeeping tables the triggers and the worker keep (metric counters, budgets, breakers,
+    -- rate buckets, alerts, batches): written by both processes' statements, never dropped by them
+    FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'hookline' AND c.relkind IN ('r', 'p')
+               AND c.relname NOT IN ('events', 'llm_calls', 'action_runs', 'watches', 'schema_migrations') LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON hookline.%I TO hookline_web, hookline_worker', t);
+    END LOOP;
+    EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA hookline TO hookline_web';
 
     -- read-only: everything, now and (for tables the owner adds later) in the future
     EXECUTE 'GRANT SELECT ON ALL TABLES IN SCHEMA hookline TO hookline_readonly';
