@@ -29,6 +29,7 @@ import uvicorn
 from app.core.config import Config, parse_config
 from app.core.settings import Settings
 from app.web.app import create_app
+from app.web.server import server_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "dead", "skipped")
@@ -63,9 +64,7 @@ def make_settings(db_url: str | None, **over: Any) -> Settings:
 async def web_server(settings: Settings, config: Config) -> AsyncIterator[str]:
     """uvicorn serving hookline on a free 127.0.0.1 port; yields the base URL."""
     port = free_port()
-    cfg = uvicorn.Config(
-        create_app(settings, config), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
+    cfg = server_config(create_app(settings, config), settings, host="127.0.0.1", port=port, lifespan="on")
     server = uvicorn.Server(cfg)
     task = asyncio.create_task(server.serve())
     for _ in range(200):

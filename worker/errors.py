@@ -82,6 +82,8 @@ def classify(exc: BaseException) -> PipelineError:
         return TransientError("timed out (pipeline timeout_seconds)")
     if isinstance(exc, httpx.TransportError | psycopg.OperationalError | OSError):
         return TransientError(msg)
+    if isinstance(exc, RecursionError):  # the same data recurses the same way on every retry
+        return PermanentError(f"RecursionError: data nested too deeply ({exc})")
     if isinstance(exc, ImportError | AttributeError | KeyError | TypeError | ValueError | jsonschema.SchemaError):
         return PermanentError(msg)
     return TransientError(msg)

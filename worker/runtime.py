@@ -12,6 +12,7 @@ from app.core.settings import Settings
 from worker.db import WorkerDB
 from worker.llm import LLMClient, make_client
 from worker.metrics import WorkerMetrics
+from worker.outbound import outbound_guard, parse_allowlist
 from worker.simulated import SimulatedModel
 
 #: Most database connections one worker process opens per pool, whatever its concurrency: a job
@@ -60,7 +61,10 @@ class Runtime:
             settings=settings,
             config=config,
             db=WorkerDB(dsn, min_size=1, max_size=db_pool_size(settings.worker_concurrency)),
-            http=httpx.AsyncClient(follow_redirects=False),
+            http=httpx.AsyncClient(
+                follow_redirects=False,
+                event_hooks={"request": [outbound_guard(parse_allowlist(settings.outbound_allowed_hosts))]},
+            ),
             llm=llm,
         )
 

@@ -42,17 +42,18 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
     setup_logging(settings.log_level, settings.log_format, process="web")
     load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
-    uvicorn.run(
+    from app.web.server import server_config
+
+    config = server_config(
         "app.web.app:create_app",
+        settings,
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        log_config=None,
         access_log=args.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        proxy_headers=True,
-        server_header=False,
     )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -120,5 +121,8 @@ def send(
         event_type=event_type,
         options=src.hmac_options(),
     )
+    if signed.url and signed.url != signed_url:  # signing added to the URL (Twilio JSON: ?bodySHA256=…)
+        query = urlsplit(signed.url).query
+        target = f"{target.split('?', 1)[0]}?{query}" if query else target
     resp = httpx.post(target, content=signed.body, headers=signed.headers, timeout=timeout)
     return Sent(resp.status_code, resp.text, delivery_id, target)

@@ -73,6 +73,18 @@ class PayloadTooLarge(HTTPError):
     code = "payload_too_large"
 
 
+class ValidationFailed(HTTPError):
+    status = 422
+    code = "invalid_payload"
+
+
+class ClientGone(HTTPError):
+    """The client disconnected mid-request; the answer is never seen (499, as nginx logs it)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class UnsupportedMediaType(HTTPError):
     status = 415
     code = "unsupported_media_type"

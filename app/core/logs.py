@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -69,12 +70,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BARE = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
+
+
+def escape(text: str) -> str:
+    """Control characters (newlines included) as visible escapes: one record stays one line."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def field_value(value: object) -> str:
+    """A ``key=value`` value that cannot forge another field: quoted unless it is a plain token."""
+    text = str(value)
+    if _BARE.match(text):
+        return text
+    return '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record. Caller-controlled text (messages' arguments, extra fields) is escaped,
+    so no value can start a new line or pose as another ``key=value`` field; tracebacks follow on
+    their own lines, as usual."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        safe = logging.makeLogRecord(vars(record))
+        safe.msg, safe.args = escape(record.getMessage()), None
+        base = super().format(safe)
         extra = {k: v for k in TEXT_FIELDS if (v := getattr(record, k, None)) is not None}
         if extra:
-            base += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            head, sep, tail = base.partition("\n")
+            base = head + " " + " ".join(f"{k}={field_value(v)}" for k, v in extra.items()) + sep + tail
         return base
 
 

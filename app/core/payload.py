@@ -26,13 +26,20 @@ def dig(payload: Any, path: str) -> Any:
     return cur
 
 
-def _clip(value: Any) -> Any:
+#: Containers nested deeper than this reach the model as a placeholder: a 500-level document from a
+#: watched table (or any writer) can neither overflow the stack nor fill the prompt.
+MAX_DEPTH = 32
+
+
+def _clip(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str) and len(value) > MAX_STRING:
         return value[:MAX_STRING] + f"… [{len(value) - MAX_STRING} more characters cut]"
+    if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+        return f"[nested deeper than {MAX_DEPTH} levels, cut]"
     if isinstance(value, dict):
-        return {k: _clip(v) for k, v in value.items()}
+        return {k: _clip(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clip(v) for v in value]
+        return [_clip(v, depth + 1) for v in value]
     return value
 
 

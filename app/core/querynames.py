@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 IngestQuery = Literal[
     "store_event",
+    "store_invalid_event",
     "find_event",
     "store_events",
     "find_events",

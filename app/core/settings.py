@@ -108,6 +108,48 @@ class Settings(BaseSettings):
     batch_poll_seconds: int = Field(
         default=30, description='How often the worker submits and polls Message Batches (`mode = "batch_api"`).'
     )
+    # --- hostile-input limits (issue 12) -------------------------------------------------------
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's complete headers (from connect, or from the "
+        "previous response on a kept-alive connection); then 408 and the connection is closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a client has to send a request's complete body; then 408 and close."
+    )
+    keepalive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle kept-alive connection stays open between requests."
+    )
+    max_header_bytes: int = Field(
+        default=32768, gt=0, description="Largest request line plus headers accepted, in bytes; larger gets 431."
+    )
+    max_headers: int = Field(default=100, gt=0, description="Most request headers accepted; more gets 431.")
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Open connections one web process accepts; more are answered 503 and closed. "
+        "0: the process's open-file limit minus 100.",
+    )
+    stored_headers: str = Field(
+        default="content-type,user-agent,x-request-id",
+        description="Comma-separated request headers stored in hookline.events.headers besides those the "
+        "provider's metadata uses (credentials are always stored as [redacted]).",
+    )
+    stored_header_max_bytes: int = Field(
+        default=1024, gt=0, description="Each stored header value is cut to this many bytes."
+    )
+    trusted_proxies: str | None = Field(
+        default=None,
+        description="Comma-separated addresses or CIDR ranges of proxies (e.g. the PaaS router) whose "
+        "X-Forwarded-For is believed. Unset: the peer address is the client.",
+    )
+    outbound_allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated hosts (or host:port) the worker may send HTTP to; `*.example.com` "
+        "matches subdomains. "
+        "Unset: no limit beyond the configured targets (the model never chooses one).",
+    )
 
     @property
     def environ(self) -> Mapping[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-HeadersInput: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
+HeadersInput: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]]
 Algorithm: TypeAlias = Literal["sha1", "sha256", "sha512"]
 
 #: Every reason code a :class:`SignatureError` can carry.
@@ -112,8 +112,13 @@ class Headers:
 
 
 def _text(value: Any) -> str:
+    """Header bytes as the sender meant them: UTF-8 when they are UTF-8 (a non-ASCII webhook-id is
+    then signed over the same bytes it was sent as), else latin-1, which never fails."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("latin-1")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value).decode("latin-1")
     return str(value)
 
 
@@ -240,6 +245,7 @@ class SignedRequest:
 
     headers: dict[str, str]
     body: bytes
+    url: str | None = None  # the URL the sender posts to, when signing adds to it (Twilio JSON: ?bodySHA256=)
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,13 @@ def parse_iso(value: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.astimezone(UTC)
+        parsed.timestamp()  # 0001-01-01T00:00:00+01:00 is year 0 in UTC: not representable
+    except (ValueError, OverflowError):  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return parsed
 
 
 def parse_signed_iso(value: str, what: str) -> float:

@@ -84,10 +84,22 @@ def _signatures(value: str) -> list[tuple[str, bytes]]:
     return out
 
 
+def _no_unsigned_twin(headers: Headers, fam: str, name: str, signed_value: str) -> None:
+    """The other family's ``name`` header is not covered by this signature. Metadata reads
+    ``webhook-id`` before ``svix-id``, so an added, different twin could pose as the delivery id
+    (a re-send with a new id would bypass deduplication): refuse it unless it says the same."""
+    other = "svix" if fam == "webhook" else "webhook"
+    for value in headers.all(f"{other}-{name}"):
+        if value.strip() != signed_value:
+            raise SignatureError("malformed_header", f"{other}-{name} differs from the signed {fam}-{name}")
+
+
 def verify(req: VerifyRequest) -> None:
     fam = _family(req.headers)
     msg_id = req.headers.one(f"{fam}-id")
     ts_text = req.headers.one(f"{fam}-timestamp")
+    _no_unsigned_twin(req.headers, fam, "id", msg_id)
+    _no_unsigned_twin(req.headers, fam, "timestamp", ts_text)
     sig_header = req.headers.one(f"{fam}-signature")
     ts = parse_unix(ts_text, f"{fam}-timestamp")
     sigs = _signatures(sig_header)

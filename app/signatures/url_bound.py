@@ -12,6 +12,7 @@ import uuid
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from ._base import (
+    Algorithm,
     Scheme,
     SignatureError,
     SignedRequest,
@@ -21,6 +22,8 @@ from ._base import (
     b64,
     b64_matches,
     digest,
+    parse_pairs,
+    single,
 )
 from ._time import check_window, parse_unix
 
@@ -85,17 +88,35 @@ def _twilio_signed(url: str, method: str, body: bytes, content_type: str | None)
     return [_twilio_data(u, params) for u in _url_variants(url)]
 
 
+#: Webhooks Rules make Twilio sign with a Setting's SharedKey and algorithm, and say so in this
+#: header (``key=<id>,algorithm=HMAC_SHA256``); absent, the signature is HMAC-SHA1 (auth token).
+TWILIO_SETTINGS = "X-Twilio-Webhooks-Signature-Settings"
+_TWILIO_ALGORITHMS: dict[str, Algorithm] = {"HMAC_SHA1": "sha1", "HMAC_SHA256": "sha256"}
+
+
+def _twilio_algorithm(req: VerifyRequest) -> Algorithm:
+    if not req.headers.has(TWILIO_SETTINGS):
+        return "sha1"
+    settings = parse_pairs(req.headers.one(TWILIO_SETTINGS), ",", TWILIO_SETTINGS)
+    name = single(settings, "algorithm", TWILIO_SETTINGS).upper().replace("-", "_")
+    if name not in _TWILIO_ALGORITHMS:
+        raise SignatureError("unsupported_version", f"{TWILIO_SETTINGS} names an algorithm hookline does not accept")
+    return _TWILIO_ALGORITHMS[name]
+
+
 def _twilio_verify(req: VerifyRequest) -> None:
     url = req.require_url()
     value = req.headers.one("X-Twilio-Signature")
+    algorithm = _twilio_algorithm(req)
     candidates = _twilio_signed(url, req.method, req.body, req.headers.get("Content-Type"))
     any_secret_matches(
         req.secrets,
-        lambda s: any(b64_matches(digest(s.encode(), c, "sha1"), value) for c in candidates),
+        lambda s: any(b64_matches(digest(s.encode(), c, algorithm), value) for c in candidates),
     )
 
 
 def _twilio_sign(inp: SignInput) -> SignedRequest:
+    """Sign as Twilio does by default (HMAC-SHA1 with the auth token)."""
     url = inp.require_url()
     is_json = inp.body.lstrip()[:1] in (b"{", b"[")
     ct = "application/json" if is_json else "application/x-www-form-urlencoded"
@@ -105,7 +126,9 @@ def _twilio_sign(inp: SignInput) -> SignedRequest:
         "I-Twilio-Idempotency-Token": inp.delivery_id or str(uuid.uuid4()),
         "Content-Type": ct,
     }
-    return SignedRequest(headers=headers, body=inp.body)
+    # A JSON delivery goes to the URL carrying ?bodySHA256=…, the URL that was signed.
+    posted = _with_body_hash(url, inp.body) if is_json else url
+    return SignedRequest(headers=headers, body=inp.body, url=posted)
 
 
 TWILIO = Scheme(verify=_twilio_verify, sign=_twilio_sign)

@@ -21,11 +21,12 @@ from starlette.routing import Route
 
 from app.core import migrations
 from app.core.config import Config, load_config
-from app.core.errors import HTTPError
+from app.core.errors import ConfigError, HTTPError
 from app.core.querynames import IngestQuery
 from app.core.settings import Settings
 from app.core.sqlfiles import NamedQueries
 from app.web import admin
+from app.web.guard import networks
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
 from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, cluster_figures, note_outcome
@@ -113,6 +114,10 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None, config: Config | None = None) -> Starlette:
     settings = settings or Settings()
+    try:
+        networks(settings.trusted_proxies)
+    except ValueError as e:
+        raise ConfigError(f"HOOKLINE_TRUSTED_PROXIES: {e}") from None
     config = config if config is not None else load_config(settings.config)
     expected = {m.version: m.checksum for m in migrations.discover()}
 

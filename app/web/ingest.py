@@ -11,24 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
-from starlette.requests import Request
+import jsonschema
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.core.config import Source
 from app.core.errors import (
     BadRequest,
+    ClientGone,
     DatabaseUnavailable,
+    Forbidden,
     InvalidSignature,
     MethodNotAllowed,
     PayloadTooLarge,
     RateLimited,
     UnknownSource,
+    ValidationFailed,
 )
 from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
@@ -44,6 +47,7 @@ from app.signatures import (
     verify,
 )
 from app.signatures.locators import first
+from app.web import guard
 from app.web.metrics import note_outcome
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState
@@ -90,16 +94,32 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than this source accepts ({limit} bytes)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body is larger than this source accepts ({limit} bytes)")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away (or the body timeout closed it): nothing to answer
+        raise ClientGone("client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
 def parse_body(body: bytes, content_type: str) -> Any:
-    """JSON (any media type, as senders mislabel it), or a form body as an object."""
+    """JSON (any media type, as senders mislabel it), or a form body as an object.
+
+    Every branch ends in a value at most :data:`guard.MAX_DEPTH` deep, or a 400.
+    """
+    try:
+        payload = _parse_body(body, content_type)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply to store") from None
+    if guard.nesting_depth(payload) > guard.MAX_DEPTH:
+        raise BadRequest(f"body is nested deeper than {guard.MAX_DEPTH} levels")
+    return payload
+
+
+def _parse_body(body: bytes, content_type: str) -> Any:
     ctype = content_type.split(";", 1)[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         try:
@@ -109,7 +129,7 @@ def parse_body(body: bytes, content_type: str) -> Any:
         form = dict(parse_qsl(text, keep_blank_values=True))
         if "payload" in form and form["payload"].lstrip().startswith("{"):
             try:  # Slack interactivity and a few others put JSON in a form field
-                return json.loads(form["payload"])
+                return json.loads(form["payload"], parse_constant=_no_constants)
             except ValueError:
                 pass
         return form
@@ -119,8 +139,6 @@ def parse_body(body: bytes, content_type: str) -> Any:
         return json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply to store") from None
 
 
 def _no_constants(name: str) -> Any:
@@ -139,11 +157,20 @@ async def receive_webhook(request: Request) -> Response:
     state: AppState = request.state.hookline
     name = request.path_params["source"]
     src = state.config.sources.get(name)
-    request_id = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+    request_id = guard.request_id(request.headers.get("x-request-id"))
+    if request.method not in ("POST", "GET"):  # HEAD, PUT, …: never reach verification or the store
+        raise MethodNotAllowed(
+            "this endpoint accepts POST (and GET for subscription handshakes)", headers={"Allow": "GET, POST"}
+        )
     if src is None:
         raise UnknownSource(f"no source named {name!r} is configured")
     provider = src.provider
-    headers = Headers(request.headers.items())
+    remote = guard.client_ip(request, state.trusted_proxies)
+    if src.allowed_ips is not None and not guard.ip_allowed(remote, guard.networks(src.allowed_ips)):
+        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="ip_not_allowed")
+        log.warning("request refused: address not allowed", extra={"source": name, "remote_addr": remote})
+        raise Forbidden("this source does not accept requests from your address")
+    headers = Headers(request.headers.raw)
     environ = state.settings.environ
 
     if request.method == "GET":
@@ -186,7 +213,7 @@ async def receive_webhook(request: Request) -> Response:
                 "source": name,
                 "provider": provider,
                 "reason": e.code,
-                "remote_addr": _remote(request),
+                "remote_addr": remote,
                 "request_id": request_id,
             },
         )
@@ -228,28 +255,34 @@ async def receive_webhook(request: Request) -> Response:
         delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
     ordering = state.config.ordering_locators(name)
     ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
+    invalid = _schema_violation(src, meta.event_type, payload)
+    if invalid is not None and src.on_invalid == "reject":
+        raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
 
-    stored = redact_headers(headers.pairs(), extra=_signature_headers(src))
-    sync = state.config.sync_pipeline_for(name, meta.event_type)
+    stored = guard.stored_headers(
+        headers, src, ordering, state.stored_header_names, state.settings.stored_header_max_bytes
+    )
+    sync = state.config.sync_pipeline_for(name, meta.event_type) if invalid is None else None
+    row = (
+        name,
+        delivery_id,
+        guard.indexable(meta.event_type),
+        guard.indexable(meta.tenant),
+        guard.indexable(ordering_key),
+        meta.occurred_at,
+        stored,
+        body,
+        payload,
+        content_type or None,
+        remote,
+        request_id,
+        state.config.priority_for(name, meta.event_type),
+    )
     try:
-        event_id, dup = await state.batcher.insert(
-            (
-                name,
-                delivery_id,
-                meta.event_type,
-                meta.tenant,
-                ordering_key,
-                meta.occurred_at,
-                stored,
-                body,
-                payload,
-                content_type or None,
-                _remote(request),
-                request_id,
-                state.config.priority_for(name, meta.event_type),
-                sync is not None,
-            )
-        )
+        if invalid is None:  # the common path: group commit with whatever else is arriving
+            event_id, dup = await state.batcher.insert((*row, sync is not None))
+        else:  # on_invalid = "store": kept as skipped, with the reason, and no job
+            event_id, dup = await _store_invalid(state, row, f"payload does not match the schema: {invalid}")
         status = "duplicate" if dup else "accepted"
     except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
@@ -262,6 +295,8 @@ async def receive_webhook(request: Request) -> Response:
             f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
             "e.g. \\u0000 or an unpaired surrogate"
         ) from None
+    except asyncpg.exceptions.ProgramLimitExceededError:  # a value too large for an index or a row
+        raise BadRequest("a value in this request is too large to store (index row limit)") from None
     note_outcome(request.scope, status)
     log.info(
         "event %s %s",
@@ -301,8 +336,28 @@ def _signature_headers(src: Source) -> tuple[str, ...]:
     return (str(opts["header"]),) if opts and "header" in opts else ()
 
 
-def _remote(request: Request) -> str:
-    return request.client.host if request.client else ""
+async def _store_invalid(state: AppState, row: tuple[Any, ...], reason: str) -> tuple[int | None, bool]:
+    pool = await state.db.ensure()
+    found = await pool.fetchrow(Q["store_invalid_event"], *row, reason)
+    if found is None:  # the first delivery committed while this statement ran
+        found = await pool.fetchrow(Q["find_event"], row[0], row[1])
+        return (found["id"] if found else None), True
+    return found["id"], not found["inserted"]
+
+
+def _schema_violation(src: Source, event_type: str | None, payload: Any) -> str | None:
+    """The first JSON Schema error of ``payload`` (path and message, capped), or None."""
+    schema = src.schema_for(event_type)
+    if schema is None:
+        return None
+    try:
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(payload))
+    except RecursionError:
+        return "payload is nested too deeply to validate"
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"{where}: {error.message}"[:500]
 
 
 __all__ = ["PROVIDERS", "receive_webhook", "redact_headers"]

@@ -299,6 +299,10 @@ def ingest_paths(config: Config) -> dict[str, Any]:
         "429": _error("The source's ingest limit was hit.", retry_after=True),
         "503": _error("Postgres is unreachable; nothing was stored.", retry_after=True),
     }
+    if any(s.allowed_ips is not None for s in config.sources.values()):
+        errors["403"] = _error("The client address is not in the source's allowed_ips.")
+    if any(s.schemas for s in config.sources.values()):
+        errors["422"] = _error("The payload does not match the source's JSON Schema for its event type.")
     ok = {"200": _json({"type": "object"}, "Up.")}
     return {
         "/webhooks/{source}": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from app.core.config import Config
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
 from app.web.batcher import Batcher
+from app.web.guard import IPNetwork, networks
 from app.web.listener import EventListener
 from app.web.metrics import Metrics
 from app.web.ratelimit import IngestLimiter
@@ -89,3 +91,13 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.db.ensure, max_flushes=max(1, min(4, self.settings.db_pool_max - 1)))
+
+    @functools.cached_property
+    def trusted_proxies(self) -> tuple[IPNetwork, ...]:
+        """HOOKLINE_TRUSTED_PROXIES, parsed once."""
+        return networks(self.settings.trusted_proxies)
+
+    @functools.cached_property
+    def stored_header_names(self) -> frozenset[str]:
+        """HOOKLINE_STORED_HEADERS, lower-cased, parsed once."""
+        return frozenset(h.strip().lower() for h in self.settings.stored_headers.split(",") if h.strip())

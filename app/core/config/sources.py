@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+import jsonschema
 from pydantic import Field, field_validator, model_validator
 
 from app.core.config._base import LOCATOR_KEYS, Strict, check_env_name, check_locators
@@ -35,6 +37,10 @@ class Source(Strict):
     #: Payload fields (dotted paths, e.g. ``data.object.customer_email``) masked in the admin API and dashboard.
     redact: tuple[str, ...] = ()
     rate_limit: RateLimit | None = None
+    # issue 12: who may send, and what a valid payload looks like
+    allowed_ips: tuple[str, ...] | None = None
+    schemas: dict[str, dict[str, Any]] | None = None
+    on_invalid: Literal["reject", "store"] = "reject"
 
     @field_validator("provider")
     @classmethod
@@ -74,6 +80,34 @@ class Source(Strict):
             if not path or any(not part for part in path.split(".")):
                 raise ValueError(f"{path!r} is not a dotted payload path such as 'data.object.customer_email'")
         return v
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for item in v or ():
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return v
+
+    @field_validator("schemas")
+    @classmethod
+    def _schemas(cls, v: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        for event_type, schema in (v or {}).items():
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"schemas.{event_type!r} is not a valid JSON Schema: {e.message}") from None
+        return v
+
+    def schema_for(self, event_type: str | None) -> dict[str, Any] | None:
+        """The JSON Schema the payload of ``event_type`` must match (exact type first, then "*")."""
+        if not self.schemas:
+            return None
+        if event_type is not None and event_type in self.schemas:
+            return self.schemas[event_type]
+        return self.schemas.get("*")
 
     @field_validator("public_url")
     @classmethod

@@ -1,0 +1,222 @@
+"""uvicorn as hookline serves it: connection-level limits uvicorn itself does not enforce.
+
+uvicorn (httptools) has a keep-alive timeout, but no header timeout (a client that never finishes
+its headers holds the connection forever), no body timeout, no header-size or header-count limit
+(httptools accumulates a 64 MB header before any callback), and ``limit_concurrency`` only answers
+503 once a request's headers are complete, so idle connections still use up file descriptors.
+:class:`GuardedProtocol` adds all of these at the protocol level, before the ASGI app runs:
+
+- more than ``max_connections`` open connections: the new one gets 503 and is closed at once;
+- headers not complete ``header_timeout`` s after connect (or after the previous response): 408;
+- body not complete ``body_timeout`` s after its headers: 408 (or close, if a response started);
+- request line + headers over ``max_header_bytes``, or more than ``max_headers`` headers: 431.
+
+Every refusal is one WARNING line without caller-controlled text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import time
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.core.settings import Settings
+
+log = logging.getLogger("hookline.web")
+
+#: After a refusal, how long the connection keeps reading (and discarding) before it is closed.
+LINGER_SECONDS = 2.0
+
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+_last_warning: dict[str, tuple[float, int]] = {}
+
+
+def _warn(what: str, *args: object) -> None:
+    """At most one WARNING per second per kind of refusal, with how many were folded into it: a
+    flood of refused connections cannot become a flood of log lines."""
+    now = time.monotonic()
+    last, folded = _last_warning.get(what, (0.0, 0))
+    if now - last < 1.0:
+        _last_warning[what] = (last, folded + 1)
+        return
+    _last_warning[what] = (now, 0)
+    suffix = f" (and {folded} more in the last second)" if folded else ""
+    log.warning(what % args + suffix)
+
+
+def _raw_response(status: int, text: str) -> bytes:
+    body = text.encode("ascii")
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+    )
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header/body timeouts, header limits and a connection cap."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_connections: int = 1000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_count = 0
+        self._refused: tuple[int, str] | None = None
+
+    # --- connection -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            _warn("connection refused: %d open connections (HOOKLINE_MAX_CONNECTIONS)", len(self.connections) - 1)
+            self._refused = (503, "too many open connections")
+            transport.write(_raw_response(503, "too many open connections; retry later"))
+            transport.close()  # no lingering: this path must free its file descriptor at once
+            return
+        self._arm(self.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused is not None or self.transport.is_closing():
+            return
+        if self._in_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._refused is None and self._in_headers and self._header_bytes > self.max_header_bytes:
+            self._refused = (431, "request headers are too large")
+        if self._refused is not None and not self.transport.is_closing():
+            status, text = self._refused
+            _warn("request refused: %s (%d)", text, status)
+            self._refuse(status, text)
+
+    # --- parser callbacks -------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.max_headers:
+            self._refused = (431, "too many request headers")
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused is not None:
+            return
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.max_header_bytes:
+            self._refused = (431, "request headers are too large")
+            return
+        self._in_headers = False
+        self._arm(self.body_timeout, "body")
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused is None:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused is not None:
+            return
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # the next request on this kept-alive connection
+            self._in_headers, self._header_bytes, self._header_count = True, 0, 0
+            self._arm(self.header_timeout, "headers")
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, what: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if what == "headers" and self._header_bytes == 0 and self.cycle is not None:
+            self.transport.close()  # an idle kept-alive connection: close quietly
+            return
+        _warn("request refused: %s not received in time (408)", what)
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+        else:
+            self._refuse(408, f"request {what} not received in time")
+
+    def _refuse(self, status: int, text: str) -> None:
+        self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self._refused = self._refused or (status, text)
+        transport = self.transport
+        transport.write(_raw_response(status, text))
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close: send FIN after the answer and discard what the client is still sending for
+        # a moment, so its kernel does not answer our close with a reset that destroys the answer.
+        transport.write_eof()
+        with contextlib.suppress(Exception):
+            transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+def default_max_connections() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(10, (soft if soft != resource.RLIM_INFINITY else 65536) - 100)
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
+    """A protocol class carrying ``settings``' limits (uvicorn instantiates it per connection)."""
+    return type(
+        "HooklineProtocol",
+        (GuardedProtocol,),
+        {
+            "header_timeout": settings.header_timeout,
+            "body_timeout": settings.body_timeout,
+            "max_header_bytes": settings.max_header_bytes,
+            "max_headers": settings.max_headers,
+            "max_connections": settings.max_connections or default_max_connections(),
+        },
+    )
+
+
+def server_config(app: Any, settings: Settings, *, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    """The uvicorn.Config of ``hookline web`` (tests and bench serve the app the same way)."""
+    kwargs.setdefault("log_config", None)
+    kwargs.setdefault("access_log", False)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(settings),
+        timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # used as call_later's delay
+        proxy_headers=False,  # X-Forwarded-For is read by the app, only from HOOKLINE_TRUSTED_PROXIES
+        server_header=False,
+        **kwargs,
+    )

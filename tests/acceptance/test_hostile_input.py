@@ -1,0 +1,303 @@
+"""Correctly signed but hostile requests against the real server: a clear 4xx, never a 5xx, and
+nothing stored unless the answer is 2xx (issue 12, findings 1, 3, 5 and 6, and the limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from app.core.logs import TextFormatter
+from app.signatures import sign_request
+from tests.harness import config_from, make_settings, rows, web_server
+
+SECRET = "whsec_" + "aG9zdGlsZS1pbnB1dC10ZXN0LXNlY3JldC0xMjM0NQ=="
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_SW_SECRET", SECRET)
+
+
+def _config(**source: Any) -> Any:
+    base = {"provider": "standard_webhooks", "secrets_env": ["HL_SW_SECRET"]}
+    return config_from({"sources": {"sw": {**base, **source}}})
+
+
+def signed(
+    payload: Any = None, *, raw: bytes | None = None, content_type: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    body = raw if raw is not None else json.dumps(payload).encode()
+    req = sign_request("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_" + uuid.uuid4().hex)
+    headers = dict(req.headers)
+    if content_type:
+        headers["Content-Type"] = content_type
+    return req.body, headers
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def _count(db_url: str) -> int:
+    return int(rows(db_url, "SELECT count(*) FROM hookline.events")[0][0])
+
+
+@pytest.fixture
+def text_log() -> Iterator[io.StringIO]:
+    """Every record of this test formatted as `hookline web` writes text logs."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old = root.level
+    root.setLevel(logging.INFO)
+    yield out
+    root.removeHandler(handler)
+    root.setLevel(old)
+
+
+# --- finding 1: content that used to give 500 ------------------------------------------------------------
+
+
+def _hostile_bodies() -> list[tuple[str, bytes, str | None]]:
+    long = "x" * 3500
+    return [
+        ("long event type", json.dumps({"type": long}).encode(), None),
+        ("long event type, multibyte", json.dumps({"type": "é" * 3000}).encode(), None),
+        ("deep JSON", f'{{"type": "a", "d": {deep(5000)}}}'.encode(), None),
+        ("JSON just over the depth limit", f'{{"type": "a", "d": {deep(128)}}}'.encode(), None),
+        ("deep JSON in a form payload field", urlencode({"payload": '{"a": ' + deep(5000) + "}"}).encode(), "form"),
+        (
+            "deep JSON array in a form payload field",
+            urlencode({"payload": "{" + '"a":' + deep(150) + "}"}).encode(),
+            "form",
+        ),
+        ("NaN in a form payload field", urlencode({"payload": '{"a": NaN}'}).encode(), "form"),
+        ("NUL in JSON", b'{"type": "a", "t": "\\u0000"}', None),
+        ("lone surrogate", b'{"type": "a", "t": "\\ud800"}', None),
+        ("huge integer", b'{"type": "a", "n": ' + b"9" * 5000 + b"}", None),
+        ("huge float", b'{"type": "a", "n": 1e999}', None),
+        ("not UTF-8", b'{"type": "\xff\xfe"}', None),
+        ("form not UTF-8", b"a=\xff", "form"),
+        ("empty", b"", None),
+    ]
+
+
+@pytest.mark.parametrize(("what", "body", "ctype"), _hostile_bodies(), ids=[b[0] for b in _hostile_bodies()])
+async def test_signed_hostile_content_never_gets_a_5xx(
+    what: str, body: bytes, ctype: str | None, db_url: str, env: None
+) -> None:
+    content_type = "application/x-www-form-urlencoded" if ctype == "form" else None
+    raw, headers = signed(raw=body, content_type=content_type)
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert resp.status_code < 500, (what, resp.status_code, resp.text)
+    if resp.status_code == 200:
+        return  # stored, so whatever was stored must be readable back
+    assert resp.status_code == 400, (what, resp.text)
+    assert resp.json()["detail"]
+    assert _count(db_url) == 0
+
+
+async def test_every_indexed_value_is_bounded_and_distinct_values_stay_distinct(db_url: str, env: None) -> None:
+    """Event type, tenant, ordering key and delivery id all feed indexes (and the job lock)."""
+    config = _config(tenant="json:t", ordering_key="json:k")
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        ids = []
+        for suffix in ("a", "b"):
+            payload = {"type": "x" * 4000 + suffix, "t": "ü" * 3000 + suffix, "k": "k" * 9000 + suffix}
+            raw, headers = signed(payload)
+            headers["webhook-id"] = "m" * 5000 + suffix  # re-signed below with this id
+            req = sign_request("standard_webhooks", secret=SECRET, body=raw, delivery_id=headers["webhook-id"])
+            resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=req.headers)
+            assert resp.status_code == 200, resp.text
+            ids.append(resp.json()["event_id"])
+    stored = rows(
+        db_url,
+        "SELECT event_type, tenant, ordering_key, delivery_id FROM hookline.events ORDER BY id",
+    )
+    assert len(stored) == 2 and stored[0] != stored[1]
+    for row in stored:
+        for value in row:
+            assert len(value.encode()) <= 512
+    assert stored[0][0].startswith("x" * 100) and "sha256:" in stored[0][0]
+
+
+# --- finding 3: only POST (and GET handshakes) reach ingest ------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND"])
+async def test_only_post_stores(method: str, db_url: str, env: None) -> None:
+    raw, headers = signed({"type": "a"})
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        resp = await client.request(method, f"{base}/webhooks/sw", content=raw, headers=headers)
+        assert resp.status_code == 405, resp.text
+        ok = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert ok.status_code == 200  # the same signed request is fine as a POST, and stored once
+    assert _count(db_url) == 1
+
+
+# --- finding 5: log injection, and no traceback for a client that goes away ----------------------------------
+
+
+async def test_caller_values_cannot_forge_log_fields(db_url: str, env: None, text_log: io.StringIO) -> None:
+    forged = "abc reason=ok source=admin remote_addr=10.0.0.1"
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        raw, headers = signed({"type": "a"})
+        headers["webhook-signature"] = "v1,AAAA"
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, "X-Request-Id": forged})
+        assert resp.status_code == 401
+        resp = await client.post(
+            f"{base}/webhooks/sw", content=raw, headers={**headers, "X-Request-Id": "ok-id\tINFO forged: line"}
+        )
+        assert resp.status_code == 401
+    lines = [line for line in text_log.getvalue().splitlines() if "signature rejected" in line]
+    assert len(lines) == 2
+    for line in lines:
+        assert "reason=ok" not in line and "source=admin" not in line and "remote_addr=10.0.0.1" not in line
+        assert "reason=bad_signature" in line and "source=sw" in line
+    assert "forged: line" not in text_log.getvalue()
+
+
+def test_text_log_fields_are_quoted_and_one_line() -> None:
+    fmt = TextFormatter("%(levelname)s %(message)s")
+    rec = logging.makeLogRecord(
+        {"msg": "got %s", "args": ("a\nb\r\x1b[31m",), "levelname": "WARNING", "source": 'x" reason=ok\nz'}
+    )
+    line = fmt.format(rec)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.endswith('source="x\\" reason=ok\\nz"')
+
+
+async def test_client_disconnect_mid_body_leaves_no_traceback(db_url: str, env: None, text_log: io.StringIO) -> None:
+    raw, headers = signed({"type": "a", "pad": "p" * 1000})
+    async with web_server(make_settings(db_url), _config()) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for _ in range(5):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(f"POST /webhooks/sw HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n{head}\r\n".encode())
+            writer.write(raw[:100])
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+        await asyncio.sleep(0.3)
+    assert "Traceback" not in text_log.getvalue()
+    assert "ERROR" not in text_log.getvalue()
+    assert _count(db_url) == 0
+
+
+# --- finding 6 (storage part): stored headers -----------------------------------------------------------------
+
+
+async def test_stored_headers_are_limited_and_capped(db_url: str, env: None) -> None:
+    raw, headers = signed({"type": "a"})
+    extra = {f"X-Junk-{i}": "j" * 100 for i in range(60)}
+    extra["User-Agent"] = "u" * 5000
+    extra["Authorization"] = "Bearer hunter2"
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, **extra})
+    assert resp.status_code == 200, resp.text
+    (stored,) = rows(db_url, "SELECT headers FROM hookline.events")[0]
+    assert set(stored) == {"webhook-id", "webhook-timestamp", "content-type", "user-agent"}
+    assert len(stored["user-agent"].encode()) <= 1024 + len("…[cut]".encode())
+    assert "hunter2" not in json.dumps(stored) and headers["webhook-signature"] not in json.dumps(stored)
+
+
+# --- per-source IP allowlists and trusted proxies ----------------------------------------------------------------
+
+
+async def test_ip_allowlist_and_forwarded_for_only_from_trusted_proxies(db_url: str, env: None) -> None:
+    config = _config(allowed_ips=["203.0.113.0/24"])
+    untrusted = make_settings(db_url)
+    trusted = make_settings(db_url, trusted_proxies="127.0.0.1/32, 10.0.0.0/8")
+    spoof = {"X-Forwarded-For": "203.0.113.9"}
+    async with web_server(untrusted, config) as base, httpx.AsyncClient() as client:
+        raw, headers = signed({"type": "a"})
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, **spoof})
+        assert resp.status_code == 403, resp.text  # a client cannot claim an address
+    async with web_server(trusted, config) as base, httpx.AsyncClient() as client:
+        raw, headers = signed({"type": "a"})
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, **spoof})
+        assert resp.status_code == 200, resp.text  # the trusted router (127.0.0.1) vouches for it
+        # the client prepends a fake hop; the proxies append what they saw: the right-most untrusted hop wins
+        raw, headers = signed({"type": "a"})
+        chain = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7, 10.1.2.3"}
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, **chain})
+        assert resp.status_code == 403, resp.text
+    assert rows(db_url, "SELECT remote_addr FROM hookline.events") == [("203.0.113.9",)]
+
+
+# --- payload validation per source and event type ------------------------------------------------------------------
+
+LEAD = {"type": "object", "required": ["name", "email"], "properties": {"email": {"type": "string"}}}
+
+
+async def test_payload_schema_rejects_with_422_and_stores_nothing(db_url: str, env: None) -> None:
+    config = _config(schemas={"lead.created": LEAD})
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        raw, headers = signed({"type": "lead.created", "name": "Ada"})
+        bad = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+        raw, headers = signed({"type": "lead.created", "name": "Ada", "email": "ada@example.com"})
+        good = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+        raw, headers = signed({"type": "other.thing"})
+        other = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_payload"
+    assert "'email' is a required property" in bad.json()["detail"]
+    assert good.status_code == 200 and other.status_code == 200
+    assert _count(db_url) == 2
+
+
+async def test_payload_schema_with_on_invalid_store_keeps_it_as_skipped(db_url: str, env: None) -> None:
+    config = _config(schemas={"*": LEAD}, on_invalid="store")
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        raw, headers = signed({"type": "lead.created", "name": "Ada", "email": 7})
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted"
+    ((status, detail, jobs),) = rows(
+        db_url,
+        "SELECT status, detail, (SELECT count(*) FROM procrastinate_jobs) FROM hookline.events",
+    )
+    assert status == "skipped" and jobs == 0
+    assert detail.startswith("payload does not match the schema: email: 7 is not of type 'string'")
+
+
+# --- finding 9: `hookline send twilio` with a JSON body posts to the URL it signed ---------------------------------
+
+
+def test_send_twilio_json_posts_what_twilio_would(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import os
+    from urllib.parse import parse_qs, urlsplit
+
+    from app.cli.send import send
+    from tests.harness import Receiver
+
+    monkeypatch.setenv("HL_TWILIO_TOKEN", "twilio-auth-token")
+    config = config_from({"sources": {"tw": {"provider": "twilio", "secrets_env": ["HL_TWILIO_TOKEN"]}}})
+    file = tmp_path / "status.json"
+    file.write_text(json.dumps({"MessageSid": "SM1", "MessageStatus": "delivered"}))
+    receiver = Receiver()
+    try:
+        base = receiver.url.removesuffix("/hook")
+        send(config, "tw", environ=os.environ, base_url=base, public_url=base, file=file)
+    finally:
+        receiver.close()
+    (got,) = receiver.received
+    url = base + got.path  # the URL Twilio's validator is given: the one that was called, query included
+    query = parse_qs(urlsplit(url).query)
+    assert query["bodySHA256"] == [hashlib.sha256(got.body).hexdigest()]
+    expected = hmac.new(b"twilio-auth-token", url.encode(), hashlib.sha1).digest()
+    assert base64.b64decode(got.headers["x-twilio-signature"]) == expected

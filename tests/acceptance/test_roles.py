@@ -1,0 +1,94 @@
+"""sql/roles.sql: the web process and the worker run end to end under their least-privilege roles,
+and each role is refused what it must not do (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from app.signatures import sign
+from tests.conftest import PgServer
+from tests.harness import config_from, make_settings, rows, wait_for_status, web_server, worker_task
+
+ROLES_SQL = (Path(__file__).resolve().parents[2] / "sql" / "roles.sql").read_text()
+SECRET = "whsec_" + "cm9sZXMtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="
+
+
+@pytest.fixture
+def logins(conn: psycopg.Connection, pg_server: PgServer, db_url: str) -> Iterator[dict[str, str]]:
+    """Run sql/roles.sql as the owner, then one login role per group role; yields their URLs."""
+    conn.execute(ROLES_SQL)
+    conn.execute(ROLES_SQL)  # idempotent
+    dbname = conn.info.dbname
+    suffix = os.getpid()
+    urls = {}
+    for group in ("web", "worker", "readonly"):
+        login = f"hl_{group}_{suffix}"
+        conn.execute(f'DROP ROLE IF EXISTS "{login}"')
+        conn.execute(f'CREATE ROLE "{login}" LOGIN PASSWORD \'pw-{login}\' IN ROLE "hookline_{group}"')
+        server = PgServer(pg_server.host, pg_server.port, login, f"pw-{login}")
+        urls[group] = server.url(dbname)
+    yield urls
+    for group in ("web", "worker", "readonly"):
+        login = f"hl_{group}_{suffix}"
+        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{login}'")
+        conn.execute(f'DROP OWNED BY "{login}"')
+        conn.execute(f'DROP ROLE IF EXISTS "{login}"')
+
+
+async def test_web_and_worker_run_under_their_roles(
+    db_url: str, logins: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HL_ROLES_SECRET", SECRET)
+    config = config_from(
+        {
+            "sources": {"sw": {"provider": "standard_webhooks", "secrets_env": ["HL_ROLES_SECRET"]}},
+            "pipelines": {
+                "p": {
+                    "source": "sw",
+                    "events": ["*"],
+                    "instructions": "Summarize.",
+                    "output_schema": {"type": "object", "properties": {"s": {"type": "string"}}},
+                }
+            },
+        }
+    )
+    web = make_settings(logins["web"])
+    worker = make_settings(logins["worker"])
+    body = json.dumps({"type": "thing.happened", "n": 1}).encode()
+    async with web_server(web, config) as base, worker_task(worker, config), httpx.AsyncClient() as client:
+        assert (await client.get(f"{base}/readyz")).status_code == 200
+        resp = await client.post(
+            f"{base}/webhooks/sw", content=body, headers=sign("standard_webhooks", secret=SECRET, body=body)
+        )
+        assert resp.status_code == 200, resp.text
+        event = await wait_for_status(db_url, resp.json()["event_id"])
+        metrics = await client.get(f"{base}/metrics")
+    assert event["status"] == "succeeded" and event["dry_run"], event  # dry run: no API key
+    assert "hookline_database_up 1" in metrics.text
+    assert rows(logins["readonly"], "SELECT count(*) FROM hookline.events") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("group", "statement"),
+    [
+        ("web", "UPDATE hookline.events SET status = 'dead'"),
+        ("web", "DELETE FROM hookline.events"),
+        ("web", "SELECT * FROM hookline.llm_calls"),
+        ("web", "CREATE TABLE hookline.x (id int)"),
+        ("worker", "DELETE FROM hookline.events"),
+        ("worker", "TRUNCATE procrastinate_jobs"),
+        ("worker", "DROP TABLE hookline.action_runs"),
+        ("readonly", "INSERT INTO hookline.events (source, delivery_id) VALUES ('a', 'b')"),
+        ("readonly", "UPDATE procrastinate_jobs SET status = 'failed'"),
+    ],
+)
+def test_each_role_is_refused_what_it_must_not_do(logins: dict[str, str], group: str, statement: str) -> None:
+    with psycopg.connect(logins[group]) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute(statement)
