@@ -91,7 +91,7 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
             "--json",
             str(out),
             "--only",
-            ",".join(ORIGINAL),
+            ",".join((*ORIGINAL, "sync")),
             "--database-name",
             f"hookline_bench_t{os.getpid()}",
         ]
@@ -114,7 +114,7 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
         assert metric in printed
     doc = json.loads(out.read_text())
     assert set(ORIGINAL) <= set(ROWS)
-    assert set(doc["results"]) == set(ORIGINAL)
+    assert set(doc["results"]) == {*ORIGINAL, "sync"}
     assert {"cpu_count", "python", "server_version"} <= set(doc["machine"])
     assert all(set(r) == {"metric", "value", "unit", "notes"} for r in doc["rows"])
     ingest = doc["results"]["ingest"]
