@@ -77,7 +77,8 @@ class Gate:
             if status == 529 and fallback:
                 return await self({**request, "model": fallback}, "fallback:overloaded")
             raise err from e
-        rec.cost_usd = limits.price(rt, model, rec.usage)
+        simulated = rec.status == CallStatus.SIMULATED  # made up locally: never priced
+        rec.cost_usd = None if simulated else limits.price(rt, model, rec.usage)
         rec.route, rec.requested_model = route, self.pipeline.model
         self.records.append(rec)
         await limits.settle(rt, self.event, res, rec.usage, rec.cost_usd)

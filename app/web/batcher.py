@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +57,17 @@ class _Item:
     fut: asyncio.Future[Result]
 
 
+#: Positions of the jsonb values (headers, payload): sent as JSON text, because asyncpg would read a
+#: payload that is itself a JSON array as one more dimension of the array parameter.
+_JSON_COLUMNS = (6, 8)
+
+
 def _columns(items: Sequence[_Item]) -> list[list[Any]]:
     """The rows as the 14 parallel arrays ``store_events`` unnests."""
-    return [list(col) for col in zip(*(it.row for it in items), strict=True)]
+    cols = [list(col) for col in zip(*(it.row for it in items), strict=True)]
+    for i in _JSON_COLUMNS:
+        cols[i] = [None if v is None else json.dumps(v, separators=(",", ":")) for v in cols[i]]
+    return cols
 
 
 def _settle(fut: asyncio.Future[Result], result: Result | None = None, error: BaseException | None = None) -> None:

@@ -72,13 +72,14 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 
 -- name: store_events
 -- Group commit (app/web/batcher.py): many verified deliveries in one statement, as parallel arrays
+-- (headers and payload as JSON text: a payload that is a JSON array must not add an array dimension)
 -- in store_event's column order. One row back per input row that is stored: n (1-based position in
 -- the arrays), id, inserted (false: the delivery already existed, committed before this statement).
 -- An input row missing from the answer conflicted with a delivery committed meanwhile: find_events.
 WITH input AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                $7::jsonb[], $8::bytea[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
+                $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
         WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
                               headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync, n)
 ),
@@ -92,7 +93,7 @@ ins AS (
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
          headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync)
     SELECT source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-           headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync
+           headers::jsonb, body, payload::jsonb, content_type, remote_addr, request_id, priority, respond_sync
     FROM input
     WHERE n NOT IN (SELECT n FROM known)
     ORDER BY n

@@ -28,6 +28,9 @@ def row(delivery_id: str, payload: Any = None, ordering_key: str | None = None) 
         payload,
         "application/json",
         "127.0.0.1",
+        None,  # request id
+        0,  # job priority
+        False,  # respond_sync
     )
 
 

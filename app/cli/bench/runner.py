@@ -22,10 +22,10 @@ from typing import Any
 
 from app.cli.bench import phases, report, sync_reply
 from app.cli.bench.database import BenchDatabase
+from app.cli.bench.dispatch import SCENARIOS, run_scenario
 from app.cli.bench.loadgen import SECRET_ENV
 from app.cli.bench.plan import ROWS, Plan
 from app.cli.bench.procs import BenchError, Children, free_port, wait_http
-from app.cli.bench.scenarios import SCENARIOS, run_scenario
 
 CONFIG_TOML = """\
 # written by hookline bench

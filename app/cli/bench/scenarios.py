@@ -51,7 +51,8 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
 
     body = event_body(0, "dbf")
     payload = json.loads(body)
-    headers = {"content-type": "application/json"}
+    headers_json = json.dumps({"content-type": "application/json"})  # jsonb columns travel as JSON text
+    payload_json = json.dumps(payload)
     sql = phases.INGEST_SQL["store_events"]
     pool = await create_pool(url, min_size=connections, max_size=connections, timeout=10)
     counter = 0
@@ -72,11 +73,14 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
                     [None] * n,
                     [None] * n,
                     [None] * n,
-                    [headers] * n,
+                    [headers_json] * n,
                     [body] * n,
-                    [payload] * n,
+                    [payload_json] * n,
                     ["application/json"] * n,
                     ["127.0.0.1"] * n,
+                    [None] * n,  # request id
+                    [0] * n,  # job priority
+                    [False] * n,  # respond_sync
                 ]
                 async with conn.transaction():
                     await conn.fetch(sql, *cols)
@@ -254,18 +258,3 @@ async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int])
         "worker_cpu_ms_per_event": round(1000 * cpu / events, 3),
         "succeeded": sum(r["status"] == "succeeded" for r in got),
     }
-
-
-def run_scenario(bench: Bench, name: str) -> dict[str, Any]:
-    """Run one of ``SCENARIOS`` (the database is recreated first: each starts from empty tables)."""
-    from app.cli.bench import workload
-
-    bench.db.recreate()
-    fn = {
-        "floors": floors,
-        "ack": workload.ack,
-        "duplicates": workload.duplicates,
-        "worker": workload.worker,
-        "scale": workload.scale,
-    }[name]
-    return fn(bench)
