@@ -111,6 +111,7 @@ ObserveQuery = Literal[
     "spend_today",
     "event_status_counts",
     "jobs_by_status",
+    "breaker_states",
 ]
 
 #: Every file of sql/queries and its names (a test checks the two agree).

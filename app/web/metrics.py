@@ -133,6 +133,9 @@ async def cluster_figures(pool: Any) -> list[Metric]:
     )
     cost = _counter("hookline_llm_cost_usd", "Model spend in US dollars, by model and tenant.", "model", "tenant")
     calls = _counter("hookline_llm_calls", "Model calls stored, by model and outcome (status).", "model", "outcome")
+    breakers = _gauge(
+        "hookline_breaker_state", "Circuit breaker of each model: 0 closed, 1 open, 2 half-open.", "model"
+    )
     async with pool.acquire() as conn:
         for r in await conn.fetch(Q["queue_depth"]):
             jobs.add_metric([r["queue_name"], r["status"]], float(r["n"]))
@@ -150,8 +153,9 @@ async def cluster_figures(pool: Any) -> list[Metric]:
                 cost.add_metric([r["model"], r["tenant"]], v)
             elif metric == "model_calls":
                 calls.add_metric([r["model"], r["status"]], v)
-    # Breaker state (hookline_breaker_state) joins here once circuit breakers exist.
-    return [jobs, dead, last_hour, finished, tokens, cost, calls]
+        for r in await conn.fetch(Q["breaker_states"]):
+            breakers.add_metric([r["model"]], float(r["state_code"]))
+    return [jobs, dead, last_hour, finished, tokens, cost, calls, breakers]
 
 
 def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:

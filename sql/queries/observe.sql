@@ -76,3 +76,7 @@ SELECT status, count(*) AS n FROM hookline.events GROUP BY status ORDER BY statu
 -- name: jobs_by_status
 -- hookline's jobs by status (the status command's "jobs").
 SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs WHERE queue_name = 'hookline' GROUP BY 1 ORDER BY 1;
+
+-- name: breaker_states
+-- Circuit breaker of each model (hookline_breaker_state: 0 closed, 1 open, 2 half-open).
+SELECT model, state_code FROM hookline.breaker_state;

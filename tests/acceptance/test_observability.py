@@ -226,6 +226,24 @@ async def test_public_metrics_hide_tenant_and_signature_reason(db_url: str, env:
     assert pick(samples, "hookline_llm_cost_usd_total", model="claude-haiku-5-5") == 0.5
 
 
+async def test_breaker_state_is_a_gauge_per_model(db_url: str, env: None) -> None:
+    rows(
+        db_url,
+        "INSERT INTO hookline.breakers (model, state, failures, opened_at, open_until) VALUES "
+        "('m-closed', 'closed', 0, NULL, NULL), "
+        "('m-open', 'open', 5, now(), now() + interval '1 hour'), "
+        "('m-probe', 'open', 5, now() - interval '2 minutes', now() - interval '1 minute') RETURNING model",
+    )
+    async with web_server(make_settings(db_url), config()) as base, httpx.AsyncClient() as client:
+        resp = await client.get(f"{base}/metrics")
+    samples = scrape(resp.text)
+    assert of(samples, "hookline_breaker_state") == {
+        frozenset({("model", "m-closed")}): 0,
+        frozenset({("model", "m-open")}): 1,
+        frozenset({("model", "m-probe")}): 2,  # open_until passed: the next call is the half-open probe
+    }
+
+
 async def test_worker_json_logs_carry_event_and_request_ids(
     db_url: str, env: None, caplog: pytest.LogCaptureFixture
 ) -> None:
