@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -57,30 +56,6 @@ from app.web.sync_reply import reply as sync_reply
 log = logging.getLogger("hookline.ingest")
 
 Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
-
-#: Header names whose values are credentials or signatures; stored as "[redacted]".
-_REDACT_EXACT = {
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-gitlab-token",
-    "x-shopify-hmac-sha256",
-    "x-square-hmacsha256-signature",
-    "x-api-key",
-}
-_REDACT_PARTS = ("signature", "hmac", "token", "secret", "password")
-
-
-def redact_headers(items: Iterable[tuple[str, str]], extra: Iterable[str] = ()) -> dict[str, str]:
-    extra_l = {e.lower() for e in extra}
-    out: dict[str, str] = {}
-    for name, value in items:
-        lname = name.lower()
-        if lname in _REDACT_EXACT or lname in extra_l or any(p in lname for p in _REDACT_PARTS):
-            value = "[redacted]"
-        out[lname] = f"{out[lname]}, {value}" if lname in out else value
-    return out
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -360,4 +335,4 @@ def _schema_violation(src: Source, event_type: str | None, payload: Any) -> str 
     return f"{where}: {error.message}"[:500]
 
 
-__all__ = ["PROVIDERS", "receive_webhook", "redact_headers"]
+__all__ = ["PROVIDERS", "receive_webhook"]
