@@ -10,6 +10,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from app.cli.bench.fmt import fmt as _f
+from app.cli.bench.fmt import lat as _lat
 from app.cli.bench.sync_reply import report_rows as sync_rows
 
 if TYPE_CHECKING:
@@ -76,19 +78,6 @@ def _meminfo_gb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _f(v: Any, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
-def _lat(d: dict[str, Any] | None) -> str:
-    d = d or {}
-    return " / ".join(_f(d.get(k), 2) for k in ("p50", "p90", "p99"))
 
 
 def _cpu(load: dict[str, Any]) -> str:

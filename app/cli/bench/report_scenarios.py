@@ -7,18 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _f(v: Any, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
-def _lat(d: dict[str, Any] | None) -> str:
-    d = d or {}
-    return " / ".join(_f(d.get(k), 2) for k in ("p50", "p90", "p99"))
+from app.cli.bench.fmt import fmt as _f
+from app.cli.bench.fmt import lat as _lat
 
 
 def scenario_rows(results: dict[str, Any]) -> list[dict[str, str]]:
