@@ -6,19 +6,51 @@ its row comes back as the typed record of ``app.core.records`` that the overload
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Literal, overload
 
+import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
-from app.core.records import ClaimRow, EventRow, HistoryRow, IdRow, LateReplyRow, PickupRow, StoredCallRow
+from app.core.records import CallIdRow, ClaimRow, HistoryRow, IdRow, LateReplyRow, StartRow, StoredCallRow
 from app.core.sqlfiles import NamedQueries
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
+
+
+#: A connection idle in the pool longer than this gets a real round-trip check before use.
+IDLE_CHECK_SECONDS = 30.0
+_returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+
+
+async def check_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check before lending a connection, without a round trip on the busy path.
+
+    psycopg_pool's own ``check_connection`` sends an empty query every time: one extra round trip per
+    statement. Here a connection is first read locally (``consume_input`` takes in whatever the
+    server sent while it sat in the pool: the FATAL and EOF of a restart or a terminated backend),
+    and only one idle for more than :data:`IDLE_CHECK_SECONDS` pays the empty query. Raising discards
+    the connection; the pool then lends (or opens) another.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    conn.pgconn.consume_input()  # raises OperationalError on a connection the server closed
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is bad")
+    if time.monotonic() - _returned.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+        await conn.execute("")
+
+
+async def _stamp_return(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's reset callback: remember when the connection came back."""
+    _returned[conn] = time.monotonic()
 
 
 def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,7 +65,8 @@ class WorkerDB:
             max_size=max_size,
             open=False,
             kwargs={"autocommit": True, "application_name": "hookline-worker"},
-            check=AsyncConnectionPool.check_connection,
+            check=check_connection,
+            reset=_stamp_return,
         )
 
     async def open(self) -> None:
@@ -43,15 +76,13 @@ class WorkerDB:
         await self.pool.close()
 
     @overload
-    async def one(self, name: Literal["start_event"], **params: Any) -> EventRow | None: ...
-    @overload
     async def one(self, name: Literal["succeeded_call"], **params: Any) -> StoredCallRow | None: ...
     @overload
     async def one(self, name: Literal["claim_action"], **params: Any) -> ClaimRow | None: ...
     @overload
-    async def one(self, name: Literal["insert_call", "newer_processed"], **params: Any) -> IdRow | None: ...
+    async def one(self, name: Literal["newer_processed"], **params: Any) -> IdRow | None: ...
     @overload
-    async def one(self, name: Literal["pickup_delay"], **params: Any) -> PickupRow | None: ...
+    async def one(self, name: Literal["insert_call"], **params: Any) -> CallIdRow | None: ...
     @overload
     async def one(self, name: Literal["claim_late_reply"], **params: Any) -> LateReplyRow | None: ...
 
@@ -60,6 +91,12 @@ class WorkerDB:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(Q[name], _adapt(params))
             return await cur.fetchone() if cur.description else None
+
+    async def start(self, **params: Any) -> list[StartRow]:
+        """``start_events``: the claimed jobs and their events, one row per job."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(Q["start_events"], _adapt(params))
+            return list(await cur.fetchall())  # type: ignore[arg-type]
 
     async def history(self, **params: Any) -> list[HistoryRow]:
         """``recent_for_key``: the last events of the same entity."""

@@ -13,6 +13,7 @@ from typing import Any
 import anthropic
 
 from app.core.status import CallStatus
+from worker.closing import Closing, finish_params
 from worker.errors import InvalidOutput
 from worker.pricing import cost_usd
 from worker.prompt import OutputSpec
@@ -199,9 +200,12 @@ async def ask(
         ) from None
 
 
-def call_row(event_id: int, pipeline: str, rec: CallRecord) -> dict[str, Any]:
+def call_row(
+    event_id: int, pipeline: str, rec: CallRecord, closing: Closing | None = None, *, dry: bool = False
+) -> dict[str, Any]:
+    """``insert_call``'s parameters; with ``closing``, the same statement finishes the event."""
     usage = rec.usage or {}
-    return {
+    return finish_params(closing, dry=dry) | {
         "event_id": event_id,
         "pipeline": pipeline,
         "model": rec.model,

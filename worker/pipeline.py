@@ -12,6 +12,7 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.action_runs import run_actions
 from worker.batches import batch_answer
+from worker.closing import Closing
 from worker.errors import classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask, call_row
@@ -29,16 +30,19 @@ class PipelineOutcome:
     dry_run: bool = False
 
 
-async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False) -> tuple[Any, bool]:
+async def answer_for(
+    rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False, closing: Closing | None = None
+) -> tuple[Any, bool]:
     """The validated output for (event, pipeline): the stored one if any, else a new model call.
 
     Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the
-    caller runs any action.
+    caller runs any action. With ``closing`` (the event's last pipeline), the statement that stores a
+    dry run, or an answer no action follows, also finishes the event.
     """
     eid = event["id"]
     if not recompute:
         answers = event.get("answers")
-        if answers is not None:  # loaded with the event by start_event: no round trip
+        if answers is not None:  # loaded with the event by start_events: no round trip
             if pipeline.name in answers:
                 return answers[pipeline.name]["output"], True
         else:
@@ -61,6 +65,8 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
                     request=request,
                     error="dry run: ANTHROPIC_API_KEY is not set; the request was stored, not sent",
                 ),
+                closing,
+                dry=True,
             ),
         )
         return None, False
@@ -100,7 +106,7 @@ async def answer_for(rt: Runtime, event: EventRow, pipeline: Pipeline, *, recomp
                 ),
             )
         raise err from e
-    await _store(rt, eid, pipeline.name, gate.records)
+    await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing)
     return output, False
 
 
@@ -111,10 +117,14 @@ def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
-async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
-    """Every round trip of this run, in order, before any action (a limit hold stores none)."""
-    for rec in records:
-        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec))
+async def _store(
+    rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord], closing: Closing | None = None
+) -> None:
+    """Every round trip of this run, in order, before any action (a limit hold stores none); the
+    last one finishes the event when ``closing`` is given."""
+    for i, rec in enumerate(records):
+        last = i == len(records) - 1
+        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec, closing if last else None))
         _observe(rt, rec)
 
 
@@ -146,12 +156,20 @@ async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dic
 
 
 async def run_pipeline(
-    rt: Runtime, event: EventRow, pipeline: Pipeline, *, recompute: bool = False, force_actions: bool = False
+    rt: Runtime,
+    event: EventRow,
+    pipeline: Pipeline,
+    *,
+    recompute: bool = False,
+    force_actions: bool = False,
+    closing: Closing | None = None,
 ) -> PipelineOutcome:
+    """Answer, then act. ``closing``: this is the event's last pipeline; its last write (the stored
+    answer when there are no actions, else the last action's outcome) also finishes the event."""
     outcome = PipelineOutcome(pipeline.name)
-    output, _reused = await answer_for(rt, event, pipeline, recompute=recompute)
+    output, _reused = await answer_for(rt, event, pipeline, recompute=recompute, closing=closing)
     if output is None:
         outcome.dry_run = True
         return outcome
-    await run_actions(rt, event, pipeline, output, force_actions=force_actions)
+    await run_actions(rt, event, pipeline, output, force_actions=force_actions, closing=closing)
     return outcome

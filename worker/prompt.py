@@ -31,6 +31,8 @@ class OutputSpec:
     schema: dict[str, Any]
     model: type[BaseModel] | None
     raw_schema: dict[str, Any]
+    #: compiled once per pipeline (``jsonschema.validate`` re-checks the schema on every call)
+    validator: jsonschema.protocols.Validator | None = None
 
     def validate(self, data: Any) -> Any:
         """The validated output (JSON-able), or raises ValueError with a readable reason."""
@@ -39,12 +41,17 @@ class OutputSpec:
                 return self.model.model_validate(data).model_dump(mode="json")
             except Exception as e:
                 raise ValueError(str(e)) from None
-        try:
-            jsonschema.validate(data, self.raw_schema)
-        except jsonschema.ValidationError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-            raise ValueError(f"{where}: {e.message}") from None
+        validator = self.validator or _validator(self.raw_schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise ValueError(f"{where}: {error.message}") from None
         return data
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """What ``jsonschema.validate`` would build (the draft the schema names, else the latest)."""
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 _SPECS: dict[int, tuple[Pipeline, OutputSpec]] = {}
@@ -59,7 +66,7 @@ def _spec_for(pipeline: Pipeline) -> OutputSpec:
     assert pipeline.output_schema is not None
     raw = json.loads(json.dumps(pipeline.output_schema))
     jsonschema.Draft202012Validator.check_schema(raw)
-    return OutputSpec(anthropic.transform_schema(raw), None, raw)
+    return OutputSpec(anthropic.transform_schema(raw), None, raw, _validator(raw))
 
 
 def output_spec(pipeline: Pipeline) -> OutputSpec:

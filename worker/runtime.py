@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,48 @@ def db_pool_size(concurrency: int) -> int:
     return min(concurrency + 2, DB_POOL_CAP)
 
 
+class Slots:
+    """The process's concurrency (``HOOKLINE_WORKER_CONCURRENCY``), shared by the jobs procrastinate
+    hands over and the ones they claim themselves in a batch claim: never more events at once.
+    Waiters are served first come, first served; :meth:`grab` never jumps a waiter."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.used < self.size and not self._waiters:
+            self.used += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # release() hands its slot over (``used`` unchanged)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed over, but this waiter is gone: pass it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def grab(self, most: int) -> int:
+        """Take up to ``most`` free slots without waiting (none while anyone waits for one)."""
+        n = 0 if self._waiters else max(0, min(most, self.size - self.used))
+        self.used += n
+        return n
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    break
+            else:
+                self.used -= 1
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -34,6 +78,7 @@ class Runtime:
     http: httpx.AsyncClient
     llm: LLMClient | None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    slots: Slots = field(default_factory=lambda: Slots(10))
 
     @property
     def simulated(self) -> bool:
@@ -66,6 +111,7 @@ class Runtime:
                 event_hooks={"request": [outbound_guard(parse_allowlist(settings.outbound_allowed_hosts))]},
             ),
             llm=llm,
+            slots=Slots(settings.worker_concurrency),
         )
 
     async def open(self) -> None:

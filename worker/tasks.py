@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
 import procrastinate
 from procrastinate import JobContext, RetryDecision
@@ -13,8 +14,9 @@ from procrastinate.jobs import Job
 from app.core.config import Pipeline
 from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
 from app.core.logs import bind_log_context, log_context
-from app.core.records import EventRow
+from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
+from worker.closing import Closing, success_detail
 from worker.errors import classify
 from worker.limits import Held, admit, one
 from worker.pipeline import run_pipeline
@@ -60,54 +62,148 @@ MAX_INFRASTRUCTURE_ATTEMPTS = 50
 async def process_event(
     context: JobContext, event_id: int, recompute: bool = False, force_actions: bool = False
 ) -> str:
+    """Run the event of this job and, when a backlog waits and this process has free concurrency,
+    up to ``HOOKLINE_WORKER_CLAIM_BATCH - 1`` more claimed in the same round trip (each finishes its
+    own procrastinate job in its last write). Returns the status this job's event ended in."""
     rt = runtime_of(context)
+    job = context.job
+    attempts = (job.attempts if job else 0) + 1
+    await rt.slots.acquire()
+    more = 0
+    try:
+        if job is not None and job.id is not None and not (recompute or force_actions):
+            more = rt.slots.grab(rt.settings.worker_claim_batch - 1)
+        with log_context(event_id=event_id):
+            try:
+                rows = await rt.db.start(
+                    event_id=event_id,
+                    job_id=job.id if job else None,
+                    more=more,
+                    queue=job.queue if job else None,
+                    task=job.task_name if job else None,
+                    pickup=rt.metrics.serving,
+                )
+            except Exception as e:
+                return await _infrastructure_failure(rt, event_id, attempts, e)
+        mine = [r for r in rows if r["job_id"] is None]
+        extras = [r for r in rows if r["job_id"] is not None]
+        rt.slots.release(more - len(extras))
+        more = 0
+        seen = {event_id}
+        runs = [asyncio.create_task(_run_claimed(rt, r, seen)) for r in extras]
+        try:
+            return await _run_job(rt, mine[0] if mine else None, event_id, attempts, recompute, force_actions)
+        except asyncio.CancelledError:
+            for run in runs:
+                run.cancel()
+            raise
+        finally:
+            if runs:
+                await asyncio.gather(*runs, return_exceptions=True)
+    finally:
+        rt.slots.release(1 + more)
+
+
+async def _run_job(
+    rt: Runtime, row: StartRow | None, event_id: int, attempts: int, recompute: bool, force_actions: bool
+) -> str:
+    """The event of the job procrastinate handed over (procrastinate finishes or retries the job)."""
     rt.metrics.jobs_in_flight.inc()
     try:
         with log_context(event_id=event_id):
-            await _observe_pickup(rt, context)
-            status = await _process_event(rt, context, event_id, recompute=recompute, force_actions=force_actions)
+            _observe_pickup(rt, row)
+            try:
+                status = await handle_event(
+                    rt, event_id, recompute=recompute, force_actions=force_actions, claimed=row, preloaded=True
+                )
+            except RetryLater:
+                raise
+            except Exception as e:
+                status = await _infrastructure_failure(rt, event_id, attempts, e)
         rt.metrics.jobs.labels(status=status).inc()
         return status
     finally:
         rt.metrics.jobs_in_flight.dec()
 
 
-async def _observe_pickup(rt: Runtime, context: JobContext) -> None:
-    """hookline_pickup_delay_seconds, when this worker serves metrics (one small query per job)."""
-    if not rt.metrics.serving or context.job is None or context.job.id is None:
-        return
-    with contextlib.suppress(Exception):
-        row = await rt.db.one("pickup_delay", job_id=context.job.id)
-        if row is not None and row["seconds"] is not None:
-            rt.metrics.pickup_delay.observe(max(0.0, float(row["seconds"])))
-
-
-async def _process_event(
-    rt: Runtime, context: JobContext, event_id: int, *, recompute: bool, force_actions: bool
-) -> str:
+async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
+    """An event claimed with another job's (batch claim). This worker owns its procrastinate job: a
+    terminal outcome finishes it in the event's last write; a retry or hold hands it back."""
+    event_id, job_id = int(row["event_id"]), row["job_id"]
+    assert job_id is not None
+    rt.metrics.jobs_in_flight.inc()
+    status = "noop"
     try:
-        return await handle_event(rt, event_id, recompute=recompute, force_actions=force_actions)
-    except RetryLater:
-        raise
-    except Exception as e:
-        # The database failed us outside the pipeline's error handling (claiming, finishing or
-        # recording the event). The event is not terminal: run the job again, or give up loudly.
-        attempts = (context.job.attempts if context.job else 0) + 1
-        reason = f"{e.__class__.__name__}: {e}"
-        if attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
-            with contextlib.suppress(Exception):
-                await _finish(
-                    rt,
-                    event_id,
-                    EventStatus.DEAD,
-                    error=reason,
-                    detail=f"gave up after {attempts} job runs failed outside the pipeline",
-                )
-            log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
-            return EventStatus.DEAD
-        delay = float(min(60, 2 ** min(attempts, 6)))
-        log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
-        raise RetryLater(delay, reason) from e
+        with log_context(event_id=event_id):
+            _observe_pickup(rt, row)
+            try:
+                if row["id"] is None or event_id in seen:  # already terminal, or run by another job here
+                    await rt.db.run(
+                        "finish_event", event_id=None, status=None, dry_run=False, detail=None, error=None, job_id=job_id
+                    )
+                    return
+                seen.add(event_id)
+                try:
+                    status = await handle_event(rt, event_id, claimed=row, preloaded=True, job_id=job_id)
+                except RetryLater:
+                    raise
+                except Exception as e:
+                    status = await _infrastructure_failure(
+                        rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id
+                    )
+            except RetryLater as later:
+                status = EventStatus.RETRYING
+                await _hand_back(rt, job_id, later.delay)
+            except asyncio.CancelledError:
+                await asyncio.shield(_hand_back(rt, job_id, 0.0))
+                raise
+    finally:
+        rt.metrics.jobs.labels(status=status).inc()
+        rt.metrics.jobs_in_flight.dec()
+        rt.slots.release()
+
+
+async def _hand_back(rt: Runtime, job_id: int, delay: float) -> None:
+    """Reschedule a job this worker claimed itself. Retried for a while if Postgres is away: a job
+    left ``doing`` under a live worker would wait for that worker to stop."""
+    for attempt in range(8):
+        try:
+            await rt.db.run("retry_job", job_id=job_id, delay=delay)
+            return
+        except Exception as e:
+            if attempt == 7:
+                log.error("could not hand job %s back (%s); it runs again once this worker stops", job_id, e)
+                return
+            await asyncio.sleep(min(10.0, 0.25 * 2**attempt))
+
+
+def _observe_pickup(rt: Runtime, row: StartRow | None) -> None:
+    """hookline_pickup_delay_seconds, when this worker serves metrics (measured by the claim)."""
+    if row is not None and row.get("pickup_s") is not None:
+        rt.metrics.pickup_delay.observe(max(0.0, float(row["pickup_s"] or 0.0)))
+
+
+async def _infrastructure_failure(
+    rt: Runtime, event_id: int, attempts: int, e: Exception, *, job_id: int | None = None
+) -> str:
+    """The database failed us outside the pipeline's error handling (claiming, finishing or recording
+    the event). The event is not terminal: run the job again, or give up loudly."""
+    reason = f"{e.__class__.__name__}: {e}"
+    if attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
+        with contextlib.suppress(Exception):
+            await _finish(
+                rt,
+                event_id,
+                EventStatus.DEAD,
+                error=reason,
+                detail=f"gave up after {attempts} job runs failed outside the pipeline",
+                job_id=job_id,
+            )
+        log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
+        return EventStatus.DEAD
+    delay = float(min(60, 2 ** min(attempts, 6)))
+    log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
+    raise RetryLater(delay, reason) from e
 
 
 def register(bp: procrastinate.Blueprint) -> None:
@@ -115,12 +211,28 @@ def register(bp: procrastinate.Blueprint) -> None:
     bp.task(name=PROCESS_EVENT_SHORT, queue=QUEUE, pass_context=True, retry=HooklineRetry())(process_event)
 
 
-async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, force_actions: bool = False) -> str:
-    """Process one event; returns the status it ended in (or ``noop`` for a terminal event)."""
-    event = await rt.db.one("start_event", event_id=event_id)
-    if event is None:
+async def handle_event(
+    rt: Runtime,
+    event_id: int,
+    *,
+    recompute: bool = False,
+    force_actions: bool = False,
+    claimed: StartRow | None = None,
+    preloaded: bool = False,
+    job_id: int | None = None,
+) -> str:
+    """Process one event; returns the status it ended in (or ``noop`` for a terminal event).
+
+    ``preloaded``: ``claimed`` is the event's row from :func:`process_event`'s claim (None: the event
+    was already terminal); otherwise it is claimed here. ``job_id``: a procrastinate job this worker
+    claimed itself, finished with the event's terminal write."""
+    if not preloaded:
+        rows = await rt.db.start(event_id=event_id, job_id=None, more=0, queue=None, task=None, pickup=False)
+        claimed = rows[0] if rows else None
+    if claimed is None or claimed["id"] is None:
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
+    event = cast(EventRow, claimed)
     bind_log_context(request_id=event.get("request_id"))
     # a sync pipeline first: a sender waits for its answer
     pipelines = sorted(rt.config.pipelines_for(event["source"], event["event_type"]), key=lambda p: not p.sync)
@@ -130,17 +242,18 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
             event_id,
             EventStatus.SKIPPED,
             detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}",
+            job_id=job_id,
         )
         return EventStatus.SKIPPED
     pipelines, filtered = route(pipelines, event)
     if not pipelines:  # routing without the model: no pipeline's `when` lets the event through
-        await _finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000])
+        await _finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000], job_id=job_id)
         return EventStatus.SKIPPED
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
         recompute = force_actions = False
     current: Pipeline | None = None
-    dry = False
+    closing = Closing(event_id, job_id, simulated=rt.simulated)
     superseded_by = await _superseded(rt, event, pipelines)
     if superseded_by is not None:
         pipelines = [p for p in pipelines if not p.latest_wins]
@@ -150,40 +263,52 @@ async def handle_event(rt: Runtime, event_id: int, *, recompute: bool = False, f
                 event_id,
                 EventStatus.SKIPPED,
                 detail=f"superseded: event {superseded_by} of the same ordering key is newer and already processed",
+                job_id=job_id,
             )
             return EventStatus.SKIPPED
     try:
         await admit(rt, event, pipelines)
     except Held as held:
-        return await _hold(rt, event, held)
+        return await _hold(rt, event, held, job_id)
     try:
-        for pipeline in pipelines:
+        for i, pipeline in enumerate(pipelines):
             current = pipeline
+            last = i == len(pipelines) - 1
             async with asyncio.timeout(pipeline.timeout_seconds):
-                outcome = await run_pipeline(rt, event, pipeline, recompute=recompute, force_actions=force_actions)
-            dry = dry or outcome.dry_run
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(
-                rt.db.run(
-                    "retry_event",
-                    event_id=event_id,
-                    error="interrupted (worker shutdown)",
-                    detail="handed back to the queue",
+                outcome = await run_pipeline(
+                    rt,
+                    event,
+                    pipeline,
+                    recompute=recompute,
+                    force_actions=force_actions,
+                    closing=closing if last else None,
                 )
-            )
+            closing.dry_so_far = closing.dry_so_far or outcome.dry_run
+    except asyncio.CancelledError:
+        if not closing.done:  # finished already: nothing to hand back
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    rt.db.run(
+                        "retry_event",
+                        event_id=event_id,
+                        error="interrupted (worker shutdown)",
+                        detail="handed back to the queue",
+                    )
+                )
         raise
     except Held as held:
-        return await _hold(rt, event, held)
+        return await _hold(rt, event, held, job_id)
     except Exception as e:
+        if closing.done:  # the outcome is recorded; what failed came after it (a timeout at the very end)
+            return EventStatus.SUCCEEDED
         assert current is not None
-        return await _failed(rt, event, current, e)
-    detail = (
-        ("dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, no action fired")
-        if dry
-        else ("simulated model: answers made up from the output schema, no API call" if rt.simulated else None)
-    )
-    await _finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail)
+        return await _failed(rt, event, current, e, job_id)
+    if not closing.done:  # no write carried the outcome (a reused answer, a micro-batch, a sql action)
+        dry = closing.dry_so_far
+        detail = success_detail(dry=dry, simulated=rt.simulated)
+        await _finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail, job_id=job_id)
+    else:
+        log.info("event %s %s", event_id, EventStatus.SUCCEEDED, extra={"status": str(EventStatus.SUCCEEDED)})
     return EventStatus.SUCCEEDED
 
 
@@ -201,14 +326,14 @@ async def _superseded(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -
     return int(row["id"]) if row else None
 
 
-async def _failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseException) -> str:
+async def _failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseException, job_id: int | None) -> str:
     err = classify(exc)
     attempt = int(event["attempts"])
     policy = pipeline.retry
     where = f"pipeline {pipeline.name}: {err}"
     if err.permanent or attempt >= policy.max_attempts:
         why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
-        await _finish(rt, event["id"], EventStatus.DEAD, error=where, detail=why)
+        await _finish(rt, event["id"], EventStatus.DEAD, error=where, detail=why, job_id=job_id)
         log.warning("event %s is dead (%s): %s", event["id"], why, where)
         return EventStatus.DEAD
     delay = policy.delay(attempt, err.retry_after)
@@ -226,10 +351,12 @@ class Throttled(RetryLater):
     """The event waits for a limit (window, bucket, breaker, loop guard); its job runs again later."""
 
 
-async def _hold(rt: Runtime, event: EventRow, held: Held) -> str:
+async def _hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None) -> str:
     """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead."""
     if held.dead:
-        await _finish(rt, event["id"], EventStatus.DEAD, error=held.reason, detail="over a tenant cap (on_cap = dead)")
+        await _finish(
+            rt, event["id"], EventStatus.DEAD, error=held.reason, detail="over a tenant cap (on_cap = dead)", job_id=job_id
+        )
         log.warning("event %s is dead: %s", event["id"], held.reason)
         return EventStatus.DEAD
     await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}")
@@ -245,6 +372,9 @@ async def _finish(
     dry_run: bool = False,
     detail: str | None = None,
     error: str | None = None,
+    job_id: int | None = None,
 ) -> None:
-    await rt.db.run("finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error)
+    await rt.db.run(
+        "finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error, job_id=job_id
+    )
     log.info("event %s %s", event_id, status, extra={"status": str(status)})

@@ -22,8 +22,9 @@ IngestQuery = Literal[
 ]
 
 WorkerQuery = Literal[
-    "start_event",
+    "start_events",
     "finish_event",
+    "retry_job",
     "retry_event",
     "succeeded_call",
     "insert_call",
@@ -35,7 +36,6 @@ WorkerQuery = Literal[
     "newer_processed",
     "recent_for_key",
     "claim_late_reply",
-    "pickup_delay",
 ]
 
 LimitsQuery = Literal[

@@ -12,7 +12,7 @@ from typing import Any, NotRequired, TypedDict
 
 
 class EventRow(TypedDict):
-    """``start_event``: the event a job works on."""
+    """``start_events``: the event a job works on."""
 
     id: int
     source: str
@@ -29,10 +29,23 @@ class EventRow(TypedDict):
     answers: NotRequired[dict[str, Any]]
 
 
-class PickupRow(TypedDict):
-    """``pickup_delay``: seconds from runnable to started (None when procrastinate's log lacks it)."""
+class StartRow(TypedDict):
+    """``start_events``: one claimed job; its event's columns (those of :class:`EventRow`) follow,
+    all NULL (``id`` None) when the event was already terminal."""
 
-    seconds: float | None
+    event_id: int
+    #: None for the job procrastinate handed over; the id of a job this worker claimed itself
+    job_id: int | None
+    job_attempts: int | None
+    id: int | None
+    #: seconds from runnable to started (when asked for; None when procrastinate's log lacks it)
+    pickup_s: float | None
+
+
+class CallIdRow(TypedDict):
+    """``insert_call``: the stored call (None when a succeeded call was already stored)."""
+
+    id: int | None
 
 
 class StoredCallRow(TypedDict):

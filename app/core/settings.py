@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(default=5, description="Retry-After sent with 503 when Postgres is unreachable.")
     worker_concurrency: int = Field(default=10, description="Jobs one worker process runs at once.")
+    worker_claim_batch: int = Field(
+        default=10,
+        ge=1,
+        description="Most events one job claims in one round trip when a backlog waits "
+        "(within the free concurrency; 1 turns batch claiming off).",
+    )
     worker_poll_interval: float = Field(
         default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
     )

@@ -1,34 +1,82 @@
 -- Runtime SQL of the worker (psycopg: %(name)s placeholders).
 
--- name: start_event
--- Claim an event for processing and load it, with the answers already stored for it (one round
--- trip): answers is {pipeline: {"output": …}} of its succeeded model calls, the ones a retry reuses
--- instead of paying twice. Returns nothing for a terminal event (idempotent at execute time).
-WITH claimed AS (
-    UPDATE hookline.events
+-- name: start_events
+-- Claim an event for processing and load it with the answers already stored for it: {pipeline:
+-- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice. When
+-- %(more)s > 0, the same statement also claims up to %(more)s further process_event jobs waiting in
+-- the queue (batch claim), by procrastinate's own fetch rules (runnable, no job of the same lock
+-- running or ahead of it, priority then age), for the worker that runs job %(job_id)s, and claims
+-- their events. One row per job: event_id and job_id (NULL for the job procrastinate handed over);
+-- id is NULL when the event is already terminal (nothing to do). pickup_s (when %(pickup)s): seconds
+-- from the job becoming runnable to its start.
+WITH more AS (
+    UPDATE procrastinate_jobs j
+    SET status = 'doing',
+        worker_id = (SELECT w.worker_id FROM procrastinate_jobs w WHERE w.id = %(job_id)s)
+    WHERE j.id IN (
+        SELECT jobs.id
+        FROM procrastinate_jobs AS jobs
+        WHERE %(more)s > 0
+          AND jobs.status = 'todo'
+          AND jobs.queue_name = %(queue)s
+          AND jobs.task_name = %(task)s
+          AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+          AND jobs.args ? 'event_id'
+          AND NOT jobs.args ? 'recompute'
+          AND NOT jobs.args ? 'force_actions'
+          AND NOT EXISTS (
+              SELECT 1 FROM procrastinate_jobs AS other
+              WHERE jobs.lock IS NOT NULL
+                AND other.lock = jobs.lock
+                AND (other.status = 'doing'
+                     OR (other.status = 'todo'
+                         AND (other.priority > jobs.priority
+                              OR (other.priority = jobs.priority AND other.id < jobs.id)))))
+        ORDER BY jobs.priority DESC, jobs.id ASC
+        LIMIT %(more)s
+        FOR UPDATE OF jobs SKIP LOCKED)
+    RETURNING j.id AS job_id, (j.args ->> 'event_id')::bigint AS event_id, j.attempts AS job_attempts
+), wanted AS (
+    SELECT %(event_id)s::bigint AS event_id, NULL::bigint AS job_id, NULL::integer AS job_attempts
+    UNION ALL
+    SELECT event_id, job_id, job_attempts FROM more
+), claimed AS (
+    UPDATE hookline.events e
     SET status = 'processing',
-        attempts = attempts + 1,
-        started_at = coalesce(started_at, now())
-    WHERE id = %(event_id)s
-      AND status IN ('queued', 'retrying', 'processing', 'throttled')
-    RETURNING id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, payload,
-              attempts, received_at, request_id
+        attempts = e.attempts + 1,
+        started_at = coalesce(e.started_at, now())
+    WHERE e.id IN (SELECT event_id FROM wanted)
+      AND e.status IN ('queued', 'retrying', 'processing', 'throttled')
+    RETURNING e.id, e.source, e.delivery_id, e.event_type, e.tenant, e.ordering_key, e.occurred_at, e.payload,
+              e.attempts, e.received_at, e.request_id
 )
-SELECT c.*,
-       (SELECT coalesce(jsonb_object_agg(l.pipeline, jsonb_build_object('output', l.output)), '{}'::jsonb)
-        FROM hookline.llm_calls l
-        WHERE l.event_id = c.id AND l.status = 'succeeded') AS answers
-FROM claimed c;
+SELECT w.event_id, w.job_id, w.job_attempts, c.*,
+       CASE WHEN c.id IS NOT NULL THEN
+           (SELECT coalesce(jsonb_object_agg(l.pipeline, jsonb_build_object('output', l.output)), '{}'::jsonb)
+            FROM hookline.llm_calls l
+            WHERE l.event_id = c.id AND l.status = 'succeeded')
+       END AS answers,
+       CASE WHEN %(pickup)s THEN
+           (SELECT extract(epoch FROM (
+                       coalesce((SELECT max(pe.at) FROM procrastinate_events pe
+                                 WHERE pe.job_id = pj.id AND pe.type = 'started'), now())
+                     - greatest(pj.scheduled_at,
+                                (SELECT max(pe.at) FROM procrastinate_events pe
+                                 WHERE pe.job_id = pj.id
+                                   AND pe.type IN ('deferred', 'deferred_for_retry', 'retried')))))::float8
+            FROM procrastinate_jobs pj WHERE pj.id = coalesce(w.job_id, %(job_id)s))
+       END AS pickup_s
+FROM wanted w
+LEFT JOIN claimed c ON c.id = w.event_id;
 
 -- name: finish_event
--- Record a terminal outcome (succeeded, skipped, dead).
-UPDATE hookline.events
-SET status = %(status)s,
-    finished_at = now(),
-    dry_run = %(dry_run)s,
-    detail = %(detail)s,
-    last_error = coalesce(%(error)s, last_error)
-WHERE id = %(event_id)s;
+-- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
+-- job (one the worker claimed itself). With event_id NULL only the job is finished.
+SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s);
+
+-- name: retry_job
+-- Hand a job the worker claimed itself back to the queue, runnable in %(delay)s seconds.
+SELECT hookline.retry_job(%(job_id)s, %(delay)s);
 
 -- name: retry_event
 -- A transient failure: the job is rescheduled; the event says why.
@@ -44,16 +92,25 @@ SELECT id, output, response FROM hookline.llm_calls
 WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeeded';
 
 -- name: insert_call
--- Store one model call (before any action runs).
-INSERT INTO hookline.llm_calls
-    (event_id, pipeline, model, status, request, response, output, error,
-     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-     cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
-VALUES (%(event_id)s, %(pipeline)s, %(model)s, %(status)s, %(request)s, %(response)s, %(output)s, %(error)s,
-        %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s, %(cache_read_input_tokens)s,
-        %(cost_usd)s, %(latency_ms)s, %(request_id)s, %(requested_model)s, %(route)s, %(stop_reason)s)
-ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
-RETURNING id;
+-- Store one model call (before any action runs). With finish_status, the same statement finishes the
+-- event (hookline.finish_event: the run's last write carries the outcome). id is NULL when a
+-- succeeded call was already stored.
+WITH ins AS (
+    INSERT INTO hookline.llm_calls
+        (event_id, pipeline, model, status, request, response, output, error,
+         input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+         cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
+    VALUES (%(event_id)s, %(pipeline)s, %(model)s, %(status)s, %(request)s, %(response)s, %(output)s, %(error)s,
+            %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s, %(cache_read_input_tokens)s,
+            %(cost_usd)s, %(latency_ms)s, %(request_id)s, %(requested_model)s, %(route)s, %(stop_reason)s)
+    ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM ins) AS id,
+       CASE WHEN %(finish_status)s::text IS NOT NULL THEN
+           hookline.finish_event(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
+                                 %(finish_job_id)s)
+       END AS finished;
 
 -- name: claim_action
 -- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.
@@ -72,10 +129,17 @@ WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
 RETURNING id, attempts, (SELECT status FROM prev) AS previous_status;
 
 -- name: finish_action
--- Record an action's outcome.
-UPDATE hookline.action_runs
-SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
-WHERE id = %(id)s;
+-- Record an action's outcome. With finish_status, the same statement finishes the event (the last
+-- action's outcome carries the event's).
+WITH done AS (
+    UPDATE hookline.action_runs
+    SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
+    WHERE id = %(id)s
+)
+SELECT CASE WHEN %(finish_status)s::text IS NOT NULL THEN
+           hookline.finish_event(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
+                                 %(finish_job_id)s)
+       END AS finished;
 
 -- name: prune_jobs
 -- Retention: delete a batch of finished procrastinate jobs with no activity for %(hours)s hours.
@@ -130,16 +194,6 @@ WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND id < %(event_i
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: pickup_delay
--- Seconds from a job becoming runnable (deferred, or the time its retry was scheduled for) to its
--- last start, from procrastinate's own event log (hookline_pickup_delay_seconds).
-SELECT extract(epoch FROM (
-           (SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id AND e.type = 'started')
-         - greatest(j.scheduled_at,
-                    (SELECT max(e.at) FROM procrastinate_events e
-                     WHERE e.job_id = j.id AND e.type IN ('deferred', 'deferred_for_retry', 'retried')))
-       ))::float8 AS seconds
-FROM procrastinate_jobs j WHERE j.id = %(job_id)s;
 -- name: claim_late_reply
 -- Follow-up actions of a sync pipeline: did the sender's HTTP reply carry the answer? Once the
 -- deadline (received_at + timeout) has passed with nothing recorded, the worker records 'default'

@@ -118,7 +118,7 @@ async def test_every_named_query_prepares(db_url: str) -> None:
                 names.append(f"{path.stem}.{name}")
     finally:
         await conn.close()
-    assert "ingest.store_event" in names and "worker.start_event" in names
+    assert "ingest.store_event" in names and "worker.start_events" in names
 
 
 def test_every_query_file_has_its_typed_names() -> None:

@@ -1,0 +1,64 @@
+"""An event's terminal write, carried to the last write of its run.
+
+On the happy path an event costs two short transactions: the claim that loads it, and the write that
+stores its result *and* finishes it (``hookline.finish_event`` inside the same statement as the model
+call's row, or as the last action's outcome). :class:`Closing` is what the last write needs for that;
+whoever makes the last write calls :meth:`params` and marks it ``done``. If nothing could carry it (a
+reused answer, a skipped action, a micro-batch), :func:`worker.tasks.handle_event` finishes the event
+with its own statement, as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.status import EventStatus
+
+DRY_RUN_DETAIL = "dry run: ANTHROPIC_API_KEY is not set; the request is stored in hookline.llm_calls, no action fired"
+SIMULATED_DETAIL = "simulated model: answers made up from the output schema, no API call"
+
+#: The finish parameters of a write that does not finish the event.
+NO_FINISH: dict[str, Any] = {
+    "finish_status": None,
+    "finish_dry_run": False,
+    "finish_detail": None,
+    "finish_job_id": None,
+}
+
+
+def success_detail(*, dry: bool, simulated: bool) -> str | None:
+    """The ``detail`` of a succeeded event."""
+    if dry:
+        return DRY_RUN_DETAIL
+    return SIMULATED_DETAIL if simulated else None
+
+
+@dataclass
+class Closing:
+    """The succeeded outcome of one event's run, for the run's last write to record."""
+
+    event_id: int
+    #: the procrastinate job to finish with it: one this worker claimed itself (batch claim); None for
+    #: the job procrastinate handed over (procrastinate finishes that one)
+    job_id: int | None
+    simulated: bool
+    #: an earlier pipeline of this run was a dry run
+    dry_so_far: bool = False
+    done: bool = False
+
+    def params(self, *, dry: bool = False) -> dict[str, Any]:
+        """The finish parameters for the write that carries the outcome (marks this closing done)."""
+        dry = dry or self.dry_so_far
+        self.done = True
+        return {
+            "finish_status": EventStatus.SUCCEEDED,
+            "finish_dry_run": dry,
+            "finish_detail": success_detail(dry=dry, simulated=self.simulated),
+            "finish_job_id": self.job_id,
+        }
+
+
+def finish_params(closing: Closing | None, *, dry: bool = False) -> dict[str, Any]:
+    """``closing.params`` when this write is the run's last, else :data:`NO_FINISH`."""
+    return closing.params(dry=dry) if closing is not None else dict(NO_FINISH)
