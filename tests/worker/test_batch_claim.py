@@ -1,0 +1,132 @@
+"""Batch claim: one procrastinate job claims further waiting jobs, with their events, in the round trip
+that claims its own (``start_events``), and owns them to the end: a terminal outcome finishes the
+claimed job in the event's last write, a retry hands it back to the queue.
+
+The job is fetched by the real procrastinate job manager and run through the real task function with
+a real ``JobContext``; what procrastinate itself does after the task returns (finishing the job it
+handed over) is not part of these tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from procrastinate import JobContext
+
+from tests.fakes.messages_api import FakeMessagesAPI, error, reply
+from tests.harness import Receiver, make_settings, rows
+from tests.worker.test_pipeline import GOOD, insert_event, make_config
+from worker.main import build_app
+from worker.runtime import Runtime
+from worker.tasks import process_event
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_worker_tier")
+    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+
+
+async def _runtime(db_url: str, fake: FakeMessagesAPI | None, **over: Any) -> Runtime:
+    key = {"anthropic_api_key": "sk-test", "anthropic_base_url": fake.base_url} if fake else {}
+    settings = make_settings(db_url, **(key | over))
+    rt = Runtime.build(settings, make_config(actions=[]))
+    await rt.open()
+    return rt
+
+
+@pytest.fixture
+async def queue(db_url: str) -> AsyncIterator[Any]:
+    """procrastinate's app, with a registered worker id to fetch jobs as."""
+    app = build_app(db_url, pool_size=2)
+    async with app.open_async():
+        worker_id = await app.job_manager.register_worker()
+        yield app, worker_id
+
+
+async def _run_first_job(queue: Any, rt: Runtime) -> tuple[str, int]:
+    app, worker_id = queue
+    job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+    assert job is not None and job.id is not None
+    context = JobContext(
+        app=app, job=job, additional_context={"runtime": rt}, start_timestamp=time.time(), abort_reason=lambda: None
+    )
+    return await process_event(context, **job.task_kwargs), job.id
+
+
+def jobs(db_url: str) -> dict[int, str]:
+    """event id → status of its procrastinate job."""
+    found = rows(db_url, "SELECT (args->>'event_id')::bigint, status::text FROM procrastinate_jobs")
+    return {int(event_id): status for event_id, status in found}
+
+
+async def test_one_job_claims_the_backlog_within_the_free_concurrency(db_url: str, queue: Any) -> None:
+    ids = [insert_event(db_url, f"evt_b{i}") for i in range(10)]
+    same_key = [insert_event(db_url, f"evt_k{i}", ordering_key="cus_1") for i in range(2)]
+    rt = await _runtime(db_url, None, worker_concurrency=6, worker_claim_batch=6)  # dry run: no key
+    try:
+        status, _ = await _run_first_job(queue, rt)
+    finally:
+        await rt.close()
+    assert status == "succeeded"
+    done = [r[0] for r in rows(db_url, "SELECT id FROM hookline.events WHERE status = 'succeeded' ORDER BY id")]
+    assert done == ids[:6]  # its own and 5 more: priority, then age
+    by_event = jobs(db_url)
+    assert [by_event[i] for i in ids[:6]] == ["doing"] + ["succeeded"] * 5  # procrastinate finishes the first
+    assert all(by_event[i] == "todo" for i in ids[6:] + same_key)
+    # store + finish in one statement: each finished event has its one dry-run call and says so
+    for event_id in done:
+        assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s", event_id) == [("dry_run",)]
+    details = rows(db_url, "SELECT DISTINCT dry_run, detail FROM hookline.events WHERE status = 'succeeded'")
+    assert len(details) == 1 and details[0][0] is True and "dry run" in details[0][1]
+
+
+async def test_a_lock_is_claimed_one_job_at_a_time(db_url: str, queue: Any) -> None:
+    keyed = [insert_event(db_url, f"evt_k{i}", ordering_key="cus_1") for i in range(3)]
+    free = insert_event(db_url, "evt_free")
+    rt = await _runtime(db_url, None, worker_concurrency=10, worker_claim_batch=10)
+    try:
+        await _run_first_job(queue, rt)
+    finally:
+        await rt.close()
+    by_event = jobs(db_url)
+    # the first keyed job ran; its successors wait for it (procrastinate's lock rule), the free one came along
+    assert by_event[keyed[0]] == "doing" and by_event[free] == "succeeded"
+    assert by_event[keyed[1]] == by_event[keyed[2]] == "todo"
+
+
+async def test_a_claimed_event_that_must_retry_goes_back_to_the_queue(
+    db_url: str, queue: Any, fake: FakeMessagesAPI
+) -> None:
+    fake.set_default(reply(GOOD))
+    first = insert_event(db_url, "evt_first")
+    flaky = insert_event(db_url, "evt_flaky", note="flaky one")
+    fake.enqueue_for("flaky one", error(500, "api_error"))
+    rt = await _runtime(db_url, fake, worker_concurrency=4, worker_claim_batch=4)
+    try:
+        assert (await _run_first_job(queue, rt))[0] == "succeeded"
+    finally:
+        await rt.close()
+    assert rows(db_url, "SELECT status, attempts FROM hookline.events WHERE id = %s", flaky) == [("retrying", 1)]
+    job = rows(
+        db_url,
+        "SELECT status::text, attempts, scheduled_at > now() FROM procrastinate_jobs "
+        "WHERE (args->>'event_id')::bigint = %s",
+        flaky,
+    )
+    assert job == [("todo", 1, True)]  # handed back with its backoff, not left "doing"
+    assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", first) == [("succeeded",)]
+
+
+async def test_claim_batch_one_claims_nothing_more(db_url: str, queue: Any) -> None:
+    ids = [insert_event(db_url, f"evt_s{i}") for i in range(3)]
+    rt = await _runtime(db_url, None, worker_concurrency=10, worker_claim_batch=1)
+    try:
+        await _run_first_job(queue, rt)
+    finally:
+        await rt.close()
+    by_event = jobs(db_url)
+    assert [by_event[i] for i in ids] == ["doing", "todo", "todo"]
