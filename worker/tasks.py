@@ -139,7 +139,13 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
             try:
                 if row["id"] is None or event_id in seen:  # already terminal, or run by another job here
                     await rt.db.run(
-                        "finish_event", event_id=None, status=None, dry_run=False, detail=None, error=None, job_id=job_id
+                        "finish_event",
+                        event_id=None,
+                        status=None,
+                        dry_run=False,
+                        detail=None,
+                        error=None,
+                        job_id=job_id,
                     )
                     return
                 seen.add(event_id)
@@ -355,7 +361,12 @@ async def _hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None) ->
     """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead."""
     if held.dead:
         await _finish(
-            rt, event["id"], EventStatus.DEAD, error=held.reason, detail="over a tenant cap (on_cap = dead)", job_id=job_id
+            rt,
+            event["id"],
+            EventStatus.DEAD,
+            error=held.reason,
+            detail="over a tenant cap (on_cap = dead)",
+            job_id=job_id,
         )
         log.warning("event %s is dead: %s", event["id"], held.reason)
         return EventStatus.DEAD
