@@ -20,7 +20,6 @@ from app.core.records import EventRow
 from app.core.status import ActionStatus
 from worker.actions import AT_MOST_ONCE, IN_TRANSACTION, ActionContext, ActionDeps, run_action
 from worker.actions import sql as sql_action
-from worker.closing import NO_FINISH, Closing, finish_params
 from worker.errors import PermanentError, PipelineError, classify
 from worker.followups import reply_was_late, run_followup
 from worker.prompt import trim
@@ -45,16 +44,9 @@ def interrupted(kind: str, key: str, event_id: int) -> PermanentError:
 
 
 async def run_actions(
-    rt: Runtime,
-    event: EventRow,
-    pipeline: Pipeline,
-    output: Any,
-    *,
-    force_actions: bool = False,
-    closing: Closing | None = None,
+    rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any, *, force_actions: bool = False
 ) -> int:
-    """Run the pipeline's actions in order; returns how many ran. Raises the first failure. With
-    ``closing``, the last action's ``succeeded`` record also finishes the event."""
+    """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
     ran = 0
     late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
     fields = trim(event.get("payload"), pipeline.fields)
@@ -111,27 +103,10 @@ async def run_actions(
                 result = await run_action(action, ctx, deps_of(rt))
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
-            await rt.db.run(
-                "finish_action",
-                id=claim["id"],
-                event_id=event["id"],
-                status=ActionStatus.FAILED,
-                result=None,
-                error=str(err),
-                **NO_FINISH,
-            )
+            await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
             rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.FAILED).inc()
             raise err from e
-        last = index == len(pipeline.actions) - 1
-        await rt.db.run(
-            "finish_action",
-            id=claim["id"],
-            event_id=event["id"],
-            status=ActionStatus.SUCCEEDED,
-            result=result,
-            error=None,
-            **finish_params(closing if last else None),
-        )
+        await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
         rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED).inc()
         ran += 1
     return ran

@@ -1,11 +1,11 @@
 """An event's terminal write, carried to the last write of its run.
 
 On the happy path an event costs two short transactions: the claim that loads it, and the write that
-stores its result *and* finishes it (``hookline.finish_event`` inside the same statement as the model
-call's row, or as the last action's outcome). :class:`Closing` is what the last write needs for that;
-whoever makes the last write calls :meth:`params` and marks it ``done``. If nothing could carry it (a
-reused answer, a skipped action, a micro-batch), :func:`worker.tasks.handle_event` finishes the event
-with its own statement, as before.
+stores its answer *and* finishes it (``hookline.finish_event`` inside the statement that stores the
+model call's row). :class:`Closing` is what that write needs; it calls :meth:`params`, which marks it
+``done``. When nothing can carry it (actions follow the answer, whose outcomes are recorded on their
+own; a reused answer; a micro-batch), :func:`worker.tasks.handle_event` finishes the event with its
+own statement.
 """
 
 from __future__ import annotations

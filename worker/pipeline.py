@@ -164,12 +164,13 @@ async def run_pipeline(
     force_actions: bool = False,
     closing: Closing | None = None,
 ) -> PipelineOutcome:
-    """Answer, then act. ``closing``: this is the event's last pipeline; its last write (the stored
-    answer when there are no actions, else the last action's outcome) also finishes the event."""
+    """Answer, then act. ``closing``: this is the event's last pipeline; when no action follows the
+    answer, the statement that stores it also finishes the event. An action's outcome is recorded on
+    its own (a failure to finish the event must not lose the record that a side effect happened)."""
     outcome = PipelineOutcome(pipeline.name)
     output, _reused = await answer_for(rt, event, pipeline, recompute=recompute, closing=closing)
     if output is None:
         outcome.dry_run = True
         return outcome
-    await run_actions(rt, event, pipeline, output, force_actions=force_actions, closing=closing)
+    await run_actions(rt, event, pipeline, output, force_actions=force_actions)
     return outcome

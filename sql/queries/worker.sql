@@ -129,17 +129,11 @@ WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
 RETURNING id, attempts, (SELECT status FROM prev) AS previous_status;
 
 -- name: finish_action
--- Record an action's outcome. With finish_status, the same statement finishes the event (the last
--- action's outcome carries the event's).
-WITH done AS (
-    UPDATE hookline.action_runs
-    SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
-    WHERE id = %(id)s
-)
-SELECT CASE WHEN %(finish_status)s::text IS NOT NULL THEN
-           hookline.finish_event(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
-                                 %(finish_job_id)s)
-       END AS finished;
+-- Record an action's outcome (in its own statement: a failure to finish the event afterwards must
+-- not lose the record that a side effect happened).
+UPDATE hookline.action_runs
+SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
+WHERE id = %(id)s;
 
 -- name: prune_jobs
 -- Retention: delete a batch of finished procrastinate jobs with no activity for %(hours)s hours.

@@ -700,7 +700,7 @@ async def test_a_database_connection_killed_mid_statement_does_not_strand_the_ev
 ) -> None:
     """The worker's connection dies in the middle of its last statement (Postgres restart, failover,
     pg_terminate_backend, a network cut). A row lock held by the test parks the worker's final
-    ``UPDATE hookline.events … 'succeeded'`` so that the kill lands exactly there. The event must
+    ``hookline.finish_event(… 'succeeded' …)`` so that the kill lands exactly there. The event must
     still finish: the job retried, the stored answer reused, the done actions skipped."""
     config = write_config(tmp_path)
     fake.enqueue(reply(ANSWER))
@@ -718,7 +718,7 @@ async def test_a_database_connection_killed_mid_statement_does_not_strand_the_ev
                 lambda: query(
                     chaos_db,
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query ILIKE '%%UPDATE hookline.events%%'",
+                    "AND wait_event_type = 'Lock' AND query ILIKE '%%hookline.finish_event%%'",
                 ),
                 timeout=15,
                 what="the worker's final UPDATE to wait on the row lock",
