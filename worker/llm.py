@@ -66,8 +66,11 @@ class Answer:
 
 
 def make_client(
-    *, api_key: str, base_url: str | None, timeout: float, max_retries: int, **kw: Any
+    *, api_key: str, base_url: str | None, timeout: float, max_retries: int, transport: str = "httpx", **kw: Any
 ) -> anthropic.AsyncAnthropic:
+    """The SDK client; ``transport="aiohttp"`` runs it on the SDK's aiohttp transport."""
+    if transport == "aiohttp":
+        kw.setdefault("http_client", anthropic.DefaultAioHttpClient(timeout=timeout))
     return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries, **kw)
 
 

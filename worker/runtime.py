@@ -100,6 +100,7 @@ class Runtime:
                 base_url=settings.anthropic_base_url,
                 timeout=settings.llm_timeout,
                 max_retries=settings.llm_max_retries,
+                transport=settings.llm_http_client,
                 **llm_kwargs,
             )
         return cls(

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(
         default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
     )
+    llm_http_client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="HTTP stack of the anthropic SDK: aiohttp (its aiohttp extra: about a third less CPU per call) "
+        "or httpx (its default).",
+    )
     outbound_timeout: float = Field(
         default=10.0,
         description="Seconds before an http, slack or email action times out (per action: timeout_seconds).",
