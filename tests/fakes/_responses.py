@@ -278,6 +278,11 @@ def run_step(ctx: Ctx, step: Step | None) -> Outcome | None:
         case "hang":
             fake.stopping.wait()
             return None
+        case "held":
+            while not fake.gate.wait(0.05):
+                if fake.stopping.is_set():
+                    return None
+            return run_step(ctx, step.then)
         case "error":
             out = error_outcome(
                 step.status,

@@ -18,6 +18,7 @@ __all__ = [
     "default",
     "error",
     "hang",
+    "held",
     "invalid_json_reply",
     "max_tokens_cut",
     "overloaded",
@@ -31,7 +32,9 @@ __all__ = [
     "tool_reply",
 ]
 
-StepKind = Literal["default", "reply", "tool_reply", "error", "raw", "slow", "hang", "refusal", "max_tokens_cut"]
+StepKind = Literal[
+    "default", "reply", "tool_reply", "error", "raw", "slow", "hang", "held", "refusal", "max_tokens_cut"
+]
 _KINDS: frozenset[str] = frozenset(get_args(StepKind))
 
 
@@ -46,6 +49,7 @@ class Step:
     - error: HTTP `status` with the API error body; `headers` holds retry headers.
     - raw: HTTP `status`, `content` (str) as the body, `content_type`.
     - slow: sleep `seconds`, then run `then` (None = default). hang: never answer.
+    - held: wait until the test opens the fake's gate (`open_gate()`), then run `then`.
     - refusal / max_tokens_cut: the model refused / ran out of tokens mid-JSON.
     """
 
@@ -186,6 +190,12 @@ def raw(status: int, body: str, *, content_type: str = "text/html", headers: dic
 def slow(seconds: float, then: Step | None = None) -> Step:
     """Sleep `seconds` (cut short by stop()), then answer with `then` (default behaviour if None)."""
     return Step("slow", seconds=float(seconds), then=then)
+
+
+def held(then: Step | None = None) -> Step:
+    """Hold the call until the test calls ``open_gate()`` (or the server stops), then answer with
+    `then`: how many calls a client keeps in flight at once, without a clock."""
+    return Step("held", then=then)
 
 
 def hang() -> Step:

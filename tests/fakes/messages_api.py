@@ -43,6 +43,7 @@ from tests.fakes._steps import (
     default,
     error,
     hang,
+    held,
     invalid_json_reply,
     max_tokens_cut,
     overloaded,
@@ -64,6 +65,7 @@ __all__ = [
     "default",
     "error",
     "hang",
+    "held",
     "invalid_json_reply",
     "max_tokens_cut",
     "overloaded",
@@ -138,6 +140,8 @@ class FakeMessagesAPI:
         self.strict_schemas = strict_schemas
         self.organization_id = organization_id
         self.stopping = threading.Event()
+        #: held() calls wait for this (open_gate)
+        self.gate = threading.Event()
         self._lock = threading.RLock()
         self._queue: deque[Step] = deque()
         self._keyed: dict[str, deque[Step]] = {}
@@ -243,6 +247,14 @@ class FakeMessagesAPI:
             if match is None:
                 return len(self._queue)
             return len(self._keyed.get(match, ()))
+
+    def open_gate(self) -> None:
+        """Let every held() call (and every later one) answer."""
+        self.gate.set()
+
+    def in_flight(self, path: str = "/v1/messages") -> int:
+        """Calls to ``path`` received and not answered yet."""
+        return sum(1 for r in self.calls_to(path) if r.status is None)
 
     def reset(self) -> None:
         """Forget scripted steps, the default, the log, the prompt cache and scenario counters."""
