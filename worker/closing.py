@@ -2,8 +2,9 @@
 
 On the happy path an event costs two short transactions: the claim that loads it, and the write that
 stores its answer *and* finishes it (``hookline.finish_event`` inside the statement that stores the
-model call's row). :class:`Closing` is what that write needs; it calls :meth:`params`, which marks it
-``done``. When nothing can carry it (actions follow the answer, whose outcomes are recorded on their
+model call's row). :class:`Closing` is what that write needs: it takes :meth:`params`, and once the
+statement has succeeded (never before: a failed write must leave the event to the failure path)
+calls :meth:`carried`. When nothing can carry it (actions follow the answer, whose outcomes are recorded on their
 own; a reused answer; a micro-batch), :func:`worker.tasks.handle_event` finishes the event with its
 own statement.
 """
@@ -48,15 +49,20 @@ class Closing:
     done: bool = False
 
     def params(self, *, dry: bool = False) -> dict[str, Any]:
-        """The finish parameters for the write that carries the outcome (marks this closing done)."""
+        """The finish parameters for the write that carries the outcome."""
         dry = dry or self.dry_so_far
-        self.done = True
         return {
             "finish_status": EventStatus.SUCCEEDED,
             "finish_dry_run": dry,
             "finish_detail": success_detail(dry=dry, simulated=self.simulated),
             "finish_job_id": self.job_id,
         }
+
+
+def carried(closing: Closing | None) -> None:
+    """The write that took ``closing.params`` has succeeded: the event is finished."""
+    if closing is not None:
+        closing.done = True
 
 
 def finish_params(closing: Closing | None, *, dry: bool = False) -> dict[str, Any]:

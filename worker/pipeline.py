@@ -12,7 +12,7 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.action_runs import run_actions
 from worker.batches import batch_answer
-from worker.closing import Closing
+from worker.closing import Closing, carried
 from worker.errors import classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask, call_row
@@ -69,6 +69,7 @@ async def answer_for(
                 dry=True,
             ),
         )
+        carried(closing)
         return None, False
     if pipeline.mode == "batch_api":
         await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
@@ -125,6 +126,8 @@ async def _store(
     for i, rec in enumerate(records):
         last = i == len(records) - 1
         await rt.db.one("insert_call", **call_row(event_id, pipeline, rec, closing if last else None))
+        if last:
+            carried(closing)
         _observe(rt, rec)
 
 

@@ -1,4 +1,4 @@
-"""Batch claim: one procrastinate job claims further waiting jobs, with their events, in the round trip
+"""The lean worker. Batch claim: one procrastinate job claims further waiting jobs, with their events, in the round trip
 that claims its own (``start_events``), and owns them to the end: a terminal outcome finishes the
 claimed job in the event's last write, a retry hands it back to the queue.
 
@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 from procrastinate import JobContext
 
@@ -21,7 +22,7 @@ from tests.harness import Receiver, make_settings, rows
 from tests.worker.test_pipeline import GOOD, insert_event, make_config
 from worker.main import build_app
 from worker.runtime import Runtime
-from worker.tasks import process_event
+from worker.tasks import RetryLater, handle_event, process_event
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +131,38 @@ async def test_claim_batch_one_claims_nothing_more(db_url: str, queue: Any) -> N
         await rt.close()
     by_event = jobs(db_url)
     assert [by_event[i] for i in ids] == ["doing", "todo", "todo"]
+
+
+async def test_a_failed_store_and_finish_leaves_the_event_to_the_failure_path(
+    db_url: str, fake: FakeMessagesAPI
+) -> None:
+    """The statement that stores the answer also finishes the event; when it fails, the event must
+    not be taken for finished: it is retried (and the next run finishes it)."""
+    fake.set_default(reply(GOOD))
+    event_id = insert_event(db_url, "evt_store_fails")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE SEQUENCE finishes;  -- nextval survives the rollback of the failed statement
+            CREATE FUNCTION fail_first_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'succeeded' AND nextval('finishes') = 1 THEN
+                    RAISE EXCEPTION 'injected: the finishing write fails';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fail_first_finish BEFORE UPDATE ON hookline.events
+                FOR EACH ROW EXECUTE FUNCTION fail_first_finish();
+            """
+        )
+    rt = await _runtime(db_url, fake)
+    try:
+        with pytest.raises(RetryLater):
+            await handle_event(rt, event_id)
+        assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("retrying",)]
+        assert await handle_event(rt, event_id) == "succeeded"
+    finally:
+        await rt.close()
+    assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
+    # the failed statement stored nothing: the answer that finished the event is the only one
+    assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s", event_id) == [("succeeded",)]
