@@ -95,14 +95,14 @@ def insert_event(db_url: str, delivery_id: str, tenant: str | None = None) -> in
     return int(row[0])
 
 
-def event_row(db_url: str, event_id: int) -> dict[str, Any]:
+def event_row(db_url: str, event_id: int) -> Any:  # an EventRow, as start_event loads it
     with psycopg.connect(db_url) as conn, conn.cursor(row_factory=dict_row) as cur:
         found = cur.execute("SELECT * FROM hookline.events WHERE id = %s", (event_id,)).fetchone()
     assert found is not None
     return dict(found)
 
 
-def reservation_tokens(config: Config, event: dict[str, Any]) -> int:
+def reservation_tokens(config: Config, event: Any) -> int:
     """What the worker reserves for one call of this event (estimated input + max_tokens)."""
     request = build_request(config.pipelines["triage"], event)
     return limits.estimate_input_tokens(request) + int(request["max_tokens"])
@@ -164,7 +164,8 @@ async def test_batch_api_requests_reserve_the_budget_and_settle_at_batch_price(
     assert cost == batch_price
     window = rows(
         db_url,
-        "SELECT tokens, usd, reserved_tokens, reserved_usd FROM hookline.budget_windows WHERE tenant = 'a' AND period = 'day'",
+        "SELECT tokens, usd, reserved_tokens, reserved_usd FROM hookline.budget_windows "
+        "WHERE tenant = 'a' AND period = 'day'",
     )
     assert window == [(150, batch_price, 0, Decimal(0))]  # spent at batch price, reservation settled
     assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
