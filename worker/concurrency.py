@@ -1,7 +1,7 @@
 """``concurrency = { per_tenant, per_key }``: events of one tenant / one ordering key in flight, capped
 across every worker process.
 
-A slot is a row of hookline.concurrency_slots (migration 0011) with a lease: the job takes the slots of
+A slot is a row of hookline.concurrency_slots (migration 0012) with a lease: the job takes the slots of
 all its pipelines at admission, in one round trip and all or none, and gives them back when the run
 ends (finished, failed or held). A worker killed mid-run leaves its slots until their lease ends (the
 sum of the pipelines' ``timeout_seconds`` plus a minute); the next acquire deletes them. An event that
