@@ -257,24 +257,26 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
 async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastructure_errors(
     db_url: str, fake: FakeMessagesAPI
 ) -> None:
-    """A long-throttled event's job has many procrastinate attempts; one database error while finishing
+    """A long-throttled event's job has many procrastinate attempts; one database error while claiming
     it must be retried, not declared dead (the real worker, a real error raised by Postgres)."""
     eid = insert_event(db_url, "evt_infra")
     with psycopg.connect(db_url, autocommit=True) as conn:
         # procrastinate counted 60 runs of this job: the reschedules of a long throttle
         conn.execute("UPDATE procrastinate_jobs SET attempts = 60")
-        conn.execute("CREATE SEQUENCE test_finish_failures")
+        conn.execute("CREATE SEQUENCE test_claim_failures")
         conn.execute("""
-            CREATE FUNCTION test_fail_first_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+            CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF NEW.status = 'succeeded' AND nextval('test_finish_failures') = 1 THEN
-                    RAISE EXCEPTION 'injected: the database failed while finishing the event';
+                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                    IF nextval('test_claim_failures') = 1 THEN
+                        RAISE EXCEPTION 'injected: the database failed while claiming the event';
+                    END IF;
                 END IF;
                 RETURN NEW;
             END $$""")
         conn.execute(
-            "CREATE TRIGGER test_fail_first_finish BEFORE UPDATE ON hookline.events "
-            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_finish()"
+            "CREATE TRIGGER test_fail_first_claim BEFORE UPDATE ON hookline.events "
+            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_claim()"
         )
     config = make_config({})
     settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
@@ -282,4 +284,4 @@ async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastruct
         done = await wait_for_status(db_url, eid, timeout=30)
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
-    assert len(fake.calls_to("/v1/messages")) == 1  # the retry reused the stored answer
+    assert len(fake.calls_to("/v1/messages")) == 1
