@@ -59,8 +59,9 @@ BEGIN
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO hookline_worker', s);
     EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA hookline TO hookline_worker';
 
-    -- bookkeeping tables the triggers and the worker keep (metric counters, budgets, breakers,
-    -- rate buckets, alerts, batches): written by both processes' statements, never dropped by them
+    -- bookkeeping tables the triggers and the worker keep (metric counters, budgets and their
+    -- reservations, breakers, rate buckets, concurrency slots, alerts, batches): written by both
+    -- processes' statements, never dropped by them
     FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = 'hookline' AND c.relkind IN ('r', 'p')
                AND c.relname NOT IN ('events', 'llm_calls', 'action_runs', 'watches', 'schema_migrations') LOOP

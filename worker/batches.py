@@ -9,7 +9,9 @@ event's failure (retry policy; a refusal is permanent), and the next run asks ag
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -21,7 +23,7 @@ from app.core.jobs import QUEUE
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.errors import InvalidOutput, PermanentError, TransientError
-from worker.limits import Held, all_rows, one, price
+from worker.limits import Held, Reservation, all_rows, one, price, reserve, settle
 from worker.llm import CallRecord, Refused, call_row, check_answer
 from worker.prompt import output_spec
 from worker.runtime import Runtime
@@ -32,6 +34,8 @@ BATCH_POLL_SHORT = "batch_poll"
 #: A waiting job wakes by itself after this long even if no poll woke it (a safety net).
 WAIT_SECONDS = 300.0
 MAX_REQUESTS = 10_000
+#: A batch request's budget reservation is reclaimed after this long (a batch ends within 24 hours).
+LEASE_SECONDS = 25 * 3600.0
 
 
 async def batch_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request: dict[str, Any]) -> None:
@@ -44,8 +48,46 @@ async def batch_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request
         await one(rt, "batch_item_retire", id=item["id"])
         error = f"Message Batches request failed: {item['error']}"
         raise (PermanentError(error) if item["permanent"] else TransientError(error))
-    await one(rt, "batch_item_add", event_id=event["id"], pipeline=pipeline.name, request=request)
+    # budget and model bucket before the request is queued (Held: the event waits throttled, or dies)
+    res = await reserve(rt, event, request, lease_seconds=LEASE_SECONDS, batch=True)
+    added = await one(
+        rt,
+        "batch_item_add",
+        event_id=event["id"],
+        pipeline=pipeline.name,
+        request=request,
+        reservation=_dump(res),
+    )
+    if not added or not added["added"]:  # another run queued one meanwhile: give this reservation back
+        await settle(rt, event, res, None, None)
     raise Held("waiting for its Message Batches answer (queued for the next batch)", delay=WAIT_SECONDS)
+
+
+def _dump(res: Reservation) -> dict[str, Any]:
+    return {
+        "id": res.id,
+        "model": res.model,
+        "tenant": res.tenant,
+        "day_start": res.day_start.isoformat() if res.day_start else None,
+        "tokens": res.tokens,
+        "usd": str(res.usd),
+        "input_taken": res.input_taken,
+        "output_taken": res.output_taken,
+    }
+
+
+def _load(doc: dict[str, Any]) -> Reservation:
+    day = doc.get("day_start")
+    return Reservation(
+        model=str(doc.get("model") or ""),
+        tenant=doc.get("tenant"),
+        day_start=dt.datetime.fromisoformat(day) if day else None,
+        tokens=int(doc.get("tokens") or 0),
+        usd=Decimal(str(doc.get("usd") or 0)),
+        input_taken=int(doc.get("input_taken") or 0),
+        output_taken=int(doc.get("output_taken") or 0),
+        id=doc.get("id"),
+    )
 
 
 async def poll(rt: Runtime) -> dict[str, int]:
@@ -100,7 +142,7 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
     rec.requested_model = pipeline.model if pipeline else rec.model
     if message is not None and pipeline is not None:
         rec.response, rec.usage = message, message.get("usage") or {}
-        rec.cost_usd = price(rt, rec.model, rec.usage)
+        rec.cost_usd = price(rt, rec.model, {**rec.usage, "service_tier": "batch"})  # batch price, always
         try:
             output = check_answer(message, output_spec(pipeline))
             rec.status, rec.output = CallStatus.SUCCEEDED, output
@@ -114,6 +156,10 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
                 permanent=isinstance(e, Refused),
             )
     await rt.db.one("insert_call", **call_row(finished["event_id"], pipeline_name, rec))
+    if finished.get("reservation"):  # the result's usage at batch price replaces the reservation
+        res = _load(finished["reservation"])
+        owner: Any = {"id": finished["event_id"], "tenant": res.tenant}
+        await settle(rt, owner, res, rec.usage if message is not None else None, rec.cost_usd)
     await one(rt, "wake_event_job", event_id=finished["event_id"])
     return 1
 

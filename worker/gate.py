@@ -50,7 +50,8 @@ class Gate:
             if fallback:
                 return await self({**request, "model": fallback}, "fallback:breaker_open")
             raise Held(f"circuit breaker of {model} is open; calls resume after its half-open probe", delay=wait)
-        res = await limits.reserve(rt, self.event, request)
+        lease = self.pipeline.timeout_seconds + limits.LEASE_MARGIN_SECONDS  # a killed worker's call frees it
+        res = await limits.reserve(rt, self.event, request, lease_seconds=lease)
         try:
             rec = await one_call(rt.llm, request)
         except Exception as e:

@@ -140,6 +140,10 @@ def _over_cap(caps: Tenant, what: str, reopens: dt.datetime) -> Held:
 
 
 # ------------------------------------------------------------------------------------------- per call
+#: A call's reservation is reclaimed this long after its pipeline's timeout (its worker was killed).
+LEASE_MARGIN_SECONDS = 60.0
+
+
 @dataclass
 class Reservation:
     model: str
@@ -149,6 +153,7 @@ class Reservation:
     usd: Decimal = Decimal(0)
     input_taken: int = 0
     output_taken: int = 0
+    id: int | None = None  # hookline.budget_reservations.id
 
 
 def estimate_input_tokens(request: dict[str, Any]) -> int:
@@ -192,8 +197,11 @@ async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = 
         await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})
 
 
-async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Reservation:
-    """Take the call's share of the model's bucket and reserve its worst case in the tenant's day."""
+async def reserve(
+    rt: Runtime, event: EventRow, request: dict[str, Any], *, lease_seconds: float, batch: bool = False
+) -> Reservation:
+    """Take the call's share of the model's bucket and reserve its worst case in the tenant's day
+    (at batch price for a Message Batches request), leased for ``lease_seconds``."""
     model = request["model"]
     limits = rt.config.model_limits(model)
     est_in, est_out = estimate_input_tokens(request), int(request["max_tokens"])
@@ -215,7 +223,8 @@ async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Rese
         res.input_taken, res.output_taken = est_in, est_out
     if rt.config.tenants:
         caps = rt.config.tenant(event.get("tenant"))
-        usd = price(rt, model, {"input_tokens": est_in, "output_tokens": est_out}) or Decimal(0)
+        worst: dict[str, Any] = {"input_tokens": est_in, "output_tokens": est_out}
+        usd = price(rt, model, {**worst, "service_tier": "batch"} if batch else worst) or Decimal(0)
         row = await one(
             rt,
             "reserve_budget",
@@ -224,6 +233,9 @@ async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Rese
             usd=usd,
             tokens_cap=caps.tokens_per_day,
             usd_cap=Decimal(str(caps.usd_per_day)) if caps.usd_per_day is not None else None,
+            event_id=event["id"],
+            kind="batch_api" if batch else "call",
+            lease_seconds=lease_seconds,
         )
         assert row is not None
         if not row["granted"]:
@@ -231,6 +243,7 @@ async def reserve(rt: Runtime, event: EventRow, request: dict[str, Any]) -> Rese
             await _budget_alert(rt, event, caps, "day", row["day_start"], "tokens_per_day / usd_per_day", 1.0)
             raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at its daily token or USD cap", row["reopens_at"])
         res.tenant, res.day_start, res.tokens, res.usd = tenant_key(event), row["day_start"], est_in + est_out, usd
+        res.id = row["reservation_id"]
     return res
 
 
@@ -268,10 +281,9 @@ async def settle(
     row = await one(
         rt,
         "settle_budget",
+        reservation_id=res.id,
         tenant=res.tenant,
         day_start=res.day_start,
-        reserved_tokens=res.tokens,
-        reserved_usd=res.usd,
         tokens=tokens,
         usd=cost or Decimal(0),
     )

@@ -11,6 +11,7 @@ part is missing or invalid fails alone (its retry policy; the next try goes in a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from decimal import Decimal
@@ -19,12 +20,13 @@ from typing import Any
 from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
-from worker.errors import PermanentError, TransientError
+from worker.errors import PermanentError, TransientError, classify
 from worker.gate import Gate
 from worker.limits import Held, all_rows, one
-from worker.llm import CallRecord, call_row
-from worker.prompt import output_spec
+from worker.llm import CallRecord, ask, call_row
+from worker.prompt import build_request, output_spec
 from worker.runtime import Runtime
+from worker.simulated import SimulatedModel
 
 BATCH_NOTE = (
     '\n\nSeveral events follow, in the user turn as {"events": [...]}. Answer every one of them: '
@@ -141,6 +143,50 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
     if stored is None:
         return await micro_answer(rt, event, pipeline, requests[0])  # raises this event's failure
     return stored["output"]
+
+
+async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any) -> Any:
+    """``escalate`` for batched answers (micro-batch or Message Batches): when this event's part says
+    so, re-ask ``escalate.model`` with the event's own request (the one that went into the batch),
+    as the Messages API path does; the escalated answer supersedes the batched one. Free unless the
+    pipeline batches, escalates, and this output's ``when`` field is true."""
+    esc = pipeline.escalate
+    if esc is None or (pipeline.batch is None and pipeline.mode != "batch_api"):
+        return output
+    if not (isinstance(output, dict) and output.get(esc.when) is True) or rt.llm is None:
+        return output
+    due = await one(rt, "escalation_due", event_id=event["id"], pipeline=pipeline.name)
+    if due is None:  # already escalated (or not a batched answer)
+        return output
+    request = due["request"] or build_request(pipeline, event)
+    gate = Gate(rt, event, pipeline)
+    simulating = (
+        rt.llm.answering(output_spec(pipeline).raw_schema)
+        if isinstance(rt.llm, SimulatedModel)
+        else contextlib.nullcontext()
+    )
+    try:
+        with simulating:
+            answer = await ask(
+                gate,
+                {**request, "model": esc.model},
+                output_spec(pipeline),
+                max_tokens_cap=pipeline.max_tokens_cap,
+                route=f"escalate:{esc.when}",
+            )
+    except Exception as e:
+        await _store(rt, event["id"], pipeline.name, gate.records)
+        raise classify(e) from e
+    await one(rt, "supersede_call", id=due["id"])  # first: the escalated answer takes the succeeded slot
+    await _store(rt, event["id"], pipeline.name, gate.records)
+    return answer.output
+
+
+async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+    for rec in records:
+        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec))
+        if rec.latency_ms is not None:
+            rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
 
 
 def _parts(message: dict[str, Any]) -> dict[int, Any]:

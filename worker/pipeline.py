@@ -16,7 +16,7 @@ from worker.closing import Closing, carried
 from worker.errors import classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask, call_row
-from worker.microbatch import micro_answer
+from worker.microbatch import escalate_batched, micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
 from worker.simulated import SimulatedModel
@@ -175,5 +175,6 @@ async def run_pipeline(
     if output is None:
         outcome.dry_run = True
         return outcome
+    output = await escalate_batched(rt, event, pipeline, output)  # batched answers: escalate after the batch
     await run_actions(rt, event, pipeline, output, force_actions=force_actions)
     return outcome

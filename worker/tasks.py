@@ -16,8 +16,10 @@ from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
 from app.core.logs import bind_log_context, log_context
 from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
+from worker import concurrency
 from worker.closing import Closing, success_detail
 from worker.errors import classify
+from worker.infra import count_infra_failure
 from worker.limits import Held, admit, one
 from worker.pipeline import run_pipeline
 from worker.routing import route
@@ -56,6 +58,7 @@ def runtime_of(context: JobContext) -> Runtime:
 
 #: Job runs that failed outside the pipelines' own error handling (database errors while claiming or
 #: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
+#: Counted on the event (hookline.events.infra_failures), so throttle reschedules never count.
 MAX_INFRASTRUCTURE_ATTEMPTS = 50
 
 
@@ -195,7 +198,8 @@ async def _infrastructure_failure(
     """The database failed us outside the pipeline's error handling (claiming, finishing or recording
     the event). The event is not terminal: run the job again, or give up loudly."""
     reason = f"{e.__class__.__name__}: {e}"
-    if attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
+    attempts, counted = await count_infra_failure(rt, event_id, attempts - 1)  # never throttle reschedules
+    if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
         with contextlib.suppress(Exception):
             await _finish(
                 rt,
@@ -274,6 +278,7 @@ async def handle_event(
             return EventStatus.SKIPPED
     try:
         await admit(rt, event, pipelines)
+        await concurrency.acquire(rt, event, pipelines)
     except Held as held:
         return await _hold(rt, event, held, job_id)
     try:
@@ -309,6 +314,8 @@ async def handle_event(
             return EventStatus.SUCCEEDED
         assert current is not None
         return await _failed(rt, event, current, e, job_id)
+    finally:
+        await concurrency.release(rt, event, pipelines)
     if not closing.done:  # no write carried the outcome (a reused answer, a micro-batch, a sql action)
         dry = closing.dry_so_far
         detail = success_detail(dry=dry, simulated=rt.simulated)

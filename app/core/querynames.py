@@ -70,6 +70,11 @@ LimitsQuery = Literal[
     "micro_release",
     "micro_item_done",
     "micro_item_fail",
+    "acquire_slots",
+    "release_slots",
+    "count_infra_failure",
+    "escalation_due",
+    "supersede_call",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

@@ -18,14 +18,15 @@ SELECT hookline.observe_model_limits_v1(%(model)s, %(requests)s, %(input)s, %(ou
 SELECT hookline.admit_event_v1(%(event_id)s, %(tenant)s, %(cap)s) AS reopens_at;
 
 -- name: reserve_budget
--- Reserve a call's worst case in the tenant's UTC day (granted, day_start, reopens_at).
-SELECT granted, day_start, reopens_at
-FROM hookline.reserve_budget_v1(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s);
+-- Reserve a call's worst case in the tenant's UTC day, with a lease (granted, day_start, reopens_at, reservation_id).
+SELECT granted, day_start, reopens_at, reservation_id
+FROM hookline.reserve_budget_v2(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s,
+                                %(event_id)s, %(kind)s, %(lease_seconds)s);
 
 -- name: settle_budget
 -- Replace the reservation by the call's actual usage; the day's totals come back.
 SELECT day_tokens, day_usd
-FROM hookline.settle_budget_v1(%(tenant)s, %(day_start)s, %(reserved_tokens)s, %(reserved_usd)s, %(tokens)s, %(usd)s);
+FROM hookline.settle_budget_v2(%(reservation_id)s, %(tenant)s, %(day_start)s, %(tokens)s, %(usd)s);
 
 -- name: claim_alert
 -- True for exactly one caller per tenant, period and window.
@@ -88,8 +89,9 @@ ORDER BY id DESC LIMIT 1;
 -- name: batch_item_add
 -- Ask for a Message Batches answer (nothing when one is already open).
 WITH ins AS (
-    INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request)
-    VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s)
+    INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request, reservation)
+    VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()::text), %(request)s,
+            %(reservation)s)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -124,7 +126,7 @@ SELECT DISTINCT batch_id FROM hookline.batch_items WHERE status = 'submitted' AN
 UPDATE hookline.batch_items
 SET status = %(status)s, error = %(error)s, permanent = %(permanent)s, finished_at = now()
 WHERE custom_id = %(custom_id)s AND status = 'submitted'
-RETURNING id, event_id, pipeline, request;
+RETURNING id, event_id, pipeline, request, reservation;
 
 -- name: wake_event_job
 -- The event's waiting job runs now (its answer, or its failure, is in).
@@ -175,3 +177,32 @@ UPDATE hookline.batch_items SET status = 'done', finished_at = now() WHERE id = 
 -- This event's part failed (missing, invalid, or the call failed): the event's retry policy decides.
 UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s, finished_at = now()
 WHERE id = %(id)s;
+
+-- name: acquire_slots
+-- Concurrency caps: take every slot the event needs, all or none (granted, or which one is full).
+SELECT granted, blocked, in_flight, frees_at
+FROM hookline.acquire_slots_v1(%(event_id)s, %(pipelines)s::text[], %(scopes)s::text[], %(subjects)s::text[],
+                               %(caps)s::integer[], %(lease_seconds)s);
+
+-- name: release_slots
+-- The event's run ended (finished, failed or held): its concurrency slots are free.
+DELETE FROM hookline.concurrency_slots WHERE event_id = %(event_id)s;
+
+-- name: count_infra_failure
+-- A job run failed outside the pipelines' error handling: count it on the event (throttles never do).
+UPDATE hookline.events SET infra_failures = infra_failures + 1 WHERE id = %(event_id)s
+RETURNING infra_failures;
+
+-- name: escalation_due
+-- A batched answer (micro-batch or Message Batches) that escalate has not re-asked yet, and the
+-- event's own request that went into the batch.
+SELECT c.id, c.route,
+       (SELECT b.request FROM hookline.batch_items b
+        WHERE b.event_id = c.event_id AND b.pipeline = c.pipeline ORDER BY b.id DESC LIMIT 1) AS request
+FROM hookline.llm_calls c
+WHERE c.event_id = %(event_id)s AND c.pipeline = %(pipeline)s AND c.status = 'succeeded'
+  AND (starts_with(c.route, 'micro_batch:') OR c.route = 'batch_api');
+
+-- name: supersede_call
+-- The escalated answer takes the one succeeded slot of (event, pipeline).
+UPDATE hookline.llm_calls SET status = 'superseded' WHERE id = %(id)s AND status = 'succeeded';

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import json
 import signal
 import socket
 import sys
@@ -97,6 +98,7 @@ class RecordedRequest:
     method: str = "POST"
     response_headers: dict[str, str] = field(default_factory=dict)
     step: str | None = None
+    done_at: float | None = None  # when the answer was ready (None while in flight)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,6 +307,19 @@ class FakeMessagesAPI:
     def complete_record(self, rec: RecordedRequest, out: Outcome) -> None:
         with self._lock:
             rec.status, rec.response_body, rec.response_headers = out.status, out.parsed, dict(out.headers)
+            rec.done_at = time.time()
+
+    def max_in_flight(self, path: str, match: str | None = None) -> int:
+        """The most calls to ``path`` (with ``match`` in their JSON body) the fake was serving at once."""
+        with self._lock:
+            recs = [r for r in self._log if r.path == path and (match is None or match in json.dumps(r.body))]
+        # at equal times an answer ends before the next call starts (-1 sorts before +1)
+        edges = sorted([(r.at, 1) for r in recs] + [(r.done_at or float("inf"), -1) for r in recs])
+        most = now = 0
+        for _, step in edges:
+            now += step
+            most = max(most, now)
+        return most
 
     def take_keyed(self, raw_body: str) -> tuple[Step | None, str]:
         with self._lock:

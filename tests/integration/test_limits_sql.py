@@ -48,19 +48,21 @@ def test_a_429_blocks_the_model_for_every_worker(conn: psycopg.Connection) -> No
     assert isinstance(wait, float) and wait > 86400
 
 
+LEASE = {"event_id": 1, "kind": "call", "lease_seconds": 120.0}
+
+
 def test_budget_reserves_before_and_settles_after_never_beyond_the_cap(conn: psycopg.Connection) -> None:
-    res = {"tenant": "acme", "usd": Decimal("0.01"), "tokens_cap": 100, "usd_cap": None}
-    granted, day, reopens = _one(conn, "reserve_budget", tokens=60, **res)
-    assert granted is True and reopens > day  # type: ignore[operator]
+    res = {"tenant": "acme", "usd": Decimal("0.01"), "tokens_cap": 100, "usd_cap": None, **LEASE}
+    granted, day, reopens, rid = _one(conn, "reserve_budget", tokens=60, **res)
+    assert granted is True and reopens > day and rid is not None  # type: ignore[operator]
     assert _one(conn, "reserve_budget", tokens=50, **res)[0] is False  # 60 in flight + 50 > 100
     # the first call used 30 tokens: its reservation is released, its usage counted
     tokens, usd = _one(
         conn,
         "settle_budget",
+        reservation_id=rid,
         tenant="acme",
         day_start=day,
-        reserved_tokens=60,
-        reserved_usd=Decimal("0.01"),
         tokens=30,
         usd=Decimal("0.004"),
     )
@@ -69,6 +71,53 @@ def test_budget_reserves_before_and_settles_after_never_beyond_the_cap(conn: psy
     assert _one(conn, "reserve_budget", tokens=50, **{**res, "tenant": "other"})[0] is True  # tenants apart
     assert _one(conn, "claim_alert", tenant="acme", period="day", window_start=day) == (True,)
     assert _one(conn, "claim_alert", tenant="acme", period="day", window_start=day) == (False,)  # once per window
+
+
+def test_a_reservation_past_its_lease_stops_counting(conn: psycopg.Connection) -> None:
+    """A worker SIGKILLed mid-call never settles: its reservation is reclaimed once its lease ends."""
+    res = {"tenant": "acme", "usd": Decimal("0.5"), "tokens_cap": 100, "usd_cap": Decimal(1), **LEASE}
+    _, day, _, dead_rid = _one(conn, "reserve_budget", tokens=80, **res)  # the killed worker's call
+    assert _one(conn, "reserve_budget", tokens=80, **res)[0] is False  # still within its lease: counted
+    conn.execute("UPDATE hookline.budget_reservations SET expires_at = now() - interval '1 second'")
+    granted, _, _, rid = _one(conn, "reserve_budget", tokens=80, **res)  # reclaimed, then reserved
+    assert granted is True
+    window = "SELECT reserved_tokens, reserved_usd FROM hookline.budget_windows WHERE tenant = 'acme'"
+    assert conn.execute(window).fetchone() == (80, Decimal("0.5"))
+    assert conn.execute("SELECT id FROM hookline.budget_reservations").fetchall() == [(rid,)]
+    # the killed worker's late settle (if it ever came) adds its usage but releases nothing twice
+    _one(conn, "settle_budget", reservation_id=dead_rid, tenant="acme", day_start=day, tokens=5, usd=Decimal(0))
+    assert conn.execute(window).fetchone() == (80, Decimal("0.5"))
+
+
+def test_concurrency_slots_cap_in_flight_and_expire(conn: psycopg.Connection) -> None:
+    def take(event_id: int, lease: float = 60.0) -> tuple[object, ...]:
+        return _one(
+            conn,
+            "acquire_slots",
+            event_id=event_id,
+            pipelines=["p", "p"],
+            scopes=["key", "tenant"],
+            subjects=["stripe:k1", "acme"],
+            caps=[5, 2],
+            lease_seconds=lease,
+        )
+
+    assert take(1)[0] is True and take(2)[0] is True
+    assert take(1)[0] is True  # its own slots do not count against it (a re-run)
+    granted, blocked, in_flight, frees_at = take(3)
+    assert (granted, blocked, in_flight) == (False, 2, 2) and frees_at is not None
+    assert conn.execute("SELECT count(*) FROM hookline.concurrency_slots WHERE event_id = 3").fetchone() == (0,)
+    conn.execute(LQ["release_slots"], {"event_id": 1})
+    assert take(3)[0] is True
+    # a worker killed mid-run: its slots stop counting when their lease ends
+    conn.execute("UPDATE hookline.concurrency_slots SET expires_at = now() - interval '1 second' WHERE event_id = 2")
+    assert take(4)[0] is True
+    assert conn.execute("SELECT event_id FROM hookline.concurrency_slots ORDER BY 1").fetchall() == [
+        (3,),
+        (3,),
+        (4,),
+        (4,),
+    ]
 
 
 def test_events_per_hour_counts_each_event_once(conn: psycopg.Connection) -> None:
@@ -129,14 +178,15 @@ def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) ->
     from app.core.config import parse_config
 
     config = parse_config({"tenants": {"*": {"usd_per_day": 20.0}, "acme": {"tokens_per_day": 1000}}})
-    _, day, _ = _one(conn, "reserve_budget", tenant="acme", tokens=10, usd=Decimal(0), tokens_cap=None, usd_cap=None)
+    _, day, _, rid = _one(
+        conn, "reserve_budget", tenant="acme", tokens=10, usd=Decimal(0), tokens_cap=None, usd_cap=None, **LEASE
+    )
     _one(
         conn,
         "settle_budget",
+        reservation_id=rid,
         tenant="acme",
         day_start=day,
-        reserved_tokens=10,
-        reserved_usd=Decimal(0),
         tokens=120,
         usd=Decimal("0.5"),
     )

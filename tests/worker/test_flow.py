@@ -1,0 +1,287 @@
+"""Flow control below HTTP: Message Batches requests under budgets and model rate limits, escalate for
+micro-batched answers, budget reservations of killed workers, and infrastructure failures that throttle
+holds do not count toward. ``handle_event`` (and the batch poller) driven directly against the real
+Postgres and the fake Messages API; the last test runs the real procrastinate worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from app.core.config import Config
+from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, worker_task
+from worker import batches, limits
+from worker.pricing import cost_usd
+from worker.prompt import build_request
+from worker.runtime import Runtime
+from worker.tasks import RetryLater, handle_event
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"subject": {"type": "string"}, "urgent": {"type": "boolean"}},
+    "required": ["subject", "urgent"],
+    "additionalProperties": False,
+}
+GOOD = {"subject": "Hello", "urgent": False}
+USAGE = {  # every call: 150 tokens, no cache
+    "input_tokens": 100,
+    "output_tokens": 50,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+}
+MODEL = "claude-haiku-5-5"
+
+
+def make_config(pipeline: dict[str, Any], **top: Any) -> Config:
+    return config_from(
+        {
+            "sources": {"stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"]}},
+            "pipelines": {
+                "triage": {
+                    "source": "stripe",
+                    "events": ["invoice.*"],
+                    "fields": ["type", "data.object.note"],
+                    "model": MODEL,
+                    "instructions": "Triage.",
+                    "output_schema": SCHEMA,
+                    "retry": {"max_attempts": 3, "backoff_seconds": 0.05, "max_backoff_seconds": 1, "jitter": False},
+                    "actions": [{"type": "http", "url_env": "HL_CRM_URL"}],
+                    **pipeline,
+                }
+            },
+            **top,
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
+    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+
+
+async def runtime_for(db_url: str, fake: FakeMessagesAPI, config: Config) -> Runtime:
+    rt = Runtime.build(make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url), config)
+    await rt.open()
+    return rt
+
+
+@pytest.fixture
+async def opened(db_url: str, fake: FakeMessagesAPI) -> AsyncIterator[list[Runtime]]:
+    """Runtimes a test opens with runtime_for(); closed at the end."""
+    got: list[Runtime] = []
+    yield got
+    for rt in got:
+        await rt.close()
+
+
+def insert_event(db_url: str, delivery_id: str, tenant: str | None = None) -> int:
+    payload = {"type": "invoice.payment_failed", "data": {"object": {"note": delivery_id}}}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, event_type, payload, tenant) "
+            "VALUES ('stripe', %s, 'invoice.payment_failed', %s, %s) RETURNING id",
+            (delivery_id, json.dumps(payload), tenant),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def event_row(db_url: str, event_id: int) -> Any:  # an EventRow, as start_event loads it
+    with psycopg.connect(db_url) as conn, conn.cursor(row_factory=dict_row) as cur:
+        found = cur.execute("SELECT * FROM hookline.events WHERE id = %s", (event_id,)).fetchone()
+    assert found is not None
+    return dict(found)
+
+
+def reservation_tokens(config: Config, event: Any) -> int:
+    """What the worker reserves for one call of this event (estimated input + max_tokens)."""
+    request = build_request(config.pipelines["triage"], event)
+    return limits.estimate_input_tokens(request) + int(request["max_tokens"])
+
+
+async def held(rt: Runtime, event_id: int) -> str:
+    """Run the event's job once; it must be held. Returns the event's detail."""
+    with pytest.raises(RetryLater):
+        await handle_event(rt, event_id)
+    async with rt.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT status, detail FROM hookline.events WHERE id = %s", (event_id,))
+        status, detail = await cur.fetchone() or (None, None)
+    assert status == "throttled", detail
+    return str(detail)
+
+
+async def poll_until_answered(rt: Runtime, count: int) -> None:
+    answered = 0
+    for _ in range(5):
+        answered += (await batches.poll(rt))["results"]
+        if answered >= count:
+            return
+    raise AssertionError(f"only {answered} of {count} Message Batches results read")
+
+
+# ------------------------------------------------------------------------------------------- batch_api budgets
+async def test_batch_api_requests_reserve_the_budget_and_settle_at_batch_price(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    fake.set_default(reply(GOOD, usage=USAGE))
+    a0, a1, b0 = (
+        insert_event(db_url, "evt_a0", "a"),
+        insert_event(db_url, "evt_a1", "a"),
+        insert_event(db_url, "evt_b0", "b"),
+    )
+    probe = make_config({"mode": "batch_api"})
+    r = reservation_tokens(probe, event_row(db_url, a0))
+    config = make_config(
+        {"mode": "batch_api"}, tenants={"*": {"tokens_per_day": r + 100}, "b": {"tokens_per_day": 10**6}}
+    )
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+
+    assert "Message Batches" in await held(rt, a0)  # reserved, queued for the next batch
+    assert "daily token or USD cap" in await held(rt, a1)  # a0's reservation leaves no room: throttled
+    assert "Message Batches" in await held(rt, b0)  # another tenant goes on
+    queued = rows(db_url, "SELECT event_id FROM hookline.batch_items ORDER BY event_id")
+    assert queued == [(a0,), (b0,)]  # nothing queued for the throttled event
+    ((reserved,),) = rows(
+        db_url, "SELECT reserved_tokens FROM hookline.budget_windows WHERE tenant = 'a' AND period = 'day'"
+    )
+    assert reserved == r
+
+    await poll_until_answered(rt, 2)
+    assert await handle_event(rt, a0) == "succeeded"
+    batch_price = cost_usd(MODEL, {**USAGE, "service_tier": "batch"})
+    assert batch_price is not None and batch_price * 2 == cost_usd(MODEL, USAGE)  # half price
+    ((cost,),) = rows(db_url, "SELECT cost_usd FROM hookline.llm_calls WHERE event_id = %s", a0)
+    assert cost == batch_price
+    window = rows(
+        db_url,
+        "SELECT tokens, usd, reserved_tokens, reserved_usd FROM hookline.budget_windows "
+        "WHERE tenant = 'a' AND period = 'day'",
+    )
+    assert window == [(150, batch_price, 0, Decimal(0))]  # spent at batch price, reservation settled
+    assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
+    assert "daily token or USD cap" in await held(rt, a1)  # 150 spent + another reservation > cap
+    assert rows(db_url, "SELECT max(infra_failures) FROM hookline.events") == [(0,)]  # holds are no failures
+
+
+async def test_batch_api_requests_take_the_shared_model_rate_limit(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    config = make_config({"mode": "batch_api"}, models={MODEL: {"requests_per_minute": 1}})
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    first, second = insert_event(db_url, "evt_r0"), insert_event(db_url, "evt_r1")
+    assert "Message Batches" in await held(rt, first)
+    assert "shared rate limit" in await held(rt, second)
+    assert rows(db_url, "SELECT event_id FROM hookline.batch_items") == [(first,)]
+
+
+# ------------------------------------------------------------------------------------------- escalate, micro-batched
+async def test_escalate_re_asks_the_stronger_model_for_the_batched_parts_that_say_so(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
+) -> None:
+    config = make_config(
+        {
+            "batch": {"max_events": 2, "max_wait_ms": 60000},
+            "escalate": {"model": "claude-sonnet-5-5", "when": "urgent"},
+        }
+    )
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    calm, urgent = insert_event(db_url, "evt_calm"), insert_event(db_url, "evt_urgent")
+    parts = [
+        {"event_id": calm, "output": {"subject": "fine", "urgent": False}},
+        {"event_id": urgent, "output": {"subject": "Chargeback!", "urgent": True}},
+    ]
+    fake.enqueue_for_model(MODEL, reply({"results": parts}, usage={"input_tokens": 400, "output_tokens": 80}))
+    fake.enqueue_for_model("claude-sonnet-5-5", reply({"subject": "Chargeback: act today", "urgent": True}))
+
+    assert "gathering a micro-batch" in await held(rt, calm)
+    assert await handle_event(rt, urgent) == "succeeded"  # leads the batch, then escalates its own part
+    assert await handle_event(rt, calm) == "succeeded"  # its part is not urgent: no second call
+
+    got = rows(
+        db_url,
+        "SELECT event_id, model, route, status, requested_model, output->>'subject' FROM hookline.llm_calls",
+    )
+    assert sorted(got) == sorted(
+        [
+            (calm, MODEL, "micro_batch:2", "succeeded", MODEL, "fine"),
+            (urgent, MODEL, "micro_batch:2", "superseded", MODEL, "Chargeback!"),
+            (urgent, "claude-sonnet-5-5", "escalate:urgent", "succeeded", MODEL, "Chargeback: act today"),
+        ]
+    )
+    calls = fake.calls_to("/v1/messages")
+    assert [c.body["model"] for c in calls] == [MODEL, "claude-sonnet-5-5"]
+    asked = calls[1].body["messages"][-1]["content"]
+    assert "evt_urgent" in asked and "evt_calm" not in asked  # its own per-event request
+    posted = {r.json()["event_id"]: r.json()["output"]["subject"] for r in receiver.received}
+    assert posted == {calm: "fine", urgent: "Chargeback: act today"}  # the action ran on the escalated answer
+
+
+# ------------------------------------------------------------------------------------------- a killed worker
+async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    fake.set_default(reply(GOOD, usage=USAGE))
+    victim, waiting = insert_event(db_url, "evt_k0", "k"), insert_event(db_url, "evt_k1", "k")
+    probe = make_config({})
+    r = reservation_tokens(probe, event_row(db_url, victim))
+    config = make_config({}, tenants={"*": {"tokens_per_day": r + 100}})
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    # what the Gate does before sending victim's call; then its worker is SIGKILLed: no settle ever
+    request = build_request(config.pipelines["triage"], event_row(db_url, victim))
+    await limits.reserve(rt, event_row(db_url, victim), request, lease_seconds=60)
+
+    assert "daily token or USD cap" in await held(rt, waiting)  # the reservation counts within its lease
+    rows(db_url, "UPDATE hookline.budget_reservations SET expires_at = now() - interval '1 second' RETURNING 1")
+    assert await handle_event(rt, waiting) == "succeeded"  # the lease ended: reclaimed, not eaten forever
+    window = rows(
+        db_url, "SELECT tokens, reserved_tokens FROM hookline.budget_windows WHERE tenant = 'k' AND period = 'day'"
+    )
+    assert window == [(150, 0)]
+    assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
+
+
+# ------------------------------------------------------------------------------------------- infrastructure failures
+async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastructure_errors(
+    db_url: str, fake: FakeMessagesAPI
+) -> None:
+    """A long-throttled event's job has many procrastinate attempts; one database error while claiming
+    it must be retried, not declared dead (the real worker, a real error raised by Postgres)."""
+    eid = insert_event(db_url, "evt_infra")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # procrastinate counted 60 runs of this job: the reschedules of a long throttle
+        conn.execute("UPDATE procrastinate_jobs SET attempts = 60")
+        conn.execute("CREATE SEQUENCE test_claim_failures")
+        conn.execute("""
+            CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                    IF nextval('test_claim_failures') = 1 THEN
+                        RAISE EXCEPTION 'injected: the database failed while claiming the event';
+                    END IF;
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_fail_first_claim BEFORE UPDATE ON hookline.events "
+            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_claim()"
+        )
+    config = make_config({})
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    async with worker_task(settings, config):
+        done = await wait_for_status(db_url, eid, timeout=30)
+    assert done["status"] == "succeeded", done
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
+    assert len(fake.calls_to("/v1/messages")) == 1

@@ -1,0 +1,21 @@
+"""Job runs that failed outside the pipelines (the database failed while claiming, finishing or recording
+an event), counted on the event row: procrastinate's own ``attempts`` also counts every throttle
+reschedule, so a long-throttled event must not be declared dead by it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from worker.limits import one
+from worker.runtime import Runtime
+
+
+async def count_infra_failure(rt: Runtime, event_id: int, job_attempts: int) -> tuple[int, bool]:
+    """Count a job run that failed outside the pipelines on the event (throttle holds never count):
+    ``(failures so far, counted)``; when the database cannot count it either, the job's own run count
+    stands in for the backoff and nothing is counted."""
+    with contextlib.suppress(Exception):
+        row = await one(rt, "count_infra_failure", event_id=event_id)
+        if row is not None:
+            return int(row["infra_failures"]), True
+    return job_attempts + 1, False
