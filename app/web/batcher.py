@@ -84,22 +84,6 @@ def _columns(items: Sequence[_Item]) -> list[list[Any]]:
     return cols
 
 
-def _settle(fut: asyncio.Future[Result], result: Result | None = None, error: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        assert result is not None
-        fut.set_result(result)
-
-
-def _retrieved(fut: asyncio.Future[Result]) -> None:
-    """Done callback: a failure nobody awaits any more (client gone) is not 'never retrieved'."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 class Batcher:
     """Group commit of ``hookline.events`` rows for one web process (one event loop)."""
 
@@ -129,12 +113,24 @@ class Batcher:
             event_id, _ = await asyncio.shield(first)
             return event_id, True
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieved)
         self._inflight[key] = fut
-        fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
         self._pending.append(_Item(row, fut))
         self._kick()
         return await asyncio.shield(fut)
+
+    def _settle(self, it: _Item, result: Result | None = None, error: BaseException | None = None) -> None:
+        """Answer one row (its request, and any same-key request waiting on it): once, here only."""
+        key = (it.row[0], it.row[1])
+        if self._inflight.get(key) is it.fut:
+            del self._inflight[key]
+        if it.fut.done():
+            return
+        if error is not None:
+            it.fut.set_exception(error)
+            it.fut.exception()  # retrieved: a failure nobody awaits any more (client gone) is not logged
+        else:
+            assert result is not None
+            it.fut.set_result(result)
 
     def _kick(self) -> None:
         if self._pending and not self._scheduled and self._flushes < self.max_flushes:
@@ -159,7 +155,7 @@ class Batcher:
                     await self._write(conn, batch)
         except BaseException as e:  # the database is unavailable, or we are being cancelled
             for it in batch:
-                _settle(it.fut, error=e)
+                self._settle(it, error=e)
             if not isinstance(e, Exception):
                 raise
         finally:
@@ -186,7 +182,7 @@ class Batcher:
             got = {int(r["n"]) - 1: (r["id"], not r["inserted"]) for r in rows}
         except ROW_ERRORS as e:
             if len(batch) == 1:
-                _settle(batch[0].fut, error=e)
+                self._settle(batch[0], error=e)
                 return
             self.stats["fallbacks"] += 1
             got = await self._one_by_one(conn, batch)
@@ -195,9 +191,9 @@ class Batcher:
             found = await conn.fetch(Q["find_events"], [it.row[0] for it in missing], [it.row[1] for it in missing])
             ids = {(r["source"], r["delivery_id"]): r["id"] for r in found}
             for it in missing:
-                _settle(it.fut, (ids.get((it.row[0], it.row[1])), True))
+                self._settle(it, (ids.get((it.row[0], it.row[1])), True))
         for n, (event_id, dup) in got.items():
-            _settle(batch[n].fut, (event_id, dup))
+            self._settle(batch[n], (event_id, dup))
 
     async def _one_by_one(self, conn: Any, batch: list[_Item]) -> dict[int, Result]:
         """One savepoint per row: a rejected row fails alone, the rest commit together."""
@@ -208,7 +204,7 @@ class Batcher:
                     async with conn.transaction():  # SAVEPOINT
                         rows = await conn.fetch(Q["store_events"], *_columns([it]))
                 except ROW_ERRORS as e:
-                    _settle(it.fut, error=e)
+                    self._settle(it, error=e)
                     continue
                 for r in rows:
                     got[n] = (r["id"], not r["inserted"])
