@@ -107,7 +107,6 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, RawJson | None]:
     return payload, text
 
 
-@functools.lru_cache(maxsize=64)
 def _is_form(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == FORM
 

@@ -25,6 +25,8 @@ log = logging.getLogger("hookline.db")
 
 #: Most (source, event type) pairs AppState.routing remembers.
 _MAX_ROUTES = 4096
+#: Longest event type AppState.routing remembers (longer ones are computed each time).
+_MAX_ROUTE_KEY = 200
 
 
 class PoolHolder:
@@ -104,7 +106,8 @@ class AppState:
         found = self._routes.get(key)
         if found is None:
             found = (self.config.priority_for(source, event_type), self.config.sync_pipeline_for(source, event_type))
-            if len(self._routes) < _MAX_ROUTES:  # event types come from senders: keep the memo bounded
+            short = event_type is None or len(event_type) <= _MAX_ROUTE_KEY
+            if short and len(self._routes) < _MAX_ROUTES:  # event types come from senders: keep it bounded
                 self._routes[key] = found
         return found
 
