@@ -129,7 +129,9 @@ _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha
 
 
 def digest(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    return hmac.new(key, message, _HASHES[algorithm]).digest()
+    if algorithm not in _HASHES:
+        raise KeyError(algorithm)
+    return hmac.digest(key, message, algorithm)  # one-shot, in C
 
 
 def _ascii(value: str) -> bytes:

@@ -59,7 +59,7 @@ def verify(
     if opts is not None and not opts.signs_timestamp:
         window = None
     req = VerifyRequest(
-        headers=Headers(headers),
+        headers=headers if isinstance(headers, Headers) else Headers(headers),  # read-only: no copy
         body=bytes(body),
         secrets=tuple(s.strip() for s in usable),
         url=url,

@@ -11,6 +11,7 @@ is absent). Signed content: ``{id}.{timestamp}.{body}``; window ±300 s by defau
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets as _random
 
@@ -35,6 +36,7 @@ def _family(headers: Headers) -> str:
     return "webhook" if headers.has("webhook-signature") else "svix"
 
 
+@functools.lru_cache(maxsize=64)
 def hmac_key(secret: str) -> bytes | None:
     if secret.startswith(("whpk_", "whsk_")):
         return None

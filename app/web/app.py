@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core import migrations
 from app.core.config import Config, load_config
@@ -112,6 +113,35 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     return json_response(exc.status_code, {"error": code, "detail": exc.detail}, exc.headers)
 
 
+class IngestRoute:
+    """``POST /webhooks/{source}`` straight to :func:`receive_webhook`, past the router and Starlette's
+    two exception-handling layers (the hottest path, taken once per delivery). Same handler, same
+    error answers (:func:`_http_error`); every other request, and any path the router would treat
+    differently (more segments, a trailing slash, a root path), goes through the app as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and scope.get("method") == "POST" and path.startswith(_WEBHOOKS):
+            name = path[len(_WEBHOOKS) :]
+            if name and "/" not in name and not scope.get("root_path"):
+                scope["path_params"] = {"source": name}
+                request = Request(scope, receive, send)
+                try:
+                    response = await receive_webhook(request)
+                except HTTPError as exc:
+                    response = await _http_error(request, exc)
+                    exc.__traceback__ = None
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_WEBHOOKS = "/webhooks/"
+
+
 def create_app(settings: Settings | None = None, config: Config | None = None) -> Starlette:
     settings = settings or Settings()
     try:
@@ -151,7 +181,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin.routes(settings),
         ],
-        middleware=[Middleware(IngestMetricsMiddleware)],
+        middleware=[Middleware(IngestMetricsMiddleware), Middleware(IngestRoute)],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error},
         lifespan=lifespan,
     )

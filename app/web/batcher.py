@@ -7,12 +7,14 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
   flush starts on the next turn of the event loop and takes every row queued by then (no timer, so a
   lone request pays nothing extra). Under load, rows queue behind the running flushes and the next
   flush takes them all, up to ``max_batch``.
-- A flush is ``BEGIN; store_events (one multi-row INSERT … ON CONFLICT DO NOTHING); COMMIT``. The
-  statement-level triggers of migration 0008 defer the batch's jobs in one call and send one NOTIFY
-  per queue, so a batch costs one fsync and a handful of notifications, whatever its size.
-- New rows are answered after COMMIT (never before durability). Rows that already existed (committed
-  by someone else, so already durable) are answered as soon as the statement returns: a duplicate
-  never waits for another row's fsync and writes nothing.
+- A flush is one statement, ``store_events`` (one multi-row ``INSERT … ON CONFLICT DO NOTHING``), sent
+  outside any transaction block: Postgres commits it by itself before it answers, so a flush is one
+  round trip (no ``BEGIN``/``COMMIT``). The statement-level triggers of migration 0008 defer the
+  batch's jobs in one call and send one NOTIFY per queue, so a batch costs one fsync and a handful of
+  notifications, whatever its size.
+- Every row is answered after that commit (never before durability). Rows that already existed were
+  committed by someone else: a batch of only duplicates inserts nothing, so it writes no WAL, sends no
+  NOTIFY and needs no fsync (a duplicate in a batch with new rows is answered with them).
 - A second delivery of a key still in flight in this process waits for the first one's outcome
   instead of queueing a second insert that Postgres would block on the first one's row lock.
 - A row Postgres rejects (``DataError`` …) fails its own request only: the flush falls back to one
@@ -62,28 +64,24 @@ class _Item:
 _JSON_COLUMNS = (6, 8)
 
 
+class RawJson(str):
+    """A jsonb value given as its JSON text already (the request body ingest parsed): sent as is."""
+
+    __slots__ = ()
+
+
+def _json(value: Any) -> str | None:
+    if value is None or type(value) is RawJson:
+        return None if value is None else str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _columns(items: Sequence[_Item]) -> list[list[Any]]:
     """The rows as the 14 parallel arrays ``store_events`` unnests."""
     cols = [list(col) for col in zip(*(it.row for it in items), strict=True)]
     for i in _JSON_COLUMNS:
-        cols[i] = [None if v is None else json.dumps(v, separators=(",", ":")) for v in cols[i]]
+        cols[i] = [_json(v) for v in cols[i]]
     return cols
-
-
-def _settle(fut: asyncio.Future[Result], result: Result | None = None, error: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        assert result is not None
-        fut.set_result(result)
-
-
-def _retrieved(fut: asyncio.Future[Result]) -> None:
-    """Done callback: a failure nobody awaits any more (client gone) is not 'never retrieved'."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 class Batcher:
@@ -115,12 +113,24 @@ class Batcher:
             event_id, _ = await asyncio.shield(first)
             return event_id, True
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieved)
         self._inflight[key] = fut
-        fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
         self._pending.append(_Item(row, fut))
         self._kick()
         return await asyncio.shield(fut)
+
+    def _settle(self, it: _Item, result: Result | None = None, error: BaseException | None = None) -> None:
+        """Answer one row (its request, and any same-key request waiting on it): once, here only."""
+        key = (it.row[0], it.row[1])
+        if self._inflight.get(key) is it.fut:
+            del self._inflight[key]
+        if it.fut.done():
+            return
+        if error is not None:
+            it.fut.set_exception(error)
+            it.fut.exception()  # retrieved: a failure nobody awaits any more (client gone) is not logged
+        else:
+            assert result is not None
+            it.fut.set_result(result)
 
     def _kick(self) -> None:
         if self._pending and not self._scheduled and self._flushes < self.max_flushes:
@@ -145,7 +155,7 @@ class Batcher:
                     await self._write(conn, batch)
         except BaseException as e:  # the database is unavailable, or we are being cancelled
             for it in batch:
-                _settle(it.fut, error=e)
+                self._settle(it, error=e)
             if not isinstance(e, Exception):
                 raise
         finally:
@@ -166,15 +176,13 @@ class Batcher:
 
     async def _write_once(self, conn: Any, batch: list[_Item]) -> None:
         try:
-            async with conn.transaction():
-                rows = await conn.fetch(Q["store_events"], *_columns(batch))
-                got = {int(r["n"]) - 1: (r["id"], not r["inserted"]) for r in rows}
-                for n, (event_id, dup) in got.items():
-                    if dup:  # committed before this statement: durable already, answer now
-                        _settle(batch[n].fut, (event_id, True))
+            # One statement, no BEGIN/COMMIT round trips: outside a transaction block Postgres commits
+            # it on its own, and asyncpg returns only after ReadyForQuery, i.e. after that commit.
+            rows = await conn.fetch(Q["store_events"], *_columns(batch))
+            got = {int(r["n"]) - 1: (r["id"], not r["inserted"]) for r in rows}
         except ROW_ERRORS as e:
             if len(batch) == 1:
-                _settle(batch[0].fut, error=e)
+                self._settle(batch[0], error=e)
                 return
             self.stats["fallbacks"] += 1
             got = await self._one_by_one(conn, batch)
@@ -183,9 +191,9 @@ class Batcher:
             found = await conn.fetch(Q["find_events"], [it.row[0] for it in missing], [it.row[1] for it in missing])
             ids = {(r["source"], r["delivery_id"]): r["id"] for r in found}
             for it in missing:
-                _settle(it.fut, (ids.get((it.row[0], it.row[1])), True))
+                self._settle(it, (ids.get((it.row[0], it.row[1])), True))
         for n, (event_id, dup) in got.items():
-            _settle(batch[n].fut, (event_id, dup))
+            self._settle(batch[n], (event_id, dup))
 
     async def _one_by_one(self, conn: Any, batch: list[_Item]) -> dict[int, Result]:
         """One savepoint per row: a rejected row fails alone, the rest commit together."""
@@ -196,7 +204,7 @@ class Batcher:
                     async with conn.transaction():  # SAVEPOINT
                         rows = await conn.fetch(Q["store_events"], *_columns([it]))
                 except ROW_ERRORS as e:
-                    _settle(it.fut, error=e)
+                    self._settle(it, error=e)
                     continue
                 for r in rows:
                     got[n] = (r["id"], not r["inserted"])
@@ -209,4 +217,4 @@ class Batcher:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-__all__ = ["ROW_ERRORS", "Batcher"]
+__all__ = ["ROW_ERRORS", "Batcher", "RawJson"]

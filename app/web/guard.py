@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -73,8 +73,10 @@ def client_ip(request: Request, trusted: Sequence[IPNetwork]) -> str:
     not a trusted proxy is the client. A malformed hop stops the walk at the last trusted address.
     """
     peer = request.client.host if request.client else ""
+    if not trusted:  # the common case: nothing to parse
+        return peer
     current = _ip(peer)
-    if not trusted or not _within(current, trusted):
+    if not _within(current, trusted):
         return peer
     hops = [h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")]
     for hop in reversed(hops):
@@ -95,7 +97,7 @@ def request_id(value: str | None) -> str:
     """The caller's X-Request-Id if it is a plain token (logged and echoed), else a fresh id."""
     if value and _REQUEST_ID.match(value):
         return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 random hex digits, like uuid4().hex without building a UUID
 
 
 def indexable(value: str | None, limit: int = MAX_INDEXED_BYTES) -> str | None:
@@ -107,6 +109,12 @@ def indexable(value: str | None, limit: int = MAX_INDEXED_BYTES) -> str | None:
         return value
     prefix = raw[: limit - 80].decode("utf-8", "ignore")
     return f"{prefix}…sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+def shallow_json(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when a JSON text cannot nest deeper than ``limit``: every level opens with ``{`` or ``[``,
+    so fewer of those bytes in the whole text (strings included) bounds the depth without parsing."""
+    return body.count(b"{") + body.count(b"[") <= limit
 
 
 def nesting_depth(value: Any, stop: int = MAX_DEPTH) -> int:
@@ -163,20 +171,30 @@ def stored_headers(
 ) -> dict[str, str]:
     """What goes into ``hookline.events.headers``: metadata headers and the allowlist, capped."""
     custom = tuple(t for v in src.overrides().values() for t in v) + tuple(ordering or ())
-    keep = _metadata_headers(src.provider, custom) | allow
     signed = str(src.hmac.get("header", "")).lower() if src.hmac else ""
+    keep, redact = _kept(src.provider, custom, allow, signed)
     out: dict[str, str] = {}
     for name, value in headers.pairs():
         if name not in keep:
             continue
-        if (is_credential(name) or name == signed) and not _metadata_only(name, src):
+        if name in redact:
             value = "[redacted]"
-        elif len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        elif len(value) * 4 > max_bytes and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
             value = value.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore") + "…[cut]"
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
 
 
-def _metadata_only(name: str, src: Source) -> bool:
+@lru_cache(maxsize=256)
+def _kept(
+    provider: str, custom: tuple[str, ...], allow: frozenset[str], signed: str
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The header names a source stores, and those of them stored as ``[redacted]`` (config only)."""
+    keep = _metadata_headers(provider, custom) | allow
+    redact = {n for n in keep if (is_credential(n) or n == signed) and not _metadata_only_for(n, provider)}
+    return keep, frozenset(redact)
+
+
+def _metadata_only_for(name: str, provider: str) -> bool:
     """Headers such as I-Twilio-Idempotency-Token are ids, not credentials, despite their name."""
-    return name in _metadata_headers(src.provider, ()) and "signature" not in name and "hmac" not in name
+    return name in _metadata_headers(provider, ()) and "signature" not in name and "hmac" not in name

@@ -8,6 +8,7 @@ the model. A 5xx means nothing was stored, so the sender's retry is safe.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -45,10 +46,11 @@ from app.signatures import (
     parse_locator,
     verify,
 )
-from app.signatures.locators import first
+from app.signatures.locators import Locator, first
 from app.web import guard
+from app.web.batcher import RawJson
 from app.web.metrics import note_outcome
-from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.responses import DB_UNAVAILABLE
 from app.web.state import AppState
 from app.web.sync_reply import Delivery
 from app.web.sync_reply import reply as sync_reply
@@ -80,44 +82,70 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def parse_body(body: bytes, content_type: str) -> Any:
     """JSON (any media type, as senders mislabel it), or a form body as an object.
 
     Every branch ends in a value at most :data:`guard.MAX_DEPTH` deep, or a 400.
     """
+    return parse_payload(body, content_type)[0]
+
+
+def parse_payload(body: bytes, content_type: str) -> tuple[Any, RawJson | None]:
+    """:func:`parse_body`, and the body itself as JSON text when it is the document as stored (UTF-8
+    JSON): the batcher sends that text as is instead of serialising the payload again."""
+    form = _is_form(content_type)
     try:
-        payload = _parse_body(body, content_type)
+        payload, text = _parse_form(body) if form else _parse_json(body)
     except RecursionError:
         raise BadRequest("body is nested too deeply to store") from None
-    if guard.nesting_depth(payload) > guard.MAX_DEPTH:
+    deep = form or not guard.shallow_json(body)  # else the depth is bounded without walking it
+    if deep and guard.nesting_depth(payload) > guard.MAX_DEPTH:
         raise BadRequest(f"body is nested deeper than {guard.MAX_DEPTH} levels")
-    return payload
+    return payload, text
 
 
-def _parse_body(body: bytes, content_type: str) -> Any:
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype == "application/x-www-form-urlencoded":
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("form body is not valid UTF-8") from None
-        form = dict(parse_qsl(text, keep_blank_values=True))
-        if "payload" in form and form["payload"].lstrip().startswith("{"):
-            try:  # Slack interactivity and a few others put JSON in a form field
-                return json.loads(form["payload"], parse_constant=_no_constants)
-            except ValueError:
-                pass
-        return form
+def _is_form(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == FORM
+
+
+def _parse_form(body: bytes) -> tuple[Any, None]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("form body is not valid UTF-8") from None
+    form = dict(parse_qsl(text, keep_blank_values=True))
+    if "payload" in form and form["payload"].lstrip().startswith("{"):
+        try:  # Slack interactivity and a few others put JSON in a form field
+            return _JSON.decode(form["payload"]), None
+        except ValueError:
+            pass
+    return form, None
+
+
+def _parse_json(body: bytes) -> tuple[Any, RawJson | None]:
     if not body.strip():
         raise BadRequest("body is empty; a JSON document was expected")
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    try:
+        if text is not None and not text.startswith("\ufeff") and "\x00" not in text:
+            return _JSON.decode(text), RawJson(text)  # plain UTF-8 (no BOM, no UTF-16/32): the common case
+        return json.loads(body, parse_constant=_no_constants), None  # what json.loads accepts beyond that
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: NaN and ±Infinity are not JSON (Postgres refuses them too); one decoder for every request.
+_JSON = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def public_url(request: Request, src: Source, base: str | None) -> str | None:
@@ -169,10 +197,11 @@ async def receive_webhook(request: Request) -> Response:
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
     body = await read_body(request, src.max_body_bytes or state.settings.max_body_bytes)
+    secrets = src.secrets(environ)
     try:
         verify(
             provider,
-            secrets=src.secrets(environ),
+            secrets=secrets,
             headers=headers,
             body=body,
             url=public_url(request, src, state.settings.public_url),
@@ -196,7 +225,7 @@ async def receive_webhook(request: Request) -> Response:
     _rate_limit(state, src)
 
     content_type = request.headers.get("content-type", "")
-    payload = parse_body(body, content_type)
+    payload, raw = parse_payload(body, content_type)
 
     token = environ.get(src.verify_token_env) if src.verify_token_env else None
     reply = handshake(
@@ -205,8 +234,8 @@ async def receive_webhook(request: Request) -> Response:
         headers=headers,
         body=body,
         payload=payload,
-        query=dict(request.query_params),
-        secrets=src.secrets(environ),
+        query={},  # only the GET handshake reads the query
+        secrets=secrets,
         verify_token=token,
     )
     if reply is not None:
@@ -229,7 +258,7 @@ async def receive_webhook(request: Request) -> Response:
     elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
         delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
     ordering = state.config.ordering_locators(name)
-    ordering_key = first(tuple(parse_locator(s) for s in ordering), headers, payload) if ordering else None
+    ordering_key = first(_locators(ordering), headers, payload) if ordering else None
     invalid = _schema_violation(src, meta.event_type, payload)
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
@@ -237,7 +266,9 @@ async def receive_webhook(request: Request) -> Response:
     stored = guard.stored_headers(
         headers, src, ordering, state.stored_header_names, state.settings.stored_header_max_bytes
     )
-    sync = state.config.sync_pipeline_for(name, meta.event_type) if invalid is None else None
+    priority, sync = state.routing(name, meta.event_type)
+    if invalid is not None:
+        sync = None
     row = (
         name,
         delivery_id,
@@ -251,11 +282,12 @@ async def receive_webhook(request: Request) -> Response:
         content_type or None,
         remote,
         request_id,
-        state.config.priority_for(name, meta.event_type),
+        priority,
     )
     try:
         if invalid is None:  # the common path: group commit with whatever else is arriving
-            event_id, dup = await state.batcher.insert((*row, sync is not None))
+            stored_row = row if raw is None else (*row[:8], raw, *row[9:])  # the body is the jsonb text
+            event_id, dup = await state.batcher.insert((*stored_row, sync is not None))
         else:  # on_invalid = "store": kept as skipped, with the reason, and no job
             event_id, dup = await _store_invalid(state, row, f"payload does not match the schema: {invalid}")
         status = "duplicate" if dup else "accepted"
@@ -273,12 +305,13 @@ async def receive_webhook(request: Request) -> Response:
     except asyncpg.exceptions.ProgramLimitExceededError:  # a value too large for an index or a row
         raise BadRequest("a value in this request is too large to store (index row limit)") from None
     note_outcome(request.scope, status)
-    log.info(
-        "event %s %s",
-        event_id,
-        status,
-        extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "event %s %s",
+            event_id,
+            status,
+            extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
+        )
     if sync is not None and event_id is not None:
         delivery = Delivery(
             event_id=event_id,
@@ -291,7 +324,17 @@ async def receive_webhook(request: Request) -> Response:
             request_id=request_id,
         )
         return await sync_reply(request, state, sync, delivery)
-    return json_response(200, {"status": status, "event_id": event_id}, {"x-request-id": request_id})
+    return Response(
+        f'{{"status":"{status}","event_id":{"null" if event_id is None else int(event_id)}}}',
+        media_type="application/json",
+        headers={"x-request-id": request_id},
+    )  # json_response's body, formatted directly: both values are ours (a status word, an integer)
+
+
+@functools.lru_cache(maxsize=256)
+def _locators(texts: tuple[str, ...]) -> tuple[Locator, ...]:
+    """A source's ordering-key locators, parsed once (they come from the config, never a request)."""
+    return tuple(parse_locator(s) for s in texts)
 
 
 def _rate_limit(state: AppState, src: Source) -> None:

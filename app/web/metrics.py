@@ -71,12 +71,27 @@ class Metrics:
             ["source", "pipeline", "outcome"],
             registry=r,
         )
+        #: Label children of the two per-request series (sources are configured names or '', outcomes
+        #: a fixed set: both bounded).
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
         self._by_name: dict[str, Counter] = {
             "hookline_sync_replies_total": self.sync_replies,
             "hookline_ingest_requests_total": self.ingest_requests,
             "hookline_signature_failures_total": self.signature_failures,
             "hookline_handshakes_total": self.handshakes,
         }
+
+    def observe_ingest(self, source: str, outcome: str, seconds: float) -> None:
+        """One answered webhook request (the middleware's figures; label children looked up once)."""
+        counter = self._requests.get((source, outcome))
+        if counter is None:
+            counter = self._requests[(source, outcome)] = self.ingest_requests.labels(source=source, outcome=outcome)
+        counter.inc()
+        timer = self._durations.get(source)
+        if timer is None:
+            timer = self._durations[source] = self.ingest_duration.labels(source=source)
+        timer.observe(seconds)
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         """Count on one of the counters by its exposed name (``hookline_handshakes_total``)."""
@@ -196,8 +211,7 @@ class IngestMetricsMiddleware:
         finally:
             outcome = scope.get(OUTCOME_KEY) or _OUTCOMES.get(status, "error" if status >= 500 else str(status))
             metrics: Metrics = state.metrics
-            metrics.ingest_requests.labels(source=source, outcome=outcome).inc()
-            metrics.ingest_duration.labels(source=source).observe(time.perf_counter() - started)
+            metrics.observe_ingest(source, outcome, time.perf_counter() - started)
 
 
 _OUTCOMES = {

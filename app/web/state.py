@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from app.core import db
-from app.core.config import Config
+from app.core.config import Config, Pipeline
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
 from app.web.batcher import Batcher
@@ -22,6 +22,11 @@ from app.web.metrics import Metrics
 from app.web.ratelimit import IngestLimiter
 
 log = logging.getLogger("hookline.db")
+
+#: Most (source, event type) pairs AppState.routing remembers.
+_MAX_ROUTES = 4096
+#: Longest event type AppState.routing remembers (longer ones are computed each time).
+_MAX_ROUTE_KEY = 200
 
 
 class PoolHolder:
@@ -89,8 +94,22 @@ class AppState:
     #: Group commit of ingest rows (app/web/batcher.py).
     batcher: Batcher = field(init=False)
 
+    #: (source, event type) → (job priority, sync pipeline): the config is frozen, so computed once.
+    _routes: dict[tuple[str, str | None], tuple[int, Pipeline | None]] = field(default_factory=dict, repr=False)
+
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.db.ensure, max_flushes=max(1, min(4, self.settings.db_pool_max - 1)))
+
+    def routing(self, source: str, event_type: str | None) -> tuple[int, Pipeline | None]:
+        """The job priority of an event and the ``respond = "sync"`` pipeline that answers it, if any."""
+        key = (source, event_type)
+        found = self._routes.get(key)
+        if found is None:
+            found = (self.config.priority_for(source, event_type), self.config.sync_pipeline_for(source, event_type))
+            short = event_type is None or len(event_type) <= _MAX_ROUTE_KEY
+            if short and len(self._routes) < _MAX_ROUTES:  # event types come from senders: keep it bounded
+                self._routes[key] = found
+        return found
 
     @functools.cached_property
     def trusted_proxies(self) -> tuple[IPNetwork, ...]:

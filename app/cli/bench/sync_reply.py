@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -50,6 +52,8 @@ class Bench(Protocol):
 
 
 SOURCE = "bench-sync"
+#: The unique data.n of each sync request (32 hex digits), as it appears in the prompt.
+_MARKER = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 TARGET_P95_MS = 15.0
 
 #: Appended to the bench's hookline.toml (already formatted: braces are literal here).
@@ -61,7 +65,7 @@ secrets_env = ["{SECRET_ENV}"]
 [pipelines.{SOURCE}]
 source = "{SOURCE}"
 events = ["bench.*"]
-fields = ["type"]
+fields = ["type", "data.n"]
 instructions = "Answer this synthetic event (hookline bench, stand-in model)."
 output_schema = {{ type = "object", properties = {{ answer = {{ type = "string" }} }}, required = ["answer"] }}
 respond = "sync"
@@ -76,13 +80,20 @@ class StandInModel:
     def __init__(self, delay: float) -> None:
         outer = self
         self.delay = delay
+        #: marker (the event's data.n, found in the prompt) → (request arrived, answer sent), epoch s.
+        self.calls: dict[str, tuple[float, float]] = {}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: with Nagle on, the body waits for the client's
+            # delayed ACK of the headers (~40 ms on Linux), which a real API never adds.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
+                arrived = time.time()
+                request = self.rfile.read(int(self.headers.get("content-length", "0")))
                 time.sleep(outer.delay)
+                marker = _MARKER.search(request)
                 body = json.dumps(
                     {
                         "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -100,6 +111,8 @@ class StandInModel:
                 self.send_header("content-length", str(len(body)))
                 self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
                 self.end_headers()
+                if marker is not None:
+                    outer.calls[marker.group(0).decode()] = (arrived, time.time())
                 self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
@@ -130,21 +143,21 @@ def run_row(bench: Bench) -> dict[str, Any]:
         bench.children.start("web-sync", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(port)], env)
         bench.children.start("worker-sync", ["-m", "worker"], env | {"HOOKLINE_WORKER_CONCURRENCY": "10"})
         wait_http(bench.children, "web-sync", f"http://127.0.0.1:{port}/readyz")
-        return asyncio.run(_measure(bench, port))
+        return asyncio.run(_measure(bench, port, model))
     finally:
         bench.children.stop("worker-sync")
         bench.children.stop("web-sync")
         model.close()
 
 
-async def _measure(bench: Bench, port: int) -> dict[str, Any]:
+async def _measure(bench: Bench, port: int, model: StandInModel) -> dict[str, Any]:
     p = bench.plan
     url = f"http://127.0.0.1:{port}/webhooks/{SOURCE}"
     limits = httpx.Limits(max_connections=p.sync_concurrency + 2)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         deadline = time.monotonic() + 60
         while True:  # the worker is up once a reply carries the answer
-            _, resp = await _one(client, url, bench.secret, "warm")
+            resp = (await _one(client, url, bench.secret, "warm")).resp
             if resp.headers.get("x-hookline-reply") == "answer":
                 break
             if time.monotonic() > deadline:
@@ -153,11 +166,15 @@ async def _measure(bench: Bench, port: int) -> dict[str, Any]:
         for i in range(p.sync_requests):
             queue.put_nowait(i)
         results: list[tuple[float, int, str, int]] = []
+        sent: dict[int, _Sent] = {}
 
         async def client_loop() -> None:
             while not queue.empty():
                 queue.get_nowait()
-                elapsed, resp = await _one(client, url, bench.secret, "sync")
+                one = await _one(client, url, bench.secret, "sync")
+                elapsed, resp = one.elapsed, one.resp
+                if resp.headers.get("x-hookline-event-id"):
+                    sent[int(resp.headers["x-hookline-event-id"])] = one
                 results.append(
                     (
                         elapsed,
@@ -190,16 +207,79 @@ async def _measure(bench: Bench, port: int) -> dict[str, Any]:
         "model_ms": stats(models),
         "requests_per_s": round(len(results) / wall, 1) if wall > 0 else None,
         "target_p95_added_ms": TARGET_P95_MS,
+        "stages_ms": {k: stats(sorted(v)) for k, v in (await _stages(bench.db.url, sent, model.calls)).items()},
     }
 
 
-async def _one(client: httpx.AsyncClient, url: str, secret: str, prefix: str) -> tuple[float, httpx.Response]:
-    body = json.dumps({"type": "bench.created", "data": {"n": uuid.uuid4().hex}}).encode()
+@dataclass(frozen=True)
+class _Sent:
+    elapsed: float
+    resp: httpx.Response
+    marker: str  # the request's data.n
+    sent_at: float  # epoch s, the clock Postgres and the stand-in model use too (one host)
+    done_at: float
+
+
+async def _one(client: httpx.AsyncClient, url: str, secret: str, prefix: str) -> _Sent:
+    marker = uuid.uuid4().hex
+    body = json.dumps({"type": "bench.created", "data": {"n": marker}}).encode()
     headers = sign("standard_webhooks", secret=secret, body=body, delivery_id=f"{prefix}-{uuid.uuid4().hex}")
     headers["content-type"] = "application/json"
-    t = time.perf_counter()
+    sent_at, t = time.time(), time.perf_counter()
     resp = await client.post(url, content=body, headers=headers)
-    return time.perf_counter() - t, resp
+    elapsed = time.perf_counter() - t
+    return _Sent(elapsed, resp, marker, sent_at, sent_at + elapsed)
+
+
+#: Where the added latency goes, per request (ms), from the client's clock, the event row, the stand-in
+#: model's clock and the stored answer: all on this host.
+STAGES = (
+    ("ingest", "request sent → event stored (received_at, the insert's start)"),
+    ("pickup", "received_at → job fetched (procrastinate 'started' event): commit, NOTIFY, worker's fetch"),
+    ("claim", "job fetched → event claimed (started_at)"),
+    ("before_model", "started_at → model request arrived"),
+    ("after_model", "model answered → answer stored (llm_calls.created_at, its transaction's start)"),
+    ("reply", "answer stored → HTTP reply received (commit, NOTIFY, web wakes, reads, renders)"),
+)
+
+
+_STAGE_TIMES = """SELECT e.id, extract(epoch FROM e.received_at) AS received,
+       extract(epoch FROM e.started_at) AS started, extract(epoch FROM c.created_at) AS stored,
+       (SELECT extract(epoch FROM min(pe.at)) FROM procrastinate_jobs j
+        JOIN procrastinate_events pe ON pe.job_id = j.id AND pe.type = 'started'
+        WHERE j.args->>'event_id' = e.id::text) AS fetched
+FROM hookline.events e JOIN hookline.llm_calls c ON c.event_id = e.id AND c.status = 'succeeded'
+WHERE e.id = ANY($1::bigint[])"""
+
+
+async def _stages(url: str, sent: dict[int, _Sent], calls: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    from app.core.db import connect
+
+    conn = await connect(url, timeout=10.0)
+    try:
+        rows = await conn.fetch(
+            _STAGE_TIMES,
+            list(sent),
+        )
+    finally:
+        await conn.close()
+    out: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    for r in rows:
+        s, model = sent[int(r["id"])], calls.get(sent[int(r["id"])].marker)
+        if model is None or r["started"] is None or r["fetched"] is None:
+            continue
+        received, started, stored = float(r["received"]), float(r["started"]), float(r["stored"])
+        fetched = float(r["fetched"])
+        for name, value in (
+            ("ingest", received - s.sent_at),
+            ("pickup", fetched - received),
+            ("claim", started - fetched),
+            ("before_model", model[0] - started),
+            ("after_model", stored - model[1]),
+            ("reply", s.done_at - stored),
+        ):
+            out[name].append(1000 * value)
+    return out
 
 
 async def _model_latency(url: str, event_ids: list[int]) -> dict[int, float]:
@@ -243,5 +323,10 @@ def report_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "ms p50/p95/p99",
             f"{r['requests']} requests, {r['concurrency']} at once, stand-in model {r['model_delay_ms']} ms; "
             f"answered {r['answered']}, defaults {r['defaults']}, errors {r['errors']}",
+        ),
+        *(
+            (f"  sync stage: {name}", " / ".join(f(st[k]) for k in ("p50", "p95")), "ms p50/p95", what)
+            for name, what in STAGES
+            if (st := r.get("stages_ms", {}).get(name)) is not None
         ),
     ]
