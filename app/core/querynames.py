@@ -84,9 +84,6 @@ WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
 AdminQuery = Literal[
     "list_events",
     "event_row",
-    "event_calls",
-    "event_actions",
-    "event_timeline",
     "dead_letters",
     "replay_one",
     "replay_matching",

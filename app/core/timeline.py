@@ -64,8 +64,15 @@ async def load_event_story(conn: Any, event_id: int) -> EventStory | None:
     event = await conn.fetchrow(Q["event_detail"], event_id)
     if event is None:
         return None
+    return await load_steps(conn, dict(event))
+
+
+async def load_steps(conn: Any, event: dict[str, Any]) -> EventStory:
+    """The story of an event row already read (``event`` needs its ``id``): the view's timeline, the
+    model calls and the action runs. The admin API reads its own row (with the payload, to redact)."""
+    event_id = event["id"]
     return EventStory(
-        event=dict(event),
+        event=event,
         timeline=[dict(r) for r in await conn.fetch(Q["event_timeline"], event_id)],
         calls=[dict(r) for r in await conn.fetch(Q["event_calls"], event_id)],
         actions=[dict(r) for r in await conn.fetch(Q["event_actions"], event_id)],

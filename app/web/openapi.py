@@ -98,6 +98,8 @@ SCHEMAS: dict[str, Any] = {
             "input_tokens": N_INT,
             "output_tokens": N_INT,
             "cost_usd": N_NUM,
+            "ref_id": N_INT,
+            "detail": N_STR,
         },
         ["step", "at"],
     ),

@@ -22,45 +22,6 @@ SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, s
        dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at
 FROM hookline.events WHERE id = $1;
 
--- name: event_calls
--- One event's model calls (request and response bodies left out: they can be large).
-SELECT id, pipeline, model, status, output, error, input_tokens, output_tokens, cache_creation_input_tokens,
-       cache_read_input_tokens, cost_usd, latency_ms, request_id, created_at
-FROM hookline.llm_calls WHERE event_id = $1 ORDER BY id;
-
--- name: event_actions
--- One event's action runs.
-SELECT id, pipeline, action, action_type, status, attempts, idempotency_key, result, error, started_at, finished_at
-FROM hookline.action_runs WHERE event_id = $1 ORDER BY id;
-
--- name: event_timeline
--- One event's steps in order: received, started, each model call, each action, finished.
-SELECT step, at, duration_ms, pipeline, name, status, input_tokens, output_tokens, cost_usd FROM (
-    SELECT 'received' AS step, e.received_at AS at, NULL::bigint AS duration_ms, NULL::text AS pipeline,
-           NULL::text AS name, NULL::text AS status, NULL::integer AS input_tokens, NULL::integer AS output_tokens,
-           NULL::numeric AS cost_usd, 0 AS rank, 0::bigint AS ref
-    FROM hookline.events e WHERE e.id = $1
-    UNION ALL
-    SELECT 'started', e.started_at,
-           (extract(epoch FROM e.started_at - e.received_at) * 1000)::bigint, NULL, NULL, NULL, NULL, NULL, NULL, 1, 0
-    FROM hookline.events e WHERE e.id = $1 AND e.started_at IS NOT NULL
-    UNION ALL
-    SELECT 'model_call', c.created_at, c.latency_ms, c.pipeline, c.model, c.status, c.input_tokens, c.output_tokens,
-           c.cost_usd, 2, c.id
-    FROM hookline.llm_calls c WHERE c.event_id = $1
-    UNION ALL
-    SELECT 'action', coalesce(a.finished_at, a.started_at),
-           (extract(epoch FROM a.finished_at - a.started_at) * 1000)::bigint, a.pipeline, a.action, a.status,
-           NULL, NULL, NULL, 3, a.id
-    FROM hookline.action_runs a WHERE a.event_id = $1
-    UNION ALL
-    SELECT 'finished', e.finished_at,
-           (extract(epoch FROM e.finished_at - e.received_at) * 1000)::bigint, NULL, NULL, e.status, NULL, NULL,
-           NULL, 4, 0
-    FROM hookline.events e WHERE e.id = $1 AND e.finished_at IS NOT NULL
-) steps
-ORDER BY at, rank, ref;
-
 -- name: dead_letters
 -- Dead letters, newest first, ids below the cursor.
 SELECT d.event_id, d.source, d.event_type, e.tenant, d.delivery_id, d.attempts, d.error, d.detail, d.received_at,

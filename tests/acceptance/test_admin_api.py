@@ -148,7 +148,12 @@ async def test_detail_masks_the_redacted_fields(admin: httpx.AsyncClient, conn: 
         },
     }
     event_id = insert_event(conn, "stripe", "evt_1", payload=payload, status="processing")
-    conn.execute("UPDATE hookline.events SET started_at = clock_timestamp() WHERE id = %s", (event_id,))
+    # a consistent story: the 120 ms call (the view places it at its start) begins after the event did
+    conn.execute(
+        "UPDATE hookline.events SET received_at = clock_timestamp() - interval '1 s', "
+        "started_at = clock_timestamp() - interval '0.5 s' WHERE id = %s",
+        (event_id,),
+    )
     insert_call(conn, event_id, "recovery", "0.00123", (100, 20))
     conn.execute(
         "INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, status, idempotency_key,"
@@ -165,7 +170,7 @@ async def test_detail_masks_the_redacted_fields(admin: httpx.AsyncClient, conn: 
     obj = body["event"]["payload"]["data"]
     assert obj["object"] == {"customer_email": "[redacted]", "amount_due": 1200}
     assert obj["items"] == [{"card": "[redacted]", "sku": "x"}, {"card": "[redacted]", "sku": "y"}]
-    steps = [s["step"] for s in body["timeline"] if s["step"] != "queued"]  # the view may add a queued step
+    steps = [s["step"] for s in body["timeline"] if s["step"] != "queued"]  # the view adds a queued step
     assert steps == ["received", "started", "model_call", "action", "finished"]
     call = next(s for s in body["timeline"] if s["step"] == "model_call")
     assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (100, 20, 0.00123)

@@ -6,33 +6,21 @@ source's ``redact`` paths masked, so neither caller can leak a field by forgetti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from app.core.config import Config
 from app.core.querynames import AdminQuery
 from app.core.sqlfiles import NamedQueries
+from app.core.timeline import jsonable, load_steps
 
 Q: NamedQueries[AdminQuery] = NamedQueries("admin", AdminQuery)
 
 MASK = "[redacted]"
 #: Largest page the list endpoints return.
 MAX_LIMIT = 500
-
-
-def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _value(v) for k, v in row.items()}
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, Decimal):
-        return float(v)
-    return v
 
 
 def redact(payload: Any, paths: Iterable[str]) -> Any:
@@ -89,16 +77,12 @@ async def event_detail(conn: Any, config: Config, event_id: int) -> dict[str, An
     row = await conn.fetchrow(Q["event_row"], event_id)
     if row is None:
         return None
-    event = jsonable(row)
+    story = (await load_steps(conn, dict(row))).as_json()  # the hookline.event_timeline view's steps
+    event = story["event"]
     source = config.sources.get(event["source"])
     if source is not None and source.redact and event["payload"] is not None:
         event["payload"] = redact(event["payload"], source.redact)
-    return {
-        "event": event,
-        "timeline": [jsonable(r) for r in await conn.fetch(Q["event_timeline"], event_id)],
-        "calls": [jsonable(r) for r in await conn.fetch(Q["event_calls"], event_id)],
-        "actions": [jsonable(r) for r in await conn.fetch(Q["event_actions"], event_id)],
-    }
+    return story
 
 
 async def dead_letters(conn: Any, *, before: int | None, limit: int) -> list[dict[str, Any]]:
