@@ -41,7 +41,10 @@ async def check_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    conn.pgconn.consume_input()  # raises OperationalError on a connection the server closed
+    # raises OperationalError on a connection the server closed: the first read takes in what it sent
+    # (a FATAL on termination), the second meets the end of the stream
+    conn.pgconn.consume_input()
+    conn.pgconn.consume_input()
     if conn.pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("the connection is bad")
     if time.monotonic() - _returned.get(conn, 0.0) > IDLE_CHECK_SECONDS:

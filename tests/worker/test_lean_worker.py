@@ -9,6 +9,7 @@ handed over) is not part of these tests.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -166,3 +167,23 @@ async def test_a_failed_store_and_finish_leaves_the_event_to_the_failure_path(
     assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
     # the failed statement stored nothing: the answer that finished the event is the only one
     assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s", event_id) == [("succeeded",)]
+
+
+async def test_a_pooled_connection_the_server_closed_is_not_lent_again(db_url: str) -> None:
+    """The worker's pool checks a connection without a round trip: one whose backend was terminated
+    while it sat in the pool (a restart, a failover, pg_terminate_backend) is discarded, and the
+    next statement runs on a fresh connection instead of failing."""
+    rt = await _runtime(db_url, None)
+    try:
+        async with rt.db.pool.connection() as conn:
+            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        assert rows(db_url, "SELECT pg_terminate_backend(%s)", pid) == [(True,)]
+        for _ in range(100):  # the backend is gone once pg_stat_activity no longer lists it
+            if not rows(db_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
+                break
+            await asyncio.sleep(0.02)
+        async with rt.db.pool.connection() as conn:
+            again = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        assert again != pid
+    finally:
+        await rt.close()
