@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from app.core.config import Config
+from app.core.config import Config, Pipeline
 from app.core.settings import Settings
 from worker.db import WorkerDB
 from worker.llm import LLMClient, make_client
@@ -79,6 +79,20 @@ class Runtime:
     llm: LLMClient | None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     slots: Slots = field(default_factory=lambda: Slots(10))
+    _matched: dict[tuple[str, str | None], tuple[Pipeline, ...]] = field(default_factory=dict, repr=False)
+    _matched_config: Config | None = field(default=None, repr=False)
+
+    def pipelines_for(self, source: str, event_type: str | None) -> list[Pipeline]:
+        """The config's pipelines for an event of this source and type, a sync one first; remembered
+        per pair while the config stays the same (at most 4,096 pairs: event types come from senders)."""
+        if self._matched_config is not self.config or len(self._matched) >= 4096:
+            self._matched, self._matched_config = {}, self.config
+        key = (source, event_type)
+        found = self._matched.get(key)
+        if found is None:
+            found = tuple(sorted(self.config.pipelines_for(source, event_type), key=lambda p: not p.sync))
+            self._matched[key] = found
+        return list(found)
 
     @property
     def simulated(self) -> bool:

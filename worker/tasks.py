@@ -245,7 +245,7 @@ async def handle_event(
     event = cast(EventRow, claimed)
     bind_log_context(request_id=event.get("request_id"))
     # a sync pipeline first: a sender waits for its answer
-    pipelines = sorted(rt.config.pipelines_for(event["source"], event["event_type"]), key=lambda p: not p.sync)
+    pipelines = rt.pipelines_for(event["source"], event["event_type"])
     if not pipelines:
         await _finish(
             rt,

@@ -4,37 +4,15 @@
 -- Claim an event for processing and load it with the answers already stored for it: {pipeline:
 -- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice. When
 -- %(more)s > 0, the same statement also claims up to %(more)s further process_event jobs waiting in
--- the queue (batch claim), by procrastinate's own fetch rules (runnable, no job of the same lock
--- running or ahead of it, priority then age), for the worker that runs job %(job_id)s, and claims
--- their events. One row per job: event_id and job_id (NULL for the job procrastinate handed over);
--- id is NULL when the event is already terminal (nothing to do). pickup_s (when %(pickup)s): seconds
--- from the job becoming runnable to its start.
+-- the queue (batch claim: hookline.claimable_jobs, procrastinate's own fetch rules), for the worker
+-- that runs job %(job_id)s, and claims their events. One row per job: event_id and job_id (NULL for
+-- the job procrastinate handed over); id is NULL when the event is already terminal (nothing to do).
+-- pickup_s (when %(pickup)s): seconds from the job becoming runnable to its start.
 WITH more AS (
     UPDATE procrastinate_jobs j
     SET status = 'doing',
         worker_id = (SELECT w.worker_id FROM procrastinate_jobs w WHERE w.id = %(job_id)s)
-    WHERE j.id IN (
-        SELECT jobs.id
-        FROM procrastinate_jobs AS jobs
-        WHERE %(more)s > 0
-          AND jobs.status = 'todo'
-          AND jobs.queue_name = %(queue)s
-          AND jobs.task_name = %(task)s
-          AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
-          AND jobs.args ? 'event_id'
-          AND NOT jobs.args ? 'recompute'
-          AND NOT jobs.args ? 'force_actions'
-          AND NOT EXISTS (
-              SELECT 1 FROM procrastinate_jobs AS other
-              WHERE jobs.lock IS NOT NULL
-                AND other.lock = jobs.lock
-                AND (other.status = 'doing'
-                     OR (other.status = 'todo'
-                         AND (other.priority > jobs.priority
-                              OR (other.priority = jobs.priority AND other.id < jobs.id)))))
-        ORDER BY jobs.priority DESC, jobs.id ASC
-        LIMIT %(more)s
-        FOR UPDATE OF jobs SKIP LOCKED)
+    WHERE j.id = ANY (ARRAY(SELECT hookline.claimable_jobs(%(queue)s, %(task)s, %(more)s)))
     RETURNING j.id AS job_id, (j.args ->> 'event_id')::bigint AS event_id, j.attempts AS job_attempts
 ), wanted AS (
     SELECT %(event_id)s::bigint AS event_id, NULL::bigint AS job_id, NULL::integer AS job_attempts

@@ -104,3 +104,21 @@ def test_watched_tables_cannot_be_sync() -> None:
 )
 def test_event_pattern_overlap(a: str, b: str, overlap: bool) -> None:
     assert _overlap(a, b) is overlap and _overlap(b, a) is overlap
+
+
+def test_worker_remembers_which_pipelines_an_event_goes_to_sync_first() -> None:
+    from typing import cast
+
+    from worker.runtime import Runtime
+
+    c = config({"events": ["*"]}, {"respond": "sync", "events": ["/ask"]}, {"events": ["/other"]})
+    rt = Runtime(settings=cast(Any, None), config=c, db=cast(Any, None), http=cast(Any, None), llm=None)
+    assert [p.name for p in rt.pipelines_for("s", "/ask")] == ["p1", "p0"]  # the sync one first
+    assert [p.name for p in rt.pipelines_for("s", "/ask")] == ["p1", "p0"]  # remembered, same answer
+    assert [p.name for p in rt.pipelines_for("s", "/other")] == ["p0", "p2"]
+    assert rt.pipelines_for("elsewhere", "/ask") == []
+    rt.config = config({"events": ["/other"]})  # a new config is asked afresh
+    assert [p.name for p in rt.pipelines_for("s", "/ask")] == []
+    for i in range(5000):  # event types come from senders: the memory stays bounded
+        rt.pipelines_for("s", f"t{i}")
+    assert len(rt._matched) <= 4096
