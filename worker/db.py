@@ -56,6 +56,19 @@ async def _stamp_return(conn: psycopg.AsyncConnection[Any]) -> None:
     _returned[conn] = time.monotonic()
 
 
+def queue_pool(**kwargs: Any) -> AsyncConnectionPool:
+    """procrastinate's connection pool (its ``pool_factory``): autocommit, and the same local check
+    as the worker's own pool. procrastinate runs one statement per call (its SQL functions are atomic
+    by themselves), so the ``BEGIN`` and ``COMMIT`` psycopg would wrap around each were two extra round
+    trips, and psycopg_pool's check a third, for every job fetched and every job finished."""
+    kwargs["check"] = check_connection
+    return AsyncConnectionPool(**kwargs, configure=_autocommit, reset=_stamp_return)
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+
+
 def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 

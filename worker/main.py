@@ -27,6 +27,7 @@ from app.core.logs import setup_logging
 from app.core.settings import Settings
 from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
+from worker.db import queue_pool
 from worker.runtime import Runtime, db_pool_size
 
 log = logging.getLogger("hookline.worker")
@@ -40,6 +41,7 @@ def build_app(
         min_size=1,
         max_size=pool_size,
         kwargs={"application_name": "hookline-worker-queue"},
+        pool_factory=queue_pool,
     )
     app = procrastinate.App(connector=connector)
     bp = procrastinate.Blueprint()
