@@ -71,7 +71,13 @@ def _results() -> dict[str, Any]:
         },
         "scale": {
             "steps": [
-                {"processes": n, "events_per_s": 100.0 * n, "worker_cpu_ms_per_event": 1.5, "events": 10}
+                {
+                    "processes": n,
+                    "events_per_s": 100.0 * n,
+                    "worker_cpu_ms_per_event": 1.5,
+                    "postgres_cpu_ms_per_event": 2.5 if n == 1 else None,  # None: Postgres elsewhere
+                    "events": 10,
+                }
                 for n in (1, 2)
             ]
         },
@@ -99,6 +105,9 @@ def test_report_rows_and_chart(tmp_path: Path) -> None:
     metrics = [r["metric"] for r in rows]
     assert "ack at 500 req/s" in metrics and "scale, 2 dry-run worker(s)" in metrics
     assert "worker, model 1,000 ms, 1p × c10" in metrics
+    notes = {r["metric"]: r["notes"] for r in rows}
+    assert notes["scale, 1 dry-run worker(s)"] == "c=10 each; worker CPU 1.50 ms/event, Postgres 2.50 ms/event"
+    assert "Postgres" not in notes["scale, 2 dry-run worker(s)"]
     assert {"metric": "duplicates", "value": "FAILED", "unit": "", "notes": "BenchError: boom"} in rows
     line = draw({"results": _results(), "started_at": "2026-01-01T00:00:00"}, tmp_path / "c.png")
     assert line == f"chart written to {tmp_path / 'c.png'}"

@@ -85,7 +85,7 @@ def scenario_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     _f(x["events_per_s"], 0),
                     "events/s",
                     f"{x['events']} events; worker CPU {_f(x['worker_cpu_ms_per_event'], 2)} ms/event "
-                    f"(target ≤ 1){ideal}",
+                    f"(target ≤ 1){_pg(x)}{ideal}",
                 )
         elif key == "scale":
             for x in r["steps"]:
@@ -93,7 +93,13 @@ def scenario_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     f"scale, {x['processes']} dry-run worker(s)",
                     _f(x["events_per_s"], 0),
                     "events/s",
-                    f"c=10 each; worker CPU {_f(x['worker_cpu_ms_per_event'], 2)} ms/event"
+                    f"c=10 each; worker CPU {_f(x['worker_cpu_ms_per_event'], 2)} ms/event{_pg(x)}"
                     + ("; target ≥ 1,000 with 2" if x["processes"] == 2 else ""),
                 )
     return out
+
+
+def _pg(x: dict[str, Any]) -> str:
+    """The Postgres side of a worker run: CPU of the backends serving it, when measured."""
+    ms = x.get("postgres_cpu_ms_per_event")
+    return f", Postgres {_f(ms, 2)} ms/event" if ms is not None else ""

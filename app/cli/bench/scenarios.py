@@ -242,13 +242,34 @@ async def wait_workers(db: phases.Events, n: int, after: int = 0, timeout: float
     raise BenchError(f"{n} worker(s) did not register within {timeout:.0f}s")
 
 
+#: The Postgres backends serving the workers (their pools name themselves): hookline's own statements
+#: and procrastinate's fetch/finish.
+_WORKER_BACKENDS = """SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND application_name IN ('hookline-worker', 'hookline-worker-queue')"""
+
+
+async def backend_cpu(db: phases.Events) -> dict[int, float]:
+    """CPU seconds so far of each Postgres backend serving a worker; empty when Postgres runs on
+    another machine (its processes are not ours to read)."""
+    out: dict[int, float] = {}
+    for r in await db.conn.fetch(_WORKER_BACKENDS):
+        snap = cpu_snapshot(int(r["pid"]))
+        if snap is not None:
+            out[int(r["pid"])] = snap[0]
+    return out
+
+
 async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int]) -> dict[str, Any]:
-    """Bulk-insert ``events`` and time the running workers draining them; CPU per event."""
+    """Bulk-insert ``events`` and time the running workers draining them; CPU per event, of the
+    worker processes and of the Postgres backends serving them (when Postgres is local)."""
     rows = [phases.event_row(phases.SOURCE, f"{prefix}-{i}", i) for i in range(events)]
     cpu0 = proc_cpu(pids)
+    pg0 = await backend_cpu(db)
     await db.insert_many(rows)
     await db.wait_done(phases.SOURCE, prefix, events, timeout=120 + events / 10)
     cpu = proc_cpu(pids) - cpu0
+    pg1 = await backend_cpu(db)
+    pg = sum(t - pg0.get(pid, 0.0) for pid, t in pg1.items()) if pg1 else None
     got = await db.times(phases.SOURCE, prefix)
     span = max(r["finished_at"] for r in got).timestamp() - min(r["started_at"] for r in got).timestamp()
     return {
@@ -256,5 +277,6 @@ async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int])
         "events_per_s": events / span if span > 0 else None,
         "span_s": round(span, 3),
         "worker_cpu_ms_per_event": round(1000 * cpu / events, 3),
+        "postgres_cpu_ms_per_event": round(1000 * pg / events, 3) if pg is not None else None,
         "succeeded": sum(r["status"] == "succeeded" for r in got),
     }
