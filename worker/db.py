@@ -21,6 +21,8 @@ from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
 from app.core.records import CallIdRow, ClaimRow, HistoryRow, IdRow, LateReplyRow, StartRow, StoredCallRow
 from app.core.sqlfiles import NamedQueries
+from worker.callwriter import CallWriter
+from worker.closing import Closing
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
 
@@ -84,12 +86,20 @@ class WorkerDB:
             check=check_connection,
             reset=_stamp_return,
         )
+        #: group commit of the calls stored (and events finished) by concurrent jobs
+        self.calls = CallWriter(self, Q["insert_calls"])
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
 
     async def close(self) -> None:
+        await self.calls.close()
         await self.pool.close()
+
+    async def store_call(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
+        """``insert_call`` through the group commit; with finish parameters (``closing.params``) the
+        same statement finishes the event, and ``closing`` is marked carried once it committed."""
+        return await self.calls.store(params, closing)
 
     @overload
     async def one(self, name: Literal["succeeded_call"], **params: Any) -> StoredCallRow | None: ...

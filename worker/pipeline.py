@@ -12,7 +12,7 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker.action_runs import run_actions
 from worker.batches import batch_answer
-from worker.closing import Closing, carried
+from worker.closing import Closing
 from worker.errors import classify
 from worker.gate import Gate
 from worker.llm import CallRecord, ask, call_row
@@ -54,9 +54,8 @@ async def answer_for(
     history = await _history(rt, event, pipeline) if pipeline.history else None
     request = build_request(pipeline, event, history)
     if rt.llm is None:
-        await rt.db.one(
-            "insert_call",
-            **call_row(
+        await rt.db.store_call(
+            call_row(
                 eid,
                 pipeline.name,
                 CallRecord(
@@ -68,8 +67,8 @@ async def answer_for(
                 closing,
                 dry=True,
             ),
+            closing,
         )
-        carried(closing)
         return None, False
     if pipeline.mode == "batch_api":
         await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
@@ -98,13 +97,12 @@ async def answer_for(
         err = classify(e)
         await _store(rt, eid, pipeline.name, gate.records)
         if not gate.records:
-            await rt.db.one(
-                "insert_call",
-                **call_row(
+            await rt.db.store_call(
+                call_row(
                     eid,
                     pipeline.name,
                     CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
-                ),
+                )
             )
         raise err from e
     await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing)
@@ -125,9 +123,7 @@ async def _store(
     last one finishes the event when ``closing`` is given."""
     for i, rec in enumerate(records):
         last = i == len(records) - 1
-        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec, closing if last else None))
-        if last:
-            carried(closing)
+        await rt.db.store_call(call_row(event_id, pipeline, rec, closing if last else None), closing if last else None)
         _observe(rt, rec)
 
 

@@ -28,6 +28,7 @@ WorkerQuery = Literal[
     "retry_event",
     "succeeded_call",
     "insert_call",
+    "insert_calls",
     "claim_action",
     "finish_action",
     "prune_jobs",

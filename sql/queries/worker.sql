@@ -90,6 +90,47 @@ SELECT (SELECT id FROM ins) AS id,
                                  %(finish_job_id)s)
        END AS finished;
 
+-- name: insert_calls
+-- insert_call for several events at once (the worker's group commit): one row per array position,
+-- the same columns and finish parameters as insert_call, as parallel arrays (jsonb values as JSON
+-- text). One statement, one commit. Rows come back in input order: n (1-based position), id (NULL
+-- when a succeeded call was already stored). At most one row per (event_id, pipeline) per call.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(event_id)s::bigint[], %(pipeline)s::text[], %(model)s::text[], %(status)s::text[],
+                %(request)s::text[], %(response)s::text[], %(output)s::text[], %(error)s::text[],
+                %(input_tokens)s::integer[], %(output_tokens)s::integer[],
+                %(cache_creation_input_tokens)s::integer[], %(cache_read_input_tokens)s::integer[],
+                %(cost_usd)s::numeric[], %(latency_ms)s::integer[], %(request_id)s::text[],
+                %(requested_model)s::text[], %(route)s::text[], %(stop_reason)s::text[],
+                %(finish_status)s::text[], %(finish_dry_run)s::boolean[], %(finish_detail)s::text[],
+                %(finish_job_id)s::bigint[])
+         WITH ORDINALITY AS t(event_id, pipeline, model, status, request, response, output, error,
+                              input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                              cost_usd, latency_ms, request_id, requested_model, route, stop_reason,
+                              finish_status, finish_dry_run, finish_detail, finish_job_id, n)
+), ins AS (
+    INSERT INTO hookline.llm_calls
+        (event_id, pipeline, model, status, request, response, output, error,
+         input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+         cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
+    SELECT event_id, pipeline, model, status, request::jsonb, response::jsonb, output::jsonb, error,
+           input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+           cost_usd, latency_ms, request_id, requested_model, route, stop_reason
+    FROM input
+    ORDER BY n
+    ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
+    RETURNING id, event_id, pipeline
+)
+SELECT i.n, ins.id,
+       CASE WHEN i.finish_status IS NOT NULL THEN
+           hookline.finish_event(i.event_id, i.finish_status, i.finish_dry_run, i.finish_detail, NULL,
+                                 i.finish_job_id)
+       END AS finished
+FROM input i
+LEFT JOIN ins ON ins.event_id = i.event_id AND ins.pipeline = i.pipeline
+ORDER BY i.n;
+
 -- name: claim_action
 -- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.
 -- previous_status is the row's status before this claim (NULL for a first start; 'running' when

@@ -34,7 +34,7 @@ class Plan:
     dup_concurrency: int = 200
     worker_events: int = 1000
     #: (processes, concurrency) with the fake model at 0 ms, and at 1 s.
-    worker_fast: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (2, 10))
+    worker_fast: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (2, 10), (2, 50))
     worker_slow: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (1, 200))
     scale_max_processes: int = 4
     scale_events: int = 1000

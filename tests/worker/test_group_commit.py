@@ -1,0 +1,106 @@
+"""The worker's group commit (``worker/callwriter.py``): model calls stored by concurrent jobs share one
+statement and one commit, each finishing its own event, and a row Postgres rejects fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.core.status import CallStatus
+from tests.harness import make_settings, rows
+from tests.worker.test_pipeline import insert_event
+from worker.closing import Closing
+from worker.db import WorkerDB
+from worker.llm import CallRecord, call_row
+
+REQUEST = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _record(status: str = CallStatus.SUCCEEDED, **over: Any) -> CallRecord:
+    return CallRecord(
+        model="claude-haiku-4-5",
+        status=status,  # type: ignore[arg-type]
+        request=REQUEST,
+        response={"id": "msg_1", "stop_reason": "end_turn"},
+        output={"label": "ok", "n": [1, 2]},
+        usage={"input_tokens": 10, "output_tokens": 3},
+        cost_usd=Decimal("0.00001"),
+        latency_ms=12,
+        request_id="req_1",
+        **over,
+    )
+
+
+@pytest.fixture
+async def db(db_url: str) -> Any:
+    wdb = WorkerDB(make_settings(db_url).dsn() or db_url, max_size=4)
+    await wdb.open()
+    try:
+        yield wdb
+    finally:
+        await wdb.close()
+
+
+async def test_concurrent_calls_share_a_statement_and_each_finishes_its_event(db_url: str, db: WorkerDB) -> None:
+    ids = [insert_event(db_url, f"evt_g{i}") for i in range(12)]
+    closings = [Closing(i, None, simulated=False) for i in ids]
+    got = await asyncio.gather(*(db.store_call(call_row(c.event_id, "p", _record(), c), c) for c in closings))
+    assert all(r is not None and r["id"] is not None for r in got)
+    assert all(c.done for c in closings)
+    # the first row went alone (nothing else was waiting yet); the other eleven shared a flush
+    assert db.calls.stats["rows"] == 12 and db.calls.stats["flushes"] < 12
+    assert db.calls.stats["max_batch_seen"] > 1
+    stored = rows(
+        db_url,
+        "SELECT c.event_id, c.status, c.output, c.cost_usd, c.input_tokens, e.status, e.detail "
+        "FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id ORDER BY c.event_id",
+    )
+    assert [r[0] for r in stored] == ids
+    expected = ("succeeded", Decimal("0.00001"), 10, "succeeded", None)
+    assert {(r[1], r[3], r[4], r[5], r[6]) for r in stored} == {expected}
+    assert all(r[2] == {"label": "ok", "n": [1, 2]} for r in stored)
+    # a second succeeded call of the same event and pipeline is not stored twice: id is None
+    again = await asyncio.gather(*(db.store_call(call_row(i, "p", _record())) for i in ids[:3]))
+    assert [r["id"] if r else "none" for r in again] == [None, None, None]
+
+
+async def test_a_rejected_row_fails_alone_and_the_others_commit(db_url: str, db: WorkerDB) -> None:
+    ids = [insert_event(db_url, f"evt_r{i}") for i in range(6)]
+    # a first row keeps the flush busy so the next five queue up and go together
+    first = asyncio.create_task(db.store_call(call_row(ids[0], "p", _record())))
+    await asyncio.sleep(0)
+    closings = {i: Closing(i, None, simulated=False) for i in ids[1:]}
+    bad = ids[3]
+    results = await asyncio.gather(
+        *(
+            db.store_call(call_row(i, "p", _record("no-such-status" if i == bad else CallStatus.SUCCEEDED), c), c)
+            for i, c in closings.items()
+        ),
+        return_exceptions=True,
+    )
+    await first
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.CheckViolation)
+    assert db.calls.stats["fallbacks"] == 1
+    assert not closings[bad].done and all(c.done for i, c in closings.items() if i != bad)
+    finished = {r[0]: r[1] for r in rows(db_url, "SELECT id, status FROM hookline.events")}
+    assert finished[bad] == "queued"  # left to the failure path
+    assert [finished[i] for i in ids[1:] if i != bad] == ["succeeded"] * 4
+    assert {r[0] for r in rows(db_url, "SELECT event_id FROM hookline.llm_calls")} == set(ids) - {bad}
+
+
+async def test_a_caller_cancelled_mid_write_still_learns_its_event_was_finished(db_url: str, db: WorkerDB) -> None:
+    event_id = insert_event(db_url, "evt_c")
+    closing = Closing(event_id, None, simulated=False)
+    task = asyncio.create_task(db.store_call(call_row(event_id, "p", _record(), closing), closing))
+    await asyncio.sleep(0)  # queued, and its flush started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the write went through before the cancellation reached the caller: it knows, and hands nothing back
+    assert closing.done
+    assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
