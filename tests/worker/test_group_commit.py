@@ -66,6 +66,23 @@ async def test_concurrent_calls_share_a_statement_and_each_finishes_its_event(db
     # a second succeeded call of the same event and pipeline is not stored twice: id is None
     again = await asyncio.gather(*(db.store_call(call_row(i, "p", _record())) for i in ids[:3]))
     assert [r["id"] if r else "none" for r in again] == [None, None, None]
+    # the /metrics totals count each stored call once, whether it came alone or in a batch (migration
+    # 0014 counts per statement), and nothing for the three that were not stored
+    totals = {
+        tuple(r[:4]): r[4]
+        for r in rows(
+            db_url,
+            "SELECT metric, model, kind, status, sum(value) FROM hookline.metric_totals "
+            "WHERE metric <> 'events_finished' GROUP BY 1, 2, 3, 4",
+        )
+    }
+    m = "claude-haiku-4-5"
+    assert totals == {
+        ("model_calls", m, "", "succeeded"): 12,
+        ("tokens", m, "input", ""): 120,
+        ("tokens", m, "output", ""): 36,
+        ("cost_usd", m, "", ""): Decimal("0.00012"),
+    }
 
 
 async def test_a_rejected_row_fails_alone_and_the_others_commit(db_url: str, db: WorkerDB) -> None:
