@@ -91,30 +91,25 @@ SELECT (SELECT id FROM ins) AS id,
        END AS finished;
 
 -- name: insert_calls
--- insert_call for several events at once (the worker's group commit): one row per array position,
--- the same columns and finish parameters as insert_call, as parallel arrays (jsonb values as JSON
--- text). One statement, one commit. Rows come back in input order: n (1-based position), id (NULL
--- when a succeeded call was already stored). At most one row per (event_id, pipeline) per call.
+-- insert_call for several events at once (the worker's group commit): %(rows)s is a JSON array of
+-- objects with insert_call's parameters as keys (request, response and output as JSON values) and
+-- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
+-- (NULL when a succeeded call was already stored). At most one row per (event_id, pipeline) per call.
 WITH input AS (
     SELECT *
-    FROM unnest(%(event_id)s::bigint[], %(pipeline)s::text[], %(model)s::text[], %(status)s::text[],
-                %(request)s::text[], %(response)s::text[], %(output)s::text[], %(error)s::text[],
-                %(input_tokens)s::integer[], %(output_tokens)s::integer[],
-                %(cache_creation_input_tokens)s::integer[], %(cache_read_input_tokens)s::integer[],
-                %(cost_usd)s::numeric[], %(latency_ms)s::integer[], %(request_id)s::text[],
-                %(requested_model)s::text[], %(route)s::text[], %(stop_reason)s::text[],
-                %(finish_status)s::text[], %(finish_dry_run)s::boolean[], %(finish_detail)s::text[],
-                %(finish_job_id)s::bigint[])
-         WITH ORDINALITY AS t(event_id, pipeline, model, status, request, response, output, error,
-                              input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-                              cost_usd, latency_ms, request_id, requested_model, route, stop_reason,
-                              finish_status, finish_dry_run, finish_detail, finish_job_id, n)
+    FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
+        n integer, event_id bigint, pipeline text, model text, status text,
+        request jsonb, response jsonb, output jsonb, error text,
+        input_tokens integer, output_tokens integer, cache_creation_input_tokens integer,
+        cache_read_input_tokens integer, cost_usd numeric, latency_ms integer, request_id text,
+        requested_model text, route text, stop_reason text,
+        finish_status text, finish_dry_run boolean, finish_detail text, finish_job_id bigint)
 ), ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
          input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
          cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
-    SELECT event_id, pipeline, model, status, request::jsonb, response::jsonb, output::jsonb, error,
+    SELECT event_id, pipeline, model, status, request, response, output, error,
            input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
            cost_usd, latency_ms, request_id, requested_model, route, stop_reason
     FROM input
