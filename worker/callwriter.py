@@ -2,11 +2,9 @@
 
 ``await writer.store(params, closing)`` stores one ``insert_call`` row; with ``closing`` the same
 statement finishes the event (``hookline.finish_event``). It is the worker's counterpart of the ingest
-batcher (``app/web/batcher.py``), with the same rules:
+batcher (``app/web/batcher.py``), on the same scheduling (``app/core/groupcommit.py``: no timer, a
+row waits only while another flush runs), with the same rules:
 
-- A row waits only while other flushes run: with fewer than ``max_flushes`` in flight a flush starts on
-  the next turn of the event loop and takes every row queued by then (no timer: a lone event pays
-  nothing extra). Under load rows queue behind the running flushes and the next one takes them all.
 - A flush is one statement (``insert_calls``) outside a transaction block: one commit, one WAL flush
   and one wake-up of the NOTIFY listeners for the whole batch, instead of one per event.
 - A row is answered only after that commit, and ``closing`` is marked carried only then (a failed
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from app.core.groupcommit import GroupCommit
 from app.core.records import CallIdRow
 from worker.closing import Closing, carried
 
@@ -62,26 +61,19 @@ def rows_json(params: list[Mapping[str, Any]]) -> str:
     return json.dumps([{**p, "n": n} for n, p in enumerate(params, start=1)], default=_plain, separators=(",", ":"))
 
 
-class CallWriter:
+class CallWriter(GroupCommit[_Item]):
     """Group commit of ``hookline.llm_calls`` rows (and their events' finish) for one worker process."""
 
     def __init__(self, db: WorkerDB, sql: str, *, max_flushes: int = 2, max_batch: int = 100) -> None:
+        super().__init__(max_flushes=max_flushes, max_batch=max_batch)
         self._db = db
         self._sql = sql  # insert_calls
-        self.max_flushes = max(1, max_flushes)
-        self.max_batch = max(1, max_batch)
-        self._pending: list[_Item] = []
-        self._flushes = 0
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: flushes, rows, the largest batch seen, and flushes that fell back to one row at a time
-        self.stats = {"flushes": 0, "rows": 0, "max_batch_seen": 0, "fallbacks": 0}
+        self.stats["fallbacks"] = 0  # flushes that fell back to one row at a time
 
     async def store(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
         """Store one call (``insert_call``'s parameters); marks ``closing`` carried once committed."""
         fut: asyncio.Future[CallIdRow | None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Item(params, fut))
-        self._kick()
+        self._add(_Item(params, fut))
         try:
             row = await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -94,14 +86,6 @@ class CallWriter:
         if params.get("finish_status") is not None:
             carried(closing)
         return row
-
-    def _kick(self) -> None:
-        if self._pending and not self._scheduled and self._flushes < self.max_flushes:
-            self._flushes += 1
-            self._scheduled = True
-            task = asyncio.create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[_Item]:
         """The next batch: at most one row per (event, pipeline), so every row's outcome is its own."""
@@ -117,28 +101,6 @@ class CallWriter:
                 rest.append(it)
         self._pending = rest
         return batch
-
-    async def _flush(self) -> None:
-        batch: list[_Item] = []
-        self._scheduled = False
-        try:
-            batch = self._take()
-            self._kick()  # more than one batch waiting: the next flush starts alongside
-            if batch:
-                self.stats["flushes"] += 1
-                self.stats["rows"] += len(batch)
-                self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
-                await self._write(batch)
-        except BaseException as e:  # the database is unavailable, or we are being cancelled
-            for it in batch:
-                if not it.fut.done():
-                    it.fut.set_exception(e)
-                    it.fut.exception()  # retrieved: a caller that is gone does not make it "never retrieved"
-            if not isinstance(e, Exception):
-                raise
-        finally:
-            self._flushes -= 1
-            self._kick()
 
     async def _write(self, batch: list[_Item]) -> None:
         try:
@@ -164,13 +126,7 @@ class CallWriter:
             await cur.execute(self._sql, {"rows": rows_json(params)})
             return await cur.fetchall()
 
-    @staticmethod
-    def _fail(it: _Item, e: BaseException) -> None:
-        it.fut.set_exception(e)
-        it.fut.exception()  # retrieved: a caller that is gone does not make it "never retrieved"
-
-    async def close(self) -> None:
-        """Wait for the flushes in flight (nothing is left half-answered)."""
-        while self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    def _fail(self, item: _Item, error: BaseException) -> None:
+        if not item.fut.done():
+            item.fut.set_exception(error)
+            item.fut.exception()  # retrieved: a caller that is gone does not make it "never retrieved"

@@ -28,7 +28,6 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from app.core.groupcommit import GroupCommit
 from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 
@@ -84,7 +84,7 @@ def _columns(items: Sequence[_Item]) -> list[list[Any]]:
     return cols
 
 
-class Batcher:
+class Batcher(GroupCommit[_Item]):
     """Group commit of ``hookline.events`` rows for one web process (one event loop)."""
 
     def __init__(
@@ -94,16 +94,11 @@ class Batcher:
         max_flushes: int = 4,
         max_batch: int = 500,
     ) -> None:
+        super().__init__(max_flushes=max_flushes, max_batch=max_batch)
         self._pool = pool
-        self.max_flushes = max(1, max_flushes)
-        self.max_batch = max(1, max_batch)
-        self._pending: list[_Item] = []
         self._inflight: dict[Key, asyncio.Future[Result]] = {}
-        self._flushes = 0
-        self._scheduled = False  # a flush task exists that has not taken its batch yet
-        self._tasks: set[asyncio.Task[None]] = set()
         #: Counters for /metrics and the bench: flushes, rows, and the largest batch seen.
-        self.stats = {"flushes": 0, "rows": 0, "max_batch_seen": 0, "fallbacks": 0, "deadlocks": 0}
+        self.stats |= {"fallbacks": 0, "deadlocks": 0}
 
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
@@ -114,8 +109,7 @@ class Batcher:
             return event_id, True
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
-        self._pending.append(_Item(row, fut))
-        self._kick()
+        self._add(_Item(row, fut))
         return await asyncio.shield(fut)
 
     def _settle(self, it: _Item, result: Result | None = None, error: BaseException | None = None) -> None:
@@ -132,37 +126,15 @@ class Batcher:
             assert result is not None
             it.fut.set_result(result)
 
-    def _kick(self) -> None:
-        if self._pending and not self._scheduled and self._flushes < self.max_flushes:
-            self._flushes += 1
-            self._scheduled = True
-            task = asyncio.create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _fail(self, item: _Item, error: BaseException) -> None:
+        self._settle(item, error=error)
 
-    async def _flush(self) -> None:
-        batch: list[_Item] = []
-        self._scheduled = False
-        try:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            self._kick()  # more than one batch waiting: the next flush starts alongside
-            if batch:
-                self.stats["flushes"] += 1
-                self.stats["rows"] += len(batch)
-                self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
-                pool = await self._pool()
-                async with pool.acquire() as conn:
-                    await self._write(conn, batch)
-        except BaseException as e:  # the database is unavailable, or we are being cancelled
-            for it in batch:
-                self._settle(it, error=e)
-            if not isinstance(e, Exception):
-                raise
-        finally:
-            self._flushes -= 1
-            self._kick()
+    async def _write(self, batch: list[_Item]) -> None:
+        pool = await self._pool()
+        async with pool.acquire() as conn:
+            await self._write_retrying(conn, batch)
 
-    async def _write(self, conn: Any, batch: list[_Item]) -> None:
+    async def _write_retrying(self, conn: Any, batch: list[_Item]) -> None:
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 await self._write_once(conn, batch)
@@ -209,12 +181,6 @@ class Batcher:
                 for r in rows:
                     got[n] = (r["id"], not r["inserted"])
         return got
-
-    async def close(self) -> None:
-        """Wait for the flushes in flight (shutdown drains them; nothing is left half-answered)."""
-        while self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 __all__ = ["ROW_ERRORS", "Batcher", "RawJson"]
