@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class GroupCommit(Generic[T]):
+class GroupCommit(ABC, Generic[T]):
     def __init__(self, *, max_flushes: int, max_batch: int) -> None:
         self.max_flushes = max(1, max_flushes)
         self.max_batch = max(1, max_batch)
@@ -70,13 +71,13 @@ class GroupCommit(Generic[T]):
             self._flushes -= 1
             self._kick()
 
+    @abstractmethod
     async def _write(self, batch: list[T]) -> None:
         """Write the batch and answer each of its items."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fail(self, item: T, error: BaseException) -> None:
         """Answer one item with ``error``, unless it already has its answer."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Wait for the flushes in flight (shutdown drains them; nothing is left half-answered)."""
