@@ -187,3 +187,17 @@ async def test_a_pooled_connection_the_server_closed_is_not_lent_again(db_url: s
         assert again != pid
     finally:
         await rt.close()
+
+
+async def test_procrastinates_pool_lends_autocommit_connections_with_the_local_check(queue: Any) -> None:
+    """procrastinate's fetch and finish are one round trip each: no BEGIN/COMMIT around the statement
+    (autocommit) and no check query before it (the worker's local check, as for its own pool)."""
+    from worker.db import check_connection
+
+    app, _ = queue
+    pool = app.connector.pool
+    assert pool._check is check_connection
+    async with pool.connection() as conn:
+        assert conn.autocommit
+        await conn.execute("SELECT 1")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # committed by itself
