@@ -8,6 +8,12 @@
 -- that runs job %(job_id)s, and claims their events. One row per job: event_id and job_id (NULL for
 -- the job procrastinate handed over); id is NULL when the event is already terminal (nothing to do).
 -- pickup_s (when %(pickup)s): seconds from the job becoming runnable to its start.
+-- The claim commits asynchronously (synchronous_commit off for its own transaction only): it does not
+-- wait for its WAL flush, nor hold Postgres's NOTIFY queue lock (its 'processing' status NOTIFY) through
+-- one, which serialised every notifying commit of every worker behind it. Nothing durable rests on a
+-- claim alone: the worker's next durable write (the stored answer, an action's start) flushes the WAL
+-- up to and including it. A Postgres crash within the walwriter's delay can forget the last claims;
+-- their jobs and events are then queued again, as before the claim, and run again.
 WITH more AS (
     UPDATE procrastinate_jobs j
     SET status = 'doing',
@@ -45,7 +51,8 @@ SELECT w.event_id, w.job_id, w.job_attempts, c.*,
             FROM procrastinate_jobs pj WHERE pj.id = coalesce(w.job_id, %(job_id)s))
        END AS pickup_s
 FROM wanted w
-LEFT JOIN claimed c ON c.id = w.event_id;
+LEFT JOIN claimed c ON c.id = w.event_id
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate

@@ -18,9 +18,13 @@ import psycopg
 import pytest
 from procrastinate import JobContext
 
+from app.core.status import CallStatus
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply
 from tests.harness import Receiver, make_settings, rows
 from tests.worker.test_pipeline import GOOD, insert_event, make_config
+from worker.callwriter import rows_json
+from worker.db import Q
+from worker.llm import CallRecord, call_row
 from worker.main import build_app
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event, process_event
@@ -201,3 +205,29 @@ async def test_procrastinates_pool_lends_autocommit_connections_with_the_local_c
         assert conn.autocommit
         await conn.execute("SELECT 1")
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # committed by itself
+
+
+async def test_the_claim_commits_without_waiting_for_its_wal_flush_and_the_answer_waits(
+    db_url: str, queue: Any
+) -> None:
+    """``start_events`` turns synchronous_commit off for its own transaction only: its commit (and its
+    'processing' NOTIFY) does not wait for a WAL flush. The statement that stores the answer and
+    finishes the event keeps it on: a paid answer is durable before anyone hears of it."""
+    event_id = insert_event(db_url, "evt_async_claim")
+    app, worker_id = queue
+    job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+    assert job is not None
+    claim = {"event_id": event_id, "job_id": job.id, "more": 0, "queue": "hookline", "task": "x", "pickup": False}
+    record = CallRecord(model="m", status=CallStatus.DRY_RUN, request={})
+    answer = rows_json([call_row(event_id, "triage", record, dry=True)])
+    with psycopg.connect(db_url) as conn:  # a transaction block, so the setting can be read before COMMIT
+        claimed = conn.execute(Q["start_events"], claim).fetchall()
+        assert [r[0] for r in claimed] == [event_id]
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        conn.commit()
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)  # that transaction only
+        stored = conn.execute(Q["insert_calls"], {"rows": answer}).fetchall()
+        assert len(stored) == 1 and stored[0][1] is not None
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        conn.commit()
+    assert rows(db_url, f"SELECT status FROM hookline.events WHERE id = {event_id}") == [("processing",)]
