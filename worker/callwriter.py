@@ -5,8 +5,13 @@ statement finishes the event (``hookline.finish_event``). It is the worker's cou
 batcher (``app/web/batcher.py``), on the same scheduling (``app/core/groupcommit.py``: no timer, a
 row waits only while another flush runs), with the same rules:
 
-- A flush is one statement (``insert_calls``) outside a transaction block: one commit, one WAL flush
-  and one wake-up of the NOTIFY listeners for the whole batch, instead of one per event.
+- A flush is one statement (``insert_calls``) outside a transaction block: one commit and one WAL flush
+  for the whole batch, instead of one per event.
+- Its status and answer NOTIFYs follow right after that commit (``notify_after_commit``, migration
+  0015), in a transaction that does not wait for a WAL flush: Postgres holds its one notification
+  queue lock through the whole commit of a notifying transaction, so a durable commit that notified
+  made every other notifying commit (ingest, claims, other workers) queue behind its fsync. The rows
+  are answered first; a worker that dies in between leaves listeners untold (the rows are stored).
 - A row is answered only after that commit, and ``closing`` is marked carried only then (a failed
   write leaves the event to the failure path). A caller cancelled while its row is being written
   (worker shutdown) still learns the outcome first, so it never hands back an event that was finished.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,10 +35,13 @@ from psycopg.rows import dict_row
 
 from app.core.groupcommit import GroupCommit
 from app.core.records import CallIdRow
+from app.core.status import CallStatus
 from worker.closing import Closing, carried
 
 if TYPE_CHECKING:
     from worker.db import WorkerDB
+
+log = logging.getLogger("hookline.worker")
 
 #: Errors that belong to one row's values, not to the database: that row fails, the others commit.
 ROW_ERRORS: tuple[type[BaseException], ...] = (
@@ -64,11 +73,13 @@ def rows_json(params: list[Mapping[str, Any]]) -> str:
 class CallWriter(GroupCommit[_Item]):
     """Group commit of ``hookline.llm_calls`` rows (and their events' finish) for one worker process."""
 
-    def __init__(self, db: WorkerDB, sql: str, *, max_flushes: int = 2, max_batch: int = 100) -> None:
+    def __init__(self, db: WorkerDB, sql: str, notify_sql: str, *, max_flushes: int = 2, max_batch: int = 100) -> None:
         super().__init__(max_flushes=max_flushes, max_batch=max_batch)
         self._db = db
         self._sql = sql  # insert_calls
+        self._notify_sql = notify_sql  # notify_after_commit
         self.stats["fallbacks"] = 0  # flushes that fell back to one row at a time
+        self.stats["notify_failures"] = 0  # committed batches whose NOTIFYs could not be sent
 
     async def store(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
         """Store one call (``insert_call``'s parameters); marks ``closing`` carried once committed."""
@@ -103,28 +114,67 @@ class CallWriter(GroupCommit[_Item]):
         return batch
 
     async def _write(self, batch: list[_Item]) -> None:
-        try:
-            rows = await self._insert([it.params for it in batch])
-        except ROW_ERRORS as e:
-            if len(batch) == 1:
-                self._fail(batch[0], e)
-                return
-            self.stats["fallbacks"] += 1
-            for it in batch:  # one statement per row: the rejected one fails alone
-                try:
-                    got = await self._insert([it.params])
-                except ROW_ERRORS as e1:
-                    self._fail(it, e1)
-                else:
-                    it.fut.set_result({"id": got[0]["id"]})
-            return
-        for it, r in zip(batch, rows, strict=True):
-            it.fut.set_result({"id": r["id"]})
+        async with self._db.pool.connection() as conn:
+            written: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+            try:
+                rows = await self._insert(conn, [it.params for it in batch])
+            except ROW_ERRORS as e:
+                if len(batch) == 1:
+                    self._fail(batch[0], e)
+                    return
+                self.stats["fallbacks"] += 1
+                for it in batch:  # one statement per row: the rejected one fails alone
+                    try:
+                        got = await self._insert(conn, [it.params])
+                    except ROW_ERRORS as e1:
+                        self._fail(it, e1)
+                    else:
+                        it.fut.set_result({"id": got[0]["id"]})
+                        written.append((it.params, got[0]))
+            else:
+                for it, r in zip(batch, rows, strict=True):
+                    it.fut.set_result({"id": r["id"]})
+                    written.append((it.params, r))
+            await self._notify(conn, written)
 
-    async def _insert(self, params: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    async def _insert(
+        self, conn: psycopg.AsyncConnection[Any], params: list[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(self._sql, {"rows": rows_json(params)})
             return await cur.fetchall()
+
+    async def _notify(
+        self, conn: psycopg.AsyncConnection[Any], written: list[tuple[Mapping[str, Any], dict[str, Any]]]
+    ) -> None:
+        """The NOTIFYs the committed rows' triggers left out: each finished event's status, then each
+        answer stored (what ``hookline.notify_event_status`` and ``notify_answer_stored`` send)."""
+        status_ids: list[int] = []
+        statuses: list[str] = []
+        answer_ids: list[int] = []
+        pipelines: list[str] = []
+        for params, row in written:
+            if params.get("finish_status") is not None:
+                status_ids.append(params["event_id"])
+                statuses.append(str(params["finish_status"]))
+            if row["id"] is not None and params.get("status") == CallStatus.SUCCEEDED:
+                answer_ids.append(params["event_id"])
+                pipelines.append(str(params["pipeline"]))
+        if not status_ids and not answer_ids:
+            return
+        try:
+            await conn.execute(
+                self._notify_sql,
+                {
+                    "status_ids": status_ids,
+                    "statuses": statuses,
+                    "answer_ids": answer_ids,
+                    "answer_pipelines": pipelines,
+                },
+            )
+        except psycopg.Error as e:  # the rows are stored; only the listeners' wake-up is lost
+            self.stats["notify_failures"] += 1
+            log.warning("stored %d answer(s) but could not notify listeners (%s)", len(written), e.__class__.__name__)
 
     def _fail(self, item: _Item, error: BaseException) -> None:
         if not item.fut.done():

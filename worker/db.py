@@ -87,7 +87,7 @@ class WorkerDB:
             reset=_stamp_return,
         )
         #: group commit of the calls stored (and events finished) by concurrent jobs
-        self.calls = CallWriter(self, Q["insert_calls"])
+        self.calls = CallWriter(self, Q["insert_calls"], Q["notify_after_commit"])
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

@@ -29,6 +29,7 @@ WorkerQuery = Literal[
     "succeeded_call",
     "insert_call",
     "insert_calls",
+    "notify_after_commit",
     "claim_action",
     "finish_action",
     "prune_jobs",

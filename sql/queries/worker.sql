@@ -102,8 +102,11 @@ SELECT (SELECT id FROM ins) AS id,
 -- objects with insert_call's parameters as keys (request, response and output as JSON values) and
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
 -- (NULL when a succeeded call was already stored). At most one row per (event_id, pipeline) per call.
-WITH input AS (
-    SELECT *
+-- Its transaction sets hookline.notify = 'after_commit' (migration 0015) before anything is written:
+-- the status and answer NOTIFYs are left to notify_after_commit, right after this commit, so this
+-- durable commit does not hold Postgres's notification queue lock through its WAL flush.
+WITH input AS MATERIALIZED (
+    SELECT *, set_config('hookline.notify', 'after_commit', true) AS notify_mode
     FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         n integer, event_id bigint, pipeline text, model text, status text,
         request jsonb, response jsonb, output jsonb, error text,
@@ -132,6 +135,14 @@ SELECT i.n, ins.id,
 FROM input i
 LEFT JOIN ins ON ins.event_id = i.event_id AND ins.pipeline = i.pipeline
 ORDER BY i.n;
+
+-- name: notify_after_commit
+-- The NOTIFYs an insert_calls transaction left out (hookline.notify_after_commit, migration 0015):
+-- statuses of the events it finished, then the answers it stored. A transaction of its own that does
+-- not wait for a WAL flush: it writes nothing but the notifications.
+SELECT hookline.notify_after_commit(%(status_ids)s::bigint[], %(statuses)s::text[],
+                                    %(answer_ids)s::bigint[], %(answer_pipelines)s::text[]) AS sent
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: claim_action
 -- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.

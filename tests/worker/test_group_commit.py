@@ -4,6 +4,7 @@ statement and one commit, each finishing its own event, and a row Postgres rejec
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 from app.core.status import CallStatus
 from tests.harness import make_settings, rows
 from tests.worker.test_pipeline import insert_event
+from worker.callwriter import rows_json
 from worker.closing import Closing
-from worker.db import WorkerDB
+from worker.db import Q, WorkerDB
 from worker.llm import CallRecord, call_row
 
 REQUEST = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -121,3 +123,39 @@ async def test_a_caller_cancelled_mid_write_still_learns_its_event_was_finished(
     # the write went through before the cancellation reached the caller: it knows, and hands nothing back
     assert closing.done
     assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
+
+
+async def _heard(listener: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """The notifications that arrive within half a second of quiet, in order."""
+    return [json.loads(n.payload) async for n in listener.notifies(timeout=0.5)]
+
+
+async def test_listeners_hear_of_a_batch_right_after_its_commit_not_from_inside_it(db_url: str, db: WorkerDB) -> None:
+    """Migration 0015: ``insert_calls`` keeps its status and answer NOTIFYs out of its durable commit
+    (which would hold Postgres's notification queue lock through its WAL flush); the writer sends the
+    same payloads right after it, statuses before answers as the triggers did."""
+    ids = [insert_event(db_url, f"evt_n{i}") for i in range(6)]
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    try:
+        await listener.execute("LISTEN hookline_events")
+        # the statement on its own is silent; any other writer still notifies inside its transaction
+        alone = rows_json([call_row(ids[0], "p", _record(), Closing(ids[0], None, simulated=False))])
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(Q["insert_calls"], {"rows": alone})
+            conn.execute("UPDATE hookline.events SET status = 'dead' WHERE id = %s", (ids[4],))
+        assert await _heard(listener) == [{"op": "status", "id": ids[4], "status": "dead"}]
+        # through the writer: every finished event's status, then its answer
+        closings = [Closing(i, None, simulated=False) for i in ids[1:4]]
+        await asyncio.gather(*(db.store_call(call_row(c.event_id, "p", _record(), c), c) for c in closings))
+        heard = await _heard(listener)
+        statuses = [{"op": "status", "id": i, "status": "succeeded"} for i in ids[1:4]]
+        answers = [{"op": "answer", "id": i, "pipeline": "p"} for i in ids[1:4]]
+        assert sorted(heard, key=str) == sorted(statuses + answers, key=str)
+        assert all(heard.index(s) < heard.index(a) for s, a in zip(statuses, answers, strict=True))
+        # a dry run stores no answer and finishes its event: its status only
+        dry = Closing(ids[5], None, simulated=False)
+        await db.store_call(call_row(ids[5], "p", _record(CallStatus.DRY_RUN), dry, dry=True), dry)
+        assert await _heard(listener) == [{"op": "status", "id": ids[5], "status": "succeeded"}]
+        assert db.calls.stats["notify_failures"] == 0
+    finally:
+        await listener.close()
