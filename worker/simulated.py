@@ -88,6 +88,9 @@ class _Raw:
     async def parse(self) -> anthropic.types.Message:
         return self._message
 
+    async def json(self) -> object:
+        return self._message.model_dump(mode="json", exclude_none=False)
+
 
 class _RawMessages:
     async def create(self, **request: Any) -> _Raw:
