@@ -57,7 +57,7 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
             time.sleep(0.5)
             assert web.poll() is None, "the web process quit with a request in flight"
             sock.sendall(body[10:])
-            answer = sock.recv(65536).decode()
+            answer = _read_response(sock)
         assert answer.startswith("HTTP/1.1 200"), answer
         assert '"accepted"' in answer
         web.wait(15)
@@ -69,3 +69,25 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
     assert web.returncode in (0, -signal.SIGTERM), out
     assert "Application shutdown complete" in out
     assert rows(db_url, "SELECT delivery_id FROM hookline.events") == [("msg_drain",)]
+
+
+def _read_response(sock: socket.socket) -> str:
+    """One whole HTTP response: uvicorn may write the head and the body separately, and under load the
+    body can arrive after the first recv."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return (head + b"\r\n\r\n" + rest).decode()
