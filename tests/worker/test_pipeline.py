@@ -112,6 +112,21 @@ async def test_success_stores_the_call_then_runs_the_action(
     assert "card declined" in prompt
 
 
+async def test_the_stored_response_is_the_apis_own_json(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """``llm_calls.response`` holds the answer as the API sent it: not re-serialised through the SDK's
+    models (which would add every field the API left out, as null)."""
+    fake.enqueue(reply(GOOD, usage={"input_tokens": 12, "output_tokens": 5}))
+    event_id = insert_event(db_url, "evt_raw")
+    assert await handle_event(runtime, event_id) == "succeeded"
+    sent = fake.calls_to("/v1/messages")[-1].response_body
+    assert rows(db_url, "SELECT response FROM hookline.llm_calls WHERE event_id = %s", event_id) == [(sent,)]
+    assert rows(db_url, "SELECT input_tokens, output_tokens FROM hookline.llm_calls WHERE event_id = %s", event_id) == [
+        (12, 5)
+    ]
+
+
 async def test_a_second_run_of_a_finished_event_does_nothing(
     db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver
 ) -> None:
