@@ -148,7 +148,7 @@ class CallWriter(GroupCommit[_Item]):
         self, conn: psycopg.AsyncConnection[Any], written: list[tuple[Mapping[str, Any], dict[str, Any]]]
     ) -> None:
         """The NOTIFYs the committed rows' triggers left out: each finished event's status, then each
-        answer stored (what ``hookline.notify_event_status`` and ``notify_answer_stored`` send)."""
+        answer stored (``hookline.notify_event_changes``, which the triggers use too)."""
         status_ids: list[int] = []
         statuses: list[str] = []
         answer_ids: list[int] = []
@@ -174,7 +174,7 @@ class CallWriter(GroupCommit[_Item]):
             )
         except psycopg.Error as e:  # the rows are stored; only the listeners' wake-up is lost
             self.stats["notify_failures"] += 1
-            log.warning("stored %d answer(s) but could not notify listeners (%s)", len(written), e.__class__.__name__)
+            log.warning("stored %d call(s) but could not notify listeners (%s)", len(written), e.__class__.__name__)
 
     def _fail(self, item: _Item, error: BaseException) -> None:
         if not item.fut.done():

@@ -137,11 +137,11 @@ LEFT JOIN ins ON ins.event_id = i.event_id AND ins.pipeline = i.pipeline
 ORDER BY i.n;
 
 -- name: notify_after_commit
--- The NOTIFYs an insert_calls transaction left out (hookline.notify_after_commit, migration 0015):
+-- The NOTIFYs an insert_calls transaction left out (hookline.notify_event_changes, migration 0015):
 -- statuses of the events it finished, then the answers it stored. A transaction of its own that does
 -- not wait for a WAL flush: it writes nothing but the notifications.
-SELECT hookline.notify_after_commit(%(status_ids)s::bigint[], %(statuses)s::text[],
-                                    %(answer_ids)s::bigint[], %(answer_pipelines)s::text[]) AS sent
+SELECT hookline.notify_event_changes(%(status_ids)s::bigint[], %(statuses)s::text[],
+                                     %(answer_ids)s::bigint[], %(answer_pipelines)s::text[]) AS sent
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: claim_action
