@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     db_timeout: float = Field(
         default=5.0, description="Seconds to wait for a connection or a statement on the ingest path."
     )
+    duplicate_cache_size: int = Field(
+        default=20_000,
+        ge=0,
+        description="Delivery keys each web process remembers as stored, to answer re-sends without a database "
+        "round trip (about 300 bytes each; 0 turns it off).",
+    )
+    duplicate_cache_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a remembered key answers re-sends; then Postgres is asked again.",
+    )
     retry_after_seconds: int = Field(default=5, description="Retry-After sent with 503 when Postgres is unreachable.")
     worker_concurrency: int = Field(default=10, description="Jobs one worker process runs at once.")
     worker_claim_batch: int = Field(

@@ -17,6 +17,12 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
   NOTIFY and needs no fsync (a duplicate in a batch with new rows is answered with them).
 - A second delivery of a key still in flight in this process waits for the first one's outcome
   instead of queueing a second insert that Postgres would block on the first one's row lock.
+- A delivery this process saw committed (stored by it, or found stored) within ``known_seconds`` is
+  answered from memory: no statement at all, so a retry storm costs verification and parsing only.
+  Only committed keys are remembered (never a failed or unanswered row), and hookline never deletes
+  event rows, so the answer is the one Postgres would give; the age limit bounds what a row deleted by
+  hand can cost (a re-send in that window is called a duplicate). ``known_size`` caps the memory
+  (oldest out first; 0 turns it off).
 - A row Postgres rejects (``DataError`` …) fails its own request only: the flush falls back to one
   savepoint per row and commits the others.
 - Two web processes inserting the same new deliveries in opposite orders can deadlock; Postgres
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,16 +100,28 @@ class Batcher(GroupCommit[_Item]):
         *,
         max_flushes: int = 4,
         max_batch: int = 500,
+        known_size: int = 20_000,
+        known_seconds: float = 600.0,
     ) -> None:
         super().__init__(max_flushes=max_flushes, max_batch=max_batch)
         self._pool = pool
         self._inflight: dict[Key, asyncio.Future[Result]] = {}
-        #: Counters for /metrics and the bench: flushes, rows, and the largest batch seen.
-        self.stats |= {"fallbacks": 0, "deadlocks": 0}
+        #: Keys known to be committed: event id and when this process learned it, oldest first.
+        self._known: dict[Key, tuple[int, float]] = {}
+        self._known_size = known_size
+        self._known_seconds = known_seconds
+        #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from memory.
+        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0}
 
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
         key: Key = (row[0], row[1])
+        known = self._known.get(key)
+        if known is not None:  # committed, and this process saw it: no statement, no lock
+            if time.monotonic() - known[1] < self._known_seconds:
+                self.stats["known_hits"] += 1
+                return known[0], True
+            del self._known[key]  # too old to vouch for: ask Postgres again
         first = self._inflight.get(key)
         if first is not None:  # same delivery already on its way: its outcome is ours
             event_id, _ = await asyncio.shield(first)
@@ -125,6 +144,16 @@ class Batcher(GroupCommit[_Item]):
         else:
             assert result is not None
             it.fut.set_result(result)
+            if result[0] is not None and self._known_size:
+                self._remember(key, result[0])
+
+    def _remember(self, key: Key, event_id: int) -> None:
+        """Note a committed key (a row just stored, or found stored); past ``known_size`` the oldest goes."""
+        known = self._known
+        known.pop(key, None)
+        known[key] = (event_id, time.monotonic())
+        if len(known) > self._known_size:
+            del known[next(iter(known))]
 
     def _fail(self, item: _Item, error: BaseException) -> None:
         self._settle(item, error=error)

@@ -98,7 +98,12 @@ class AppState:
     _routes: dict[tuple[str, str | None], tuple[int, Pipeline | None]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.db.ensure, max_flushes=max(1, min(4, self.settings.db_pool_max - 1)))
+        self.batcher = Batcher(
+            self.db.ensure,
+            max_flushes=max(1, min(4, self.settings.db_pool_max - 1)),
+            known_size=self.settings.duplicate_cache_size,
+            known_seconds=self.settings.duplicate_cache_seconds,
+        )
 
     def routing(self, source: str, event_type: str | None) -> tuple[int, Pipeline | None]:
         """The job priority of an event and the ``respond = "sync"`` pipeline that answers it, if any."""

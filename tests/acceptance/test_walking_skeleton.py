@@ -176,6 +176,31 @@ async def test_same_delivery_twice_is_one_row_one_job_one_model_call(
     assert len(receiver.received) == 1
 
 
+@pytest.mark.parametrize("cache_size", [20_000, 0])
+async def test_a_resend_is_answered_from_the_web_processs_memory_of_stored_keys(
+    db_url: str, env: None, cache_size: int
+) -> None:
+    """A key this web process saw committed is answered without asking Postgres (HOOKLINE_DUPLICATE_CACHE_SIZE):
+    a row deleted by hand behind its back is still called a duplicate; with the cache off, Postgres decides."""
+    body = b'{"type": "ping"}'
+    headers = sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_cached")
+    settings = make_settings(db_url, duplicate_cache_size=cache_size)
+    async with web_server(settings, skeleton_config()) as base, httpx.AsyncClient() as client:
+        first = await client.post(f"{base}/webhooks/hooks", content=body, headers=headers)
+        assert first.json()["status"] == "accepted"
+        with psycopg.connect(db_url, autocommit=True) as conn:  # a DBA, by hand
+            conn.execute("DELETE FROM procrastinate_jobs")
+            conn.execute("DELETE FROM hookline.events WHERE delivery_id = 'msg_cached'")
+        again = await client.post(f"{base}/webhooks/hooks", content=body, headers=headers)
+    assert again.status_code == 200
+    if cache_size:
+        assert again.json() == {"status": "duplicate", "event_id": first.json()["event_id"]}
+        assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(0,)]
+    else:
+        assert again.json()["status"] == "accepted" and again.json()["event_id"] != first.json()["event_id"]
+        assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(1,)]
+
+
 @pytest.mark.parametrize("case", ["tampered", "wrong_secret", "missing_header", "stale"])
 async def test_bad_signatures_get_401_and_store_nothing(
     db_url: str, env: None, case: str, caplog: pytest.LogCaptureFixture

@@ -118,3 +118,54 @@ async def test_one_notify_per_batch_and_jobs_keep_arrival_order(pool: Any, db_ur
         assert {r["lock"] for r in got} == {"hookline:s:k"}
     finally:
         await listener.close()
+
+
+async def test_a_key_seen_committed_is_answered_from_memory_with_no_statement(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """Stored here or found stored, a key is answered without Postgres: with the pool closed, only new keys fail."""
+    p = await db.create_pool(db_url, min_size=1, max_size=2, timeout=10)
+    other = await db.create_pool(db_url, min_size=1, max_size=2, timeout=10)
+    here, elsewhere = Batcher(lambda: _pool_of(p)), Batcher(lambda: _pool_of(other))
+    (a_id, a_dup), (b_id, b_dup) = await here.insert(row("a")), await elsewhere.insert(row("b"))
+    assert not a_dup and not b_dup
+    assert await here.insert(row("b")) == (b_id, True)  # stored by another process: Postgres said so once
+    assert here.stats["known_hits"] == 0
+    flushes = here.stats["flushes"]
+    await p.close()
+    await other.close()
+    assert await here.insert(row("a")) == (a_id, True)
+    assert await here.insert(row("b")) == (b_id, True)
+    assert here.stats["known_hits"] == 2 and here.stats["flushes"] == flushes
+    with pytest.raises(asyncpg.exceptions.InterfaceError):  # a new key needs the database
+        await here.insert(row("c"))
+    assert one(conn, "SELECT count(*) FROM hookline.events WHERE source = 's'") == 2
+
+
+async def test_remembered_keys_expire_and_are_capped_and_failures_are_not_remembered(
+    pool: Any, conn: psycopg.Connection
+) -> None:
+    brief = Batcher(lambda: _pool_of(pool), known_seconds=0.05)
+    first, _ = await brief.insert(row("old"))
+    await asyncio.sleep(0.1)
+    assert await brief.insert(row("old")) == (first, True)
+    assert brief.stats["known_hits"] == 0 and brief.stats["flushes"] == 2  # too old: Postgres was asked again
+
+    small = Batcher(lambda: _pool_of(pool), known_size=2)
+    for key in ("k1", "k2", "k3"):
+        await small.insert(row(key))
+    flushes = small.stats["flushes"]
+    for key in ("k3", "k2", "k1"):
+        await small.insert(row(key))
+    assert small.stats["known_hits"] == 2 and small.stats["flushes"] == flushes + 1  # k1 was pushed out
+
+    off = Batcher(lambda: _pool_of(pool), known_size=0)
+    await off.insert(row("k1"))
+    assert off.stats["known_hits"] == 0 and off.stats["flushes"] == 1
+
+    bad = row("bad", payload={"text": "nul \u0000 byte"})
+    for _ in range(2):  # a rejected row is asked again, and rejected again
+        with pytest.raises(asyncpg.exceptions.DataError):
+            await small.insert(bad)
+    assert small.stats["known_hits"] == 2
+    assert one(conn, "SELECT count(*) FROM hookline.events WHERE source = 's'") == 4
