@@ -67,7 +67,11 @@ def _results() -> dict[str, Any]:
                     "pickup_ms": lat,
                 }
                 for r in (100.0, 300.0, 500.0)
-            ]
+            ],
+            "web_only": [
+                {"offered_rate": r, "achieved_ok_rps": r, "latency_ms": lat, "errors": 0, "server_cpu_pct_of_core": 5.0}
+                for r in (100.0, 500.0)
+            ],
         },
         "scale": {
             "steps": [
@@ -104,10 +108,12 @@ def test_report_rows_and_chart(tmp_path: Path) -> None:
     rows = scenario_rows(_results())
     metrics = [r["metric"] for r in rows]
     assert "ack at 500 req/s" in metrics and "scale, 2 dry-run worker(s)" in metrics
+    assert "ack at 500 req/s, web only" in metrics and "ack at 300 req/s, web only" not in metrics
     assert "worker, model 1,000 ms, 1p × c10" in metrics
     notes = {r["metric"]: r["notes"] for r in rows}
     assert notes["scale, 1 dry-run worker(s)"] == "c=10 each; worker CPU 1.50 ms/event, Postgres 2.50 ms/event"
     assert "Postgres" not in notes["scale, 2 dry-run worker(s)"]
+    assert notes["ack at 500 req/s, web only"].endswith("no worker running; target p99 ≤ 10 ms at 500")
     assert {"metric": "duplicates", "value": "FAILED", "unit": "", "notes": "BenchError: boom"} in rows
     line = draw({"results": _results(), "started_at": "2026-01-01T00:00:00"}, tmp_path / "c.png")
     assert line == f"chart written to {tmp_path / 'c.png'}"

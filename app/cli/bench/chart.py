@@ -46,8 +46,21 @@ def draw(doc: dict[str, Any], path: Path) -> str:
     if rates:
         offered = [r["offered_rate"] for r in rates]
         for key, style in (("p50", "o-"), ("p99", "s-")):
-            right.plot(offered, [(r["latency_ms"] or {}).get(key) or 0 for r in rates], style, label=f"ack {key}")
+            right.plot(
+                offered,
+                [(r["latency_ms"] or {}).get(key) or 0 for r in rates],
+                style,
+                label=f"ack {key}, worker running",
+            )
         right.plot(offered, [(r["pickup_ms"] or {}).get("p99") or 0 for r in rates], "^--", label="pickup p99 (worker)")
+        alone = (results.get("ack") or {}).get("web_only") or []
+        if alone:
+            right.plot(
+                [r["offered_rate"] for r in alone],
+                [(r["latency_ms"] or {}).get("p99") or 0 for r in alone],
+                "d:",
+                label="ack p99, web only",
+            )
         right.set_yscale("log")
         right.legend()
     right.set_xlabel("offered rate (req/s, paced)")

@@ -53,7 +53,9 @@ async def _step(url: str, workers: int, before: int, prefix: str, events: int, p
 
 
 def ack(bench: Bench) -> dict[str, Any]:
-    """Paced load at rising rates with one worker running: ack latency and pickup per offered rate."""
+    """Paced load at rising rates: ack latency and pickup per offered rate with one worker running, then
+    ack latency of the web process alone (the worker stopped: what the sender waits for, with nothing
+    else on the cores)."""
     p = bench.plan
     port = free_port()
     web = bench.children.start("web", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(port)], bench.env())
@@ -91,8 +93,21 @@ def ack(bench: Bench) -> dict[str, Any]:
             }
         )
     bench.children.stop("worker-ack")
+    web_only: list[dict[str, Any]] = []
+    for rate in p.ack_rates:
+        bench.out(f"ack: {rate:g} req/s for {p.ack_seconds:g} s, web only …")
+        r = _paced(bench, port, prefix=f"ackweb{int(rate)}", rate=rate, seconds=p.ack_seconds, pid=web.pid)
+        web_only.append(
+            {
+                "offered_rate": rate,
+                "achieved_ok_rps": r["ok_rps"],
+                "latency_ms": r["latency_ms"],
+                "errors": r["errors"],
+                "server_cpu_pct_of_core": (r.get("cpu") or {}).get("server_pct_of_core"),
+            }
+        )
     bench.children.stop("web")
-    return {"rates": out, "seconds_per_rate": p.ack_seconds, "worker_concurrency": 10}
+    return {"rates": out, "web_only": web_only, "seconds_per_rate": p.ack_seconds, "worker_concurrency": 10}
 
 
 def duplicates(bench: Bench) -> dict[str, Any]:
