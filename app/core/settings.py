@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="Most events one job claims in one round trip when a backlog waits "
         "(within the free concurrency; 1 turns batch claiming off).",
     )
+    worker_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="Event loop of `hookline worker`: `auto` (uvloop when installed, as uvicorn picks for the web), "
+        "`uvloop` or `asyncio`.",
+    )
     worker_poll_interval: float = Field(
         default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
     )

@@ -570,10 +570,12 @@ async def test_sigterm_finishes_the_running_job_and_takes_no_new_one(
         assert [s for _, s, _ in process_jobs(chaos_db)] == ["succeeded", "todo"]
         assert one(chaos_db, "SELECT count(*) FROM procrastinate_workers") == 0, "the worker unregistered"
 
-        await workers.start("B", env)
+        b = await workers.start("B", {**env, "HOOKLINE_WORKER_LOOP": "asyncio"})
         assert await wait_terminal(chaos_db, second, workers) == "succeeded"
         assert len(fake.calls_to(MESSAGES)) == 2 and len(receiver.received) == 2
         assert_no_job_left_behind(chaos_db, workers)
+        # A ran on uvloop (the default) and B on the standard loop: both take SIGTERM and jobs alike
+        assert "concurrency 4, uvloop loop," in a.output() and "concurrency 4, asyncio loop," in b.output()
 
 
 async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
