@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ class Batcher(GroupCommit[_Item]):
         self._pool = pool
         self._inflight: dict[Key, asyncio.Future[Result]] = {}
         #: Keys known to be committed: event id and when this process learned it, oldest first.
-        self._known: dict[Key, tuple[int, float]] = {}
+        self._known: OrderedDict[Key, tuple[int, float]] = OrderedDict()
         self._known_size = known_size
         self._known_seconds = known_seconds
         #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from memory.
@@ -153,7 +154,7 @@ class Batcher(GroupCommit[_Item]):
         known.pop(key, None)
         known[key] = (event_id, time.monotonic())
         if len(known) > self._known_size:
-            del known[next(iter(known))]
+            known.popitem(last=False)  # O(1); a plain dict's next(iter(…)) crawls over its deleted slots
 
     def _fail(self, item: _Item, error: BaseException) -> None:
         self._settle(item, error=error)
