@@ -231,8 +231,8 @@ def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
     """How to run the worker's event loop: uvloop unless told ``asyncio`` (uvicorn picks it for the web too).
 
     uvloop's loop costs less per wake-up and per socket readiness change, which the worker does for every
-    statement (psycopg waits with add_reader/remove_reader) and every model call: about a tenth less
-    worker CPU per event, measured with the bench's fake model.
+    statement (psycopg waits with add_reader/remove_reader) and every model call: about 8 % less worker
+    CPU per event with the bench's fake model (interleaved runs; README, issue-9 figures).
     """
     if choice != "asyncio":
         try:
