@@ -285,3 +285,37 @@ async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastruct
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
     assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_replay_starts_the_count_of_infrastructure_failures_again(db_url: str, fake: FakeMessagesAPI) -> None:
+    """An event declared dead after 50 infrastructure failures (a long outage), replayed once the outage
+    is over, gets its own tries again: one more database error while claiming it is retried, not fatal."""
+    eid = insert_event(db_url, "evt_infra_replay")
+    with psycopg.connect(db_url, autocommit=True) as conn:  # how the outage left it
+        conn.execute("UPDATE procrastinate_jobs SET status = 'failed'")
+        conn.execute(
+            "UPDATE hookline.events SET status = 'dead', finished_at = now(), infra_failures = 50 WHERE id = %s", (eid,)
+        )
+        conn.execute("CREATE SEQUENCE test_replay_claim_failures")
+        conn.execute("""
+            CREATE FUNCTION test_fail_first_replayed_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                    IF nextval('test_replay_claim_failures') = 1 THEN
+                        RAISE EXCEPTION 'injected: the database failed while claiming the event';
+                    END IF;
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_fail_first_replayed_claim BEFORE UPDATE ON hookline.events "
+            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_replayed_claim()"
+        )
+        conn.execute("SELECT hookline.replay(%s::bigint)", (eid,))
+    assert rows(db_url, "SELECT status, infra_failures FROM hookline.events WHERE id = %s", eid) == [("queued", 0)]
+    config = make_config({})
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    async with worker_task(settings, config):
+        done = await wait_for_status(db_url, eid, timeout=30)
+    assert done["status"] == "succeeded", done
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
