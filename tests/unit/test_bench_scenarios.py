@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from app.cli.bench import add_cli, wrk
+from app.cli.bench import add_cli, report, wrk
 from app.cli.bench.chart import draw
 from app.cli.bench.loadgen import build_requests
 from app.cli.bench.report_scenarios import scenario_rows
@@ -151,5 +151,23 @@ def test_quick_floors_and_duplicate_storm(
     assert floors["db_floor"]["events"] > 0 and floors["ingest_over_db_floor"] > 0
     storm = doc["results"]["duplicates"]
     assert storm["exact"], storm
+    yard = doc["machine"]["yardstick"]  # timed between the rows, with the bench's processes stopped
+    assert [x["after"] for x in yard["samples"]] == ["start", "floors", "duplicates"]
+    assert all(x["ops_per_s"] > 0 for x in yard["samples"]) and yard["spread_pct"] >= 0
+    assert "machine speed (yardstick, 3 samples between rows)" in printed
     assert storm["statuses"] == {"200": storm["deliveries"]}
     assert "HTTP floor (bare Starlette)" in printed and "duplicate storm" in printed
+
+
+def test_the_table_warns_when_the_machines_speed_moved_during_the_run() -> None:
+    def doc(*speeds: float) -> dict[str, Any]:
+        samples = [{"after": f"row{i}", "ops_per_s": v} for i, v in enumerate(speeds)]
+        machine = {"yardstick": report.yardstick_summary(samples)}
+        return {"machine": machine, "rows": [], "wall_s": {"total": 1.0}}
+
+    steady = report.render(doc(100_000, 95_000, 98_000))
+    assert "machine speed (yardstick, 3 samples between rows): 95,000–100,000 ops/s, spread 5.0%" in steady
+    assert "WARNING" not in steady
+    moved = report.render(doc(100_000, 60_000))
+    assert "WARNING: the machine's speed moved by 40% during this run" in moved
+    assert report.yardstick(rounds=1, n=50) > 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import platform
 import sys
@@ -36,6 +39,42 @@ def busy_before(seconds: float = 0.5) -> float | None:
     a = cpu_snapshot(None)
     time.sleep(seconds)
     return cpu_usage(a, cpu_snapshot(None), seconds)["machine_busy_pct"]
+
+
+#: The single-core workload the yardstick times: HMAC-SHA256 and a JSON parse of a webhook-sized body,
+#: what ingest does for each request before it touches the database.
+_YARD_BODY = json.dumps(
+    {
+        "id": "evt_yardstick",
+        "type": "bench.yardstick",
+        "data": {"amount": 1234, "currency": "usd", "n": list(range(40))},
+    }
+).encode()
+#: Spread of the yardstick within one run above which the table warns that the machine's speed moved.
+YARDSTICK_WARN_PCT = 15.0
+
+
+def yardstick(rounds: int = 3, n: int = 3000) -> float:
+    """This machine's speed right now, in operations per second (best of ``rounds``; ~0.1 s).
+
+    Shared and virtual machines change speed from minute to minute (other tenants, clock scaling) and
+    often report no steal time. The bench times this fixed workload between its rows, with its own
+    processes stopped: a run whose yardstick moved compares rows measured on different machines."""
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            hmac.new(b"yardstick-key-32-bytes-long!!!!!", _YARD_BODY, hashlib.sha256).hexdigest()
+            json.loads(_YARD_BODY)
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def yardstick_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The yardstick samples of a run (``{"after": row, "ops_per_s": x}``) with their spread in percent."""
+    values = [x["ops_per_s"] for x in samples]
+    spread = 100 * (max(values) - min(values)) / max(values) if values else None
+    return {"unit": "ops/s", "samples": samples, "spread_pct": None if spread is None else round(spread, 1)}
 
 
 def machine_facts() -> dict[str, Any]:
@@ -227,6 +266,19 @@ def render(doc: dict[str, Any]) -> str:
             f"WARNING: the machine was {busy:.0f}% busy before the bench started (load average "
             f"{', '.join(f'{x:.1f}' for x in m.get('loadavg') or [])}): other work competes, figures are low"
         )
+    yard = m.get("yardstick") or {}
+    if yard.get("samples"):
+        values = [x["ops_per_s"] for x in yard["samples"]]
+        lines.append(
+            f"machine speed (yardstick, {len(values)} samples between rows): {_f(min(values), 0)}–{_f(max(values), 0)} "
+            f"ops/s, spread {_f(yard['spread_pct'], 1)}%"
+        )
+        if (yard.get("spread_pct") or 0) > YARDSTICK_WARN_PCT:
+            lines.append(
+                f"WARNING: the machine's speed moved by {yard['spread_pct']:.0f}% during this run (shared or "
+                "virtual machine): rows measured at different times are not comparable; re-run, or compare "
+                "rows measured together (each ratio's two sides are)"
+            )
     lines.append("")
     table = [{"metric": "metric", "value": "value", "unit": "unit", "notes": "notes"}, *doc["rows"]]
     widths = {c: max(len(r[c]) for r in table) for c in ("metric", "value", "unit")}

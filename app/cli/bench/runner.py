@@ -314,6 +314,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
             (workdir / "hookline.toml").write_text(CONFIG_TOML.format(secret_env=SECRET_ENV) + sync_reply.CONFIG_TOML)
             out(f"hookline bench: database {db.kind}, rows {', '.join(plan.only)}{' (quick)' if plan.quick else ''}")
             machine = report.machine_facts()  # first: its idle check must not see our own start-up
+            yard = [{"after": "start", "ops_per_s": round(report.yardstick())}]
             db.open()
             db.recreate()
             machine |= db.facts()
@@ -326,6 +327,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 finally:
                     children.stop_all()
                 timings["ingest"] = time.perf_counter() - t
+                yard.append({"after": "ingest", "ops_per_s": round(report.yardstick())})
                 if any(r in plan.only for r in ROWS[1:4]):
                     db.recreate()  # the worker rows start from an empty queue
             worker_rows = tuple(r for r in ("pickup", "throughput", "lockchain") if r in plan.only)
@@ -333,6 +335,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 t = time.perf_counter()
                 results |= bench.worker_rows(worker_rows)
                 timings["worker_rows"] = time.perf_counter() - t
+                yard.append({"after": ",".join(worker_rows), "ops_per_s": round(report.yardstick())})
             for name in (r for r in SCENARIOS if r in plan.only):
                 t = time.perf_counter()
                 try:
@@ -342,6 +345,7 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 finally:
                     children.stop_all()
                 timings[name] = time.perf_counter() - t
+                yard.append({"after": name, "ops_per_s": round(report.yardstick())})
             if "sync" in plan.only:
                 t = time.perf_counter()
                 if results:
@@ -353,6 +357,8 @@ def run(plan: Plan, *, dsn: str | None, home: Path, out: Callable[[str], None] =
                 finally:
                     children.stop_all()
                 timings["sync"] = time.perf_counter() - t
+                yard.append({"after": "sync", "ops_per_s": round(report.yardstick())})
+            machine["yardstick"] = report.yardstick_summary(yard)
     finally:
         children.stop_all()
         with contextlib.suppress(Exception):
