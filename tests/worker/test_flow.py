@@ -254,6 +254,31 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
 
 
 # ------------------------------------------------------------------------------------------- infrastructure failures
+def fail_first_claim(conn: psycopg.Connection) -> None:
+    """The next claim of any event fails inside Postgres (a real error raised by the database), once."""
+    conn.execute("CREATE SEQUENCE test_claim_failures")
+    conn.execute("""
+        CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
+                IF nextval('test_claim_failures') = 1 THEN
+                    RAISE EXCEPTION 'injected: the database failed while claiming the event';
+                END IF;
+            END IF;
+            RETURN NEW;
+        END $$""")
+    conn.execute(
+        "CREATE TRIGGER test_fail_first_claim BEFORE UPDATE ON hookline.events "
+        "FOR EACH ROW EXECUTE FUNCTION test_fail_first_claim()"
+    )
+
+
+async def run_worker_until_done(db_url: str, fake: FakeMessagesAPI, event_id: int) -> dict[str, Any]:
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    async with worker_task(settings, make_config({})):
+        return await wait_for_status(db_url, event_id, timeout=30)
+
+
 async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastructure_errors(
     db_url: str, fake: FakeMessagesAPI
 ) -> None:
@@ -263,25 +288,8 @@ async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastruct
     with psycopg.connect(db_url, autocommit=True) as conn:
         # procrastinate counted 60 runs of this job: the reschedules of a long throttle
         conn.execute("UPDATE procrastinate_jobs SET attempts = 60")
-        conn.execute("CREATE SEQUENCE test_claim_failures")
-        conn.execute("""
-            CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
-                    IF nextval('test_claim_failures') = 1 THEN
-                        RAISE EXCEPTION 'injected: the database failed while claiming the event';
-                    END IF;
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_fail_first_claim BEFORE UPDATE ON hookline.events "
-            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_claim()"
-        )
-    config = make_config({})
-    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
-    async with worker_task(settings, config):
-        done = await wait_for_status(db_url, eid, timeout=30)
+        fail_first_claim(conn)
+    done = await run_worker_until_done(db_url, fake, eid)
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
     assert len(fake.calls_to("/v1/messages")) == 1
@@ -296,26 +304,9 @@ async def test_a_replay_starts_the_count_of_infrastructure_failures_again(db_url
         conn.execute(
             "UPDATE hookline.events SET status = 'dead', finished_at = now(), infra_failures = 50 WHERE id = %s", (eid,)
         )
-        conn.execute("CREATE SEQUENCE test_replay_claim_failures")
-        conn.execute("""
-            CREATE FUNCTION test_fail_first_replayed_claim() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
-                    IF nextval('test_replay_claim_failures') = 1 THEN
-                        RAISE EXCEPTION 'injected: the database failed while claiming the event';
-                    END IF;
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_fail_first_replayed_claim BEFORE UPDATE ON hookline.events "
-            "FOR EACH ROW EXECUTE FUNCTION test_fail_first_replayed_claim()"
-        )
+        fail_first_claim(conn)
         conn.execute("SELECT hookline.replay(%s::bigint)", (eid,))
     assert rows(db_url, "SELECT status, infra_failures FROM hookline.events WHERE id = %s", eid) == [("queued", 0)]
-    config = make_config({})
-    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
-    async with worker_task(settings, config):
-        done = await wait_for_status(db_url, eid, timeout=30)
+    done = await run_worker_until_done(db_url, fake, eid)
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
