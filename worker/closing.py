@@ -40,8 +40,8 @@ class Closing:
     """The succeeded outcome of one event's run, for the run's last write to record."""
 
     event_id: int
-    #: the procrastinate job to finish with it: one this worker claimed itself (batch claim); None for
-    #: the job procrastinate handed over (procrastinate finishes that one)
+    #: the procrastinate job to finish with it: the one procrastinate handed over (which procrastinate
+    #: then does not finish again: worker.handover) or one this worker claimed itself (batch claim)
     job_id: int | None
     simulated: bool
     #: an earlier pipeline of this run was a dry run

@@ -23,6 +23,7 @@ from app.core.records import CallIdRow, ClaimRow, HistoryRow, IdRow, LateReplyRo
 from app.core.sqlfiles import NamedQueries
 from worker.callwriter import CallWriter
 from worker.closing import Closing
+from worker.handover import Handover
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
 
@@ -88,6 +89,8 @@ class WorkerDB:
         )
         #: group commit of the calls stored (and events finished) by concurrent jobs
         self.calls = CallWriter(self, Q["insert_calls"], Q["notify_after_commit"])
+        #: the jobs procrastinate handed over that an event's last write finished (worker.handover)
+        self.handover = Handover()
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -99,7 +102,11 @@ class WorkerDB:
     async def store_call(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
         """``insert_call`` through the group commit; with finish parameters (``closing.params``) the
         same statement finishes the event, and ``closing`` is marked carried once it committed."""
-        return await self.calls.store(params, closing)
+        try:
+            return await self.calls.store(params, closing)
+        finally:
+            if closing is not None and closing.done:
+                self.handover.finished(closing.job_id)
 
     @overload
     async def one(self, name: Literal["succeeded_call"], **params: Any) -> StoredCallRow | None: ...

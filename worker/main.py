@@ -29,15 +29,24 @@ from app.core.settings import Settings
 from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
 from worker.db import queue_pool
+from worker.handover import Handover, QueueConnector
 from worker.runtime import Runtime, db_pool_size
 
 log = logging.getLogger("hookline.worker")
 
 
 def build_app(
-    dsn: str, *, pool_size: int, config: Config | None = None, batch_poll_seconds: int | None = None
+    dsn: str,
+    *,
+    pool_size: int,
+    config: Config | None = None,
+    batch_poll_seconds: int | None = None,
+    handover: Handover | None = None,
 ) -> procrastinate.App:
-    connector = procrastinate.PsycopgConnector(
+    """procrastinate's app for the worker. With ``handover`` (the runtime's), a job whose event's last
+    write finished it is not finished again by procrastinate (worker.handover)."""
+    connector = QueueConnector(
+        handover=handover,
         conninfo=libpq_dsn(dsn),
         min_size=1,
         max_size=pool_size,
@@ -151,6 +160,7 @@ async def run_worker(
         pool_size=db_pool_size(settings.worker_concurrency),
         config=config,
         batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
+        handover=rt.db.handover,
     )
     checked = False
     log.info(

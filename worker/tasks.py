@@ -18,22 +18,14 @@ from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
 from worker import concurrency
 from worker.closing import Closing, success_detail
-from worker.errors import classify
-from worker.infra import count_infra_failure
-from worker.limits import Held, admit, one
+from worker.limits import Held, admit
+from worker.outcomes import RetryLater as RetryLater
+from worker.outcomes import failed, finish, hold, infrastructure_failure
 from worker.pipeline import run_pipeline
 from worker.routing import route
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.worker")
-
-
-class RetryLater(Exception):
-    """Raised by process_event after it recorded a transient failure: reschedule in ``delay`` s."""
-
-    def __init__(self, delay: float, reason: str) -> None:
-        super().__init__(reason)
-        self.delay = delay
 
 
 class HooklineRetry(procrastinate.BaseRetryStrategy):
@@ -56,12 +48,6 @@ def runtime_of(context: JobContext) -> Runtime:
     return rt
 
 
-#: Job runs that failed outside the pipelines' own error handling (database errors while claiming or
-#: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
-#: Counted on the event (hookline.events.infra_failures), so throttle reschedules never count.
-MAX_INFRASTRUCTURE_ATTEMPTS = 50
-
-
 async def process_event(
     context: JobContext, event_id: int, recompute: bool = False, force_actions: bool = False
 ) -> str:
@@ -70,24 +56,27 @@ async def process_event(
     own procrastinate job in its last write). Returns the status this job's event ended in."""
     rt = runtime_of(context)
     job = context.job
+    job_id = job.id if job else None
     attempts = (job.attempts if job else 0) + 1
     await rt.slots.acquire()
     more = 0
+    if job_id is not None:
+        rt.db.handover.begin(job_id)
     try:
-        if job is not None and job.id is not None and not (recompute or force_actions):
+        if job is not None and job_id is not None and not (recompute or force_actions):
             more = rt.slots.grab(rt.settings.worker_claim_batch - 1)
         with log_context(event_id=event_id):
             try:
                 rows = await rt.db.start(
                     event_id=event_id,
-                    job_id=job.id if job else None,
+                    job_id=job_id,
                     more=more,
                     queue=job.queue if job else None,
                     task=job.task_name if job else None,
                     pickup=rt.metrics.serving,
                 )
             except Exception as e:
-                return await _infrastructure_failure(rt, event_id, attempts, e)
+                return await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
         mine = [r for r in rows if r["job_id"] is None]
         extras = [r for r in rows if r["job_id"] is not None]
         rt.slots.release(more - len(extras))
@@ -95,7 +84,7 @@ async def process_event(
         seen = {event_id}
         runs = [asyncio.create_task(_run_claimed(rt, r, seen)) for r in extras]
         try:
-            return await _run_job(rt, mine[0] if mine else None, event_id, attempts, recompute, force_actions)
+            return await _run_job(rt, mine[0] if mine else None, event_id, attempts, recompute, force_actions, job_id)
         except asyncio.CancelledError:
             for run in runs:
                 run.cancel()
@@ -105,24 +94,40 @@ async def process_event(
                 await asyncio.gather(*runs, return_exceptions=True)
     finally:
         rt.slots.release(1 + more)
+        if job_id is not None:
+            rt.db.handover.end(job_id)
 
 
 async def _run_job(
-    rt: Runtime, row: StartRow | None, event_id: int, attempts: int, recompute: bool, force_actions: bool
+    rt: Runtime,
+    row: StartRow | None,
+    event_id: int,
+    attempts: int,
+    recompute: bool,
+    force_actions: bool,
+    job_id: int | None,
 ) -> str:
-    """The event of the job procrastinate handed over (procrastinate finishes or retries the job)."""
+    """The event of the job procrastinate handed over. A terminal outcome finishes job ``job_id`` in the
+    event's last write (procrastinate then skips its own finish: worker.handover); otherwise
+    procrastinate finishes or retries the job."""
     rt.metrics.jobs_in_flight.inc()
     try:
         with log_context(event_id=event_id):
             _observe_pickup(rt, row)
             try:
                 status = await handle_event(
-                    rt, event_id, recompute=recompute, force_actions=force_actions, claimed=row, preloaded=True
+                    rt,
+                    event_id,
+                    recompute=recompute,
+                    force_actions=force_actions,
+                    claimed=row,
+                    preloaded=True,
+                    job_id=job_id,
                 )
             except RetryLater:
                 raise
             except Exception as e:
-                status = await _infrastructure_failure(rt, event_id, attempts, e)
+                status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
         rt.metrics.jobs.labels(status=status).inc()
         return status
     finally:
@@ -157,7 +162,7 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                 except RetryLater:
                     raise
                 except Exception as e:
-                    status = await _infrastructure_failure(
+                    status = await infrastructure_failure(
                         rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id
                     )
             except RetryLater as later:
@@ -192,30 +197,6 @@ def _observe_pickup(rt: Runtime, row: StartRow | None) -> None:
         rt.metrics.pickup_delay.observe(max(0.0, float(row["pickup_s"] or 0.0)))
 
 
-async def _infrastructure_failure(
-    rt: Runtime, event_id: int, attempts: int, e: Exception, *, job_id: int | None = None
-) -> str:
-    """The database failed us outside the pipeline's error handling (claiming, finishing or recording
-    the event). The event is not terminal: run the job again, or give up loudly."""
-    reason = f"{e.__class__.__name__}: {e}"
-    attempts, counted = await count_infra_failure(rt, event_id, attempts - 1)  # never throttle reschedules
-    if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
-        with contextlib.suppress(Exception):
-            await _finish(
-                rt,
-                event_id,
-                EventStatus.DEAD,
-                error=reason,
-                detail=f"gave up after {attempts} job runs failed outside the pipeline",
-                job_id=job_id,
-            )
-        log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
-        return EventStatus.DEAD
-    delay = float(min(60, 2 ** min(attempts, 6)))
-    log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
-    raise RetryLater(delay, reason) from e
-
-
 def register(bp: procrastinate.Blueprint) -> None:
     """Add process_event to a fresh blueprint (each App gets its own Task objects)."""
     bp.task(name=PROCESS_EVENT_SHORT, queue=QUEUE, pass_context=True, retry=HooklineRetry())(process_event)
@@ -234,8 +215,8 @@ async def handle_event(
     """Process one event; returns the status it ended in (or ``noop`` for a terminal event).
 
     ``preloaded``: ``claimed`` is the event's row from :func:`process_event`'s claim (None: the event
-    was already terminal); otherwise it is claimed here. ``job_id``: a procrastinate job this worker
-    claimed itself, finished with the event's terminal write."""
+    was already terminal); otherwise it is claimed here. ``job_id``: the event's procrastinate job (handed
+    over, or claimed by this worker itself), finished with the event's terminal write."""
     if not preloaded:
         rows = await rt.db.start(event_id=event_id, job_id=None, more=0, queue=None, task=None, pickup=False)
         claimed = rows[0] if rows else None
@@ -247,7 +228,7 @@ async def handle_event(
     # a sync pipeline first: a sender waits for its answer
     pipelines = rt.pipelines_for(event["source"], event["event_type"])
     if not pipelines:
-        await _finish(
+        await finish(
             rt,
             event_id,
             EventStatus.SKIPPED,
@@ -257,7 +238,7 @@ async def handle_event(
         return EventStatus.SKIPPED
     pipelines, filtered = route(pipelines, event)
     if not pipelines:  # routing without the model: no pipeline's `when` lets the event through
-        await _finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000], job_id=job_id)
+        await finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000], job_id=job_id)
         return EventStatus.SKIPPED
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
@@ -268,7 +249,7 @@ async def handle_event(
     if superseded_by is not None:
         pipelines = [p for p in pipelines if not p.latest_wins]
         if not pipelines:
-            await _finish(
+            await finish(
                 rt,
                 event_id,
                 EventStatus.SKIPPED,
@@ -280,7 +261,7 @@ async def handle_event(
         await admit(rt, event, pipelines)
         await concurrency.acquire(rt, event, pipelines)
     except Held as held:
-        return await _hold(rt, event, held, job_id)
+        return await hold(rt, event, held, job_id)
     try:
         for i, pipeline in enumerate(pipelines):
             current = pipeline
@@ -308,18 +289,18 @@ async def handle_event(
                 )
         raise
     except Held as held:
-        return await _hold(rt, event, held, job_id)
+        return await hold(rt, event, held, job_id)
     except Exception as e:
         if closing.done:  # the outcome is recorded; what failed came after it (a timeout at the very end)
             return EventStatus.SUCCEEDED
         assert current is not None
-        return await _failed(rt, event, current, e, job_id)
+        return await failed(rt, event, current, e, job_id)
     finally:
         await concurrency.release(rt, event, pipelines)
     if not closing.done:  # no write carried the outcome (a reused answer, a micro-batch, a sql action)
         dry = closing.dry_so_far
         detail = success_detail(dry=dry, simulated=rt.simulated)
-        await _finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail, job_id=job_id)
+        await finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail, job_id=job_id)
     else:
         log.info("event %s %s", event_id, EventStatus.SUCCEEDED, extra={"status": str(EventStatus.SUCCEEDED)})
     return EventStatus.SUCCEEDED
@@ -337,62 +318,3 @@ async def _superseded(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -
         occurred_at=event["occurred_at"],
     )
     return int(row["id"]) if row else None
-
-
-async def _failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseException, job_id: int | None) -> str:
-    err = classify(exc)
-    attempt = int(event["attempts"])
-    policy = pipeline.retry
-    where = f"pipeline {pipeline.name}: {err}"
-    if err.permanent or attempt >= policy.max_attempts:
-        why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
-        await _finish(rt, event["id"], EventStatus.DEAD, error=where, detail=why, job_id=job_id)
-        log.warning("event %s is dead (%s): %s", event["id"], why, where)
-        return EventStatus.DEAD
-    delay = policy.delay(attempt, err.retry_after)
-    await rt.db.run(
-        "retry_event",
-        event_id=event["id"],
-        error=where,
-        detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s",
-    )
-    log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
-    raise RetryLater(delay, where) from exc
-
-
-class Throttled(RetryLater):
-    """The event waits for a limit (window, bucket, breaker, loop guard); its job runs again later."""
-
-
-async def _hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None) -> str:
-    """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead."""
-    if held.dead:
-        await _finish(
-            rt,
-            event["id"],
-            EventStatus.DEAD,
-            error=held.reason,
-            detail="over a tenant cap (on_cap = dead)",
-            job_id=job_id,
-        )
-        log.warning("event %s is dead: %s", event["id"], held.reason)
-        return EventStatus.DEAD
-    await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}")
-    log.info("event %s throttled for %.1fs: %s", event["id"], held.delay, held.reason)
-    raise Throttled(held.delay, held.reason)
-
-
-async def _finish(
-    rt: Runtime,
-    event_id: int,
-    status: str,
-    *,
-    dry_run: bool = False,
-    detail: str | None = None,
-    error: str | None = None,
-    job_id: int | None = None,
-) -> None:
-    await rt.db.run(
-        "finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error, job_id=job_id
-    )
-    log.info("event %s %s", event_id, status, extra={"status": str(status)})

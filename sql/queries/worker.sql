@@ -56,7 +56,8 @@ CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commi
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
--- job (one the worker claimed itself). With event_id NULL only the job is finished.
+-- job (the one procrastinate handed over, or one the worker claimed itself). With event_id NULL only
+-- the job is finished.
 SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s);
 
 -- name: retry_job

@@ -3,13 +3,14 @@ that claims its own (``start_events``), and owns them to the end: a terminal out
 claimed job in the event's last write, a retry hands it back to the queue.
 
 The job is fetched by the real procrastinate job manager and run through the real task function with
-a real ``JobContext``; what procrastinate itself does after the task returns (finishing the job it
-handed over) is not part of these tests.
+a real ``JobContext``. The handed-over job is finished by its event's last write too; the last tests
+run the real procrastinate worker, which then does not finish it again (worker.handover).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from procrastinate import JobContext
 
 from app.core.status import CallStatus
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply
-from tests.harness import Receiver, make_settings, rows
+from tests.harness import Receiver, make_settings, rows, wait_for_status, worker_task
 from tests.worker.test_pipeline import GOOD, insert_event, make_config
 from worker.callwriter import rows_json
 from worker.db import Q
@@ -81,7 +82,7 @@ async def test_one_job_claims_the_backlog_within_the_free_concurrency(db_url: st
     done = [r[0] for r in rows(db_url, "SELECT id FROM hookline.events WHERE status = 'succeeded' ORDER BY id")]
     assert done == ids[:6]  # its own and 5 more: priority, then age
     by_event = jobs(db_url)
-    assert [by_event[i] for i in ids[:6]] == ["doing"] + ["succeeded"] * 5  # procrastinate finishes the first
+    assert [by_event[i] for i in ids[:6]] == ["succeeded"] * 6  # the handed-over one too, by its event's write
     assert all(by_event[i] == "todo" for i in ids[6:] + same_key)
     # store + finish in one statement: each finished event has its one dry-run call and says so
     for event_id in done:
@@ -100,7 +101,7 @@ async def test_a_lock_is_claimed_one_job_at_a_time(db_url: str, queue: Any) -> N
         await rt.close()
     by_event = jobs(db_url)
     # the first keyed job ran; its successors wait for it (procrastinate's lock rule), the free one came along
-    assert by_event[keyed[0]] == "doing" and by_event[free] == "succeeded"
+    assert by_event[keyed[0]] == "succeeded" and by_event[free] == "succeeded"
     assert by_event[keyed[1]] == by_event[keyed[2]] == "todo"
 
 
@@ -135,7 +136,7 @@ async def test_claim_batch_one_claims_nothing_more(db_url: str, queue: Any) -> N
     finally:
         await rt.close()
     by_event = jobs(db_url)
-    assert [by_event[i] for i in ids] == ["doing", "todo", "todo"]
+    assert [by_event[i] for i in ids] == ["succeeded", "todo", "todo"]
 
 
 async def test_a_failed_store_and_finish_leaves_the_event_to_the_failure_path(
@@ -231,3 +232,85 @@ async def test_the_claim_commits_without_waiting_for_its_wal_flush_and_the_answe
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
         conn.commit()
     assert rows(db_url, f"SELECT status FROM hookline.events WHERE id = {event_id}") == [("processing",)]
+
+
+async def test_procrastinate_does_not_settle_again_a_job_its_events_write_finished(db_url: str) -> None:
+    """worker.handover: procrastinate's own finish_job and retry_job for a handed-over job that the
+    event's last write already finished are answered without a statement (sent, procrastinate's SQL
+    would raise: the job is no longer 'doing'); for any other job they are sent as before."""
+    from procrastinate.exceptions import ConnectorException
+    from procrastinate.jobs import Status
+
+    from worker.handover import Handover
+
+    first, second, third = (insert_event(db_url, f"evt_h{i}") for i in range(3))
+    handover = Handover()
+    app = build_app(db_url, pool_size=2, handover=handover)
+    async with app.open_async():
+        worker_id = await app.job_manager.register_worker()
+        a, b, c = [await app.job_manager.fetch_job(queues=None, worker_id=worker_id) for _ in range(3)]
+        assert a is not None and b is not None and c is not None
+        assert a.id is not None and b.id is not None and c.id is not None
+        by_job = {a.id: first, b.id: second, c.id: third}
+        handed = (a.id, b.id)
+        for job_id in handed:
+            handover.begin(job_id)
+        with psycopg.connect(db_url, autocommit=True) as conn:  # the events' own writes finish a and c
+            for job_id in (a.id, c.id):
+                conn.execute(
+                    Q["finish_event"],
+                    {
+                        "event_id": by_job[job_id],
+                        "status": "succeeded",
+                        "dry_run": True,
+                        "detail": None,
+                        "error": None,
+                        "job_id": job_id,
+                    },
+                )
+        handover.finished(a.id)
+        handover.finished(c.id)  # claimed by this worker itself, not handed over: not procrastinate's to settle
+        for job_id in handed:
+            handover.end(job_id)
+        assert len(handover) == 1
+        await app.job_manager.finish_job_by_id_async(a.id, Status.SUCCEEDED, delete_job=False)  # skipped
+        await app.job_manager.finish_job_by_id_async(b.id, Status.SUCCEEDED, delete_job=False)  # sent
+        with pytest.raises(ConnectorException):  # a job nobody recorded as finished: sent, and refused
+            await app.job_manager.finish_job_by_id_async(c.id, Status.SUCCEEDED, delete_job=False)
+        with pytest.raises(ConnectorException):  # skipped once only
+            await app.job_manager.finish_job_by_id_async(a.id, Status.SUCCEEDED, delete_job=False)
+    assert handover.skipped == 1 and len(handover) == 0
+    assert rows(db_url, "SELECT status::text, attempts FROM procrastinate_jobs ORDER BY id") == [("succeeded", 1)] * 3
+
+
+async def test_the_real_worker_finishes_each_job_in_its_events_last_write(
+    db_url: str, fake: FakeMessagesAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real procrastinate worker, one job at a time (no batch claim): every handed-over job is
+    finished in the same transaction as its event (the stored answer, or a skip with no pipeline), a
+    job whose event must retry is retried by procrastinate, and nothing is settled twice."""
+    fake.set_default(reply(GOOD))
+    answered = [insert_event(db_url, f"evt_r{i}") for i in range(4)]
+    skipped = insert_event(db_url, "evt_r_skip", event_type="customer.created")  # no pipeline: its own finish
+    flaky = insert_event(db_url, "evt_r_flaky", note="flaky one")
+    fake.enqueue_for("flaky one", error(500, "api_error"))
+    settings = make_settings(
+        db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url, worker_claim_batch=1
+    )
+    with caplog.at_level(logging.WARNING):
+        async with worker_task(settings, make_config(actions=[])):
+            for eid in [*answered, skipped, flaky]:
+                await wait_for_status(db_url, eid, timeout=30)
+    got = rows(
+        db_url,
+        """SELECT e.id, e.status, j.status::text, j.attempts,
+                  e.finished_at = (SELECT max(pe.at) FROM procrastinate_events pe
+                                   WHERE pe.job_id = j.id AND pe.type = 'succeeded')
+           FROM hookline.events e JOIN procrastinate_jobs j ON (j.args ->> 'event_id')::bigint = e.id
+           ORDER BY e.id""",
+    )
+    expected = [(eid, "succeeded", "succeeded", 1, True) for eid in answered]
+    expected += [(skipped, "skipped", "succeeded", 1, True), (flaky, "succeeded", "succeeded", 2, True)]
+    assert got == expected
+    assert rows(db_url, "SELECT count(*) FROM procrastinate_events WHERE type = 'deferred_for_retry'") == [(1,)]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
