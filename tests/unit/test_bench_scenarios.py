@@ -16,6 +16,7 @@ from app.cli.bench import add_cli, report, wrk
 from app.cli.bench.chart import draw
 from app.cli.bench.loadgen import build_requests
 from app.cli.bench.report_scenarios import scenario_rows
+from app.cli.bench.scenarios import sustained_rate
 from app.core.settings import Settings
 from tests.conftest import PgServer
 
@@ -96,6 +97,9 @@ def _results() -> dict[str, Any]:
                     "worker_cpu_ms_per_event": 2.0,
                     "ideal_events_per_s": 10.0 if d else None,
                     "of_ideal": 0.95 if d else None,
+                    "sustained_events_per_s": 9.5 if d else None,
+                    "offered_events_per_s": 12.5 if d else None,
+                    "whole_run_of_ideal": 0.81 if d else None,
                 }
                 for d in (0.0, 1.0)
             ]
@@ -110,6 +114,9 @@ def test_report_rows_and_chart(tmp_path: Path) -> None:
     assert "ack at 500 req/s" in metrics and "scale, 2 dry-run worker(s)" in metrics
     assert "ack at 500 req/s, web only" in metrics and "ack at 300 req/s, web only" not in metrics
     assert "worker, model 1,000 ms, 1p × c10" in metrics
+    slow = next(r for r in rows if r["metric"] == "worker, model 1,000 ms, 1p × c10")
+    assert (slow["value"], slow["unit"]) == ("10", "events/s sustained")
+    assert "sustained 0.95 of concurrency/latency (target ≥ 0.9), fed at 12/s; whole run 0.81" in slow["notes"]
     notes = {r["metric"]: r["notes"] for r in rows}
     assert notes["scale, 1 dry-run worker(s)"] == "c=10 each; worker CPU 1.50 ms/event, Postgres 2.50 ms/event"
     assert "Postgres" not in notes["scale, 2 dry-run worker(s)"]
@@ -171,3 +178,15 @@ def test_the_table_warns_when_the_machines_speed_moved_during_the_run() -> None:
     moved = report.render(doc(100_000, 60_000))
     assert "WARNING: the machine's speed moved by 40% during this run" in moved
     assert report.yardstick(rounds=1, n=50) > 0
+
+
+def test_the_sustained_rate_leaves_out_the_start_and_the_tail() -> None:
+    """Finishes at 100/s for 10 s, after a slow start (10 events in the first 2 s) and before a straggling
+    tail: the sustained rate is the steady one, where the whole run's average is not."""
+    start = [0.2 * i for i in range(10)]
+    steady = [2.0 + 0.01 * i for i in range(1000)]
+    tail = [12.0 + 0.5 * i for i in range(10)]
+    finished = start + steady + tail
+    assert sustained_rate(finished) == pytest.approx(100.0, rel=0.01)
+    assert len(finished) / (max(finished) - min(finished)) < 70
+    assert sustained_rate([1.0, 1.0, 1.0]) is None and sustained_rate([]) is None

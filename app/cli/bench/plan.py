@@ -36,6 +36,8 @@ class Plan:
     #: (processes, concurrency) with the fake model at 0 ms, and at 1 s.
     worker_fast: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (2, 10), (2, 50))
     worker_slow: tuple[tuple[int, int], ...] = ((1, 10), (1, 50), (1, 200))
+    #: Seconds of work each 1 s model run is given (events: this × concurrency/latency).
+    slow_seconds: float = 6.0
     scale_max_processes: int = 4
     scale_events: int = 1000
     sync_requests: int = 300
@@ -72,6 +74,7 @@ class Plan:
                 worker_events=100,
                 worker_fast=((1, 10),),
                 worker_slow=((1, 20),),
+                slow_seconds=2.0,
                 scale_max_processes=2,
                 scale_events=100,
                 sync_requests=20,

@@ -259,13 +259,42 @@ async def backend_cpu(db: phases.Events) -> dict[int, float]:
     return out
 
 
-async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int]) -> dict[str, Any]:
-    """Bulk-insert ``events`` and time the running workers draining them; CPU per event, of the
-    worker processes and of the Postgres backends serving them (when Postgres is local)."""
+async def feed(db: phases.Events, rows: list[tuple[Any, ...]], rate: float, *, tick: float = 0.02) -> None:
+    """Insert ``rows`` at ``rate`` per second, a transaction every ``tick`` seconds (an open loop: a
+    late insert does not lower the rate)."""
+    per = max(1, round(rate * tick))
+    t0 = time.monotonic()
+    for i in range(0, len(rows), per):
+        await db.insert_many(rows[i : i + per])
+        delay = t0 + (i + per) / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def sustained_rate(finished: list[float], *, low: float = 0.2, high: float = 0.9) -> float | None:
+    """Events per second between the finishes of the ``low`` and ``high`` fractions of the events: the
+    rate once the workers run, without the start (first claims, first connections opened) and the
+    tail (the last events, when fewer than the concurrency remain)."""
+    xs = sorted(finished)
+    a, b = int(low * len(xs)), min(len(xs) - 1, int(high * len(xs)))
+    if b <= a or xs[b] <= xs[a]:
+        return None
+    return (b - a) / (xs[b] - xs[a])
+
+
+async def drain(
+    db: phases.Events, *, prefix: str, events: int, pids: list[int], rate: float | None = None
+) -> dict[str, Any]:
+    """Insert ``events`` (all at once, or fed at ``rate`` per second) and time the running workers
+    processing them; CPU per event, of the worker processes and of the Postgres backends serving them
+    (when Postgres is local)."""
     rows = [phases.event_row(phases.SOURCE, f"{prefix}-{i}", i) for i in range(events)]
     cpu0 = proc_cpu(pids)
     pg0 = await backend_cpu(db)
-    await db.insert_many(rows)
+    if rate is None:
+        await db.insert_many(rows)
+    else:
+        await feed(db, rows, rate)
     await db.wait_done(phases.SOURCE, prefix, events, timeout=120 + events / 10)
     cpu = proc_cpu(pids) - cpu0
     pg1 = await backend_cpu(db)
@@ -275,6 +304,8 @@ async def drain(db: phases.Events, *, prefix: str, events: int, pids: list[int])
     return {
         "events": events,
         "events_per_s": events / span if span > 0 else None,
+        "sustained_events_per_s": sustained_rate([r["finished_at"].timestamp() for r in got]),
+        "offered_events_per_s": rate,
         "span_s": round(span, 3),
         "worker_cpu_ms_per_event": round(1000 * cpu / events, 3),
         "postgres_cpu_ms_per_event": round(1000 * pg / events, 3) if pg is not None else None,
