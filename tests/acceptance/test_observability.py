@@ -1,5 +1,6 @@
-"""Metrics after a known workload (exact counts), the private/public split of /metrics, the worker's
-own metrics port, the event timeline of a real run, and request ids in the worker's JSON logs."""
+"""Metrics after a known workload (exact counts, and every exported metric named in the README), the
+private/public split of /metrics, the worker's own metrics port, the event timeline of a real run,
+and request ids in the worker's JSON logs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +31,8 @@ from tests.harness import (
 )
 from worker.pricing import cost_usd
 
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
 STRIPE_SECRET = "whsec_observe_test"
 USAGE = {
     "input_tokens": 100,
@@ -46,6 +50,11 @@ def scrape(text: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def exported_names(text: str) -> set[str]:
+    """The metric names an exposition offers, as a scraper sees them (a counter ``x`` as ``x_total``)."""
+    return {f.name + ("_total" if f.type == "counter" else "") for f in text_string_to_metric_families(text)}
 
 
 def pick(samples: Samples, name: str, **labels: str) -> float:
@@ -142,7 +151,12 @@ async def test_metrics_exact_counts_after_a_known_workload(
         resp = await client.get(f"{base}/metrics", headers={"authorization": "Bearer scrape-me"})
         assert resp.status_code == 200
         web = scrape(resp.text)
-        worker = scrape((await client.get(f"http://127.0.0.1:{worker_port}/metrics")).text)
+        worker_text = (await client.get(f"http://127.0.0.1:{worker_port}/metrics")).text
+        worker = scrape(worker_text)
+    # the README's metrics reference names every family either process exports
+    exported = exported_names(resp.text) | exported_names(worker_text)
+    assert "hookline_ingest_requests_total" in exported and "hookline_worker_jobs_total" in exported
+    assert sorted(n for n in exported if f"`{n}`" not in README and f"`{n}{{" not in README) == []
 
     requests = of(web, "hookline_ingest_requests_total")
     assert requests == {
