@@ -14,6 +14,7 @@ IngestQuery = Literal[
     "store_invalid_event",
     "find_event",
     "store_events",
+    "send_held_notifications",
     "find_events",
     "schema_versions",
     "reply_state",
