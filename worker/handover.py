@@ -11,14 +11,59 @@ shutdown) after its outcome was recorded has nothing left to retry.
 
 A job whose write failed, or that ended any other way (retry, throttle, an event already terminal),
 is finished or retried by procrastinate as before.
+
+The connector also spares the fetch that finds nothing. procrastinate's worker fetches one job per
+statement and, after each job it gets, fetches again at once, until a fetch comes back empty: an
+event arriving alone costs two fetches, the second of them empty. The connector sends its own fetch
+(``fetch_job`` in ``sql/queries/worker.sql``: procrastinate's function and columns, and whether any
+other job is runnable now). When the fetch found a job and nothing else was runnable, and no
+notification reached the worker since that fetch was sent, the fetch procrastinate asks for next (at
+once, within ``QUIET_SECONDS``) is answered "no job" without a statement. A job committed meanwhile
+NOTIFYs after its commit, so either the fetch saw it or its notification comes: one that arrives
+before the next fetch makes it a real fetch, one that arrives after wakes procrastinate's loop as
+usual; a job that becomes due by its schedule waits for the next poll, as it would have.
+
+It also closes a gap in procrastinate's loop: a job announced while a fetch is on its way may have
+committed after that fetch's snapshot, and procrastinate clears its wake-up when the fetch returns, so
+such a job waited for the next poll (``HOOKLINE_WORKER_POLL_INTERVAL``). An empty fetch during which a
+notification arrived is sent again (up to ``REFETCHES`` times).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any, LiteralString
 
 import procrastinate
-from procrastinate import sql
+from procrastinate import connector, sql
+
+from app.core.querynames import WorkerQuery
+from app.core.sqlfiles import NamedQueries
+
+Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
+#: procrastinate's fetch, and ours sent in its place (same function and columns, plus more_waiting)
+_FETCH, _OUR_FETCH = sql.queries["fetch_job"], Q["fetch_job"]
+#: the row procrastinate reads as "no job"
+_NO_JOB: dict[str, Any] = dict.fromkeys(
+    [
+        "id",
+        "status",
+        "task_name",
+        "priority",
+        "lock",
+        "queueing_lock",
+        "args",
+        "scheduled_at",
+        "queue_name",
+        "attempts",
+        "worker_id",
+    ]
+)
+#: how soon after a fetch that left nothing runnable the next fetch is answered without a statement
+QUIET_SECONDS = 0.05
+#: how many times in a row an empty fetch is sent again because a job was announced while it ran
+REFETCHES = 3
 
 #: procrastinate's statements that settle a job it handed over
 _SETTLING: frozenset[str] = frozenset({sql.queries["finish_job"], sql.queries["retry_job"]})
@@ -61,13 +106,52 @@ class Handover:
 
 class QueueConnector(procrastinate.PsycopgConnector):
     """procrastinate's psycopg connector, except that a handed-over job the event's write already
-    finished is not finished (or retried) a second time."""
+    finished is not finished (or retried) a second time, and a fetch that could only come back empty
+    is not sent."""
 
     def __init__(self, *, handover: Handover | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.handover = handover
+        #: fetches answered "no job" without a statement (nothing was runnable, nothing notified since)
+        self.fetches_spared = 0
+        #: empty fetches sent again because a job was announced while they ran
+        self.refetches = 0
+        self._quiet_since: float | None = None  # the last fetch got a job and left nothing runnable
+        self._notified = False  # a notification arrived since the last fetch was sent
 
     async def execute_query_async(self, query: LiteralString, **arguments: Any) -> None:
         if self.handover is not None and query in _SETTLING and self.handover.take(arguments.get("job_id")):
             return
         await super().execute_query_async(query, **arguments)
+
+    async def execute_query_one_async(self, query: LiteralString, **arguments: Any) -> dict[str, Any]:
+        if query != _FETCH:
+            row: dict[str, Any] = await super().execute_query_one_async(query, **arguments)
+            return row
+        quiet, self._quiet_since = self._quiet_since, None
+        if quiet is not None and not self._notified and time.monotonic() - quiet < QUIET_SECONDS:
+            self.fetches_spared += 1
+            return dict(_NO_JOB)
+        for _ in range(REFETCHES + 1):
+            self._notified = False
+            sent = time.monotonic()
+            row = await super().execute_query_one_async(_OUR_FETCH, **arguments)
+            more = row.pop("more_waiting", True)
+            if row.get("id") is not None:
+                if more is False:
+                    self._quiet_since = sent
+                return row
+            if not self._notified:
+                break
+            # Empty, but a job was announced while this fetch ran: it may have committed after the
+            # fetch's snapshot. procrastinate clears its wake-up once the fetch returns, so that job
+            # would wait for the next poll; fetch again instead.
+            self.refetches += 1
+        return row
+
+    async def listen_notify(self, on_notification: connector.Notify, channels: Iterable[str]) -> None:
+        async def noted(*, channel: str, payload: str) -> None:
+            self._notified = True
+            await on_notification(channel=channel, payload=payload)
+
+        await super().listen_notify(noted, channels)

@@ -24,6 +24,7 @@ IngestQuery = Literal[
 
 WorkerQuery = Literal[
     "start_events",
+    "fetch_job",
     "finish_event",
     "retry_job",
     "retry_event",

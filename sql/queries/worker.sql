@@ -54,6 +54,26 @@ FROM wanted w
 LEFT JOIN claimed c ON c.id = w.event_id
 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
+-- name: fetch_job
+-- procrastinate's own fetch (procrastinate_fetch_job_v2, the columns procrastinate reads), sent by the
+-- worker's queue connector in place of procrastinate's statement, with one more column: more_waiting,
+-- false when a job was fetched and no other job of these queues is runnable now (todo, due). Jobs that
+-- commit after this statement began are not seen here; their job_inserted NOTIFY comes after their
+-- commit, and the connector fetches again when one arrived (worker.handover). The partial index of
+-- todo jobs answers the EXISTS with a backlog of any size.
+WITH job AS MATERIALIZED (
+    SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id
+    FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)
+)
+SELECT job.*,
+       job.id IS NULL OR EXISTS (
+           SELECT 1 FROM procrastinate_jobs j
+           WHERE j.status = 'todo' AND j.id <> job.id
+             AND (%(queues)s::varchar[] IS NULL OR j.queue_name = ANY (%(queues)s::varchar[]))
+             AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+       ) AS more_waiting
+FROM job;
+
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
 -- job (the one procrastinate handed over, or one the worker claimed itself). With event_id NULL only

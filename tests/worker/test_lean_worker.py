@@ -10,6 +10,7 @@ run the real procrastinate worker, which then does not finish it again (worker.h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -314,3 +315,140 @@ async def test_the_real_worker_finishes_each_job_in_its_events_last_write(
     assert got == expected
     assert rows(db_url, "SELECT count(*) FROM procrastinate_events WHERE type = 'deferred_for_retry'") == [(1,)]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_fetch_that_could_only_come_back_empty_is_not_sent(db_url: str) -> None:
+    """worker.handover: after a fetch that got a job and left nothing runnable, procrastinate's next
+    fetch (at once) is answered "no job" without a statement, unless a notification arrived since the
+    fetch was sent; a later fetch, or one after a notification, goes to Postgres."""
+    from worker.handover import QUIET_SECONDS, QueueConnector
+
+    first, second = insert_event(db_url, "evt_q1"), insert_event(db_url, "evt_q2")
+    app = build_app(db_url, pool_size=2)
+    connector = app.connector
+    assert isinstance(connector, QueueConnector)
+    heard: list[str] = []
+
+    async def on_notification(*, channel: str, payload: str) -> None:
+        heard.append(payload)
+
+    async def notified(n: int) -> None:
+        for _ in range(250):
+            if len(heard) >= n:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"expected {n} notifications, heard {len(heard)}")
+
+    def event_of(job: Any) -> int:
+        assert job is not None
+        return int(job.task_kwargs["event_id"])
+
+    async with app.open_async():
+        worker_id = await app.job_manager.register_worker()
+
+        async def fetch() -> Any:
+            return await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+
+        assert event_of(await fetch()) == first  # another job waits: the next fetch is sent
+        assert event_of(await fetch()) == second  # the last runnable job
+        assert await fetch() is None and connector.fetches_spared == 1  # nothing could be there: spared
+        assert await fetch() is None and connector.fetches_spared == 1  # sent: one fetch is spared, once
+
+        listening = asyncio.create_task(
+            connector.listen_notify(on_notification=on_notification, channels=["procrastinate_any_queue_v1"])
+        )
+        try:
+            third = []
+            for attempt in range(100):  # LISTEN is in place once a job insert is heard
+                third.append(insert_event(db_url, f"evt_q3_{attempt}"))
+                await asyncio.sleep(0.05)
+                if heard:
+                    break
+            for event_id in third:  # the last of them leaves nothing runnable: quiet
+                assert event_of(await fetch()) == event_id
+            before = len(heard)
+            fourth = insert_event(db_url, "evt_q4")  # committed after that fetch: its NOTIFY comes
+            await notified(before + 1)
+            assert event_of(await fetch()) == fourth and connector.fetches_spared == 1  # sent, and found it
+            await asyncio.sleep(2 * QUIET_SECONDS)
+            assert await fetch() is None and connector.fetches_spared == 1  # too late to be that fetch: sent
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+
+
+#: procrastinate's listener has run (and committed) its last LISTEN, that of the hookline queue
+_LISTENING = """SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN "procrastinate\\_queue\\_v1#hookline"%%'"""
+
+
+async def test_lone_events_each_cost_one_fetch_and_none_waits_for_the_poll(
+    db_url: str, fake: FakeMessagesAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real worker, events arriving one at a time, a 30 s poll: each is woken by its NOTIFY and
+    started at once, and the empty fetch after each is spared."""
+    import worker.main
+
+    apps: list[Any] = []
+    real_build_app = worker.main.build_app
+
+    def build_app_kept(*args: Any, **kwargs: Any) -> Any:
+        apps.append(real_build_app(*args, **kwargs))
+        return apps[-1]
+
+    monkeypatch.setattr(worker.main, "build_app", build_app_kept)
+    fake.set_default(reply(GOOD))
+    settings = make_settings(
+        db_url,
+        anthropic_api_key="sk-test",
+        anthropic_base_url=fake.base_url,
+        worker_claim_batch=1,
+        worker_poll_interval=30.0,
+    )
+    async with worker_task(settings, make_config(actions=[])):
+        for _ in range(500):  # procrastinate LISTENs once it runs; an insert before that waits for the poll
+            if rows(db_url, _LISTENING) != [(0,)]:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(
+                f"procrastinate is not listening: {rows(db_url, 'SELECT state, query FROM pg_stat_activity')}"
+            )
+        for i in range(5):
+            eid = insert_event(db_url, f"evt_lone{i}")
+            await wait_for_status(db_url, eid, timeout=15)  # half the poll interval: the NOTIFY woke it
+    assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE status = 'succeeded'") == [(5,)]
+    assert apps and apps[0].connector.fetches_spared >= 1
+
+
+async def test_an_empty_fetch_during_which_a_job_was_announced_is_sent_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that commits after a fetch's snapshot and announces itself while the fetch runs: procrastinate
+    would clear its wake-up when the empty fetch returns and leave the job to the next poll; the
+    connector fetches again and finds it."""
+    import procrastinate
+
+    from worker.handover import QueueConnector
+
+    app = build_app(db_url, pool_size=2)
+    connector = app.connector
+    assert isinstance(connector, QueueConnector)
+    real_fetch = procrastinate.PsycopgConnector.execute_query_one_async
+    late: list[int] = []
+
+    async def fetch_then_a_job_arrives(self: Any, query: Any, **arguments: Any) -> dict[str, Any]:
+        row: dict[str, Any] = await real_fetch(self, query, **arguments)
+        if "procrastinate_fetch_job_v2" in query and not late:  # committed after this fetch's snapshot,
+            # and its NOTIFY reached the listener while the fetch ran
+            late.append(insert_event(db_url, "evt_late"))
+            connector._notified = True
+        return row
+
+    monkeypatch.setattr(procrastinate.PsycopgConnector, "execute_query_one_async", fetch_then_a_job_arrives)
+    async with app.open_async():
+        worker_id = await app.job_manager.register_worker()
+        job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+    assert job is not None and job.task_kwargs["event_id"] == late[0]
+    assert connector.refetches == 1
