@@ -16,6 +16,8 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
   ``hookline.notify = 'held'``) and sent by one more short statement on the same connection, once every
   row has its answer: a commit that NOTIFYs holds Postgres's notification queue lock through its WAL
   flush, so concurrent batches (and other processes' commits) would take turns through one fsync each.
+  A batch with a synchronous request (``respond_sync``) notifies inside its transaction as before: its
+  caller waits for the worker, which then wakes one round trip sooner.
 - Every row is answered after that commit (never before durability). Rows that already existed were
   committed by someone else: a batch of only duplicates inserts nothing, so it writes no WAL, sends no
   NOTIFY and needs no fsync (a duplicate in a batch with new rows is answered with them).
@@ -202,8 +204,8 @@ class Batcher(GroupCommit[_Item]):
                 self._settle(it, (ids.get((it.row[0], it.row[1])), True))
         for n, (event_id, dup) in got.items():
             self._settle(batch[n], (event_id, dup))
-        if any(not dup for _, dup in got.values()):
-            await self._send_held_notifications(conn)
+        if any(not dup for _, dup in got.values()) and not any(it.row[13] for it in batch):
+            await self._send_held_notifications(conn)  # a batch with a sync request notified inline
 
     async def _send_held_notifications(self, conn: Any) -> None:
         """The wake-ups the committed batch held back (``store_events`` sets ``hookline.notify = 'held'``).

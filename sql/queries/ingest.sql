@@ -79,9 +79,11 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 -- Its transaction sets hookline.notify = 'held' (migration 0018) before anything is written: the
 -- insert and job_inserted NOTIFYs are held in the session and sent by send_held_notifications right
 -- after this commit, so this durable commit does not hold Postgres's notification queue lock through
--- its WAL flush.
+-- its WAL flush. A batch with a synchronous request ($14) notifies inside its transaction instead:
+-- its caller is waiting, and the worker wakes one round trip sooner.
 WITH input AS MATERIALIZED (
-    SELECT *, set_config('hookline.notify', 'held', true) AS notify_mode
+    SELECT *, set_config('hookline.notify', CASE WHEN true = ANY ($14::boolean[]) THEN 'inline' ELSE 'held' END,
+                         true) AS notify_mode
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
         WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,

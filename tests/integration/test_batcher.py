@@ -252,3 +252,17 @@ async def test_the_batcher_wakes_workers_after_each_batch_it_stored(pool: Any, d
             assert await c.fetchval(Q["send_held_notifications"]) == 0
     finally:
         await listener.close()
+
+
+async def test_a_batch_with_a_synchronous_request_notifies_inside_its_transaction(pool: Any, db_url: str) -> None:
+    """Its caller waits for the worker: the wake-up goes with the commit, and nothing is held."""
+    listener, heard = await _heard_on(db_url, WAKE_UPS)
+    try:
+        async with pool.acquire() as c:
+            sync_row = (*row("sync-1")[:13], True)
+            await c.fetch(Q["store_events"], *_columns([_Item(row("async-1"), None), _Item(sync_row, None)]))  # type: ignore[arg-type]
+            await _settle_notifications()
+            assert {ch for ch, _ in heard} == set(WAKE_UPS)
+            assert await c.fetchval(Q["send_held_notifications"]) == 0
+    finally:
+        await listener.close()
