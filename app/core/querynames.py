@@ -14,7 +14,6 @@ IngestQuery = Literal[
     "store_invalid_event",
     "find_event",
     "store_events",
-    "send_held_notifications",
     "find_events",
     "schema_versions",
     "reply_state",

@@ -10,14 +10,8 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
 - A flush is one statement, ``store_events`` (one multi-row ``INSERT … ON CONFLICT DO NOTHING``), sent
   outside any transaction block: Postgres commits it by itself before it answers, so a flush is one
   round trip (no ``BEGIN``/``COMMIT``). The statement-level triggers of migration 0008 defer the
-  batch's jobs in one call and build one NOTIFY per queue, so a batch costs one fsync and a handful of
+  batch's jobs in one call and send one NOTIFY per queue, so a batch costs one fsync and a handful of
   notifications, whatever its size.
-- Those notifications are held back until after the commit (migration 0018: the statement sets
-  ``hookline.notify = 'held'``) and sent by one more short statement on the same connection, once every
-  row has its answer: a commit that NOTIFYs holds Postgres's notification queue lock through its WAL
-  flush, so concurrent batches (and other processes' commits) would take turns through one fsync each.
-  A batch with a synchronous request (``respond_sync``) notifies inside its transaction as before: its
-  caller waits for the worker, which then wakes one round trip sooner.
 - Every row is answered after that commit (never before durability). Rows that already existed were
   committed by someone else: a batch of only duplicates inserts nothing, so it writes no WAL, sends no
   NOTIFY and needs no fsync (a duplicate in a batch with new rows is answered with them).
@@ -41,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,7 +48,6 @@ from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 
 Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
-log = logging.getLogger("hookline.ingest")
 
 Key = tuple[str, str]
 DEADLOCK_RETRIES = 3
@@ -120,7 +112,7 @@ class Batcher(GroupCommit[_Item]):
         self._known_size = known_size
         self._known_seconds = known_seconds
         #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from memory.
-        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0, "notify_failures": 0}
+        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0}
 
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
@@ -204,20 +196,6 @@ class Batcher(GroupCommit[_Item]):
                 self._settle(it, (ids.get((it.row[0], it.row[1])), True))
         for n, (event_id, dup) in got.items():
             self._settle(batch[n], (event_id, dup))
-        if any(not dup for _, dup in got.values()) and not any(it.row[13] for it in batch):
-            await self._send_held_notifications(conn)  # a batch with a sync request notified inline
-
-    async def _send_held_notifications(self, conn: Any) -> None:
-        """The wake-ups the committed batch held back (``store_events`` sets ``hookline.notify = 'held'``).
-
-        Sent after every row of the batch has its answer, on the connection that wrote it. If they cannot
-        be sent, the events are stored all the same: workers find their jobs at their next poll.
-        """
-        try:
-            await conn.fetchval(Q["send_held_notifications"])
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
-            self.stats["notify_failures"] += 1
-            log.warning("stored events, but could not notify listeners: %s", e.__class__.__name__)
 
     async def _one_by_one(self, conn: Any, batch: list[_Item]) -> dict[int, Result]:
         """One savepoint per row: a rejected row fails alone, the rest commit together."""

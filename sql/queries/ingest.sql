@@ -76,14 +76,8 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 -- in store_event's column order. One row back per input row that is stored: n (1-based position in
 -- the arrays), id, inserted (false: the delivery already existed, committed before this statement).
 -- An input row missing from the answer conflicted with a delivery committed meanwhile: find_events.
--- Its transaction sets hookline.notify = 'held' (migration 0018) before anything is written: the
--- insert and job_inserted NOTIFYs are held in the session and sent by send_held_notifications right
--- after this commit, so this durable commit does not hold Postgres's notification queue lock through
--- its WAL flush. A batch with a synchronous request ($14) notifies inside its transaction instead:
--- its caller is waiting, and the worker wakes one round trip sooner.
-WITH input AS MATERIALIZED (
-    SELECT *, set_config('hookline.notify', CASE WHEN true = ANY ($14::boolean[]) THEN 'inline' ELSE 'held' END,
-                         true) AS notify_mode
+WITH input AS (
+    SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
         WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
@@ -110,13 +104,6 @@ SELECT k.n, k.id, false AS inserted FROM known k
 UNION ALL
 SELECT i.n, ins.id, true AS inserted
 FROM ins JOIN input i ON i.source = ins.source AND i.delivery_id = ins.delivery_id;
-
--- name: send_held_notifications
--- The NOTIFYs the last store_events transactions on this connection held back (migration 0018), sent
--- in order. A transaction of its own that does not wait for a WAL flush: it writes only the
--- notifications.
-SELECT hookline.send_held_notifications() AS sent
-FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: find_events
 -- The ids of already stored deliveries, by parallel arrays of source and delivery_id.

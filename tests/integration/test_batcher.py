@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from app.core import db
-from app.web.batcher import Batcher, Q, _columns, _Item
+from app.web.batcher import Batcher
 
 
 def row(delivery_id: str, payload: Any = None, ordering_key: str | None = None) -> tuple[Any, ...]:
@@ -169,100 +169,3 @@ async def test_remembered_keys_expire_and_are_capped_and_failures_are_not_rememb
             await small.insert(bad)
     assert small.stats["known_hits"] == 2
     assert one(conn, "SELECT count(*) FROM hookline.events WHERE source = 's'") == 4
-
-
-async def _heard_on(url: str, channels: tuple[str, ...]) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
-    listener = await db.connect(url, timeout=10)
-    heard: list[tuple[str, dict[str, Any]]] = []
-    for channel in channels:
-        await listener.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, json.loads(payload))))
-    return listener, heard
-
-
-async def _settle_notifications() -> None:
-    await asyncio.sleep(0.3)
-
-
-WAKE_UPS = ("procrastinate_any_queue_v1", "procrastinate_queue_v1#hookline", "hookline_events")
-
-
-async def test_a_batch_notifies_after_its_commit_and_only_when_it_committed(pool: Any, db_url: str) -> None:
-    """store_events holds its NOTIFYs (migration 0018) so its commit does not take Postgres's notification
-    lock through the WAL flush; the batcher sends them right after, in the order the triggers built them."""
-    listener, heard = await _heard_on(db_url, WAKE_UPS)
-    try:
-        async with pool.acquire() as c:
-            got = await c.fetch(Q["store_events"], *_columns([_Item(row(f"h-{i}"), None) for i in range(3)]))  # type: ignore[arg-type]
-            ids = sorted(r["id"] for r in got)
-            await _settle_notifications()
-            assert heard == []  # committed, and nothing sent inside the transaction
-            assert await c.fetchval(Q["send_held_notifications"]) == 3
-            await _settle_notifications()
-            assert [ch for ch, _ in heard] == [
-                "procrastinate_queue_v1#hookline",
-                "procrastinate_any_queue_v1",
-                "hookline_events",
-            ]
-            assert heard[0][1]["type"] == heard[1][1]["type"] == "job_inserted"
-            assert heard[2][1] == {"op": "insert", "min_id": ids[0], "max_id": ids[-1], "count": 3}
-            assert await c.fetchval(Q["send_held_notifications"]) == 0  # sent once, then nothing is held
-
-            heard.clear()  # a rolled-back batch, or a row rolled back to its savepoint, holds nothing
-            tx = c.transaction()
-            await tx.start()
-            await c.fetch(Q["store_events"], *_columns([_Item(row("rolled-back"), None)]))  # type: ignore[arg-type]
-            await tx.rollback()
-            async with c.transaction():
-                async with c.transaction():
-                    await c.fetch(Q["store_events"], *_columns([_Item(row("kept"), None)]))  # type: ignore[arg-type]
-                with pytest.raises(asyncpg.exceptions.DataError):
-                    async with c.transaction():
-                        await c.fetch(Q["store_events"], *_columns([_Item(row("bad", {"t": "\u0000"}), None)]))  # type: ignore[arg-type]
-            assert await c.fetchval(Q["send_held_notifications"]) == 3  # the kept row's three
-            await _settle_notifications()
-            assert [p.get("count") for ch, p in heard if ch == "hookline_events"] == [1]
-
-            heard.clear()  # every other writer (here: a DBA's INSERT) still notifies in its transaction
-            await c.execute("INSERT INTO hookline.events (source, delivery_id, payload) VALUES ('s', 'by-hand', '{}')")
-            await _settle_notifications()
-            assert {ch for ch, _ in heard} == set(WAKE_UPS)
-            assert await c.fetchval(Q["send_held_notifications"]) == 0
-    finally:
-        await listener.close()
-
-
-async def test_the_batcher_wakes_workers_after_each_batch_it_stored(pool: Any, db_url: str) -> None:
-    listener, heard = await _heard_on(db_url, WAKE_UPS)
-    try:
-        batcher = Batcher(lambda: _pool_of(pool), max_flushes=1)
-        first = await asyncio.gather(*(batcher.insert(row(f"w-{i}")) for i in range(40)))
-        await _settle_notifications()
-        inserted = [p for ch, p in heard if ch == "hookline_events"]
-        assert sum(p["count"] for p in inserted) == 40 and len(inserted) == batcher.stats["flushes"]
-        assert {p["max_id"] for p in inserted} <= {event_id for event_id, _ in first}
-        assert sum(ch == "procrastinate_any_queue_v1" for ch, _ in heard) == batcher.stats["flushes"]
-        heard.clear()
-        flushes = batcher.stats["flushes"]
-        elsewhere = Batcher(lambda: _pool_of(pool))  # duplicates found stored: nothing written, nothing to tell
-        await asyncio.gather(*(elsewhere.insert(row(f"w-{i}")) for i in range(40)))
-        await _settle_notifications()
-        assert heard == [] and batcher.stats["flushes"] == flushes
-        assert batcher.stats["notify_failures"] == elsewhere.stats["notify_failures"] == 0
-        async with pool.acquire() as c:  # nothing is left held on the pool's connections
-            assert await c.fetchval(Q["send_held_notifications"]) == 0
-    finally:
-        await listener.close()
-
-
-async def test_a_batch_with_a_synchronous_request_notifies_inside_its_transaction(pool: Any, db_url: str) -> None:
-    """Its caller waits for the worker: the wake-up goes with the commit, and nothing is held."""
-    listener, heard = await _heard_on(db_url, WAKE_UPS)
-    try:
-        async with pool.acquire() as c:
-            sync_row = (*row("sync-1")[:13], True)
-            await c.fetch(Q["store_events"], *_columns([_Item(row("async-1"), None), _Item(sync_row, None)]))  # type: ignore[arg-type]
-            await _settle_notifications()
-            assert {ch for ch, _ in heard} == set(WAKE_UPS)
-            assert await c.fetchval(Q["send_held_notifications"]) == 0
-    finally:
-        await listener.close()
