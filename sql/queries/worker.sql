@@ -59,8 +59,10 @@ CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commi
 -- worker's queue connector in place of procrastinate's statement, with one more column: more_waiting,
 -- false when a job was fetched and no other job of these queues is runnable now (todo, due). Jobs that
 -- commit after this statement began are not seen here; their job_inserted NOTIFY comes after their
--- commit, and the connector fetches again when one arrived (worker.handover). The partial index of
--- todo jobs answers the EXISTS with a backlog of any size.
+-- commit, and the connector fetches again when one arrived (worker.handover). The EXISTS reads only
+-- the partial index of todo jobs: the queue test is an expression (queue_name || '') so that, with the
+-- statistics of a near-empty queue (see migration 0013), the planner cannot pair that index with the
+-- queue_name index, which holds every job ever kept (finished ones too) and costs a read of all of them.
 WITH job AS MATERIALIZED (
     SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id
     FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)
@@ -69,7 +71,7 @@ SELECT job.*,
        job.id IS NULL OR EXISTS (
            SELECT 1 FROM procrastinate_jobs j
            WHERE j.status = 'todo' AND j.id <> job.id
-             AND (%(queues)s::varchar[] IS NULL OR j.queue_name = ANY (%(queues)s::varchar[]))
+             AND (%(queues)s::varchar[] IS NULL OR (j.queue_name || '') = ANY (%(queues)s::varchar[]))
              AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
        ) AS more_waiting
 FROM job;

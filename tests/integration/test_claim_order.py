@@ -77,3 +77,30 @@ def test_the_fetch_procrastinate_calls_is_the_one_tuned() -> None:
 
     text = (files("procrastinate.sql") / "queries.sql").read_text()
     assert "procrastinate_fetch_job_v2(" in text
+
+
+def test_the_workers_fetch_reads_only_todo_jobs_whatever_the_table_holds(hookline_db: psycopg.Connection) -> None:
+    """fetch_job (worker.handover) asks whether another job is runnable; with statistics of an empty
+    queue and thousands of finished jobs kept, that question must not read the finished ones."""
+    from psycopg.rows import dict_row
+
+    from worker.db import Q
+
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as plain:
+        worker = _stale_backlog(plain)
+    with hookline_db.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id < (SELECT max(id) FROM procrastinate_jobs)"
+        )
+        params = {"queues": [jobnames.SYNC_QUEUE, jobnames.QUEUE], "worker_id": worker}
+        row = cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q["fetch_job"], params).fetchone()
+        assert row is not None
+        explained = row["QUERY PLAN"]
+        plan = (explained[0] if isinstance(explained, list) else explained)["Plan"]
+        # the EXISTS walks the todo index alone (the queue_name index holds every job, finished included:
+        # paired with it, the EXISTS read all 50,000 entries of a 50,000-job table, 1 ms per fetch)
+        assert "procrastinate_jobs_priority_idx_v1" in str(plan)
+        assert "procrastinate_jobs_queue_name_idx_v1" not in str(plan)
+        got = cur.execute(Q["fetch_job"], params).fetchone()
+        assert got is not None and got["id"] is None and got["more_waiting"] is True  # the one todo job: fetched above
