@@ -14,6 +14,7 @@ IngestQuery = Literal[
     "store_invalid_event",
     "find_event",
     "store_events",
+    "notify_events_stored",
     "find_events",
     "schema_versions",
     "reply_state",

@@ -10,8 +10,15 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
 - A flush is one statement, ``store_events`` (one multi-row ``INSERT … ON CONFLICT DO NOTHING``), sent
   outside any transaction block: Postgres commits it by itself before it answers, so a flush is one
   round trip (no ``BEGIN``/``COMMIT``). The statement-level triggers of migration 0008 defer the
-  batch's jobs in one call and send one NOTIFY per queue, so a batch costs one fsync and a handful of
-  notifications, whatever its size.
+  batch's jobs in one call, so a batch costs one fsync, whatever its size.
+- Its wake-ups (hookline_events ``insert``, procrastinate's ``job_inserted``) are sent right after the
+  commit, once every row has its answer, by one more short statement (``notify_events_stored``, with
+  the ids stored; migration 0018): a commit that NOTIFYs holds Postgres's notification queue lock
+  through its WAL flush, so every other notifying transaction (the worker's claims, other batches)
+  would wait for this batch's fsync. A batch with a synchronous request (``respond_sync``) notifies
+  inside its transaction: its caller waits for the worker, which then wakes one round trip sooner. If
+  the wake-ups cannot be sent, the events are stored all the same and workers find them at their
+  next poll.
 - Every row is answered after that commit (never before durability). Rows that already existed were
   committed by someone else: a batch of only duplicates inserts nothing, so it writes no WAL, sends no
   NOTIFY and needs no fsync (a duplicate in a batch with new rows is answered with them).
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +56,7 @@ from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 
 Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
+log = logging.getLogger("hookline.ingest")
 
 Key = tuple[str, str]
 DEADLOCK_RETRIES = 3
@@ -84,6 +93,11 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _sync(it: _Item) -> bool:
+    """The row is a synchronous request (``respond_sync``, the last column)."""
+    return bool(it.row[13])
+
+
 def _columns(items: Sequence[_Item]) -> list[list[Any]]:
     """The rows as the 14 parallel arrays ``store_events`` unnests."""
     cols = [list(col) for col in zip(*(it.row for it in items), strict=True)]
@@ -111,8 +125,9 @@ class Batcher(GroupCommit[_Item]):
         self._known: OrderedDict[Key, tuple[int, float]] = OrderedDict()
         self._known_size = known_size
         self._known_seconds = known_seconds
-        #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from memory.
-        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0}
+        #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from
+        #: memory, wake-ups sent after a commit and those that could not be.
+        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0, "notified_after": 0, "notify_failures": 0}
 
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
@@ -182,12 +197,16 @@ class Batcher(GroupCommit[_Item]):
             # it on its own, and asyncpg returns only after ReadyForQuery, i.e. after that commit.
             rows = await conn.fetch(Q["store_events"], *_columns(batch))
             got = {int(r["n"]) - 1: (r["id"], not r["inserted"]) for r in rows}
+            inline = any(_sync(it) for it in batch)  # the statement notified inside its transaction
+            silent = [] if inline else [event_id for event_id, dup in got.values() if not dup]
         except ROW_ERRORS as e:
             if len(batch) == 1:
                 self._settle(batch[0], error=e)
                 return
             self.stats["fallbacks"] += 1
             got = await self._one_by_one(conn, batch)
+            # one statement per row: each notified inside the transaction only for a synchronous row
+            silent = [event_id for n, (event_id, dup) in got.items() if not dup and not _sync(batch[n])]
         missing = [it for n, it in enumerate(batch) if n not in got and not it.fut.done()]
         if missing:  # the conflicting delivery committed while our statement ran
             found = await conn.fetch(Q["find_events"], [it.row[0] for it in missing], [it.row[1] for it in missing])
@@ -196,6 +215,21 @@ class Batcher(GroupCommit[_Item]):
                 self._settle(it, (ids.get((it.row[0], it.row[1])), True))
         for n, (event_id, dup) in got.items():
             self._settle(batch[n], (event_id, dup))
+        if silent:
+            await self._notify_stored(conn, silent)
+
+    async def _notify_stored(self, conn: Any, ids: list[int]) -> None:
+        """The wake-ups of the committed rows ``ids``, which ``store_events`` left to its writer.
+
+        Sent after every row of the batch has its answer. If they cannot be sent, the events are stored
+        all the same: workers find their jobs at their next poll.
+        """
+        try:
+            await conn.fetchval(Q["notify_events_stored"], ids)
+            self.stats["notified_after"] += 1
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            self.stats["notify_failures"] += 1
+            log.warning("stored %d events, but could not wake listeners: %s", len(ids), e.__class__.__name__)
 
     async def _one_by_one(self, conn: Any, batch: list[_Item]) -> dict[int, Result]:
         """One savepoint per row: a rejected row fails alone, the rest commit together."""

@@ -76,8 +76,15 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 -- in store_event's column order. One row back per input row that is stored: n (1-based position in
 -- the arrays), id, inserted (false: the delivery already existed, committed before this statement).
 -- An input row missing from the answer conflicted with a delivery committed meanwhile: find_events.
-WITH input AS (
-    SELECT *
+-- Its transaction sets hookline.notify = 'after_commit' (migration 0018) before anything is written,
+-- unless a row is a synchronous request ($14): the insert and job_inserted NOTIFYs are then left to
+-- notify_events_stored, right after this commit, so this durable commit does not hold Postgres's
+-- notification queue lock through its WAL flush. A synchronous request's caller waits for the
+-- worker: its batch notifies inside its transaction, and the worker wakes one round trip sooner.
+WITH input AS MATERIALIZED (
+    SELECT *, set_config('hookline.notify',
+                         CASE WHEN true = ANY ($14::boolean[]) THEN 'inline' ELSE 'after_commit' END,
+                         true) AS notify_mode
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
         WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
@@ -104,6 +111,13 @@ SELECT k.n, k.id, false AS inserted FROM known k
 UNION ALL
 SELECT i.n, ins.id, true AS inserted
 FROM ins JOIN input i ON i.source = ins.source AND i.delivery_id = ins.delivery_id;
+
+-- name: notify_events_stored
+-- The NOTIFYs a store_events transaction left out (migration 0018), for the ids it stored: sent right
+-- after its commit. A transaction of its own that does not wait for a WAL flush: it writes nothing but
+-- the notifications. Stateless: any connection will do.
+SELECT hookline.notify_events_stored($1::bigint[]) AS sent
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: find_events
 -- The ids of already stored deliveries, by parallel arrays of source and delivery_id.

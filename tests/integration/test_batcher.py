@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from app.core import db
-from app.web.batcher import Batcher
+from app.web.batcher import Batcher, Q, _columns, _Item
 
 
 def row(delivery_id: str, payload: Any = None, ordering_key: str | None = None) -> tuple[Any, ...]:
@@ -169,3 +169,120 @@ async def test_remembered_keys_expire_and_are_capped_and_failures_are_not_rememb
             await small.insert(bad)
     assert small.stats["known_hits"] == 2
     assert one(conn, "SELECT count(*) FROM hookline.events WHERE source = 's'") == 4
+
+
+async def _heard_on(url: str, channels: tuple[str, ...]) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    listener = await db.connect(url, timeout=10)
+    heard: list[tuple[str, dict[str, Any]]] = []
+    for channel in channels:
+        await listener.add_listener(channel, lambda _c, _p, ch, payload: heard.append((ch, json.loads(payload))))
+    return listener, heard
+
+
+async def _settle_notifications() -> None:
+    await asyncio.sleep(0.3)
+
+
+WAKE_UPS = ("procrastinate_any_queue_v1", "procrastinate_queue_v1#hookline", "hookline_events")
+
+
+def _items(*rows: tuple[Any, ...]) -> list[_Item]:
+    return [_Item(r, None) for r in rows]  # type: ignore[arg-type]
+
+
+async def test_a_batch_commits_without_notifying_and_its_wake_ups_follow_from_its_ids(pool: Any, db_url: str) -> None:
+    """store_events sets hookline.notify = 'after_commit' (migration 0018) so its durable commit does not
+    hold Postgres's notification queue lock through the WAL flush; notify_events_stored sends the same
+    wake-ups from the ids alone, on any connection (nothing is kept in the session)."""
+    listener, heard = await _heard_on(db_url, WAKE_UPS)
+    try:
+        async with pool.acquire() as c, pool.acquire() as other:
+            got = await c.fetch(Q["store_events"], *_columns(_items(*(row(f"h-{i}") for i in range(3)))))
+            ids = sorted(r["id"] for r in got)
+            await _settle_notifications()
+            assert heard == []  # committed, and nothing sent inside the transaction
+            assert await other.fetchval(Q["notify_events_stored"], ids) == 3
+            await _settle_notifications()
+            assert [ch for ch, _ in heard] == [
+                "hookline_events",
+                "procrastinate_queue_v1#hookline",
+                "procrastinate_any_queue_v1",
+            ]
+            assert heard[0][1] == {"op": "insert", "min_id": ids[0], "max_id": ids[-1], "count": 3}
+            assert heard[1][1]["type"] == heard[2][1]["type"] == "job_inserted"
+            assert await other.fetchval("SELECT current_setting('hookline.notify', true)") in (None, "")
+
+            heard.clear()  # events no worker waits for any more: the insert is told, nobody is woken
+            await c.execute("UPDATE hookline.events SET status = 'processing' WHERE id = ANY ($1::bigint[])", ids)
+            await _settle_notifications()
+            heard.clear()  # the three status changes
+            assert await c.fetchval(Q["notify_events_stored"], ids) == 1
+            assert await c.fetchval(Q["notify_events_stored"], []) == 0
+            await _settle_notifications()
+            assert [ch for ch, _ in heard] == ["hookline_events"]
+
+            heard.clear()  # every other writer (here: a DBA's INSERT) still notifies in its transaction
+            await c.execute("INSERT INTO hookline.events (source, delivery_id, payload) VALUES ('s', 'by-hand', '{}')")
+            await _settle_notifications()
+            assert {ch for ch, _ in heard} == set(WAKE_UPS)
+    finally:
+        await listener.close()
+
+
+async def test_a_batch_with_a_synchronous_request_notifies_inside_its_transaction(pool: Any, db_url: str) -> None:
+    """Its caller waits for the worker: the wake-up goes with the commit."""
+    listener, heard = await _heard_on(db_url, WAKE_UPS)
+    try:
+        async with pool.acquire() as c:
+            sync_row = (*row("sync-1")[:13], True)
+            await c.fetch(Q["store_events"], *_columns(_items(row("async-1"), sync_row)))
+            await _settle_notifications()
+            assert {ch for ch, _ in heard} == set(WAKE_UPS)
+    finally:
+        await listener.close()
+
+
+async def test_the_batcher_wakes_workers_after_each_batch_it_stored(pool: Any, db_url: str) -> None:
+    listener, heard = await _heard_on(db_url, WAKE_UPS)
+    try:
+        batcher = Batcher(lambda: _pool_of(pool), max_flushes=1)
+        first = await asyncio.gather(*(batcher.insert(row(f"w-{i}")) for i in range(40)))
+        await _settle_notifications()
+        inserted = [p for ch, p in heard if ch == "hookline_events"]
+        assert sum(p["count"] for p in inserted) == 40 and len(inserted) == batcher.stats["flushes"]
+        assert {p["max_id"] for p in inserted} <= {event_id for event_id, _ in first}
+        assert sum(ch == "procrastinate_any_queue_v1" for ch, _ in heard) == batcher.stats["flushes"]
+        assert batcher.stats["notified_after"] == batcher.stats["flushes"]
+        heard.clear()
+        flushes = batcher.stats["flushes"]
+        elsewhere = Batcher(lambda: _pool_of(pool))  # duplicates found stored: nothing written, nothing to tell
+        await asyncio.gather(*(elsewhere.insert(row(f"w-{i}")) for i in range(40)))
+        await _settle_notifications()
+        assert heard == [] and batcher.stats["flushes"] == flushes
+        assert batcher.stats["notify_failures"] == elsewhere.stats["notify_failures"] == 0
+    finally:
+        await listener.close()
+
+
+async def test_rows_written_one_by_one_after_a_rejected_row_are_announced_too(pool: Any, db_url: str) -> None:
+    """The fallback writes each row with its own statement in one transaction: the rows it kept are
+    announced after the commit (a synchronous row inside it), the rejected one is not."""
+    listener, heard = await _heard_on(db_url, WAKE_UPS)
+    try:
+        batcher = Batcher(lambda: _pool_of(pool), max_flushes=1)
+        rows = [row(f"f-{i}") for i in range(5)]
+        rows[2] = row("f-bad", payload={"text": "nul \u0000 byte"})
+        rows[4] = (*row("f-sync")[:13], True)
+        results = await asyncio.gather(*(batcher.insert(r) for r in rows), return_exceptions=True)
+        assert isinstance(results[2], asyncpg.exceptions.DataError) and batcher.stats["fallbacks"] == 1
+        await _settle_notifications()
+        kept = sorted(r[0] for r in results if isinstance(r, tuple) and r[0] is not None)
+        told = sorted(
+            i for ch, p in heard if ch == "hookline_events" for i in range(p["min_id"], p["max_id"] + 1) if i in kept
+        )
+        assert len(kept) == 4
+        assert told == kept  # the async rows after the commit, the synchronous one inside it
+        assert batcher.stats["notified_after"] == 1
+        assert sum(ch == "procrastinate_any_queue_v1" for ch, _ in heard) == 2
+    finally:
+        await listener.close()

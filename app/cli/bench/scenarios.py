@@ -46,14 +46,15 @@ def proc_cpu(pids: list[int]) -> float:
 
 # ------------------------------------------------------------------------------------------ floors
 async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: int = 4) -> dict[str, Any]:
-    """``store_events`` (the group-commit statement, same triggers) in batches from asyncpg, no HTTP."""
+    """``store_events`` (the group-commit statement, same triggers) in batches from asyncpg, no HTTP, each
+    followed by ``notify_events_stored`` as in ingest."""
     from app.core.db import create_pool
 
     body = event_body(0, "dbf")
     payload = json.loads(body)
     headers_json = json.dumps({"content-type": "application/json"})  # jsonb columns travel as JSON text
     payload_json = json.dumps(payload)
-    sql = phases.INGEST_SQL["store_events"]
+    sql, notify = phases.INGEST_SQL["store_events"], phases.INGEST_SQL["notify_events_stored"]
     pool = await create_pool(url, min_size=connections, max_size=connections, timeout=10)
     counter = 0
     end = time.perf_counter() + seconds
@@ -83,7 +84,9 @@ async def db_floor(url: str, *, seconds: float, batch: int = 200, connections: i
                     [False] * n,  # respond_sync
                 ]
                 async with conn.transaction():
-                    await conn.fetch(sql, *cols)
+                    rows = await conn.fetch(sql, *cols)
+                # as ingest does: the batch's wake-ups right after its commit
+                await conn.fetchval(notify, [r["id"] for r in rows if r["inserted"]])
                 done += n
         return done
 
