@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from app.cli.bench import phases
@@ -13,6 +14,9 @@ from app.cli.bench.scenarios import _CALLS, _JOBS, drain, last_worker, start_wor
 
 if TYPE_CHECKING:
     from app.cli.bench.runner import Bench
+
+#: seconds of paced load at the start of each rate that neither ack latency nor pickup counts
+PACED_WARMUP = 0.5
 
 
 def _paced(bench: Bench, port: int, *, prefix: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
@@ -31,7 +35,7 @@ def _paced(bench: Bench, port: int, *, prefix: str, rate: float, seconds: float,
         "--duration",
         str(seconds),
         "--warmup",
-        "0.5",
+        str(PACED_WARMUP),
         "--rate",
         str(rate),
         "--server-pid",
@@ -76,7 +80,11 @@ def ack(bench: Bench) -> dict[str, Any]:
             n = await db.count(phases.SOURCE, prefix)
             await db.wait_done(phases.SOURCE, prefix, n, timeout=120)
             rows = await db.times(phases.SOURCE, prefix)
-            return phases.ms_stats([(r["started_at"] - r["received_at"]).total_seconds() for r in rows])
+            # as for the ack latency, the load generator's warm-up requests are not counted
+            warm_end = min(r["received_at"] for r in rows) + timedelta(seconds=PACED_WARMUP)
+            return phases.ms_stats(
+                [(r["started_at"] - r["received_at"]).total_seconds() for r in rows if r["received_at"] >= warm_end]
+            )
         finally:
             await db.close()
 
