@@ -23,10 +23,16 @@ NOTIFYs after its commit, so either the fetch saw it or its notification comes: 
 before the next fetch makes it a real fetch, one that arrives after wakes procrastinate's loop as
 usual; a job that becomes due by its schedule waits for the next poll, as it would have.
 
-It also closes a gap in procrastinate's loop: a job announced while a fetch is on its way may have
-committed after that fetch's snapshot, and procrastinate clears its wake-up when the fetch returns, so
-such a job waited for the next poll (``HOOKLINE_WORKER_POLL_INTERVAL``). An empty fetch during which a
-notification arrived is sent again (up to ``REFETCHES`` times).
+It also closes two gaps in procrastinate's loop, where a job waited for the next poll
+(``HOOKLINE_WORKER_POLL_INTERVAL``):
+
+- a job announced while a fetch is on its way may have committed after that fetch's snapshot, and
+  procrastinate clears its wake-up when the fetch returns. An empty fetch during which a notification
+  arrived is sent again (up to ``REFETCHES`` times);
+- a job committed while the worker was not listening yet (its start-up: procrastinate fetches, then
+  LISTENs), or not any more (its LISTEN connection died and is being opened again), sent its NOTIFY
+  to nobody. Each time the LISTENs are in place, the connector wakes procrastinate's loop once, as a
+  ``job_inserted`` notification would.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections.abc import Iterable
 from typing import Any, LiteralString
 
 import procrastinate
+import psycopg
 from procrastinate import connector, sql
 
 from app.core.querynames import WorkerQuery
@@ -64,6 +71,9 @@ _NO_JOB: dict[str, Any] = dict.fromkeys(
 QUIET_SECONDS = 0.05
 #: how many times in a row an empty fetch is sent again because a job was announced while it ran
 REFETCHES = 3
+
+#: the wake-up the connector gives procrastinate's loop once its LISTENs are in place
+_WAKE = '{"type": "job_inserted"}'
 
 #: procrastinate's statements that settle a job it handed over
 _SETTLING: frozenset[str] = frozenset({sql.queries["finish_job"], sql.queries["retry_job"]})
@@ -116,8 +126,11 @@ class QueueConnector(procrastinate.PsycopgConnector):
         self.fetches_spared = 0
         #: empty fetches sent again because a job was announced while they ran
         self.refetches = 0
+        #: times the LISTENs were put in place (start-up, reconnections), each followed by a wake-up
+        self.listens = 0
         self._quiet_since: float | None = None  # the last fetch got a job and left nothing runnable
         self._notified = False  # a notification arrived since the last fetch was sent
+        self._channel = ""  # a channel procrastinate listens on, named in the wake-up
 
     async def execute_query_async(self, query: LiteralString, **arguments: Any) -> None:
         if self.handover is not None and query in _SETTLING and self.handover.take(arguments.get("job_id")):
@@ -154,4 +167,18 @@ class QueueConnector(procrastinate.PsycopgConnector):
             self._notified = True
             await on_notification(channel=channel, payload=payload)
 
+        channels = list(channels)
+        self._channel = channels[0] if channels else ""
         await super().listen_notify(noted, channels)
+
+    async def _loop_notify(
+        self,
+        on_notification: connector.Notify,
+        connection: psycopg.AsyncConnection,
+        timeout: float = connector.LISTEN_TIMEOUT,
+    ) -> None:
+        # procrastinate calls this right after its LISTENs, on a new connection each time (start-up, or
+        # the last one died): a job committed before that notified nobody, so fetch once.
+        self.listens += 1
+        await on_notification(channel=self._channel, payload=_WAKE)
+        await super()._loop_notify(on_notification=on_notification, connection=connection, timeout=timeout)

@@ -452,3 +452,46 @@ async def test_an_empty_fetch_during_which_a_job_was_announced_is_sent_again(
         job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
     assert job is not None and job.task_kwargs["event_id"] == late[0]
     assert connector.refetches == 1
+
+
+async def test_the_loop_is_woken_each_time_its_listens_are_in_place(db_url: str) -> None:
+    """A job committed while the worker was not listening (its start-up, or while its LISTEN connection
+    is opened again) notified nobody: once the LISTENs are in place the connector wakes procrastinate's
+    loop, as a job_inserted notification would, at start and after the connection died."""
+    import json
+
+    from worker.handover import QueueConnector
+
+    app = build_app(db_url, pool_size=2)
+    connector = app.connector
+    assert isinstance(connector, QueueConnector)
+    channel = "procrastinate_queue_v1#hookline"
+    heard: list[dict[str, Any]] = []
+    probes = asyncio.Queue[None]()
+
+    async def on_notification(*, channel: str, payload: str) -> None:
+        heard.append(json.loads(payload))
+        if heard[-1]["type"] == "job_inserted":
+            # woken: a NOTIFY sent now reaches the listener, so its LISTENs were in place already
+            with psycopg.connect(db_url, autocommit=True) as c:
+                c.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps({"type": "probe", "n": len(heard)})))
+        else:
+            probes.put_nowait(None)
+
+    async with app.open_async():
+        listening = asyncio.create_task(connector.listen_notify(on_notification=on_notification, channels=[channel]))
+        try:
+            await asyncio.wait_for(probes.get(), timeout=10)
+            assert heard == [{"type": "job_inserted"}, {"type": "probe", "n": 1}] and connector.listens == 1
+            with psycopg.connect(db_url, autocommit=True) as c:  # the LISTEN connection dies
+                killed = c.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+                ).fetchall()
+            assert killed == [(True,)]
+            await asyncio.wait_for(probes.get(), timeout=20)
+            assert heard[2:] == [{"type": "job_inserted"}, {"type": "probe", "n": 3}] and connector.listens == 2
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
