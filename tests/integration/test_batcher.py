@@ -286,3 +286,24 @@ async def test_rows_written_one_by_one_after_a_rejected_row_are_announced_too(po
         assert sum(ch == "procrastinate_any_queue_v1" for ch, _ in heard) == 2
     finally:
         await listener.close()
+
+
+async def test_events_stay_stored_and_answered_when_their_wake_ups_cannot_be_sent(
+    pool: Any, conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wake-ups go after the commit: if they fail, every request still has its answer, the rows
+    and jobs are there (workers find them at their next poll), and the failure is logged by type only."""
+    import logging
+
+    conn.execute("ALTER FUNCTION hookline.notify_events_stored(bigint[]) RENAME TO notify_events_stored_gone")
+    batcher = Batcher(lambda: _pool_of(pool), max_flushes=1)
+    with caplog.at_level(logging.WARNING, logger="hookline.ingest"):
+        results = await asyncio.gather(*(batcher.insert(row(f"n-{i}")) for i in range(10)))
+        assert all(event_id is not None and not dup for event_id, dup in results)  # answered first
+        await batcher.close()  # the flush, its wake-ups included, is over
+    assert batcher.stats["notify_failures"] == batcher.stats["flushes"] >= 1
+    assert batcher.stats["notified_after"] == 0
+    assert one(conn, "SELECT count(*) FROM hookline.events WHERE delivery_id LIKE 'n-%%'") == 10
+    assert one(conn, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 10
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and all("could not wake listeners: UndefinedFunctionError" in m for m in messages)
