@@ -23,6 +23,13 @@ NOTIFYs after its commit, so either the fetch saw it or its notification comes: 
 before the next fetch makes it a real fetch, one that arrives after wakes procrastinate's loop as
 usual; a job that becomes due by its schedule waits for the next poll, as it would have.
 
+When the fetched job is a lone event's (nothing else runnable, not a replay) and the worker has a free
+slot, the same fetch claims its event (``claimed`` in ``fetch_job``; migration 0019): the task then
+starts from that claim (:meth:`Handover.claimed`) without a ``start_events`` round trip. With a
+backlog, the task's ``start_events`` claims its event and a batch of others, as before. Should the
+claiming fetch fail (a lock timeout, an event Postgres cannot update), it is sent again without the
+claim, and the task claims its event itself.
+
 It also closes two gaps in procrastinate's loop, where a job waited for the next poll
 (``HOOKLINE_WORKER_POLL_INTERVAL``):
 
@@ -37,16 +44,21 @@ It also closes two gaps in procrastinate's loop, where a job waited for the next
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, LiteralString
 
 import procrastinate
 import psycopg
 from procrastinate import connector, sql
 
+from app.core.jobs import PROCESS_EVENT
 from app.core.querynames import WorkerQuery
+from app.core.records import StartRow
 from app.core.sqlfiles import NamedQueries
+
+log = logging.getLogger("hookline.worker")
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
 #: procrastinate's fetch, and ours sent in its place (same function and columns, plus more_waiting)
@@ -72,6 +84,9 @@ QUIET_SECONDS = 0.05
 #: how many times in a row an empty fetch is sent again because a job was announced while it ran
 REFETCHES = 3
 
+#: the prefix of the fetch's columns that carry the event it claimed (start_events' columns)
+_CLAIM = "claim_"
+
 #: the wake-up the connector gives procrastinate's loop once its LISTENs are in place
 _WAKE = '{"type": "job_inserted"}'
 
@@ -87,6 +102,28 @@ class Handover:
         self._finished: set[int] = set()
         #: procrastinate statements not sent because the event's write had finished the job
         self.skipped = 0
+        self._claims: dict[int, StartRow] = {}
+        #: whether a fetch may claim the event of the job it hands over: the worker has a free slot
+        #: (the runtime's, set by :meth:`claim_with`; never without it)
+        self._may_claim: Callable[[], bool] = lambda: False
+        self._pickup: Callable[[], bool] = lambda: False
+
+    def claim_with(self, *, free: Callable[[], bool], pickup: Callable[[], bool]) -> None:
+        """Let the fetch claim a lone event when ``free()`` (a slot is free); with ``pickup()`` it also
+        measures the job's pickup delay, as ``start_events`` does."""
+        self._may_claim, self._pickup = free, pickup
+
+    def fetch_arguments(self) -> dict[str, Any]:
+        """The claim's parameters of ``fetch_job`` for the fetch about to be sent."""
+        return {"claim": self._may_claim(), "task": PROCESS_EVENT, "pickup": self._pickup()}
+
+    def keep_claim(self, job_id: int, row: StartRow) -> None:
+        """The fetch that got job ``job_id`` claimed its event: ``row`` is what start_events gives."""
+        self._claims[job_id] = row
+
+    def claimed(self, job_id: int) -> StartRow | None:
+        """The event claim the fetch of job ``job_id`` made, once (None: the task claims it itself)."""
+        return self._claims.pop(job_id, None)
 
     def begin(self, job_id: int) -> None:
         """procrastinate handed job ``job_id`` to :func:`worker.tasks.process_event`."""
@@ -95,6 +132,7 @@ class Handover:
     def end(self, job_id: int) -> None:
         """The task of job ``job_id`` is returning; procrastinate settles the job next."""
         self._running.discard(job_id)
+        self._claims.pop(job_id, None)
 
     def finished(self, job_id: int | None) -> None:
         """A write that finished procrastinate job ``job_id`` has committed. Jobs this process claimed
@@ -128,6 +166,10 @@ class QueueConnector(procrastinate.PsycopgConnector):
         self.refetches = 0
         #: times the LISTENs were put in place (start-up, reconnections), each followed by a wake-up
         self.listens = 0
+        #: fetches that claimed the event of the job they got (the task sent no start_events)
+        self.fetch_claims = 0
+        #: claiming fetches that failed and were sent again without the claim
+        self.fetch_claim_failures = 0
         self._quiet_since: float | None = None  # the last fetch got a job and left nothing runnable
         self._notified = False  # a notification arrived since the last fetch was sent
         self._channel = ""  # a channel procrastinate listens on, named in the wake-up
@@ -148,7 +190,7 @@ class QueueConnector(procrastinate.PsycopgConnector):
         for _ in range(REFETCHES + 1):
             self._notified = False
             sent = time.monotonic()
-            row = await super().execute_query_one_async(_OUR_FETCH, **arguments)
+            row = await self._fetch(arguments)
             more = row.pop("more_waiting", True)
             if row.get("id") is not None:
                 if more is False:
@@ -160,6 +202,33 @@ class QueueConnector(procrastinate.PsycopgConnector):
             # fetch's snapshot. procrastinate clears its wake-up once the fetch returns, so that job
             # would wait for the next poll; fetch again instead.
             self.refetches += 1
+        return row
+
+    async def _fetch(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """One ``fetch_job``; a claim it made is kept for the task, and its columns removed."""
+        claim = self.handover.fetch_arguments() if self.handover is not None else None
+        if claim is None or not claim["claim"]:
+            row: dict[str, Any] = await super().execute_query_one_async(
+                _OUR_FETCH, **arguments, claim=False, task=PROCESS_EVENT, pickup=False
+            )
+        else:
+            try:
+                row = await super().execute_query_one_async(_OUR_FETCH, **arguments, **claim)
+            except Exception as e:
+                # Rolled back: the job is todo again. A fetch that cannot claim must not stop the queue.
+                self.fetch_claim_failures += 1
+                log.warning("a fetch could not claim its event (%s); fetching without the claim", e.__class__.__name__)
+                row = await super().execute_query_one_async(_OUR_FETCH, **arguments, **{**claim, "claim": False})
+        fields = {k[len(_CLAIM) :]: row.pop(k) for k in [k for k in row if k.startswith(_CLAIM)]}
+        if row.pop("claimed", False) and row.get("id") is not None and self.handover is not None:
+            self.fetch_claims += 1
+            start: dict[str, Any] = {
+                "event_id": int(row["args"]["event_id"]),
+                "job_id": None,
+                "job_attempts": None,
+                **fields,
+            }
+            self.handover.keep_claim(int(row["id"]), start)  # type: ignore[arg-type]
         return row
 
     async def listen_notify(self, on_notification: connector.Notify, channels: Iterable[str]) -> None:

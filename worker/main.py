@@ -162,6 +162,8 @@ async def run_worker(
         batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
         handover=rt.db.handover,
     )
+    # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
+    rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
     checked = False
     log.info(
         "hookline worker starting: concurrency %d, %s loop, %s",

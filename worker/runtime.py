@@ -53,6 +53,10 @@ class Slots:
                 self._waiters.remove(fut)
             raise
 
+    def free(self) -> bool:
+        """A job could take a slot now without waiting."""
+        return self.used < self.size and not self._waiters
+
     def grab(self, most: int) -> int:
         """Take up to ``most`` free slots without waiting (none while anyone waits for one)."""
         n = 0 if self._waiters else max(0, min(most, self.size - self.used))

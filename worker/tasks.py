@@ -58,25 +58,30 @@ async def process_event(
     job = context.job
     job_id = job.id if job else None
     attempts = (job.attempts if job else 0) + 1
+    # the fetch that handed this job over claimed its event already when nothing else was runnable
+    fetched = rt.db.handover.claimed(job_id) if job_id is not None else None
     await rt.slots.acquire()
     more = 0
     if job_id is not None:
         rt.db.handover.begin(job_id)
     try:
-        if job is not None and job_id is not None and not (recompute or force_actions):
-            more = rt.slots.grab(rt.settings.worker_claim_batch - 1)
-        with log_context(event_id=event_id):
-            try:
-                rows = await rt.db.start(
-                    event_id=event_id,
-                    job_id=job_id,
-                    more=more,
-                    queue=job.queue if job else None,
-                    task=job.task_name if job else None,
-                    pickup=rt.metrics.serving,
-                )
-            except Exception as e:
-                return await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
+        if fetched is not None:
+            rows = [fetched]
+        else:
+            if job is not None and job_id is not None and not (recompute or force_actions):
+                more = rt.slots.grab(rt.settings.worker_claim_batch - 1)
+            with log_context(event_id=event_id):
+                try:
+                    rows = await rt.db.start(
+                        event_id=event_id,
+                        job_id=job_id,
+                        more=more,
+                        queue=job.queue if job else None,
+                        task=job.task_name if job else None,
+                        pickup=rt.metrics.serving,
+                    )
+                except Exception as e:
+                    return await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
         mine = [r for r in rows if r["job_id"] is None]
         extras = [r for r in rows if r["job_id"] is not None]
         rt.slots.release(more - len(extras))

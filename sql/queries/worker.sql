@@ -2,12 +2,14 @@
 
 -- name: start_events
 -- Claim an event for processing and load it with the answers already stored for it: {pipeline:
--- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice. When
--- %(more)s > 0, the same statement also claims up to %(more)s further process_event jobs waiting in
--- the queue (batch claim: hookline.claimable_jobs, procrastinate's own fetch rules), for the worker
--- that runs job %(job_id)s, and claims their events. One row per job: event_id and job_id (NULL for
--- the job procrastinate handed over); id is NULL when the event is already terminal (nothing to do).
--- pickup_s (when %(pickup)s): seconds from the job becoming runnable to its start.
+-- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice
+-- (hookline.claim_events). When %(more)s > 0, the same statement also claims up to %(more)s further
+-- process_event jobs waiting in the queue (batch claim: hookline.claimable_jobs, procrastinate's own
+-- fetch rules), for the worker that runs job %(job_id)s, and claims their events. One row per job:
+-- event_id and job_id (NULL for the job procrastinate handed over); id is NULL when the event is
+-- already terminal (nothing to do). pickup_s (when %(pickup)s): seconds from the job becoming runnable
+-- to its start (hookline.job_pickup_seconds). A lone event's job is usually claimed by the fetch
+-- itself (fetch_job below), and this statement is not sent for it.
 -- The claim commits asynchronously (synchronous_commit off for its own transaction only): it does not
 -- wait for its WAL flush, nor hold Postgres's NOTIFY queue lock (its 'processing' status NOTIFY) through
 -- one, which serialised every notifying commit of every worker behind it. Nothing durable rests on a
@@ -24,57 +26,60 @@ WITH more AS (
     SELECT %(event_id)s::bigint AS event_id, NULL::bigint AS job_id, NULL::integer AS job_attempts
     UNION ALL
     SELECT event_id, job_id, job_attempts FROM more
-), claimed AS (
-    UPDATE hookline.events e
-    SET status = 'processing',
-        attempts = e.attempts + 1,
-        started_at = coalesce(e.started_at, now())
-    WHERE e.id IN (SELECT event_id FROM wanted)
-      AND e.status IN ('queued', 'retrying', 'processing', 'throttled')
-    RETURNING e.id, e.source, e.delivery_id, e.event_type, e.tenant, e.ordering_key, e.occurred_at, e.payload,
-              e.attempts, e.received_at, e.request_id
 )
 SELECT w.event_id, w.job_id, w.job_attempts, c.*,
-       CASE WHEN c.id IS NOT NULL THEN
-           (SELECT coalesce(jsonb_object_agg(l.pipeline, jsonb_build_object('output', l.output)), '{}'::jsonb)
-            FROM hookline.llm_calls l
-            WHERE l.event_id = c.id AND l.status = 'succeeded')
-       END AS answers,
-       CASE WHEN %(pickup)s THEN
-           (SELECT extract(epoch FROM (
-                       coalesce((SELECT max(pe.at) FROM procrastinate_events pe
-                                 WHERE pe.job_id = pj.id AND pe.type = 'started'), now())
-                     - greatest(pj.scheduled_at,
-                                (SELECT max(pe.at) FROM procrastinate_events pe
-                                 WHERE pe.job_id = pj.id
-                                   AND pe.type IN ('deferred', 'deferred_for_retry', 'retried')))))::float8
-            FROM procrastinate_jobs pj WHERE pj.id = coalesce(w.job_id, %(job_id)s))
-       END AS pickup_s
+       CASE WHEN %(pickup)s THEN hookline.job_pickup_seconds(coalesce(w.job_id, %(job_id)s)) END AS pickup_s
 FROM wanted w
-LEFT JOIN claimed c ON c.id = w.event_id
+LEFT JOIN hookline.claim_events(ARRAY(SELECT event_id FROM wanted)) c ON c.id = w.event_id
 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 
 -- name: fetch_job
 -- procrastinate's own fetch (procrastinate_fetch_job_v2, the columns procrastinate reads), sent by the
--- worker's queue connector in place of procrastinate's statement, with one more column: more_waiting,
--- false when a job was fetched and no other job of these queues is runnable now (todo, due). Jobs that
--- commit after this statement began are not seen here; their job_inserted NOTIFY comes after their
--- commit, and the connector fetches again when one arrived (worker.handover). The EXISTS reads only
--- the partial index of todo jobs: the queue test is an expression (queue_name || '') so that, with the
--- statistics of a near-empty queue (see migration 0013), the planner cannot pair that index with the
--- queue_name index, which holds every job ever kept (finished ones too) and costs a read of all of them.
+-- worker's queue connector in place of procrastinate's statement, with more columns:
+-- * more_waiting: false when a job was fetched and no other job of these queues is runnable now (todo,
+--   due). Jobs that commit after this statement began are not seen here; their job_inserted NOTIFY
+--   comes after their commit, and the connector fetches again when one arrived (worker.handover). The
+--   EXISTS reads only the partial index of todo jobs: the queue test is an expression
+--   (queue_name || '') so that, with the statistics of a near-empty queue (see migration 0013), the
+--   planner cannot pair that index with the queue_name index, which holds every job ever kept
+--   (finished ones too) and costs a read of all of them.
+-- * claimed, claim_*: when %(claim)s (the worker has a free slot), the job is a process_event job of
+--   %(task)s that is not a replay, and nothing else is runnable (no backlog to batch-claim), the same
+--   statement claims the job's event as start_events would (hookline.claim_events; migration 0019):
+--   claimed is true, and claim_* are start_events' event columns (claim_id NULL: already terminal).
+--   The worker then sends no start_events for it. Such a fetch commits asynchronously, as the claim
+--   always did (see start_events); any other fetch commits as procrastinate's does.
 WITH job AS MATERIALIZED (
     SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id
     FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)
+), fetched AS MATERIALIZED (
+    SELECT job.*,
+           job.id IS NULL OR EXISTS (
+               SELECT 1 FROM procrastinate_jobs j
+               WHERE j.status = 'todo' AND j.id <> job.id
+                 AND (%(queues)s::varchar[] IS NULL OR (j.queue_name || '') = ANY (%(queues)s::varchar[]))
+                 AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+           ) AS more_waiting
+    FROM job
+), lone AS MATERIALIZED (
+    SELECT (f.args ->> 'event_id')::bigint AS event_id,
+           set_config('synchronous_commit', 'off', true) AS async_commit
+    FROM fetched f
+    WHERE %(claim)s AND NOT f.more_waiting AND f.task_name = %(task)s
+      AND f.args ? 'event_id' AND NOT f.args ? 'recompute' AND NOT f.args ? 'force_actions'
+), claim AS MATERIALIZED (
+    SELECT c.* FROM hookline.claim_events(ARRAY(SELECT event_id FROM lone)) c
+    WHERE EXISTS (SELECT 1 FROM lone)
 )
-SELECT job.*,
-       job.id IS NULL OR EXISTS (
-           SELECT 1 FROM procrastinate_jobs j
-           WHERE j.status = 'todo' AND j.id <> job.id
-             AND (%(queues)s::varchar[] IS NULL OR (j.queue_name || '') = ANY (%(queues)s::varchar[]))
-             AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-       ) AS more_waiting
-FROM job;
+SELECT f.*, EXISTS (SELECT 1 FROM lone) AS claimed,
+       c.id AS claim_id, c.source AS claim_source, c.delivery_id AS claim_delivery_id,
+       c.event_type AS claim_event_type, c.tenant AS claim_tenant, c.ordering_key AS claim_ordering_key,
+       c.occurred_at AS claim_occurred_at, c.payload AS claim_payload, c.attempts AS claim_attempts,
+       c.received_at AS claim_received_at, c.request_id AS claim_request_id, c.answers AS claim_answers,
+       CASE WHEN %(pickup)s AND EXISTS (SELECT 1 FROM lone) THEN hookline.job_pickup_seconds(f.id) END
+           AS claim_pickup_s
+FROM fetched f
+LEFT JOIN claim c ON true;
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate

@@ -93,7 +93,13 @@ def test_the_workers_fetch_reads_only_todo_jobs_whatever_the_table_holds(hooklin
         cur.execute(
             "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id < (SELECT max(id) FROM procrastinate_jobs)"
         )
-        params = {"queues": [jobnames.SYNC_QUEUE, jobnames.QUEUE], "worker_id": worker}
+        params = {
+            "queues": [jobnames.SYNC_QUEUE, jobnames.QUEUE],
+            "worker_id": worker,
+            "claim": True,  # a lone job's event is claimed in the same statement (migration 0019)
+            "task": jobnames.PROCESS_EVENT,
+            "pickup": True,
+        }
         row = cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q["fetch_job"], params).fetchone()
         assert row is not None
         explained = row["QUERY PLAN"]
@@ -104,3 +110,4 @@ def test_the_workers_fetch_reads_only_todo_jobs_whatever_the_table_holds(hooklin
         assert "procrastinate_jobs_queue_name_idx_v1" not in str(plan)
         got = cur.execute(Q["fetch_job"], params).fetchone()
         assert got is not None and got["id"] is None and got["more_waiting"] is True  # the one todo job: fetched above
+        assert got["claimed"] is False and got["claim_id"] is None

@@ -254,14 +254,17 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
 
 
 # ------------------------------------------------------------------------------------------- infrastructure failures
-def fail_first_claim(conn: psycopg.Connection) -> None:
-    """The next claim of any event fails inside Postgres (a real error raised by the database), once."""
+def fail_first_claim(conn: psycopg.Connection, times: int = 1) -> None:
+    """The next ``times`` claims of any event fail inside Postgres (a real error raised by the database).
+    A new event's first claim is the fetch's (which the worker sends again without the claim); its next
+    one, the task's own, is an infrastructure failure of the event. A replay's job is never claimed
+    by the fetch."""
     conn.execute("CREATE SEQUENCE test_claim_failures")
-    conn.execute("""
+    conn.execute(f"""
         CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF NEW.status = 'processing' AND OLD.status <> 'processing' THEN
-                IF nextval('test_claim_failures') = 1 THEN
+                IF nextval('test_claim_failures') <= {int(times)} THEN
                     RAISE EXCEPTION 'injected: the database failed while claiming the event';
                 END IF;
             END IF;
@@ -288,7 +291,7 @@ async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastruct
     with psycopg.connect(db_url, autocommit=True) as conn:
         # procrastinate counted 60 runs of this job: the reschedules of a long throttle
         conn.execute("UPDATE procrastinate_jobs SET attempts = 60")
-        fail_first_claim(conn)
+        fail_first_claim(conn, times=2)
     done = await run_worker_until_done(db_url, fake, eid)
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]

@@ -235,6 +235,95 @@ async def test_the_claim_commits_without_waiting_for_its_wal_flush_and_the_answe
     assert rows(db_url, f"SELECT status FROM hookline.events WHERE id = {event_id}") == [("processing",)]
 
 
+async def test_the_fetch_claims_the_event_of_a_lone_job_when_a_slot_is_free(db_url: str) -> None:
+    """worker.handover: the fetch that gets a process_event job claims its event in the same statement
+    (as start_events would: processing, attempts + 1, started when the job started, stored answers,
+    pickup), when nothing else is runnable, the job is no replay and the worker has a free slot. The
+    task then runs from that claim without claiming again. Otherwise the fetch claims nothing."""
+    from worker.handover import QUIET_SECONDS, QueueConnector
+
+    rt = await _runtime(db_url, None, worker_concurrency=2)  # dry run: no key
+    free = [True]
+    rt.db.handover.claim_with(free=lambda: free[0], pickup=lambda: True)
+    app = build_app(db_url, pool_size=2, handover=rt.db.handover)
+    connector = app.connector
+    assert isinstance(connector, QueueConnector)
+
+    def event_row(event_id: int) -> tuple[Any, ...]:
+        return rows(db_url, "SELECT status, attempts FROM hookline.events WHERE id = %s", event_id)[0]
+
+    async def fetch() -> Any:
+        await asyncio.sleep(QUIET_SECONDS * 2)  # past the quiet time after a lone job: a real fetch
+        job = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+        assert job is not None and job.id is not None
+        return job
+
+    try:
+        async with app.open_async():
+            worker_id = await app.job_manager.register_worker()
+            # a lone event: claimed by the fetch, and run from that claim
+            lone = insert_event(db_url, "evt_fc_lone")
+            job = await fetch()
+            assert event_row(lone) == ("processing", 1)
+            started = rows(
+                db_url,
+                """SELECT e.started_at = pe.at FROM hookline.events e, procrastinate_events pe
+                   WHERE e.id = %s AND pe.job_id = %s AND pe.type = 'started'""",
+                lone,
+                job.id,
+            )
+            assert started == [(True,)]  # one transaction: the job's start is the event's
+            claim = rt.db.handover.claimed(job.id)
+            assert claim is not None and claim["id"] == lone and claim["job_id"] is None
+            assert claim["event_id"] == lone and claim["answers"] == {}  # type: ignore[typeddict-item]
+            assert claim["pickup_s"] is not None and claim["pickup_s"] >= 0
+            assert rt.db.handover.claimed(job.id) is None  # taken once
+            rt.db.handover.keep_claim(job.id, claim)
+            context = JobContext(
+                app=app,
+                job=job,
+                additional_context={"runtime": rt},
+                start_timestamp=time.time(),
+                abort_reason=lambda: None,
+            )
+            assert await process_event(context, **job.task_kwargs) == "succeeded"
+            assert event_row(lone) == ("succeeded", 1)  # not claimed a second time
+            assert connector.fetch_claims == 1
+
+            # a backlog: start_events claims the job's event and a batch of others, not the fetch
+            backlog = [insert_event(db_url, f"evt_fc_b{i}") for i in range(2)]
+            job = await fetch()
+            assert rt.db.handover.claimed(job.id) is None
+            assert [event_row(e) for e in backlog] == [("queued", 0)] * 2
+            await fetch()  # the second of the backlog, now lone: claimed
+            assert [event_row(e)[0] for e in backlog] == ["queued", "processing"]
+
+            # no free slot: not claimed
+            free[0] = False
+            busy = insert_event(db_url, "evt_fc_busy")
+            job = await fetch()
+            assert rt.db.handover.claimed(job.id) is None and event_row(busy) == ("queued", 0)
+            free[0] = True
+
+            # a replay (recompute, force_actions): never claimed by the fetch
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("UPDATE hookline.events SET status = 'succeeded' WHERE id = %s", (busy,))
+                conn.execute("SELECT hookline.replay(%s, true, false)", (busy,))
+            job = await fetch()
+            assert rt.db.handover.claimed(job.id) is None and event_row(busy) == ("queued", 0)
+
+            # an event already terminal: the claim says so (no row), as start_events does
+            done = insert_event(db_url, "evt_fc_done")
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("UPDATE hookline.events SET status = 'skipped' WHERE id = %s", (done,))
+            job = await fetch()
+            claim = rt.db.handover.claimed(job.id)
+            assert claim is not None and claim["id"] is None and claim["event_id"] == done
+            assert connector.fetch_claims == 3 and connector.fetch_claim_failures == 0
+    finally:
+        await rt.close()
+
+
 async def test_procrastinate_does_not_settle_again_a_job_its_events_write_finished(db_url: str) -> None:
     """worker.handover: procrastinate's own finish_job and retry_job for a handed-over job that the
     event's last write already finished are answered without a statement (sent, procrastinate's SQL
@@ -420,6 +509,9 @@ async def test_lone_events_each_cost_one_fetch_and_none_waits_for_the_poll(
             await wait_for_status(db_url, eid, timeout=15)  # half the poll interval: the NOTIFY woke it
     assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE status = 'succeeded'") == [(5,)]
     assert apps and apps[0].connector.fetches_spared >= 1
+    # each fetch claimed its event, and the task did not claim it again (that would count a second attempt)
+    assert apps[0].connector.fetch_claims == 5
+    assert rows(db_url, "SELECT DISTINCT attempts FROM hookline.events") == [(1,)]
 
 
 async def test_an_empty_fetch_during_which_a_job_was_announced_is_sent_again(
