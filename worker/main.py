@@ -23,6 +23,7 @@ import psycopg
 
 from app.core.config import Config, load_config
 from app.core.db import libpq_dsn
+from app.core.heap import freeze_startup_heap
 from app.core.jobs import NAMESPACE, QUEUE, SYNC_QUEUE
 from app.core.logs import setup_logging
 from app.core.settings import Settings
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("procrastinate.worker").addFilter(_QuietRetries())
     config = load_config(settings.config)
     run = loop_runner(settings.worker_loop)
+    freeze_startup_heap()  # imports and config: out of the collector's full passes (app.core.heap)
     run(run_worker(settings, config, simulate_model=args.simulate_model))
 
 

@@ -19,6 +19,7 @@ from app.cli.release import release
 from app.core import migrations
 from app.core.config import environment_problems, load_config
 from app.core.errors import ConfigError, HooklineError
+from app.core.heap import freeze_startup_heap
 from app.core.logs import setup_logging
 from app.core.settings import Settings
 
@@ -53,6 +54,8 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
+    config.load()  # the app, its config and its templates: then out of the collector's full passes
+    freeze_startup_heap()
     uvicorn.Server(config).run()
     return 0
 
