@@ -11,6 +11,10 @@ its headers holds the connection forever), no body timeout, no header-size or he
 - body not complete ``body_timeout`` s after its headers: 408 (or close, if a response started);
 - request line + headers over ``max_header_bytes``, or more than ``max_headers`` headers: 431.
 
+It also sends a response's head and body in one write (:class:`OneWrite`): uvicorn writes the status
+line and headers as soon as the app starts its response, then the body, so a small answer cost two
+``send`` calls (and two segments) where one will do.
+
 Every refusal is one WARNING line without caller-controlled text.
 """
 
@@ -64,6 +68,52 @@ def _raw_response(status: int, text: str) -> bytes:
     )
 
 
+class OneWrite:
+    """The transport a request's response cycle writes to: what it writes during one turn of the event
+    loop goes to the socket in one ``write``.
+
+    A write is held until the next write (they go together) or, at the latest, the next turn of the
+    loop (``call_soon``): a plain response's head and body leave together, while a streamed response
+    still sends its head at once even if its first chunk comes later. Anything else (``close``,
+    ``is_closing``, ``write_eof`` …) goes to the real transport, after what is held.
+    """
+
+    __slots__ = ("_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._held = None
+            self.transport.write(held + data)
+
+    def flush(self) -> None:
+        """Write what is held (before the connection is used any other way)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with header/body timeouts, header limits and a connection cap."""
 
@@ -80,6 +130,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._refused: tuple[int, str] | None = None
+        self._out: OneWrite | None = None
 
     # --- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -90,6 +141,7 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.write(_raw_response(503, "too many open connections; retry later"))
             transport.close()  # no lingering: this path must free its file descriptor at once
             return
+        self._out = OneWrite(transport, self.loop)
         self._arm(self.header_timeout, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -97,6 +149,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._out is not None:
+            self._out.flush()  # a held response goes before anything this data makes uvicorn write
         if self._refused is not None or self.transport.is_closing():
             return
         if self._in_headers:
@@ -127,6 +181,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._arm(self.body_timeout, "body")
         super().on_headers_complete()
+        if self.cycle is not None and self._out is not None:
+            self.cycle.transport = self._out  # type: ignore[assignment]  # the one write per turn
 
     def on_body(self, body: bytes) -> None:
         if self._refused is None:
@@ -169,6 +225,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, text: str) -> None:
         self._disarm()
+        if self._out is not None:
+            self._out.flush()
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True
             self.cycle.message_event.set()
