@@ -34,6 +34,9 @@ from app.core.settings import Settings
 
 log = logging.getLogger("hookline.web")
 
+#: A timeout timer firing this much before its deadline counts as on time (event loops round timers).
+_EARLY = 0.005
+
 #: After a refusal, how long the connection keeps reading (and discarding) before it is closed.
 LINGER_SECONDS = 2.0
 
@@ -126,6 +129,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the awaited part of the request times out
+        self._what = "headers"
         self._in_headers = True
         self._header_bytes = 0
         self._header_count = 0
@@ -145,7 +150,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.header_timeout, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -202,29 +207,54 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # --- helpers ----------------------------------------------------------------------------
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._timed_out, what)
+        """Time out ``what`` in ``seconds``: a deadline, which the connection's one timer checks.
+
+        Each request moves the deadline three times (headers, body, the next request's headers); the
+        timer is only rescheduled when it would fire too late, so a busy connection schedules about
+        one timer per timeout period instead of two per request (and cancels none)."""
+        self._deadline = self.loop.time() + seconds
+        self._what = what
+        timer = self._timer
+        if timer is not None and timer.when() > self._deadline:
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check)
 
     def _disarm(self) -> None:
+        self._deadline = None  # the timer, if it fires, finds nothing to time out
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _timed_out(self, what: str) -> None:
+    def _check(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() + _EARLY < deadline:  # the deadline moved on since this timer was set
+            self._timer = self.loop.call_at(deadline, self._check)
+            return
+        self._deadline = None
+        self._timed_out(self._what)
+
+    def _timed_out(self, what: str) -> None:
         if self.transport.is_closing():
             return
         if what == "headers" and self._header_bytes == 0 and self.cycle is not None:
             self.transport.close()  # an idle kept-alive connection: close quietly
             return
         _warn("request refused: %s not received in time (408)", what)
-        if self.cycle is not None and self.cycle.response_started:
-            self.transport.close()
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            self.transport.close()  # this request's answer has begun: a 408 cannot follow it
         else:
             self._refuse(408, f"request {what} not received in time")
 
     def _refuse(self, status: int, text: str) -> None:
-        self._disarm()
+        self._stop_timer()
         if self._out is not None:
             self._out.flush()
         if self.cycle is not None and not self.cycle.response_complete:

@@ -101,6 +101,42 @@ async def test_body_timeout_answers_408_and_stores_nothing(db_url: str, config: 
     assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(0,)]
 
 
+async def test_timeouts_follow_each_request_on_a_kept_alive_connection(db_url: str, config: Any) -> None:
+    """The header and body deadlines move with every request (one timer per connection checks them):
+    after answered requests, a stalled body still gets its 408, and a stalled next request its own."""
+    settings = make_settings(db_url, header_timeout=0.6, body_timeout=1.2, keepalive_timeout=30.0)
+
+    def signed(n: int) -> tuple[bytes, bytes]:
+        body = json.dumps({"type": "ping", "n": n}).encode()
+        req = sign_request("standard_webhooks", secret=SECRET, body=body, delivery_id=f"msg_moving_{n}")
+        head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+        return f"POST /webhooks/sw HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode(), body
+
+    async with web_server(settings, config) as base:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(base))
+        for n in range(3):  # answered requests, each a while after the last (past the first deadline)
+            head, body = signed(n)
+            writer.write(head + body)
+            answer = await asyncio.wait_for(reader.readuntil(b"}"), 20)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            await asyncio.sleep(0.3)
+        head, body = signed(3)
+        writer.write(head + body[:1])  # then a body that stops
+        stalled_body = await _answer(reader)
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(base))
+        head, body = signed(4)
+        writer.write(head + body)
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), 20)
+        writer.write(b"POST /webhooks/sw HTTP/1.1\r\nHost: x\r\nX-Slow: a")  # next headers never finish
+        stalled_headers = await _answer(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert stalled_body.startswith(b"HTTP/1.1 408 ") and b"body" in stalled_body, stalled_body
+    assert stalled_headers.startswith(b"HTTP/1.1 408 ") and b"headers" in stalled_headers, stalled_headers
+    assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(4,)]
+
+
 async def test_keepalive_timeout_closes_idle_connections(db_url: str, config: Any) -> None:
     async with web_server(make_settings(db_url, keepalive_timeout=0.5), config) as base:
         reader, writer = await asyncio.open_connection("127.0.0.1", _port(base))
