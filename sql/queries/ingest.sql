@@ -91,9 +91,16 @@ WITH input AS MATERIALIZED (
                               headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync, n)
 ),
 known AS (
+    -- One unique-index probe per input row, whatever the statistics say: as a plain join, a plan cached
+    -- while the table was empty (a new deployment, before autoanalyze) hash-joined a scan of the whole
+    -- table, slower with every row stored (5.7 ms per 13-row batch at 20,000 rows; 0.15 ms this way).
     SELECT i.n, e.id
     FROM input i
-    JOIN hookline.events e ON e.source = i.source AND e.delivery_id = i.delivery_id
+    CROSS JOIN LATERAL (
+        SELECT e.id FROM hookline.events e
+        WHERE e.source = i.source AND e.delivery_id = i.delivery_id
+        LIMIT 1
+    ) AS e
 ),
 ins AS (
     INSERT INTO hookline.events
@@ -123,4 +130,8 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 -- The ids of already stored deliveries, by parallel arrays of source and delivery_id.
 SELECT e.source, e.delivery_id, e.id
 FROM unnest($1::text[], $2::text[]) AS k (source, delivery_id)
-JOIN hookline.events e ON e.source = k.source AND e.delivery_id = k.delivery_id;
+CROSS JOIN LATERAL (  -- one index probe per key, whatever the statistics say (see store_events)
+    SELECT e.source, e.delivery_id, e.id FROM hookline.events e
+    WHERE e.source = k.source AND e.delivery_id = k.delivery_id
+    LIMIT 1
+) AS e;
