@@ -1,0 +1,66 @@
+"""Lookups of events by id stay lookups by id, whatever the planner knows (migration 0020).
+
+hookline.notify_events_stored (after every ingest batch) and hookline.claim_events (every claim of the
+worker) look events up by id and test their status. Planned with the status index, each call read
+every waiting event: with a backlog, once per batch and once per claim, exactly when the system is
+busiest. The scenario here is the one a new deployment lives through before autoanalyze: the
+session's plans are made while the table is nearly empty, then a backlog arrives. Measured in rows
+read and scans started (this transaction's own statistics), never in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+BACKLOG = 10_000
+
+
+def _reads(cur: psycopg.Cursor[Any]) -> tuple[int, int, int]:
+    """hookline.events in this transaction so far: sequential scans, index scans, rows read by both."""
+    row = cur.execute(
+        "SELECT seq_scan, coalesce(idx_scan, 0), seq_tup_read + coalesce(idx_tup_fetch, 0) "
+        "FROM pg_stat_xact_user_tables WHERE relid = 'hookline.events'::regclass"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _add(cur: psycopg.Cursor[Any], prefix: str, n: int) -> list[int]:
+    rows = cur.execute(
+        "INSERT INTO hookline.events (source, delivery_id, payload) "
+        "SELECT 's', %s || i, '{}' FROM generate_series(1, %s) AS i RETURNING id",
+        (prefix, n),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def test_the_wake_up_check_and_the_claim_read_only_their_own_events_with_a_backlog(
+    hookline_db: psycopg.Connection,
+) -> None:
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        few = _add(cur, "early-", 20)
+        for _ in range(8):  # plans made now, with the table nearly empty, stay cached in this session
+            cur.execute("SELECT hookline.notify_events_stored(%s)", (few[:13],))
+            cur.execute("SELECT count(*) FROM hookline.claim_events(%s)", (few[13:],))
+        batch = _add(cur, "backlog-", BACKLOG)[-13:]  # a backlog: every one of them waits (queued)
+
+        seq0, _, read0 = _reads(cur)
+        sent = cur.execute("SELECT hookline.notify_events_stored(%s)", (batch,)).fetchone()
+        seq1, idx1, read1 = _reads(cur)
+        assert sent is not None and sent[0] == 3  # the batch's events wait: the workers' wake-up goes too
+        assert seq1 == seq0, "the wake-up check scanned the table"
+        assert read1 - read0 <= 13, read1 - read0  # one row per id, not every waiting event
+
+        claimed = cur.execute("SELECT id, attempts FROM hookline.claim_events(%s)", (batch,)).fetchall()
+        seq2, idx2, read2 = _reads(cur)
+        assert sorted(r[0] for r in claimed) == sorted(batch) and {r[1] for r in claimed} == {1}
+        assert seq2 == seq1, "the claim scanned the table"
+        assert idx2 - idx1 == 1, idx2 - idx1  # the primary key alone (not paired with the status index)
+        assert read2 - read1 <= 13, read2 - read1
+
+        again = cur.execute("SELECT hookline.notify_events_stored(%s)", (batch,)).fetchone()
+        assert again is not None and again[0] == 1  # all claimed now: nobody to wake
+    hookline_db.rollback()
