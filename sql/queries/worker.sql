@@ -4,8 +4,9 @@
 -- Claim an event for processing and load it with the answers already stored for it: {pipeline:
 -- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice
 -- (hookline.claim_events). When %(more)s > 0, the same statement also claims up to %(more)s further
--- process_event jobs waiting in the queue (batch claim: hookline.claimable_jobs, procrastinate's own
--- fetch rules), for the worker that runs job %(job_id)s, and claims their events. One row per job:
+-- process_event jobs waiting in the queue (batch claim: hookline.claim_more_jobs, by procrastinate's own
+-- fetch rules, each job found by primary key; migration 0021), for the worker that runs job %(job_id)s,
+-- and claims their events. One row per job:
 -- event_id and job_id (NULL for the job procrastinate handed over); id is NULL when the event is
 -- already terminal (nothing to do). pickup_s (when %(pickup)s): seconds from the job becoming runnable
 -- to its start (hookline.job_pickup_seconds). A lone event's job is usually claimed by the fetch
@@ -17,11 +18,8 @@
 -- up to and including it. A Postgres crash within the walwriter's delay can forget the last claims;
 -- their jobs and events are then queued again, as before the claim, and run again.
 WITH more AS (
-    UPDATE procrastinate_jobs j
-    SET status = 'doing',
-        worker_id = (SELECT w.worker_id FROM procrastinate_jobs w WHERE w.id = %(job_id)s)
-    WHERE j.id = ANY (ARRAY(SELECT hookline.claimable_jobs(%(queue)s, %(task)s, %(more)s)))
-    RETURNING j.id AS job_id, (j.args ->> 'event_id')::bigint AS event_id, j.attempts AS job_attempts
+    SELECT m.job_id, m.event_id, m.job_attempts
+    FROM hookline.claim_more_jobs(%(job_id)s, %(queue)s, %(task)s, %(more)s) AS m
 ), wanted AS (
     SELECT %(event_id)s::bigint AS event_id, NULL::bigint AS job_id, NULL::integer AS job_attempts
     UNION ALL

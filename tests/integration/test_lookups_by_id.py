@@ -1,4 +1,4 @@
-"""Lookups of events by id stay lookups by id, whatever the planner knows (migration 0020).
+"""Lookups by id stay lookups by id, whatever the planner knows (migrations 0020 and 0021).
 
 hookline.notify_events_stored (after every ingest batch) and hookline.claim_events (every claim of the
 worker) look events up by id and test their status. Planned with the status index, each call read
@@ -6,6 +6,10 @@ every waiting event: with a backlog, once per batch and once per claim, exactly 
 busiest. The scenario here is the one a new deployment lives through before autoanalyze: the
 session's plans are made while the table is nearly empty, then a backlog arrives. Measured in rows
 read and scans started (this transaction's own statistics), never in time.
+
+The worker's batch claim (start_events, migration 0021) is the same story on procrastinate_jobs, which
+keeps every finished job until retention prunes it: a plan made while the table was small scanned all
+of it for each claim.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+
+from app.core import jobs as jobnames
+from app.core.sqlfiles import queries
 
 BACKLOG = 10_000
 
@@ -63,4 +70,63 @@ def test_the_wake_up_check_and_the_claim_read_only_their_own_events_with_a_backl
 
         again = cur.execute("SELECT hookline.notify_events_stored(%s)", (batch,)).fetchone()
         assert again is not None and again[0] == 1  # all claimed now: nobody to wake
+    hookline_db.rollback()
+
+
+def _job_reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
+    """procrastinate_jobs in this transaction so far: sequential scans, rows they read."""
+    row = cur.execute(
+        "SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = 'procrastinate_jobs'::regclass"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _hand_over(cur: psycopg.Cursor[Any], worker: int) -> tuple[int, int]:
+    """What procrastinate's fetch does before start_events: the oldest todo job becomes this worker's."""
+    row = cur.execute(
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s "
+        "WHERE id = (SELECT min(id) FROM procrastinate_jobs WHERE status = 'todo') "
+        "RETURNING id, (args ->> 'event_id')::bigint",
+        (worker,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_grew(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """start_events' batch claim (migration 0021), prepared as the worker's connection prepares it."""
+    start = queries("worker")["start_events"]
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
+        assert row is not None
+        worker = int(row[0])
+        _add(cur, "early-", 20)  # each event's job is deferred with it
+
+        def claim(job: int, event: int, more: int) -> list[tuple[Any, ...]]:
+            params = {"event_id": event, "job_id": job, "queue": jobnames.QUEUE, "task": jobnames.PROCESS_EVENT}
+            return cur.execute(start, {**params, "more": more, "pickup": False}, prepare=True).fetchall()
+
+        for _ in range(8):  # the plan is made now, with a few jobs, and stays cached in this session
+            claim(*_hand_over(cur, worker), more=1)
+        _add(cur, "backlog-", BACKLOG)
+        job, event = _hand_over(cur, worker)
+        waiting = cur.execute(
+            "SELECT id FROM procrastinate_jobs WHERE status = 'todo' ORDER BY priority DESC, id LIMIT 9"
+        ).fetchall()
+
+        seq0, read0 = _job_reads(cur)
+        rows = claim(job, event, more=9)
+        seq1, read1 = _job_reads(cur)
+        assert [r[1] for r in rows] == [None] + [w[0] for w in waiting]  # the handed-over job, then the 9
+        assert all(r[3] is not None for r in rows)  # each event claimed with its job
+        owners = cur.execute(
+            "SELECT DISTINCT worker_id, status FROM procrastinate_jobs WHERE id = ANY (%s)",
+            ([w[0] for w in waiting],),
+        ).fetchall()
+        assert owners == [(worker, "doing")]
+        assert (seq1 - seq0, read1 - read0) == (0, 0), "the batch claim scanned procrastinate_jobs"
     hookline_db.rollback()
