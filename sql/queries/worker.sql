@@ -36,8 +36,9 @@ CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commi
 -- worker's queue connector in place of procrastinate's statement, with more columns:
 -- * more_waiting: false when a job was fetched and no other job of these queues is runnable now (todo,
 --   due). Jobs that commit after this statement began are not seen here; their job_inserted NOTIFY
---   comes after their commit, and the connector fetches again when one arrived (worker.handover). The
---   EXISTS reads only the partial index of todo jobs: the queue test is an expression
+--   comes after their commit, and the connector fetches again when one arrived (worker.handover).
+--   hookline.job_waiting (migration 0022) walks only a partial index of todo jobs and stops at the first
+--   runnable one: sequential and bitmap scans are off in it, and its queue test is an expression
 --   (queue_name || '') so that, with the statistics of a near-empty queue (see migration 0013), the
 --   planner cannot pair that index with the queue_name index, which holds every job ever kept
 --   (finished ones too) and costs a read of all of them.
@@ -52,12 +53,7 @@ WITH job AS MATERIALIZED (
     FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)
 ), fetched AS MATERIALIZED (
     SELECT job.*,
-           job.id IS NULL OR EXISTS (
-               SELECT 1 FROM procrastinate_jobs j
-               WHERE j.status = 'todo' AND j.id <> job.id
-                 AND (%(queues)s::varchar[] IS NULL OR (j.queue_name || '') = ANY (%(queues)s::varchar[]))
-                 AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-           ) AS more_waiting
+           job.id IS NULL OR hookline.job_waiting(%(queues)s::varchar[], job.id) AS more_waiting
     FROM job
 ), lone AS MATERIALIZED (
     SELECT (f.args ->> 'event_id')::bigint AS event_id,

@@ -130,3 +130,73 @@ def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_g
         assert owners == [(worker, "doing")]
         assert (seq1 - seq0, read1 - read0) == (0, 0), "the batch claim scanned procrastinate_jobs"
     hookline_db.rollback()
+
+
+def test_the_fetch_asks_whether_more_jobs_wait_from_the_todo_jobs_alone(hookline_db: psycopg.Connection) -> None:
+    """fetch_job's more_waiting (hookline.job_waiting, migration 0022) after a burst has drained: the
+    statistics say nearly every job waits, the table keeps many finished jobs, nothing else waits (the
+    usual case at a steady rate), and the table is not read."""
+    fetch = queries("worker")["fetch_job"]
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
+        assert row is not None
+        params = {
+            "queues": [jobnames.QUEUE],
+            "worker_id": int(row[0]),
+            "claim": True,
+            "task": jobnames.PROCESS_EVENT,
+            "pickup": False,
+        }
+        _add(cur, "burst-", 200)
+        cur.execute("ANALYZE procrastinate_jobs")  # autoanalyze during a burst: nearly every job waits
+        for _ in range(8):  # the plan is made now, and stays cached in this session
+            got = cur.execute(fetch, params, prepare=True).fetchone()
+            assert got is not None and got[0] is not None
+        _add(cur, "done-", BACKLOG)  # their jobs ran long ago: kept until retention prunes them
+        cur.execute(
+            "UPDATE procrastinate_jobs SET status = 'succeeded' "
+            "WHERE status = 'todo' AND id < (SELECT max(id) FROM procrastinate_jobs)"
+        )
+
+        seq0, read0 = _job_reads(cur)
+        cur.execute(fetch, params, prepare=True)
+        assert cur.description is not None
+        fetched = dict(zip([d.name for d in cur.description], cur.fetchone() or (), strict=True))
+        seq1, read1 = _job_reads(cur)
+        assert fetched["more_waiting"] is False and fetched["claimed"] is True  # the lone job's event claimed with it
+        assert (seq1 - seq0, read1 - read0) == (0, 0), "the fetch scanned procrastinate_jobs"
+    hookline_db.rollback()
+
+
+def test_counting_a_batch_of_answers_reads_each_call_s_event_by_key(hookline_db: psycopg.Connection) -> None:
+    """hookline.count_llm_calls (the statement trigger on llm_calls, migration 0022) reads each new
+    call's event for its tenant: by primary key, not by a scan of every event."""
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        insert = (
+            "INSERT INTO hookline.llm_calls "
+            "(event_id, pipeline, model, status, request, input_tokens, output_tokens, cost_usd) "
+            "SELECT id, 'triage', 'claude-test', 'succeeded', '{}', 10, 5, 0.001 FROM unnest(%s::bigint[]) AS id"
+        )
+        few = _add(cur, "early-", 20)
+        for k in range(8):  # the trigger's plan is made now, with a few events, and stays cached
+            cur.execute(insert, (few[2 * k : 2 * k + 2],))
+        batch = _add(cur, "backlog-", BACKLOG)[-13:]
+        cur.execute("UPDATE hookline.events SET tenant = 'acme' WHERE id = ANY (%s)", (batch,))
+
+        seq0, _, read0 = _reads(cur)
+        cur.execute(insert, (batch,))
+        seq1, _, read1 = _reads(cur)
+        assert seq1 == seq0, "counting the answers scanned hookline.events"
+        assert read1 - read0 <= 2 * 13 + 13, read1 - read0  # tokens and cost: one probe each per call
+        totals = cur.execute(
+            "SELECT metric, kind, sum(value) FROM hookline.metric_totals WHERE tenant = 'acme' "
+            "GROUP BY metric, kind ORDER BY metric, kind"
+        ).fetchall()
+        assert [(m, k, float(v)) for m, k, v in totals] == [
+            ("cost_usd", "", 0.013),
+            ("tokens", "input", 130.0),
+            ("tokens", "output", 65.0),
+        ]
+    hookline_db.rollback()
