@@ -1,7 +1,8 @@
 """Group commit for the worker: model calls stored (and events finished) together share a statement.
 
 ``await writer.store(params, closing)`` stores one ``insert_call`` row; with ``closing`` the same
-statement finishes the event (``hookline.finish_event``). It is the worker's counterpart of the ingest
+statement finishes the event (the flush's events and jobs in one call, ``hookline.finish_events``,
+once its calls are stored). It is the worker's counterpart of the ingest
 batcher (``app/web/batcher.py``), on the same scheduling (``app/core/groupcommit.py``: no timer, a
 row waits only while another flush runs), with the same rules:
 

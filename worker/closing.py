@@ -1,11 +1,12 @@
 """An event's terminal write, carried to the last write of its run.
 
 On the happy path an event costs two short transactions: the claim that loads it, and the write that
-stores its answer *and* finishes it (``hookline.finish_event`` inside the statement that stores the
-model call's row). :class:`Closing` is what that write needs: it takes :meth:`params`, and once the
-statement has succeeded (never before: a failed write must leave the event to the failure path)
-calls :meth:`carried`. When nothing can carry it (actions follow the answer, whose outcomes are recorded on their
-own; a reused answer; a micro-batch), :func:`worker.tasks.handle_event` finishes the event with its
+stores its answer *and* finishes it (``hookline.finish_event``, or ``hookline.finish_events`` for a
+group commit's rows, inside the statement that stores the model call's row). :class:`Closing` is what
+that write needs: it takes :meth:`params`, and once the statement has succeeded (never before: a
+failed write must leave the event to the failure path) calls :meth:`carried`. When nothing can carry
+it (actions follow the answer, whose outcomes are recorded on their own; a reused answer; a
+micro-batch), :func:`worker.tasks.handle_event` finishes the event with its
 own statement.
 """
 

@@ -123,7 +123,8 @@ SELECT (SELECT id FROM ins) AS id,
 -- insert_call for several events at once (the worker's group commit): %(rows)s is a JSON array of
 -- objects with insert_call's parameters as keys (request, response and output as JSON values) and
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
--- (NULL when a succeeded call was already stored). At most one row per (event_id, pipeline) per call.
+-- (NULL when a succeeded call was already stored), and finished (how many events the statement
+-- finished). At most one row per (event_id, pipeline) per call.
 -- Its transaction sets hookline.notify = 'after_commit' (migration 0015) before anything is written:
 -- the status and answer NOTIFYs are left to notify_after_commit, right after this commit, so this
 -- durable commit does not hold Postgres's notification queue lock through its WAL flush.
@@ -148,14 +149,19 @@ WITH input AS MATERIALIZED (
     ORDER BY n
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
     RETURNING id, event_id, pipeline
+), fin AS (
+    -- the rows that finish their event, in one call (hookline.finish_events, migration 0023), after
+    -- every call is stored: its trigger counts each finished event by the pipelines of its calls
+    SELECT hookline.finish_events(array_agg(i.event_id ORDER BY i.n), array_agg(i.finish_status ORDER BY i.n),
+                                  array_agg(i.finish_dry_run ORDER BY i.n), array_agg(i.finish_detail ORDER BY i.n),
+                                  array_agg(i.finish_job_id ORDER BY i.n)) AS finished
+    FROM input i, (SELECT count(*) FROM ins) AS stored_first
+    WHERE i.finish_status IS NOT NULL
 )
-SELECT i.n, ins.id,
-       CASE WHEN i.finish_status IS NOT NULL THEN
-           hookline.finish_event(i.event_id, i.finish_status, i.finish_dry_run, i.finish_detail, NULL,
-                                 i.finish_job_id)
-       END AS finished
+SELECT i.n, ins.id, fin.finished
 FROM input i
 LEFT JOIN ins ON ins.event_id = i.event_id AND ins.pipeline = i.pipeline
+CROSS JOIN fin
 ORDER BY i.n;
 
 -- name: notify_after_commit
