@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,27 @@ from app.core.timeline import EventStory, jsonable, load_event_story
 
 Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 CHANNEL = "hookline_events"
+
+
+class _Arrived:
+    """The ids already printed as received, the last ``limit`` of them. An insert notice names a range of
+    ids (min_id .. max_id), and the ranges of batches committed at the same time interleave (two web
+    processes, or two flushes of one, draw ids from one sequence), so one event can fall in two notices'
+    ranges: it is printed once."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: set[int] = set()
+        self._order: deque[int] = deque()
+        self._limit = limit
+
+    def first_time(self, event_id: int) -> bool:
+        if event_id in self._ids:
+            return False
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self._limit:
+            self._ids.discard(self._order.popleft())
+        return True
 
 
 def _name(row: dict[str, Any]) -> str:
@@ -93,6 +115,7 @@ async def follow(
 
 async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Event, as_json: bool) -> None:
     notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    arrived = _Arrived()
     listen = await db.connect(url, application_name="hookline-tail")
     reader = await db.connect(url, application_name="hookline-tail")
     try:
@@ -104,7 +127,7 @@ async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Even
                 if listen.is_closed():
                     raise ConnectionError("LISTEN connection closed") from None
                 continue
-            for line in await _lines(reader, notice, as_json):
+            for line in await _lines(reader, notice, as_json, arrived):
                 emit(line)
     finally:
         for conn in (listen, reader):
@@ -112,12 +135,13 @@ async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Even
                 await conn.close()
 
 
-async def _lines(conn: Any, notice: dict[str, Any], as_json: bool) -> list[str]:
+async def _lines(conn: Any, notice: dict[str, Any], as_json: bool, arrived: _Arrived) -> list[str]:
     if notice.get("op") == "insert":
         # the row may already be further on; its own status notices follow, so say only that it arrived
         rows = [
             dict(r) | {"status": "received"}
             for r in await conn.fetch(Q["events_between"], notice["min_id"], notice["max_id"])
+            if arrived.first_time(int(r["id"]))
         ]
         return [json.dumps(jsonable(r)) if as_json else format_brief(r) for r in rows]
     if notice.get("op") != "status":

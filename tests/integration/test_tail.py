@@ -39,3 +39,31 @@ async def test_follow_prints_each_transition(conn: psycopg.Connection, db_url: s
         f"{name} (tenant acme) → processing",
         f"{name} → recovery → claude-haiku-5-5 (10+2 tokens, $0.000002) → succeeded",
     ]
+
+
+async def test_an_event_in_two_insert_notices_ranges_is_printed_once(conn: psycopg.Connection, db_url: str) -> None:
+    """Batches committed at the same time draw ids from one sequence, so their ranges interleave: a batch
+    of ids 1 and 3 notifies 1 .. 3, which holds the other batch's 2 (already printed from its own notice)."""
+    lines: list[str] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(follow(db_url, lines.append, stop=stop))
+    await asyncio.sleep(0.5)  # LISTEN is up
+    insert = (
+        "INSERT INTO hookline.events (id, source, delivery_id) OVERRIDING SYSTEM VALUE "
+        "SELECT i, 'stripe', 'evt_range_' || i FROM unnest(%s::bigint[]) AS i"
+    )
+    base = 10_000_000
+    conn.execute(insert, ([base + 2],))  # its notice: base+2 .. base+2
+    conn.execute(insert, ([base + 1, base + 3],))  # its notice: base+1 .. base+3, which holds base+2
+    for _ in range(100):
+        if len(lines) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # a duplicate, if any, would follow at once
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert lines == [
+        f"event {base + 2} stripe → received",
+        f"event {base + 1} stripe → received",
+        f"event {base + 3} stripe → received",
+    ]
