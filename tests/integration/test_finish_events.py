@@ -241,3 +241,34 @@ def test_the_group_commit_stores_its_calls_then_finishes_its_events_in_one_call(
             ("triage", "succeeded"): 7
         }
     hookline_db.rollback()
+
+
+def test_a_batch_counts_each_finished_event_once_per_pipeline_when_its_status_changes(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """events_finished counts an event when its status becomes terminal and differs from the old one, once
+    per pipeline with a model call ('' without), however many events one call finishes."""
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        (a, _), (b, _) = _add(cur, "t-", 2)
+        _call(cur, a, "triage")
+        _call(cur, a, "draft")
+
+        def finish(events: list[int], statuses: list[str]) -> dict[tuple[str, str], float]:
+            before = _finished_totals(cur)
+            cur.execute(
+                "SELECT hookline.finish_events(%s, %s, %s, %s, %s)",
+                (events, statuses, [False] * len(events), [None] * len(events), [None] * len(events)),
+            )
+            after = _finished_totals(cur)
+            return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+        assert finish([a, b], ["succeeded", "skipped"]) == {
+            ("triage", "succeeded"): 1,
+            ("draft", "succeeded"): 1,
+            ("", "skipped"): 1,
+        }
+        assert finish([a], ["succeeded"]) == {}  # no change of status: nothing counted again
+        assert finish([a, b], ["dead", "skipped"]) == {("triage", "dead"): 1, ("draft", "dead"): 1}
+        assert finish([b], ["processing"]) == {}  # not terminal
+    hookline_db.rollback()
