@@ -9,9 +9,9 @@
 -- before, once per row.
 --
 -- Measured as the backend's own CPU time for insert_calls (the old statement and the new one
--- interleaved on one connection, 300 statements each): 365 -> 297 us per event in batches of 6,
--- 252 -> 164 us in batches of 20, and 1,064 -> 1,114 us for a batch of one, whose two updates take the
--- plain lookups by key of the old functions rather than a join.
+-- interleaved on one connection, 300 statements each, twice): 248 -> 195 and 316 -> 244 us per event in
+-- batches of 6, 212 -> 143 and 203 -> 136 us in batches of 20, and 622 -> 661 and 768 -> 815 us for a
+-- batch of one, whose two updates take the plain lookups by key of the old functions rather than a join.
 --
 -- The job update restates procrastinate_finish_job_v1's (procrastinate 3.10: status, abort_requested
 -- reset, attempts counted when the job was doing) and raises, as it does, when a job is not todo or
@@ -23,7 +23,13 @@ CREATE FUNCTION hookline.finish_events(
     p_event_ids bigint[], p_statuses text[], p_dry_runs boolean[], p_details text[], p_job_ids bigint[]
 ) RETURNS integer
 LANGUAGE plpgsql
-SET enable_seqscan = off  -- by primary key, whatever the statistics its plans were made with
+-- By primary key, whatever the statistics its plans were made with: one probe per row given. With
+-- sequential scans alone turned off, plans made on small tables merge-joined the batch to a full scan of
+-- events_pkey, and joined it to every todo job, read through an index (test_finish_events.py counts the
+-- rows read).
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 SET plan_cache_mode = force_generic_plan  -- planned once per session, not at every call
 AS $$
 DECLARE
@@ -42,7 +48,7 @@ BEGIN
               FROM unnest(p_event_ids, p_statuses, p_dry_runs, p_details) WITH ORDINALITY
                    AS u(event_id, status, dry_run, detail, ord)
               ORDER BY u.event_id, u.ord DESC) AS f
-        WHERE e.id = f.event_id;
+        WHERE e.id = f.event_id AND e.id = ANY (p_event_ids);  -- the second test: a probe per id in any plan
     END IF;
     GET DIAGNOSTICS v_events = ROW_COUNT;
 
@@ -54,11 +60,10 @@ BEGIN
         WHERE id = p_job_ids[1] AND status IN ('todo', 'doing');
         GET DIAGNOSTICS v_jobs = ROW_COUNT;
     ELSIF v_wanted > 0 THEN
-        UPDATE procrastinate_jobs j
+        UPDATE procrastinate_jobs
         SET status = 'succeeded', abort_requested = false,
-            attempts = CASE j.status WHEN 'doing' THEN j.attempts + 1 ELSE j.attempts END
-        FROM unnest(p_job_ids) AS f(id)
-        WHERE j.id = f.id AND j.status IN ('todo', 'doing');
+            attempts = CASE status WHEN 'doing' THEN attempts + 1 ELSE attempts END
+        WHERE id = ANY (p_job_ids) AND status IN ('todo', 'doing');
         GET DIAGNOSTICS v_jobs = ROW_COUNT;
     END IF;
     IF v_jobs <> v_wanted THEN
