@@ -73,13 +73,16 @@ def test_the_wake_up_check_and_the_claim_read_only_their_own_events_with_a_backl
     hookline_db.rollback()
 
 
-def _job_reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
-    """procrastinate_jobs in this transaction so far: sequential scans, rows they read."""
+def _job_reads(cur: psycopg.Cursor[Any]) -> tuple[int, int, int]:
+    """procrastinate_jobs in this transaction so far: sequential scans, rows they read, and rows read
+    through an index (a full index scan reads every row too: turning sequential scans off does not
+    forbid one)."""
     row = cur.execute(
-        "SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = 'procrastinate_jobs'::regclass"
+        "SELECT seq_scan, seq_tup_read, coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+        "WHERE relid = 'procrastinate_jobs'::regclass"
     ).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def _hand_over(cur: psycopg.Cursor[Any], worker: int) -> tuple[int, int]:
@@ -118,9 +121,9 @@ def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_g
             "SELECT id FROM procrastinate_jobs WHERE status = 'todo' ORDER BY priority DESC, id LIMIT 9"
         ).fetchall()
 
-        seq0, read0 = _job_reads(cur)
+        seq0, read0, idx0 = _job_reads(cur)
         rows = claim(job, event, more=9)
-        seq1, read1 = _job_reads(cur)
+        seq1, read1, idx1 = _job_reads(cur)
         assert [r[1] for r in rows] == [None] + [w[0] for w in waiting]  # the handed-over job, then the 9
         assert all(r[3] is not None for r in rows)  # each event claimed with its job
         owners = cur.execute(
@@ -129,6 +132,7 @@ def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_g
         ).fetchall()
         assert owners == [(worker, "doing")]
         assert (seq1 - seq0, read1 - read0) == (0, 0), "the batch claim scanned procrastinate_jobs"
+        assert idx1 - idx0 <= 40, idx1 - idx0  # a few probes for each of the 10 jobs, not the backlog
     hookline_db.rollback()
 
 
@@ -159,13 +163,14 @@ def test_the_fetch_asks_whether_more_jobs_wait_from_the_todo_jobs_alone(hookline
             "WHERE status = 'todo' AND id < (SELECT max(id) FROM procrastinate_jobs)"
         )
 
-        seq0, read0 = _job_reads(cur)
+        seq0, read0, idx0 = _job_reads(cur)
         cur.execute(fetch, params, prepare=True)
         assert cur.description is not None
         fetched = dict(zip([d.name for d in cur.description], cur.fetchone() or (), strict=True))
-        seq1, read1 = _job_reads(cur)
+        seq1, read1, idx1 = _job_reads(cur)
         assert fetched["more_waiting"] is False and fetched["claimed"] is True  # the lone job's event claimed with it
         assert (seq1 - seq0, read1 - read0) == (0, 0), "the fetch scanned procrastinate_jobs"
+        assert idx1 - idx0 <= 20, idx1 - idx0  # the fetched job and a few probes, not the finished ones
     hookline_db.rollback()
 
 
