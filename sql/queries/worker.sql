@@ -17,19 +17,8 @@
 -- claim alone: the worker's next durable write (the stored answer, an action's start) flushes the WAL
 -- up to and including it. A Postgres crash within the walwriter's delay can forget the last claims;
 -- their jobs and events are then queued again, as before the claim, and run again.
-WITH more AS (
-    SELECT m.job_id, m.event_id, m.job_attempts
-    FROM hookline.claim_more_jobs(%(job_id)s, %(queue)s, %(task)s, %(more)s) AS m
-), wanted AS (
-    SELECT %(event_id)s::bigint AS event_id, NULL::bigint AS job_id, NULL::integer AS job_attempts
-    UNION ALL
-    SELECT event_id, job_id, job_attempts FROM more
-)
-SELECT w.event_id, w.job_id, w.job_attempts, c.*,
-       CASE WHEN %(pickup)s THEN hookline.job_pickup_seconds(coalesce(w.job_id, %(job_id)s)) END AS pickup_s
-FROM wanted w
-LEFT JOIN hookline.claim_events(ARRAY(SELECT event_id FROM wanted)) c ON c.id = w.event_id
-CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
+-- The statement is a function (migration 0024) so that it is planned once per session, not at every call.
+SELECT * FROM hookline.start_events(%(job_id)s, %(queue)s, %(task)s, %(more)s, %(event_id)s, %(pickup)s);
 
 -- name: fetch_job
 -- procrastinate's own fetch (procrastinate_fetch_job_v2, the columns procrastinate reads), sent by the
@@ -48,32 +37,8 @@ CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commi
 --   claimed is true, and claim_* are start_events' event columns (claim_id NULL: already terminal).
 --   The worker then sends no start_events for it. Such a fetch commits asynchronously, as the claim
 --   always did (see start_events); any other fetch commits as procrastinate's does.
-WITH job AS MATERIALIZED (
-    SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id
-    FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)
-), fetched AS MATERIALIZED (
-    SELECT job.*,
-           job.id IS NULL OR hookline.job_waiting(%(queues)s::varchar[], job.id) AS more_waiting
-    FROM job
-), lone AS MATERIALIZED (
-    SELECT (f.args ->> 'event_id')::bigint AS event_id,
-           set_config('synchronous_commit', 'off', true) AS async_commit
-    FROM fetched f
-    WHERE %(claim)s AND NOT f.more_waiting AND f.task_name = %(task)s
-      AND f.args ? 'event_id' AND NOT f.args ? 'recompute' AND NOT f.args ? 'force_actions'
-), claim AS MATERIALIZED (
-    SELECT c.* FROM hookline.claim_events(ARRAY(SELECT event_id FROM lone)) c
-    WHERE EXISTS (SELECT 1 FROM lone)
-)
-SELECT f.*, EXISTS (SELECT 1 FROM lone) AS claimed,
-       c.id AS claim_id, c.source AS claim_source, c.delivery_id AS claim_delivery_id,
-       c.event_type AS claim_event_type, c.tenant AS claim_tenant, c.ordering_key AS claim_ordering_key,
-       c.occurred_at AS claim_occurred_at, c.payload AS claim_payload, c.attempts AS claim_attempts,
-       c.received_at AS claim_received_at, c.request_id AS claim_request_id, c.answers AS claim_answers,
-       CASE WHEN %(pickup)s AND EXISTS (SELECT 1 FROM lone) THEN hookline.job_pickup_seconds(f.id) END
-           AS claim_pickup_s
-FROM fetched f
-LEFT JOIN claim c ON true;
+-- The statement is a function (migration 0024) so that it is planned once per session, not at every call.
+SELECT * FROM hookline.fetch_job(%(queues)s::varchar[], %(worker_id)s, %(claim)s, %(task)s, %(pickup)s);
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate

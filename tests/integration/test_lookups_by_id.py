@@ -136,6 +136,48 @@ def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_g
     hookline_db.rollback()
 
 
+def _log_reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
+    """procrastinate_events (procrastinate's job event log) in this transaction so far: sequential scans,
+    and rows read by scans of either kind."""
+    row = cur.execute(
+        "SELECT seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+        "WHERE relid = 'procrastinate_events'::regclass"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_the_pickup_delay_reads_the_job_event_log_by_job(hookline_db: psycopg.Connection) -> None:
+    """hookline.job_pickup_seconds, called by start_events and fetch_job when the worker serves metrics,
+    is planned once per session inside them (migration 0024): a plan made while procrastinate's event log
+    was small still reads each job's own rows once the log holds thousands (three rows per job)."""
+    start = queries("worker")["start_events"]
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
+        assert row is not None
+        worker = int(row[0])
+        _add(cur, "early-", 20)
+        cur.execute("ANALYZE procrastinate_jobs, procrastinate_events")  # statistics of a new deployment
+
+        def claim(job: int, event: int, more: int) -> list[tuple[Any, ...]]:
+            params = {"event_id": event, "job_id": job, "queue": jobnames.QUEUE, "task": jobnames.PROCESS_EVENT}
+            return cur.execute(start, {**params, "more": more, "pickup": True}, prepare=True).fetchall()
+
+        for _ in range(8):  # the plans are made now, with a short event log, and stay cached
+            claim(*_hand_over(cur, worker), more=1)
+        _add(cur, "backlog-", BACKLOG)
+        job, event = _hand_over(cur, worker)
+
+        seq0, read0 = _log_reads(cur)
+        rows = claim(job, event, more=9)
+        seq1, read1 = _log_reads(cur)
+        assert len(rows) == 10 and all(r[-1] is not None and r[-1] >= 0 for r in rows)  # every pickup measured
+        assert seq1 == seq0, "the pickup delay scanned procrastinate_events"
+        assert read1 - read0 <= 60, read1 - read0  # a few rows for each of the 10 jobs, not the whole log
+    hookline_db.rollback()
+
+
 def test_the_fetch_asks_whether_more_jobs_wait_from_the_todo_jobs_alone(hookline_db: psycopg.Connection) -> None:
     """fetch_job's more_waiting (hookline.job_waiting, migration 0022) after a burst has drained: the
     statistics say nearly every job waits, the table keeps many finished jobs, nothing else waits (the

@@ -532,7 +532,7 @@ async def test_an_empty_fetch_during_which_a_job_was_announced_is_sent_again(
 
     async def fetch_then_a_job_arrives(self: Any, query: Any, **arguments: Any) -> dict[str, Any]:
         row: dict[str, Any] = await real_fetch(self, query, **arguments)
-        if "procrastinate_fetch_job_v2" in query and not late:  # committed after this fetch's snapshot,
+        if "fetch_job" in query and not late:  # committed after this fetch's snapshot,
             # and its NOTIFY reached the listener while the fetch ran
             late.append(insert_event(db_url, "evt_late"))
             connector._notified = True
