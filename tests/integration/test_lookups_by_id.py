@@ -14,7 +14,7 @@ of it for each claim.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -97,22 +97,32 @@ def _hand_over(cur: psycopg.Cursor[Any], worker: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+class _Claim(Protocol):
+    def __call__(self, job: int, event: int, more: int) -> list[tuple[Any, ...]]: ...
+
+
+def _claimer(cur: psycopg.Cursor[Any], *, pickup: bool) -> tuple[int, _Claim]:
+    """A worker row, and ``claim(job, event, more)``: start_events prepared as the worker's connection
+    prepares it (the batch claim when ``more`` > 0)."""
+    start = queries("worker")["start_events"]
+    row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
+    assert row is not None
+
+    def claim(job: int, event: int, more: int) -> list[tuple[Any, ...]]:
+        params = {"event_id": event, "job_id": job, "queue": jobnames.QUEUE, "task": jobnames.PROCESS_EVENT}
+        return cur.execute(start, {**params, "more": more, "pickup": pickup}, prepare=True).fetchall()
+
+    return int(row[0]), claim
+
+
 def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_grew(
     hookline_db: psycopg.Connection,
 ) -> None:
     """start_events' batch claim (migration 0021), prepared as the worker's connection prepares it."""
-    start = queries("worker")["start_events"]
     hookline_db.autocommit = False
     with hookline_db.cursor() as cur:
-        row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
-        assert row is not None
-        worker = int(row[0])
+        worker, claim = _claimer(cur, pickup=False)
         _add(cur, "early-", 20)  # each event's job is deferred with it
-
-        def claim(job: int, event: int, more: int) -> list[tuple[Any, ...]]:
-            params = {"event_id": event, "job_id": job, "queue": jobnames.QUEUE, "task": jobnames.PROCESS_EVENT}
-            return cur.execute(start, {**params, "more": more, "pickup": False}, prepare=True).fetchall()
-
         for _ in range(8):  # the plan is made now, with a few jobs, and stays cached in this session
             claim(*_hand_over(cur, worker), more=1)
         _add(cur, "backlog-", BACKLOG)
@@ -151,19 +161,11 @@ def test_the_pickup_delay_reads_the_job_event_log_by_job(hookline_db: psycopg.Co
     """hookline.job_pickup_seconds, called by start_events and fetch_job when the worker serves metrics,
     is planned once per session inside them (migration 0024): a plan made while procrastinate's event log
     was small still reads each job's own rows once the log holds thousands (three rows per job)."""
-    start = queries("worker")["start_events"]
     hookline_db.autocommit = False
     with hookline_db.cursor() as cur:
-        row = cur.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id").fetchone()
-        assert row is not None
-        worker = int(row[0])
+        worker, claim = _claimer(cur, pickup=True)
         _add(cur, "early-", 20)
         cur.execute("ANALYZE procrastinate_jobs, procrastinate_events")  # statistics of a new deployment
-
-        def claim(job: int, event: int, more: int) -> list[tuple[Any, ...]]:
-            params = {"event_id": event, "job_id": job, "queue": jobnames.QUEUE, "task": jobnames.PROCESS_EVENT}
-            return cur.execute(start, {**params, "more": more, "pickup": True}, prepare=True).fetchall()
-
         for _ in range(8):  # the plans are made now, with a short event log, and stay cached
             claim(*_hand_over(cur, worker), more=1)
         _add(cur, "backlog-", BACKLOG)
