@@ -249,3 +249,20 @@ def test_counting_a_batch_of_answers_reads_each_call_s_event_by_key(hookline_db:
             ("tokens", "output", 65.0),
         ]
     hookline_db.rollback()
+
+
+def test_the_worker_s_fetch_and_claim_are_planned_once_per_session(hookline_db: psycopg.Connection) -> None:
+    """Prepared as statements, Postgres made a custom plan of the fetch and the claim at every call (their
+    boolean parameters fold in a custom plan, so it always looked cheaper). They are functions planned
+    once per session (migration 0024), and the worker's statements call them."""
+    rows = hookline_db.execute(
+        "SELECT p.proname, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'hookline' AND p.proname IN ('fetch_job', 'start_events') ORDER BY p.proname"
+    ).fetchall()
+    assert [(name, "plan_cache_mode=force_generic_plan" in (config or [])) for name, config in rows] == [
+        ("fetch_job", True),
+        ("start_events", True),
+    ]
+    worker = queries("worker")
+    for name in ("fetch_job", "start_events"):
+        assert worker[name].strip().startswith(f"SELECT * FROM hookline.{name}("), name
