@@ -16,7 +16,8 @@ WITH ins AS (
 SELECT id, true AS inserted FROM ins
 UNION ALL
 SELECT id, false AS inserted FROM hookline.events
-WHERE source = $1 AND delivery_id = $2 AND NOT EXISTS (SELECT 1 FROM ins);
+WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2)  -- the unique index (see find_event)
+  AND NOT EXISTS (SELECT 1 FROM ins);
 
 -- name: store_invalid_event
 -- store_event for a payload that failed its source's JSON Schema with on_invalid = "store": the row
@@ -33,11 +34,15 @@ WITH ins AS (
 SELECT id, true AS inserted FROM ins
 UNION ALL
 SELECT id, false AS inserted FROM hookline.events
-WHERE source = $1 AND delivery_id = $2 AND NOT EXISTS (SELECT 1 FROM ins);
+WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2)  -- the unique index (see find_event)
+  AND NOT EXISTS (SELECT 1 FROM ins);
 
 -- name: find_event
--- The id of an already stored delivery (the duplicate answer).
-SELECT id, status FROM hookline.events WHERE source = $1 AND delivery_id = $2;
+-- The id of an already stored delivery (the duplicate answer). The row comparison repeats the
+-- equalities so that a generic plan made while the table was empty still probes the unique index
+-- (source, delivery_id), not the index on source alone (see hookline.store_events, migration 0025).
+SELECT id, status FROM hookline.events
+WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 
 -- name: reply_state
 -- A synchronous reply: the event's status, and the stored answer of its sync pipeline, claimed for the
@@ -76,48 +81,16 @@ SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
 -- in store_event's column order. One row back per input row that is stored: n (1-based position in
 -- the arrays), id, inserted (false: the delivery already existed, committed before this statement).
 -- An input row missing from the answer conflicted with a delivery committed meanwhile: find_events.
--- Its transaction sets hookline.notify = 'after_commit' (migration 0018) before anything is written,
--- unless a row is a synchronous request ($14): the insert and job_inserted NOTIFYs are then left to
--- notify_events_stored, right after this commit, so this durable commit does not hold Postgres's
--- notification queue lock through its WAL flush. A synchronous request's caller waits for the
--- worker: its batch notifies inside its transaction, and the worker wakes one round trip sooner.
-WITH input AS MATERIALIZED (
-    SELECT *, set_config('hookline.notify',
-                         CASE WHEN true = ANY ($14::boolean[]) THEN 'inline' ELSE 'after_commit' END,
-                         true) AS notify_mode
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::boolean[])
-        WITH ORDINALITY AS i (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-                              headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync, n)
-),
-known AS (
-    -- One unique-index probe per input row, whatever the statistics say: as a plain join, a plan cached
-    -- while the table was empty (a new deployment, before autoanalyze) hash-joined a scan of the whole
-    -- table, slower with every row stored (5.7 ms per 13-row batch at 20,000 rows; 0.15 ms this way).
-    SELECT i.n, e.id
-    FROM input i
-    CROSS JOIN LATERAL (
-        SELECT e.id FROM hookline.events e
-        WHERE e.source = i.source AND e.delivery_id = i.delivery_id
-        LIMIT 1
-    ) AS e
-),
-ins AS (
-    INSERT INTO hookline.events
-        (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-         headers, body, payload, content_type, remote_addr, request_id, priority, respond_sync)
-    SELECT source, delivery_id, event_type, tenant, ordering_key, occurred_at,
-           headers::jsonb, body, payload::jsonb, content_type, remote_addr, request_id, priority, respond_sync
-    FROM input
-    WHERE n NOT IN (SELECT n FROM known)
-    ORDER BY n
-    ON CONFLICT (source, delivery_id) DO NOTHING
-    RETURNING id, source, delivery_id
-)
-SELECT k.n, k.id, false AS inserted FROM known k
-UNION ALL
-SELECT i.n, ins.id, true AS inserted
-FROM ins JOIN input i ON i.source = ins.source AND i.delivery_id = ins.delivery_id;
+-- The statement is hookline.store_events (migration 0025: planned once per session; the body was this
+-- statement). Its transaction sets hookline.notify = 'after_commit' (migration 0018) before anything
+-- is written, unless a row is a synchronous request ($14): the insert and job_inserted NOTIFYs are
+-- then left to notify_events_stored, right after this commit, so this durable commit does not hold
+-- Postgres's notification queue lock through its WAL flush. A synchronous request's caller waits for
+-- the worker: its batch notifies inside its transaction, and the worker wakes one round trip sooner.
+SELECT n, id, inserted
+FROM hookline.store_events($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                           $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[],
+                           $13::int[], $14::boolean[]);
 
 -- name: notify_events_stored
 -- The NOTIFYs a store_events transaction left out (migration 0018), for the ids it stored: sent right
@@ -133,5 +106,6 @@ FROM unnest($1::text[], $2::text[]) AS k (source, delivery_id)
 CROSS JOIN LATERAL (  -- one index probe per key, whatever the statistics say (see store_events)
     SELECT e.source, e.delivery_id, e.id FROM hookline.events e
     WHERE e.source = k.source AND e.delivery_id = k.delivery_id
+      AND (e.source, e.delivery_id) >= (k.source, k.delivery_id)  -- the unique index (see find_event)
     LIMIT 1
 ) AS e;

@@ -309,65 +309,78 @@ async def test_events_stay_stored_and_answered_when_their_wake_ups_cannot_be_sen
     assert messages and all("could not wake listeners: UndefinedFunctionError" in m for m in messages)
 
 
-#: store_events' parameter types, in order (a SQL PREPARE names them; asyncpg infers them).
+#: store_events' parameter types, in order (psycopg cannot tell the type of an array of NULLs).
 _STORE_TYPES = ["text[]"] * 5 + ["timestamptz[]", "text[]", "bytea[]"] + ["text[]"] * 4 + ["int[]", "boolean[]"]
 
 _PLAIN_JOIN = """known AS (
-    SELECT i.n, e.id
-    FROM input i
-    JOIN hookline.events e ON e.source = i.source AND e.delivery_id = i.delivery_id
-),"""
+        SELECT i.n, e.id
+        FROM input i
+        JOIN hookline.events e ON e.source = i.source AND e.delivery_id = i.delivery_id
+    ),"""
 
 
-def _events_scans(node: dict[str, Any]) -> list[str]:
-    """The scan node types over hookline.events anywhere in an EXPLAIN (FORMAT JSON) plan."""
-    found = [str(node["Node Type"])] if node.get("Relation Name") == "events" and "Scan" in node["Node Type"] else []
-    for child in node.get("Plans", []):
-        found += _events_scans(child)
-    return found
+def _reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
+    """hookline.events in this transaction so far: sequential scans, and rows read by scans of any kind."""
+    got = cur.execute(
+        "SELECT seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+        "WHERE relid = 'hookline.events'::regclass"
+    ).fetchone()
+    assert got is not None
+    return int(got[0]), int(got[1])
 
 
-def _cached_plan_after_growth(cur: psycopg.ClientCursor[Any], sql: str, name: str) -> tuple[list[str], Any]:
-    """PREPARE ``sql`` while hookline.events is empty, run it until Postgres keeps a generic plan, store
-    3,000 more events, then EXPLAIN ANALYZE the cached plan with 12 new deliveries and one stored."""
-    cur.execute(f"PREPARE {name}({', '.join(_STORE_TYPES)}) AS {sql}")
-
-    def execute(prefix: str, rows: list[tuple[Any, ...]]) -> str:
-        cols = _columns(_items(*rows))
-        args = ", ".join(f"%s::{t}" for t in _STORE_TYPES)
-        return cur.mogrify(f"{prefix} EXECUTE {name}({args})", cols)
-
-    for i in range(8):  # the first five are custom plans; then Postgres settles on a generic one
-        cur.execute(execute("", [row(f"{name}-early-{i}-{k}") for k in range(13)]))
+def _plan_made_while_empty(cur: psycopg.Cursor[Any], function: str, name: str) -> tuple[int, int]:
+    """Empty hookline.events (inside the test's transaction), call ``function`` (store_events'
+    signature) a few times, as a new deployment's web process does before autoanalyze (its plan is made
+    then, once per session), store 3,000 more events of the same source, then call it with 12 new
+    deliveries and one stored: the sequential scans and the rows of hookline.events that last call read."""
+    cur.execute("TRUNCATE hookline.events CASCADE")  # an empty table, never analyzed; rolled back after
+    sql = f"SELECT * FROM {function}({', '.join(f'%s::{t}' for t in _STORE_TYPES)})"
+    for i in range(8):
+        cur.execute(sql, _columns(_items(*(row(f"{name}-early-{i}-{k}") for k in range(13)))))
     cur.execute(
         "INSERT INTO hookline.events (source, delivery_id, payload) "
         "SELECT 's', %s || i, '{}' FROM generate_series(1, 3000) AS i",
         (f"{name}-bulk-",),
     )
-    batch = [row(f"{name}-late-{k}") for k in range(12)] + [row(f"{name}-bulk-7")]
-    explained = cur.execute(execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)", batch)).fetchone()
-    assert explained is not None
-    plan = explained[0][0]["Plan"]
-    return _events_scans(plan), plan
+    seq0, read0 = _reads(cur)
+    got = cur.execute(sql, _columns(_items(*(row(f"{name}-late-{k}") for k in range(12)), row(f"{name}-bulk-7"))))
+    answers = got.fetchall()
+    seq1, read1 = _reads(cur)
+    assert sorted(inserted for _, _, inserted in answers) == [False] + [True] * 12  # the stored one found
+    return seq1 - seq0, read1 - read0
 
 
-def test_a_plan_cached_while_the_table_was_empty_still_probes_the_index(hookline_db: psycopg.Connection) -> None:
+def _variant(cur: psycopg.Cursor[Any], definition: str, name: str, old: str, new: str) -> str:
+    """hookline.store_events with ``old`` replaced by ``new`` in its body, as function pg_temp.``name``."""
+    assert old in definition
+    cur.execute(definition.replace(old, new).replace("hookline.store_events(", f"pg_temp.{name}(", 1))
+    return f"pg_temp.{name}"
+
+
+def test_a_plan_made_while_the_table_was_empty_still_probes_the_unique_index(hookline_db: psycopg.Connection) -> None:
     """A new deployment starts with an empty events table and no statistics until autoanalyze: the web
-    process's connections cache store_events' plan then, and keep it while the table fills. The lookup
-    of already-stored deliveries must stay one index probe per row (as a plain join, that plan
-    hash-joined a scan of the whole table: 5.7 ms per 13-row batch at 20,000 rows, and growing)."""
+    process's connections plan hookline.store_events then (once per session, migration 0025) and keep
+    the plan while the table fills. The lookup of already-stored deliveries must stay one probe of the
+    (source, delivery_id) index per row, not read every stored event. Two variants of the function show
+    that the test can fail: the lookup as a plain join (it scanned the table: 5.7 ms per 13-row batch at
+    20,000 rows), and the lookup without its row comparison (it probed the index on source alone)."""
     hookline_db.autocommit = False
-    with psycopg.ClientCursor(hookline_db) as cur:
-        cur.execute("SAVEPOINT plain")
-        assert _PLAIN_JOIN not in Q["store_events"]
-        plain, _ = _cached_plan_after_growth(cur, Q["store_events"].replace(_lateral_known(), _PLAIN_JOIN), "plain")
-        cur.execute("ROLLBACK TO SAVEPOINT plain")
-        if "Seq Scan" not in plain:
-            pytest.skip("this Postgres plans the plain join with the index even when the table was empty")
-        scans, plan = _cached_plan_after_growth(cur, Q["store_events"], "probes")
-        assert "Seq Scan" not in scans, scans
-        assert scans and set(scans) <= {"Index Scan", "Index Only Scan"}, scans
-        assert plan["Shared Hit Blocks"] + plan["Shared Read Blocks"] < 400, plan["Shared Hit Blocks"]
+    with hookline_db.cursor() as cur:
+        definition = one(hookline_db, "SELECT pg_get_functiondef('hookline.store_events'::regproc)")
+        start = definition.index("known AS (")
+        lateral = definition[start : definition.rindex("),", start, definition.index("ins AS (", start)) + 2]
+        row_compare = "\n              AND (e.source, e.delivery_id) >= (i.source, i.delivery_id)"
+        plain = _variant(cur, definition, "store_plain", lateral, _PLAIN_JOIN)
+        equalities = _variant(cur, definition, "store_equalities", row_compare, "")
+        for variant in (plain, equalities):
+            cur.execute("SAVEPOINT variant")
+            seq, read = _plan_made_while_empty(cur, variant, "variant")
+            cur.execute("ROLLBACK TO SAVEPOINT variant")
+            assert seq > 0 or read > 1_000, (variant, seq, read)  # the failure this test is there to catch
+        seq, read = _plan_made_while_empty(cur, "hookline.store_events", "probes")
+        assert seq == 0, "the lookup of stored deliveries scanned the table"
+        assert read <= 13, read  # one probe per input row, not the 3,000 rows stored since
         rows = cur.execute(
             "SELECT delivery_id FROM hookline.events WHERE delivery_id LIKE %s OR delivery_id = %s",
             ("probes-late-%", "probes-bulk-7"),
@@ -376,8 +389,31 @@ def test_a_plan_cached_while_the_table_was_empty_still_probes_the_index(hookline
     hookline_db.rollback()
 
 
-def _lateral_known() -> str:
-    """store_events' lookup of stored deliveries, as written in sql/queries/ingest.sql."""
-    text = Q["store_events"]
-    start = text.index("known AS (")
-    return text[start : text.index("),", start) + 2]
+def test_the_duplicate_lookups_probe_the_unique_index_when_planned_on_an_empty_table(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """find_event and find_events (a duplicate's answer), and store_event's and store_invalid_event's
+    lookup of a duplicate: their generic plans, made while the table is empty and never analyzed, must
+    probe the (source, delivery_id) index. With the two equalities alone,
+    Postgres chose the index on source and filtered on delivery_id (checked: the same EXPLAIN without
+    the row comparison names events_source_type_received_idx)."""
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        cur.execute("TRUNCATE hookline.events CASCADE")  # rolled back after
+        cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cur.execute(f"PREPARE one_event(text, text) AS {Q['find_event']}")
+        cur.execute(f"PREPARE some_events(text[], text[]) AS {Q['find_events']}")
+        cur.execute(f"PREPARE store_one AS {Q['store_event']}")  # types as Postgres infers them
+        cur.execute(f"PREPARE store_invalid AS {Q['store_invalid_event']}")
+        values = "'s', 'd', NULL, NULL, NULL, NULL, '{}', '', '{}', 'a', NULL, NULL, 0"
+        for execute in (
+            "EXECUTE one_event('s', 'd')",
+            "EXECUTE some_events(ARRAY['s'], ARRAY['d'])",
+            f"EXECUTE store_one({values}, false)",  # EXPLAIN without ANALYZE: nothing is inserted
+            f"EXECUTE store_invalid({values}, 'why')",
+        ):
+            plan = "\n".join(r[0] for r in cur.execute(f"EXPLAIN {execute}").fetchall())
+            assert "events_source_delivery_id_key" in plan, plan
+            assert "events_source_type_received_idx" not in plan and "Seq Scan on events" not in plan, plan
+        cur.execute("DEALLOCATE ALL")
+    hookline_db.rollback()
