@@ -224,3 +224,15 @@ def rows(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
     return await client.post(url, content=body, headers=dict(headers))
+
+
+def scans_and_reads(cur: psycopg.Cursor[Any], relation: str) -> tuple[int, int]:
+    """``relation`` in the cursor's transaction so far (``pg_stat_xact_user_tables``): sequential scans,
+    and rows read by scans of either kind."""
+    got = cur.execute(
+        "SELECT seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+        "WHERE relid = %s::regclass",
+        (relation,),
+    ).fetchone()
+    assert got is not None
+    return int(got[0]), int(got[1])

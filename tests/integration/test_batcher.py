@@ -12,6 +12,7 @@ import pytest
 
 from app.core import db
 from app.web.batcher import Batcher, Q, _columns, _Item
+from tests.harness import scans_and_reads
 
 
 def row(delivery_id: str, payload: Any = None, ordering_key: str | None = None) -> tuple[Any, ...]:
@@ -319,16 +320,6 @@ _PLAIN_JOIN = """known AS (
     ),"""
 
 
-def _reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
-    """hookline.events in this transaction so far: sequential scans, and rows read by scans of any kind."""
-    got = cur.execute(
-        "SELECT seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-        "WHERE relid = 'hookline.events'::regclass"
-    ).fetchone()
-    assert got is not None
-    return int(got[0]), int(got[1])
-
-
 def _plan_made_while_empty(cur: psycopg.Cursor[Any], function: str, name: str) -> tuple[int, int]:
     """Empty hookline.events (inside the test's transaction), call ``function`` (store_events'
     signature) a few times, as a new deployment's web process does before autoanalyze (its plan is made
@@ -343,10 +334,10 @@ def _plan_made_while_empty(cur: psycopg.Cursor[Any], function: str, name: str) -
         "SELECT 's', %s || i, '{}' FROM generate_series(1, 3000) AS i",
         (f"{name}-bulk-",),
     )
-    seq0, read0 = _reads(cur)
+    seq0, read0 = scans_and_reads(cur, "hookline.events")
     got = cur.execute(sql, _columns(_items(*(row(f"{name}-late-{k}") for k in range(12)), row(f"{name}-bulk-7"))))
     answers = got.fetchall()
-    seq1, read1 = _reads(cur)
+    seq1, read1 = scans_and_reads(cur, "hookline.events")
     assert sorted(inserted for _, _, inserted in answers) == [False] + [True] * 12  # the stored one found
     return seq1 - seq0, read1 - read0
 

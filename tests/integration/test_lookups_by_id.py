@@ -20,6 +20,7 @@ import psycopg
 
 from app.core import jobs as jobnames
 from app.core.sqlfiles import queries
+from tests.harness import scans_and_reads
 
 BACKLOG = 10_000
 
@@ -149,12 +150,7 @@ def test_the_batch_claim_finds_its_jobs_by_primary_key_however_large_the_table_g
 def _log_reads(cur: psycopg.Cursor[Any]) -> tuple[int, int]:
     """procrastinate_events (procrastinate's job event log) in this transaction so far: sequential scans,
     and rows read by scans of either kind."""
-    row = cur.execute(
-        "SELECT seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-        "WHERE relid = 'procrastinate_events'::regclass"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+    return scans_and_reads(cur, "procrastinate_events")
 
 
 def test_the_pickup_delay_reads_the_job_event_log_by_job(hookline_db: psycopg.Connection) -> None:
