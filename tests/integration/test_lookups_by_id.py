@@ -247,6 +247,45 @@ def test_counting_a_batch_of_answers_reads_each_call_s_event_by_key(hookline_db:
     hookline_db.rollback()
 
 
+def test_counting_a_batch_of_finished_events_reads_each_event_s_calls_by_key(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """hookline.count_events_finished (the statement trigger on hookline.events, migration 0026) looks up
+    the pipelines of each finished event's model calls: by llm_calls_event_idx, not by a scan of every
+    stored call, when its plan was made while hookline.llm_calls was nearly empty. It runs once per
+    UPDATE: a statement that finishes nothing reads no model call."""
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        call = (
+            "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request) "
+            "SELECT id, 'triage', 'claude-test', 'succeeded', '{}' FROM unnest(%s::bigint[]) AS id"
+        )
+        finish = "UPDATE hookline.events SET status = 'succeeded' WHERE id = ANY (%s)"
+        few = _add(cur, "early-", 16)
+        cur.execute(call, (few,))
+        for k in range(8):  # the trigger's plan is made now, with a few calls, and stays cached
+            cur.execute(finish, (few[2 * k : 2 * k + 2],), prepare=True)
+        backlog = _add(cur, "backlog-", 3_000)
+        cur.execute(call, (backlog,))
+        batch = backlog[-13:]
+
+        seq0, read0 = scans_and_reads(cur, "hookline.llm_calls")
+        cur.execute("UPDATE hookline.events SET status = 'processing' WHERE id = ANY (%s)", (batch,))
+        seq1, read1 = scans_and_reads(cur, "hookline.llm_calls")
+        assert (seq1 - seq0, read1 - read0) == (0, 0), "a claim looked at the model calls"
+
+        cur.execute(finish, (batch,), prepare=True)
+        seq2, read2 = scans_and_reads(cur, "hookline.llm_calls")
+        assert seq2 == seq1, "counting the finished events scanned hookline.llm_calls"
+        assert read2 - read1 <= 13, read2 - read1  # each event's one call
+        totals = cur.execute(
+            "SELECT pipeline, status, sum(value) FROM hookline.metric_totals WHERE metric = 'events_finished' "
+            "GROUP BY 1, 2"
+        ).fetchall()
+        assert [(p, s, int(v)) for p, s, v in totals] == [("triage", "succeeded", 16 + 13)]
+    hookline_db.rollback()
+
+
 def test_the_worker_s_fetch_and_claim_are_planned_once_per_session(hookline_db: psycopg.Connection) -> None:
     """Prepared as statements, Postgres made a custom plan of the fetch and the claim at every call (their
     boolean parameters fold in a custom plan, so it always looked cheaper). They are functions planned
