@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from app.cli.bench import ROWS, add_cli
+from app.cli.bench import ROWS, add_cli, sync_reply
 from app.cli.bench.database import check_name, with_dbname
 from app.cli.bench.procs import BenchError
 from app.core.settings import Settings
@@ -135,6 +135,8 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
     sync = doc["results"]["sync"]
     assert sync["requests"] == sync["answered"] > 0 and sync["errors"] == 0
     assert {"p50", "p95", "p99"} <= set(sync["added_ms"])
+    # every request's stages were matched up: its reply's event id, the stand-in model's clock, the rows
+    assert all(sync["stages_ms"][name]["p50"] is not None for name, _ in sync_reply.STAGES)
     assert "sync reply added latency" in printed
     # the bench cleans up after itself: its database is gone
     import psycopg

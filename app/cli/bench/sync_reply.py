@@ -2,10 +2,12 @@
 
 A real ``hookline web`` and ``python -m worker`` (child processes) serve a ``respond = "sync"``
 pipeline whose model is a stand-in Messages API in this process that answers after a fixed delay.
-Requests go out at a small fixed concurrency; for each, the client's round trip minus the model call's
-own latency (``hookline.llm_calls.latency_ms``, measured by the worker around the SDK call) is what
-hookline adds: ingest, the job pickup, storing the answer, the NOTIFY back to the waiting request and
-the rendering. Target: p95 ≤ 15 ms on this machine. Reported, never asserted.
+Requests go out at a small fixed concurrency, each built and signed before its clock starts and sent
+on a keep-alive connection over raw asyncio streams (no HTTP client library's own work is counted).
+For each, the client's round trip minus the model call's own latency (``hookline.llm_calls.latency_ms``,
+measured by the worker around the SDK call) is what hookline adds: ingest, the job pickup, storing the
+answer, the NOTIFY back to the waiting request and the rendering. Target: p95 ≤ 15 ms on this machine.
+Reported, never asserted.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-
-import httpx
 
 from app.cli.bench.loadgen import SECRET_ENV, percentile
 from app.cli.bench.plan import Plan
@@ -152,41 +152,44 @@ def run_row(bench: Bench) -> dict[str, Any]:
 
 async def _measure(bench: Bench, port: int, model: StandInModel) -> dict[str, Any]:
     p = bench.plan
-    url = f"http://127.0.0.1:{port}/webhooks/{SOURCE}"
-    limits = httpx.Limits(max_connections=p.sync_concurrency + 2)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        deadline = time.monotonic() + 60
+    path = f"/webhooks/{SOURCE}"
+    deadline = time.monotonic() + 60
+    warm = _Connection(port)
+    try:
         while True:  # the worker is up once a reply carries the answer
-            resp = (await _one(client, url, bench.secret, "warm")).resp
-            if resp.headers.get("x-hookline-reply") == "answer":
+            reply = (await warm.send(_request(port, path, bench.secret, "warm"))).reply
+            if reply.headers.get("x-hookline-reply") == "answer":
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("the worker never answered a sync request within 60 s")
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(p.sync_requests):
-            queue.put_nowait(i)
-        results: list[tuple[float, int, str, int]] = []
-        sent: dict[int, _Sent] = {}
+    finally:
+        warm.close()
+    # Every request is built and signed before its clock starts, and goes out on a keep-alive
+    # connection over raw asyncio streams, as the ingest load generator's do: an HTTP client library's
+    # own work (building the request, parsing the response) is not what hookline adds.
+    requests = [_request(port, path, bench.secret, "sync") for _ in range(p.sync_requests)]
+    queue: asyncio.Queue[_Request] = asyncio.Queue()
+    for r in requests:
+        queue.put_nowait(r)
+    results: list[tuple[float, int, str, int]] = []
+    sent: dict[int, _Sent] = {}
 
-        async def client_loop() -> None:
+    async def client_loop() -> None:
+        conn = _Connection(port)
+        try:
             while not queue.empty():
-                queue.get_nowait()
-                one = await _one(client, url, bench.secret, "sync")
-                elapsed, resp = one.elapsed, one.resp
-                if resp.headers.get("x-hookline-event-id"):
-                    sent[int(resp.headers["x-hookline-event-id"])] = one
-                results.append(
-                    (
-                        elapsed,
-                        int(resp.headers.get("x-hookline-event-id", "0")),
-                        resp.headers.get("x-hookline-reply", ""),
-                        resp.status_code,
-                    )
-                )
+                one = await conn.send(queue.get_nowait())
+                reply = one.reply
+                event_id = int(reply.headers.get("x-hookline-event-id") or 0)
+                if event_id:
+                    sent[event_id] = one
+                results.append((one.elapsed, event_id, reply.headers.get("x-hookline-reply", ""), reply.status))
+        finally:
+            conn.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop() for _ in range(p.sync_concurrency)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(p.sync_concurrency)))
+    wall = time.perf_counter() - started
     model_ms = await _model_latency(bench.db.url, [r[1] for r in results if r[1]])
     added = sorted(r[0] * 1000 - model_ms[r[1]] for r in results if r[2] == "answer" and r[1] in model_ms)
     e2e = sorted(r[0] * 1000 for r in results)
@@ -212,23 +215,63 @@ async def _measure(bench: Bench, port: int, model: StandInModel) -> dict[str, An
 
 
 @dataclass(frozen=True)
+class _Request:
+    raw: bytes  # the whole HTTP/1.1 request, signed
+    marker: str  # its data.n
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+@dataclass(frozen=True)
 class _Sent:
     elapsed: float
-    resp: httpx.Response
+    reply: _Reply
     marker: str  # the request's data.n
     sent_at: float  # epoch s, the clock Postgres and the stand-in model use too (one host)
     done_at: float
 
 
-async def _one(client: httpx.AsyncClient, url: str, secret: str, prefix: str) -> _Sent:
+def _request(port: int, path: str, secret: str, prefix: str) -> _Request:
     marker = uuid.uuid4().hex
     body = json.dumps({"type": "bench.created", "data": {"n": marker}}).encode()
     headers = sign("standard_webhooks", secret=secret, body=body, delivery_id=f"{prefix}-{uuid.uuid4().hex}")
-    headers["content-type"] = "application/json"
-    sent_at, t = time.time(), time.perf_counter()
-    resp = await client.post(url, content=body, headers=headers)
-    elapsed = time.perf_counter() - t
-    return _Sent(elapsed, resp, marker, sent_at, sent_at + elapsed)
+    headers |= {"content-type": "application/json", "content-length": str(len(body)), "host": f"127.0.0.1:{port}"}
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return _Request(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode("latin-1") + body, marker)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection to the web process, one request at a time."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, request: _Request) -> _Sent:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = self._streams
+        sent_at, t = time.time(), time.perf_counter()
+        writer.write(request.raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+        body = await reader.readexactly(int(headers.get("content-length") or 0))
+        elapsed = time.perf_counter() - t
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        reply = _Reply(int(lines[0].split(" ")[1]), headers, body)
+        return _Sent(elapsed, reply, request.marker, sent_at, sent_at + elapsed)
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
 
 
 #: Where the added latency goes, per request (ms), from the client's clock, the event row, the stand-in
