@@ -13,6 +13,9 @@ row waits only while another flush runs), with the same rules:
   queue lock through the whole commit of a notifying transaction, so a durable commit that notified
   made every other notifying commit (ingest, claims, other workers) queue behind its fsync. The rows
   are answered first; a worker that dies in between leaves listeners untold (the rows are stored).
+  A flush holding the answer of a ``respond = "sync"`` pipeline (``store(…, inline=True)``) notifies
+  inside its transaction instead, as ingest does for a batch with a synchronous request: the request
+  waiting for that answer hears of it as the commit ends, one round trip sooner.
 - A row is answered only after that commit, and ``closing`` is marked carried only then (a failed
   write leaves the event to the failure path). A caller cancelled while its row is being written
   (worker shutdown) still learns the outcome first, so it never hands back an event that was finished.
@@ -56,6 +59,7 @@ ROW_ERRORS: tuple[type[BaseException], ...] = (
 class _Item:
     params: Mapping[str, Any]
     fut: asyncio.Future[CallIdRow | None]
+    inline: bool = False  # a synchronous request waits for this row: notify inside the transaction
 
 
 def _plain(value: Any) -> Any:
@@ -81,11 +85,16 @@ class CallWriter(GroupCommit[_Item]):
         self._notify_sql = notify_sql  # notify_after_commit
         self.stats["fallbacks"] = 0  # flushes that fell back to one row at a time
         self.stats["notify_failures"] = 0  # committed batches whose NOTIFYs could not be sent
+        self.stats["notified_after"] = 0  # notify_after_commit statements sent
 
-    async def store(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
-        """Store one call (``insert_call``'s parameters); marks ``closing`` carried once committed."""
+    async def store(
+        self, params: Mapping[str, Any], closing: Closing | None = None, *, inline: bool = False
+    ) -> CallIdRow | None:
+        """Store one call (``insert_call``'s parameters); marks ``closing`` carried once committed.
+        ``inline``: a synchronous request waits for this row, so its flush notifies inside its
+        transaction."""
         fut: asyncio.Future[CallIdRow | None] = asyncio.get_running_loop().create_future()
-        self._add(_Item(params, fut))
+        self._add(_Item(params, fut, inline))
         try:
             row = await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -116,9 +125,10 @@ class CallWriter(GroupCommit[_Item]):
 
     async def _write(self, batch: list[_Item]) -> None:
         async with self._db.pool.connection() as conn:
-            written: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+            written: list[tuple[Mapping[str, Any], dict[str, Any]]] = []  # to notify after the commit
+            inline = any(it.inline for it in batch)  # the statement notifies inside its transaction
             try:
-                rows = await self._insert(conn, [it.params for it in batch])
+                rows = await self._insert(conn, [it.params for it in batch], inline=inline)
             except ROW_ERRORS as e:
                 if len(batch) == 1:
                     self._fail(batch[0], e)
@@ -126,23 +136,26 @@ class CallWriter(GroupCommit[_Item]):
                 self.stats["fallbacks"] += 1
                 for it in batch:  # one statement per row: the rejected one fails alone
                     try:
-                        got = await self._insert(conn, [it.params])
+                        got = await self._insert(conn, [it.params], inline=it.inline)
                     except ROW_ERRORS as e1:
                         self._fail(it, e1)
                     else:
                         it.fut.set_result({"id": got[0]["id"]})
-                        written.append((it.params, got[0]))
+                        if not it.inline:
+                            written.append((it.params, got[0]))
             else:
                 for it, r in zip(batch, rows, strict=True):
                     it.fut.set_result({"id": r["id"]})
-                    written.append((it.params, r))
+                    if not inline:
+                        written.append((it.params, r))
             await self._notify(conn, written)
 
     async def _insert(
-        self, conn: psycopg.AsyncConnection[Any], params: list[Mapping[str, Any]]
+        self, conn: psycopg.AsyncConnection[Any], params: list[Mapping[str, Any]], *, inline: bool
     ) -> list[dict[str, Any]]:
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(self._sql, {"rows": rows_json(params)})
+            notify = "inline" if inline else "after_commit"
+            await cur.execute(self._sql, {"rows": rows_json(params), "notify": notify})
             return await cur.fetchall()
 
     async def _notify(
@@ -163,6 +176,7 @@ class CallWriter(GroupCommit[_Item]):
                 pipelines.append(str(params["pipeline"]))
         if not status_ids and not answer_ids:
             return
+        self.stats["notified_after"] += 1
         try:
             await conn.execute(
                 self._notify_sql,

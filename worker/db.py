@@ -99,11 +99,14 @@ class WorkerDB:
         await self.calls.close()
         await self.pool.close()
 
-    async def store_call(self, params: Mapping[str, Any], closing: Closing | None = None) -> CallIdRow | None:
+    async def store_call(
+        self, params: Mapping[str, Any], closing: Closing | None = None, *, inline: bool = False
+    ) -> CallIdRow | None:
         """``insert_call`` through the group commit; with finish parameters (``closing.params``) the
-        same statement finishes the event, and ``closing`` is marked carried once it committed."""
+        same statement finishes the event, and ``closing`` is marked carried once it committed.
+        ``inline``: a synchronous request waits for this row (its flush notifies inside its transaction)."""
         try:
-            return await self.calls.store(params, closing)
+            return await self.calls.store(params, closing, inline=inline)
         finally:
             if closing is not None and closing.done:
                 self.handover.finished(closing.job_id)

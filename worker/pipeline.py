@@ -68,6 +68,7 @@ async def answer_for(
                 dry=True,
             ),
             closing,
+            inline=pipeline.sync,
         )
         return None, False
     if pipeline.mode == "batch_api":
@@ -105,7 +106,7 @@ async def answer_for(
                 )
             )
         raise err from e
-    await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing)
+    await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing, inline=pipeline.sync)
     return output, False
 
 
@@ -117,13 +118,21 @@ def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextMa
 
 
 async def _store(
-    rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord], closing: Closing | None = None
+    rt: Runtime,
+    event_id: int,
+    pipeline: str,
+    records: list[CallRecord],
+    closing: Closing | None = None,
+    *,
+    inline: bool = False,
 ) -> None:
     """Every round trip of this run, in order, before any action (a limit hold stores none); the
-    last one finishes the event when ``closing`` is given."""
+    last one finishes the event when ``closing`` is given. ``inline``: a synchronous request waits
+    for the answer (its flush notifies inside its transaction)."""
     for i, rec in enumerate(records):
         last = i == len(records) - 1
-        await rt.db.store_call(call_row(event_id, pipeline, rec, closing if last else None), closing if last else None)
+        closes = closing if last else None
+        await rt.db.store_call(call_row(event_id, pipeline, rec, closes), closes, inline=inline and last)
         _observe(rt, rec)
 
 

@@ -90,11 +90,14 @@ SELECT (SELECT id FROM ins) AS id,
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
 -- (NULL when a succeeded call was already stored), and finished (how many events the statement
 -- finished). At most one row per (event_id, pipeline) per call.
--- Its transaction sets hookline.notify = 'after_commit' (migration 0015) before anything is written:
--- the status and answer NOTIFYs are left to notify_after_commit, right after this commit, so this
--- durable commit does not hold Postgres's notification queue lock through its WAL flush.
+-- Its transaction sets hookline.notify = %(notify)s before anything is written. 'after_commit'
+-- (migration 0015): the status and answer NOTIFYs are left to notify_after_commit, right after this
+-- commit, so this durable commit does not hold Postgres's notification queue lock through its WAL
+-- flush. 'inline', for a batch holding the answer of a respond = "sync" pipeline: the row triggers
+-- notify inside the transaction, so the waiting request hears of it as the commit ends, one round
+-- trip sooner (as ingest does for a batch with a synchronous request).
 WITH input AS MATERIALIZED (
-    SELECT *, set_config('hookline.notify', 'after_commit', true) AS notify_mode
+    SELECT *, set_config('hookline.notify', %(notify)s::text, true) AS notify_mode
     FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         n integer, event_id bigint, pipeline text, model text, status text,
         request jsonb, response jsonb, output jsonb, error text,

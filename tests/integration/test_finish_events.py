@@ -221,14 +221,16 @@ def test_the_group_commit_stores_its_calls_then_finishes_its_events_in_one_call(
         for i in range(6):  # plans made now, with a few rows, stay cached in this session
             early = _add(cur, f"early{i}-", 2)
             _start(cur, [j for _, j in early])
-            cur.execute(insert_calls, {"rows": _rows(early, "warm")}, prepare=True)
+            cur.execute(insert_calls, {"rows": _rows(early, "warm"), "notify": "after_commit"}, prepare=True)
         _add(cur, "backlog-", BACKLOG)
         batch = _add(cur, "batch-", 7)
         _start(cur, [j for _, j in batch])
         before = _finished_totals(cur)
         calls0, single0, reads0 = _calls_of(cur, "finish_events"), _calls_of(cur, "finish_event"), _reads(cur)
 
-        out = cur.execute(insert_calls, {"rows": _rows(batch, "triage")}, prepare=True).fetchall()
+        out = cur.execute(
+            insert_calls, {"rows": _rows(batch, "triage"), "notify": "after_commit"}, prepare=True
+        ).fetchall()
 
         assert [r[0] for r in out] == list(range(1, 8)) and all(r[1] is not None for r in out)
         assert {r[2] for r in out} == {7}  # finished: the events the statement finished

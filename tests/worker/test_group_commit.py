@@ -14,7 +14,7 @@ import pytest
 from app.core.status import CallStatus
 from tests.harness import make_settings, rows
 from tests.worker.test_pipeline import insert_event
-from worker.callwriter import rows_json
+from worker.callwriter import CallWriter, rows_json
 from worker.closing import Closing
 from worker.db import Q, WorkerDB
 from worker.llm import CallRecord, call_row
@@ -141,7 +141,7 @@ async def test_listeners_hear_of_a_batch_right_after_its_commit_not_from_inside_
         # the statement on its own is silent; any other writer still notifies inside its transaction
         alone = rows_json([call_row(ids[0], "p", _record(), Closing(ids[0], None, simulated=False))])
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(Q["insert_calls"], {"rows": alone})
+            conn.execute(Q["insert_calls"], {"rows": alone, "notify": "after_commit"})
             conn.execute("UPDATE hookline.events SET status = 'dead' WHERE id = %s", (ids[4],))
         assert await _heard(listener) == [{"op": "status", "id": ids[4], "status": "dead"}]
         # through the writer: every finished event's status, then its answer
@@ -159,3 +159,59 @@ async def test_listeners_hear_of_a_batch_right_after_its_commit_not_from_inside_
         assert db.calls.stats["notify_failures"] == 0
     finally:
         await listener.close()
+
+
+async def test_a_synchronous_request_s_answer_is_announced_inside_its_commit(db_url: str, db: WorkerDB) -> None:
+    """A flush holding the answer a synchronous request waits for (``inline``) notifies inside its
+    transaction, so the request hears of it as the commit ends; the writer sends nothing after it. Shown
+    with the after-commit statement broken: the inline rows are still heard, the ordinary ones are not,
+    alone, in a shared flush and through the one-row-at-a-time fallback."""
+    ids = [insert_event(db_url, f"evt_i{i}") for i in range(9)]
+    writer = CallWriter(db, Q["insert_calls"], "SELECT hookline.no_such_function()", max_flushes=1)
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+
+    def told(*event_ids: int) -> list[dict[str, Any]]:
+        return sorted(
+            [m for i in event_ids for m in ({"op": "status", "id": i, "status": "succeeded"}, _answer(i))], key=str
+        )
+
+    def store(i: int, *, inline: bool, status: str = CallStatus.SUCCEEDED) -> Any:
+        c = Closing(i, None, simulated=False)
+        return writer.store(call_row(i, "p", _record(status), c), c, inline=inline)
+
+    try:
+        await listener.execute("LISTEN hookline_events")
+        # alone
+        await store(ids[0], inline=True)
+        assert sorted(await _heard(listener), key=str) == told(ids[0])
+        assert writer.stats["notified_after"] == writer.stats["notify_failures"] == 0
+        await store(ids[1], inline=False)
+        assert await _heard(listener) == []  # its after-commit statement failed
+        assert writer.stats["notified_after"] == writer.stats["notify_failures"] == 1
+        # one synchronous row in a shared flush: the whole statement notifies inside its transaction
+        busy = asyncio.create_task(store(ids[2], inline=False))  # keeps the one flush busy: the rest queue
+        await asyncio.sleep(0)
+        await asyncio.gather(store(ids[3], inline=False), store(ids[4], inline=True), store(ids[5], inline=False))
+        await busy
+        assert writer.stats["max_batch_seen"] == 3
+        assert sorted(await _heard(listener), key=str) == told(ids[3], ids[4], ids[5])
+        assert writer.stats["notified_after"] == writer.stats["notify_failures"] == 2  # ids[2]'s alone
+        # a rejected row: one statement per row, each synchronous one notifying inside its own
+        busy = asyncio.create_task(store(ids[2], inline=False))  # already answered: nothing to announce
+        await asyncio.sleep(0)
+        results = await asyncio.gather(
+            store(ids[6], inline=True),
+            store(ids[7], inline=False, status="no-such-status"),
+            store(ids[8], inline=False),
+            return_exceptions=True,
+        )
+        await busy
+        assert isinstance(results[1], psycopg.errors.CheckViolation) and writer.stats["fallbacks"] == 1
+        assert sorted(await _heard(listener), key=str) == told(ids[6])
+        assert writer.stats["notified_after"] == writer.stats["notify_failures"] == 4  # ids[2] again, ids[8]
+    finally:
+        await listener.close()
+
+
+def _answer(event_id: int) -> dict[str, Any]:
+    return {"op": "answer", "id": event_id, "pipeline": "p"}

@@ -228,7 +228,7 @@ async def test_the_claim_commits_without_waiting_for_its_wal_flush_and_the_answe
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
         conn.commit()
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)  # that transaction only
-        stored = conn.execute(Q["insert_calls"], {"rows": answer}).fetchall()
+        stored = conn.execute(Q["insert_calls"], {"rows": answer, "notify": "after_commit"}).fetchall()
         assert len(stored) == 1 and stored[0][1] is not None
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
         conn.commit()

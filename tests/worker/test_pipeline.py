@@ -112,6 +112,30 @@ async def test_success_stores_the_call_then_runs_the_action(
     assert "card declined" in prompt
 
 
+@pytest.mark.pipeline(respond="sync", actions=[])
+async def test_the_answer_a_sender_waits_for_is_announced_inside_its_commit(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI
+) -> None:
+    """A ``respond = "sync"`` pipeline's answer goes through the group commit with ``inline``: its flush
+    notifies inside its transaction (worker/callwriter.py), so the waiting request is told one round trip
+    sooner; nothing is sent after the commit."""
+    fake.enqueue(reply(GOOD))
+    event_id = insert_event(db_url, "evt_sync_inline")
+    assert await handle_event(runtime, event_id) == "succeeded"
+    assert calls(db_url, event_id) == ["succeeded"]
+    assert runtime.db.calls.stats["rows"] == 1 and runtime.db.calls.stats["notified_after"] == 0
+
+
+@pytest.mark.pipeline(actions=[])
+async def test_an_answer_nobody_waits_for_is_announced_after_its_commit(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI
+) -> None:
+    fake.enqueue(reply(GOOD))
+    event_id = insert_event(db_url, "evt_async_after")
+    assert await handle_event(runtime, event_id) == "succeeded"
+    assert runtime.db.calls.stats["rows"] == 1 and runtime.db.calls.stats["notified_after"] == 1
+
+
 async def test_the_stored_response_is_the_apis_own_json(
     db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver
 ) -> None:
