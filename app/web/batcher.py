@@ -129,15 +129,25 @@ class Batcher(GroupCommit[_Item]):
         #: memory, wake-ups sent after a commit and those that could not be.
         self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0, "notified_after": 0, "notify_failures": 0}
 
+    def known(self, source: str, delivery_id: str) -> int | None:
+        """The event id of a delivery this process saw committed within ``known_seconds``, else None:
+        a re-send answered with no statement and no lock."""
+        key: Key = (source, delivery_id)
+        known = self._known.get(key)
+        if known is None:
+            return None
+        if time.monotonic() - known[1] < self._known_seconds:
+            self.stats["known_hits"] += 1
+            return known[0]
+        del self._known[key]  # too old to vouch for: ask Postgres again
+        return None
+
     async def insert(self, row: Sequence[Any]) -> Result:
         """Store ``row`` (``insert_event``'s arguments) durably; ``(event_id, duplicate)``."""
         key: Key = (row[0], row[1])
-        known = self._known.get(key)
-        if known is not None:  # committed, and this process saw it: no statement, no lock
-            if time.monotonic() - known[1] < self._known_seconds:
-                self.stats["known_hits"] += 1
-                return known[0], True
-            del self._known[key]  # too old to vouch for: ask Postgres again
+        event_id = self.known(row[0], row[1])
+        if event_id is not None:  # committed, and this process saw it
+            return event_id, True
         first = self._inflight.get(key)
         if first is not None:  # same delivery already on its way: its outcome is ours
             event_id, _ = await asyncio.shield(first)

@@ -257,18 +257,22 @@ async def receive_webhook(request: Request) -> Response:
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
     elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
         delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
-    ordering = state.config.ordering_locators(name)
-    ordering_key = first(_locators(ordering), headers, payload) if ordering else None
     invalid = _schema_violation(src, meta.event_type, payload)
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
-
-    stored = guard.stored_headers(
-        headers, src, ordering, state.stored_header_names, state.settings.stored_header_max_bytes
-    )
     priority, sync = state.routing(name, meta.event_type)
     if invalid is not None:
         sync = None
+    elif sync is None:  # a re-send this process saw committed: answered before its row is even built
+        known = state.batcher.known(name, delivery_id)
+        if known is not None:
+            return _acknowledge(request, name, meta.event_type, known, "duplicate", request_id)
+
+    ordering = state.config.ordering_locators(name)
+    ordering_key = first(_locators(ordering), headers, payload) if ordering else None
+    stored = guard.stored_headers(
+        headers, src, ordering, state.stored_header_names, state.settings.stored_header_max_bytes
+    )
     row = (
         name,
         delivery_id,
@@ -304,30 +308,43 @@ async def receive_webhook(request: Request) -> Response:
         ) from None
     except asyncpg.exceptions.ProgramLimitExceededError:  # a value too large for an index or a row
         raise BadRequest("a value in this request is too large to store (index row limit)") from None
+    if sync is None or event_id is None:
+        return _acknowledge(request, name, meta.event_type, event_id, status, request_id)
+    _note(request, name, meta.event_type, event_id, status, request_id)
+    delivery = Delivery(
+        event_id=event_id,
+        source=name,
+        event_type=meta.event_type,
+        tenant=meta.tenant,
+        occurred_at=meta.occurred_at,
+        payload=payload,
+        duplicate=status == "duplicate",
+        request_id=request_id,
+    )
+    return await sync_reply(request, state, sync, delivery)
+
+
+def _note(request: Request, source: str, event_type: str | None, event_id: int | None, status: str, rid: str) -> None:
+    """The request's outcome for the metrics middleware, and its log line."""
     note_outcome(request.scope, status)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "event %s %s",
             event_id,
             status,
-            extra={"source": name, "event_type": meta.event_type, "event_id": event_id, "request_id": request_id},
+            extra={"source": source, "event_type": event_type, "event_id": event_id, "request_id": rid},
         )
-    if sync is not None and event_id is not None:
-        delivery = Delivery(
-            event_id=event_id,
-            source=name,
-            event_type=meta.event_type,
-            tenant=meta.tenant,
-            occurred_at=meta.occurred_at,
-            payload=payload,
-            duplicate=status == "duplicate",
-            request_id=request_id,
-        )
-        return await sync_reply(request, state, sync, delivery)
+
+
+def _acknowledge(
+    request: Request, source: str, event_type: str | None, event_id: int | None, status: str, rid: str
+) -> Response:
+    """The 2xx of an event stored (or already stored) that no synchronous pipeline answers."""
+    _note(request, source, event_type, event_id, status, rid)
     return Response(
         f'{{"status":"{status}","event_id":{"null" if event_id is None else int(event_id)}}}',
         media_type="application/json",
-        headers={"x-request-id": request_id},
+        headers={"x-request-id": rid},
     )  # json_response's body, formatted directly: both values are ours (a status word, an integer)
 
 

@@ -258,6 +258,24 @@ async def test_payload_schema_rejects_with_422_and_stores_nothing(db_url: str, e
     assert _count(db_url) == 2
 
 
+async def test_a_known_delivery_id_does_not_skip_the_schema(db_url: str, env: None) -> None:
+    """A re-send this web process saw committed is answered before its row is built, but only after its
+    signature and payload checks: the same delivery id with a body that breaks the schema is a 422."""
+    config = _config(schemas={"lead.created": LEAD})
+    good = {"type": "lead.created", "name": "Ada", "email": "ada@example.com"}
+    answers = []
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        for payload in (good, {"type": "lead.created"}, good):
+            body = json.dumps(payload).encode()
+            req = sign_request("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_known")
+            answers.append(await client.post(f"{base}/webhooks/sw", content=req.body, headers=dict(req.headers)))
+    first, bad, again = answers
+    assert first.json()["status"] == "accepted"
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_payload"
+    assert again.json() == {"status": "duplicate", "event_id": first.json()["event_id"]}
+    assert _count(db_url) == 1
+
+
 async def test_payload_schema_with_on_invalid_store_keeps_it_as_skipped(db_url: str, env: None) -> None:
     config = _config(schemas={"*": LEAD}, on_invalid="store")
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
