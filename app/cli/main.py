@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +47,44 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
     from app.web.server import server_config
 
-    config = server_config(
-        "app.web.app:create_app",
-        settings,
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
-    )
+    options: dict[str, Any] = {
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout),
+    }
+    processes = args.processes or settings.web_processes
+    if processes > 1:
+        return _serve_processes(settings, processes, options)
+    config = server_config("app.web.app:create_app", settings, factory=True, **options)
     config.load()  # the app, its config and its templates: then out of the collector's full passes
     freeze_startup_heap()
     uvicorn.Server(config).run()
+    return 0
+
+
+def _serve_processes(settings: Settings, processes: int, options: dict[str, Any]) -> int:
+    """``processes`` web processes on one listening socket, under uvicorn's supervisor: it restarts a
+    process that dies, and on SIGTERM or SIGINT stops them all, each finishing the requests it holds.
+    Their counters meet in prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``: a
+    fresh temporary one unless it is set; a previous run's files in it are removed), so any of them can
+    answer /metrics for all."""
+    from uvicorn.supervisors import Multiprocess
+
+    from app.web.server import server_config
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="hookline-metrics-"))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read by prometheus-client in each child
+    config = server_config("app.web.app:served_app", settings, factory=True, workers=processes, **options)
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -203,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host")
     web.add_argument("--port", type=int)
     web.add_argument("--access-log", action="store_true", help="log every request (off: the ingest path stays lean)")
+    web.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="serve from N processes on the one port (default: HOOKLINE_WEB_PROCESSES, 1)",
+    )
     worker = sub.add_parser("worker", help="run a worker (procrastinate, async concurrency)")
     worker.add_argument("--simulate-model", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check", help="validate hookline.toml and the environment it names")

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         description="Public base URL senders use (e.g. https://hooks.example.com); "
         "URL-bound signatures (Twilio, Square, HubSpot) are checked against it.",
     )
+    web_processes: int = Field(
+        default=1,
+        ge=1,
+        description="Processes `hookline web` runs on its one port (`--processes`; uvicorn's supervisor restarts "
+        "one that dies). Each has its own pool, batches and memory of stored keys; /metrics adds up their "
+        "counters. Every process adds `HOOKLINE_DB_POOL_MAX` + 1 connections to the budget.",
+    )
     db_pool_min: int = Field(default=2, description="Minimum connections of the web process pool.")
     db_pool_max: int = Field(default=10, description="Maximum connections of the web process pool.")
     db_timeout: float = Field(

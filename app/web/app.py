@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.core import migrations
 from app.core.config import Config, load_config
 from app.core.errors import ConfigError, HTTPError
+from app.core.heap import freeze_startup_heap
+from app.core.logs import setup_logging
 from app.core.querynames import IngestQuery
 from app.core.settings import Settings
 from app.core.sqlfiles import NamedQueries
@@ -30,7 +32,7 @@ from app.web import admin
 from app.web.guard import networks
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
-from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, cluster_figures, note_outcome
+from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, Metrics, cluster_figures, note_outcome
 from app.web.openapi import openapi_json
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
@@ -94,9 +96,7 @@ async def metrics(request: Request) -> Response:
         up.add_metric([], 1.0)
     except Exception:
         up.add_metric([], 0.0)
-    waiting = GaugeMetricFamily("hookline_sync_waiting", "Requests waiting for a synchronous reply.")
-    waiting.add_metric([], float(state.listener.waiting()))
-    body = state.metrics.render([*cluster, up, waiting], private=bool(secret))
+    body = state.metrics.render([*cluster, up], private=bool(secret))
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -142,7 +142,10 @@ class IngestRoute:
 _WEBHOOKS = "/webhooks/"
 
 
-def create_app(settings: Settings | None = None, config: Config | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, config: Config | None = None, *, shared_metrics: bool = False
+) -> Starlette:
+    """The web app. ``shared_metrics``: one of several processes behind one port (:func:`served_app`)."""
     settings = settings or Settings()
     try:
         networks(settings.trusted_proxies)
@@ -161,16 +164,25 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             retry_after=settings.retry_after_seconds,
         )
         await holder.open()
-        listener = EventListener(settings.dsn())
+        metrics = Metrics(shared=shared_metrics)
+        listener = EventListener(settings.dsn(), gauge=metrics.sync_waiting)
         if any(p.sync for p in config.pipelines.values()):
             listener.ensure_started()  # connected before the first sync request needs it
-        state = AppState(settings=settings, config=config, db=holder, listener=listener, expected_migrations=expected)
+        state = AppState(
+            settings=settings,
+            config=config,
+            db=holder,
+            metrics=metrics,
+            listener=listener,
+            expected_migrations=expected,
+        )
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))
         try:
             yield {"hookline": state}
         finally:
             await listener.close()
             await holder.close()
+            metrics.close()
 
     return Starlette(
         routes=[
@@ -185,3 +197,14 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error},
         lifespan=lifespan,
     )
+
+
+def served_app() -> Starlette:
+    """uvicorn's factory in each process of ``hookline web --processes N`` (a fresh interpreter, which
+    the parent's set-up did not reach): logging, the app with shared metrics, then the start-up heap
+    frozen (app.core.heap), as ``hookline web`` does for its one process."""
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_format, process="web")
+    app = create_app(settings, shared_metrics=True)
+    freeze_startup_heap()
+    return app

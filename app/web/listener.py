@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Gauge
+
 from app.core import db
 
 log = logging.getLogger("hookline.listener")
@@ -85,8 +87,11 @@ def _setter(flag: asyncio.Event) -> Any:
 
 
 class EventListener:
-    def __init__(self, url: str | None, *, queue_size: int = 1000, max_backoff: float = 10.0) -> None:
+    def __init__(
+        self, url: str | None, *, queue_size: int = 1000, max_backoff: float = 10.0, gauge: Gauge | None = None
+    ) -> None:
         self._url = url
+        self._gauge = gauge  # hookline_sync_waiting: kept as waiters come and go
         self._queue_size = queue_size
         self._max_backoff = max_backoff
         self._waiters: dict[int, set[Waiter]] = {}
@@ -178,9 +183,13 @@ class EventListener:
         self.ensure_started()
         waiter = Waiter(event_id)
         self._waiters.setdefault(event_id, set()).add(waiter)
+        if self._gauge is not None:
+            self._gauge.inc()
         try:
             yield waiter
         finally:
+            if self._gauge is not None:
+                self._gauge.dec()
             waiters = self._waiters.get(event_id)
             if waiters is not None:
                 waiters.discard(waiter)

@@ -12,13 +12,15 @@ label; when it is not set the endpoint is public and drops the ``tenant`` and ``
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.querynames import ObserveQuery
@@ -36,9 +38,16 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class Metrics:
-    """The web process's registry (one per app, so tests can run several apps in one process)."""
+    """The web process's registry (one per app, so tests can run several apps in one process).
 
-    def __init__(self) -> None:
+    ``shared``: one of the processes of ``hookline web --processes N``, whose counters prometheus-client
+    keeps in files under ``PROMETHEUS_MULTIPROC_DIR`` (set by the parent before it starts them): a scrape,
+    whichever process answers it, renders the sum over every process, including those that were
+    replaced. Without it, the registry's own values are this process's.
+    """
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
         self.registry = CollectorRegistry()
         r = self.registry
         self.ingest_requests = Counter(
@@ -71,6 +80,12 @@ class Metrics:
             ["source", "pipeline", "outcome"],
             registry=r,
         )
+        self.sync_waiting = Gauge(
+            "hookline_sync_waiting",
+            "Requests waiting for a synchronous reply.",
+            registry=r,
+            multiprocess_mode="livesum",  # with several web processes: the sum over those alive
+        )
         #: Label children of the two per-request series (sources are configured names or '', outcomes
         #: a fixed set: both bounded).
         self._requests: dict[tuple[str, str], Any] = {}
@@ -101,12 +116,24 @@ class Metrics:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     def render(self, cluster: Iterable[Metric] = (), *, private: bool) -> bytes:
-        families = [*self.registry.collect(), *cluster]
+        families = [*self._own(), *cluster]
         if not private:
             families = [_without(f, PRIVATE_LABELS) for f in families]
         out = CollectorRegistry(auto_describe=False)
         out.register(_Fixed(families))
         return generate_latest(out)
+
+    def _own(self) -> list[Metric]:
+        if not self.shared:
+            return list(self.registry.collect())
+        every = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(every)  # type: ignore[no-untyped-call]  # registers itself; reads the directory
+        return sorted(every.collect(), key=lambda f: f.name)
+
+    def close(self) -> None:
+        """A shared process that stops takes its live gauges out of the sum (its counters stay)."""
+        if self.shared:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class _Fixed:

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -279,19 +282,36 @@ def default_max_connections() -> int:
     return max(10, (soft if soft != resource.RLIM_INFINITY else 65536) - 100)
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
-    """A protocol class carrying ``settings``' limits (uvicorn instantiates it per connection)."""
-    return type(
-        "HooklineProtocol",
-        (GuardedProtocol,),
-        {
-            "header_timeout": settings.header_timeout,
-            "body_timeout": settings.body_timeout,
-            "max_header_bytes": settings.max_header_bytes,
-            "max_headers": settings.max_headers,
-            "max_connections": settings.max_connections or default_max_connections(),
-        },
-    )
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What uvicorn calls to make each connection's protocol: a :class:`GuardedProtocol` carrying
+    ``settings``' limits. A plain value rather than a class made at run time, so that a ``uvicorn.Config``
+    holding it can be pickled to the processes of ``hookline web --processes N``."""
+
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            max_connections=settings.max_connections or default_max_connections(),
+        )
+
+    def __call__(self, **kwargs: Any) -> GuardedProtocol:
+        return _protocol_class(self)(**kwargs)
+
+
+@functools.cache
+def _protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
+    """The protocol class of a set of limits, made once per process."""
+    return type("HooklineProtocol", (GuardedProtocol,), dataclasses.asdict(limits))
 
 
 def server_config(app: Any, settings: Settings, *, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
@@ -302,7 +322,7 @@ def server_config(app: Any, settings: Settings, *, host: str, port: int, **kwarg
         app,
         host=host,
         port=port,
-        http=guarded_protocol(settings),
+        http=ConnectionLimits.of(settings),  # type: ignore[arg-type]  # a protocol factory: uvicorn only calls it
         timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # used as call_later's delay
         proxy_headers=False,  # X-Forwarded-For is read by the app, only from HOOKLINE_TRUSTED_PROXIES
         server_header=False,

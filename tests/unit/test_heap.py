@@ -31,7 +31,16 @@ def serve(self, *args, **kwargs):
 uvicorn.Server.run = serve
 from app.cli.main import cmd_web
 from app.core.settings import Settings
-cmd_web(Settings(), argparse.Namespace(host=None, port=None, access_log=False))
+cmd_web(Settings(), argparse.Namespace(host=None, port=None, access_log=False, processes=None))
+"""
+)
+
+_WEB_CHILD = (
+    _STATE
+    + """
+from app.web.app import served_app
+served_app()  # what each process of `hookline web --processes N` builds (uvicorn's factory)
+state()
 """
 )
 
@@ -59,6 +68,12 @@ def _run(script: str, home: Path) -> dict[str, int]:
 def test_the_web_process_freezes_its_start_up_heap_before_serving(tmp_path: Path) -> None:
     got = _run(_WEB, tmp_path)
     assert got["frozen"] > 10 * got["tracked"]  # a full pass now walks a small fraction of the heap
+    assert got["threshold"] == YOUNG_THRESHOLD
+
+
+def test_each_of_several_web_processes_freezes_its_start_up_heap(tmp_path: Path) -> None:
+    got = _run(_WEB_CHILD, tmp_path)
+    assert got["frozen"] > 10 * got["tracked"]
     assert got["threshold"] == YOUNG_THRESHOLD
 
 
