@@ -156,6 +156,10 @@ def test_quick_floors_and_duplicate_storm(
     assert floors["generator"] == ("wrk" if wrk.available() else "python")
     assert floors["ingest"]["stored"] > 0 and floors["duplicates"]["new_rows"] == 0
     assert floors["db_floor"]["events"] > 0 and floors["ingest_over_db_floor"] > 0
+    two = floors["two_processes"]  # the same load against `hookline web --processes 2` (and the bare route)
+    assert two["processes"] == 2 and two["http_floor"]["ok_rps"] > 0
+    assert two["ingest"]["stored"] > 0 and two["duplicates"]["new_rows"] == 0
+    assert two["ingest"]["errors"] == 0 and two["duplicates"]["errors"] == 0
     storm = doc["results"]["duplicates"]
     assert storm["exact"], storm
     yard = doc["machine"]["yardstick"]  # timed between the rows, with the bench's processes stopped
@@ -164,6 +168,7 @@ def test_quick_floors_and_duplicate_storm(
     assert "machine speed (yardstick, 3 samples between rows)" in printed
     assert storm["statuses"] == {"200": storm["deliveries"]}
     assert "HTTP floor (bare Starlette)" in printed and "duplicate storm" in printed
+    assert "ingest, 2 web processes" in printed
 
 
 def test_the_table_warns_when_the_machines_speed_moved_during_the_run() -> None:

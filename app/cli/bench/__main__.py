@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     bare = sub.add_parser("bare", help="the bare Starlette baseline under uvicorn")
     bare.add_argument("--host", default="127.0.0.1")
     bare.add_argument("--port", type=int, required=True)
+    bare.add_argument("--processes", type=int, default=1, help="uvicorn processes on the port, as hookline web's")
     args = p.parse_args(argv)
     if args.role == "loadgen":
         from app.cli.bench.loadgen import main as loadgen
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from app.cli.bench.bare import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, processes=args.processes)
     return 0
 
 

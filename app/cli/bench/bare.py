@@ -26,7 +26,8 @@ def bare_app() -> Starlette:
     return Starlette(routes=[Route("/webhooks/{source}", _receive, methods=["POST", "GET"])])
 
 
-def serve(host: str, port: int, shutdown_timeout: float = 5.0) -> None:
+def serve(host: str, port: int, shutdown_timeout: float = 5.0, *, processes: int = 1) -> None:
+    """``processes`` > 1: that many on the port under uvicorn's supervisor, as ``hookline web --processes``."""
     import uvicorn
 
     uvicorn.run(
@@ -40,4 +41,5 @@ def serve(host: str, port: int, shutdown_timeout: float = 5.0) -> None:
         proxy_headers=True,
         server_header=False,
         log_level="warning",
+        workers=processes,
     )

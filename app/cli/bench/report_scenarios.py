@@ -50,6 +50,23 @@ def scenario_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"{gen}; p50 {_f(d['latency_ms'].get('p50'), 2)} ms; {_f(d['new_rows'])} new rows",
             )
             add("duplicates / ingest", _f(r["duplicates_over_ingest"], 2), "ratio", "target ≥ 1.5")
+            two = r.get("two_processes")
+            if two:
+                n = two["processes"]
+                for label, x, one in (
+                    ("HTTP floor", two["http_floor"], h),
+                    ("ingest", two["ingest"], i),
+                    ("duplicate re-send", two["duplicates"], d),
+                ):
+                    times = x["ok_rps"] / one["ok_rps"] if one["ok_rps"] and x["ok_rps"] is not None else None
+                    add(
+                        f"{label}, {n} web processes",
+                        _f(x["ok_rps"], 0),
+                        "req/s",
+                        f"{_f(times, 2)} × one process; p50 {_f(x['latency_ms'].get('p50'), 2)} ms"
+                        + (f"; stored {_f(x['stored'])}" if "stored" in x else "")
+                        + (f"; {_f(x['new_rows'])} new rows" if "new_rows" in x else ""),
+                    )
         elif key == "ack":
             for x in r["rates"]:
                 add(

@@ -159,38 +159,63 @@ def _load(
 
 def floors(bench: Bench) -> dict[str, Any]:
     p = bench.plan
-    bare_port, web_port = free_port(), free_port()
     bench.out(f"floors: load generator {'wrk' if wrk.available() else 'python (wrk not installed)'} …")
-    bare = bench.children.start("bare", ["-m", "app.cli.bench", "bare", "--port", str(bare_port)], bench.env())
-    web = bench.children.start(
-        "web", ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(web_port)], bench.env()
-    )
-    wait_http(bench.children, "bare", f"http://127.0.0.1:{bare_port}/webhooks/{phases.SOURCE}")
-    http_floor = _load(bench, "floor-bare", bare_port, prefix="fb", count=2000, cycle=True, pid=bare.pid)
-    bench.children.stop("bare")
-    wait_http(bench.children, "web", f"http://127.0.0.1:{web_port}/readyz")
-    count = int((p.duration + p.warmup) * 6000) + 1000
-    ingest = _load(bench, "floor-ingest", web_port, prefix="fi", count=count, cycle=False, pid=web.pid)
-    time.sleep(1.0)  # requests in flight when the load generator stopped still commit
-    stored = asyncio.run(_count(bench.db.url, "fi-%"))
-    stored_ids = asyncio.run(_stored(bench.db.url, "fi"))[:2000]  # re-send what is stored, nothing else
-    dups = _load(bench, "floor-dup", web_port, prefix="fi", count=0, cycle=True, pid=web.pid, only=stored_ids)
-    time.sleep(1.0)
-    stored_after = asyncio.run(_count(bench.db.url, "fi-%"))
-    bench.children.stop("web")
+    one = _servers(bench, processes=1, prefix="fi")
+    two = _servers(bench, processes=2, prefix="fj")
     bench.out("floors: DB floor (store_events from asyncpg, batched) …")
     dbf = asyncio.run(db_floor(bench.db.url, seconds=max(1.0, p.duration / 2)))
-    rate = ingest["ok_rps"]
+    rate = one["ingest"]["ok_rps"]
+    return one | {
+        "generator": one["http_floor"].get("generator"),
+        "db_floor": dbf,
+        "ingest_over_db_floor": rate / dbf["events_per_s"] if dbf["events_per_s"] else None,
+        "duplicates_over_ingest": one["duplicates"]["ok_rps"] / rate if rate else None,
+        "concurrency": p.concurrency,
+        "two_processes": two,
+    }
+
+
+def _servers(bench: Bench, *, processes: int, prefix: str) -> dict[str, Any]:
+    """The HTTP floor (the bare route), then hookline's ingest of new deliveries PREFIX-i and the
+    duplicate re-send of those stored, each server with ``processes`` processes on its port
+    (``hookline web --processes``; the bare route under the same uvicorn supervisor)."""
+    p = bench.plan
+    bare_port, web_port = free_port(), free_port()
+    many = ["--processes", str(processes)] if processes > 1 else []
+    if many:
+        bench.out(f"floors: again with {processes} web processes …")
+    bare = bench.children.start(
+        f"bare{processes}", ["-m", "app.cli.bench", "bare", "--port", str(bare_port), *many], bench.env()
+    )
+    web = bench.children.start(
+        f"web{processes}",
+        ["-m", "app.cli", "web", "--host", "127.0.0.1", "--port", str(web_port), *many],
+        bench.env(),
+    )
+    wait_http(bench.children, f"bare{processes}", f"http://127.0.0.1:{bare_port}/webhooks/{phases.SOURCE}")
+    http_floor = _load(bench, f"floor-bare{processes}", bare_port, prefix="fb", count=2000, cycle=True, pid=bare.pid)
+    bench.children.stop(f"bare{processes}")
+    wait_http(bench.children, f"web{processes}", f"http://127.0.0.1:{web_port}/readyz")
+    count = int((p.duration + p.warmup) * 6000) + 1000
+    ingest = _load(bench, f"floor-ingest{processes}", web_port, prefix=prefix, count=count, cycle=False, pid=web.pid)
+    time.sleep(1.0)  # requests in flight when the load generator stopped still commit
+    stored = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
+    stored_ids = asyncio.run(_stored(bench.db.url, prefix))[:2000]  # re-send what is stored, nothing else
+    dups = _load(
+        bench, f"floor-dup{processes}", web_port, prefix=prefix, count=0, cycle=True, pid=web.pid, only=stored_ids
+    )
+    time.sleep(1.0)
+    stored_after = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
+    bench.children.stop(f"web{processes}")
+    if many:
+        for r in (http_floor, ingest, dups):
+            r.pop("server_cpu_pct_of_core", None)  # the supervisor's, not its children's
     return {
-        "generator": http_floor.get("generator"),
+        "processes": processes,
         "http_floor": http_floor,
         "ingest": ingest | {"stored": stored},
         "duplicates": dups | {"new_rows": stored_after - stored},
-        "db_floor": dbf,
-        "ingest_over_http_floor": rate / http_floor["ok_rps"] if http_floor["ok_rps"] else None,
-        "ingest_over_db_floor": rate / dbf["events_per_s"] if dbf["events_per_s"] else None,
-        "duplicates_over_ingest": dups["ok_rps"] / rate if rate else None,
-        "concurrency": p.concurrency,
+        "ingest_over_http_floor": ingest["ok_rps"] / http_floor["ok_rps"] if http_floor["ok_rps"] else None,
     }
 
 
