@@ -214,6 +214,16 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if result.dead else 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is fewer than one process")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--access-log", action="store_true", help="log every request (off: the ingest path stays lean)")
     web.add_argument(
         "--processes",
-        type=int,
+        type=_at_least_one,
         metavar="N",
         help="serve from N processes on the one port (default: HOOKLINE_WEB_PROCESSES, 1)",
     )

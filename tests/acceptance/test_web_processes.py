@@ -21,6 +21,7 @@ import httpx
 import pytest
 from uvicorn.server import ServerState
 
+from app.cli.main import build_parser
 from app.core.settings import Settings
 from app.signatures import sign
 from app.web.server import GuardedProtocol, server_config
@@ -159,3 +160,11 @@ def test_two_processes_share_one_port_survive_a_killed_child_and_count_together(
         if web.poll() is None:
             web.kill()
             web.wait(10)
+
+
+@pytest.mark.parametrize("given", ["0", "-2", "two"])
+def test_fewer_than_one_process_is_refused_with_a_clear_message(given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["web", "--processes", given])
+    assert "argument --processes:" in capsys.readouterr().err
+    assert build_parser().parse_args(["web", "--processes", "3"]).processes == 3
