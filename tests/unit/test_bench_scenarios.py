@@ -105,6 +105,33 @@ def _results() -> dict[str, Any]:
             ]
         },
         "duplicates": {"error": "BenchError: boom", "traceback": "", "logs": {}},
+        "floors": _floors(),
+    }
+
+
+def _floors() -> dict[str, Any]:
+    lat = {"p50": 1.0, "p90": 2.0, "p99": 3.0}
+
+    def run(rps: float, **extra: Any) -> dict[str, Any]:
+        return {"ok_rps": rps, "latency_ms": lat, "errors": 0} | extra
+
+    return {
+        "generator": "wrk",
+        "concurrency": 32,
+        "http_floor": run(8000.0),
+        "ingest": run(2000.0, stored=16000),
+        "duplicates": run(4000.0, new_rows=0),
+        "db_floor": {"events_per_s": 20000.0, "connections": 4, "batch": 200, "wal_bytes_per_event": 2600},
+        "ingest_over_http_floor": 0.25,
+        "ingest_over_db_floor": 0.1,
+        "duplicates_over_ingest": 2.0,
+        "two_processes": {
+            "processes": 2,
+            "http_floor": run(12000.0),
+            "ingest": run(3000.0, stored=24000),
+            "duplicates": run(6000.0, new_rows=0),
+            "ingest_over_http_floor": 0.25,
+        },
     }
 
 
@@ -122,9 +149,19 @@ def test_report_rows_and_chart(tmp_path: Path) -> None:
     assert "Postgres" not in notes["scale, 2 dry-run worker(s)"]
     assert notes["ack at 500 req/s, web only"].endswith("no worker running; target p99 ≤ 10 ms at 500")
     assert {"metric": "duplicates", "value": "FAILED", "unit": "", "notes": "BenchError: boom"} in rows
+    assert notes["ingest, 2 web processes"] == "1.50 × one process; p50 1.00 ms; stored 24,000"
+    assert notes["duplicate re-send, 2 web processes"] == "1.50 × one process; p50 1.00 ms; 0 new rows"
+    assert notes["HTTP floor, 2 web processes"] == "1.50 × one process; p50 1.00 ms"
     line = draw({"results": _results(), "started_at": "2026-01-01T00:00:00"}, tmp_path / "c.png")
     assert line == f"chart written to {tmp_path / 'c.png'}"
-    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (tmp_path / "c.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 1700  # three panels: workers, web processes, ack latency
+    web_only = {"floors": _floors()}
+    assert draw({"results": web_only}, tmp_path / "w.png") == f"chart written to {tmp_path / 'w.png'}"
+    without = {k: v for k, v in _results().items() if k != "floors"}
+    draw({"results": without}, tmp_path / "two.png")
+    assert int.from_bytes((tmp_path / "two.png").read_bytes()[16:20], "big") == 1200
     assert draw({"results": {}}, tmp_path / "none.png").startswith("chart: nothing to draw")
 
 

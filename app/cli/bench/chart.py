@@ -1,4 +1,4 @@
-"""The bench's PNG: throughput against processes, and ack latency against offered rate.
+"""The bench's PNG: worker and web throughput against processes, and ack latency against offered rate.
 
 matplotlib is optional (``pip install 'hookline[bench]'``); without it the chart is skipped and the
 bench says so. The figure is drawn headless (Agg backend).
@@ -16,8 +16,9 @@ def draw(doc: dict[str, Any], path: Path) -> str:
     scale = (results.get("scale") or {}).get("steps") or []
     worker_runs = (results.get("worker") or {}).get("runs") or []
     rates = (results.get("ack") or {}).get("rates") or []
-    if not (scale or rates or worker_runs):
-        return "chart: nothing to draw (run the scale, worker or ack scenarios)"
+    web = _web_processes(results.get("floors") or {})
+    if not (scale or rates or worker_runs or web):
+        return "chart: nothing to draw (run the scale, worker, ack or floors scenarios)"
     try:
         import matplotlib
 
@@ -25,7 +26,18 @@ def draw(doc: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "chart: skipped (matplotlib is not installed; pip install 'hookline[bench]')"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    if web:
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
+        for label, style in (("ingest", "o-"), ("duplicate re-send", "s--"), ("bare route (HTTP floor)", "^:")):
+            middle.plot(*zip(*web[label], strict=True), style, label=label)
+        middle.set_xticks(sorted({n for points in web.values() for n, _ in points}))
+        middle.set_xlabel("web processes on the port")
+        middle.set_ylabel("req/s")
+        middle.set_title("Web throughput against processes (wrk)")
+        middle.grid(True, alpha=0.3)
+        middle.legend()
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     if scale:
         xs = [s["processes"] for s in scale]
         left.plot(xs, [s["events_per_s"] or 0 for s in scale], "o-", label="dry-run worker (c=10 each)")
@@ -73,3 +85,19 @@ def draw(doc: dict[str, Any], path: Path) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"chart written to {path}"
+
+
+def _web_processes(floors: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """(processes, req/s) of the floors row's one- and two-process runs; empty when it has no second run."""
+    two = floors.get("two_processes")
+    if not two or "error" in floors:
+        return {}
+    runs = [(1, floors), (two["processes"], two)]
+    return {
+        label: [(n, float(r[key]["ok_rps"] or 0)) for n, r in runs]
+        for label, key in (
+            ("ingest", "ingest"),
+            ("duplicate re-send", "duplicates"),
+            ("bare route (HTTP floor)", "http_floor"),
+        )
+    }
