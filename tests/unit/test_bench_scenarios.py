@@ -193,6 +193,11 @@ def test_quick_floors_and_duplicate_storm(
     assert floors["generator"] == ("wrk" if wrk.available() else "python")
     assert floors["ingest"]["stored"] > 0 and floors["duplicates"]["new_rows"] == 0
     assert floors["db_floor"]["events"] > 0 and floors["ingest_over_db_floor"] > 0
+    if floors["generator"] == "wrk":  # measured from wrk's first request, with the supervisor's children
+        assert floors["ingest"]["server_cpu_pct_of_core"] > 0
+        # the window starts at wrk's init (its script loaded), so it is wrk's -d, give or take its exit
+        assert abs(floors["ingest"]["cpu_window_s"] - max(1, round(doc["options"]["duration"]))) < 1.0, floors["ingest"]
+        assert floors["two_processes"]["ingest"]["server_cpu_pct_of_core"] > 0
     two = floors["two_processes"]  # the same load against `hookline web --processes 2` (and the bare route)
     assert two["processes"] == 2 and two["http_floor"]["ok_rps"] > 0
     assert two["ingest"]["stored"] > 0 and two["duplicates"]["new_rows"] == 0

@@ -155,16 +155,29 @@ async def _connection(run: _Run, port: int) -> None:
                 await writer.wait_closed()
 
 
-def cpu_snapshot(pid: int | None) -> tuple[float, float, float, float] | None:
-    """(process CPU s, own CPU s, machine busy s, machine total s) from /proc; None where unavailable."""
+def _stat(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_snapshot(pid: int | None, *, children: bool = False) -> tuple[float, float, float, float] | None:
+    """(process CPU s, own CPU s, machine busy s, machine total s) from /proc; None where unavailable.
+    ``children``: the process's CPU plus that of its live children (a supervisor's server processes)."""
     try:
         with open("/proc/stat") as f:
             ticks = [int(x) for x in f.readline().split()[1:]]
         proc = 0
         if pid:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
             proc = int(fields[11]) + int(fields[12])  # utime + stime
+        if pid and children:
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                with contextlib.suppress(OSError):
+                    child = _stat(entry)
+                    if int(child[1]) == pid:  # ppid
+                        proc += int(child[11]) + int(child[12])
     except (OSError, ValueError, IndexError):
         return None
     hz = float(os.sysconf("SC_CLK_TCK"))

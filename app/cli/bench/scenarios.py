@@ -119,6 +119,7 @@ def _load(
     cycle: bool,
     pid: int,
     only: list[int] | None = None,
+    children: bool = False,
 ) -> dict[str, Any]:
     """``count`` requests PREFIX-0 …, or exactly the PREFIX-i of ``only`` (with wrk: python needs a range)."""
     p = bench.plan
@@ -136,9 +137,7 @@ def _load(
         )
         if only is not None:
             reqs = [reqs[i] for i in only]
-        cpu_a = cpu_snapshot(pid)
-        t0 = time.perf_counter()
-        r = wrk.run(
+        return wrk.run(
             port=port,
             path=f"/webhooks/{phases.SOURCE}",
             requests=reqs,
@@ -146,11 +145,9 @@ def _load(
             duration=p.duration,
             workdir=bench.workdir,
             name=name,
+            server_pid=pid,
+            server_children=children,
         )
-        cpu_b = cpu_snapshot(pid)
-        wall = time.perf_counter() - t0
-        r["server_cpu_pct_of_core"] = round(100 * (cpu_b[0] - cpu_a[0]) / wall, 1) if cpu_a and cpu_b else None
-        return r
     r = bench.loadgen(
         name, port, count=count, prefix=prefix, duration=p.duration, warmup=p.warmup, cycle=cycle, server_pid=pid
     )
@@ -193,23 +190,46 @@ def _servers(bench: Bench, *, processes: int, prefix: str) -> dict[str, Any]:
         bench.env(),
     )
     wait_http(bench.children, f"bare{processes}", f"http://127.0.0.1:{bare_port}/webhooks/{phases.SOURCE}")
-    http_floor = _load(bench, f"floor-bare{processes}", bare_port, prefix="fb", count=2000, cycle=True, pid=bare.pid)
+    http_floor = _load(
+        bench,
+        f"floor-bare{processes}",
+        bare_port,
+        prefix="fb",
+        count=2000,
+        cycle=True,
+        pid=bare.pid,
+        children=bool(many),
+    )
     bench.children.stop(f"bare{processes}")
     wait_http(bench.children, f"web{processes}", f"http://127.0.0.1:{web_port}/readyz")
     count = int((p.duration + p.warmup) * 6000) + 1000
-    ingest = _load(bench, f"floor-ingest{processes}", web_port, prefix=prefix, count=count, cycle=False, pid=web.pid)
+    ingest = _load(
+        bench,
+        f"floor-ingest{processes}",
+        web_port,
+        prefix=prefix,
+        count=count,
+        cycle=False,
+        pid=web.pid,
+        children=bool(many),
+    )
     time.sleep(1.0)  # requests in flight when the load generator stopped still commit
     stored = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
     stored_ids = asyncio.run(_stored(bench.db.url, prefix))[:2000]  # re-send what is stored, nothing else
     dups = _load(
-        bench, f"floor-dup{processes}", web_port, prefix=prefix, count=0, cycle=True, pid=web.pid, only=stored_ids
+        bench,
+        f"floor-dup{processes}",
+        web_port,
+        prefix=prefix,
+        count=0,
+        cycle=True,
+        pid=web.pid,
+        only=stored_ids,
+        children=bool(many),
     )
     time.sleep(1.0)
     stored_after = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
     bench.children.stop(f"web{processes}")
-    if many:
-        for r in (http_floor, ingest, dups):
-            r.pop("server_cpu_pct_of_core", None)  # the supervisor's, not its children's
     return {
         "processes": processes,
         "http_floor": http_floor,

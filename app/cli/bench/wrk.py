@@ -11,8 +11,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+from app.cli.bench.loadgen import cpu_snapshot, cpu_usage
 
 _CHUNK = 4000  # requests per Lua function (LuaJIT caps constants per function)
 
@@ -22,7 +25,9 @@ def available() -> str | None:
     return shutil.which("wrk")
 
 
-def lua_script(requests: list[bytes]) -> str:
+def lua_script(requests: list[bytes], *, started: Path | None = None) -> str:
+    """The script handing out ``requests`` in turn; with ``started``, wrk's ``init`` (called once the
+    script is loaded, just before the timed run) creates that file."""
     out = ["local r = {}"]
     for start in range(0, len(requests), _CHUNK):
         out.append("do local function f()")
@@ -31,6 +36,9 @@ def lua_script(requests: list[bytes]) -> str:
     out.append('for k = 1, #r do r[k] = r[k]:gsub("\\n", "\\r\\n") end')
     out.append("local i, n = 0, #r")
     out.append("request = function() i = i + 1; if i > n then i = 1 end; return r[i] end")
+    if started is not None:
+        assert "]====]" not in str(started)
+        out.append(f"init = function(args) local f = io.open([====[{started}]====], 'w'); if f then f:close() end end")
     return "\n".join(out) + "\n"
 
 
@@ -78,14 +86,28 @@ def parse(output: str, duration: float) -> dict[str, Any]:
 
 
 def run(
-    *, port: int, path: str, requests: list[bytes], concurrency: int, duration: float, workdir: Path, name: str
+    *,
+    port: int,
+    path: str,
+    requests: list[bytes],
+    concurrency: int,
+    duration: float,
+    workdir: Path,
+    name: str,
+    server_pid: int | None = None,
+    server_children: bool = False,
 ) -> dict[str, Any]:
-    """One wrk run against 127.0.0.1:``port``; raises if wrk is missing or fails."""
+    """One wrk run against 127.0.0.1:``port``; raises if wrk is missing or fails.
+
+    With ``server_pid``, the server's CPU (with its children's: ``server_children``) is measured from the
+    moment wrk starts sending to its exit, not while it loads its script (seconds, for a long list)."""
     exe = available()
     if exe is None:
         raise RuntimeError("wrk is not installed")
     script = workdir / f"{name}.lua"
-    script.write_text(lua_script(requests), encoding="latin-1")
+    started = workdir / f"{name}.started"
+    started.unlink(missing_ok=True)
+    script.write_text(lua_script(requests, started=started), encoding="latin-1")
     argv = [
         exe,
         "-t1",
@@ -98,9 +120,27 @@ def run(
         str(script),
         f"http://127.0.0.1:{port}{path}",
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()[:300]}")
-    result = parse(done.stdout, duration)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        cpu_a, t_a = cpu_snapshot(server_pid, children=server_children), time.perf_counter()
+        stdout, stderr = proc.communicate(timeout=duration + 120)
+        cpu_b, t_b = cpu_snapshot(server_pid, children=server_children), time.perf_counter()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}: {stderr.strip()[:300]}")
+    result = parse(stdout, duration)
     result |= {"pool_size": len(requests), "pool_wrapped": result["requests"] > len(requests)}
+    if server_pid is not None:
+        usage = cpu_usage(cpu_a, cpu_b, t_b - t_a)
+        result |= {
+            "server_cpu_pct_of_core": usage["server_pct_of_core"],
+            "machine_busy_pct": usage["machine_busy_pct"],
+            "cpu_window_s": round(t_b - t_a, 3),  # wrk's own run: from its first request to its exit
+        }
     return result
