@@ -66,25 +66,25 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def _serve_processes(settings: Settings, processes: int, options: dict[str, Any]) -> int:
     """``processes`` web processes on one listening socket, under uvicorn's supervisor: it restarts a
     process that dies, and on SIGTERM or SIGINT stops them all, each finishing the requests it holds.
-    Their counters meet in prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``: a
-    fresh temporary one unless it is set; a previous run's files in it are removed), so any of them can
-    answer /metrics for all."""
-    from uvicorn.supervisors import Multiprocess
-
-    from app.web.server import server_config
+    Their counters meet in prometheus-client's multiprocess files, in a directory of this run's own
+    (made inside ``PROMETHEUS_MULTIPROC_DIR`` if it is set, else in the system's temporary directory,
+    and removed at exit), so any of them can answer /metrics for all, and two runs given the same
+    directory never mix or clear each other's files."""
+    from app.web.metrics import forget_process
+    from app.web.server import Supervisor, server_config
 
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="hookline-metrics-"))
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    for stale in metrics_dir.glob("*.db"):
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read by prometheus-client in each child
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+    metrics_dir = tempfile.mkdtemp(prefix="hookline-metrics-", dir=given or None)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus-client in each child
     config = server_config("app.web.app:served_app", settings, factory=True, workers=processes, **options)
     try:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Supervisor(config, [config.bind_socket()], on_exit=forget_process).run()
     finally:
-        if not given:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if given:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = given
     return 0
 
 

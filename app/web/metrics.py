@@ -136,6 +136,12 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def forget_process(pid: int) -> None:
+    """Take a shared process that ended without closing (killed, or hung and killed by its supervisor)
+    out of the live gauges' sum; its counters and histograms keep counting."""
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 class _Fixed:
     def __init__(self, families: list[Metric]) -> None:
         self._families = families

@@ -26,12 +26,15 @@ import dataclasses
 import functools
 import logging
 import resource
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 from app.core.settings import Settings
 
@@ -328,3 +331,21 @@ def server_config(app: Any, settings: Settings, *, host: str, port: int, **kwarg
         server_header=False,
         **kwargs,
     )
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of ``hookline web --processes N`` (what ``uvicorn --workers`` runs), which
+    also says when a process it started is gone without stopping cleanly: killed, or hung and killed
+    by it. ``on_exit`` gets that process's pid (a process that stops cleanly cleans up after itself)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, on_exit: Callable[[int], None]) -> None:
+        super().__init__(config, sockets)
+        self._on_exit = on_exit
+
+    def keep_subprocess_alive(self) -> None:
+        before = [process.pid for process in self.processes]
+        super().keep_subprocess_alive()
+        kept = {process.pid for process in self.processes}
+        for pid in before:
+            if pid is not None and pid not in kept:
+                self._on_exit(pid)

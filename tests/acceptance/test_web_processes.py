@@ -2,7 +2,8 @@
 
 A real ``hookline web`` with its children: every delivery is stored whichever process takes it, a child
 killed with SIGKILL is replaced while the other keeps serving, /metrics counts what every process
-answered (those that were replaced included), and SIGTERM stops them all.
+answered (those that were replaced included) but no longer the killed one's live gauge, and SIGTERM
+stops them all. Their metrics files live in a directory of the run's own, inside the one given.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def test_two_processes_share_one_port_survive_a_killed_child_and_count_together(
     toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    (metrics_dir / "counter_1.db").write_bytes(b"left over from an earlier run")  # must be cleared at start
+    stale = metrics_dir / "counter_1.db"
+    stale.write_bytes(b"another run's file")  # not this run's: neither read (it would fail /metrics) nor removed
     port = free_port()
     env = {
         **os.environ,
@@ -133,6 +135,9 @@ def test_two_processes_share_one_port_survive_a_killed_child_and_count_together(
         _wait("the web processes", ready, timeout=120)
         _wait("two children", lambda: len(_children(web.pid)) == 2)
         first = _children(web.pid)
+        (own,) = [path for path in metrics_dir.iterdir() if path.is_dir()]  # this run's own directory
+        assert own.name.startswith("hookline-metrics-")
+        _wait("both children's metrics", lambda: all((own / f"gauge_livesum_{pid}.db").exists() for pid in first))
 
         assert _send(port, 30, 0) == [200] * 30
         assert _accepted(port) == 30.0
@@ -144,6 +149,9 @@ def test_two_processes_share_one_port_survive_a_killed_child_and_count_together(
             _wait("a replacement child", lambda v=victim: v not in _children(web.pid) and len(_children(web.pid)) == 2)
             _wait("the port answering", ready)
         assert not (first & _children(web.pid))
+        for victim in first:  # the killed processes' live gauges are out of the sum; their counts stay
+            assert not (own / f"gauge_livesum_{victim}.db").exists()
+            assert (own / f"counter_{victim}.db").exists()
         for _ in range(4):
             assert _accepted(port) == 30.0
 
@@ -156,6 +164,8 @@ def test_two_processes_share_one_port_survive_a_killed_child_and_count_together(
         web.wait(30)
         assert web.returncode == 0, (tmp_path / "web.log").read_text()
         _wait("the children to exit", lambda: not any(Path(f"/proc/{pid}").exists() for pid in last), timeout=10)
+        assert not own.exists()
+        assert stale.read_bytes() == b"another run's file"
     finally:
         if web.poll() is None:
             web.kill()
