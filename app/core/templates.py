@@ -16,7 +16,9 @@ Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
 rendered into JSON can never break the JSON around it. ``escape="xml"`` autoescapes for TwiML and
 other XML replies; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
-(``/`` ``?`` ``#`` ``@`` included), so a value can never change the host or the path around it.
+(``/`` ``?`` ``#`` ``@`` included), so a value can never change the host or the path around it; a
+rendered URL whose path has a ``.`` or ``..`` segment (a value ``..`` would climb out of its place once
+the client or the receiver resolves it) is a render error.
 
 Expressions (a pipeline's ``when``) use the same sandbox: :func:`check_expression` at config load,
 :func:`evaluate` at run time; a name outside the allowed ones is refused at config load.
@@ -28,7 +30,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -170,7 +172,22 @@ def render(source: str, ctx: TemplateContext, escape: Escape = "none") -> str:
         raise TemplateRenderError(f"template error: {e.__class__.__name__}: {e}") from None
     if len(text) > MAX_RENDERED_CHARS:
         raise TemplateRenderError(f"template error: rendered text is longer than {MAX_RENDERED_CHARS} characters")
+    if escape == "url":
+        _refuse_dot_segments(text)
     return text
+
+
+def _refuse_dot_segments(url: str) -> None:
+    """``.`` and ``..`` path segments (also percent-encoded, as ``%2E%2E``) are resolved away by HTTP
+    clients and many servers: ``/tenants/../users`` is ``/users``. No URL template needs one."""
+    try:
+        path = urlsplit(url).path
+    except ValueError as e:
+        raise TemplateRenderError(f"template error: the rendered URL is not a URL ({e})") from None
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise TemplateRenderError(
+            "template error: the rendered URL's path has a '.' or '..' segment, which would change the path around it"
+        )
 
 
 def render_value(value: Any, ctx: TemplateContext, escape: Escape = "none") -> Any:

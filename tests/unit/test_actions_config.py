@@ -100,6 +100,28 @@ def test_url_values_are_single_encoded_path_segments() -> None:
     assert render(url, CTX, what="t", escape="url") == "https://api.github.com/repos/octo%2Fhello%20world/issues/42"
 
 
+@pytest.mark.parametrize(
+    ("template", "values"),
+    [
+        ("https://api.example.com/tenants/{{ fields.t }}/users/{{ fields.u }}/notify", {"t": "..", "u": ".."}),
+        ("https://api.example.com/tenants/{{ fields.t }}/notify", {"t": "."}),
+        ("https://api.example.com/tenants/{{ fields.t }}{{ fields.u }}/notify", {"t": ".", "u": "."}),
+        ("https://api.example.com/tenants/{{ fields.t }}/notify?x=1", {"t": ".."}),
+    ],
+)
+def test_a_url_value_cannot_climb_out_of_its_segment(template: str, values: dict[str, str]) -> None:
+    """``..`` is one encoded segment, but clients and servers resolve it: /tenants/../notify is /notify."""
+    import dataclasses
+
+    from worker.actions.base import render
+
+    config([{"type": "http", "url": template}])
+    with pytest.raises(PermanentError, match=r"'\.' or '\.\.' segment"):
+        render(template, dataclasses.replace(CTX, fields=values), what="t", escape="url")
+    fine = {key: "..." for key in values}  # three dots are a name, not a dot segment
+    assert "/..." in render(template, dataclasses.replace(CTX, fields=fine), what="t", escape="url")
+
+
 def test_http_headers_are_set_once_each() -> None:
     """The duplicate Content-Type (ours, then the signature's) is gone: RFC 9110 allows one."""
     action = HttpAction.model_validate(
