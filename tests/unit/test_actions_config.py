@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.cli.schedules import table
-from app.core.config import Config, EmailAction, HttpAction, parse_config
+from app.core.config import Config, EmailAction, HttpAction, environment_problems, parse_config
 from app.core.errors import ConfigError
 from app.signatures import verify
 from worker.actions import ActionContext, ActionDeps
@@ -144,6 +144,17 @@ def test_http_headers_are_set_once_each() -> None:
     with pytest.raises(PermanentError, match="GITHUB_TOKEN is not set") as e:
         build_headers(action, CTX, ActionDeps(http=deps.http, environ={}, timeout=1), body)
     assert "ghp_x" not in str(e.value)
+    # the signing secret unset: the action fails (permanently) rather than send the request unsigned
+    with pytest.raises(PermanentError, match="secret_env: environment variable OUT is not set"):
+        build_headers(action, CTX, ActionDeps(http=deps.http, environ={"GITHUB_TOKEN": "ghp_x"}, timeout=1), body)
+    problems = environment_problems(
+        config(
+            [{"type": "http", "url_env": "U", "secret_env": "OUT"}],
+            alerts=[{"type": "slack", "webhook_url_env": "A", "text": "x"}],
+        ),
+        {"GH_SECRET": "s", "U": "https://example.com/"},
+    )
+    assert problems == ["pipelines.p.actions.0.secret_env: OUT is not set", "alerts.0.webhook_url_env: A is not set"]
 
 
 def test_email_message_id_comes_from_the_idempotency_key() -> None:

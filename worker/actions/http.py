@@ -36,7 +36,8 @@ def build_headers(action: HttpAction, ctx: ActionContext, deps: ActionDeps, body
             headers[name] = value.prefix + env_value(deps.environ, value.env, what=f"{what}: header {name}")
         else:
             headers[name] = value
-    secret = deps.environ.get(action.secret_env) if action.secret_env else None
+    # a named secret that is unset fails the action: never an unsigned request in place of a signed one
+    secret = env_value(deps.environ, action.secret_env, what=f"{what}: secret_env") if action.secret_env else None
     if secret:
         signed = sign("standard_webhooks", secret=secret, body=body or b"", delivery_id=ctx.idempotency_key)
         for name, value in signed.items():

@@ -209,6 +209,10 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
             err = import_problem(p.output_model)
             if err:
                 problems.append(f"pipelines.{name}.output_model: {err}")
+    for i, action in enumerate(config.alerts):
+        for key, env in _action_envs(action):
+            if not environ.get(env):
+                problems.append(f"alerts.{i}.{key}: {env} is not set")
     return problems
 
 
@@ -218,6 +222,8 @@ def _action_envs(action: Action) -> list[tuple[str, str]]:
     if isinstance(action, HttpAction):
         if action.url_env:
             pairs.append(("url_env", action.url_env))
+        if action.secret_env:
+            pairs.append(("secret_env", action.secret_env))
         pairs += [(f"headers.{h}.env", v.env) for h, v in action.headers.items() if isinstance(v, EnvHeader)]
     elif isinstance(action, SlackAction):
         named = (("webhook_url_env", action.webhook_url_env), ("token_env", action.token_env))
