@@ -116,3 +116,22 @@ def test_retry_delay_grows_and_is_capped() -> None:
     assert policy.delay(1, retry_after=3600) == 10
     jittered = RetryPolicy(backoff_seconds=4, max_backoff_seconds=100)
     assert all(2 <= jittered.delay(1) <= 4 for _ in range(50))
+
+
+@pytest.mark.parametrize("section", ["sources", "pipelines", "schedules"])
+def test_a_name_key_inside_a_table_is_refused(section: str) -> None:
+    """A table's name is its key: ``name = "notify"`` in two pipelines used to give both the same name,
+    so the second one's answer and actions were taken for the first one's and silently dropped."""
+    data: dict[str, Any] = {
+        "sources": {"gh": {"provider": "github", "secrets_env": ["S"]}},
+        "pipelines": {
+            "p": {"source": "gh", "instructions": "x", "output_schema": {"type": "object"}},
+            "digest": {"source": "schedule", "instructions": "x", "output_schema": {"type": "object"}},
+        },
+        "schedules": {"daily": {"cron": "0 9 * * *", "pipeline": "digest"}},
+    }
+    table = next(iter(data[section].values()))
+    table["name"] = "other"
+    assert f"{section}.{next(iter(data[section]))}.name: unknown key" in _err(data)
+    table["name"] = next(iter(data[section]))  # the same as the key: harmless
+    assert parse_config(data)

@@ -81,7 +81,9 @@ class Config(Strict):
                         if not NAME.match(key):
                             raise ValueError(f"{section}.{key}: names are letters, digits, '_', '-', '.' (max 64)")
                         if isinstance(value, dict):
-                            value.setdefault("name", key)
+                            if value.get("name", key) != key:  # a table's name is its key, nothing else
+                                raise ValueError(f"{section}.{key}.name: unknown key (the table's name is its key)")
+                            value["name"] = key
         return data
 
     @model_validator(mode="after")
