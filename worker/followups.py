@@ -26,6 +26,7 @@ from app.core.config.followups import DiscordFollowupAction, SlackResponseAction
 from app.core.payload import dig
 from app.core.templates import TemplateContext, TemplateRenderError, render, render_value
 from worker.actions.base import ActionContext
+from worker.actions.outbound import send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 from worker.runtime import Runtime
 
@@ -60,8 +61,11 @@ async def run_followup(
         raise PermanentError(f"{action.type} action {ctx.action}: {e}") from None
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "user-agent": "hookline"}
+    what = f"{action.type} action {ctx.action}"
     try:
-        resp = await http.request(method, url, content=data, headers=headers, timeout=action.timeout_seconds or timeout)
+        resp = await send(
+            http, method, url, what=what, timeout=action.timeout_seconds or timeout, content=data, headers=headers
+        )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent
         raise TransientError(f"{action.type} action {ctx.action}: {e.__class__.__name__}") from None
     except httpx.TransportError as e:  # sent, outcome unknown: neither endpoint takes an idempotency key

@@ -65,8 +65,9 @@ def envelope(ctx: ActionContext) -> dict[str, Any]:
 
 
 def env_value(environ: Mapping[str, str], name: str, *, what: str) -> str:
-    """The value of environment variable ``name``; a permanent error naming it (never a value) if unset."""
-    value = environ.get(name)
+    """The value of environment variable ``name`` without surrounding whitespace (a secret loaded from
+    a file often ends with a newline); a permanent error naming it (never a value) if unset or blank."""
+    value = (environ.get(name) or "").strip()
     if not value:
         raise PermanentError(f"{what}: environment variable {name} is not set")
     return value

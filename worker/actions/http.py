@@ -22,7 +22,7 @@ from app.core.config import EnvHeader, HttpAction
 from app.core.config.actions import fixed_origin
 from app.signatures import sign
 from worker.actions.base import ActionContext, ActionDeps, env_value, envelope, render
-from worker.actions.outbound import check_destination
+from worker.actions.outbound import check_destination, send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 
 
@@ -66,8 +66,14 @@ async def run(action: HttpAction, ctx: ActionContext, deps: ActionDeps) -> dict[
         body = json.dumps(envelope(ctx), ensure_ascii=False, separators=(",", ":"), default=str).encode()
     headers = build_headers(action, ctx, deps, body)
     try:
-        resp = await deps.http.request(
-            action.method, url, content=body, headers=headers, timeout=action.timeout_seconds or deps.timeout
+        resp = await send(
+            deps.http,
+            action.method,
+            url,
+            what=what,
+            timeout=action.timeout_seconds or deps.timeout,
+            content=body,
+            headers=headers,
         )
     except httpx.TimeoutException:
         raise TransientError(f"{what}: timed out") from None

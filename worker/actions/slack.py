@@ -15,7 +15,7 @@ import httpx
 
 from app.core.config import SlackAction
 from worker.actions.base import ActionContext, ActionDeps, env_value, render, render_value
-from worker.actions.outbound import check_destination
+from worker.actions.outbound import check_destination, send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 
 #: ``chat.postMessage`` errors worth another attempt (Slack's side, not our request).
@@ -28,7 +28,7 @@ async def _post(
     deps: ActionDeps, url: str, payload: dict[str, Any], headers: dict[str, str], what: str, timeout: float
 ) -> httpx.Response:
     try:
-        return await deps.http.post(url, json=payload, headers=headers, timeout=timeout)
+        return await send(deps.http, "POST", url, what=what, timeout=timeout, json=payload, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent
         raise TransientError(f"{what}: {e.__class__.__name__}") from None
     except httpx.TransportError as e:  # sent, outcome unknown: at most once
