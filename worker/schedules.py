@@ -9,7 +9,8 @@ payload is the digest of the window's events, and the row is processed like any 
 AFTER INSERT trigger defers ``process_event``, the schedule's pipeline gets the digest as its input.
 
 procrastinate reads cron in UTC; for a schedule with a ``timezone`` the periodic record's croniter
-is built in that zone (daylight-saving changes included).
+is a :class:`~app.core.config.schedules.LocalCron` in that zone (daylight-saving changes included:
+a local time that happens twice fires once).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import croniter
 import procrastinate
 from procrastinate import JobContext
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from app.core.config import Config, Schedule
+from app.core.config.schedules import LocalCron
 from app.core.jobs import FIRE_SCHEDULE, FIRE_SCHEDULE_SHORT, QUEUE
 from app.core.querynames import SchedulesQuery
 from app.core.sqlfiles import NamedQueries
@@ -56,8 +57,8 @@ def add_periodic(app: procrastinate.App, config: Config) -> None:
         )
         if sched.timezone != "UTC":
             # PeriodicTask.croniter is a cached property built without a zone (so UTC); fill it with
-            # one built in the schedule's zone (tests/integration/test_schedules.py checks the ticks)
-            pt.__dict__["croniter"] = croniter.croniter(sched.cron, start_time=datetime.now(sched.zone))
+            # one built in the schedule's zone (tests/unit/test_actions_config.py checks the ticks)
+            pt.__dict__["croniter"] = LocalCron(sched.cron, datetime.now(sched.zone))
 
 
 async def fire_schedule(context: JobContext, timestamp: int, schedule: str) -> dict[str, Any]:

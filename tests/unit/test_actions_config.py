@@ -239,3 +239,35 @@ def test_next_run_honours_the_time_zone_and_daylight_saving() -> None:
     lines = table(cfg, now=datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
     assert lines[1].split()[:5] == ["daily-digest", "0", "9", "*", "*"]
     assert "2026-12-02 08:00:00Z (2026-12-02T09:00+01:00)" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        # the night the clocks go back in Berlin (03:00 CEST → 02:00 CET): 02:30 happens twice
+        ("30 2 * * *", ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]),  # once a night, as cron does
+        ("30 * * * *", ["2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z", "2026-10-25T02:30:00Z"]),  # hourly: every hour
+    ],
+)
+def test_a_local_time_that_happens_twice_fires_once(cron: str, expected: list[str]) -> None:
+    """Through the worker's own periodic records (what procrastinate's deferrer reads) and through
+    ``next_run`` (what ``hookline schedules`` prints)."""
+    from procrastinate.periodic import PeriodicDeferrer
+
+    from worker.main import build_app
+
+    data = {**copy.deepcopy(BASE), **copy.deepcopy(SCHEDULED)}
+    data["schedules"]["daily-digest"]["cron"] = cron
+    cfg = parse_config(data)
+    app = build_app("postgresql://nobody@127.0.0.1:1/none", pool_size=1, config=cfg)  # never connects
+    (record,) = [r for r in app.periodic_registry.periodic_tasks.values() if r.periodic_id == "daily-digest"]
+    since, until = datetime(2026, 10, 25, 0, 0, tzinfo=UTC), datetime(2026, 10, 26, 2, 0, tzinfo=UTC)
+    ticks = PeriodicDeferrer(app.periodic_registry).get_timestamps(record, int(since.timestamp()), until.timestamp())
+    fired = [datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in ticks]
+    assert fired[: len(expected)] == expected
+    if cron.startswith("30 2"):
+        assert fired == expected
+        s = cfg.schedules["daily-digest"]
+        assert s.next_run(datetime(2026, 10, 25, 0, 30, tzinfo=UTC)).astimezone(UTC) == datetime(
+            2026, 10, 26, 1, 30, tzinfo=UTC
+        )

@@ -8,7 +8,7 @@ happens once however many workers run and shows in every view like any other eve
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +30,33 @@ def parse_duration(text: str) -> timedelta:
     if not m or int(m.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration like '15m', '24h' or '7d'")
     return timedelta(seconds=int(m.group(1)) * _UNIT[m.group(2)])
+
+
+class LocalCron(croniter):  # type: ignore[misc]  # croniter ships no type hints
+    """croniter read in a time zone, firing once per local time, as cron does when daylight saving
+    ends. The hour from 02:00 to 03:00 then happens twice; a schedule that names its hours
+    (``30 2 * * *``) fires in the first of them only, not twice in one night. A schedule whose hour
+    is a wildcard (``*/30 * * * *``) keeps firing through both. When the clocks go forward, a time in
+    the skipped hour fires at the first instant after it (croniter's own rule, also cron's)."""
+
+    cur: float  # croniter's own attributes (it has no type hints)
+    tzinfo: tzinfo | None
+
+    def __init__(self, expr_format: str, start_time: datetime, *args: Any, **kwargs: Any) -> None:
+        super().__init__(expr_format, start_time, *args, **kwargs)
+        self._fixed_hours = not expr_format.split()[1].startswith("*")
+
+    def _calc_next(self, is_prev: bool) -> datetime:
+        result: datetime = super()._calc_next(is_prev)
+        if not self._fixed_hours:
+            return result
+        saved = self.cur
+        # fold=1: the second occurrence of a local time that happens twice (zoneinfo sets it)
+        while datetime.fromtimestamp(self.datetime_to_timestamp(result), self.tzinfo).fold:
+            self.cur = self.datetime_to_timestamp(result)
+            result = super()._calc_next(is_prev)
+        self.cur = saved
+        return result
 
 
 class ScheduleFilter(Strict):
@@ -102,7 +129,7 @@ class Schedule(Strict):
     def next_run(self, after: datetime | None = None) -> datetime:
         """The first firing strictly after ``after`` (default: now), in the schedule's time zone."""
         start = (after or datetime.now(UTC)).astimezone(self.zone)
-        nxt: datetime = croniter(self.cron, start).get_next(datetime)
+        nxt: datetime = LocalCron(self.cron, start).get_next(datetime)
         return nxt
 
     def delivery_id(self, scheduled: datetime) -> str:
