@@ -175,8 +175,15 @@ def test_email_message_id_comes_from_the_idempotency_key() -> None:
     assert msg["Message-ID"] == again["Message-ID"] == message_id(CTX.idempotency_key, "ops@example.com")
     assert msg["Message-ID"].endswith("@example.com>")
     bad = ActionContext(**{**CTX.__dict__, "output": {"to": "not an address\r\nBcc: x@y.io", "comment": ""}})
-    with pytest.raises(PermanentError, match="not an email address"):
+    with pytest.raises(PermanentError, match="not one email address"):
         build_message(action, bad)
+    # one template, several recipients: refused, not sent to the first one only
+    for several in ("ada@example.com, eve@example.net", '"Ada" <ada@example.com>, <eve@example.net>'):
+        ctx_several = ActionContext(**{**CTX.__dict__, "output": {"to": several, "comment": ""}})
+        with pytest.raises(PermanentError, match="not one email address"):
+            build_message(action, ctx_several)
+    quoted = ActionContext(**{**CTX.__dict__, "output": {"to": '"Lovelace, Ada" <ada@example.com>', "comment": ""}})
+    assert build_message(action, quoted)[1] == ["ada@example.com"]
 
 
 def test_when_is_checked_at_load_and_filters_at_run() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate, getaddresses, parseaddr
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -32,9 +32,12 @@ def message_id(idempotency_key: str, sender: str) -> str:
 
 
 def _address(text: str, what: str) -> str:
-    _, addr = parseaddr(text)
-    if "@" not in addr or any(c in text for c in "\r\n") or " " in addr:
-        raise PermanentError(f"{what}: {text[:100]!r} is not an email address")
+    """Exactly one address: ``parseaddr`` alone keeps the first of ``a@x.com, b@y.com`` and drops the
+    rest without a word, so a rendered value naming several recipients is refused instead."""
+    found = getaddresses([text])
+    addr = found[0][1] if len(found) == 1 else ""
+    if addr.count("@") != 1 or any(c in text for c in "\r\n") or " " in addr or parseaddr(text)[1] != addr:
+        raise PermanentError(f"{what}: {text[:100]!r} is not one email address")
     return addr
 
 
