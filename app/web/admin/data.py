@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.core.config import Config
+from app.core.config import SCHEDULE_SOURCE, Config
 from app.core.querynames import AdminQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.timeline import jsonable, load_steps
@@ -79,10 +79,41 @@ async def event_detail(conn: Any, config: Config, event_id: int) -> dict[str, An
         return None
     story = (await load_steps(conn, dict(row))).as_json()  # the hookline.event_timeline view's steps
     event = story["event"]
-    source = config.sources.get(event["source"])
-    if source is not None and source.redact and event["payload"] is not None:
-        event["payload"] = redact(event["payload"], source.redact)
+    event["payload"] = masked_payload(config, event["source"], event["payload"])
     return story
+
+
+def masked_payload(config: Config, source_name: str, payload: Any) -> Any:
+    """``payload`` as the admin API and dashboard show it: the source's ``redact`` paths masked. A
+    schedule firing's digest copies fields of other sources' events into its ``examples``: each is
+    masked with its own source's paths, whether the schedule kept whole payloads or listed fields
+    (``example_fields``: keys such as ``"data.object"`` holding what is under that path)."""
+    if payload is None:
+        return None
+    source = config.sources.get(source_name)
+    if source is not None and source.redact:
+        payload = redact(payload, source.redact)
+    if source_name != SCHEDULE_SOURCE or not isinstance(payload, dict) or not isinstance(payload.get("examples"), list):
+        return payload
+    payload = {**payload, "examples": [_masked_example(config, ex) for ex in payload["examples"]]}
+    return payload
+
+
+def _masked_example(config: Config, example: Any) -> Any:
+    if not isinstance(example, dict) or example.get("fields") is None:
+        return example
+    source = config.sources.get(str(example.get("source")))
+    if source is None or not source.redact:
+        return example
+    fields = redact(example["fields"], source.redact)  # a whole payload (no example_fields)
+    if isinstance(fields, dict):  # listed fields: flat keys that are dotted paths themselves
+        for key in list(fields):
+            for path in source.redact:
+                if key == path or key.startswith(path + "."):
+                    fields[key] = MASK
+                elif path.startswith(key + "."):
+                    fields[key] = redact(fields[key], [path[len(key) + 1 :]])
+    return {**example, "fields": fields}
 
 
 async def dead_letters(conn: Any, *, before: int | None, limit: int) -> list[dict[str, Any]]:
