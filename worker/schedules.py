@@ -94,6 +94,13 @@ async def fire(rt: Runtime, sched: Schedule, scheduled: datetime) -> int | None:
     return int(row[0])
 
 
+def _like(pattern: str) -> str:
+    """An ``events`` entry as a LIKE pattern: a trailing ``*`` matches any rest; everything else is
+    literal (``_`` and ``%`` in ``invoice.payment_failed`` match only themselves)."""
+    prefix, star = (pattern[:-1], "%") if pattern.endswith("*") else (pattern, "")
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + star
+
+
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -106,7 +113,7 @@ async def build_digest(rt: Runtime, sched: Schedule, since: datetime, until: dat
         "until": until,
         "sources": list(f.source),
         "statuses": list(f.status),
-        "types": [t[:-1] + "%" if t.endswith("*") else t for t in f.events],
+        "types": [_like(t) for t in f.events],
     }
     async with rt.db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(Q["window_counts"], params)

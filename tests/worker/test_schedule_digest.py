@@ -1,4 +1,4 @@
-"""A schedule firing's digest copies fields of other sources' events: the admin API masks them with
+"""Schedule digests. A firing copies fields of other sources' events: the admin API masks them with
 each event's own source's ``redact`` paths, as it masks the events themselves.
 
 Real Postgres, the real firing (``worker.schedules.fire``) and the admin API's own read.
@@ -75,3 +75,34 @@ async def test_a_digest_shows_other_sources_redacted_fields_masked(db_url: str, 
     with psycopg.connect(db_url) as c:  # the stored row keeps the value, as for every redacted field
         stored = c.execute("SELECT payload::text FROM hookline.events WHERE id = %s", (firing,)).fetchone()
         assert stored is not None and SECRET_EMAIL in stored[0]
+
+
+async def test_a_digest_filter_on_event_types_is_literal_but_for_a_trailing_star(db_url: str) -> None:
+    """``events = ["invoice.payment_failed"]`` is that type only: the ``_`` in it is no LIKE wildcard."""
+    cfg = config_from(
+        {
+            "sources": {"stripe": {"provider": "stripe", "secrets_env": ["HL_ST"]}},
+            "schedules": {
+                "exact": {"cron": "0 9 * * *", "pipeline": "digest", "filter": {"events": ["invoice.payment_failed"]}},
+                "prefix": {"cron": "0 9 * * *", "pipeline": "digest", "filter": {"events": ["invoice.*"]}},
+            },
+            "pipelines": {"digest": {"source": "schedule", "instructions": "x", "output_schema": SCHEMA}},
+        }
+    )
+    when = datetime(2019, 7, 1, 9, tzinfo=UTC)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for i, event_type in enumerate(["invoice.payment_failed", "invoice.paymentXfailed", "customer.created"]):
+            c.execute(
+                "INSERT INTO hookline.events (source, delivery_id, event_type, payload, received_at, status)"
+                " VALUES ('stripe', %s, %s, '{}', %s, 'succeeded')",
+                (f"evt_like_{i}", event_type, when.replace(hour=8)),
+            )
+    rt = Runtime.build(make_settings(db_url), cfg)
+    await rt.open()
+    try:
+        exact = await schedules.build_digest(rt, cfg.schedules["exact"], when.replace(hour=0), when)
+        prefix = await schedules.build_digest(rt, cfg.schedules["prefix"], when.replace(hour=0), when)
+    finally:
+        await rt.close()
+    assert [c["event_type"] for c in exact["counts"]] == ["invoice.payment_failed"]
+    assert sorted(c["event_type"] for c in prefix["counts"]) == ["invoice.paymentXfailed", "invoice.payment_failed"]
