@@ -28,7 +28,7 @@ def host_allowed(url: httpx.URL, allowed: tuple[str, ...]) -> bool:
     host = (url.host or "").lower().rstrip(".")
     port = url.port or (443 if url.scheme == "https" else 80)
     for entry in allowed:
-        name, _, want_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        name, want_port = _host_and_port(entry)
         if want_port and want_port.isdigit() and int(want_port) != port:
             continue
         if name.startswith("*."):
@@ -37,6 +37,17 @@ def host_allowed(url: httpx.URL, allowed: tuple[str, ...]) -> bool:
         elif host == name:
             return True
     return False
+
+
+def _host_and_port(entry: str) -> tuple[str, str]:
+    """``host``, ``host:port``, an IPv6 address alone (``::1``) or with a port in brackets (``[::1]:8443``)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, port
+    return entry, ""
 
 
 def outbound_guard(allowed: tuple[str, ...] | None) -> Callable[[httpx.Request], Awaitable[None]]:

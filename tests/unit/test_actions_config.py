@@ -278,3 +278,21 @@ def test_a_local_time_that_happens_twice_fires_once(cron: str, expected: list[st
         assert s.next_run(datetime(2026, 10, 25, 0, 30, tzinfo=UTC)).astimezone(UTC) == datetime(
             2026, 10, 26, 1, 30, tzinfo=UTC
         )
+
+
+def test_the_outbound_allowlist_reads_hosts_ports_and_ipv6_addresses() -> None:
+    from worker.outbound import host_allowed, parse_allowlist
+
+    allowed = parse_allowlist("crm.example.com, *.hooks.example.com, 10.0.0.5:8443, ::1, [fd00::5]:8443, [fd00::6]")
+    assert allowed is not None
+
+    def ok(url: str) -> bool:
+        return host_allowed(httpx.URL(url), allowed)
+
+    assert ok("https://crm.example.com/x") and ok("http://crm.example.com:8080/x")
+    assert ok("https://a.hooks.example.com/x") and not ok("https://hooks.example.com/x")
+    assert ok("https://10.0.0.5:8443/x") and not ok("https://10.0.0.5/x")
+    assert ok("http://[::1]:9000/x")
+    assert ok("https://[fd00::5]:8443/x") and not ok("https://[fd00::5]:9443/x")
+    assert ok("https://[fd00::6]:1234/x")
+    assert not ok("https://evil.example.net/x") and not ok("https://[fd00::7]:8443/x")
