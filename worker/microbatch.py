@@ -7,10 +7,16 @@ for ``{"results": [{"event_id", "output"}, …]}``, validates each part against 
 stores one hookline.llm_calls row per event (tokens and cost split evenly, ``route = 'micro_batch:N'``)
 and wakes the other jobs. Each event then runs its own actions from its stored answer; an event whose
 part is missing or invalid fails alone (its retry policy; the next try goes in a later batch).
+
+A leader cancelled during the combined call (worker shutdown) puts its requests back to gather again.
+One that could not (killed) leaves them ``submitting``: once that is older than
+:data:`MICRO_RECLAIM_SECONDS`, each of their events' own jobs leads again, and ``micro_claim`` takes
+the requests back, so the batch recovers without new events of its pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -27,6 +33,10 @@ from worker.llm import CallRecord, ask, call_row
 from worker.prompt import build_request, output_spec
 from worker.runtime import Runtime
 from worker.simulated import SimulatedModel
+
+#: A request ``submitting`` this long lost its leader: ``micro_claim`` takes it back (its interval in
+#: sql/queries/limits.sql says the same 10 minutes).
+MICRO_RECLAIM_SECONDS = 600.0
 
 BATCH_NOTE = (
     '\n\nSeveral events follow, in the user turn as {"events": [...]}. Answer every one of them: '
@@ -80,7 +90,10 @@ async def micro_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request
         item = await one(rt, "micro_item_latest", event_id=event["id"], pipeline=pipeline.name)
         assert item is not None
     if item["status"] == "submitting":
-        raise Held("its micro-batch is being answered", delay=max(1.0, wait))
+        stuck = await rt.db.one("micro_item_stuck", id=item["id"], reclaim_s=MICRO_RECLAIM_SECONDS)
+        if stuck is None:
+            raise Held("its micro-batch is being answered", delay=max(1.0, wait))
+        return await _lead(rt, event, pipeline)  # its leader is gone: micro_claim takes the batch back
     pending = await one(rt, "micro_pending", pipeline=pipeline.name)
     age = (dt.datetime.now(dt.UTC) - item["created_at"]).total_seconds()
     if int(pending["n"] if pending else 0) < pipeline.batch.max_events and age < wait:
@@ -102,6 +115,10 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         rec = await gate(combined, f"micro_batch:{len(claimed)}")
     except Held:
         await one(rt, "micro_release", ids=[c["id"] for c in claimed])
+        raise
+    except asyncio.CancelledError:  # shutdown mid-call: the requests gather again, not stuck for 10 minutes
+        with contextlib.suppress(Exception):  # the database is gone too: micro_item_stuck reclaims them later
+            await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
         raise
     except Exception as e:
         for c in claimed:

@@ -40,6 +40,7 @@ WorkerQuery = Literal[
     "newer_processed",
     "recent_for_key",
     "claim_late_reply",
+    "micro_item_stuck",
 ]
 
 LimitsQuery = Literal[

@@ -57,7 +57,7 @@ class StoredCallRow(TypedDict):
 
 
 class IdRow(TypedDict):
-    """``insert_call``, ``newer_processed``: just an id."""
+    """``insert_call``, ``newer_processed``, ``micro_item_stuck``: just an id."""
 
     id: int
 

@@ -231,3 +231,11 @@ SELECT e.respond_sync, coalesce((SELECT sync_reply FROM claim), e.sync_reply) AS
        extract(epoch FROM e.received_at + make_interval(secs => %(timeout_s)s) - now())::float8 AS remaining_s
 FROM hookline.events e
 WHERE e.id = %(event_id)s;
+
+-- name: micro_item_stuck
+-- A micro-batch request left in 'submitting' longer than the reclaim age: its leader was killed (or
+-- its release was lost), so the event's own job leads, and micro_claim takes the request back.
+-- %(reclaim_s)s is micro_claim's reclaim age (worker.microbatch.MICRO_RECLAIM_SECONDS).
+SELECT id FROM hookline.batch_items
+WHERE id = %(id)s AND status = 'submitting'
+  AND submitted_at < now() - make_interval(secs => %(reclaim_s)s);
