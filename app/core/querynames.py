@@ -18,6 +18,7 @@ IngestQuery = Literal[
     "find_events",
     "schema_versions",
     "reply_state",
+    "reply_answer",
     "stored_answer",
     "reply_default",
 ]

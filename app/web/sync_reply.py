@@ -7,6 +7,13 @@ connection (:class:`app.web.listener.EventListener`) until the worker stores the
 The model call stays in the worker; the waiting request holds no database connection (each check is
 one short query on the pool).
 
+The sender sees the answer exactly once: the reply claims it (``sync_reply = 'answer'``, so follow-up
+actions skip it) only after ``respond_body`` has rendered over it; a reply that gives the default
+records ``'default'`` instead, and the follow-up actions deliver the answer. Until one of them is
+recorded the worker's follow-ups wait (up to the deadline, then the worker records ``'default'``
+itself), so the claim of an answer well before the deadline is sent once the reply has gone out: the
+reply waits for no second round trip.
+
 * A duplicate (the sender's retry) gets the stored answer if there is one, else the default, at
   once: it never waits and never causes a second model call.
 * A client that disconnects cancels its wait (its waiter is removed).
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +49,10 @@ log = logging.getLogger("hookline.sync")
 
 Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 
+#: A rendered answer with at least this long left before the worker may record ``'default'`` itself
+#: goes out at once, its claim just after; closer to that deadline the reply waits for its claim.
+CLAIM_AFTER_MARGIN_S = 0.5
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -56,12 +68,22 @@ class Delivery:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """The stored answer, not claimed yet; ``remaining_s`` until the worker's deadline (database clock)."""
+
+    output: Any
+    remaining_s: float
+
+
 async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
     """The HTTP reply of a sync pipeline: its rendered answer, or its default."""
-    if d.duplicate:
+    if d.duplicate:  # the first reply decided what the follow-ups deliver: nothing is recorded here
         output, answered = await _stored(state, pipeline, d)
-        outcome = "duplicate_answer" if answered else "duplicate_default"
-        return _respond(state, pipeline, d, output if answered else None, answered, outcome)
+        if not answered:
+            return _respond(state, pipeline, d, None, None, "duplicate_default")
+        body = _answer_body(pipeline, d, output)
+        return _respond(state, pipeline, d, output, body, "duplicate_answer" if body is not None else "render_error")
     waiting = asyncio.ensure_future(_wait(state, pipeline, d))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -79,12 +101,22 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
         _mark_default_soon(state, d)
         return Response(status_code=499)
     error = waiting.exception()
+    answer: _Answer | None = None
     if error is not None:
         log.warning("sync reply for event %s: wait failed (%s)", d.event_id, error.__class__.__name__)
-        output, answered = None, False
     else:
-        output, answered = waiting.result()
-    return _respond(state, pipeline, d, output, answered, "answer" if answered else "default")
+        answer = waiting.result()
+    if answer is None:
+        return _respond(state, pipeline, d, None, None, "default")
+    body = _answer_body(pipeline, d, answer.output)
+    if body is None:  # the sender gets the default: recorded, so the follow-up actions deliver the answer
+        _mark_default_soon(state, d)
+        return _respond(state, pipeline, d, answer.output, None, "render_error")
+    if answer.remaining_s >= CLAIM_AFTER_MARGIN_S:
+        _soon(_claim_answer_after(state, d))
+    elif not await _claim_answer(state, d):  # the worker recorded 'default' first: the follow-up delivers
+        return _respond(state, pipeline, d, answer.output, None, "default")
+    return _respond(state, pipeline, d, answer.output, body, "answer")
 
 
 async def _disconnected(request: Request) -> None:
@@ -95,34 +127,34 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any, bool]:
-    """``(output, True)`` once the answer is stored, ``(None, False)`` at the deadline or the end."""
+async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | None:
+    """The answer once it is stored (not claimed yet: see :func:`reply`); None at the deadline or the end."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + pipeline.respond_timeout_ms / 1000
     listener = state.listener
     async with listener.watch(d.event_id) as waiter:
         if not listener.connected.is_set() and not await listener.wait_connected(deadline - loop.time()):
-            return None, False  # no LISTEN connection: a NOTIFY could be missed; do not pretend
+            return None  # no LISTEN connection: a NOTIFY could be missed; do not pretend
         while True:
             try:
                 row = await _state_row(state, pipeline, d)
             except Exception as e:  # the event is stored: the default is still a true answer
                 log.warning("sync reply for event %s: %s", d.event_id, e.__class__.__name__)
-                return None, False
+                return None
             if row is None:
-                return None, False
-            if row["answered"]:
-                return row["output"], True
-            if row["has_answer"]:  # stored, but the worker already gave it to the follow-up actions
-                return None, False
+                return None
+            if row["has_answer"]:
+                if row["sync_reply"] is not None:  # the worker already gave it to the follow-up actions
+                    return None
+                return _Answer(row["output"], float(row["remaining_s"]))
             if row["status"] in TERMINAL_EVENT_STATUSES:  # dead, skipped or dry run: no answer will come
                 _mark_default_soon(state, d)
-                return None, False
+                return None
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await waiter.changed(remaining):
                     _mark_default_soon(state, d)
-                    return None, False
+                    return None
                 if waiter.answered or waiter.reconnected or waiter.status in TERMINAL_EVENT_STATUSES:
                     waiter.answered.clear()
                     waiter.reconnected = False
@@ -131,18 +163,40 @@ async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any, 
 
 async def _state_row(state: AppState, pipeline: Pipeline, d: Delivery) -> Any:
     pool = await state.db.ensure()
-    return await pool.fetchrow(Q["reply_state"], d.event_id, pipeline.name)
+    return await pool.fetchrow(Q["reply_state"], d.event_id, pipeline.name, pipeline.respond_timeout_ms / 1000)
 
 
 #: Bookkeeping writes that must not hold up a reply (a reference keeps each task alive).
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-def _mark_default_soon(state: AppState, d: Delivery) -> None:
-    """The default goes out at the deadline; recording it follows without delaying the reply."""
-    task = asyncio.create_task(_mark_default(state, d))
+def _soon(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
+
+
+def _mark_default_soon(state: AppState, d: Delivery) -> None:
+    """The default goes out at once; recording it follows without delaying the reply."""
+    _soon(_mark_default(state, d))
+
+
+async def _claim_answer(state: AppState, d: Delivery) -> bool:
+    """Record that the HTTP reply carries the answer; False when the worker recorded 'default' first
+    (or the database failed: the worker then records 'default' at the deadline)."""
+    try:
+        pool = await state.db.ensure()
+        return await pool.fetchval(Q["reply_answer"], d.event_id) is not None
+    except Exception as e:
+        log.warning("sync reply for event %s: could not record the answer (%s)", d.event_id, e.__class__.__name__)
+        return False
+
+
+async def _claim_answer_after(state: AppState, d: Delivery) -> None:
+    """The claim of an answer that went out before its deadline: it lands long before the worker may
+    decide by the clock (the follow-ups wait for it meanwhile)."""
+    if not await _claim_answer(state, d):
+        log.warning("sync reply for event %s: the answer went out unrecorded; a follow-up may repeat it", d.event_id)
 
 
 async def _mark_default(state: AppState, d: Delivery) -> None:
@@ -164,9 +218,8 @@ async def _stored(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any
     return (row["output"], True) if row is not None else (None, False)
 
 
-def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, answered: bool, outcome: str) -> Response:
-    ctype = pipeline.respond_content_type
-    ctx = TemplateContext.of(
+def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
+    return TemplateContext.of(
         output=output,
         event_id=d.event_id,
         source=d.source,
@@ -175,18 +228,25 @@ def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, answ
         occurred_at=d.occurred_at,
         fields=_fields(d.payload, pipeline),
     )
+
+
+def _answer_body(pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
+    """``respond_body`` rendered over the answer; None when it fails on this output (logged)."""
+    try:
+        return _render(pipeline, pipeline.respond_body, _context(pipeline, d, output), output)
+    except TemplateRenderError as e:
+        log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
+        return None
+
+
+def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, body: str | None, outcome: str) -> Response:
+    """The reply: ``body`` (the rendered answer), or ``respond_default`` when it is None."""
+    ctype = pipeline.respond_content_type
     headers = {"x-request-id": d.request_id, "x-hookline-event-id": str(d.event_id)}
-    body: str | None = None
-    if answered:
-        try:
-            body = _render(pipeline, pipeline.respond_body, ctx, output)
-        except TemplateRenderError as e:
-            log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
-            outcome = "render_error"
     if body is None:
+        ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
         try:
-            ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
-            body = _render(pipeline, pipeline.respond_default, ctx, ack)
+            body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack)
         except TemplateRenderError as e:
             log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
             body = json.dumps(ack, separators=(",", ":"))

@@ -45,30 +45,37 @@ SELECT id, status FROM hookline.events
 WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 
 -- name: reply_state
--- A synchronous reply: the event's status, and the stored answer of its sync pipeline, claimed for the
--- HTTP reply (sync_reply = 'answer') unless the worker already gave it to the follow-up actions.
+-- A synchronous reply: the event's status and the stored answer of its sync pipeline. Read only: the
+-- reply claims the answer (reply_answer) only once respond_body has rendered over it. sync_reply not
+-- null: already decided (the worker gave the answer to the follow-up actions at the deadline);
+-- remaining_s: until that deadline ($3 = respond_timeout_ms in seconds), by the database's clock, as
+-- the worker's claim_late_reply counts it.
 WITH ans AS (
     SELECT output FROM hookline.llm_calls
     WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded'
-), claim AS (
-    UPDATE hookline.events SET sync_reply = 'answer'
-    WHERE id = $1 AND sync_reply IS NULL AND EXISTS (SELECT 1 FROM ans)
-    RETURNING id
 )
-SELECT e.status, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM claim) AS answered,
-       EXISTS (SELECT 1 FROM ans) AS has_answer
+SELECT e.status, e.sync_reply, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM ans) AS has_answer,
+       extract(epoch FROM e.received_at + make_interval(secs => $3::float8) - now())::float8 AS remaining_s
 FROM hookline.events e
--- The reply waits for this commit; skip its fsync. A Postgres crash can lose only the 'answer' mark
--- (then a follow-up action may post an answer the sender already had).
-CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE e.id = $1;
+
+-- name: reply_answer
+-- respond_body rendered over the answer: the HTTP reply carries it, so follow-up actions skip it. No row
+-- back: the worker recorded 'default' first (its deadline passed), and the sender gets the default.
+-- No fsync wait: a Postgres crash can lose only this mark (then a follow-up action may post an answer
+-- the sender already had).
+UPDATE hookline.events SET sync_reply = 'answer'
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+WHERE id = $1 AND sync_reply IS NULL
+RETURNING id;
 
 -- name: stored_answer
 -- A duplicate of a sync delivery (the sender's retry): the stored answer, if there is one.
 SELECT output FROM hookline.llm_calls WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded';
 
 -- name: reply_default
--- A synchronous reply ran out of time: the sender got respond_default (follow-ups deliver the answer).
+-- A synchronous reply ran out of time (or respond_body failed on the answer): the sender got
+-- respond_default (follow-ups deliver the answer).
 UPDATE hookline.events SET sync_reply = 'default' WHERE id = $1 AND sync_reply IS NULL;
 
 -- name: schema_versions

@@ -69,7 +69,7 @@ async def test_after_the_deadline_the_worker_claims_the_answer_for_the_follow_up
     event_id = insert(db_url, "d", age_s=5)  # the web process never recorded anything (it died)
     assert await reply_was_late(runtime, event_id, PIPELINE) is True
     assert sync_reply(db_url, event_id) == "default"
-    # the web process's own claim (sql/queries/ingest.sql reply_state) now finds it taken
+    # the web process's own claim (sql/queries/ingest.sql reply_answer) now finds it taken
     with psycopg.connect(db_url, autocommit=True) as conn:
         claimed = conn.execute(
             "UPDATE hookline.events SET sync_reply = 'answer' WHERE id = %s AND sync_reply IS NULL", (event_id,)
