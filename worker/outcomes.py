@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from app.core.config import Pipeline
 from app.core.records import EventRow
@@ -81,8 +82,10 @@ class Throttled(RetryLater):
     """The event waits for a limit (window, bucket, breaker, loop guard); its job runs again later."""
 
 
-async def hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None) -> str:
-    """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead."""
+async def hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None, *, replayed: Sequence[str] = ()) -> str:
+    """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead.
+    ``replayed``: the pipelines of a replay with recompute/force this run finished before the hold; the
+    next run does not recompute or force them again (``hookline.events.replay_applied``)."""
     if held.dead:
         await finish(
             rt,
@@ -94,7 +97,7 @@ async def hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None) -> 
         )
         log.warning("event %s is dead: %s", event["id"], held.reason)
         return EventStatus.DEAD
-    await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}")
+    await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}", replayed=list(replayed))
     log.info("event %s throttled for %.1fs: %s", event["id"], held.delay, held.reason)
     raise Throttled(held.delay, held.reason)
 

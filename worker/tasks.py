@@ -16,7 +16,7 @@ from app.core.jobs import PROCESS_EVENT_SHORT, QUEUE
 from app.core.logs import bind_log_context, log_context
 from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
-from worker import concurrency
+from worker import concurrency, limits
 from worker.closing import Closing, success_detail
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
@@ -248,6 +248,10 @@ async def handle_event(
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
         recompute = force_actions = False
+    # a hold gives its attempt back: the run after it is the replay's first attempt again, and the
+    # pipelines that run finished before the hold are done (hookline.events.replay_applied)
+    applied = await _replay_applied(rt, event_id) if (recompute or force_actions) and len(pipelines) > 1 else ()
+    replayed: list[str] = []  # pipelines this run recomputed / forced, recorded if a later one is held
     current: Pipeline | None = None
     closing = Closing(event_id, job_id, simulated=rt.simulated)
     superseded_by = await _superseded(rt, event, pipelines)
@@ -271,15 +275,18 @@ async def handle_event(
         for i, pipeline in enumerate(pipelines):
             current = pipeline
             last = i == len(pipelines) - 1
+            again = (recompute or force_actions) and pipeline.name not in applied
             async with asyncio.timeout(pipeline.timeout_seconds):
                 outcome = await run_pipeline(
                     rt,
                     event,
                     pipeline,
-                    recompute=recompute,
-                    force_actions=force_actions,
+                    recompute=recompute and again,
+                    force_actions=force_actions and again,
                     closing=closing if last else None,
                 )
+            if again:
+                replayed.append(pipeline.name)
             closing.dry_so_far = closing.dry_so_far or outcome.dry_run
     except asyncio.CancelledError:
         if not closing.done:  # finished already: nothing to hand back
@@ -294,7 +301,7 @@ async def handle_event(
                 )
         raise
     except Held as held:
-        return await hold(rt, event, held, job_id)
+        return await hold(rt, event, held, job_id, replayed=replayed)
     except Exception as e:
         if closing.done:  # the outcome is recorded; what failed came after it (a timeout at the very end)
             return EventStatus.SUCCEEDED
@@ -309,6 +316,12 @@ async def handle_event(
     else:
         log.info("event %s %s", event_id, EventStatus.SUCCEEDED, extra={"status": str(EventStatus.SUCCEEDED)})
     return EventStatus.SUCCEEDED
+
+
+async def _replay_applied(rt: Runtime, event_id: int) -> tuple[str, ...]:
+    """The pipelines whose part of the event's latest replay (recompute / force) is done already."""
+    row = await limits.one(rt, "replay_applied", event_id=event_id)
+    return tuple(row["replay_applied"] or ()) if row else ()
 
 
 async def _superseded(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> int | None:

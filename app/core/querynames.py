@@ -58,6 +58,7 @@ LimitsQuery = Literal[
     "loop_guard_tenant",
     "mark_admitted",
     "throttle_event",
+    "replay_applied",
     "spend_today",
     "claim_once",
     "batch_item_latest",

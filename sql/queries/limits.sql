@@ -61,9 +61,15 @@ UPDATE hookline.events SET admitted_at = now() WHERE id = %(event_id)s AND admit
 
 -- name: throttle_event
 -- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
+-- %(replayed)s: pipelines of a replay with recompute/force that this run finished before the hold.
 UPDATE hookline.events
-SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s
+SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s,
+    replay_applied = replay_applied || %(replayed)s::text[]
 WHERE id = %(event_id)s;
+
+-- name: replay_applied
+-- A replay with recompute/force, run again after a hold: the pipelines it already recomputed/forced.
+SELECT replay_applied FROM hookline.events WHERE id = %(event_id)s;
 
 -- name: spend_today
 -- hookline status: today's usage per tenant (UTC day, this hour's events).

@@ -253,6 +253,76 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
     assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
 
 
+# ------------------------------------------------------------------------------------------- replays held at a limit
+SONNET = "claude-sonnet-5-5"
+
+
+def two_pipelines() -> Config:
+    """``a`` (haiku) then ``b`` (sonnet, one request a minute), each posting its answer to the receiver."""
+
+    def pipe(model: str) -> dict[str, Any]:
+        return {
+            "source": "stripe",
+            "events": ["invoice.*"],
+            "model": model,
+            "instructions": "Triage.",
+            "output_schema": SCHEMA,
+            "actions": [{"type": "http", "url_env": "HL_CRM_URL"}],
+        }
+
+    return config_from(
+        {
+            "sources": {"stripe": {"provider": "stripe", "secrets_env": ["HL_STRIPE_SECRET"]}},
+            "pipelines": {"a": pipe(MODEL), "b": pipe(SONNET)},
+            "models": {SONNET: {"requests_per_minute": 1}},
+        }
+    )
+
+
+async def test_a_replay_held_at_a_later_pipeline_recomputes_and_forces_each_pipeline_once(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
+) -> None:
+    """replay(recompute, force) while ``b``'s model is at its rate limit: every run is held at ``b``, and
+    a hold gives its attempt back. The runs after the first must reuse ``a``'s new answer and not post
+    its action again; once ``b`` may call, it is recomputed and forced once too."""
+    rt = await runtime_for(db_url, fake, two_pipelines())
+    opened.append(rt)
+    fake.set_default(reply(GOOD, usage=USAGE))
+    eid = insert_event(db_url, "evt_replay_held")
+    assert await handle_event(rt, eid) == "succeeded"  # b took sonnet's request for this minute
+    rows(db_url, "SELECT hookline.replay(%s::bigint, true, true)", eid)
+    for _ in range(3):
+        with pytest.raises(RetryLater):
+            await handle_event(rt, eid, recompute=True, force_actions=True)
+    assert models_called(fake) == [MODEL, SONNET, MODEL]  # a recomputed once, not once per hold
+    assert pipelines_posted(receiver) == ["a", "b", "a"]  # a's action forced once
+    assert rows(db_url, "SELECT status, attempts, replay_applied FROM hookline.events WHERE id = %s", eid) == [
+        ("throttled", 0, ["a"])
+    ]
+    rows(db_url, "UPDATE hookline.model_buckets SET requests = 1 WHERE model = %s RETURNING model", SONNET)
+    assert await handle_event(rt, eid, recompute=True, force_actions=True) == "succeeded"  # a minute later
+    assert models_called(fake) == [MODEL, SONNET, MODEL, SONNET]
+    assert pipelines_posted(receiver) == ["a", "b", "a", "b"]
+    calls = "SELECT pipeline, status, count(*) FROM hookline.llm_calls WHERE event_id = %s GROUP BY 1, 2 ORDER BY 1, 2"
+    assert rows(db_url, calls, eid) == [
+        ("a", "succeeded", 1),
+        ("a", "superseded", 1),
+        ("b", "failed", 3),  # the holds: the bucket refused the call before it was sent
+        ("b", "succeeded", 1),
+        ("b", "superseded", 1),
+    ]
+    rows(db_url, "SELECT hookline.replay(%s::bigint, true, true)", eid)  # a new replay starts its own list
+    assert rows(db_url, "SELECT replay_applied FROM hookline.events WHERE id = %s", eid) == [([],)]
+
+
+def models_called(fake: FakeMessagesAPI) -> list[str]:
+    return [str(r.body["model"]) for r in fake.calls_to("/v1/messages")]
+
+
+def pipelines_posted(receiver: Receiver) -> list[str]:
+    return [str(json.loads(r.body)["pipeline"]) for r in receiver.received]
+
+
 # ------------------------------------------------------------------------------------------- infrastructure failures
 def fail_first_claim(conn: psycopg.Connection, times: int = 1) -> None:
     """The next ``times`` claims of any event fail inside Postgres (a real error raised by the database).
