@@ -16,12 +16,13 @@ import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from app.core.config import Pipeline, Tenant
+from app.core.config.pipelines import LoopGuard
 from app.core.querynames import LimitsQuery
 from app.core.records import EventRow
 from app.core.sqlfiles import NamedQueries
@@ -79,50 +80,40 @@ def tenant_key(event: EventRow) -> str:
 async def admit(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> None:
     """Count the event once against ``events_per_hour`` and hold it while a loop guard trips."""
     cfg = rt.config
-    for p in pipelines:
-        if p.loop_guard is not None:
-            await _loop_guard(rt, event, p)
-    admitted_now = False
-    if cfg.tenants:
-        caps = cfg.tenant(event.get("tenant"))
+    caps = cfg.tenant(event.get("tenant")) if cfg.tenants else None
+    guarded = [(p, p.loop_guard) for p in pipelines if p.loop_guard is not None]
+    if guarded or (caps is not None and any(p.loop_guard for p in cfg.pipelines.values())):
+        # count and admit in one function, under a lock per ordering key and tenant: events started
+        # together must not all count the same admitted ones (an unguarded event too, when a guard counts it)
+        row = await one(
+            rt,
+            "admit_guarded",
+            event_id=event["id"],
+            max_events=[g.max_events for _, g in guarded],
+            window_seconds=[g.window_seconds for _, g in guarded],
+            count_hour=caps is not None,
+            cap=caps.events_per_hour if caps is not None else None,
+        )
+        if row is not None and row["blocked"] is not None:
+            pipeline, guard = guarded[int(row["blocked"]) - 1]
+            await _loop_guard_held(rt, event, pipeline, guard, int(row["n"]), row["frees_at"])
+    elif caps is not None:
         row = await one(rt, "admit_event", event_id=event["id"], tenant=tenant_key(event), cap=caps.events_per_hour)
-        reopens = row["reopens_at"] if row else None
-        if reopens is not None:
-            await _budget_alert(rt, event, caps, "hour", reopens - dt.timedelta(hours=1), "events_per_hour", 1.0)
-            raise _over_cap(
-                caps, f"tenant {tenant_key(event)!r} is at events_per_hour = {caps.events_per_hour}", reopens
-            )
-        admitted_now = True
-    if not admitted_now and any(p.loop_guard for p in pipelines):
-        await one(rt, "mark_admitted", event_id=event["id"])
-
-
-async def _loop_guard(rt: Runtime, event: EventRow, p: Pipeline) -> None:
-    guard = p.loop_guard
-    assert guard is not None
-    if event.get("ordering_key"):
-        row = await one(
-            rt,
-            "loop_guard_key",
-            source=event["source"],
-            ordering_key=event["ordering_key"],
-            event_id=event["id"],
-            window_seconds=guard.window_seconds,
-        )
-        what = f"ordering key {event['ordering_key']!r}"
     else:
-        row = await one(
-            rt,
-            "loop_guard_tenant",
-            tenant=event.get("tenant"),
-            event_id=event["id"],
-            window_seconds=guard.window_seconds,
-        )
-        what = f"tenant {tenant_key(event)!r}"
-    if row is None or int(row["n"]) < guard.max_events:
         return
+    reopens = row["reopens_at"] if row else None
+    if reopens is not None:
+        assert caps is not None
+        await _budget_alert(rt, event, caps, "hour", reopens - dt.timedelta(hours=1), "events_per_hour", 1.0)
+        raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at events_per_hour = {caps.events_per_hour}", reopens)
+
+
+async def _loop_guard_held(
+    rt: Runtime, event: EventRow, p: Pipeline, guard: LoopGuard, n: int, frees_at: dt.datetime | None
+) -> NoReturn:
+    what = f"ordering key {event['ordering_key']!r}" if event.get("ordering_key") else f"tenant {tenant_key(event)!r}"
     reason = (
-        f"loop guard of pipeline {p.name}: {what} had {row['n']} events in {guard.window_seconds:g}s "
+        f"loop guard of pipeline {p.name}: {what} had {n} events in {guard.window_seconds:g}s "
         f"(max_events = {guard.max_events}); held until the window has room"
     )
     if rt.config.alerts:
@@ -130,7 +121,7 @@ async def _loop_guard(rt: Runtime, event: EventRow, p: Pipeline) -> None:
         if claim and claim["claimed"]:
             data = {"pipeline": p.name, "event_id": event["id"], "key": what}
             await send_alert(rt, "loop_guard", reason, data, once=f"{p.name}-{event['id']}")
-    raise Held(reason, delay=_seconds_until(row["frees_at"]))
+    raise Held(reason, delay=_seconds_until(frees_at))
 
 
 def _over_cap(caps: Tenant, what: str, reopens: dt.datetime) -> Held:

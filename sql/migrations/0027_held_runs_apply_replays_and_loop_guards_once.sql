@@ -1,4 +1,5 @@
--- A replay's recompute/force is applied once per pipeline, however often a limit holds the event.
+-- A replay's recompute/force is applied once per pipeline, however often a limit holds the event; a
+-- loop guard counts and admits in one function, so concurrent events never all see room.
 --
 -- hookline.replay(id, p_recompute, p_force) queues a job whose arguments ask the worker to call the
 -- model again and to run succeeded actions again. The worker applied them while the event's attempts
@@ -55,3 +56,84 @@ COMMENT ON FUNCTION hookline.replay(bigint, boolean, boolean) IS
   'repeated unless p_force. Both apply to the replay''s first attempt (a retry after a failure reuses what '
   'it did), once per pipeline however often a limit holds the event (hookline.events.replay_applied). The '
   'event starts again with no attempts and no infrastructure failures counted.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Loop guard: count and admit atomically
+-- ---------------------------------------------------------------------------------------------
+-- The worker counted an event's key (or tenant) in one statement and set its admitted_at in another:
+-- events of one key started together all counted the same admitted events, all saw room and all ran
+-- (max_events = 2, 8 events at once: 4 or 5 ran). hookline.admit_guarded_v1 takes a transaction-scoped
+-- advisory lock per ordering key and per tenant, counts, and admits (events_per_hour included) before
+-- it lets the next admission of the same key or tenant count. Events of configurations without any
+-- loop_guard keep hookline.admit_event_v1 (no lock, no extra query).
+
+CREATE FUNCTION hookline.admit_guarded_v1(
+    p_event_id bigint, p_max_events integer[], p_window_seconds double precision[], p_count_hour boolean,
+    p_events_cap integer
+) RETURNS TABLE (blocked integer, n bigint, frees_at timestamptz, reopens_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev record;
+    counted bigint;
+    oldest timestamptz;
+    hour timestamptz := date_trunc('hour', now());
+BEGIN
+    SELECT e.source, e.ordering_key, e.tenant, e.admitted_at INTO ev FROM hookline.events e WHERE e.id = p_event_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz;
+        RETURN;
+    END IF;
+    -- one admission at a time per ordering key and per tenant (a keyed event counts for its tenant too):
+    -- the next one counts after this one committed. Key before tenant, always: no deadlock.
+    IF ev.ordering_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended('hookline.loop_guard:key:' || ev.source || ':' || ev.ordering_key, 0));
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('hookline.loop_guard:tenant:' || coalesce(ev.tenant, ''), 0));
+    FOR i IN 1 .. coalesce(array_length(p_max_events, 1), 0) LOOP
+        IF ev.ordering_key IS NOT NULL THEN
+            SELECT count(*), min(e.admitted_at) INTO counted, oldest FROM hookline.events e
+            WHERE e.source = ev.source AND e.ordering_key = ev.ordering_key AND e.admitted_at IS NOT NULL
+              AND e.admitted_at > now() - make_interval(secs => p_window_seconds[i]) AND e.id <> p_event_id;
+        ELSIF ev.tenant IS NULL THEN
+            SELECT count(*), min(e.admitted_at) INTO counted, oldest FROM hookline.events e
+            WHERE e.tenant IS NULL AND e.admitted_at IS NOT NULL
+              AND e.admitted_at > now() - make_interval(secs => p_window_seconds[i]) AND e.id <> p_event_id;
+        ELSE
+            SELECT count(*), min(e.admitted_at) INTO counted, oldest FROM hookline.events e
+            WHERE e.tenant = ev.tenant AND e.admitted_at IS NOT NULL
+              AND e.admitted_at > now() - make_interval(secs => p_window_seconds[i]) AND e.id <> p_event_id;
+        END IF;
+        IF counted >= p_max_events[i] THEN  -- nothing admitted, nothing counted
+            RETURN QUERY SELECT i, counted, oldest + make_interval(secs => p_window_seconds[i]), NULL::timestamptz;
+            RETURN;
+        END IF;
+    END LOOP;
+    IF ev.admitted_at IS NULL THEN
+        IF p_count_hour THEN  -- hookline.admit_event_v1's count against events_per_hour
+            INSERT INTO hookline.budget_windows (tenant, period, window_start)
+            VALUES (coalesce(ev.tenant, ''), 'hour', hour) ON CONFLICT DO NOTHING;
+            UPDATE hookline.budget_windows w SET events = w.events + 1
+            WHERE w.tenant = coalesce(ev.tenant, '') AND w.period = 'hour' AND w.window_start = hour
+              AND (p_events_cap IS NULL OR w.events < p_events_cap);
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT NULL::integer, NULL::bigint, NULL::timestamptz, hour + interval '1 hour';
+                RETURN;
+            END IF;
+        END IF;
+        UPDATE hookline.events SET admitted_at = now() WHERE id = p_event_id;
+    END IF;
+    RETURN QUERY SELECT NULL::integer, NULL::bigint, NULL::timestamptz, NULL::timestamptz;
+END;
+$$;
+COMMENT ON FUNCTION hookline.admit_guarded_v1(bigint, integer[], double precision[], boolean, integer) IS
+  'Admit an event under its pipelines'' loop guards (parallel arrays: max_events, window_seconds), counting '
+  'and admitting under a transaction-scoped advisory lock per ordering key and per tenant, so concurrent '
+  'events of one key or tenant never all see room. Returns blocked = the 1-based index of the first guard '
+  'whose window is full, with its count (other events admitted in the window, per ordering key, else per '
+  'tenant) and when its oldest leaves it; else, with p_count_hour, counts the event once against '
+  'events_per_hour (p_events_cap, NULL = no cap) as hookline.admit_event_v1 does: reopens_at = when the next '
+  'hour opens if it is full. Nothing is counted or admitted unless every column comes back NULL; an event '
+  'admitted before is checked against the guards again but not counted again.';

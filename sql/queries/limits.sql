@@ -17,6 +17,13 @@ SELECT hookline.observe_model_limits_v1(%(model)s, %(requests)s, %(input)s, %(ou
 -- Count the event once against events_per_hour: NULL admitted, else when the next hour opens.
 SELECT hookline.admit_event_v1(%(event_id)s, %(tenant)s, %(cap)s) AS reopens_at;
 
+-- name: admit_guarded
+-- Loop guards (and events_per_hour) counted and admitted atomically: the first full guard's index, count and
+-- when it frees; else when events_per_hour reopens; all NULL when admitted.
+SELECT blocked, n, frees_at, reopens_at
+FROM hookline.admit_guarded_v1(%(event_id)s, %(max_events)s::integer[], %(window_seconds)s::double precision[],
+                               %(count_hour)s, %(cap)s);
+
 -- name: reserve_budget
 -- Reserve a call's worst case in the tenant's UTC day, with a lease (granted, day_start, reopens_at, reservation_id).
 SELECT granted, day_start, reopens_at, reservation_id
@@ -40,24 +47,6 @@ SELECT verdict, retry_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_tim
 -- A call's outcome for the model's breaker; flipped = the state changed.
 SELECT new_state, flipped
 FROM hookline.breaker_record_v1(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
-
--- name: loop_guard_key
--- Events of one ordering key admitted within the window, and when the oldest of them leaves it.
-SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
-FROM hookline.events
-WHERE source = %(source)s AND ordering_key = %(ordering_key)s AND admitted_at IS NOT NULL
-  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
-
--- name: loop_guard_tenant
--- Events of one tenant admitted within the window, and when the oldest of them leaves it.
-SELECT count(*) AS n, min(admitted_at) + make_interval(secs => %(window_seconds)s) AS frees_at
-FROM hookline.events
-WHERE tenant IS NOT DISTINCT FROM %(tenant)s AND admitted_at IS NOT NULL
-  AND admitted_at > now() - make_interval(secs => %(window_seconds)s) AND id <> %(event_id)s;
-
--- name: mark_admitted
--- The event counts for the loop guard from now on (when no tenant budget admitted it already).
-UPDATE hookline.events SET admitted_at = now() WHERE id = %(event_id)s AND admitted_at IS NULL;
 
 -- name: throttle_event
 -- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.

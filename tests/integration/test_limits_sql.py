@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import psycopg
@@ -133,6 +135,32 @@ def test_events_per_hour_counts_each_event_once(conn: psycopg.Connection) -> Non
     (reopens,) = _one(conn, "admit_event", event_id=ids[2], tenant="t", cap=2)
     assert reopens is not None
     assert conn.execute("SELECT events FROM hookline.budget_windows WHERE period = 'hour'").fetchone() == (2,)
+
+
+def test_a_loop_guard_counts_and_admits_one_event_at_a_time(conn: psycopg.Connection, db_url: str) -> None:
+    """hookline.admit_guarded_v1: a second admission of the same tenant waits for the first to commit,
+    then counts it (the worker's events started together never all see room)."""
+    ids = [
+        conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, tenant) VALUES ('s', %s, 't') RETURNING id", (f"d{i}",)
+        ).fetchone()[0]  # type: ignore[index]
+        for i in range(3)
+    ]
+    guard = {"max_events": [1], "window_seconds": [60.0], "count_hour": True, "cap": 2}
+    with psycopg.connect(db_url) as first, ThreadPoolExecutor(1) as pool:
+        assert first.execute(LQ["admit_guarded"], {"event_id": ids[0], **guard}).fetchone() == (None,) * 4
+        second = pool.submit(_one, conn, "admit_guarded", event_id=ids[1], **guard)
+        time.sleep(0.3)
+        assert not second.done()  # the first admission is not committed yet: the second waits for it
+        first.commit()
+        blocked, n, frees_at, reopens = second.result(timeout=30)
+    assert (blocked, n, reopens) == (1, 1, None) and frees_at is not None
+    assert _one(conn, "admit_guarded", event_id=ids[0], **guard) == (None,) * 4  # admitted before: not counted again
+    no_guard = {"max_events": [], "window_seconds": [], "count_hour": True, "cap": 1}
+    (*_, reopens) = _one(conn, "admit_guarded", event_id=ids[2], **no_guard)  # events_per_hour = 1 is full
+    assert reopens is not None
+    assert conn.execute("SELECT events FROM hookline.budget_windows WHERE period = 'hour'").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM hookline.events WHERE admitted_at IS NOT NULL").fetchone() == (1,)
 
 
 def test_breaker_opens_pauses_probes_once_and_closes(conn: psycopg.Connection) -> None:

@@ -5,6 +5,7 @@ Postgres and the fake Messages API; the last test runs the real procrastinate wo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -251,6 +252,41 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
     )
     assert window == [(150, 0)]
     assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
+
+
+# ------------------------------------------------------------------------------------------- loop guard
+def insert_keyed_event(db_url: str, delivery_id: str, ordering_key: str) -> int:
+    eid = insert_event(db_url, delivery_id)
+    rows(db_url, "UPDATE hookline.events SET ordering_key = %s WHERE id = %s RETURNING id", ordering_key, eid)
+    return eid
+
+
+@pytest.mark.parametrize("by", ["tenant", "ordering key"])
+async def test_the_loop_guard_admits_no_more_than_max_events_started_at_once(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], by: str
+) -> None:
+    """Ten events of one tenant (or ordering key) started at the same time: each counts the events
+    admitted before it and is admitted in the same function, so two run and the others are held."""
+    rt = await runtime_for(db_url, fake, make_config({"loop_guard": {"max_events": 2, "window_seconds": 600}}))
+    opened.append(rt)
+    fake.set_default(reply(GOOD, usage=USAGE))
+    if by == "tenant":
+        ids = [insert_event(db_url, f"evt_loop{i}", "acme") for i in range(10)]
+    else:
+        ids = [insert_keyed_event(db_url, f"evt_loop{i}", "cus_loop") for i in range(10)]
+
+    async def run(event_id: int) -> str:
+        try:
+            return await handle_event(rt, event_id)
+        except RetryLater:
+            return "held"
+
+    outcomes = await asyncio.gather(*(run(e) for e in ids))
+    assert sorted(outcomes) == ["held"] * 8 + ["succeeded"] * 2
+    assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE admitted_at IS NOT NULL") == [(2,)]
+    assert len(fake.calls_to("/v1/messages")) == 2
+    held_detail = rows(db_url, "SELECT detail FROM hookline.events WHERE status = 'throttled'")
+    assert len(held_detail) == 8 and all("had 2 events in 600s (max_events = 2)" in d for (d,) in held_detail)
 
 
 # ------------------------------------------------------------------------------------------- replays held at a limit
