@@ -76,6 +76,8 @@ def classify(exc: BaseException) -> PipelineError:
         if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
             return TransientError(api, retry_after=ra)
         return PermanentError(api)
+    if isinstance(exc, anthropic.APIResponseValidationError):  # a 2xx whose body is not the API's JSON
+        return TransientError(f"anthropic {exc.status_code}: {exc.message}")
     if isinstance(exc, anthropic.APIConnectionError | anthropic.APITimeoutError):
         return TransientError(f"anthropic connection: {exc.__class__.__name__}")
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):

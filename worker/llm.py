@@ -130,7 +130,10 @@ async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
     raw = await client.messages.with_raw_response.create(**request)
     # The API's own JSON, stored as sent: the SDK's parse into pydantic models and the dump back to a
     # dict cost a sixth of the SDK's CPU per call and added nothing the worker reads.
-    body = await raw.json()
+    try:
+        body = await raw.json()
+    except ValueError:  # not JSON at all: a proxy's HTML page, a cut-off body
+        body = None
     latency = int((time.monotonic() - started) * 1000)
     if not isinstance(body, dict):  # only the real API can answer that (a proxy's page, say): retried
         raise anthropic.APIResponseValidationError(

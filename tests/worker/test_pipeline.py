@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from app.core.config import Config
-from tests.fakes.messages_api import FakeMessagesAPI, error, invalid_json_reply, reply
+from tests.fakes.messages_api import FakeMessagesAPI, Step, error, invalid_json_reply, raw, reply
 from tests.harness import Receiver, config_from, make_settings, rows
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
@@ -180,6 +180,28 @@ async def test_transient_error_retries_then_succeeds_reusing_nothing_twice(
     status, attempts, _, detail = event(db_url, event_id)
     assert (status, attempts) == ("retrying", 1)
     assert "attempt 1 of 3" in detail
+    assert await handle_event(runtime, event_id) == "succeeded"
+    assert calls(db_url, event_id) == ["failed", "succeeded"]
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        raw(200, "<html>Sign in to the proxy</html>"),
+        raw(200, '{"id": "msg_cut", "content": [', content_type="application/json"),
+    ],
+    ids=["html_page", "cut_json"],
+)
+async def test_a_200_whose_body_is_not_json_is_retried_not_a_dead_letter(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver, answer: Step
+) -> None:
+    fake.enqueue(answer, reply(GOOD))
+    event_id = insert_event(db_url, "evt_not_json")
+    with pytest.raises(RetryLater):
+        await handle_event(runtime, event_id)
+    status, attempts, _, detail = event(db_url, event_id)
+    assert (status, attempts) == ("retrying", 1) and "attempt 1 of 3" in detail
     assert await handle_event(runtime, event_id) == "succeeded"
     assert calls(db_url, event_id) == ["failed", "succeeded"]
     assert len(receiver.received) == 1
