@@ -15,6 +15,7 @@ from worker.batches import batch_answer
 from worker.closing import Closing
 from worker.errors import classify
 from worker.gate import Gate
+from worker.limits import Held
 from worker.llm import CallRecord, ask, call_row
 from worker.microbatch import escalate_batched, micro_answer
 from worker.prompt import build_request, output_spec, trim
@@ -97,7 +98,7 @@ async def answer_for(
     except Exception as e:
         err = classify(e)
         await _store(rt, eid, pipeline.name, gate.records)
-        if not gate.records:
+        if not gate.records and not isinstance(err, Held):  # a hold: no call was sent, none is stored
             await rt.db.store_call(
                 call_row(
                     eid,

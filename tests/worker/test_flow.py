@@ -229,6 +229,22 @@ async def test_escalate_re_asks_the_stronger_model_for_the_batched_parts_that_sa
     assert posted == {calm: "fine", urgent: "Chargeback: act today"}  # the action ran on the escalated answer
 
 
+# ------------------------------------------------------------------------------------------- holds
+async def test_a_hold_before_any_call_stores_no_model_call(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    fake.set_default(reply(GOOD, usage=USAGE))
+    rt = await runtime_for(db_url, fake, make_config({}, models={MODEL: {"requests_per_minute": 1}}))
+    opened.append(rt)
+    sent, waiting = insert_event(db_url, "evt_h0"), insert_event(db_url, "evt_h1")
+    assert await handle_event(rt, sent) == "succeeded"
+    for _ in range(2):
+        assert "shared rate limit" in await held(rt, waiting)
+    assert rows(db_url, "SELECT event_id, status FROM hookline.llm_calls") == [(sent, "succeeded")]
+    assert rows(db_url, "SELECT sum(calls) FROM hookline.costs_daily") == [(1,)]  # only the call that was sent
+    assert len(fake.calls_to("/v1/messages")) == 1
+
+
 # ------------------------------------------------------------------------------------------- a killed worker
 async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends(
     db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
