@@ -7,6 +7,9 @@ and why (``route``), for the pipeline to store before anything else happens.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,15 @@ from worker.errors import classify
 from worker.limits import Held
 from worker.llm import CallRecord, one_call
 from worker.runtime import Runtime
+
+#: The loop time at which the running pipeline's ``timeout_seconds`` fires (set by the task around
+#: each pipeline): tells its timeout from a worker shutdown, the other cancellation a call can meet.
+PIPELINE_DEADLINE: ContextVar[float | None] = ContextVar("hookline_pipeline_deadline", default=None)
+
+
+def _timed_out() -> bool:
+    deadline = PIPELINE_DEADLINE.get()
+    return deadline is not None and asyncio.get_running_loop().time() >= deadline
 
 
 def _breaker_failure(exc: BaseException) -> bool:
@@ -41,6 +53,12 @@ class Gate:
             return None  # one hop: a fallback's own fallback is not chased
         return self.rt.config.model_limits(model).fallback
 
+    async def _abandoned(self, res: limits.Reservation, model: str, failure: str | None) -> None:
+        """A call cut off by a cancellation: settled as a failed call; ``failure`` goes to the breaker."""
+        await limits.settle(self.rt, self.event, res, None, None)
+        if failure is not None:
+            await limits.breaker_report(self.rt, model, False, failure[:300])
+
     async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
         rt, model = self.rt, request["model"]
         assert rt.llm is not None
@@ -54,6 +72,25 @@ class Gate:
         res = await limits.reserve(rt, self.event, request, lease_seconds=lease)
         try:
             rec = await one_call(rt.llm, request)
+        except asyncio.CancelledError:
+            # The pipeline's timeout_seconds fired (or the worker is shutting down) while the model was
+            # asked: the call is recorded, its reservation given back and, on a timeout, the breaker told,
+            # all shielded from the cancellation, which then goes on.
+            timed_out = _timed_out()
+            error = str(classify(TimeoutError())) if timed_out else "interrupted (worker shutdown)"
+            self.records.append(
+                CallRecord(
+                    model=model,
+                    status=CallStatus.FAILED,
+                    request=request,
+                    error=error,
+                    route=route,
+                    requested_model=self.pipeline.model,
+                )
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._abandoned(res, model, error if timed_out else None))
+            raise
         except Exception as e:
             err = classify(e)
             response = getattr(e, "response", None)

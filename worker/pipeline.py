@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ async def answer_for(
                     route=f"escalate:{esc.when}",
                 )
                 output = answer.output
+    except asyncio.CancelledError:  # the pipeline's timeout_seconds, or a shutdown
+        await _store_cut_off(rt, eid, pipeline.name, gate.records)
+        raise
     except Exception as e:
         err = classify(e)
         await _store(rt, eid, pipeline.name, gate.records)
@@ -109,6 +113,13 @@ async def answer_for(
         raise err from e
     await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing, inline=pipeline.sync)
     return output, False
+
+
+async def _store_cut_off(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+    """A run cut off by a cancellation still stores the calls it made (a cut-off one as ``failed``),
+    shielded from the cancellation, which goes on: a retry reuses a stored answer, never pays twice."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(_store(rt, event_id, pipeline, records))
 
 
 def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:

@@ -18,6 +18,7 @@ from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
 from worker import concurrency, limits
 from worker.closing import Closing, success_detail
+from worker.gate import PIPELINE_DEADLINE
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
 from worker.outcomes import failed, finish, hold, infrastructure_failure
@@ -276,7 +277,8 @@ async def handle_event(
             current = pipeline
             last = i == len(pipelines) - 1
             again = (recompute or force_actions) and pipeline.name not in applied
-            async with asyncio.timeout(pipeline.timeout_seconds):
+            async with asyncio.timeout(pipeline.timeout_seconds) as scope:
+                PIPELINE_DEADLINE.set(scope.when())  # a model call cut off by it tells the breaker
                 outcome = await run_pipeline(
                     rt,
                     event,

@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from app.core.config import Config
-from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.fakes.messages_api import FakeMessagesAPI, reply, slow
 from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, worker_task
 from worker import batches, limits
 from worker.pricing import cost_usd
@@ -243,6 +243,40 @@ async def test_a_hold_before_any_call_stores_no_model_call(
     assert rows(db_url, "SELECT event_id, status FROM hookline.llm_calls") == [(sent, "succeeded")]
     assert rows(db_url, "SELECT sum(calls) FROM hookline.costs_daily") == [(1,)]  # only the call that was sent
     assert len(fake.calls_to("/v1/messages")) == 1
+
+
+# ------------------------------------------------------------------------------------------- pipeline timeout
+async def test_a_pipeline_timeout_during_the_model_call_settles_it_records_it_and_tells_the_breaker(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    otpm = 3000  # the call takes max_tokens (1024) of the bucket's output tokens until it is settled
+    config = make_config(
+        {"timeout_seconds": 1, "actions": []},
+        tenants={"*": {"tokens_per_day": 100_000}},
+        models={
+            MODEL: {
+                "output_tokens_per_minute": otpm,
+                "breaker": {"failures": 2, "window_seconds": 60, "open_seconds": 30},
+            }
+        },
+    )
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    fake.enqueue(slow(3, then=reply(GOOD, usage=USAGE)))
+    eid = insert_event(db_url, "evt_slow", "t")
+
+    with pytest.raises(RetryLater):
+        await handle_event(rt, eid)
+    timed_out = "timed out (pipeline timeout_seconds)"
+    assert rows(db_url, "SELECT status, last_error FROM hookline.events WHERE id = %s", eid) == [
+        ("retrying", f"pipeline triage: {timed_out}")
+    ]
+    assert rows(db_url, "SELECT model, status, error FROM hookline.llm_calls") == [(MODEL, "failed", timed_out)]
+    window = rows(db_url, "SELECT tokens, reserved_tokens FROM hookline.budget_windows WHERE period = 'day'")
+    assert window == [(0, 0)]  # the reservation was given back, not held until its lease ends
+    assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
+    assert rows(db_url, "SELECT output_tokens FROM hookline.model_buckets WHERE model = %s", MODEL) == [(otpm,)]
+    assert rows(db_url, "SELECT state, failures FROM hookline.breakers WHERE model = %s", MODEL) == [("closed", 1)]
 
 
 # ------------------------------------------------------------------------------------------- a killed worker
