@@ -11,13 +11,14 @@ from typing import Any
 from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
+from worker import limits
 from worker.action_runs import run_actions
 from worker.batches import batch_answer
 from worker.closing import Closing
-from worker.errors import classify
+from worker.errors import PipelineError, classify
 from worker.gate import Gate
 from worker.limits import Held
-from worker.llm import CallRecord, ask, call_row
+from worker.llm import Answer, CallRecord, ask, call_row
 from worker.microbatch import escalate_batched, micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
@@ -40,17 +41,17 @@ async def answer_for(
     Returns ``(output, reused)``; ``output`` is None for a dry run. Every call is stored before the
     caller runs any action. With ``closing`` (the event's last pipeline), the statement that stores a
     dry run, or an answer no action follows, also finishes the event.
+
+    ``escalate``: the first answer stays the stored one until the escalated answer replaces it, so a
+    retry after a failed or held escalated call reuses it and asks only the escalation model.
     """
     eid = event["id"]
     if not recompute:
-        answers = event.get("answers")
-        if answers is not None:  # loaded with the event by start_events: no round trip
-            if pipeline.name in answers:
-                return answers[pipeline.name]["output"], True
-        else:
-            stored = await rt.db.one("succeeded_call", event_id=eid, pipeline=pipeline.name)
-            if stored is not None:
-                return stored["output"], True
+        found, output = await _stored_answer(rt, event, pipeline)
+        if found:
+            if _escalates(pipeline, output) and pipeline.batch is None and pipeline.mode != "batch_api":
+                output = await _escalate_stored(rt, event, pipeline, output)
+            return output, True
     if recompute:  # before the call: a failed call must not leave the old answer in place for the retry
         await rt.db.run("supersede_calls", event_id=eid, pipeline=pipeline.name)
     history = await _history(rt, event, pipeline) if pipeline.history else None
@@ -81,38 +82,101 @@ async def answer_for(
     try:
         with _simulating(rt, pipeline):
             answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
+            if _escalates(pipeline, answer.output):
+                base = [rec for rec in answer.calls if rec.status == CallStatus.SUCCEEDED]
+                answer = await _ask_escalated(gate, pipeline, request)
+                for rec in base:  # only now: a failed or held escalation leaves the base answer for the retry
+                    rec.status = CallStatus.SUPERSEDED  # the escalated answer takes the one succeeded slot
             output = answer.output
-            esc = pipeline.escalate
-            if esc is not None and isinstance(output, dict) and output.get(esc.when) is True:
-                for rec in answer.calls:  # the escalated answer takes the one succeeded slot
-                    if rec.status == CallStatus.SUCCEEDED:
-                        rec.status = CallStatus.SUPERSEDED
-                stronger = {**request, "model": esc.model}
-                answer = await ask(
-                    gate,
-                    stronger,
-                    output_spec(pipeline),
-                    max_tokens_cap=pipeline.max_tokens_cap,
-                    route=f"escalate:{esc.when}",
-                )
-                output = answer.output
     except asyncio.CancelledError:  # the pipeline's timeout_seconds, or a shutdown
         await _store_cut_off(rt, eid, pipeline.name, gate.records)
         raise
     except Exception as e:
         err = classify(e)
-        await _store(rt, eid, pipeline.name, gate.records)
-        if not gate.records and not isinstance(err, Held):  # a hold: no call was sent, none is stored
-            await rt.db.store_call(
-                call_row(
-                    eid,
-                    pipeline.name,
-                    CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
-                )
-            )
+        await _store_failure(rt, eid, pipeline, gate.records, request, err)
         raise err from e
     await _store(rt, eid, pipeline.name, gate.records, None if pipeline.actions else closing, inline=pipeline.sync)
     return output, False
+
+
+def _escalates(pipeline: Pipeline, output: Any) -> bool:
+    """``escalate``: this answer's boolean field ``when`` is true."""
+    esc = pipeline.escalate
+    return esc is not None and isinstance(output, dict) and output.get(esc.when) is True
+
+
+async def _ask_escalated(gate: Gate, pipeline: Pipeline, request: dict[str, Any]) -> Answer:
+    """The same request, to ``escalate.model`` (route ``escalate:FIELD``)."""
+    assert pipeline.escalate is not None
+    esc = pipeline.escalate
+    return await ask(
+        gate,
+        {**request, "model": esc.model},
+        output_spec(pipeline),
+        max_tokens_cap=pipeline.max_tokens_cap,
+        route=f"escalate:{esc.when}",
+    )
+
+
+async def _stored_answer(rt: Runtime, event: EventRow, pipeline: Pipeline) -> tuple[bool, Any]:
+    """``(True, output)`` of the succeeded answer stored for (event, pipeline), if any."""
+    answers = event.get("answers")
+    if answers is not None:  # loaded with the event by start_events: no round trip
+        if pipeline.name in answers:
+            return True, answers[pipeline.name]["output"]
+        return False, None
+    stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
+    return (True, stored["output"]) if stored is not None else (False, None)
+
+
+async def _escalate_stored(rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any) -> Any:
+    """A stored answer that ``escalate`` has not re-asked yet: its escalated call failed or was held in
+    an earlier run. Only the escalated call is made now (the stored answer is reused, never paid
+    again); the escalated answer supersedes it in the statement that stores it."""
+    if rt.llm is None:
+        return output
+    due = await limits.one(rt, "escalation_due", event_id=event["id"], pipeline=pipeline.name)
+    if due is None:  # the stored answer is the escalated one
+        return output
+    history = await _history(rt, event, pipeline) if pipeline.history else None
+    request = build_request(pipeline, event, history)
+    gate = Gate(rt, event, pipeline)
+    try:
+        with _simulating(rt, pipeline):
+            answer = await _ask_escalated(gate, pipeline, request)
+    except asyncio.CancelledError:
+        await _store_cut_off(rt, event["id"], pipeline.name, gate.records)
+        raise
+    except Exception as e:
+        err = classify(e)
+        await _store(rt, event["id"], pipeline.name, gate.records)
+        raise err from e
+    *before, answered = gate.records
+    await _store(rt, event["id"], pipeline.name, before)
+    await limits.one(rt, "store_escalated", superseded_id=due["id"], **call_row(event["id"], pipeline.name, answered))
+    _observe(rt, answered)
+    return answer.output
+
+
+async def _store_failure(
+    rt: Runtime,
+    event_id: int,
+    pipeline: Pipeline,
+    records: list[CallRecord],
+    request: dict[str, Any],
+    err: PipelineError,
+) -> None:
+    """The round trips of a failed run; with none, the failure itself as a ``failed`` call. A hold
+    (rate limit, budget, open breaker: :class:`Held`) before any call stores nothing: no call was sent."""
+    await _store(rt, event_id, pipeline.name, records)
+    if not records and not isinstance(err, Held):
+        await rt.db.store_call(
+            call_row(
+                event_id,
+                pipeline.name,
+                CallRecord(model=pipeline.model, status=CallStatus.FAILED, request=request, error=str(err)),
+            )
+        )
 
 
 async def _store_cut_off(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:

@@ -80,6 +80,7 @@ LimitsQuery = Literal[
     "count_infra_failure",
     "escalation_due",
     "supersede_call",
+    "store_escalated",
 ]
 
 ReplayQuery = Literal["replay_one", "replay_matching", "progress"]

@@ -189,15 +189,40 @@ UPDATE hookline.events SET infra_failures = infra_failures + 1 WHERE id = %(even
 RETURNING infra_failures;
 
 -- name: escalation_due
--- A batched answer (micro-batch or Message Batches) that escalate has not re-asked yet, and the
--- event's own request that went into the batch.
+-- A stored answer that escalate has not re-asked yet (any route but escalate:FIELD): a batched one
+-- (micro-batch or Message Batches) whose escalation comes after the batch, or one whose escalated
+-- call failed or was held in an earlier run. request: the event's own request that went into the
+-- batch (NULL for a Messages API answer).
 SELECT c.id, c.route,
        (SELECT b.request FROM hookline.batch_items b
         WHERE b.event_id = c.event_id AND b.pipeline = c.pipeline ORDER BY b.id DESC LIMIT 1) AS request
 FROM hookline.llm_calls c
 WHERE c.event_id = %(event_id)s AND c.pipeline = %(pipeline)s AND c.status = 'succeeded'
-  AND (starts_with(c.route, 'micro_batch:') OR c.route = 'batch_api');
+  AND NOT starts_with(c.route, 'escalate:');
 
 -- name: supersede_call
 -- The escalated answer takes the one succeeded slot of (event, pipeline).
 UPDATE hookline.llm_calls SET status = 'superseded' WHERE id = %(id)s AND status = 'succeeded';
+
+-- name: store_escalated
+-- The escalated answer of a stored one (escalation_due, Messages API): in one statement the stored
+-- answer %(superseded_id)s steps aside (superseded) and the escalated one (insert_call's parameters)
+-- takes the succeeded slot, so no crash between the two leaves the event without its stored answer
+-- (a retry would pay the first model again). id is NULL when another succeeded answer is stored.
+WITH old AS (
+    UPDATE hookline.llm_calls SET status = 'superseded'
+    WHERE id = %(superseded_id)s AND status = 'succeeded'
+    RETURNING id
+)
+INSERT INTO hookline.llm_calls
+    (event_id, pipeline, model, status, request, response, output, error,
+     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+     cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
+SELECT %(event_id)s::bigint, %(pipeline)s::text, %(model)s::text, %(status)s::text, %(request)s::jsonb,
+       %(response)s::jsonb, %(output)s::jsonb, %(error)s::text, %(input_tokens)s::integer,
+       %(output_tokens)s::integer, %(cache_creation_input_tokens)s::integer, %(cache_read_input_tokens)s::integer,
+       %(cost_usd)s::numeric, %(latency_ms)s::integer, %(request_id)s::text, %(requested_model)s::text,
+       %(route)s::text, %(stop_reason)s::text
+FROM (SELECT count(*) FROM old) AS superseded_first  -- the update runs before the insert checks the slot
+ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
+RETURNING id;

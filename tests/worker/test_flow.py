@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from app.core.config import Config
-from tests.fakes.messages_api import FakeMessagesAPI, reply, slow
+from tests.fakes.messages_api import FakeMessagesAPI, error, reply, slow
 from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, worker_task
 from worker import batches, limits
 from worker.pricing import cost_usd
@@ -227,6 +227,83 @@ async def test_escalate_re_asks_the_stronger_model_for_the_batched_parts_that_sa
     assert "evt_urgent" in asked and "evt_calm" not in asked  # its own per-event request
     posted = {r.json()["event_id"]: r.json()["output"]["subject"] for r in receiver.received}
     assert posted == {calm: "fine", urgent: "Chargeback: act today"}  # the action ran on the escalated answer
+
+
+# ------------------------------------------------------------------------------------------- escalate, Messages API
+SONNET = "claude-sonnet-5-5"
+ESCALATE = {"escalate": {"model": SONNET, "when": "urgent"}}
+
+
+def calls_of(db_url: str, event_id: int) -> list[tuple[Any, ...]]:
+    return rows(
+        db_url,
+        "SELECT model, route, status, requested_model, output->>'subject' FROM hookline.llm_calls "
+        "WHERE event_id = %s ORDER BY id",
+        event_id,
+    )
+
+
+def base_requests(fake: FakeMessagesAPI, delivery_id: str) -> int:
+    return sum(1 for c in fake.calls_to("/v1/messages") if c.body["model"] == MODEL and delivery_id in str(c.body))
+
+
+async def test_a_retry_after_the_escalated_call_failed_reuses_the_first_answer(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
+) -> None:
+    rt = await runtime_for(db_url, fake, make_config(ESCALATE))
+    opened.append(rt)
+    fake.set_model_default(MODEL, reply({"subject": "Chargeback!", "urgent": True}, usage=USAGE))
+    fake.enqueue_for_model(SONNET, error(500, "api_error"))
+    fake.set_model_default(SONNET, reply({"subject": "Chargeback: act today", "urgent": True}, usage=USAGE))
+    eid = insert_event(db_url, "evt_esc_500")
+
+    with pytest.raises(RetryLater):
+        await handle_event(rt, eid)
+    # the first answer stays the stored one until the escalated answer replaces it
+    assert calls_of(db_url, eid) == [
+        (MODEL, "primary", "succeeded", MODEL, "Chargeback!"),
+        (SONNET, "escalate:urgent", "failed", MODEL, None),
+    ]
+    assert await handle_event(rt, eid) == "succeeded"
+    assert base_requests(fake, "evt_esc_500") == 1  # the retry paid for the escalated call only
+    assert calls_of(db_url, eid) == [
+        (MODEL, "primary", "superseded", MODEL, "Chargeback!"),
+        (SONNET, "escalate:urgent", "failed", MODEL, None),
+        (SONNET, "escalate:urgent", "succeeded", MODEL, "Chargeback: act today"),
+    ]
+    assert [r.json()["output"]["subject"] for r in receiver.received] == ["Chargeback: act today"]
+    assert await handle_event(rt, eid) == "noop"
+    assert len(fake.calls_to("/v1/messages")) == 3
+
+
+async def test_an_event_held_for_the_escalation_models_rate_limit_pays_the_first_model_once(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
+) -> None:
+    rt = await runtime_for(db_url, fake, make_config(ESCALATE, models={SONNET: {"requests_per_minute": 1}}))
+    opened.append(rt)
+    fake.set_model_default(MODEL, reply({"subject": "Chargeback!", "urgent": True}, usage=USAGE))
+    fake.set_model_default(SONNET, reply({"subject": "Chargeback: act today", "urgent": True}, usage=USAGE))
+    first, waiting = insert_event(db_url, "evt_esc_a"), insert_event(db_url, "evt_esc_b")
+    assert await handle_event(rt, first) == "succeeded"  # takes the escalation model's request of the minute
+
+    for _ in range(3):  # holds are not attempts: the job runs again and again while the bucket is empty
+        assert "shared rate limit" in await held(rt, waiting)
+    assert base_requests(fake, "evt_esc_b") == 1
+    assert calls_of(db_url, waiting) == [(MODEL, "primary", "succeeded", MODEL, "Chargeback!")]  # holds: no rows
+
+    rows(
+        db_url,
+        "UPDATE hookline.model_buckets SET requests = 1, refilled_at = now() WHERE model = %s RETURNING 1",
+        SONNET,
+    )
+    assert await handle_event(rt, waiting) == "succeeded"
+    assert base_requests(fake, "evt_esc_b") == 1
+    assert calls_of(db_url, waiting) == [
+        (MODEL, "primary", "superseded", MODEL, "Chargeback!"),
+        (SONNET, "escalate:urgent", "succeeded", MODEL, "Chargeback: act today"),
+    ]
+    posted = {r.json()["event_id"]: r.json()["output"]["subject"] for r in receiver.received}
+    assert posted == {first: "Chargeback: act today", waiting: "Chargeback: act today"}
 
 
 # ------------------------------------------------------------------------------------------- holds
