@@ -26,7 +26,7 @@ from app.core.config.pipelines import LoopGuard
 from app.core.querynames import LimitsQuery
 from app.core.records import EventRow
 from app.core.sqlfiles import NamedQueries
-from worker.errors import PipelineError
+from worker.errors import PermanentError, PipelineError
 from worker.pricing import cost_usd
 from worker.runtime import Runtime
 
@@ -216,6 +216,10 @@ async def reserve(
         caps = rt.config.tenant(event.get("tenant"))
         worst: dict[str, Any] = {"input_tokens": est_in, "output_tokens": est_out}
         usd = price(rt, model, {**worst, "service_tier": "batch"} if batch else worst) or Decimal(0)
+        never = _never_fits(caps, est_in + est_out, usd)
+        if never:  # held, it would wait for a day that never comes, every day
+            await settle_model(rt, res, None)
+            raise PermanentError(f"tenant {tenant_key(event)!r}: {never}")
         row = await one(
             rt,
             "reserve_budget",
@@ -236,6 +240,22 @@ async def reserve(
         res.tenant, res.day_start, res.tokens, res.usd = tenant_key(event), row["day_start"], est_in + est_out, usd
         res.id = row["reservation_id"]
     return res
+
+
+def _never_fits(caps: Tenant, tokens: int, usd: Decimal) -> str | None:
+    """Why one call's worst case (estimated input + ``max_tokens``) can never be reserved: it is more
+    than the tenant's whole day cap. None when it fits in an empty day."""
+    if caps.tokens_per_day is not None and tokens > caps.tokens_per_day:
+        return (
+            f"one call's worst case ({tokens} tokens: estimated input + max_tokens) is more than the whole "
+            f"tokens_per_day ({caps.tokens_per_day}); raise the cap or lower the pipeline's max_tokens"
+        )
+    if caps.usd_per_day is not None and usd > Decimal(str(caps.usd_per_day)):
+        return (
+            f"one call's worst case (${usd:.4f}: estimated input + max_tokens) is more than the whole "
+            f"usd_per_day (${caps.usd_per_day}); raise the cap or lower the pipeline's max_tokens"
+        )
+    return None
 
 
 async def settle_model(rt: Runtime, res: Reservation, usage: dict[str, Any] | None) -> None:

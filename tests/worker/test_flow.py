@@ -381,6 +381,22 @@ async def test_a_killed_workers_reservation_frees_the_budget_when_its_lease_ends
     assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
 
 
+async def test_a_call_larger_than_the_whole_day_cap_is_a_dead_letter_not_held_every_day(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """Held, it would wait for a day with room that never comes; it says why, and nothing is sent."""
+    fake.set_default(reply(GOOD, usage=USAGE))
+    eid = insert_event(db_url, "evt_never", "tiny")
+    r = reservation_tokens(make_config({}), event_row(db_url, eid))
+    rt = await runtime_for(db_url, fake, make_config({}, tenants={"tiny": {"tokens_per_day": r - 1}}))
+    opened.append(rt)
+    assert await handle_event(rt, eid) == "dead"
+    (error,) = rows(db_url, "SELECT last_error FROM hookline.events WHERE id = %s", eid)
+    assert f"is more than the whole tokens_per_day ({r - 1})" in error[0], error
+    assert fake.calls_to("/v1/messages") == []
+    assert rows(db_url, "SELECT count(*) FROM hookline.budget_reservations") == [(0,)]
+
+
 # ------------------------------------------------------------------------------------------- loop guard
 def insert_keyed_event(db_url: str, delivery_id: str, ordering_key: str) -> int:
     eid = insert_event(db_url, delivery_id)
