@@ -256,7 +256,10 @@ async def receive_webhook(request: Request) -> Response:
             )
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
     elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
-        delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
+        # surrogatepass, as guard.indexable: a lone surrogate (from a \ud800 escape, or CESU-8 bytes that
+        # json.loads reads) hashes instead of raising; Postgres then refuses the payload holding it (400)
+        raw_id = delivery_id.encode("utf-8", "surrogatepass")
+        delivery_id = "sha256:" + hashlib.sha256(raw_id).hexdigest()
     invalid = _schema_violation(src, meta.event_type, payload)
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")

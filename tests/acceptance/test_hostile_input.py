@@ -109,6 +109,28 @@ async def test_signed_hostile_content_never_gets_a_5xx(
     assert _count(db_url) == 0
 
 
+_LONG_SURROGATE_IDS = [
+    ("escaped", b'{"type": "a", "id": "\\ud800' + b"a" * 600 + b'"}', None),
+    ("CESU-8 bytes", b'{"type": "a", "id": "\xed\xa0\x80' + b"a" * 600 + b'"}', None),
+    ("form payload field", urlencode({"payload": '{"type": "a", "id": "\\ud800' + "a" * 600 + '"}'}).encode(), "form"),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "ctype"), _LONG_SURROGATE_IDS, ids=[b[0] for b in _LONG_SURROGATE_IDS])
+async def test_a_long_delivery_id_with_a_lone_surrogate_is_a_400(
+    what: str, body: bytes, ctype: str | None, db_url: str, env: None
+) -> None:
+    """A delivery id over 512 bytes is hashed; one holding an unpaired surrogate is refused as the short
+    one is (Postgres cannot store the payload holding it), not a 500 from hashing it."""
+    content_type = "application/x-www-form-urlencoded" if ctype == "form" else None
+    raw, headers = signed(raw=body, content_type=content_type)
+    async with web_server(make_settings(db_url), _config(delivery_id="json:id")) as base, httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert resp.status_code == 400, (what, resp.status_code, resp.text)
+    assert resp.json()["error"] == "bad_request" and "cannot store" in resp.json()["detail"]
+    assert _count(db_url) == 0
+
+
 async def test_every_indexed_value_is_bounded_and_distinct_values_stay_distinct(db_url: str, env: None) -> None:
     """Event type, tenant, ordering key and delivery id all feed indexes (and the job lock)."""
     config = _config(tenant="json:t", ordering_key="json:k")
