@@ -44,7 +44,7 @@ hmac                        300     only when the template signs ``{timestamp}``
 
 from ._base import REASON_CODES, Headers, SignatureError, SignedRequest
 from .api import generate_keypair, sign, sign_request, validate_secret, verify
-from .handshakes import HandshakeReply, accepts_get, handshake
+from .handshakes import HandshakeError, HandshakeReply, accepts_get, handshake
 from .locators import Locator, parse_locator
 from .meta import EventMeta, MetaError, extract_meta, parse_overrides, parse_timestamp
 from .options import HmacOptions
@@ -55,6 +55,7 @@ __all__ = [
     "PROVIDERS",
     "REASON_CODES",
     "EventMeta",
+    "HandshakeError",
     "HandshakeReply",
     "Headers",
     "HmacOptions",

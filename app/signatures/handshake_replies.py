@@ -8,6 +8,10 @@
   text/plain ``challenge``.
 - meta_whatsapp (GET): ``hub.mode=subscribe`` with ``hub.verify_token`` equal (constant time) to
   ``verify_token`` → 200 text/plain ``hub.challenge``; anything else → 403.
+
+A challenge that is not text (a string with an unpaired surrogate, which has no UTF-8 form to echo)
+raises :class:`HandshakeError`: the request is a handshake that cannot be answered (a 400), not an
+event to store.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ _MAX_CHALLENGE = 1024
 _FORBIDDEN = HandshakeReply(403, "text/plain; charset=utf-8", b"forbidden")
 
 
+class HandshakeError(ValueError):
+    """A provider's handshake whose challenge cannot be answered; the message is safe to show."""
+
+
 def _json(data: Mapping[str, Any]) -> HandshakeReply:
     return HandshakeReply(200, "application/json", json.dumps(data, separators=(",", ":")).encode())
 
@@ -34,8 +42,12 @@ def _text(value: str, status: int = 200) -> HandshakeReply:
     return HandshakeReply(status, "text/plain; charset=utf-8", value.encode())
 
 
-def _challenge(value: Any) -> str | None:
+def _challenge(value: Any, name: str) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= _MAX_CHALLENGE:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise HandshakeError(f"the handshake's {name} is not text (an unpaired surrogate)") from None
         return value
     return None
 
@@ -43,7 +55,7 @@ def _challenge(value: Any) -> str | None:
 def slack(req: HandshakeRequest) -> HandshakeReply | None:
     if req.payload.get("type") != "url_verification":
         return None
-    challenge = _challenge(req.payload.get("challenge"))
+    challenge = _challenge(req.payload.get("challenge"), "challenge")
     return _json({"challenge": challenge}) if challenge else None
 
 
@@ -54,7 +66,7 @@ def discord_ping(req: HandshakeRequest) -> HandshakeReply | None:
 def twitch_verification(req: HandshakeRequest) -> HandshakeReply | None:
     if req.headers.get("Twitch-Eventsub-Message-Type") != "webhook_callback_verification":
         return None
-    challenge = _challenge(req.payload.get("challenge"))
+    challenge = _challenge(req.payload.get("challenge"), "challenge")
     return _text(challenge) if challenge else None
 
 
@@ -62,7 +74,7 @@ def zoom_url_validation(req: HandshakeRequest) -> HandshakeReply | None:
     if req.payload.get("event") != "endpoint.url_validation":
         return None
     inner = req.payload.get("payload")
-    plain = _challenge(inner.get("plainToken")) if isinstance(inner, dict) else None
+    plain = _challenge(inner.get("plainToken"), "plainToken") if isinstance(inner, dict) else None
     secret = _zoom_signing_secret(req.headers, req.body, req.secrets)
     if plain is None or secret is None:
         return None
@@ -94,7 +106,7 @@ def _zoom_signing_secret(headers: Headers, body: bytes, secrets: Sequence[str]) 
 def meta_subscribe(query: Mapping[str, str], verify_token: str | None) -> HandshakeReply:
     mode = query.get("hub.mode")
     token = query.get("hub.verify_token")
-    challenge = _challenge(query.get("hub.challenge"))
+    challenge = _challenge(query.get("hub.challenge"), "hub.challenge")
     if mode != "subscribe" or not verify_token or token is None or challenge is None:
         return _FORBIDDEN
     if not hmac.compare_digest(token.encode(), verify_token.encode()):

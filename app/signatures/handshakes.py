@@ -2,7 +2,8 @@
 
 Call :func:`handshake` after :func:`~app.signatures.verify` succeeded for a POST; for Meta's GET
 subscription check call it *instead of* verify (that GET carries no signature). A ``None`` reply
-means "an ordinary event: store it". Which provider answers what is in its registry record
+means "an ordinary event: store it"; :class:`HandshakeError` a handshake whose challenge cannot be
+answered (the caller answers 400). Which provider answers what is in its registry record
 (:mod:`app.signatures.handshake_replies` has the answers).
 """
 
@@ -12,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._base import Headers, HeadersInput
+from .handshake_replies import HandshakeError
 from .provider import HandshakeReply, HandshakeRequest
 from .registry import get_provider
 
-__all__ = ["HandshakeReply", "accepts_get", "handshake"]
+__all__ = ["HandshakeError", "HandshakeReply", "accepts_get", "handshake"]
 
 
 def accepts_get(provider: str) -> bool:

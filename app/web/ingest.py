@@ -37,6 +37,7 @@ from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 from app.signatures import (
     PROVIDERS,
+    HandshakeError,
     Headers,
     MetaError,
     SignatureError,
@@ -180,16 +181,19 @@ async def receive_webhook(request: Request) -> Response:
         if not accepts_get(provider):
             raise MethodNotAllowed("this source accepts POST only")
         token = environ.get(src.verify_token_env) if src.verify_token_env else None
-        reply = handshake(
-            provider,
-            method="GET",
-            headers=headers,
-            body=b"",
-            payload=None,
-            query=dict(request.query_params),
-            secrets=src.secrets(environ),
-            verify_token=token,
-        )
+        try:
+            reply = handshake(
+                provider,
+                method="GET",
+                headers=headers,
+                body=b"",
+                payload=None,
+                query=dict(request.query_params),
+                secrets=src.secrets(environ),
+                verify_token=token,
+            )
+        except HandshakeError as e:
+            raise BadRequest(str(e)) from None
         if reply is None:
             raise BadRequest("GET is only used for the subscription handshake")
         state.metrics.inc("hookline_handshakes_total", source=name)
@@ -228,16 +232,19 @@ async def receive_webhook(request: Request) -> Response:
     payload, raw = parse_payload(body, content_type)
 
     token = environ.get(src.verify_token_env) if src.verify_token_env else None
-    reply = handshake(
-        provider,
-        method="POST",
-        headers=headers,
-        body=body,
-        payload=payload,
-        query={},  # only the GET handshake reads the query
-        secrets=secrets,
-        verify_token=token,
-    )
+    try:
+        reply = handshake(
+            provider,
+            method="POST",
+            headers=headers,
+            body=body,
+            payload=payload,
+            query={},  # only the GET handshake reads the query
+            secrets=secrets,
+            verify_token=token,
+        )
+    except HandshakeError as e:  # a handshake, so never an event to store, but one that cannot be answered
+        raise BadRequest(str(e)) from None
     if reply is not None:
         state.metrics.inc("hookline_handshakes_total", source=name)
         note_outcome(request.scope, "handshake")

@@ -131,6 +131,38 @@ async def test_a_long_delivery_id_with_a_lone_surrogate_is_a_400(
     assert _count(db_url) == 0
 
 
+_SURROGATE_CHALLENGES = [
+    ("twitch_eventsub", b'{"challenge": "\\ud800", "subscription": {"type": "x"}}', "challenge"),
+    (
+        "zoom",
+        b'{"event": "endpoint.url_validation", "payload": {"plainToken": "\\ud800"}, "event_ts": 1}',
+        "plainToken",
+    ),
+    ("slack", b'{"type": "url_verification", "challenge": "\\ud800"}', "challenge"),
+]
+
+
+@pytest.mark.parametrize(("provider", "body", "name"), _SURROGATE_CHALLENGES, ids=[c[0] for c in _SURROGATE_CHALLENGES])
+async def test_a_handshake_challenge_that_is_not_text_is_a_400(
+    provider: str, body: bytes, name: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed handshake whose challenge holds an unpaired surrogate has no UTF-8 form to echo: a 400
+    naming the field, not a 500 (and, being a handshake, it is not stored either)."""
+    monkeypatch.setenv("HL_HANDSHAKE", "handshake-secret-0123456789")
+    config = config_from({"sources": {"h": {"provider": provider, "secrets_env": ["HL_HANDSHAKE"]}}})
+    req = sign_request(provider, secret="handshake-secret-0123456789", body=body, delivery_id="m1")
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{base}/webhooks/h", content=req.body, headers={**req.headers, "Content-Type": "application/json"}
+        )
+    assert resp.status_code == 400, resp.text
+    assert resp.json() == {
+        "error": "bad_request",
+        "detail": f"the handshake's {name} is not text (an unpaired surrogate)",
+    }
+    assert _count(db_url) == 0
+
+
 async def test_every_indexed_value_is_bounded_and_distinct_values_stay_distinct(db_url: str, env: None) -> None:
     """Event type, tenant, ordering key and delivery id all feed indexes (and the job lock)."""
     config = _config(tenant="json:t", ordering_key="json:k")
