@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -390,15 +391,35 @@ async def _store_invalid(state: AppState, row: tuple[Any, ...], reason: str) -> 
     return found["id"], not found["inserted"]
 
 
+_MULTIPLE_OF = jsonschema.Draft202012Validator.VALIDATORS["multipleOf"]
+
+
+def _multiple_of(validator: Any, multiple: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    """jsonschema's ``multipleOf``, with a number it cannot divide (``1e999`` parses to inf; an integer
+    of hundreds of digits overflows a float divisor) reported as a violation at its path, not raised."""
+    try:
+        yield from _MULTIPLE_OF(validator, multiple, instance, schema)
+    except (OverflowError, ValueError, TypeError):
+        yield jsonschema.ValidationError(f"number is too large to check against multipleOf {multiple}")
+
+
+#: Draft 2020-12 (as the config checks schemas) with that one keyword replaced.
+_Validator: type[jsonschema.protocols.Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator, {"multipleOf": _multiple_of}
+)
+
+
 def _schema_violation(src: Source, event_type: str | None, payload: Any) -> str | None:
     """The first JSON Schema error of ``payload`` (path and message, capped), or None."""
     schema = src.schema_for(event_type)
     if schema is None:
         return None
     try:
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(payload))
+        error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(payload))
     except RecursionError:
         return "payload is nested too deeply to validate"
+    except (OverflowError, ValueError, TypeError) as e:  # another keyword a number breaks: still the sender's
+        return f"payload cannot be checked against the schema ({e.__class__.__name__})"
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"

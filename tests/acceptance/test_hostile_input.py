@@ -344,6 +344,34 @@ async def test_payload_schema_with_on_invalid_store_keeps_it_as_skipped(db_url: 
     assert detail.startswith("payload does not match the schema: email: 7 is not of type 'string'")
 
 
+AMOUNT = {"type": "object", "properties": {"amount": {"type": "number", "multipleOf": 0.01}}}
+_HUGE_AMOUNTS = [b"1e999", b"1" + b"0" * 400]
+
+
+@pytest.mark.parametrize("number", _HUGE_AMOUNTS, ids=["1e999", "10**400"])
+async def test_a_number_a_float_multiple_of_cannot_divide_is_a_violation(number: bytes, db_url: str, env: None) -> None:
+    """jsonschema raises OverflowError for these under a float ``multipleOf``: a 422 naming the field
+    (or, with on_invalid = "store", a skipped row with the reason), never a 500."""
+    body = b'{"type": "a", "amount": ' + number + b"}"
+    expected = "amount: number is too large to check against multipleOf 0.01"
+    async with web_server(make_settings(db_url), _config(schemas={"*": AMOUNT})) as base, httpx.AsyncClient() as client:
+        raw, headers = signed(raw=body)
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "invalid_payload" and resp.json()["detail"].endswith(expected)
+    assert _count(db_url) == 0
+    if number == b"1e999":
+        return  # stored as skipped, its payload is re-encoded, and `Infinity` is no jsonb: a 400 (hostile case above)
+    config = _config(schemas={"*": AMOUNT}, on_invalid="store")
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        raw, headers = signed(raw=body)
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+    assert rows(db_url, "SELECT status, detail FROM hookline.events") == [
+        ("skipped", f"payload does not match the schema: {expected}")
+    ]
+
+
 # --- finding 9: `hookline send twilio` with a JSON body posts to the URL it signed ---------------------------------
 
 
