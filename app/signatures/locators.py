@@ -7,6 +7,11 @@ Syntax (validated at config time by :func:`parse_locator`):
   digits indexes a list (``entry.0.id``, ``0.sg_event_id`` for a top-level array) and is used as
   a key on an object. A path ending on an object/array (non-scalar), ``null`` or ``""`` yields
   nothing, so the next locator is tried. Numbers become their decimal text, booleans are ignored.
+
+A delivery id must be exact: a JSON number with a fraction or an exponent is a float once parsed, and
+distinct ones can parse to the same float (``1e400`` and ``2e500`` are both inf; ``9007199254740993.0``
+is ``9007199254740992.0``), which would make one delivery a duplicate of another. Resolved with
+``exact=True`` (the delivery id), such a value raises :class:`InexactNumber`; integers stay exact.
 """
 
 from __future__ import annotations
@@ -29,10 +34,18 @@ class Locator:
     def __str__(self) -> str:
         return f"{self.kind}:{'.'.join(self.path)}"
 
-    def resolve(self, headers: Headers, payload: Any) -> str | None:
+    def resolve(self, headers: Headers, payload: Any, exact: bool = False) -> str | None:
         if self.kind == "header":
             return headers.get(self.path[0])
-        return scalar_text(walk(payload, self.path))
+        value = walk(payload, self.path)
+        if exact and isinstance(value, float):
+            raise InexactNumber(str(self))
+        return scalar_text(value)
+
+
+class InexactNumber(ValueError):
+    """A value that must be exact (a delivery id) is a JSON number with a fraction or an exponent; the
+    message is the locator that found it."""
 
 
 def parse_locator(text: str) -> Locator:
@@ -95,9 +108,9 @@ def scalar_text(value: Any) -> str | None:
     return None
 
 
-def first(locators: tuple[Locator, ...], headers: Headers, payload: Any) -> str | None:
+def first(locators: tuple[Locator, ...], headers: Headers, payload: Any, exact: bool = False) -> str | None:
     for locator in locators:
-        found = locator.resolve(headers, payload)
+        found = locator.resolve(headers, payload, exact)
         if found is not None:
             return found
     return None

@@ -18,7 +18,7 @@ from ._base import (
     HeadersInput,
 )
 from ._time import parse_iso
-from .locators import Locator, first, parse_locators
+from .locators import InexactNumber, Locator, first, parse_locators
 from .provider import META_KEYS
 from .registry import get_provider
 
@@ -92,18 +92,25 @@ def extract_meta(
 ) -> EventMeta:
     """Pull the four metadata fields out of a (verified, parsed) delivery. Never raises for a
     payload that lacks them: missing values are None, and the caller decides (e.g. 400 without a
-    delivery id)."""
+    delivery id). Raises :class:`MetaError` for a delivery id that is not exact (a float)."""
     record = get_provider(provider)
     custom = parse_overrides(overrides)
     hdrs = headers if isinstance(headers, Headers) else Headers(headers)
     found: dict[str, str | None] = {}
-    for key in KEYS:
-        if key in custom:
-            found[key] = first(custom[key], hdrs, payload)
-            continue
-        value = first(_defaults(record.name, key), hdrs, payload)
-        rule = record.rules.get(key)
-        found[key] = rule(hdrs, payload, value) if rule else value
+    try:
+        for key in KEYS:
+            exact = key == "delivery_id"  # dedup rests on it: no two deliveries may share one
+            if key in custom:
+                found[key] = first(custom[key], hdrs, payload, exact)
+                continue
+            value = first(_defaults(record.name, key), hdrs, payload, exact)
+            rule = record.rules.get(key)
+            found[key] = rule(hdrs, payload, value) if rule else value
+    except InexactNumber as e:
+        raise MetaError(
+            f"the delivery id ({e}) is a number with a fraction or an exponent, which is not an exact value "
+            "once parsed (distinct ones can read the same); send it as a string or an integer"
+        ) from None
     occurred = found["occurred_at"]
     return EventMeta(
         delivery_id=found["delivery_id"],

@@ -187,6 +187,27 @@ async def test_every_indexed_value_is_bounded_and_distinct_values_stay_distinct(
     assert stored[0][0].startswith("x" * 100) and "sha256:" in stored[0][0]
 
 
+async def test_a_delivery_id_that_is_not_an_exact_number_is_refused(db_url: str, env: None) -> None:
+    """Distinct JSON numbers can parse to one float (``1e400`` and ``2e500`` are both inf), so a float id
+    would make a new delivery a "duplicate" of another: a 2xx for an event never stored. Such an id is a
+    400 saying so; integer ids, however long, stay exact and distinct."""
+    floats = [b"1e400", b"2e500", b"9007199254740993.0", b"9007199254740992.0", b"1.5"]
+    integers = [b"9007199254740993", b"9007199254740992", b"1" + b"0" * 400, b"2" + b"0" * 400]
+    async with web_server(make_settings(db_url), _config(delivery_id="json:id")) as base, httpx.AsyncClient() as client:
+        for number in floats:
+            raw, headers = signed(raw=b'{"type": "a", "id": ' + number + b"}")
+            resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+            assert resp.status_code == 400, (number, resp.text)
+            assert resp.json()["error"] == "bad_request" and "(json:id)" in resp.json()["detail"]
+            assert "not an exact value" in resp.json()["detail"]
+        assert _count(db_url) == 0
+        for number in integers:
+            raw, headers = signed(raw=b'{"type": "a", "id": ' + number + b"}")
+            resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+            assert resp.status_code == 200 and resp.json()["status"] == "accepted", (number, resp.text)
+    assert _count(db_url) == len(integers)
+
+
 # --- finding 3: only POST (and GET handshakes) reach ingest ------------------------------------------------
 
 

@@ -255,6 +255,15 @@ def test_numeric_indexes_and_non_scalars() -> None:
     assert on_dict.delivery_id == "zero"
 
 
+def test_a_float_delivery_id_is_refused_as_not_exact() -> None:
+    for value in (float("inf"), 9007199254740992.0, 1.5, 7.0):
+        with pytest.raises(MetaError, match=r"delivery id \(json:id\) .* not an exact value"):
+            extract_meta("stripe", headers={}, payload={"id": value, "type": "x"})
+    # only the delivery id: a float elsewhere keeps its decimal text
+    meta = extract_meta("stripe", headers={}, payload={"id": 7, "type": 1.5})
+    assert (meta.delivery_id, meta.event_type) == ("7", "1.5")
+
+
 @pytest.mark.parametrize(
     "bad", ["id", "json:", "json:a..b", "json:a. b", "xml:a", "header:", "header:X Y", "header:a:b"]
 )
