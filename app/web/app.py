@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from starlette.applications import Starlette
@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core import migrations
@@ -142,6 +142,19 @@ class IngestRoute:
 _WEBHOOKS = "/webhooks/"
 
 
+class _AnyMethod:
+    """A request handler as an ASGI app, so that its Route takes every method and the handler answers
+    each 405 itself (receive_webhook: with the source's ``Allow``). Given the function, Starlette would
+    restrict the route to its methods and answer OPTIONS, PUT, … with an ``Allow`` of its own (HEAD
+    added), which disagreed with the handler's."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(handler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, config: Config | None = None, *, shared_metrics: bool = False
 ) -> Starlette:
@@ -186,7 +199,7 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/webhooks/{source}", receive_webhook, methods=["POST", "GET"]),
+            Route("/webhooks/{source}", _AnyMethod(receive_webhook)),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import asyncpg
@@ -164,9 +164,7 @@ async def receive_webhook(request: Request) -> Response:
     src = state.config.sources.get(name)
     request_id = guard.request_id(request.headers.get("x-request-id"))
     if request.method not in ("POST", "GET"):  # HEAD, PUT, …: never reach verification or the store
-        raise MethodNotAllowed(
-            "this endpoint accepts POST (and GET for subscription handshakes)", headers={"Allow": "GET, POST"}
-        )
+        _method_not_allowed(src)
     if src is None:
         raise UnknownSource(f"no source named {name!r} is configured")
     provider = src.provider
@@ -180,7 +178,7 @@ async def receive_webhook(request: Request) -> Response:
 
     if request.method == "GET":
         if not accepts_get(provider):
-            raise MethodNotAllowed("this source accepts POST only")
+            _method_not_allowed(src)
         token = environ.get(src.verify_token_env) if src.verify_token_env else None
         try:
             reply = handshake(
@@ -333,6 +331,16 @@ async def receive_webhook(request: Request) -> Response:
         request_id=request_id,
     )
     return await sync_reply(request, state, sync, delivery)
+
+
+def _method_not_allowed(src: Source | None) -> NoReturn:
+    """405 with the methods this source takes (GET only where a provider has a GET handshake, Meta's);
+    an unknown source's answer lists both, as its name tells nothing about them."""
+    if src is not None and not accepts_get(src.provider):
+        raise MethodNotAllowed("this source accepts POST only", headers={"Allow": "POST"})
+    raise MethodNotAllowed(
+        "this endpoint accepts POST (and GET for subscription handshakes)", headers={"Allow": "GET, POST"}
+    )
 
 
 def _note(request: Request, source: str, event_type: str | None, event_id: int | None, status: str, rid: str) -> None:

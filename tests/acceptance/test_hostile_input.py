@@ -211,15 +211,30 @@ async def test_a_delivery_id_that_is_not_an_exact_number_is_refused(db_url: str,
 # --- finding 3: only POST (and GET handshakes) reach ingest ------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND"])
 async def test_only_post_stores(method: str, db_url: str, env: None) -> None:
+    """Every other method is a 405 whose ``Allow`` (RFC 9110 requires one) is what this source takes:
+    POST only, as it has no GET handshake; the same answer whichever method asked."""
     raw, headers = signed({"type": "a"})
     async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
         resp = await client.request(method, f"{base}/webhooks/sw", content=raw, headers=headers)
         assert resp.status_code == 405, resp.text
+        assert resp.headers.get("allow") == "POST", resp.headers
+        if method != "HEAD":
+            assert resp.json() == {"error": "method_not_allowed", "detail": "this source accepts POST only"}
         ok = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
     assert ok.status_code == 200  # the same signed request is fine as a POST, and stored once
     assert _count(db_url) == 1
+
+
+async def test_a_source_with_a_get_handshake_allows_get_and_post(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_META", "meta-app-secret")
+    config = config_from({"sources": {"wa": {"provider": "meta_whatsapp", "secrets_env": ["HL_META"]}}})
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        for method in ("HEAD", "PUT", "OPTIONS"):
+            resp = await client.request(method, f"{base}/webhooks/wa")
+            assert (resp.status_code, resp.headers.get("allow")) == (405, "GET, POST"), (method, resp.headers)
+    assert _count(db_url) == 0
 
 
 # --- finding 5: log injection, and no traceback for a client that goes away ----------------------------------
