@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -138,8 +139,19 @@ def _parse_json(body: bytes) -> tuple[Any, RawJson | None]:
         if text is not None and not text.startswith("\ufeff") and "\x00" not in text:
             return _JSON.decode(text), RawJson(text)  # plain UTF-8 (no BOM, no UTF-16/32): the common case
         return json.loads(body, parse_constant=_no_constants), None  # what json.loads accepts beyond that
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"body is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise BadRequest(f"body is not valid JSON ({_where(e, body)})") from None
+
+
+def _where(e: ValueError, body: bytes) -> str:
+    """What the JSON parser refused, and where; never the value itself."""
+    if isinstance(e, UnicodeDecodeError):  # its offset is ``start``, into what followed a BOM
+        return f"UnicodeDecodeError at byte {e.start + len(body) - len(e.object)}: not UTF-8, UTF-16 or UTF-32"
+    if isinstance(e, json.JSONDecodeError):  # a character offset of the decoded text: say line and column
+        return f"JSONDecodeError at line {e.lineno} column {e.colno}: {e.msg}"
+    if str(e).startswith("Exceeds the limit"):  # int(): Python's cap on the digits of an integer
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return str(e)  # _no_constants: "NaN is not JSON"
 
 
 def _no_constants(name: str) -> Any:

@@ -51,6 +51,23 @@ def test_body_parsing() -> None:
             parse_body(bad, "application/json")
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"a": "\xff"}', "UnicodeDecodeError at byte 7: not UTF-8, UTF-16 or UTF-32"),
+        (b'\xef\xbb\xbf{"a": "\xff"}', "UnicodeDecodeError at byte 10: not UTF-8, UTF-16 or UTF-32"),  # after a BOM
+        (b'{"a": 1,\n "b": }', "JSONDecodeError at line 2 column 7: Expecting value"),
+        ('{"é": 1,}'.encode(), "JSONDecodeError at line 1 column 9: Expecting property name enclosed in double quotes"),
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "a number has more than 4300 digits"),
+    ],
+)
+def test_a_body_that_is_not_json_says_what_and_where(body: bytes, detail: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_body(body, "application/json")
+    assert refused.value.detail == f"body is not valid JSON ({detail})"
+
+
 def test_trim_keeps_only_listed_fields_and_clips_long_strings() -> None:
     payload = {"type": "t", "data": {"object": {"email": "a@b", "items": [{"id": 1}, {"id": 2}], "big": "x" * 9000}}}
     assert trim(payload, ("type", "data.object.email", "data.object.items.1.id", "missing.path")) == {
