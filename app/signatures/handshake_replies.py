@@ -7,7 +7,7 @@
 - twitch_eventsub: ``Twitch-Eventsub-Message-Type: webhook_callback_verification`` → 200
   text/plain ``challenge``.
 - meta_whatsapp (GET): ``hub.mode=subscribe`` with ``hub.verify_token`` equal (constant time) to
-  ``verify_token`` → 200 text/plain ``hub.challenge``; anything else → 403.
+  ``verify_token`` → 200 text/plain ``hub.challenge``; anything else → 403 ``{"error","detail"}``.
 
 A challenge that is not text (a string with an unpaired surrogate, which has no UTF-8 form to echo)
 raises :class:`HandshakeError`: the request is a handshake that cannot be answered (a 400), not an
@@ -27,7 +27,13 @@ from .provider import HandshakeReply, HandshakeRequest
 from .timestamped import ZOOM
 
 _MAX_CHALLENGE = 1024
-_FORBIDDEN = HandshakeReply(403, "text/plain; charset=utf-8", b"forbidden")
+#: hookline's error shape, as every other refusal; one answer whichever part was wrong (the token is a secret).
+_FORBIDDEN = HandshakeReply(
+    403,
+    "application/json",
+    b'{"error":"forbidden","detail":"the subscription check needs hub.mode=subscribe, '
+    b'the verify token configured for this source and a hub.challenge"}',
+)
 
 
 class HandshakeError(ValueError):

@@ -213,7 +213,7 @@ async def test_handshakes_are_answered_and_never_stored(db_url: str, monkeypatch
             f"{base}/webhooks/meta_whatsapp",
             params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"},
         )
-        assert meta_bad.status_code == 403
+        assert meta_bad.status_code == 403 and meta_bad.json()["error"] == "forbidden"
         not_meta = await client.get(f"{base}/webhooks/slack")
         assert not_meta.status_code == 405
 

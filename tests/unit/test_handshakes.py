@@ -129,6 +129,12 @@ def test_meta_get_mismatch_is_forbidden(query: dict[str, str], verify_token: str
     reply = call("meta_whatsapp", None, method="GET", query=query, verify_token=verify_token, body=b"")
     assert reply is not None and reply.status == 403
     assert b"tok-123" not in reply.body
+    assert reply.content_type == "application/json"  # hookline's error shape, the same for every mismatch
+    assert json.loads(reply.body) == {
+        "error": "forbidden",
+        "detail": "the subscription check needs hub.mode=subscribe, "
+        "the verify token configured for this source and a hub.challenge",
+    }
 
 
 def test_meta_post_is_an_ordinary_event() -> None:
