@@ -35,7 +35,8 @@ arguments of ``insert_event`` (``sql/queries/ingest.sql``), source and delivery 
 - Two web processes inserting the same new deliveries in opposite orders can deadlock; Postgres
   aborts one batch, which is written again (rows stay in arrival order: ordering keys need it).
 - A database error fails every request of the flush with that error (the caller answers 503; nothing
-  of the flush was committed).
+  of the flush was committed). The rows a committed statement returned are answered first, so an error
+  after the commit (the lookup of deliveries that other sessions committed meanwhile) fails only those.
 """
 
 from __future__ import annotations
@@ -217,14 +218,14 @@ class Batcher(GroupCommit[_Item]):
             got = await self._one_by_one(conn, batch)
             # one statement per row: each notified inside the transaction only for a synchronous row
             silent = [event_id for n, (event_id, dup) in got.items() if not dup and not _sync(batch[n])]
+        for n, (event_id, dup) in got.items():  # committed: answered before anything else can fail
+            self._settle(batch[n], (event_id, dup))
         missing = [it for n, it in enumerate(batch) if n not in got and not it.fut.done()]
         if missing:  # the conflicting delivery committed while our statement ran
             found = await conn.fetch(Q["find_events"], [it.row[0] for it in missing], [it.row[1] for it in missing])
             ids = {(r["source"], r["delivery_id"]): r["id"] for r in found}
             for it in missing:
                 self._settle(it, (ids.get((it.row[0], it.row[1])), True))
-        for n, (event_id, dup) in got.items():
-            self._settle(batch[n], (event_id, dup))
         if silent:
             await self._notify_stored(conn, silent)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -408,3 +410,59 @@ def test_the_duplicate_lookups_probe_the_unique_index_when_planned_on_an_empty_t
             assert "events_source_type_received_idx" not in plan and "Seq Scan on events" not in plan, plan
         cur.execute("DEALLOCATE ALL")
     hookline_db.rollback()
+
+
+class _KillBeforeLookup:
+    """A pool whose connections' backend is terminated (pg_terminate_backend, from another session) just
+    before ``find_events``: the connection drops between a batch's commit and its duplicates' lookup."""
+
+    def __init__(self, pool: Any, admin: psycopg.Connection) -> None:
+        self.pool, self.admin = pool, admin
+        self.killed = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            outer = self
+
+            class Dropping:
+                async def fetch(self, query: str, *args: Any) -> Any:
+                    if query == Q["find_events"]:
+                        outer.admin.execute("SELECT pg_terminate_backend(%s, 5000)", (conn.get_server_pid(),))
+                        outer.killed += 1
+                    return await conn.fetch(query, *args)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(conn, name)
+
+            yield Dropping()
+
+
+async def test_rows_committed_keep_their_answer_when_the_duplicate_lookup_after_the_commit_fails(
+    pool: Any, conn: psycopg.Connection, db_url: str
+) -> None:
+    """A batch whose statement skips a delivery another session committed meanwhile looks that one up
+    after the commit (find_events). If the connection drops then, the rows the batch committed are
+    stored: they get their event ids (a 503 would say "nothing was stored"); only the looked-up one
+    fails (its sender's retry is a duplicate)."""
+    other = psycopg.connect(db_url)  # a transaction holding the key "k" uncommitted
+    try:
+        other.execute("INSERT INTO hookline.events (source, delivery_id, payload) VALUES ('s', 'k', '{}')")
+        killer = _KillBeforeLookup(pool, conn)
+        batcher = Batcher(lambda: _pool_of(killer), max_flushes=1)
+        answers = asyncio.gather(batcher.insert(row("a")), batcher.insert(row("k")), return_exceptions=True)
+        for _ in range(500):  # the batch's statement waits for "k"'s row lock
+            await asyncio.sleep(0.01)
+            if one(conn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+                break
+        else:
+            raise AssertionError("the batch never waited for the uncommitted key")
+        other.commit()  # "k" commits under the running statement, which skips it and does not see it
+        a, k = await answers
+    finally:
+        other.close()
+    assert killer.killed == 1 and batcher.stats["flushes"] == 1
+    assert isinstance(k, BaseException)
+    stored = one(conn, "SELECT id FROM hookline.events WHERE source = 's' AND delivery_id = 'a'")
+    assert a == (stored, False)
+    assert one(conn, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 2
