@@ -12,13 +12,10 @@ import functools
 import hashlib
 import json
 import logging
-import sys
-from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import asyncpg
-import jsonschema
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -53,6 +50,7 @@ from app.signatures.locators import Locator, first
 from app.web import guard
 from app.web.batcher import RawJson
 from app.web.metrics import note_outcome
+from app.web.payloads import json_error, schema_violation
 from app.web.responses import DB_UNAVAILABLE
 from app.web.state import AppState
 from app.web.sync_reply import Delivery
@@ -140,18 +138,7 @@ def _parse_json(body: bytes) -> tuple[Any, RawJson | None]:
             return _JSON.decode(text), RawJson(text)  # plain UTF-8 (no BOM, no UTF-16/32): the common case
         return json.loads(body, parse_constant=_no_constants), None  # what json.loads accepts beyond that
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
-        raise BadRequest(f"body is not valid JSON ({_where(e, body)})") from None
-
-
-def _where(e: ValueError, body: bytes) -> str:
-    """What the JSON parser refused, and where; never the value itself."""
-    if isinstance(e, UnicodeDecodeError):  # its offset is ``start``, into what followed a BOM
-        return f"UnicodeDecodeError at byte {e.start + len(body) - len(e.object)}: not UTF-8, UTF-16 or UTF-32"
-    if isinstance(e, json.JSONDecodeError):  # a character offset of the decoded text: say line and column
-        return f"JSONDecodeError at line {e.lineno} column {e.colno}: {e.msg}"
-    if str(e).startswith("Exceeds the limit"):  # int(): Python's cap on the digits of an integer
-        return f"a number has more than {sys.get_int_max_str_digits()} digits"
-    return str(e)  # _no_constants: "NaN is not JSON"
+        raise BadRequest(f"body is not valid JSON ({json_error(e, body)})") from None
 
 
 def _no_constants(name: str) -> Any:
@@ -274,11 +261,9 @@ async def receive_webhook(request: Request) -> Response:
             )
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
     elif len(delivery_id) > 512:  # keep the key indexable; distinct long ids stay distinct
-        # surrogatepass, as guard.indexable: a lone surrogate (from a \ud800 escape, or CESU-8 bytes that
-        # json.loads reads) hashes instead of raising; Postgres then refuses the payload holding it (400)
-        raw_id = delivery_id.encode("utf-8", "surrogatepass")
-        delivery_id = "sha256:" + hashlib.sha256(raw_id).hexdigest()
-    invalid = _schema_violation(src, meta.event_type, payload)
+        # surrogatepass, as guard.indexable: a lone surrogate hashes; Postgres then refuses its payload (400)
+        delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
+    invalid = schema_violation(src, meta.event_type, payload)
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
     priority, sync = state.routing(name, meta.event_type)
@@ -409,41 +394,6 @@ async def _store_invalid(state: AppState, row: tuple[Any, ...], reason: str) -> 
         found = await pool.fetchrow(Q["find_event"], row[0], row[1])
         return (found["id"] if found else None), True
     return found["id"], not found["inserted"]
-
-
-_MULTIPLE_OF = jsonschema.Draft202012Validator.VALIDATORS["multipleOf"]
-
-
-def _multiple_of(validator: Any, multiple: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
-    """jsonschema's ``multipleOf``, with a number it cannot divide (``1e999`` parses to inf; an integer
-    of hundreds of digits overflows a float divisor) reported as a violation at its path, not raised."""
-    try:
-        yield from _MULTIPLE_OF(validator, multiple, instance, schema)
-    except (OverflowError, ValueError, TypeError):
-        yield jsonschema.ValidationError(f"number is too large to check against multipleOf {multiple}")
-
-
-#: Draft 2020-12 (as the config checks schemas) with that one keyword replaced.
-_Validator: type[jsonschema.protocols.Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, {"multipleOf": _multiple_of}
-)
-
-
-def _schema_violation(src: Source, event_type: str | None, payload: Any) -> str | None:
-    """The first JSON Schema error of ``payload`` (path and message, capped), or None."""
-    schema = src.schema_for(event_type)
-    if schema is None:
-        return None
-    try:
-        error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(payload))
-    except RecursionError:
-        return "payload is nested too deeply to validate"
-    except (OverflowError, ValueError, TypeError) as e:  # another keyword a number breaks: still the sender's
-        return f"payload cannot be checked against the schema ({e.__class__.__name__})"
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{where}: {error.message}"[:500]
 
 
 __all__ = ["PROVIDERS", "receive_webhook"]
