@@ -144,9 +144,9 @@ _WEBHOOKS = "/webhooks/"
 
 class _AnyMethod:
     """A request handler as an ASGI app, so that its Route takes every method and the handler answers
-    each 405 itself (receive_webhook: with the source's ``Allow``). Given the function, Starlette would
-    restrict the route to its methods and answer OPTIONS, PUT, … with an ``Allow`` of its own (HEAD
-    added), which disagreed with the handler's."""
+    each 405 itself (receive_webhook: ``Allow: GET, POST``). Given the function, Starlette would restrict
+    the route to its methods and answer OPTIONS, PUT, … with an ``Allow`` of its own (HEAD added), which
+    disagreed with the handler's."""
 
     def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
         self.app = request_response(handler)

@@ -331,13 +331,11 @@ async def receive_webhook(request: Request) -> Response:
 
 
 def _method_not_allowed(src: Source | None) -> NoReturn:
-    """405 with the methods this source takes (GET only where a provider has a GET handshake, Meta's);
-    an unknown source's answer lists both, as its name tells nothing about them."""
-    if src is not None and not accepts_get(src.provider):
-        raise MethodNotAllowed("this source accepts POST only", headers={"Allow": "POST"})
-    raise MethodNotAllowed(
-        "this endpoint accepts POST (and GET for subscription handshakes)", headers={"Allow": "GET, POST"}
-    )
+    """405 with the ``Allow`` of the route ``/webhooks/{source}`` (GET is Meta's handshake), the same for
+    every method and source, as the OpenAPI description has it; the detail says what this source takes."""
+    only_post = src is not None and not accepts_get(src.provider)
+    detail = "this source accepts POST only" if only_post else "this endpoint accepts POST (and GET for handshakes)"
+    raise MethodNotAllowed(detail, headers={"Allow": "GET, POST"})
 
 
 def _note(request: Request, source: str, event_type: str | None, event_id: int | None, status: str, rid: str) -> None:
