@@ -299,7 +299,9 @@ async def receive_webhook(request: Request) -> Response:
             stored_row = row if raw is None else (*row[:8], raw, *row[9:])  # the body is the jsonb text
             event_id, dup = await state.batcher.insert((*stored_row, sync is not None))
         else:  # on_invalid = "store": kept as skipped, with the reason, and no job
-            event_id, dup = await _store_invalid(state, row, f"payload does not match the schema: {invalid}")
+            text = raw if raw is not None else json.dumps(payload, separators=(",", ":"))
+            invalid_row = (*row[:8], text, *row[9:])
+            event_id, dup = await _store_invalid(state, invalid_row, f"payload does not match the schema: {invalid}")
         status = "duplicate" if dup else "accepted"
     except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
         log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})

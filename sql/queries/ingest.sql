@@ -22,12 +22,13 @@ WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2)  --
 -- name: store_invalid_event
 -- store_event for a payload that failed its source's JSON Schema with on_invalid = "store": the row
 -- is stored as skipped with the reason in detail, so no job is deferred (the trigger fires for
--- queued rows only).
+-- queued rows only). The payload ($9) comes as JSON text: the request body itself when it was plain
+-- UTF-8 JSON, so numbers Python cannot hold (1e999) are stored as sent, as store_events stores them.
 WITH ins AS (
     INSERT INTO hookline.events
         (source, delivery_id, event_type, tenant, ordering_key, occurred_at,
          headers, body, payload, content_type, remote_addr, request_id, priority, status, detail, finished_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'skipped', $14, now())
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10, $11, $12, $13, 'skipped', $14, now())
     ON CONFLICT (source, delivery_id) DO NOTHING
     RETURNING id
 )
