@@ -608,11 +608,14 @@ async def test_sigterm_past_the_shutdown_timeout_hands_the_job_back(
         assert [s for _, s, _ in process_jobs(chaos_db)] == ["todo"], "the job is handed back to the queue"
         ((status, error),) = query(chaos_db, "SELECT status, last_error FROM hookline.events WHERE id = %s", event_id)
         assert status == "retrying" and "interrupted" in error, (status, error)
-        assert calls_of(chaos_db, event_id) == [] and receiver.received == []
+        # the call was sent: it is recorded, failed, with why (a shutdown; not a breaker failure), no answer
+        assert calls_of(chaos_db, event_id) == ["failed"] and receiver.received == []
+        ((call_error,),) = query(chaos_db, "SELECT error FROM hookline.llm_calls WHERE event_id = %s", event_id)
+        assert "interrupted" in call_error, call_error
 
         await workers.start("B", env)
         assert await wait_terminal(chaos_db, event_id, workers) == "succeeded"
-        assert calls_of(chaos_db, event_id) == ["succeeded"]
+        assert calls_of(chaos_db, event_id) == ["failed", "succeeded"]
         assert len(fake.calls_to(MESSAGES)) == 2  # the abandoned one and the one that counted
         assert len(receiver.received) == 1
         assert actions_of(chaos_db, event_id) == [("http#0", "succeeded", 1), ("log#1", "succeeded", 1)]
