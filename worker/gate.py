@@ -21,7 +21,7 @@ from app.core.status import CallStatus
 from worker import limits
 from worker.errors import classify
 from worker.limits import Held
-from worker.llm import CallRecord, one_call
+from worker.llm import CallRecord, one_call, then
 from worker.runtime import Runtime
 
 #: The loop time at which the running pipeline's ``timeout_seconds`` fires (set by the task around
@@ -49,7 +49,7 @@ class Gate:
     records: list[CallRecord] = field(default_factory=list)
 
     def _fallback(self, model: str, route: str) -> str | None:
-        if route.startswith("fallback"):
+        if "fallback:" in route:
             return None  # one hop: a fallback's own fallback is not chased
         return self.rt.config.model_limits(model).fallback
 
@@ -66,7 +66,7 @@ class Gate:
         if verdict == "open":
             fallback = self._fallback(model, route)
             if fallback:
-                return await self({**request, "model": fallback}, "fallback:breaker_open")
+                return await self({**request, "model": fallback}, then(route, "fallback:breaker_open"))
             raise Held(f"circuit breaker of {model} is open; calls resume after its half-open probe", delay=wait)
         lease = self.pipeline.timeout_seconds + limits.LEASE_MARGIN_SECONDS  # a killed worker's call frees it
         res = await limits.reserve(rt, self.event, request, lease_seconds=lease)
@@ -113,7 +113,7 @@ class Gate:
             )
             fallback = self._fallback(model, route)
             if status == 529 and fallback:
-                return await self({**request, "model": fallback}, "fallback:overloaded")
+                return await self({**request, "model": fallback}, then(route, "fallback:overloaded"))
             raise err from e
         simulated = rec.status == CallStatus.SIMULATED  # made up locally: never priced
         rec.cost_usd = None if simulated else limits.price(rt, model, rec.usage)

@@ -40,6 +40,7 @@ class CallRecord:
     latency_ms: int | None = None
     request_id: str | None = None
     #: why this model answered (hookline.llm_calls.route): primary, fallback:…, escalate:…, retry:max_tokens, repair
+    #: (an escalation's own further calls keep its prefix: escalate:FIELD+repair)
     route: str = "primary"
     requested_model: str | None = None
     headers: Any = None
@@ -161,6 +162,14 @@ async def one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
     return await _one_call(client, request)
 
 
+def then(route: str, step: str) -> str:
+    """The route of a further call made for a call whose route is ``route`` (its ``retry:max_tokens``,
+    ``repair`` or ``fallback:…``). Within an escalation it keeps the ``escalate:FIELD`` prefix
+    (``escalate:urgent+repair``), so an escalated answer that needed one more call is still known as
+    the escalated one, and is never escalated again."""
+    return f"{route}+{step}" if route.startswith("escalate:") else step
+
+
 async def ask(
     call: Caller, request: dict[str, Any], spec: OutputSpec, *, max_tokens_cap: int, route: str = "primary"
 ) -> Answer:
@@ -188,7 +197,7 @@ async def ask(
                 calls=calls,
             )
         request = {**request, "model": first.model, "max_tokens": larger}
-        first = await call(request, "retry:max_tokens")
+        first = await call(request, then(route, "retry:max_tokens"))
         calls.append(first)
         if (first.response or {}).get("stop_reason") == "max_tokens":
             first.status, first.error = CallStatus.INVALID_OUTPUT, "the answer was cut at max_tokens"
@@ -216,7 +225,7 @@ async def ask(
             "Answer again with JSON that matches the schema exactly.",
         },
     ]
-    second = await call(repair, "repair")
+    second = await call(repair, then(route, "repair"))
     calls.append(second)
     try:
         second.output = _check(second.response or {}, spec)

@@ -276,6 +276,29 @@ async def test_a_retry_after_the_escalated_call_failed_reuses_the_first_answer(
     assert len(fake.calls_to("/v1/messages")) == 3
 
 
+async def test_an_escalated_answer_that_needed_a_repair_is_not_escalated_again_on_a_retry(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
+) -> None:
+    """The escalated answer came from a repair turn: its route keeps the escalate: prefix, so the retry
+    (the action failed once) reuses it instead of asking the escalation model once more."""
+    rt = await runtime_for(db_url, fake, make_config(ESCALATE))
+    opened.append(rt)
+    fake.set_model_default(MODEL, reply({"subject": "Chargeback!", "urgent": True}, usage=USAGE))
+    fake.enqueue_for_model(SONNET, reply({"subject": "no urgent field"}, usage=USAGE))  # invalid: a repair turn
+    fake.set_model_default(SONNET, reply({"subject": "Chargeback: act today", "urgent": True}, usage=USAGE))
+    receiver.statuses = [503]  # the action fails once: the retry reuses the stored answer
+    eid = insert_event(db_url, "evt_esc_repair")
+    with pytest.raises(RetryLater):
+        await handle_event(rt, eid)
+    assert await handle_event(rt, eid) == "succeeded"
+    assert [c.body["model"] for c in fake.calls_to("/v1/messages")] == [MODEL, SONNET, SONNET]
+    assert [(model, route, status) for model, route, status, *_ in calls_of(db_url, eid)] == [
+        (MODEL, "primary", "superseded"),
+        (SONNET, "escalate:urgent", "invalid_output"),
+        (SONNET, "escalate:urgent+repair", "succeeded"),
+    ]
+
+
 async def test_an_event_held_for_the_escalation_models_rate_limit_pays_the_first_model_once(
     db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
 ) -> None:
