@@ -49,18 +49,32 @@ async def send(
     """``client.request(method, url, **kwargs)`` finished within ``timeout`` seconds from the first
     connect to the last byte read, with at most :data:`MAX_ANSWER_BYTES` of the body read (decoded).
 
-    Running out of time raises ``httpx.ReadTimeout`` (a transport error after the request may have
-    been sent, as each action already treats it); a URL httpx refuses is a permanent error that does
-    not echo it."""
+    Running out of time raises ``httpx.ConnectTimeout`` while nothing was sent yet (connecting), else
+    ``httpx.ReadTimeout`` (sent, outcome unknown), as each action already tells them apart: Slack and
+    follow-ups retry only what was never sent. A URL httpx refuses is a permanent error that does not
+    echo it."""
+    traced = sent = False  # a transport that does not trace: counted as sent (at most once holds)
+
+    async def trace(name: str, info: dict[str, Any]) -> None:  # httpcore's trace extension
+        nonlocal traced, sent
+        traced = True
+        sent = sent or name.endswith("send_request_headers.started")
+
+    extensions = {**kwargs.pop("extensions", {}), "trace": trace}
     deadline = asyncio.timeout(timeout)
     try:
-        async with deadline, client.stream(method, url, timeout=timeout, **kwargs) as resp:
+        async with (
+            deadline,
+            client.stream(method, url, timeout=timeout, extensions=extensions, **kwargs) as resp,
+        ):
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) >= MAX_ANSWER_BYTES:
                     break
     except TimeoutError:
+        if deadline.expired() and traced and not sent:
+            raise httpx.ConnectTimeout(f"not connected within {timeout:g} s; nothing was sent") from None
         if deadline.expired():
             raise httpx.ReadTimeout(f"no complete answer within {timeout:g} s") from None
         raise
