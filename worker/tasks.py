@@ -250,10 +250,13 @@ async def handle_event(
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
         recompute = force_actions = False
     # a hold gives its attempt back: the run after it is the replay's first attempt again, and the
-    # pipelines that run finished before the hold are done (hookline.events.replay_applied)
-    applied = await _replay_applied(rt, event_id) if (recompute or force_actions) and len(pipelines) > 1 else ()
+    # pipelines that run finished before the hold are done (hookline.events.replay_applied); so is the
+    # recompute of the pipeline held itself ("NAME:answer"): it superseded the old answers first, and
+    # what it stored since (a first answer before its escalation, a batch's) must not be superseded again
+    applied = await _replay_applied(rt, event_id) if recompute or force_actions else ()
     replayed: list[str] = []  # pipelines this run recomputed / forced, recorded if a later one is held
     current: Pipeline | None = None
+    recomputing = False  # the current pipeline's old answers were superseded by this run
     closing = Closing(event_id, job_id, simulated=rt.simulated)
     superseded_by = await _superseded(rt, event, pipelines)
     if superseded_by is not None:
@@ -276,18 +279,21 @@ async def handle_event(
         for i, pipeline in enumerate(pipelines):
             current = pipeline
             last = i == len(pipelines) - 1
-            again = (recompute or force_actions) and pipeline.name not in applied
+            done = pipeline.name in applied
+            recomputing = recompute and not done and f"{pipeline.name}:answer" not in applied
+            forcing = force_actions and not done
             async with asyncio.timeout(pipeline.timeout_seconds) as scope:
                 PIPELINE_DEADLINE.set(scope.when())  # a model call cut off by it tells the breaker
                 outcome = await run_pipeline(
                     rt,
                     event,
                     pipeline,
-                    recompute=recompute and again,
-                    force_actions=force_actions and again,
+                    recompute=recomputing,
+                    force_actions=forcing,
                     closing=closing if last else None,
                 )
-            if again:
+            recomputing = False
+            if (recompute or force_actions) and not done:
                 replayed.append(pipeline.name)
             closing.dry_so_far = closing.dry_so_far or outcome.dry_run
     except asyncio.CancelledError:
@@ -303,6 +309,8 @@ async def handle_event(
                 )
         raise
     except Held as held:
+        if recomputing and current is not None:
+            replayed.append(f"{current.name}:answer")
         return await hold(rt, event, held, job_id, replayed=replayed)
     except Exception as e:
         if closing.done:  # the outcome is recorded; what failed came after it (a timeout at the very end)

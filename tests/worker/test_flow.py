@@ -299,6 +299,29 @@ async def test_an_escalated_answer_that_needed_a_repair_is_not_escalated_again_o
     ]
 
 
+async def test_a_replay_recompute_held_at_its_escalation_asks_the_first_model_once(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """Recompute supersedes the old answers, then the new first answer is stored and its escalation is
+    held (the escalation model's limit): the runs after each hold reuse that new answer (NAME:answer in
+    replay_applied) instead of superseding it and paying the first model again."""
+    rt = await runtime_for(db_url, fake, make_config(ESCALATE, models={SONNET: {"requests_per_minute": 1}}))
+    opened.append(rt)
+    fake.set_model_default(MODEL, reply({"subject": "Chargeback!", "urgent": True}, usage=USAGE))
+    fake.set_model_default(SONNET, reply({"subject": "Chargeback: act today", "urgent": True}, usage=USAGE))
+    eid = insert_event(db_url, "evt_replay_esc_hold")
+    assert await handle_event(rt, eid) == "succeeded"  # takes sonnet's one request of this minute
+    rows(db_url, "SELECT hookline.replay(%s::bigint, true, false)", eid)
+    for _ in range(3):
+        with pytest.raises(RetryLater):
+            await handle_event(rt, eid, recompute=True)
+    assert [c.body["model"] for c in fake.calls_to("/v1/messages")] == [MODEL, SONNET, MODEL]
+    assert rows(db_url, "SELECT replay_applied FROM hookline.events WHERE id = %s", eid) == [(["triage:answer"],)]
+    rows(db_url, "UPDATE hookline.model_buckets SET requests = 1, blocked_until = NULL RETURNING 1")
+    assert await handle_event(rt, eid, recompute=True) == "succeeded"  # a minute later: escalated, once
+    assert [c.body["model"] for c in fake.calls_to("/v1/messages")] == [MODEL, SONNET, MODEL, SONNET]
+
+
 async def test_an_event_held_for_the_escalation_models_rate_limit_pays_the_first_model_once(
     db_url: str, fake: FakeMessagesAPI, receiver: Receiver, opened: list[Runtime]
 ) -> None:
@@ -499,7 +522,7 @@ async def test_a_replay_held_at_a_later_pipeline_recomputes_and_forces_each_pipe
     assert models_called(fake) == [MODEL, SONNET, MODEL]  # a recomputed once, not once per hold
     assert pipelines_posted(receiver) == ["a", "b", "a"]  # a's action forced once
     assert rows(db_url, "SELECT status, attempts, replay_applied FROM hookline.events WHERE id = %s", eid) == [
-        ("throttled", 0, ["a"])
+        ("throttled", 0, ["a", "b:answer"])  # b's old answer superseded once; its forced actions still to come
     ]
     rows(db_url, "UPDATE hookline.model_buckets SET requests = 1 WHERE model = %s RETURNING model", SONNET)
     assert await handle_event(rt, eid, recompute=True, force_actions=True) == "succeeded"  # a minute later
