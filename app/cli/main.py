@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -117,20 +119,32 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
     from app.cli.send import send
 
     config = load_config(settings.config)
     base = args.url or f"http://127.0.0.1:{settings.port}"
-    sent = send(
-        config,
-        args.source,
-        environ=settings.environ,
-        base_url=base,
-        public_url=settings.public_url,
-        file=Path(args.file) if args.file else None,
-        event_type=args.type,
-        delivery_id=args.delivery_id,
-    )
+    try:
+        sent = send(
+            config,
+            args.source,
+            environ=settings.environ,
+            base_url=base,
+            public_url=settings.public_url,
+            file=Path(args.file) if args.file else None,
+            event_type=args.type,
+            delivery_id=args.delivery_id,
+        )
+    except OSError as e:  # --file missing or unreadable
+        print(f"hookline send: cannot read {e.filename or args.file}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:
+        print(
+            f"hookline send: cannot post to {base} ({e.__class__.__name__}: {e}); is the server running?",
+            file=sys.stderr,
+        )
+        return 1
     print(f"POST {sent.url} (delivery {sent.delivery_id}) → {sent.status} {sent.body}")
     return 0 if 200 <= sent.status < 300 else 1
 
@@ -303,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="psql", psql_args=[a for a in argv[1:2] if a != "--"] + argv[2:])
     else:
         args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings()
         return COMMANDS[args.command](settings, args)
@@ -314,6 +329,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        problem = database_problem(e)
+        if problem is None:
+            raise
+        print(f"hookline {args.command}: {_without_secrets(problem, settings)}", file=sys.stderr)
+        return 1
+
+
+def database_problem(e: BaseException) -> str | None:
+    """One line for a database that cannot be reached or is not migrated; None for any other error."""
+    import asyncpg
+    import psycopg
+
+    missing = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName)
+    if isinstance(e, (*missing, asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)):
+        return "the database is not migrated (run `hookline migrate`)"
+    if isinstance(e, psycopg.OperationalError) and e.diag.sqlstate is None:
+        return f"cannot reach the database: {' '.join(str(e).split())}"
+    unreachable = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.PostgresConnectionError)
+    if isinstance(e, (*unreachable, asyncpg.InvalidAuthorizationSpecificationError)):
+        return f"cannot reach the database: {' '.join(str(e).split()) or e.__class__.__name__}"
+    return None
+
+
+def _without_secrets(text: str, settings: Settings | None) -> str:
+    """``text`` with the DATABASE_URL password (if any) blotted out."""
+    from urllib.parse import unquote, urlsplit
+
+    dsn = settings.dsn() if settings is not None else os.environ.get("DATABASE_URL")
+    if not dsn:
+        return text
+    with contextlib.suppress(ValueError):
+        password = urlsplit(dsn).password
+        if password:
+            text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
 
 
 if __name__ == "__main__":

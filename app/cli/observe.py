@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
 
 from app.cli import embedded
 from app.core import db, migrations
@@ -80,7 +85,12 @@ async def _status_data(url: str) -> dict[str, Any]:
 
 def status(url: str, *, as_json: bool, caps: Callable[[], list[dict[str, Any]]] | None = None) -> int:
     st = migrations.status(url)
-    data = asyncio.run(_status_data(url))
+    try:
+        data = asyncio.run(_status_data(url))
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError, asyncpg.UndefinedColumnError):
+        if st.current:
+            raise
+        return _not_migrated(st, as_json=as_json)
     out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending], **data}
     out["spend"] = caps() if caps is not None and st.current else []
     if as_json:
@@ -111,6 +121,18 @@ def status(url: str, *, as_json: bool, caps: Callable[[], list[dict[str, Any]]] 
     return 0 if st.current else 1
 
 
+def _not_migrated(st: migrations.SchemaStatus, *, as_json: bool) -> int:
+    """The schema is too far behind for the counts: say so (exit 1) instead of a Postgres error."""
+    pending = [m.version for m in st.pending]
+    if as_json:
+        print(json.dumps({"schema_current": False, "pending_migrations": pending, "migrated": False}, indent=2))
+        return 1
+    version = max(st.applied, default=0)
+    print(f"schema NOT current (version {version:04d}, pending: {', '.join(str(v) for v in pending)})")
+    print("the database is not migrated: run `hookline migrate`")
+    return 1
+
+
 def _caps_row(s: dict[str, Any]) -> tuple[Any, ...]:
     def of(used: Any, cap: Any) -> str:
         return f"{used} / {'-' if cap is None else cap}"
@@ -134,7 +156,7 @@ async def _story(url: str, event_id: int) -> EventStory | None:
 def show_event(url: str, event_id: int, *, as_json: bool) -> int:
     story = asyncio.run(_story(url, event_id))
     if story is None:
-        print(f"no event with id {event_id}")
+        print(f"hookline events: no event with id {event_id}", file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps(story.as_json(), indent=2, default=str))
@@ -198,6 +220,26 @@ def psql_binary(server: Any) -> str:
     raise SystemExit("psql was not found on PATH (install the postgresql client)")
 
 
+def psql_target(url: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The URI for psql's command line without the password (``ps`` shows it to every local user),
+    and psql's environment with the password in ``PGPASSWORD`` instead."""
+    parts = urlsplit(libpq_dsn(url))
+    env = dict(environ)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    password = parts.password
+    for key, value in query:
+        if key == "password":
+            password = value
+    if password is None:
+        return urlunsplit(parts), env
+    env["PGPASSWORD"] = unquote(password) if parts.password == password else password
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]  # still percent-encoded, as the URI had it
+    netloc = f"{user}@{host}" if user else host
+    kept = urlencode([(k, v) for k, v in query if k != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, kept, parts.fragment)), env
+
+
 def psql(dsn: str | None, home: Path, extra: Sequence[str]) -> int:
     """Run psql on the configured database, or on the embedded one (stopped again afterwards)."""
     url, server = embedded.resolve_database_url(dsn, home)
@@ -205,7 +247,8 @@ def psql(dsn: str | None, home: Path, extra: Sequence[str]) -> int:
         binary = psql_binary(server)
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to psql
         try:
-            return subprocess.call([binary, libpq_dsn(url), *extra])
+            uri, env = psql_target(url, os.environ)
+            return subprocess.call([binary, uri, *extra], env=env)
         finally:
             signal.signal(signal.SIGINT, old)
     finally:
