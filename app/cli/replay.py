@@ -35,7 +35,10 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     m = _RELATIVE.match(text.strip())
     if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        except OverflowError:
+            raise ReplayError(f"{text!r} reaches further back than a date can (year 1)") from None
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -68,7 +71,7 @@ def start_replay(
     ids: list[int] = []
     try:
         with psycopg.connect(libpq_dsn(url)) as conn, conn.cursor(row_factory=dict_row) as cur:
-            for event_id in event_ids:
+            for event_id in dict.fromkeys(event_ids):  # an id named twice is replayed once
                 cur.execute(Q["replay_one"], {"event_id": event_id, "recompute": recompute, "force": force})
                 ids.append(event_id)
             if source or event_type or status or since or until:

@@ -39,7 +39,17 @@ def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is fewer than one run")
+    return n
+
+
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     s = subparsers.add_parser("schedules", help="list [schedules] with their next run (UTC, and local time)")
-    s.add_argument("--next", type=int, default=1, metavar="N", help="show the next N runs of each (default 1)")
+    s.add_argument("--next", type=_positive, default=1, metavar="N", help="show the next N runs of each (default 1)")
     return {"schedules": cmd_schedules}

@@ -95,18 +95,25 @@ def _model(calls: list[dict[str, Any]]) -> str:
 
 
 async def follow(
-    url: str, emit: Callable[[str], None], *, stop: asyncio.Event | None = None, as_json: bool = False
+    url: str,
+    emit: Callable[[str], None],
+    *,
+    stop: asyncio.Event | None = None,
+    as_json: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> None:
-    """Print one line per insert and status change until ``stop`` (or forever)."""
+    """Print one line per insert and status change until ``stop`` (or forever); connection troubles
+    go to ``warn`` (default: ``emit``)."""
     stop = stop or asyncio.Event()
+    warn = warn or emit
     while not stop.is_set():
         try:
             await _follow_once(url, emit, stop, as_json)
         except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041 - asyncpg raises the builtin
-            emit(f"tail: database unreachable ({e.__class__.__name__}); retrying")
+            warn(f"tail: database unreachable ({e.__class__.__name__}); retrying")
         except Exception as e:
             if e.__class__.__module__.startswith("asyncpg"):
-                emit(f"tail: connection lost ({e.__class__.__name__}); reconnecting")
+                warn(f"tail: connection lost ({e.__class__.__name__}); reconnecting")
             else:
                 raise
         with contextlib.suppress(TimeoutError):
@@ -160,11 +167,14 @@ async def _lines(conn: Any, notice: dict[str, Any], as_json: bool, arrived: _Arr
 
 
 def run_tail(url: str, *, as_json: bool = False) -> int:
+    def warn(line: str) -> None:  # never on stdout: --json promises one JSON object per line there
+        print(line, file=sys.stderr, flush=True)
+
     def emit(line: str) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
     print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(url, emit, as_json=as_json))
+        asyncio.run(follow(url, emit, as_json=as_json, warn=warn))
     return 0
