@@ -1,0 +1,221 @@
+"""The CLI when things go wrong: a database that is down or never migrated, a server that is not
+running, a missing file, a signal from the terminal. One clear line and a non-zero exit, never a
+traceback or a password; the embedded Postgres never left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.acceptance.test_admin_api import insert_event
+from tests.harness import ROOT, free_port
+
+PASSWORD = "s3cret-pw-never-shown"
+
+
+def _env(**over: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({"HOOKLINE_CONFIG": str(ROOT / "hookline.toml"), "GITHUB_WEBHOOK_SECRET": "x", **over})
+    return env
+
+
+def hookline(*args: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["status", "--json"], ["events", "show", "1"], ["replay", "1"], ["migrate"]]
+)
+def test_a_database_that_is_down_is_one_line_without_the_password(args: list[str]) -> None:
+    env = _env(DATABASE_URL=f"postgresql://nobody:{PASSWORD}@127.0.0.1:{free_port()}/x")
+    done = hookline(*args, env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
+    assert done.stderr.count("\n") == 1 and "cannot reach the database" in done.stderr, done.stderr
+
+
+def test_a_database_never_migrated_is_reported_not_crashed(empty_db_url: str) -> None:
+    env = _env(DATABASE_URL=empty_db_url)
+    human = hookline("status", env=env)
+    assert human.returncode == 1 and "Traceback" not in human.stderr, human.stderr
+    assert "NOT current" in human.stdout and "hookline migrate" in human.stdout
+    doc = hookline("status", "--json", env=env)
+    assert doc.returncode == 1 and "Traceback" not in doc.stderr, doc.stderr
+    data = json.loads(doc.stdout)
+    assert data["schema_current"] is False and data["pending_migrations"][0] == 1
+    for args in (["events", "show", "1"], ["replay", "1"]):
+        done = hookline(*args, env=env)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "not migrated" in done.stderr
+
+
+def test_send_without_a_server_or_file_is_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    down = hookline("send", "github", "--url", url, env=_env())
+    assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
+    assert "cannot post" in down.stderr and down.stderr.count("\n") == 1
+    missing = hookline("send", "github", "--url", url, "--file", "/nonexistent/payload.json", env=_env())
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert "/nonexistent/payload.json" in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def test_psql_gets_the_password_in_its_environment_not_its_command_line(tmp_path: Path) -> None:
+    seen = tmp_path / "seen.json"
+    fake = tmp_path / "bin" / "psql"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'password': os.environ.get('PGPASSWORD')}}, open({str(seen)!r}, 'w'))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    env = _env(DATABASE_URL=f"postgresql://bob:{PASSWORD}@db.example:5432/app?sslmode=require")
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env.get('PATH', '')}"
+    done = hookline("psql", "-c", "SELECT 1", env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(seen.read_text())
+    assert got["password"] == PASSWORD
+    assert not any(PASSWORD in a for a in got["argv"]), got["argv"]
+    assert got["argv"] == ["postgresql://bob@db.example:5432/app?sslmode=require", "-c", "SELECT 1"]
+
+
+def test_tail_json_keeps_stdout_for_json() -> None:
+    env = _env(DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "tail", "--json"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    tail.send_signal(signal.SIGINT)
+    out, err = tail.communicate(timeout=20)
+    assert "unreachable" in err
+    assert out == "", out
+
+
+def test_small_refusals(db_url: str, conn: psycopg.Connection) -> None:
+    env = _env(DATABASE_URL=db_url)
+    missing = hookline("events", "show", "999999", "--json", env=env)
+    assert missing.returncode == 1 and missing.stdout == "" and "999999" in missing.stderr
+    far = hookline("replay", "--since", "99999999d", env=env)
+    assert far.returncode == 1 and "Traceback" not in far.stderr and "99999999d" in far.stderr, far.stderr
+    event = insert_event(conn, "github", "twice-1")
+    twice = hookline("replay", str(event), str(event), "--no-wait", env=env)
+    assert twice.returncode == 0, twice.stderr
+    assert "replaying 1 event(s)" in twice.stderr
+    never = hookline("schedules", "--next", "0", env=env)
+    assert never.returncode == 2 and "--next" in never.stderr
+
+
+def _postmaster_gone(home: Path, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not (home / "pg" / "postmaster.pid").exists():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _wait_for_line(stream: object, text: str, within: float = 60) -> None:
+    import select
+
+    assert hasattr(stream, "readline") and hasattr(stream, "fileno")
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 1)
+        if ready and text in stream.readline():
+            return
+    raise AssertionError(f"no line with {text!r}")
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: signal.Signals) -> None:
+    home = tmp_path / "home"
+    env = _env(HOOKLINE_HOME=str(home))
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "tail"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_line(tail.stderr, "listening")
+        assert (home / "pg" / "postmaster.pid").exists()
+        tail.send_signal(sig)
+        tail.wait(30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+    assert _postmaster_gone(home), "the embedded Postgres was left running"
+    assert json.loads((home / "pg" / ".handle_pids.json").read_text() or "[]") == []
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
+def test_a_dead_holder_does_not_keep_the_embedded_postgres_up(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = _env(HOOKLINE_HOME=str(home))
+    assert hookline("migrate", env=env).returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (home / "pg" / ".handle_pids.json").write_text(json.dumps([dead.pid]))  # as a SIGKILLed command leaves it
+    assert hookline("status", env=env).returncode == 0
+    assert _postmaster_gone(home), "a dead pid in .handle_pids.json kept the embedded Postgres running"
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
+def test_hookline_dev_stops_everything_when_its_terminal_closes(tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    env = _env(PORT=str(port), HOOKLINE_HOME=str(home), HOOKLINE_SHUTDOWN_TIMEOUT="5")
+    env.pop("ANTHROPIC_API_KEY", None)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dev", "--simulate-model"],
+        env=env,
+        cwd=ROOT,  # the code under test (with another cwd, the installed package would run)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and dev.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("hookline dev did not become ready")
+        dev.send_signal(signal.SIGHUP)
+        out, _ = dev.communicate(timeout=40)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            out, _ = dev.communicate()
+    assert _postmaster_gone(home, within=5), "the embedded Postgres was left running\n" + out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
