@@ -159,6 +159,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self._stop_timer()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """uvicorn begins a graceful shutdown: tell the app (its lifespan shutdown comes only after every
+        connection has closed), so that long-lived responses such as the dashboard's stream end now."""
+        stopping = getattr(self.app_state.get("hookline"), "stopping", None)
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         if self._out is not None:
             self._out.flush()  # a held response goes before anything this data makes uvicorn write

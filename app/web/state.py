@@ -93,6 +93,8 @@ class AppState:
     ingest_limiter: IngestLimiter = field(default_factory=IngestLimiter)
     #: Group commit of ingest rows (app/web/batcher.py).
     batcher: Batcher = field(init=False)
+    #: Set when the server begins shutting down (app/web/server.py): open dashboard streams end at once.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     #: (source, event type) → (job priority, sync pipeline): the config is frozen, so computed once.
     _routes: dict[tuple[str, str | None], tuple[int, Pipeline | None]] = field(default_factory=dict, repr=False)

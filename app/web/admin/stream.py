@@ -3,7 +3,8 @@
 No polling: the stream waits on :meth:`EventListener.subscribe` (NOTIFY from migration 0005), gathers
 the notices that arrive within a short batch window, reads those events' rows by id (and the counts by
 status) in one go, and sends one ``update`` message. A quiet stream sends a comment line now and then
-so proxies keep it open, and ends after ``MAX_STREAM_SECONDS``; the browser's EventSource reconnects
+so proxies keep it open, and ends after ``MAX_STREAM_SECONDS`` or as soon as the server begins
+shutting down (``AppState.stopping``); the browser's EventSource reconnects
 by itself (``retry:``) and the page re-reads the database on ``resync``.
 """
 
@@ -64,6 +65,20 @@ async def _drain(queue: asyncio.Queue[Notice], first: Notice) -> list[Notice]:
     return notices
 
 
+async def _next(queue: asyncio.Queue[Notice], stopping: asyncio.Event) -> Notice | None:
+    """The next notice, or None as soon as ``stopping`` is set."""
+    getter = asyncio.ensure_future(queue.get())
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()
+        stopper.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None
+
+
 async def updates(state: AppState) -> AsyncIterator[bytes]:
     """The body of ``GET /admin/stream``.
 
@@ -77,15 +92,17 @@ async def updates(state: AppState) -> AsyncIterator[bytes]:
         connected = await state.listener.wait_connected(5.0)
         yield b"retry: 2000\n\n"
         yield sse("hello", {"listening": connected})
-        while time.monotonic() < ended:
+        while time.monotonic() < ended and not state.stopping.is_set():
             wait = KEEPALIVE_SECONDS
             if counts_due:
                 wait = max(0.0, counted_at + COUNTS_SECONDS - time.monotonic())
             try:
                 async with asyncio.timeout(wait):
-                    first: Notice | None = await queue.get()
+                    first: Notice | None = await _next(queue, state.stopping)
             except TimeoutError:
                 first = None
+            if state.stopping.is_set():
+                return  # the server is shutting down: end now, the browser reconnects to another process
             ids, resync = ids_of(await _drain(queue, first)) if first is not None else ([], False)
             if resync:
                 yield sse("resync", {})
