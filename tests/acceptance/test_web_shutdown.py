@@ -91,3 +91,63 @@ def _read_response(sock: socket.socket) -> str:
             break
         rest += chunk
     return (head + b"\r\n\r\n" + rest).decode()
+
+
+def test_sigterm_ends_open_dashboard_streams_at_once(db_url: str, tmp_path: Path) -> None:
+    """An open /admin/stream does not hold shutdown for the whole graceful timeout (nor log a
+    CancelledError): it ends as soon as the server begins shutting down; EventSource reconnects."""
+    from tests.acceptance.test_admin_api import TOKEN
+
+    toml = tmp_path / "hookline.toml"
+    toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "HOOKLINE_CONFIG": str(toml),
+        "HL_SW_SECRET": "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ=",
+        "HOOKLINE_ADMIN_TOKEN": TOKEN,
+        "PORT": str(port),
+        "HOOKLINE_SHUTDOWN_TIMEOUT": "30",
+    }
+    web = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            page = client.get("/admin/login")
+            csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            login = client.post(
+                "/admin/login",
+                content=f"csrf_token={csrf}&token={TOKEN}",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            assert login.status_code == 303, login.text
+            with client.stream("GET", "/admin/stream") as stream:
+                lines = stream.iter_lines()
+                assert any(line.startswith("event: hello") for line in lines)
+                web.send_signal(signal.SIGTERM)
+                started = time.monotonic()
+                for _line in lines:  # the stream ends (instead of running on until the timeout)
+                    pass
+                ended = time.monotonic() - started
+        assert ended < 10, f"the stream held shutdown for {ended:.1f}s"
+        web.wait(15)
+    finally:
+        if web.poll() is None:
+            web.kill()
+        out = web.communicate()[0]
+    assert web.returncode in (0, -signal.SIGTERM), out
+    assert "CancelledError" not in out and "Traceback" not in out, out
