@@ -30,6 +30,13 @@ def _env(**over: str) -> dict[str, str]:
     return env
 
 
+def _default_signals() -> None:
+    """In the child: the signals the test sends act as in a terminal, even when this run inherited them
+    ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def hookline(*args: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -105,6 +112,7 @@ def test_tail_json_keeps_stdout_for_json() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,  # signals as in a terminal, whatever this run inherited
     )
     time.sleep(4)
     tail.send_signal(signal.SIGINT)
@@ -160,6 +168,7 @@ def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: si
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,  # signals as in a terminal, whatever this run inherited
     )
     try:
         _wait_for_line(tail.stderr, "listening")
@@ -199,6 +208,7 @@ def test_hookline_dev_stops_everything_when_its_terminal_closes(tmp_path: Path) 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_signals,  # signals as in a terminal, whatever this run inherited
     )
     try:
         deadline = time.monotonic() + 60
