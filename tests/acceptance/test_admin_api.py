@@ -198,6 +198,11 @@ async def test_dead_letters_and_replay(admin: httpx.AsyncClient, conn: psycopg.C
     assert again.status_code == 409 and "not finished" in again.json()["detail"]
     assert (await admin.post("/admin/api/events/999999/replay")).status_code == 404
     assert (await admin.post(f"/admin/api/events/{dead[1]}/replay", json={"force": "yes"})).status_code == 400
+    typo = await admin.post(f"/admin/api/events/{dead[1]}/replay", json={"recompte": True})
+    assert typo.status_code == 400 and "recompte" in typo.json()["detail"]
+    # a misspelt filter would have widened the bulk replay to every dead stripe event: refused, nothing replayed
+    typo = await admin.post("/admin/api/replay", json={"source": "stripe", "status": "dead", "sincee": "2026-01-01"})
+    assert typo.status_code == 400 and "sincee" in typo.json()["detail"]
 
     bulk = await admin.post("/admin/api/replay", json={"source": "stripe", "status": "dead"})
     assert bulk.status_code == 202 and bulk.json()["replayed"] == 2

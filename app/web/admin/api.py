@@ -147,6 +147,15 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def only(body: dict[str, Any], *allowed: str) -> dict[str, Any]:
+    """``body`` when it names no key but ``allowed``: a misspelt filter (``sincee``) must not widen a
+    bulk replay to every event the other filters match."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown key(s) {unknown[:5]}; use {list(allowed)}")
+    return body
+
+
 def flag(body: dict[str, Any], name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool):
@@ -213,14 +222,14 @@ async def replay_event(state: AppState, event_id: int, *, recompute: bool, force
 async def replay_one(request: Request, state: AppState) -> Response:
     event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
     assert event_id is not None
-    body = await json_body(request)
+    body = only(await json_body(request), "recompute", "force")
     job_id = await replay_event(state, event_id, recompute=flag(body, "recompute"), force=flag(body, "force"))
     return json_response(202, {"event_id": event_id, "job_id": job_id})
 
 
 @guarded
 async def replay_matching(request: Request, state: AppState) -> Response:
-    body = await json_body(request)
+    body = only(await json_body(request), "source", "type", "status", "since", "until", "recompute", "force")
     args = (
         text(body, "source"),
         text(body, "type"),
