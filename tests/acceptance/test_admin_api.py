@@ -121,6 +121,12 @@ async def test_filters_and_cursor_pagination(admin: httpx.AsyncClient, conn: psy
         if cursor is None:
             break
     assert seen == sorted(ids, reverse=True) and pages == 3
+    # a last page that is exactly full says it is the last (no cursor to an empty page)
+    first = (await admin.get("/admin/api/events", params={"source": "stripe", "limit": "2"})).json()
+    last = (
+        await admin.get("/admin/api/events", params={"source": "stripe", "limit": "2", "cursor": first["next_cursor"]})
+    ).json()
+    assert len(last["events"]) == 2 and last["next_cursor"] is None
 
     async def ids_for(**params: str) -> list[int]:
         r = await admin.get("/admin/api/events", params=params)

@@ -126,8 +126,13 @@ def event_filter(params: Any) -> data.EventFilter:
     )
 
 
-def page(items: list[dict[str, Any]], limit: int, key: str) -> str | None:
-    return str(items[-1][key]) if len(items) == limit else None
+def page(items: list[dict[str, Any]], limit: int, key: str) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``items`` (fetched with ``limit + 1``) and its ``next_cursor``: None when nothing
+    follows, so a last page that is exactly full says so too."""
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    return items, str(items[-1][key])
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -189,8 +194,8 @@ async def list_events(request: Request, state: AppState) -> Response:
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
     pool = await state.db.ensure()
-    events = await data.list_events(pool, f, before=before, limit=limit)
-    return json_response(200, {"events": events, "next_cursor": page(events, limit, "id")})
+    events, cursor = page(await data.list_events(pool, f, before=before, limit=limit + 1), limit, "id")
+    return json_response(200, {"events": events, "next_cursor": cursor})
 
 
 @guarded
@@ -208,8 +213,10 @@ async def dead_letters(request: Request, state: AppState) -> Response:
     p = request.query_params
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
-    rows = await data.dead_letters(await state.db.ensure(), before=before, limit=limit)
-    return json_response(200, {"dead_letters": rows, "next_cursor": page(rows, limit, "event_id")})
+    rows, cursor = page(
+        await data.dead_letters(await state.db.ensure(), before=before, limit=limit + 1), limit, "event_id"
+    )
+    return json_response(200, {"dead_letters": rows, "next_cursor": cursor})
 
 
 async def replay_event(state: AppState, event_id: int, *, recompute: bool, force: bool) -> int:
