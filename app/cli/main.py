@@ -19,6 +19,7 @@ from app.cli import bench as benchmark
 from app.cli import embedded
 from app.cli import schedules as scheduling
 from app.cli import watch as watching
+from app.cli.args import at_least_one
 from app.cli.release import release
 from app.core import migrations
 from app.core.config import environment_problems, load_config
@@ -228,16 +229,6 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if result.dead else 0
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} is fewer than one process")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -257,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--access-log", action="store_true", help="log every request (off: the ingest path stays lean)")
     web.add_argument(
         "--processes",
-        type=_at_least_one,
+        type=at_least_one("process"),
         metavar="N",
         help="serve from N processes on the one port (default: HOOKLINE_WEB_PROCESSES, 1)",
     )

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from app.cli.args import at_least_one
 from app.core.config import Config, load_config
 from app.core.settings import Settings
 
@@ -39,17 +40,9 @@ def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} is fewer than one run")
-    return n
-
-
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     s = subparsers.add_parser("schedules", help="list [schedules] with their next run (UTC, and local time)")
-    s.add_argument("--next", type=_positive, default=1, metavar="N", help="show the next N runs of each (default 1)")
+    s.add_argument(
+        "--next", type=at_least_one("run"), default=1, metavar="N", help="show the next N runs of each (default 1)"
+    )
     return {"schedules": cmd_schedules}
