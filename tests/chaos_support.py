@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from app.cli.embedded import process_alive
 from app.core import migrations
 from app.signatures import sign
 from tests.harness import Received, WorkerProcess
@@ -246,20 +247,10 @@ def drop_orphans(admin: psycopg.Connection[Any], kind: str) -> None:
     prefix = f"hookline_{kind}_{SESSION.split('_')[0]}_"
     for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)).fetchall():
         pid = name[len(prefix) :].split("_")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         with contextlib.suppress(psycopg.Error):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

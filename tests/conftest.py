@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
+from app.cli.embedded import process_alive
 from app.core import migrations
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.harness import Receiver
@@ -86,7 +87,7 @@ def pg_base(pg_server: PgServer) -> _Base:
         leftovers = c.execute("SELECT datname FROM pg_database WHERE datname ~ '^hookline_t[0-9]+(_tmpl|_empty)?$'")
         for (name,) in leftovers.fetchall():
             pid = int(name.removeprefix("hookline_t").removesuffix("_tmpl").removesuffix("_empty"))
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not process_alive(pid):
                 c.execute(f'ALTER DATABASE "{name}" WITH is_template false')
                 c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     return _Base(host=pg_server.host, port=pg_server.port, user=pg_server.user, password=pg_server.password or None)
@@ -98,16 +99,6 @@ def load_schema(host: str, port: int, user: str, dbname: str, password: str | No
     migrations.migrate(url)
     with psycopg.connect(url, autocommit=True) as c:  # Postgres 14 lets PUBLIC create in public; 15+ does not
         c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 #: One database name per pytest session, so concurrent sessions on one server do not collide.

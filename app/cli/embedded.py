@@ -43,13 +43,14 @@ def _forget_dead_holders(holders: Any) -> None:
     """Drop the pids of processes that died without letting go (SIGKILL, or SIGTERM before this fix):
     pgserver stops the server when the last holder lets go, and a dead pid would never let go."""
     pids: list[int] = holders.get_and_remove(-1)  # the list as it is (-1 is never in it)
-    alive = [pid for pid in pids if _alive(pid)]
+    alive = [pid for pid in pids if process_alive(pid)]
     if alive != pids:
         log.info("embedded Postgres: forgetting %d holder(s) that died", len(pids) - len(alive))
         holders.put(alive)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
