@@ -15,19 +15,21 @@ import httpx
 from app.signatures import sign
 from tests.harness import ROOT, free_port, rows
 
+SECRET = "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ="
 
-def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> None:
+
+def _start_web(db_url: str, tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen[str], int]:
+    """A real ``hookline web`` with one standard_webhooks source, ready (``/readyz`` answered)."""
     toml = tmp_path / "hookline.toml"
     toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
-    secret = "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ="
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
         "HOOKLINE_CONFIG": str(toml),
-        "HL_SW_SECRET": secret,
+        "HL_SW_SECRET": SECRET,
         "PORT": str(port),
-        "HOOKLINE_SHUTDOWN_TIMEOUT": "10",
+        **extra_env,
     }
     web = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"],
@@ -37,13 +39,19 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
         text=True,
     )
+    for _ in range(100):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return web, port
+
+
+def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> None:
+    web, port = _start_web(db_url, tmp_path, HOOKLINE_SHUTDOWN_TIMEOUT="10")
+    secret = SECRET
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         body = b'{"type": "deploy.test", "data": {"n": 1}}'
         headers = sign("standard_webhooks", secret=secret, body=body, delivery_id="msg_drain")
         head = (
@@ -98,34 +106,9 @@ def test_sigterm_ends_open_dashboard_streams_at_once(db_url: str, tmp_path: Path
     CancelledError): it ends as soon as the server begins shutting down; EventSource reconnects."""
     from tests.acceptance.test_admin_api import TOKEN
 
-    toml = tmp_path / "hookline.toml"
-    toml.write_text('[sources.hooks]\nprovider = "standard_webhooks"\nsecrets_env = ["HL_SW_SECRET"]\n')
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "HOOKLINE_CONFIG": str(toml),
-        "HL_SW_SECRET": "whsec_c2h1dGRvd24tdGVzdC1zZWNyZXQ=",
-        "HOOKLINE_ADMIN_TOKEN": TOKEN,
-        "PORT": str(port),
-        "HOOKLINE_SHUTDOWN_TIMEOUT": "30",
-    }
-    web = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "web", "--host", "127.0.0.1"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    web, port = _start_web(db_url, tmp_path, HOOKLINE_ADMIN_TOKEN=TOKEN, HOOKLINE_SHUTDOWN_TIMEOUT="30")
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         with httpx.Client(base_url=base, timeout=60) as client:
             page = client.get("/admin/login")
             csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
