@@ -60,12 +60,14 @@ WHERE received_at > now() - interval '1 hour'
 GROUP BY status;
 
 -- name: spend_today
--- Model calls, tokens and cost since midnight UTC, by tenant and model.
+-- Model calls, tokens and cost since midnight UTC, by tenant and model: the calls hookline.costs_daily
+-- counts (every status but dry_run: a dry run was never sent).
 SELECT coalesce(e.tenant, '') AS tenant, c.model, count(*) AS calls,
        coalesce(sum(c.input_tokens), 0) AS input_tokens, coalesce(sum(c.output_tokens), 0) AS output_tokens,
        coalesce(sum(c.cost_usd), 0) AS cost_usd
 FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id
 WHERE c.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+  AND c.status <> 'dry_run'
 GROUP BY 1, 2
 ORDER BY cost_usd DESC, tenant, c.model;
 

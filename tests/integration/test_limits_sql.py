@@ -201,6 +201,27 @@ def test_costs_daily_sums_per_tenant_pipeline_and_model(conn: psycopg.Connection
     assert rows == [("acme", "p", "a", 2, 20, Decimal("0.75")), ("acme", "p", "b", 1, 10, Decimal("1"))]
 
 
+def test_status_spend_today_counts_the_calls_costs_daily_counts(conn: psycopg.Connection) -> None:
+    """`hookline status` (spend_today of sql/queries/observe.sql) and hookline.costs_daily agree: a dry
+    run was never sent, so neither counts it as a model call."""
+    (eid,) = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id, tenant) VALUES ('s', 'c1', 'acme') RETURNING id"
+    ).fetchone() or (0,)
+    for status, model in (("dry_run", "a"), ("dry_run", "a"), ("dry_run", "b"), ("succeeded", "a"), ("failed", "a")):
+        conn.execute(
+            "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, input_tokens, output_tokens,"
+            " cost_usd) VALUES (%s, 'p', %s, %s, '{}', 10, 5, 0.5)",
+            (eid, model, status),
+        )
+    status = conn.execute(queries("observe")["spend_today"]).fetchall()
+    daily = conn.execute(
+        "SELECT coalesce(tenant, ''), model, sum(calls), sum(input_tokens), sum(output_tokens), sum(usd) "
+        "FROM hookline.costs_daily WHERE day = (now() AT TIME ZONE 'UTC')::date GROUP BY 1, 2 ORDER BY 2"
+    ).fetchall()
+    assert status == [("acme", "a", 2, 20, 10, Decimal("1"))]  # model b: only dry runs, no calls
+    assert status == daily
+
+
 def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) -> None:
     from app.cli.spend import spend_today
     from app.core.config import parse_config
