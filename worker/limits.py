@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import random
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -133,6 +134,8 @@ def _over_cap(caps: Tenant, what: str, reopens: dt.datetime) -> Held:
 # ------------------------------------------------------------------------------------------- per call
 #: A call's reservation is reclaimed this long after its pipeline's timeout (its worker was killed).
 LEASE_MARGIN_SECONDS = 60.0
+#: A day cap full only of reservations of calls in flight: try again after about this long (jittered).
+IN_FLIGHT_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -235,11 +238,24 @@ async def reserve(
         assert row is not None
         if not row["granted"]:
             await settle_model(rt, res, None)
+            if row["reserved_only"]:  # not the cap: calls in flight settle at a fraction of their reservation
+                raise _in_flight_hold(tenant_key(event), int(row["in_flight"]), row["frees_at"])
             await _budget_alert(rt, event, caps, "day", row["day_start"], "tokens_per_day / usd_per_day", 1.0)
             raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at its daily token or USD cap", row["reopens_at"])
         res.tenant, res.day_start, res.tokens, res.usd = tenant_key(event), row["day_start"], est_in + est_out, usd
         res.id = row["reservation_id"]
     return res
+
+
+def _in_flight_hold(tenant: str, in_flight: int, frees_at: dt.datetime | None) -> Held:
+    """Settled spend leaves room, reservations (worst cases) of calls in flight fill the cap: wait for them
+    to settle or their lease to end, not for the window, whatever ``on_cap`` says (the cap is not reached)."""
+    wait = min(_seconds_until(frees_at), IN_FLIGHT_RETRY_SECONDS * (0.5 + random.random()))
+    return Held(
+        f"tenant {tenant!r}: its daily token or USD cap is full only of the reservations of {in_flight} "
+        f"call(s) in flight; waits for calls in flight to settle (rescheduled shortly), not for the window",
+        delay=wait,
+    )
 
 
 def _never_fits(caps: Tenant, tokens: int, usd: Decimal) -> str | None:

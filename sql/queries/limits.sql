@@ -26,8 +26,10 @@ FROM hookline.admit_guarded_v1(%(event_id)s, %(max_events)s::integer[], %(window
 
 -- name: reserve_budget
 -- Reserve a call's worst case in the tenant's UTC day, with a lease (granted, day_start, reopens_at, reservation_id).
-SELECT granted, day_start, reopens_at, reservation_id
-FROM hookline.reserve_budget_v2(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s,
+-- Refused: reserved_only when the settled spend alone has room (calls in flight, in_flight of them, fill the
+-- cap until they settle; the earliest lease ends at frees_at).
+SELECT granted, day_start, reopens_at, reservation_id, reserved_only, in_flight, frees_at
+FROM hookline.reserve_budget_v3(%(tenant)s, %(tokens)s, %(usd)s, %(tokens_cap)s, %(usd_cap)s,
                                 %(event_id)s, %(kind)s, %(lease_seconds)s);
 
 -- name: settle_budget

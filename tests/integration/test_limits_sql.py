@@ -55,7 +55,7 @@ LEASE = {"event_id": 1, "kind": "call", "lease_seconds": 120.0}
 
 def test_budget_reserves_before_and_settles_after_never_beyond_the_cap(conn: psycopg.Connection) -> None:
     res = {"tenant": "acme", "usd": Decimal("0.01"), "tokens_cap": 100, "usd_cap": None, **LEASE}
-    granted, day, reopens, rid = _one(conn, "reserve_budget", tokens=60, **res)
+    granted, day, reopens, rid = _one(conn, "reserve_budget", tokens=60, **res)[:4]
     assert granted is True and reopens > day and rid is not None  # type: ignore[operator]
     assert _one(conn, "reserve_budget", tokens=50, **res)[0] is False  # 60 in flight + 50 > 100
     # the first call used 30 tokens: its reservation is released, its usage counted
@@ -75,13 +75,38 @@ def test_budget_reserves_before_and_settles_after_never_beyond_the_cap(conn: psy
     assert _one(conn, "claim_alert", tenant="acme", period="day", window_start=day) == (False,)  # once per window
 
 
+def test_a_refusal_says_whether_settled_spend_or_only_calls_in_flight_fill_the_cap(conn: psycopg.Connection) -> None:
+    """Reservations are worst cases that settle a moment later: a cap full only of them is no reason to
+    wait for the next day. reserved_only tells the worker which refusal it got."""
+    res = {"tenant": "acme", "tokens_cap": 100, "usd_cap": Decimal(1), **LEASE}
+    granted, day, _, rid, *_ = _one(conn, "reserve_budget", tokens=80, usd=Decimal("0.1"), **res)
+    assert granted is True
+    # 80 in flight + 50 > 100, but nothing settled: only the call in flight is in the way
+    granted, _, reopens, none, reserved_only, in_flight, frees_at = _one(
+        conn, "reserve_budget", tokens=50, usd=Decimal("0.1"), **res
+    )
+    (lease_end,) = conn.execute("SELECT expires_at FROM hookline.budget_reservations").fetchone() or (None,)
+    assert (granted, none, reserved_only, in_flight, frees_at) == (False, None, True, 1, lease_end)
+    assert reopens > frees_at  # type: ignore[operator]
+    # the same over the USD cap alone
+    assert _one(conn, "reserve_budget", tokens=1, usd=Decimal("0.95"), **res)[:5:4] == (False, True)
+    # the call settles at 60 tokens and $0.5: settled spend itself leaves no room for 50 more tokens
+    _one(conn, "settle_budget", reservation_id=rid, tenant="acme", day_start=day, tokens=60, usd=Decimal("0.5"))
+    _, _, _, rid2, *_ = _one(conn, "reserve_budget", tokens=10, usd=Decimal(0), **res)  # one more in flight
+    assert _one(conn, "reserve_budget", tokens=50, usd=Decimal(0), **res)[:5:4] == (False, False)  # 60 + 50 > 100
+    assert _one(conn, "reserve_budget", tokens=1, usd=Decimal("0.6"), **res)[:5:4] == (False, False)  # $0.5 + 0.6 > 1
+    # nothing in flight: a refusal is the settled spend's
+    _one(conn, "settle_budget", reservation_id=rid2, tenant="acme", day_start=day, tokens=0, usd=Decimal(0))
+    assert _one(conn, "reserve_budget", tokens=50, usd=Decimal(0), **res)[4:] == (False, 0, None)
+
+
 def test_a_reservation_past_its_lease_stops_counting(conn: psycopg.Connection) -> None:
     """A worker SIGKILLed mid-call never settles: its reservation is reclaimed once its lease ends."""
     res = {"tenant": "acme", "usd": Decimal("0.5"), "tokens_cap": 100, "usd_cap": Decimal(1), **LEASE}
-    _, day, _, dead_rid = _one(conn, "reserve_budget", tokens=80, **res)  # the killed worker's call
+    _, day, _, dead_rid = _one(conn, "reserve_budget", tokens=80, **res)[:4]  # the killed worker's call
     assert _one(conn, "reserve_budget", tokens=80, **res)[0] is False  # still within its lease: counted
     conn.execute("UPDATE hookline.budget_reservations SET expires_at = now() - interval '1 second'")
-    granted, _, _, rid = _one(conn, "reserve_budget", tokens=80, **res)  # reclaimed, then reserved
+    granted, _, _, rid = _one(conn, "reserve_budget", tokens=80, **res)[:4]  # reclaimed, then reserved
     assert granted is True
     window = "SELECT reserved_tokens, reserved_usd FROM hookline.budget_windows WHERE tenant = 'acme'"
     assert conn.execute(window).fetchone() == (80, Decimal("0.5"))
@@ -213,13 +238,13 @@ def test_status_spend_today_counts_the_calls_costs_daily_counts(conn: psycopg.Co
             " cost_usd) VALUES (%s, 'p', %s, %s, '{}', 10, 5, 0.5)",
             (eid, model, status),
         )
-    status = conn.execute(queries("observe")["spend_today"]).fetchall()
+    shown = conn.execute(queries("observe")["spend_today"]).fetchall()
     daily = conn.execute(
         "SELECT coalesce(tenant, ''), model, sum(calls), sum(input_tokens), sum(output_tokens), sum(usd) "
         "FROM hookline.costs_daily WHERE day = (now() AT TIME ZONE 'UTC')::date GROUP BY 1, 2 ORDER BY 2"
     ).fetchall()
-    assert status == [("acme", "a", 2, 20, 10, Decimal("1"))]  # model b: only dry runs, no calls
-    assert status == daily
+    assert shown == [("acme", "a", 2, 20, 10, Decimal("1"))]  # model b: only dry runs, no calls
+    assert shown == daily
 
 
 def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) -> None:
@@ -229,7 +254,7 @@ def test_status_shows_todays_spend_against_the_caps(conn: psycopg.Connection) ->
     config = parse_config({"tenants": {"*": {"usd_per_day": 20.0}, "acme": {"tokens_per_day": 1000}}})
     _, day, _, rid = _one(
         conn, "reserve_budget", tenant="acme", tokens=10, usd=Decimal(0), tokens_cap=None, usd_cap=None, **LEASE
-    )
+    )[:4]
     _one(
         conn,
         "settle_budget",
