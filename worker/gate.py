@@ -69,7 +69,13 @@ class Gate:
                 return await self({**request, "model": fallback}, then(route, "fallback:breaker_open"))
             raise Held(f"circuit breaker of {model} is open; calls resume after its half-open probe", delay=wait)
         lease = self.pipeline.timeout_seconds + limits.LEASE_MARGIN_SECONDS  # a killed worker's call frees it
-        res = await limits.reserve(rt, self.event, request, lease_seconds=lease)
+        try:
+            res = await limits.reserve(rt, self.event, request, lease_seconds=lease)
+        except BaseException:
+            if verdict == "probe":  # never sent: give the probe back, or every call waits PROBE_TIMEOUT_SECONDS
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(limits.one(rt, "breaker_release", model=model))
+            raise
         try:
             rec = await one_call(rt.llm, request)
         except asyncio.CancelledError:

@@ -54,6 +54,7 @@ LimitsQuery = Literal[
     "settle_budget",
     "claim_alert",
     "breaker_acquire",
+    "breaker_release",
     "breaker_record",
     "throttle_event",
     "replay_applied",
