@@ -8,6 +8,12 @@ stores one hookline.llm_calls row per event (tokens and cost split evenly, ``rou
 and wakes the other jobs. Each event then runs its own actions from its stored answer; an event whose
 part is missing or invalid fails alone (its retry policy; the next try goes in a later batch).
 
+With ``[tenants]``, a micro-batch holds one tenant's events: the combined call is reserved and settled
+against that tenant's day, so every event counts against its own tenant's caps. ``tokens_per_day`` and
+``usd_per_day`` bound one event's request, not a batch's: the leader asks for as many of its claimed
+events as could ever fit in its tenant's day (the others gather again), or, when not even a batch of one
+could, asks alone with its own request.
+
 A leader cancelled during the combined call (worker shutdown) puts its requests back to gather again.
 One that could not (killed) leaves them ``submitting``: once that is older than
 :data:`MICRO_RECLAIM_SECONDS`, each of their events' own jobs leads again, and ``micro_claim`` takes
@@ -26,6 +32,7 @@ from typing import Any
 from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
+from worker import limits
 from worker.errors import PermanentError, TransientError, classify
 from worker.gate import Gate
 from worker.limits import Held, all_rows, one
@@ -94,22 +101,60 @@ async def micro_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request
         if stuck is None:
             raise Held("its micro-batch is being answered", delay=max(1.0, wait))
         return await _lead(rt, event, pipeline)  # its leader is gone: micro_claim takes the batch back
-    pending = await one(rt, "micro_pending", pipeline=pipeline.name)
+    pending = await one(rt, "micro_pending", pipeline=pipeline.name, tenant=_batch_tenant(rt, event))
     age = (dt.datetime.now(dt.UTC) - item["created_at"]).total_seconds()
     if int(pending["n"] if pending else 0) < pipeline.batch.max_events and age < wait:
         raise Held(f"gathering a micro-batch (up to {pipeline.batch.max_events} events)", delay=wait - age)
     return await _lead(rt, event, pipeline)
 
 
+def _batch_tenant(rt: Runtime, event: EventRow) -> str | None:
+    """Whose events a micro-batch of this event holds: with ``[tenants]``, its tenant's only (the
+    combined call is reserved and settled against one tenant's day); None (any tenant) without."""
+    return limits.tenant_key(event) if rt.config.tenants else None
+
+
+def _could_fit(rt: Runtime, event: EventRow, request: dict[str, Any]) -> bool:
+    """Whether ``request``'s worst case could ever be reserved in the event's tenant's day (what
+    :func:`worker.limits.reserve` refuses as a dead letter when not)."""
+    if not rt.config.tenants:
+        return True
+    est_in, est_out = limits.estimate_input_tokens(request), int(request["max_tokens"])
+    usd = limits.price(rt, request["model"], {"input_tokens": est_in, "output_tokens": est_out}) or Decimal(0)
+    return limits._never_fits(rt.config.tenant(event.get("tenant")), est_in + est_out, usd) is None
+
+
+def _fitting(
+    rt: Runtime, event: EventRow, pipeline: Pipeline, claimed: list[dict[str, Any]]
+) -> tuple[int, dict[str, Any] | None]:
+    """How many of ``claimed`` (the leader first) one combined call asks for, and that request: the
+    most whose combined worst case could fit in the tenant's day. ``(1, None)`` when not even a batch
+    of one could: the leader asks alone, with its own request."""
+    for n in range(len(claimed), 0, -1):
+        combined = combined_request(pipeline, [c["request"] for c in claimed[:n]])
+        if _could_fit(rt, event, combined):
+            return n, combined
+    return 1, None
+
+
 async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
     assert pipeline.batch is not None
-    claimed = await all_rows(rt, "micro_claim", pipeline=pipeline.name, limit=pipeline.batch.max_events)
+    claimed = await all_rows(
+        rt, "micro_claim", pipeline=pipeline.name, tenant=_batch_tenant(rt, event), limit=pipeline.batch.max_events
+    )
     mine = [c for c in claimed if c["event_id"] == event["id"]]
     if not mine:  # another job leads the batch this event is in
         await one(rt, "micro_release", ids=[c["id"] for c in claimed])
         raise Held("its micro-batch is being answered", delay=1.0)
+    claimed = mine + [c for c in claimed if c["event_id"] != event["id"]]
+    n, fitting = _fitting(rt, event, pipeline, claimed)
+    if n < len(claimed):  # the rest gather again, for a later batch
+        await one(rt, "micro_release", ids=[c["id"] for c in claimed[n:]])
+        claimed = claimed[:n]
+    if fitting is None:
+        return await _solo(rt, event, pipeline, claimed[0])
     requests = [c["request"] for c in claimed]
-    combined = combined_request(pipeline, requests)
+    combined = fitting
     gate = Gate(rt, event, pipeline)
     try:
         rec = await gate(combined, f"micro_batch:{len(claimed)}")
@@ -121,6 +166,10 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
             await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
         raise
     except Exception as e:
+        others = [c["id"] for c in claimed if c["event_id"] != event["id"]]
+        if not gate.records and others:  # nothing was sent: not the others' failure; they gather again
+            await one(rt, "micro_release", ids=others)
+            claimed = mine
         for c in claimed:
             await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
             if c["event_id"] != event["id"]:
@@ -162,6 +211,43 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
     return stored["output"]
 
 
+async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str, Any]) -> Any:
+    """The leader's own request, asked alone (route ``primary``): not even a batch of one (the batch
+    note and results schema around it) could ever be reserved in its tenant's day; its own request may."""
+    gate = Gate(rt, event, pipeline)
+    try:
+        with _simulating(rt, pipeline):
+            answer = await ask(gate, item["request"], output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_give_back(rt, event["id"], pipeline.name, gate.records, item["id"]))
+        raise
+    except Held:
+        await _give_back(rt, event["id"], pipeline.name, gate.records, item["id"])
+        raise
+    except Exception as e:
+        err = classify(e)
+        await _store(rt, event["id"], pipeline.name, gate.records)
+        await one(rt, "micro_item_fail", id=item["id"], error=str(err)[:500], permanent=err.permanent)
+        await one(rt, "batch_item_retire", id=item["id"])  # raised here: the next try asks again
+        raise err from e
+    await _store(rt, event["id"], pipeline.name, gate.records)
+    await one(rt, "micro_item_done", id=item["id"])
+    return answer.output
+
+
+async def _give_back(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord], item_id: int) -> None:
+    await _store(rt, event_id, pipeline, records)
+    await one(rt, "micro_release", ids=[item_id])
+
+
+def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
+    """A simulated model answers from the pipeline's own schema (hookline dev --simulate-model)."""
+    if isinstance(rt.llm, SimulatedModel):
+        return rt.llm.answering(output_spec(pipeline).raw_schema)
+    return contextlib.nullcontext()
+
+
 async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any) -> Any:
     """``escalate`` for batched answers (micro-batch or Message Batches): when this event's part says
     so, re-ask ``escalate.model`` with the event's own request (the one that went into the batch),
@@ -177,13 +263,8 @@ async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, out
         return output
     request = due["request"] or build_request(pipeline, event)
     gate = Gate(rt, event, pipeline)
-    simulating = (
-        rt.llm.answering(output_spec(pipeline).raw_schema)
-        if isinstance(rt.llm, SimulatedModel)
-        else contextlib.nullcontext()
-    )
     try:
-        with simulating:
+        with _simulating(rt, pipeline):
             answer = await ask(
                 gate,
                 {**request, "model": esc.model},

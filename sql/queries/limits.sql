@@ -153,19 +153,25 @@ VALUES (%(event_id)s, %(pipeline)s, 'hl-' || %(event_id)s || '-' || md5(random()
 ON CONFLICT DO NOTHING;
 
 -- name: micro_pending
--- Requests gathering for the pipeline's next micro-batch.
-SELECT count(*) AS n FROM hookline.batch_items
-WHERE kind = 'micro' AND pipeline = %(pipeline)s AND status = 'pending';
+-- Requests gathering for the pipeline's next micro-batch of %(tenant)s (with [tenants], a micro-batch
+-- holds one tenant's events: its call is reserved and settled against that tenant's day; NULL: any tenant).
+SELECT count(*) AS n FROM hookline.batch_items b
+WHERE b.kind = 'micro' AND b.pipeline = %(pipeline)s AND b.status = 'pending'
+  AND (%(tenant)s::text IS NULL
+       OR EXISTS (SELECT 1 FROM hookline.events e WHERE e.id = b.event_id AND coalesce(e.tenant, '') = %(tenant)s));
 
 -- name: micro_claim
--- The leader takes up to %(limit)s pending requests (and ones a crashed leader left for 10 minutes).
+-- The leader takes up to %(limit)s pending requests (and ones a crashed leader left for 10 minutes) of
+-- its own tenant %(tenant)s (NULL, without [tenants]: of any tenant).
 UPDATE hookline.batch_items SET status = 'submitting', submitted_at = now()
 WHERE id IN (
-    SELECT id FROM hookline.batch_items
-    WHERE kind = 'micro' AND pipeline = %(pipeline)s
-      AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
-    ORDER BY id LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
+    SELECT b.id FROM hookline.batch_items b
+    WHERE b.kind = 'micro' AND b.pipeline = %(pipeline)s
+      AND (b.status = 'pending' OR (b.status = 'submitting' AND b.submitted_at < now() - interval '10 minutes'))
+      AND (%(tenant)s::text IS NULL
+           OR EXISTS (SELECT 1 FROM hookline.events e WHERE e.id = b.event_id AND coalesce(e.tenant, '') = %(tenant)s))
+    ORDER BY b.id LIMIT %(limit)s
+    FOR UPDATE OF b SKIP LOCKED)
 RETURNING id, event_id, request;
 
 -- name: micro_release

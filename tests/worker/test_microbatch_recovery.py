@@ -75,7 +75,7 @@ async def test_a_killed_leaders_batch_is_taken_back_after_the_reclaim_age(
     assert "gathering a micro-batch" in await held(rt, b)
     # what a leader in another worker does before its combined call; then that worker is SIGKILLed:
     # nothing releases the requests
-    claimed = await limits.all_rows(rt, "micro_claim", pipeline="triage", limit=3)
+    claimed = await limits.all_rows(rt, "micro_claim", pipeline="triage", tenant=None, limit=3)
     assert sorted(c["event_id"] for c in claimed) == [a, b]
     assert "its micro-batch is being answered" in await held(rt, a)  # within the reclaim age: it waits
     rows(db_url, "UPDATE hookline.batch_items SET submitted_at = now() - interval '11 minutes' RETURNING 1")
