@@ -37,6 +37,7 @@ from app.core.sqlfiles import NamedQueries
 from app.signatures import (
     PROVIDERS,
     HandshakeError,
+    HandshakeReply,
     Headers,
     MetaError,
     SignatureError,
@@ -169,7 +170,6 @@ async def receive_webhook(request: Request) -> Response:
     provider = src.provider
     remote = guard.client_ip(request, state.trusted_proxies)
     if src.allowed_ips is not None and not guard.ip_allowed(remote, guard.networks(src.allowed_ips)):
-        state.metrics.inc("hookline_ingest_requests_total", source=name, outcome="ip_not_allowed")
         log.warning("request refused: address not allowed", extra={"source": name, "remote_addr": remote})
         raise Forbidden("this source does not accept requests from your address")
     headers = Headers(request.headers.raw)
@@ -194,9 +194,7 @@ async def receive_webhook(request: Request) -> Response:
             raise BadRequest(str(e)) from None
         if reply is None:
             raise BadRequest("GET is only used for the subscription handshake")
-        state.metrics.inc("hookline_handshakes_total", source=name)
-        note_outcome(request.scope, "handshake")
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+        return _handshake_answer(request, state, name, reply)
 
     body = await read_body(request, src.max_body_bytes or state.settings.max_body_bytes)
     secrets = src.secrets(environ)
@@ -244,9 +242,7 @@ async def receive_webhook(request: Request) -> Response:
     except HandshakeError as e:  # a handshake, so never an event to store, but one that cannot be answered
         raise BadRequest(str(e)) from None
     if reply is not None:
-        state.metrics.inc("hookline_handshakes_total", source=name)
-        note_outcome(request.scope, "handshake")
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+        return _handshake_answer(request, state, name, reply)
 
     try:
         meta = extract_meta(provider, headers=headers, payload=payload, overrides=src.overrides())
@@ -338,6 +334,28 @@ def _method_not_allowed(src: Source | None) -> NoReturn:
     only_post = src is not None and not accepts_get(src.provider)
     detail = "this source accepts POST only" if only_post else "this endpoint accepts POST (and GET for handshakes)"
     raise MethodNotAllowed(detail, headers={"Allow": "GET, POST"})
+
+
+def _handshake_answer(request: Request, state: AppState, name: str, reply: HandshakeReply) -> Response:
+    """The provider's handshake answer. Only one that succeeds counts as a handshake; a refused one
+    (Meta's 403 for a wrong verify token) is counted as any refusal, under its error code."""
+    if reply.status < 400:
+        state.metrics.inc("hookline_handshakes_total", source=name)
+        note_outcome(request.scope, "handshake")
+    else:
+        code = _error_code(reply.body)
+        if code is not None:  # else the middleware labels it by its status
+            note_outcome(request.scope, code)
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+
+def _error_code(body: bytes) -> str | None:
+    """The ``error`` of a refusal in hookline's shape (``{"error": code, "detail": …}``)."""
+    try:
+        code = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) and code else None
 
 
 def _note(request: Request, source: str, event_type: str | None, event_id: int | None, status: str, rid: str) -> None:

@@ -251,6 +251,7 @@ _OUTCOMES = {
     200: "accepted",
     400: "bad_request",
     401: "invalid_signature",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
