@@ -47,7 +47,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready for traffic: the database answers and its schema is the one this code expects."""
+    """Ready for traffic: the database answers, can be written to, and its schema is the one this code
+    expects."""
     state: AppState = request.state.hookline
     try:
         pool = await state.db.ensure()
@@ -60,6 +61,16 @@ async def readyz(request: Request) -> Response:
         )
     except Exception as e:
         return json_response(503, {"status": "unavailable", "database": "not migrated", "detail": e.__class__.__name__})
+    if any(r["read_only"] for r in rows):  # a standby after a failover, or read-only for maintenance
+        return json_response(
+            503,
+            {
+                "status": "unavailable",
+                "database": "read-only",
+                "detail": "the database accepts no writes (transaction_read_only is on); events cannot be stored",
+            },
+            {"Retry-After": str(state.settings.retry_after_seconds)},
+        )
     applied = {int(r["version"]): str(r["checksum"]) for r in rows}
     if applied != state.expected_migrations:
         pending = sorted(set(state.expected_migrations) - set(applied))

@@ -64,6 +64,8 @@ DEADLOCK_RETRIES = 3
 Result = tuple[int | None, bool]
 
 #: Errors that belong to one row (its values), not to the database: that row gets them, others commit.
+#: Ingest answers a DataError or ProgramLimitExceeded 400; an integrity violation (no constraint checks
+#: a sender's values) and any other database error 503, as nothing of that request was stored.
 ROW_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,

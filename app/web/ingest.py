@@ -52,7 +52,7 @@ from app.web import guard
 from app.web.batcher import RawJson
 from app.web.metrics import note_outcome
 from app.web.payloads import json_error, schema_violation
-from app.web.responses import DB_UNAVAILABLE
+from app.web.responses import DB_FAILURES
 from app.web.state import AppState
 from app.web.sync_reply import Delivery
 from app.web.sync_reply import reply as sync_reply
@@ -299,12 +299,8 @@ async def receive_webhook(request: Request) -> Response:
             invalid_row = (*row[:8], text, *row[9:])
             event_id, dup = await _store_invalid(state, invalid_row, f"payload does not match the schema: {invalid}")
         status = "duplicate" if dup else "accepted"
-    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
-        log.warning("database unavailable: %s", e.__class__.__name__, extra={"source": name, "request_id": request_id})
-        raise DatabaseUnavailable(
-            "the event store is unavailable; nothing was stored, retry later",
-            headers={"Retry-After": str(state.settings.retry_after_seconds)},
-        ) from None
+    # The request's own values first (the group commit gives such a row its own error, the others of
+    # its batch commit); any other failure of the database is 503: nothing of this request was stored.
     except asyncpg.exceptions.DataError as e:  # \u0000, lone surrogates …: valid JSON Postgres cannot store
         raise BadRequest(
             f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "
@@ -312,6 +308,8 @@ async def receive_webhook(request: Request) -> Response:
         ) from None
     except asyncpg.exceptions.ProgramLimitExceededError:  # a value too large for an index or a row
         raise BadRequest("a value in this request is too large to store (index row limit)") from None
+    except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]
+        _store_failed(state, name, request_id, e)
     if sync is None or event_id is None:
         return _acknowledge(request, name, meta.event_type, event_id, status, request_id)
     _note(request, name, meta.event_type, event_id, status, request_id)
@@ -326,6 +324,23 @@ async def receive_webhook(request: Request) -> Response:
         request_id=request_id,
     )
     return await sync_reply(request, state, sync, delivery)
+
+
+def _store_failed(state: AppState, source: str, request_id: str, error: BaseException) -> NoReturn:
+    """503 + Retry-After: the database did not store this request (unreachable, read-only, its schema
+    missing or older, a lock timeout …). Logged by class and SQLSTATE, never the message (it may quote
+    the request's values)."""
+    sqlstate = getattr(error, "sqlstate", None)
+    log.warning(
+        "database unavailable: %s%s",
+        error.__class__.__name__,
+        f" ({sqlstate})" if sqlstate else "",
+        extra={"source": source, "request_id": request_id},
+    )
+    raise DatabaseUnavailable(
+        "the event store is unavailable; nothing was stored, retry later",
+        headers={"Retry-After": str(state.settings.retry_after_seconds)},
+    ) from None
 
 
 def _method_not_allowed(src: Source | None) -> NoReturn:

@@ -21,6 +21,13 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,  # a connection reset after the server killed it mid-statement
 )
 
+#: The database cannot take a write now, for a reason that is not the request's: unreachable
+#: (:data:`DB_UNAVAILABLE`), or any error Postgres answers with — its schema missing or older than this
+#: code (a web process started before ``hookline migrate``), read-only (a failover, maintenance), a
+#: lock or statement timeout, a missing privilege, a deadlock after its retries. Nothing was stored:
+#: 503 + Retry-After. Catch the errors about a request's own values first (``DataError`` …: a 400).
+DB_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
+
 
 def json_response(status: int, data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
     return Response(

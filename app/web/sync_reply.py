@@ -42,7 +42,7 @@ from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES
 from app.core.templates import TemplateContext, TemplateRenderError, render, render_value
-from app.web.responses import DB_UNAVAILABLE
+from app.web.responses import DB_FAILURES
 from app.web.state import AppState
 
 log = logging.getLogger("hookline.sync")
@@ -212,7 +212,7 @@ async def _stored(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any
     try:
         pool = await state.db.ensure()
         row = await pool.fetchrow(Q["stored_answer"], d.event_id, pipeline.name)
-    except (*DB_UNAVAILABLE, DatabaseUnavailable) as e:  # type: ignore[misc]
+    except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]  # stored: the default is a true answer
         log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
         return None, False
     return (row["output"], True) if row is not None else (None, False)

@@ -80,8 +80,10 @@ SELECT output FROM hookline.llm_calls WHERE event_id = $1 AND pipeline = $2 AND 
 UPDATE hookline.events SET sync_reply = 'default' WHERE id = $1 AND sync_reply IS NULL;
 
 -- name: schema_versions
--- Applied migrations, for /readyz.
-SELECT version, checksum FROM hookline.schema_migrations ORDER BY version;
+-- Applied migrations, for /readyz, each with read_only: this session cannot write (a hot standby, or
+-- default_transaction_read_only set for the database or role during maintenance); /readyz is 503 then.
+SELECT version, checksum, current_setting('transaction_read_only') = 'on' AS read_only
+FROM hookline.schema_migrations ORDER BY version;
 
 -- name: store_events
 -- Group commit (app/web/batcher.py): many verified deliveries in one statement, as parallel arrays
