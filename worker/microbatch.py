@@ -6,7 +6,9 @@ has waited ``max_wait_ms``, leads: it claims up to ``max_events`` pending reques
 for ``{"results": [{"event_id", "output"}, …]}``, validates each part against the pipeline's schema,
 stores one hookline.llm_calls row per event (tokens and cost split evenly, ``route = 'micro_batch:N'``)
 and wakes the other jobs. Each event then runs its own actions from its stored answer; an event whose
-part is missing or invalid fails alone (its retry policy; the next try goes in a later batch).
+part is missing or invalid fails alone (its retry policy; the next try goes in a later batch). A failed
+combined call costs each of its events one attempt: the leader's at once, the others' when their jobs
+wake; every event's next try asks again, in a later batch.
 
 With ``[tenants]``, a micro-batch holds one tenant's events: the combined call is reserved and settled
 against that tenant's day, so every event counts against its own tenant's caps. ``tokens_per_day`` and
@@ -174,6 +176,8 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
             await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
             if c["event_id"] != event["id"]:
                 await one(rt, "wake_event_job", event_id=c["event_id"])
+            else:  # the leader fails with it now, this attempt: its next try asks again, not raises it again
+                await one(rt, "batch_item_retire", id=c["id"])
         raise
     parts = _parts(rec.response or {})
     spec = output_spec(pipeline)

@@ -1,0 +1,72 @@
+"""One failed micro-batch call costs its events one attempt each: the leader's next try asks again
+(leading or joining a new batch) instead of raising the old error without a call, and the other events
+of the batch fail once with it. ``handle_event`` driven directly against the real Postgres and the fake
+Messages API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.fakes.messages_api import FakeMessagesAPI, error, reply
+from tests.harness import Receiver, rows
+from tests.worker.test_flow import GOOD, held, insert_event, make_config, runtime_for
+from worker.runtime import Runtime
+from worker.tasks import RetryLater, handle_event
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
+    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[Runtime]]:
+    got: list[Runtime] = []
+    yield got
+    for rt in got:
+        await rt.close()
+
+
+def results(*event_ids: int) -> dict[str, list[dict[str, object]]]:
+    return {"results": [{"event_id": e, "output": GOOD} for e in event_ids]}
+
+
+def attempts(db_url: str, event_id: int) -> int:
+    ((n,),) = rows(db_url, "SELECT attempts FROM hookline.events WHERE id = %s", event_id)
+    return int(n)
+
+
+async def failing(rt: Runtime, event_id: int) -> str:
+    """Run the event's job once; it must fail and be retried. Returns the error it failed with."""
+    with pytest.raises(RetryLater) as failed:
+        await handle_event(rt, event_id)
+    return str(failed.value)
+
+
+async def test_a_failed_combined_call_costs_the_leader_one_attempt_and_its_retry_asks_again(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    rt = await runtime_for(db_url, fake, make_config({"batch": {"max_events": 2, "max_wait_ms": 60000}}))
+    opened.append(rt)
+    a, b = insert_event(db_url, "evt_ma_a"), insert_event(db_url, "evt_ma_b")
+    assert "gathering a micro-batch" in await held(rt, a)
+    fake.enqueue(error(500, "api_error"))
+    assert "500" in await failing(rt, b)  # two pending: b leads; the combined call fails
+    assert len(fake.calls_to("/v1/messages")) == 1
+    assert (attempts(db_url, a), attempts(db_url, b)) == (0, 1)
+
+    fake.set_default(reply(results(a, b)))
+    # b's next try joins a new batch (not the old error again, with no call): it gathers
+    assert "gathering a micro-batch" in await held(rt, b)
+    assert attempts(db_url, b) == 1
+    assert "500" in await failing(rt, a)  # a was in the failed call: it fails once with it
+    assert attempts(db_url, a) == 1
+    assert await handle_event(rt, a) == "succeeded"  # a's retry: two pending, it leads
+    assert await handle_event(rt, b) == "succeeded"
+    assert (attempts(db_url, a), attempts(db_url, b)) == (2, 2)  # one failed try each, then the answer
+    assert len(fake.calls_to("/v1/messages")) == 2
+    answered = rows(db_url, "SELECT event_id, route FROM hookline.llm_calls WHERE status = 'succeeded' ORDER BY 1")
+    assert answered == [(a, "micro_batch:2"), (b, "micro_batch:2")]
