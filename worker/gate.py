@@ -53,11 +53,15 @@ class Gate:
             return None  # one hop: a fallback's own fallback is not chased
         return self.rt.config.model_limits(model).fallback
 
-    async def _abandoned(self, res: limits.Reservation, model: str, failure: str | None) -> None:
-        """A call cut off by a cancellation: settled as a failed call; ``failure`` goes to the breaker."""
+    async def _abandoned(self, res: limits.Reservation, model: str, failure: str | None, *, probe: bool) -> None:
+        """A call cut off by a cancellation: settled as a failed call; ``failure`` (a timeout) goes to the
+        breaker. A worker shutdown (no ``failure``) says nothing about the model: a half-open ``probe`` it
+        cut off is given back, or every call would wait PROBE_TIMEOUT_SECONDS for it."""
         await limits.settle(self.rt, self.event, res, None, None)
         if failure is not None:
             await limits.breaker_report(self.rt, model, False, failure[:300])
+        elif probe:
+            await limits.one(self.rt, "breaker_release", model=model)
 
     async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
         rt, model = self.rt, request["model"]
@@ -95,7 +99,9 @@ class Gate:
                 )
             )
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._abandoned(res, model, error if timed_out else None))
+                await asyncio.shield(
+                    self._abandoned(res, model, error if timed_out else None, probe=verdict == "probe")
+                )
             raise
         except Exception as e:
             err = classify(e)
