@@ -46,7 +46,8 @@ SELECT hookline.claim_alert_v1(%(tenant)s, %(period)s, %(window_start)s) AS clai
 SELECT verdict, retry_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_timeout)s);
 
 -- name: breaker_release
--- A half-open probe taken by a call that was never sent (held by a budget or rate limit, or refused):
+-- A half-open probe taken by a call that was never sent (held by a budget or rate limit, or refused), or cut
+-- off by a worker shutdown (not the API's failure):
 -- the breaker is open again with its open_seconds already over, so the next call takes the probe at once.
 UPDATE hookline.breakers SET state = 'open', open_until = now(), probe_at = NULL, changed_at = now()
 WHERE model = %(model)s AND state = 'half_open';
