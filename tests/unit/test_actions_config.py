@@ -83,6 +83,20 @@ def test_action_shapes_are_checked() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("where", "action", "path"),
+    [
+        ("actions", {"type": "slack_response", "text": 1}, "pipelines.p.actions.0.text:"),
+        ("actions", {"type": "discord_followup", "content": 1}, "pipelines.p.actions.0.content:"),
+        ("alerts", {"type": "slack", "webhook_url_env": "W", "text": 1}, "alerts.0.text:"),
+        ("alerts", {"type": "http", "url_env": "U", "method": "FOO"}, "alerts.0.method:"),
+    ],
+)
+def test_error_paths_carry_no_union_tag(where: str, action: dict[str, Any], path: str) -> None:
+    msg = error_of(actions=[action]) if where == "actions" else error_of(alerts=[action])
+    assert msg.startswith(path), msg
+
+
 def test_url_template_may_not_read_the_output_nor_place_the_host() -> None:
     msg = error_of(actions=[{"type": "http", "url": "https://api.github.com/x/{{ output.n }}"}])
     assert msg.startswith("pipelines.p.actions.0.url: a url template may use only") and "output" in msg

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -141,8 +141,20 @@ class Config(Strict):
         return None
 
 
-#: Tags pydantic puts in an error's location for a tagged union (``actions.0.slack.text``).
-_UNION_TAGS = frozenset({"http", "log", "python", "slack", "email", "sql"})
+def _action_tags() -> frozenset[str]:
+    """Every ``type`` of the :data:`Action` union: the tags pydantic puts in an error's location
+    (``actions.0.slack.text``), read from the union itself so a new action type is never missed."""
+    (union, *_meta) = get_args(Action)
+    tags: set[str] = set()
+    for model in get_args(union):
+        tags.update(get_args(model.model_fields["type"].annotation))
+    return frozenset(tags)
+
+
+#: Tags pydantic puts in an error's location for the tagged Action union.
+_UNION_TAGS = _action_tags()
+#: The lists whose items are an Action (``pipelines.NAME.actions.N``, ``alerts.N``).
+_ACTION_LISTS = frozenset({"actions", "alerts"})
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -150,7 +162,7 @@ def _loc(loc: Sequence[int | str]) -> str:
     for i, part in enumerate(loc):
         if part in ("function-after", "function-before"):
             continue
-        if part in _UNION_TAGS and i >= 1 and isinstance(loc[i - 1], int) and "actions" in loc[:i]:
+        if part in _UNION_TAGS and i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in _ACTION_LISTS:
             continue
         if part in ("str", "EnvHeader") and "headers" in loc[:i]:  # the branches of a header value
             continue
