@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.cli import bench as benchmark
 from app.cli import embedded
 from app.cli import schedules as scheduling
@@ -26,7 +28,7 @@ from app.core.config import environment_problems, load_config
 from app.core.errors import ConfigError, HooklineError
 from app.core.heap import freeze_startup_heap
 from app.core.logs import setup_logging
-from app.core.settings import Settings
+from app.core.settings import Settings, settings_problems
 
 
 def _db_url(settings: Settings) -> str:
@@ -311,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = Settings()
+    except ValidationError as e:  # a bad HOOKLINE_* (or PORT, …) variable: refused like a bad hookline.toml
+        for line in settings_problems(e):
+            print(f"hookline {args.command}: {line}", file=sys.stderr)
+        return 2
+    try:
         return COMMANDS[args.command](settings, args)
     except ConfigError as e:
         print(f"hookline {args.command}: configuration error\n{e}", file=sys.stderr)

@@ -7,11 +7,13 @@ Nothing else in hookline reads ``os.environ`` for configuration; the secrets nam
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -185,6 +187,11 @@ class Settings(BaseSettings):
         "Unset: no limit beyond the configured targets (the model never chooses one).",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
     @property
     def environ(self) -> Mapping[str, str]:
         """Where names in hookline.toml (secrets_env, url_env, …) are resolved."""
@@ -192,3 +199,35 @@ class Settings(BaseSettings):
 
     def dsn(self) -> str | None:
         return self.database_url.get_secret_value() if self.database_url else None
+
+
+#: Names whose value is never echoed back in an error (DATABASE_URL carries a password).
+_SECRET_NAME = re.compile(r"^DATABASE_URL$|_KEY$|_TOKEN$|_SECRET$|PASSWORD")
+
+
+def _env_field(loc: str) -> tuple[str, FieldInfo | None]:
+    """The environment variable and the field behind an error location: pydantic reports a field
+    under its name, or under the alias (``PORT``, ``DATABASE_URL``) it was read from."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+        if loc == name or loc in choices:
+            return (choices[0] if choices else f"{prefix}{name}".upper()), info
+    return loc, None
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per bad environment variable, ``NAME: what it should be``; the value given is quoted
+    only when the name does not suggest a secret."""
+    lines: list[str] = []
+    for err in error.errors():
+        name, info = _env_field(str(err["loc"][0]) if err["loc"] else "")
+        choices = get_args(info.annotation) if info is not None and err["type"] == "literal_error" else ()
+        msg = f"one of {', '.join(map(str, choices))}" if choices else err["msg"]
+        msg = msg.removeprefix("Value error, ").removeprefix("Input should be ")
+        value = os.environ.get(name, err.get("input"))  # as given, not as a before-validator changed it
+        if isinstance(value, str) and not _SECRET_NAME.search(name.upper()):
+            msg = f"{msg} (got {value if len(value) <= 60 else value[:57] + '...'!r})"
+        lines.append(f"{name}: {msg}")
+    return lines

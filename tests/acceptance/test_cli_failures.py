@@ -59,6 +59,40 @@ def test_a_database_that_is_down_is_one_line_without_the_password(args: list[str
     assert done.stderr.count("\n") == 1 and "cannot reach the database" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "over", "line"),
+    [
+        (["check"], {"HOOKLINE_LOG_LEVEL": "verbose"}, "HOOKLINE_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR"),
+        (["status"], {"HOOKLINE_WORKER_CONCURRENCY": "abc"}, "HOOKLINE_WORKER_CONCURRENCY: a valid integer"),
+        (["check"], {"PORT": "abc"}, "PORT: a valid integer"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_line_naming_it(args: list[str], over: dict[str, str], line: str) -> None:
+    done = hookline(*args, env=_env(**over))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"hookline {args[0]}: {line}"), done.stderr
+
+
+def test_the_log_level_is_read_in_any_case() -> None:
+    done = hookline("check", env=_env(HOOKLINE_LOG_LEVEL="info"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_bad_secret_variable_is_named_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from app.core.settings import Settings, settings_problems
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://bob:{PASSWORD}@db.example/app")
+    monkeypatch.setenv("HOOKLINE_WORKER_CONCURRENCY", "many")
+    with pytest.raises(ValidationError) as e:
+        Settings(database_url=42)  # type: ignore[arg-type]  # no string from the environment fails; this does
+    problems = settings_problems(e.value)
+    assert [p.split(":")[0] for p in problems] == ["DATABASE_URL", "HOOKLINE_WORKER_CONCURRENCY"], problems
+    assert PASSWORD not in "".join(problems) and "'many'" in problems[1]
+
+
 def test_a_database_never_migrated_is_reported_not_crashed(empty_db_url: str) -> None:
     env = _env(DATABASE_URL=empty_db_url)
     human = hookline("status", env=env)
