@@ -95,7 +95,10 @@ class Settings(BaseSettings):
         default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
     )
     shutdown_timeout: float = Field(
-        default=30.0, description="Seconds a worker waits for running jobs on SIGTERM before handing them back."
+        # below the 30 s a PaaS (Heroku, Render) allows between SIGTERM and SIGKILL, so the hand-back happens
+        default=20.0,
+        description="Seconds a worker waits for running jobs on SIGTERM before handing them back "
+        "(and `hookline web` lets open requests finish); keep it below the platform's grace period.",
     )
     stalled_after: float = Field(
         default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker."
