@@ -346,7 +346,8 @@ def database_problem(e: BaseException) -> str | None:
     if isinstance(e, psycopg.OperationalError) and e.diag.sqlstate is None:
         return f"cannot reach the database: {' '.join(str(e).split())}"
     unreachable = (ConnectionError, socket.gaierror, TimeoutError, asyncpg.PostgresConnectionError)
-    if isinstance(e, (*unreachable, asyncpg.InvalidAuthorizationSpecificationError)):
+    refused = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+    if isinstance(e, (*unreachable, *refused)):
         return f"cannot reach the database: {' '.join(str(e).split()) or e.__class__.__name__}"
     return None
 

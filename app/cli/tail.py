@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
+
 from app.core import db
 from app.core.querynames import ObserveQuery
 from app.core.sqlfiles import NamedQueries
@@ -94,6 +96,11 @@ def _model(calls: list[dict[str, Any]]) -> str:
     return f"{last['model']} ({tokens_in}+{tokens_out} tokens, ${cost:.6f}{extra})"
 
 
+#: Connection refusals no retry can cure (a refused login or password, a database that does not exist):
+#: they end ``hookline tail`` (and ``hookline dev``'s follower) whenever they come, not only at start.
+_FATAL = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+
+
 async def follow(
     url: str,
     emit: Callable[[str], None],
@@ -101,18 +108,32 @@ async def follow(
     stop: asyncio.Event | None = None,
     as_json: bool = False,
     warn: Callable[[str], None] | None = None,
+    retry_at_start: bool = True,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Print one line per insert and status change until ``stop`` (or forever); connection troubles
-    go to ``warn`` (default: ``emit``)."""
+    go to ``warn`` (default: ``emit``) and are retried, once a session was up (from the start too with
+    ``retry_at_start``). A refused password or a missing database is raised, whenever it comes.
+    ``on_listening`` is called once, when the first session LISTENs."""
     stop = stop or asyncio.Event()
     warn = warn or emit
+    up = False
+
+    def listening() -> None:
+        nonlocal up
+        if not up and on_listening is not None:
+            on_listening()
+        up = True
+
     while not stop.is_set():
         try:
-            await _follow_once(url, emit, stop, as_json)
-        except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041 - asyncpg raises the builtin
-            warn(f"tail: database unreachable ({e.__class__.__name__}); retrying")
+            await _follow_once(url, emit, stop, as_json, listening)
         except Exception as e:
-            if e.__class__.__module__.startswith("asyncpg"):
+            if isinstance(e, _FATAL) or not (up or retry_at_start):
+                raise
+            if isinstance(e, (OSError, TimeoutError)):
+                warn(f"tail: database unreachable ({e.__class__.__name__}); retrying")
+            elif e.__class__.__module__.startswith("asyncpg"):
                 warn(f"tail: connection lost ({e.__class__.__name__}); reconnecting")
             else:
                 raise
@@ -120,13 +141,19 @@ async def follow(
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Event, as_json: bool) -> None:
+async def _follow_once(
+    url: str, emit: Callable[[str], None], stop: asyncio.Event, as_json: bool, listening: Callable[[], None]
+) -> None:
     notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     arrived = _Arrived()
-    listen = await db.connect(url, application_name="hookline-tail")
-    reader = await db.connect(url, application_name="hookline-tail")
+    conns: list[Any] = []
     try:
+        listen = await db.connect(url, application_name="hookline-tail")
+        conns.append(listen)
+        reader = await db.connect(url, application_name="hookline-tail")
+        conns.append(reader)
         await listen.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: notices.put_nowait(json.loads(payload)))
+        listening()
         while not stop.is_set():
             try:
                 notice = await asyncio.wait_for(notices.get(), 0.5)
@@ -137,7 +164,7 @@ async def _follow_once(url: str, emit: Callable[[str], None], stop: asyncio.Even
             for line in await _lines(reader, notice, as_json, arrived):
                 emit(line)
     finally:
-        for conn in (listen, reader):
+        for conn in conns:
             with contextlib.suppress(Exception):
                 await conn.close()
 
@@ -174,7 +201,11 @@ def run_tail(url: str, *, as_json: bool = False) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    def listening() -> None:
+        print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    # the first connection fails as every command does (one line, exit 1: app/cli/main.py); later
+    # troubles are retried, except a refused login or a missing database
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(url, emit, as_json=as_json, warn=warn))
+        asyncio.run(follow(url, emit, as_json=as_json, warn=warn, retry_at_start=False, on_listening=listening))
     return 0

@@ -190,6 +190,18 @@ class Settings(BaseSettings):
         "Unset: no limit beyond the configured targets (the model never chooses one).",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        from app.core.db import libpq_dsn  # the one rule for what a database URL looks like
+
+        try:
+            if v is not None and v.get_secret_value():  # empty: as if unset (the embedded Postgres)
+                libpq_dsn(v.get_secret_value())
+        except ValueError:
+            raise ValueError("must start with postgresql:// or postgres://") from None
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, v: Any) -> Any:

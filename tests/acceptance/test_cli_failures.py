@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.test_admin_api import insert_event
+from tests.conftest import PgServer
 from tests.harness import ROOT, free_port
 
 PASSWORD = "s3cret-pw-never-shown"
@@ -65,12 +66,13 @@ def test_a_database_that_is_down_is_one_line_without_the_password(args: list[str
         (["check"], {"HOOKLINE_LOG_LEVEL": "verbose"}, "HOOKLINE_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR"),
         (["status"], {"HOOKLINE_WORKER_CONCURRENCY": "abc"}, "HOOKLINE_WORKER_CONCURRENCY: a valid integer"),
         (["check"], {"PORT": "abc"}, "PORT: a valid integer"),
+        (["status"], {"DATABASE_URL": f"mysql://bob:{PASSWORD}@db/x"}, "DATABASE_URL: must start with postgresql://"),
     ],
 )
 def test_a_bad_environment_variable_is_one_line_naming_it(args: list[str], over: dict[str, str], line: str) -> None:
     done = hookline(*args, env=_env(**over))
     assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert "Traceback" not in done.stderr and done.stdout == "" and PASSWORD not in done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"hookline {args[0]}: {line}"), done.stderr
 
 
@@ -137,22 +139,23 @@ def test_psql_gets_the_password_in_its_environment_not_its_command_line(tmp_path
     assert got["argv"] == ["postgresql://bob@db.example:5432/app?sslmode=require", "-c", "SELECT 1"]
 
 
-def test_tail_json_keeps_stdout_for_json() -> None:
-    env = _env(DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
-    tail = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "tail", "--json"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_signals,  # signals as in a terminal, whatever this run inherited
-    )
-    time.sleep(4)
-    tail.send_signal(signal.SIGINT)
-    out, err = tail.communicate(timeout=20)
-    assert "unreachable" in err
-    assert out == "", out
+@pytest.mark.parametrize("args", [["tail"], ["tail", "--json"]])
+def test_tail_that_never_reaches_the_database_is_one_line_and_exit_1(args: list[str]) -> None:
+    """tail's first connection follows the common rule (it used to say "listening" and retry forever);
+    stdout stays for the events (--json: one JSON object per line)."""
+    env = _env(DATABASE_URL=f"postgresql://nobody:{PASSWORD}@127.0.0.1:{free_port()}/x")
+    done = hookline(*args, env=env)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("hookline tail: cannot reach the database:"), done.stderr
+
+
+def test_tail_on_a_database_that_does_not_exist_is_one_line_and_exit_1(pg_server: PgServer) -> None:
+    done = hookline("tail", env=_env(DATABASE_URL=pg_server.url("hookline_no_such_database")))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "cannot reach the database" in done.stderr, done.stderr
+    assert "does not exist" in done.stderr, done.stderr
 
 
 def test_small_refusals(db_url: str, conn: psycopg.Connection) -> None:

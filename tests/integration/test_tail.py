@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from app.cli.tail import follow
+from tests.conftest import PgServer
+from tests.harness import free_port
 
 
 async def test_follow_prints_each_transition(conn: psycopg.Connection, db_url: str) -> None:
@@ -67,3 +72,42 @@ async def test_an_event_in_two_insert_notices_ranges_is_printed_once(conn: psyco
         f"event {base + 1} stripe → received",
         f"event {base + 3} stripe → received",
     ]
+
+
+async def test_tail_reconnects_after_a_session_was_up_and_stops_at_a_refusal(
+    empty_db_url: str, pg_server: PgServer
+) -> None:
+    """Once LISTEN was up, a dropped connection is retried; a database that is gone ends the follower
+    (``hookline tail`` then prints the one line every command prints and exits 1)."""
+    warnings: asyncio.Queue[str] = asyncio.Queue()
+    listening: asyncio.Queue[None] = asyncio.Queue()
+    task = asyncio.create_task(
+        follow(
+            empty_db_url,
+            lambda _line: None,
+            warn=warnings.put_nowait,
+            retry_at_start=False,
+            on_listening=lambda: listening.put_nowait(None),
+        )
+    )
+    await asyncio.wait_for(listening.get(), 30)
+    name = conninfo_to_dict(empty_db_url)["dbname"]
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'hookline-tail'",
+            (name,),
+        )
+        warning = await asyncio.wait_for(warnings.get(), 30)
+        assert "retrying" in warning or "reconnecting" in warning, warning
+        assert not task.done()
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with pytest.raises(asyncpg.InvalidCatalogNameError):
+        await asyncio.wait_for(task, 60)
+
+
+async def test_tail_gives_up_on_a_database_it_never_reached() -> None:
+    with pytest.raises(OSError):
+        await asyncio.wait_for(
+            follow(f"postgresql://nobody@127.0.0.1:{free_port()}/x", lambda _line: None, retry_at_start=False), 60
+        )
