@@ -265,7 +265,9 @@ def admin_paths() -> dict[str, Any]:
                 **BAD,
             )
         },
-        "/admin/api/stats": {"get": _op("Counts by status, last hour, queue depth", ("200", _json(_ref("Stats"), "")))},
+        "/admin/api/stats": {
+            "get": _op("Counts by status, last hour, queue depth", ("200", _json(_ref("Stats"), "")), **BAD)
+        },
         "/admin/api/cost": {
             "get": _op(
                 "Model calls, tokens and USD per tenant and pipeline for [since, until) (default: today, UTC)",

@@ -145,6 +145,31 @@ async def test_filters_and_cursor_pagination(admin: httpx.AsyncClient, conn: psy
         assert r.status_code == 400 and r.json()["error"] == "bad_request", bad
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "params", "unknown"),
+    [
+        ("GET", "/admin/api/events", {"event_type": "zzz"}, "event_type"),
+        ("GET", "/admin/api/events", {"source": "stripe", "sincee": "2026-01-01"}, "sincee"),
+        ("GET", "/admin/api/dead-letters", {"source": "stripe"}, "source"),
+        ("GET", "/admin/api/events/1", {"verbose": "1"}, "verbose"),
+        ("GET", "/admin/api/stats", {"tenant": "acme"}, "tenant"),
+        ("GET", "/admin/api/cost", {"tenant": "acme"}, "tenant"),
+        ("POST", "/admin/api/events/1/replay", {"force": "true"}, "force"),
+        ("POST", "/admin/api/replay", {"source": "stripe"}, "source"),
+    ],
+)
+async def test_an_unknown_query_parameter_is_400_naming_it(
+    admin: httpx.AsyncClient, conn: psycopg.Connection, method: str, path: str, params: dict[str, str], unknown: str
+) -> None:
+    """A misspelt filter (the filter is ``type``) must not answer with everything, nor widen a replay."""
+    insert_event(conn, "stripe", "q1", status="dead")
+    r = await admin.request(method, path, params=params, json={"type": "invoice.payment_failed"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_request" and f"unknown parameter(s) ['{unknown}']" in r.json()["detail"], r.text
+    jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()
+    assert jobs == (0,)  # nothing was replayed
+
+
 async def test_detail_masks_the_redacted_fields(admin: httpx.AsyncClient, conn: psycopg.Connection) -> None:
     payload = {
         "type": "invoice.payment_failed",

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -161,6 +162,23 @@ def only(body: dict[str, Any], *allowed: str) -> dict[str, Any]:
     return body
 
 
+#: The query parameters of each list filter (app/web/openapi.py documents the same).
+EVENT_QUERY = ("source", "type", "status", "tenant", "since", "until", "cursor", "limit")
+PAGE_QUERY = ("cursor", "limit")
+COST_QUERY = ("since", "until")
+
+
+def query(request: Request, *allowed: str) -> QueryParams:
+    """The request's query parameters when it names none but ``allowed``: a misspelt filter
+    (``event_type`` for ``type``) must not silently answer with everything."""
+    params = request.query_params
+    unknown = sorted(set(params.keys()) - set(allowed))
+    if unknown:
+        takes = f"use {list(allowed)}" if allowed else "this endpoint takes none"
+        raise BadRequest(f"unknown parameter(s) {unknown[:5]}; {takes}")
+    return params
+
+
 def flag(body: dict[str, Any], name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool):
@@ -189,7 +207,7 @@ def parse_cursor(value: str | None) -> int | None:
 
 @guarded
 async def list_events(request: Request, state: AppState) -> Response:
-    p = request.query_params
+    p = query(request, *EVENT_QUERY)
     f = event_filter(p)
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
@@ -200,6 +218,7 @@ async def list_events(request: Request, state: AppState) -> Response:
 
 @guarded
 async def event_detail(request: Request, state: AppState) -> Response:
+    query(request)
     event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
     assert event_id is not None
     detail = await data.event_detail(await state.db.ensure(), state.config, event_id)
@@ -210,7 +229,7 @@ async def event_detail(request: Request, state: AppState) -> Response:
 
 @guarded
 async def dead_letters(request: Request, state: AppState) -> Response:
-    p = request.query_params
+    p = query(request, *PAGE_QUERY)
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
     rows, cursor = page(
@@ -227,6 +246,7 @@ async def replay_event(state: AppState, event_id: int, *, recompute: bool, force
 
 @guarded
 async def replay_one(request: Request, state: AppState) -> Response:
+    query(request)  # the options go in the JSON body
     event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
     assert event_id is not None
     body = only(await json_body(request), "recompute", "force")
@@ -236,6 +256,7 @@ async def replay_one(request: Request, state: AppState) -> Response:
 
 @guarded
 async def replay_matching(request: Request, state: AppState) -> Response:
+    query(request)  # the filter goes in the JSON body: one in the URL would be ignored, widening the replay
     body = only(await json_body(request), "source", "type", "status", "since", "until", "recompute", "force")
     args = (
         text(body, "source"),
@@ -255,6 +276,7 @@ async def replay_matching(request: Request, state: AppState) -> Response:
 
 @guarded
 async def stats(request: Request, state: AppState) -> Response:
+    query(request)
     return json_response(200, await data.stats(await state.db.ensure()))
 
 
@@ -265,7 +287,7 @@ def today_utc() -> tuple[datetime, datetime]:
 
 @guarded
 async def cost(request: Request, state: AppState) -> Response:
-    p = request.query_params
+    p = query(request, *COST_QUERY)
     since = parse_time("since", p.get("since")) or today_utc()[0]
     until = parse_time("until", p.get("until")) or min(since + timedelta(days=1), MAX_TIME)
     rows = await data.cost(await state.db.ensure(), since, until) if since < until else []
