@@ -159,6 +159,32 @@ async def test_without_a_session_actions_and_the_stream_are_refused(base: str, c
         assert (await client.get("/admin/api/events")).status_code == 401
 
 
+async def test_the_dashboard_takes_the_bearer_token_too(base: str, conn: psycopg.Connection) -> None:
+    """DESIGN: the dashboard is behind the bearer token, as the API is (for scripts and proxies). A
+    browser never attaches that header by itself, so a bearer request needs no CSRF token."""
+    dead = insert_event(conn, "stripe", "bearer-dead", status="dead")
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base) as client:
+        for path in ("/admin", f"/admin/events/{dead}", "/admin/chart.svg"):
+            r = await client.get(path, headers={**bearer, "accept": "text/html"})
+            assert r.status_code == 200, (path, r.status_code, r.text[:200])
+            assert "set-cookie" not in r.headers  # no session is made from it
+        assert "Live events" in (await client.get("/admin", headers=bearer)).text
+        wrong = await client.get("/admin", headers={"Authorization": "Bearer not-the-token", "accept": "text/html"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+        assert "not valid" in wrong.json()["detail"] and TOKEN not in wrong.text
+        replay = await client.post(
+            f"/admin/events/{dead}/replay", content="", headers={**FORM, **bearer, "accept": "application/json"}
+        )
+        assert replay.status_code == 202 and replay.json()["event_id"] == dead, replay.text
+        assert conn.execute("SELECT status FROM hookline.events WHERE id = %s", (dead,)).fetchone() == ("queued",)
+    # a proxy's Basic credentials in front of the dashboard leave the cookie login as it was
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": "Basic dXNlcjpwdw=="}) as client:
+        assert (await login(client)).status_code == 303
+        page = await client.get("/admin")
+        assert page.status_code == 200 and csrf_of(page)
+
+
 async def test_the_stream_sends_rows_named_by_notify(base: str, conn: psycopg.Connection) -> None:
     """A row written by anyone (here a DBA's psql) reaches the open stream through LISTEN/NOTIFY."""
     async with httpx.AsyncClient(base_url=base, timeout=20) as client:

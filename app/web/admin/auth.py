@@ -1,6 +1,8 @@
 """Who may use /admin: the bearer token (API), a signed session cookie (dashboard), CSRF checks.
 
-* The API takes ``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN``, compared in constant time.
+* The API takes ``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN``, compared in constant time; so do the
+  dashboard's pages, for scripts and proxies (a browser never attaches that header by itself, so such
+  a request needs no CSRF token).
 * The dashboard's login form takes the same token and sets a session cookie
   (``HttpOnly; SameSite=Strict; Path=/admin``, ``Secure`` when the request came over HTTPS).
   The cookie is ``v1.ISSUED.NONCE.MAC``, MAC = HMAC-SHA256 under a key derived from the token: every
@@ -46,26 +48,37 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hookline admin"'}
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None when there is no such header."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else None
+
+
 def require_bearer(request: Request, token: str) -> None:
     """401 unless the request carries ``Authorization: Bearer <token>``."""
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="hookline admin"'}
-    if scheme.lower() != "bearer" or not given.strip():
-        raise Unauthorized("send Authorization: Bearer <HOOKLINE_ADMIN_TOKEN>", headers=challenge)
-    if not token_matches(given.strip(), token):
-        raise Unauthorized("the admin token is not valid", headers=challenge)
+    given = bearer_token(request)
+    if not given:
+        raise Unauthorized("send Authorization: Bearer <HOOKLINE_ADMIN_TOKEN>", headers=CHALLENGE)
+    if not token_matches(given, token):
+        raise Unauthorized("the admin token is not valid", headers=CHALLENGE)
 
 
 @dataclass(frozen=True)
 class Session:
     nonce: str
     csrf: str
+    #: Signed in by ``Authorization: Bearer`` on this request, not by the cookie: no CSRF token needed.
+    bearer: bool = False
 
 
 class Sessions:
     """Issues and checks dashboard session cookies and their CSRF tokens."""
 
     def __init__(self, token: str, settings: Settings) -> None:
+        self._token = token
         self._key = hmac.new(token.encode(), b"hookline admin session v1", hashlib.sha256).digest()
         self._settings = settings
 
@@ -81,7 +94,15 @@ class Sessions:
         return f"{body}.{self._mac(body)}", Session(nonce, self._csrf(nonce))
 
     def read(self, request: Request) -> Session | None:
-        """The request's valid, unexpired session, or None."""
+        """The request's session: from a valid ``Authorization: Bearer`` header (a wrong one is 401, as
+        on the API), else from a valid, unexpired session cookie; None when there is neither."""
+        given = bearer_token(request)
+        if given is not None:
+            require_bearer(request, self._token)
+            return Session(nonce="", csrf="", bearer=True)
+        return self._from_cookie(request)
+
+    def _from_cookie(self, request: Request) -> Session | None:
         parts = request.cookies.get(SESSION_COOKIE, "").split(".")
         if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit():
             return None
@@ -134,7 +155,10 @@ class Sessions:
             raise Forbidden("cross-origin request refused")
 
     def check_csrf(self, request: Request, session: Session, submitted: str | None) -> None:
-        """403 unless the Origin is ours and the synchronizer token matches the session."""
+        """403 unless the Origin is ours and the synchronizer token matches the session. A request
+        signed in by its bearer header passes: no browser sends that header on another site's behalf."""
+        if session.bearer:
+            return
         self.check_origin(request)
         given = submitted or request.headers.get(CSRF_HEADER, "")
         if not given or not hmac.compare_digest(given.encode(), session.csrf.encode()):

@@ -1,7 +1,8 @@
 """The dashboard at ``/admin``: server-rendered Jinja2 pages, one static script, a live SSE stream.
 
 Login with the admin token gives a signed session cookie (see :mod:`app.web.admin.auth`); every
-POST carries a CSRF token and must come from this site. Pages never load anything from another
+POST signed in by that cookie carries a CSRF token and must come from this site. Scripts may send
+``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN`` instead, as on the API. Pages never load anything from another
 origin (``Content-Security-Policy: default-src 'self'``), so the dashboard works with no network.
 """
 
@@ -65,7 +66,8 @@ def sessions(state: AppState) -> Sessions:
 
 
 def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
-    """The page with its session; no session → the login page (or 401 for scripts and streams)."""
+    """The page with its session (cookie, or a bearer header); none → the login page (or 401 for
+    scripts and streams)."""
 
     @functools.wraps(page)
     async def endpoint(request: Request) -> Response:
@@ -113,7 +115,8 @@ async def login(request: Request) -> Response:
 
 @signed_in
 async def logout(request: Request, state: AppState, session: Session) -> Response:
-    sessions(state).check_origin(request)
+    if not session.bearer:
+        sessions(state).check_origin(request)
     form = await read_form(request)
     sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
     response = RedirectResponse("/admin/login", status_code=303)
@@ -169,7 +172,8 @@ async def event_page(request: Request, state: AppState, session: Session) -> Res
 
 @signed_in
 async def replay(request: Request, state: AppState, session: Session) -> Response:
-    sessions(state).check_origin(request)
+    if not session.bearer:
+        sessions(state).check_origin(request)
     form = await read_form(request)
     sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
     raw = str(request.path_params["event_id"])
