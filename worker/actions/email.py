@@ -14,15 +14,13 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, parseaddr
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
 from app.core.config import EmailAction
+from app.core.smtpurl import SmtpUrlError, parse_smtp_url
 from worker.actions.base import ActionContext, ActionDeps, env_value, render
 from worker.errors import PermanentError, TransientError
-
-_SCHEMES = {"smtp": (None, 25), "smtp+starttls": (True, 587), "smtps": (False, 465)}
 
 
 def message_id(idempotency_key: str, sender: str) -> str:
@@ -61,22 +59,22 @@ def build_message(action: EmailAction, ctx: ActionContext) -> tuple[EmailMessage
 
 async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict[str, Any]:
     what = f"email action {ctx.action}"
-    parts = urlsplit(env_value(deps.environ, action.smtp_url_env, what=what))
-    if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise PermanentError(f"{what}: {action.smtp_url_env} must be smtp://, smtp+starttls:// or smtps://host")
-    start_tls, default_port = _SCHEMES[parts.scheme]
+    try:  # its refusal names the variable, never a part of the URL (it carries the password)
+        url = parse_smtp_url(env_value(deps.environ, action.smtp_url_env, what=what), action.smtp_url_env)
+    except SmtpUrlError as e:
+        raise PermanentError(f"{what}: {e}") from None
     msg, to = build_message(action, ctx)
     try:
         await aiosmtplib.send(
             msg,
             sender=parseaddr(action.from_)[1],
             recipients=to,
-            hostname=parts.hostname,
-            port=parts.port or default_port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            use_tls=parts.scheme == "smtps",
-            start_tls=start_tls,
+            hostname=url.hostname,
+            port=url.port,
+            username=url.username,
+            password=url.password,
+            use_tls=url.use_tls,
+            start_tls=url.start_tls,
             timeout=action.timeout_seconds or deps.timeout,
         )
     except aiosmtplib.SMTPAuthenticationError as e:

@@ -31,6 +31,7 @@ from app.core.config.respond import check_sync_overlaps
 from app.core.config.schedules import SCHEDULE_SOURCE, Schedule
 from app.core.config.sources import Source
 from app.core.errors import ConfigError
+from app.core.smtpurl import smtp_url_problem
 from app.core.watchspec import WatchSpec
 from app.signatures import PROVIDERS
 
@@ -215,6 +216,8 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
             for key, env in _action_envs(action):
                 if not environ.get(env):
                     problems.append(f"pipelines.{name}.actions.{i}.{key}: {env} is not set")
+                elif key == "smtp_url_env" and (bad := smtp_url_problem(environ[env], env)):
+                    problems.append(f"pipelines.{name}.actions.{i}.{key}: {bad}")
             if isinstance(action, PythonAction):
                 err = import_problem(action.target)
                 if err:
@@ -227,6 +230,8 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
         for key, env in _action_envs(action):
             if not environ.get(env):
                 problems.append(f"alerts.{i}.{key}: {env} is not set")
+            elif key == "smtp_url_env" and (bad := smtp_url_problem(environ[env], env)):
+                problems.append(f"alerts.{i}.{key}: {bad}")
     return problems
 
 
