@@ -1,9 +1,15 @@
 """What ingest says about a payload it refuses: where a body is not JSON, and its first JSON Schema
-violation (a source's ``schemas``). Each answer names the place, never the value."""
+violation (a source's ``schemas``). Each answer names the place, never the value.
+
+jsonschema's own messages quote the value (``'4111111111111111' does not match '^tok_'``), and the
+violation is both the 422's ``detail`` and, with ``on_invalid = "store"``, the stored event's
+``detail`` that every dashboard user reads (a ``redact`` field included): so the message is built
+here from the path, the failing keyword and the schema's own constant (:func:`describe`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +30,7 @@ def json_error(e: ValueError, body: bytes) -> str:
     return str(e)  # _no_constants: "NaN is not JSON"
 
 
+_TOO_LARGE = "number is too large to check against multipleOf"
 _MULTIPLE_OF = jsonschema.Draft202012Validator.VALIDATORS["multipleOf"]
 
 
@@ -33,7 +40,7 @@ def _multiple_of(validator: Any, multiple: Any, instance: Any, schema: Any) -> I
     try:
         yield from _MULTIPLE_OF(validator, multiple, instance, schema)
     except (OverflowError, ValueError, TypeError):
-        yield jsonschema.ValidationError(f"number is too large to check against multipleOf {multiple}")
+        yield jsonschema.ValidationError(f"{_TOO_LARGE} {multiple}")
 
 
 #: Draft 2020-12 (as the config checks schemas) with that one keyword replaced.
@@ -56,7 +63,107 @@ def schema_violation(src: Source, event_type: str | None, payload: Any) -> str |
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{where}: {error.message}"[:500]
+    return f"{where}: {describe(error)}"[:500]
 
 
-__all__ = ["json_error", "schema_violation"]
+def _shown(constant: Any) -> str:
+    """A constant of the schema (never of the payload), as jsonschema shows it, capped."""
+    text = repr(constant)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _names(names: list[str]) -> str:
+    """Property names (places, like the path): the first few, each capped."""
+    shown = ", ".join(_shown(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+#: Keywords whose argument is keyed (a property name, a pattern) or indexed before the subschema.
+_KEYED = {"properties", "patternProperties", "dependentSchemas", "allOf", "anyOf", "oneOf", "prefixItems", "$defs"}
+_KEYED |= {"unevaluatedProperties"}  # it descends with the property name in its schema path
+
+
+def _in_property_names(error: jsonschema.ValidationError) -> bool:
+    """Whether ``error`` was raised about a property *name* (``propertyNames``), not a value."""
+    path = list(error.absolute_schema_path)
+    i = 0
+    while i < len(path) - 1:  # the last element is the failing keyword itself
+        if path[i] == "propertyNames":
+            return True
+        i += 2 if path[i] in _KEYED else 1
+    return False
+
+
+def _additional(instance: Any, schema: Any) -> list[str]:
+    """The properties ``additionalProperties = false`` refuses (as jsonschema finds them)."""
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return []
+    known, patterns = schema.get("properties", {}), "|".join(schema.get("patternProperties", {}))
+    return sorted(str(k) for k in instance if k not in known and not (patterns and re.search(patterns, str(k))))
+
+
+def describe(error: jsonschema.ValidationError) -> str:
+    """What ``error`` found wrong, from its keyword and the schema's constant: never the payload's value
+    (the path says where). A property name refused by ``propertyNames`` is named, as a path would."""
+    keyword, constant, instance, schema = error.validator, error.validator_value, error.instance, error.schema
+    text = _keyword_message(str(keyword) if keyword is not None else None, constant, instance, schema, error)
+    if keyword is not None and _in_property_names(error):
+        return f"property name {_shown(instance)}: {text}"
+    return text
+
+
+def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: Any, error: Any) -> str:
+    bounds = {
+        "minimum": "is less than the minimum of",
+        "maximum": "is greater than the maximum of",
+        "exclusiveMinimum": "is less than or equal to the exclusiveMinimum of",
+        "exclusiveMaximum": "is greater than or equal to the exclusiveMaximum of",
+        "minLength": "is shorter than the minLength of",
+        "maxLength": "is longer than the maxLength of",
+        "minItems": "has fewer items than the minItems of",
+        "maxItems": "has more items than the maxItems of",
+        "minProperties": "has fewer properties than the minProperties of",
+        "maxProperties": "has more properties than the maxProperties of",
+        "minContains": "has fewer items matching the contains schema than the minContains of",
+        "maxContains": "has more items matching the contains schema than the maxContains of",
+        "multipleOf": "is not a multiple of",
+        "enum": "is not one of",
+        "pattern": "does not match pattern",
+    }
+    if keyword in bounds:
+        if keyword == "multipleOf" and str(error.message).startswith(_TOO_LARGE):
+            return str(error.message)  # ours (_multiple_of): the schema's number only
+        return f"{bounds[keyword]} {_shown(constant)}"
+    if keyword == "type":
+        types = constant if isinstance(constant, list) else [constant]
+        return "is not of type " + ", ".join(_shown(t) for t in types)
+    if keyword == "required":
+        missing = [p for p in constant if isinstance(instance, dict) and p not in instance] or list(constant)
+        return f"{_shown(missing[0])} is a required property"
+    if keyword == "dependentRequired" and isinstance(instance, dict):
+        for prop, needs in constant.items():
+            lacking = [n for n in needs if prop in instance and n not in instance]
+            if lacking:
+                return f"{_shown(lacking[0])} is required when {_shown(prop)} is present (dependentRequired)"
+    if keyword == "additionalProperties":
+        extra = _additional(instance, schema)
+        return f"has properties the schema does not allow: {_names(extra)}" if extra else "has unexpected properties"
+    if keyword == "items" and constant is False:
+        prefix = len(schema.get("prefixItems", [])) if isinstance(schema, dict) else 0
+        return f"has more than {prefix} item(s) (items is false after prefixItems)"
+    fixed = {
+        None: "is not allowed here (the schema is false)",
+        "const": f"is not the const {_shown(constant)}",
+        "format": f"is not a valid {_shown(constant)} (format)",
+        "uniqueItems": "has non-unique items (uniqueItems)",
+        "contains": "does not contain an item matching the contains schema",
+        "unevaluatedProperties": "has properties the schema does not allow (unevaluatedProperties)",
+        "unevaluatedItems": "has items the schema does not allow (unevaluatedItems)",
+        "anyOf": "is not valid under any of the anyOf schemas",
+        "oneOf": "is not valid under exactly one of the oneOf schemas",
+        "not": "must not be valid under the not schema",
+    }
+    return fixed.get(keyword, f"does not match the schema ({keyword})")
+
+
+__all__ = ["describe", "json_error", "schema_violation"]

@@ -377,7 +377,7 @@ async def test_payload_schema_with_on_invalid_store_keeps_it_as_skipped(db_url: 
         "SELECT status, detail, (SELECT count(*) FROM procrastinate_jobs) FROM hookline.events",
     )
     assert status == "skipped" and jobs == 0
-    assert detail.startswith("payload does not match the schema: email: 7 is not of type 'string'")
+    assert detail == "payload does not match the schema: email: is not of type 'string'"
 
 
 AMOUNT = {"type": "object", "properties": {"amount": {"type": "number", "multipleOf": 0.01}}}
