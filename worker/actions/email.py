@@ -31,18 +31,25 @@ def message_id(idempotency_key: str, sender: str) -> str:
 
 def _address(text: str, what: str) -> str:
     """Exactly one address: ``parseaddr`` alone keeps the first of ``a@x.com, b@y.com`` and drops the
-    rest without a word, so a rendered value naming several recipients is refused instead."""
+    rest without a word, so a rendered value naming several recipients is refused instead. The refusal
+    names the place (``what``: the action and its ``to`` template), never the rendered value."""
     found = getaddresses([text])
     addr = found[0][1] if len(found) == 1 else ""
     if addr.count("@") != 1 or any(c in text for c in "\r\n") or " " in addr or parseaddr(text)[1] != addr:
-        raise PermanentError(f"{what}: {text[:100]!r} is not one email address")
+        # the rendered text comes from the payload or the model's answer: name the template, not the value
+        why = ""
+        if any(c in text for c in "\r\n"):
+            why = " (it holds a line break)"
+        elif len(found) > 1:
+            why = f" ({len(found)} addresses)"
+        raise PermanentError(f"{what}: the rendered value is not one email address{why}")
     return addr
 
 
 def build_message(action: EmailAction, ctx: ActionContext) -> tuple[EmailMessage, list[str]]:
     what = f"email action {ctx.action}"
     items = [action.to] if isinstance(action.to, str) else list(action.to)
-    to = [_address(render(t, ctx, what=f"{what}: to").strip(), f"{what}: to") for t in items]
+    to = [_address(render(t, ctx, what=f"{what}: to").strip(), f"{what}: to {t[:100]!r}") for t in items]
     subject = render(action.subject, ctx, what=f"{what}: subject")
     if "\n" in subject or "\r" in subject:
         subject = " ".join(subject.split())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import re
 from typing import Any
 
 import psycopg
@@ -29,11 +30,29 @@ Q: NamedQueries[ActionsQuery] = NamedQueries("actions", ActionsQuery)
 #: resources, operator intervention (statement timeout, shutdown), connection, lock not available.
 TRANSIENT_CLASSES = ("40", "53", "57", "08", "58")
 TRANSIENT_CODES = ("55P03", "55006")
+#: A double-quoted stretch of a message: in a data exception (class 22) it is the input Postgres refused.
+_QUOTED = re.compile(r'"[^\n]*"')
+#: Where in a function an error arose, in the fixed forms Postgres writes the first lines of its context.
+_PLACE = re.compile(r"^(PL/pgSQL function \S+ line \d+ at [A-Za-z ]+|SQL function \"[^\"\n]+\" statement \d+)$")
 
 
 def split(function: str) -> tuple[str, str]:
     schema, _, name = function.partition(".")
     return schema, name
+
+
+def error_text(e: psycopg.Error) -> str:
+    """The first line of a Postgres error, kept for ``action_runs.error``: a data exception (class 22:
+    ``invalid input syntax for type integer: "…"``, ``value "…" is out of range for type integer``)
+    quotes the input it refused, which is the event's or the model's, so there the quoted value is left
+    out and the place in the function (its context: line and statement kind) is named instead."""
+    first = (str(e).splitlines() or [""])[0]
+    if not (e.sqlstate or "").startswith("22"):
+        return first[:300]
+    text = _QUOTED.sub("<value not shown>", e.diag.message_primary or first)
+    lines = (e.diag.context or "").splitlines()
+    place = next((m.group(1) for m in map(_PLACE.match, lines) if m), None)
+    return (f"{text} ({place})" if place else text)[:300]
 
 
 def _plain(value: Any) -> Any:
@@ -66,7 +85,7 @@ async def call_and_record(
                 raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back")
     except psycopg.Error as e:
         state = e.sqlstate or ""
-        msg = f"{what}: {action.function} failed: {state} {e.__class__.__name__}: {str(e).splitlines()[0][:300]}"
+        msg = f"{what}: {action.function} failed: {state} {e.__class__.__name__}: {error_text(e)}"
         if isinstance(e, psycopg.OperationalError) or state[:2] in TRANSIENT_CLASSES or state in TRANSIENT_CODES:
             raise TransientError(msg) from None
         raise PermanentError(msg) from None
