@@ -74,7 +74,7 @@ class SmtpServer:
         return AuthResult(success=False, handled=False)
 
     def url(self, user: str | None = None, password: str | None = None) -> str:
-        auth = f"{quote(user)}:{quote(password or '')}@" if user else ""
+        auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@" if user else ""
         return f"smtp://{auth}127.0.0.1:{self.controller.port}"
 
     @property
