@@ -6,16 +6,19 @@ its row comes back as the typed record of ``app.core.records`` that the overload
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any, Literal, overload
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar, overload
 
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
@@ -26,6 +29,29 @@ from worker.closing import Closing
 from worker.handover import Handover
 
 Q: NamedQueries[WorkerQuery] = NamedQueries("worker", WorkerQuery)
+log = logging.getLogger("hookline.worker")
+T = TypeVar("T")
+
+#: SQLSTATEs that say the server went away, not that the statement was wrong: class 08 (connection
+#: exceptions) and an administrator's or a crash's shutdown (57P01-57P03).
+_AWAY_STATES = ("57P01", "57P02", "57P03")
+#: The longest wait between two tries of a write that must land (:meth:`WorkerDB.durable`).
+DURABLE_MAX_DELAY = 10.0
+
+
+def database_away(exc: BaseException) -> bool:
+    """The database could not be reached, or the connection broke: a failure of the infrastructure,
+    never of the event (no connection from the pool in time, a refused or lost connection, a server
+    shutting down). Errors the server raised about a statement (a constraint, a lock or statement
+    timeout) are not."""
+    if isinstance(exc, PoolClosed):  # the worker is closing its pool: nothing more will land
+        return False
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _AWAY_STATES
+    return False
 
 
 #: A connection idle in the pool longer than this gets a real round-trip check before use.
@@ -91,6 +117,51 @@ class WorkerDB:
         self.calls = CallWriter(self, Q["insert_calls"], Q["notify_after_commit"])
         #: the jobs procrastinate handed over that an event's last write finished (worker.handover)
         self.handover = Handover()
+        #: set when the worker is asked to stop: a write that must land gives up after its current try
+        self.stopping = asyncio.Event()
+
+    async def durable(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        """``write()``, tried again with backoff for as long as the database is away
+        (:func:`database_away`), for a write that must not be lost: what a model call that was paid
+        for answered, and its usage. Any other error is raised at once.
+
+        A cancellation (the pipeline's ``timeout_seconds``, procrastinate ending the job when its worker
+        loop restarts after a database restart) does not stop the write: the caller waits until it
+        landed, then the cancellation goes on. Only a requested worker stop (:attr:`stopping`) ends
+        the tries: the current one is the last, and its error is raised.
+        """
+        task = asyncio.ensure_future(self._keep_trying(write, what))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await task
+            raise
+
+    async def _keep_trying(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        delay = 0.25
+        tries = 0
+        while True:
+            try:
+                result = await write()
+            except Exception as e:
+                if not database_away(e) or self.stopping.is_set():
+                    raise
+                tries += 1
+                if tries == 1:
+                    log.warning(
+                        "could not store %s (%s: %s); trying again until the database is back",
+                        what,
+                        type(e).__name__,
+                        e,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, DURABLE_MAX_DELAY)
+            else:
+                if tries:
+                    log.info("stored %s after %d failed tries (the database is back)", what, tries)
+                return result
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

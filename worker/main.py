@@ -136,9 +136,12 @@ async def run_worker(
     current: asyncio.Task[None] | None = None
 
     cancelled: set[int] = set()
+    rt: Runtime | None = None
 
     def request_stop() -> None:
         stop.set()
+        if rt is not None:
+            rt.db.stopping.set()  # a write that waits for the database gives up after its current try
         if current is not None and id(current) not in cancelled:
             log.info("shutdown requested: finishing running jobs (up to %.0fs)", settings.shutdown_timeout)
             cancelled.add(id(current))

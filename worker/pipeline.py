@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from app.core.config import Pipeline
@@ -15,10 +16,11 @@ from worker import limits
 from worker.action_runs import run_actions
 from worker.batches import batch_answer
 from worker.closing import Closing
-from worker.errors import PipelineError, classify
+from worker.db import database_away
+from worker.errors import InvalidOutput, PipelineError, classify
 from worker.gate import Gate
 from worker.limits import Held
-from worker.llm import Answer, CallRecord, ask, call_row
+from worker.llm import Answer, CallRecord, ask, call_row, check_answer
 from worker.microbatch import escalate_batched, micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
@@ -89,9 +91,12 @@ async def answer_for(
                     rec.status = CallStatus.SUPERSEDED  # the escalated answer takes the one succeeded slot
             output = answer.output
     except asyncio.CancelledError:  # the pipeline's timeout_seconds, or a shutdown
-        await _store_cut_off(rt, eid, pipeline.name, gate.records)
+        await _store_cut_off(rt, eid, pipeline, gate.records)
         raise
     except Exception as e:
+        if database_away(e):  # not the pipeline's failure: the job runs again (worker.outcomes.infrastructure_failure)
+            await _store_paid(rt, eid, pipeline, gate.records)
+            raise
         err = classify(e)
         await _store_failure(rt, eid, pipeline, gate.records, request, err)
         raise err from e
@@ -145,17 +150,34 @@ async def _escalate_stored(rt: Runtime, event: EventRow, pipeline: Pipeline, out
         with _simulating(rt, pipeline):
             answer = await _ask_escalated(gate, pipeline, request)
     except asyncio.CancelledError:
-        await _store_cut_off(rt, event["id"], pipeline.name, gate.records)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True))
         raise
     except Exception as e:
-        err = classify(e)
-        await _store(rt, event["id"], pipeline.name, gate.records)
-        raise err from e
-    *before, answered = gate.records
-    await _store(rt, event["id"], pipeline.name, before)
-    await limits.one(rt, "store_escalated", superseded_id=due["id"], **call_row(event["id"], pipeline.name, answered))
-    _observe(rt, answered)
+        await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True)
+        if database_away(e):  # not the pipeline's failure: the job runs again
+            raise
+        raise classify(e) from e
+    await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"])
     return answer.output
+
+
+async def _store_escalated(
+    rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], due_id: int, *, unread: bool = False
+) -> None:
+    """The round trips of an escalation of a stored answer; the last one, the escalated answer, takes
+    the succeeded slot from the stored one (``store_escalated``) in the statement that stores it.
+    ``unread``: the run failed or was cut off; an answer is checked first (:func:`_check_unread`),
+    and only a succeeded one takes the slot."""
+    answered: CallRecord | None = records[-1] if records else None
+    if unread:
+        _check_unread(pipeline, records)
+        answered = answered if answered is not None and answered.status == CallStatus.SUCCEEDED else None
+    await _store(rt, event_id, pipeline.name, records[:-1] if answered is not None else records)
+    if answered is not None:
+        row = call_row(event_id, pipeline.name, answered)
+        await rt.db.durable(lambda: limits.one(rt, "store_escalated", superseded_id=due_id, **row), "an answer")
+        _observe(rt, answered)
 
 
 async def _store_failure(
@@ -168,7 +190,7 @@ async def _store_failure(
 ) -> None:
     """The round trips of a failed run; with none, the failure itself as a ``failed`` call. A hold
     (rate limit, budget, open breaker: :class:`Held`) before any call stores nothing: no call was sent."""
-    await _store(rt, event_id, pipeline.name, records)
+    await _store_paid(rt, event_id, pipeline, records)
     if not records and not isinstance(err, Held):
         await rt.db.store_call(
             call_row(
@@ -179,11 +201,37 @@ async def _store_failure(
         )
 
 
-async def _store_cut_off(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+async def _store_cut_off(rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord]) -> None:
     """A run cut off by a cancellation still stores the calls it made (a cut-off one as ``failed``),
-    shielded from the cancellation, which goes on: a retry reuses a stored answer, never pays twice."""
+    shielded from the cancellation, which goes on: a retry reuses a stored answer, never pays twice.
+    While the database is away it waits for it (:meth:`worker.db.WorkerDB.durable`), unless the
+    worker is stopping."""
     with contextlib.suppress(Exception):
-        await asyncio.shield(_store(rt, event_id, pipeline, records))
+        await asyncio.shield(_store_paid(rt, event_id, pipeline, records))
+
+
+async def _store_paid(rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord]) -> None:
+    """The round trips of a run that did not get to its answer's own store (a failure, a cut-off),
+    an answer among them checked first (:func:`_check_unread`)."""
+    _check_unread(pipeline, records)
+    await _store(rt, event_id, pipeline.name, records)
+
+
+def _check_unread(pipeline: Pipeline, records: list[CallRecord]) -> None:
+    """An answer that came back, but whose run was cut off or failed before :func:`worker.llm.ask`
+    read it (the database went away, or the pipeline's timeout fired, while its usage was settled):
+    it is checked here, so that it is stored as the answer a retry reuses (never paid twice), or as
+    ``invalid_output``. Of two answers (an escalation's), the later takes the succeeded slot."""
+    spec = output_spec(pipeline)
+    for rec in records:
+        if rec.status == CallStatus.SUCCEEDED and rec.output is None:
+            try:
+                rec.output = check_answer(rec.response or {}, spec)
+            except (InvalidOutput, ValueError) as e:
+                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
+    answered = [rec for rec in records if rec.status == CallStatus.SUCCEEDED]
+    for rec in answered[:-1]:
+        rec.status = CallStatus.SUPERSEDED
 
 
 def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
@@ -208,7 +256,8 @@ async def _store(
     for i, rec in enumerate(records):
         last = i == len(records) - 1
         closes = closing if last else None
-        await rt.db.store_call(call_row(event_id, pipeline, rec, closes), closes, inline=inline and last)
+        row = call_row(event_id, pipeline, rec, closes)
+        await rt.db.durable(partial(rt.db.store_call, row, closes, inline=inline and last), "a model call")
         _observe(rt, rec)
 
 

@@ -18,6 +18,7 @@ from app.core.records import EventRow, StartRow
 from app.core.status import EventStatus
 from worker import concurrency, limits
 from worker.closing import Closing, success_detail
+from worker.db import database_away
 from worker.gate import PIPELINE_DEADLINE
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
@@ -315,6 +316,8 @@ async def handle_event(
     except Exception as e:
         if closing.done:  # the outcome is recorded; what failed came after it (a timeout at the very end)
             return EventStatus.SUCCEEDED
+        if database_away(e):  # not the pipeline's attempt: the job runs again (infrastructure_failure)
+            raise
         assert current is not None
         return await failed(rt, event, current, e, job_id)
     finally:
