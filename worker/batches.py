@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+import weakref
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +24,7 @@ from app.core.config import Pipeline
 from app.core.jobs import QUEUE
 from app.core.records import EventRow
 from app.core.status import CallStatus
+from worker.db import WorkerDB
 from worker.errors import InvalidOutput, PermanentError, TransientError
 from worker.limits import Held, Reservation, all_rows, one, price, reserve, settle
 from worker.llm import CallRecord, Refused, call_row, check_answer
@@ -36,6 +39,50 @@ WAIT_SECONDS = 300.0
 MAX_REQUESTS = 10_000
 #: A batch request's budget reservation is reclaimed after this long (a batch ends within 24 hours).
 LEASE_SECONDS = 25 * 3600.0
+#: How long a worker trusts what it read of the pipelines with open requests (:func:`leftover`).
+OPEN_PIPELINES_SECONDS = 60.0
+_open_pipelines: weakref.WeakKeyDictionary[WorkerDB, tuple[float, frozenset[str]]] = weakref.WeakKeyDictionary()
+
+
+_RETIRED = 'its pipeline is no longer mode = "batch_api" (or no longer configured): never submitted'
+
+
+def _left_batch_api(pipeline: str) -> str:
+    return f'pipeline {pipeline} is no longer mode = "batch_api": asked the way it now says instead'
+
+
+async def leftover(rt: Runtime, event: EventRow, pipeline: Pipeline) -> None:
+    """A pipeline that is not (or no longer) ``mode = "batch_api"``, before it asks for an answer: a
+    Message Batches request the event made while it was, and that is still open, is not paid for twice.
+    One still pending (in no batch yet, nothing paid) is taken back and its reservation given back;
+    one in a batch holds the event until the poller (registered in every worker) stores its answer,
+    which the event's next run then uses (spend counted at batch price, the reservation settled).
+
+    Costs a statement only for pipelines that had open requests when this worker last looked (at most
+    every :data:`OPEN_PIPELINES_SECONDS`)."""
+    now = time.monotonic()
+    seen = _open_pipelines.get(rt.db)
+    if seen is None or now - seen[0] >= OPEN_PIPELINES_SECONDS:
+        rows = await rt.db.rows("open_batch_pipelines")
+        seen = (now, frozenset(str(r["pipeline"]) for r in rows))
+        _open_pipelines[rt.db] = seen
+    if pipeline.name not in seen[1]:
+        return
+    taken = await rt.db.rows(
+        "batch_item_cancel", event_id=event["id"], pipeline=pipeline.name, error=_left_batch_api(pipeline.name)
+    )
+    if taken:
+        if taken[0]["reservation"]:
+            await settle(rt, event, _load(taken[0]["reservation"]), None, None)
+        return
+    item = await one(rt, "batch_item_latest", event_id=event["id"], pipeline=pipeline.name)
+    if item is not None and item["status"] in ("pending", "submitting", "submitted"):
+        where = f" in batch {item['batch_id']}" if item["batch_id"] else ""
+        raise Held(
+            f"waiting for the Message Batches answer{where} it asked for while pipeline {pipeline.name} "
+            'was mode = "batch_api" (never paid twice)',
+            delay=WAIT_SECONDS,
+        )
 
 
 async def batch_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request: dict[str, Any]) -> None:
@@ -96,6 +143,7 @@ async def poll(rt: Runtime) -> dict[str, int]:
     if not isinstance(client, anthropic.AsyncAnthropic):  # dry run, or the simulated model: no batches
         return {"submitted": 0, "results": 0}
     submitted = results = 0
+    await _retire_left(rt)
     claimed = await all_rows(rt, "batch_claim_pending", limit=MAX_REQUESTS)
     if claimed:
         batch = await client.messages.batches.create(
@@ -111,6 +159,21 @@ async def poll(rt: Runtime) -> dict[str, int]:
         async for item in await client.messages.batches.results(row["batch_id"]):
             results += await _store_result(rt, item.model_dump(mode="json"))
     return {"submitted": submitted, "results": results}
+
+
+async def _retire_left(rt: Runtime) -> None:
+    """Requests not in a batch yet of pipelines that left ``mode = "batch_api"`` (or the config) are
+    never submitted: their reservations are given back, and their events asked again the new way."""
+    batch_api = [name for name, p in rt.config.pipelines.items() if p.mode == "batch_api"]
+    retired = await rt.db.rows("batch_retire_pending", pipelines=batch_api, error=_RETIRED)
+    for row in retired:
+        if row["reservation"]:
+            res = _load(row["reservation"])
+            owner: Any = {"id": row["event_id"], "tenant": res.tenant}
+            await settle(rt, owner, res, None, None)
+        await one(rt, "wake_event_job", event_id=row["event_id"])
+    if retired:
+        log.info("retired %d Message Batches request(s) of pipelines no longer in batch_api mode", len(retired))
 
 
 async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
@@ -140,9 +203,12 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
         model=request.get("model", ""), status=CallStatus.FAILED, request=request, route="batch_api", error=error
     )
     rec.requested_model = pipeline.model if pipeline else rec.model
-    if message is not None and pipeline is not None:
+    if message is not None:  # paid for: its usage and cost are stored and settled, whatever became of the pipeline
         rec.response, rec.usage = message, message.get("usage") or {}
         rec.cost_usd = price(rt, rec.model, {**rec.usage, "service_tier": "batch"})  # batch price, always
+        rec.error = f"pipeline {pipeline_name} is no longer configured: the answer is kept for its usage only"
+    if message is not None and pipeline is not None:
+        rec.error = None
         try:
             output = check_answer(message, output_spec(pipeline))
             rec.status, rec.output = CallStatus.SUCCEEDED, output

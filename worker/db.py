@@ -211,6 +211,12 @@ class WorkerDB:
             await cur.execute(Q["recent_for_key"], _adapt(params))
             return list(await cur.fetchall())  # type: ignore[arg-type]
 
+    async def rows(self, name: WorkerQuery, **params: Any) -> list[dict[str, Any]]:
+        """Every row a statement returns, as a dict."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(Q[name], _adapt(params))
+            return list(await cur.fetchall()) if cur.description else []
+
     async def run(self, name: WorkerQuery, **params: Any) -> int:
         """Run a statement; returns the number of rows it touched."""
         async with self.pool.connection() as conn, conn.cursor() as cur:

@@ -94,6 +94,16 @@ async def _recover_later(app: procrastinate.App, stalled_after: float) -> None:
         log.info("recovered %d stalled job(s) of a worker that died around this one's start", recovered)
 
 
+async def polls_batches(rt: Runtime) -> bool:
+    """Whether this worker runs the Message Batches poller (``batch_poll``): a pipeline of its config is
+    ``mode = "batch_api"``, or requests are still open from one that was (a deploy switched it to
+    another mode, or removed it). Their answers are then still collected (spend counted, reservations
+    settled, the events answered by them), and their requests not in a batch yet given back."""
+    if any(p.mode == "batch_api" for p in rt.config.pipelines.values()):
+        return True
+    return bool(await rt.db.rows("open_batch_pipelines"))
+
+
 class _QuietRetries(logging.Filter):
     """A scheduled retry is logged once by hookline with its reason; drop procrastinate's traceback."""
 
@@ -158,14 +168,7 @@ async def run_worker(
     await rt.open()
     if settings.worker_metrics_port is not None:
         rt.metrics.serve(settings.worker_metrics_port, settings.host)
-    uses_batches = any(p.mode == "batch_api" for p in config.pipelines.values())
-    pq_app = build_app(
-        dsn,
-        pool_size=db_pool_size(settings.worker_concurrency),
-        config=config,
-        batch_poll_seconds=settings.batch_poll_seconds if uses_batches else None,
-        handover=rt.db.handover,
-    )
+    pq_app: procrastinate.App | None = None  # built once the database answers (polls_batches asks it)
     # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
     rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
     checked = False
@@ -189,6 +192,15 @@ async def run_worker(
                     raise SystemExit(2)
                 checked = True
             try:
+                if pq_app is None:
+                    polls = await polls_batches(rt)
+                    pq_app = build_app(
+                        dsn,
+                        pool_size=db_pool_size(settings.worker_concurrency),
+                        config=config,
+                        batch_poll_seconds=settings.batch_poll_seconds if polls else None,
+                        handover=rt.db.handover,
+                    )
                 async with pq_app.open_async():
                     recovered = await maintenance.recover_stalled(pq_app, settings.stalled_after)
                     if recovered:

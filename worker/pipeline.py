@@ -14,7 +14,7 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
 from worker.action_runs import run_actions
-from worker.batches import batch_answer
+from worker.batches import batch_answer, leftover
 from worker.closing import Closing
 from worker.db import database_away
 from worker.errors import InvalidOutput, PipelineError, classify
@@ -78,6 +78,8 @@ async def answer_for(
         return None, False
     if pipeline.mode == "batch_api":
         await batch_answer(rt, event, pipeline, request)  # raises: waiting, or the request's failure
+    else:  # a request still open from when the pipeline was batch_api: used, never paid twice
+        await leftover(rt, event, pipeline)
     if pipeline.batch is not None:
         return await micro_answer(rt, event, pipeline, request), False
     gate = Gate(rt, event, pipeline)

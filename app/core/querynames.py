@@ -42,6 +42,9 @@ WorkerQuery = Literal[
     "recent_for_key",
     "claim_late_reply",
     "micro_item_stuck",
+    "open_batch_pipelines",
+    "batch_item_cancel",
+    "batch_retire_pending",
 ]
 
 LimitsQuery = Literal[

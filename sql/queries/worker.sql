@@ -239,3 +239,32 @@ WHERE e.id = %(event_id)s;
 SELECT id FROM hookline.batch_items
 WHERE id = %(id)s AND status = 'submitting'
   AND submitted_at < now() - make_interval(secs => %(reclaim_s)s);
+
+-- name: open_batch_pipelines
+-- The pipelines with Message Batches requests still open (pending, submitting or submitted): a
+-- pipeline that left mode = "batch_api" since (or left the config) has requests in flight that its
+-- events must not pay for again (worker.batches.leftover). Reads only the open rows
+-- (batch_items_status_idx).
+SELECT DISTINCT pipeline FROM hookline.batch_items
+WHERE kind = 'batch_api' AND status IN ('pending', 'submitting', 'submitted');
+
+-- name: batch_item_cancel
+-- An event's pending Message Batches request, of a pipeline no longer in mode = "batch_api": taken
+-- back before any batch holds it (nothing was paid), so the event asks the Messages API instead. No
+-- row: the request is already in a batch (its answer is collected), or not open. reservation: the
+-- budget reservation to give back.
+UPDATE hookline.batch_items
+SET status = 'retired', finished_at = now(), error = %(error)s
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND kind = 'batch_api' AND status = 'pending'
+RETURNING id, reservation;
+
+-- name: batch_retire_pending
+-- The poller: requests not yet in a batch (pending, or left in submitting for 10 minutes by a killed
+-- poller, as batch_claim_pending reclaims them) of pipelines that are no longer in mode = "batch_api"
+-- (%(pipelines)s, a JSON array: those that are) are never submitted: retired, their reservations
+-- given back by the worker, their events' jobs woken to ask the way their pipeline now says.
+UPDATE hookline.batch_items
+SET status = 'retired', finished_at = now(), error = %(error)s
+WHERE kind = 'batch_api' AND pipeline <> ALL (ARRAY(SELECT jsonb_array_elements_text(%(pipelines)s::jsonb)))
+  AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
+RETURNING id, event_id, pipeline, reservation;
