@@ -104,6 +104,22 @@ async def polls_batches(rt: Runtime) -> bool:
     return bool(await rt.db.rows("open_batch_pipelines"))
 
 
+async def wake_throttled(rt: Runtime) -> bool:
+    """At start: the jobs of throttled events run now, not when the hold they were given said (up to
+    the next UTC midnight for a day cap). This worker's config may have raised or removed the cap that
+    held them; an event still over it is held again by its run, without a model call (an alert goes
+    once per window). True once done; False when the database failed (the next start of the worker
+    loop tries again)."""
+    try:
+        n = await rt.db.run("wake_throttled")
+    except Exception as e:
+        log.warning("could not wake the throttled events (%s); they wait for their holds", e.__class__.__name__)
+        return False
+    if n:
+        log.info("woke %d throttled event(s): their limits are checked again against this config", n)
+    return True
+
+
 class _QuietRetries(logging.Filter):
     """A scheduled retry is logged once by hookline with its reason; drop procrastinate's traceback."""
 
@@ -171,7 +187,7 @@ async def run_worker(
     pq_app: procrastinate.App | None = None  # built once the database answers (polls_batches asks it)
     # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
     rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
-    checked = False
+    checked = woken = False
     log.info(
         "hookline worker starting: concurrency %d, %s loop, %s",
         settings.worker_concurrency,
@@ -191,6 +207,8 @@ async def run_worker(
                 if problems:
                     raise SystemExit(2)
                 checked = True
+            if not woken:
+                woken = await wake_throttled(rt)
             try:
                 if pq_app is None:
                     polls = await polls_batches(rt)

@@ -45,6 +45,7 @@ WorkerQuery = Literal[
     "open_batch_pipelines",
     "batch_item_cancel",
     "batch_retire_pending",
+    "wake_throttled",
 ]
 
 LimitsQuery = Literal[

@@ -268,3 +268,16 @@ SET status = 'retired', finished_at = now(), error = %(error)s
 WHERE kind = 'batch_api' AND pipeline <> ALL (ARRAY(SELECT jsonb_array_elements_text(%(pipelines)s::jsonb)))
   AND (status = 'pending' OR (status = 'submitting' AND submitted_at < now() - interval '10 minutes'))
 RETURNING id, event_id, pipeline, reservation;
+
+-- name: wake_throttled
+-- Worker start: the jobs of throttled events run now instead of when the hold they were given said
+-- (a tenant cap's window reopening, up to the next UTC midnight). A deploy may have raised or removed
+-- the cap; an event still over it is held again by its run (no model call; an alert goes once per
+-- window). Only todo process_event jobs scheduled later than now; the events are found by status
+-- (events_status_received_idx).
+UPDATE procrastinate_jobs j SET scheduled_at = now()
+FROM hookline.events e
+WHERE e.status = 'throttled'
+  AND j.status = 'todo' AND j.task_name = 'hookline:process_event'
+  AND (j.args ->> 'event_id')::bigint = e.id
+  AND j.scheduled_at > now();
