@@ -4,9 +4,10 @@
 -- Claim an event for processing and load it with the answers already stored for it: {pipeline:
 -- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice
 -- (hookline.claim_events). When %(more)s > 0, the same statement also claims up to %(more)s further
--- process_event jobs waiting in the queue (batch claim: hookline.claim_more_jobs, by procrastinate's own
--- fetch rules, each job found by primary key; migration 0021), for the worker that runs job %(job_id)s,
--- and claims their events. One row per job:
+-- process_event jobs waiting in the queue (batch claim: hookline.claim_more_jobs, by the fetch's rules,
+-- each job found by primary key; migration 0021: a job of an ordering key only when no earlier job of
+-- that key waits or runs, whatever the priorities; migration 0029), for the worker that runs job
+-- %(job_id)s, and claims their events. One row per job:
 -- event_id and job_id (NULL for the job procrastinate handed over); id is NULL when the event is
 -- already terminal (nothing to do). pickup_s (when %(pickup)s): seconds from the job becoming runnable
 -- to its start (hookline.job_pickup_seconds). A lone event's job is usually claimed by the fetch
@@ -22,7 +23,9 @@ SELECT * FROM hookline.start_events(%(job_id)s, %(queue)s, %(task)s, %(more)s, %
 
 -- name: fetch_job
 -- procrastinate's own fetch (procrastinate_fetch_job_v2, the columns procrastinate reads), sent by the
--- worker's queue connector in place of procrastinate's statement, with more columns:
+-- worker's queue connector in place of procrastinate's statement, with more columns. The fetch hands out
+-- the jobs of one ordering key (procrastinate lock) in arrival order, whatever their priorities
+-- (migration 0029 replaced procrastinate's lock rule, which let a higher priority pass).
 -- * more_waiting: false when a job was fetched and no other job of these queues is runnable now (todo,
 --   due). Jobs that commit after this statement began are not seen here; their job_inserted NOTIFY
 --   comes after their commit, and the connector fetches again when one arrived (worker.handover).
