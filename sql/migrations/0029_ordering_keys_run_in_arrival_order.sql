@@ -1,4 +1,5 @@
--- Events of one ordering key run in arrival order, whatever their priorities.
+-- Events of one ordering key run in arrival order, whatever their priorities; a bulk replay whose
+-- source is an event id says so instead of replaying nothing.
 --
 -- An event's job carries its ordering key as procrastinate lock. procrastinate's fetch rule (restated
 -- by hookline.claimable_jobs, migration 0013) let a todo job of a lock hold back a later one only when
@@ -114,3 +115,50 @@ COMMENT ON FUNCTION hookline.claimable_jobs(text, text, integer) IS
   'FOR UPDATE SKIP LOCKED. Replays (recompute, force_actions) are never batch-claimed. Planned with '
   'enable_sort = off, so the queue is walked in procrastinate_jobs_priority_idx_v1 order instead of read '
   'whole and sorted.';
+
+-- The bulk replay, and hookline.replay(p_event_id bigint, ...). An argument of unknown type (a quoted
+-- literal, hookline.replay('42'), or a driver's untyped parameter, hookline.replay($1) sent with '42')
+-- resolves to this text overload: it bulk-replayed the events of source '42', none, and said nothing.
+-- A source of digits alone that no event has now raises, naming the call that replays the event.
+-- 0004's function, with that check added.
+CREATE OR REPLACE FUNCTION hookline.replay(
+    p_source text DEFAULT NULL, p_event_type text DEFAULT NULL, p_status text DEFAULT NULL,
+    p_since timestamptz DEFAULT NULL, p_until timestamptz DEFAULT NULL,
+    p_recompute boolean DEFAULT false, p_force boolean DEFAULT false
+) RETURNS TABLE (event_id bigint, job_id bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_source IS NULL AND p_event_type IS NULL AND p_status IS NULL AND p_since IS NULL AND p_until IS NULL THEN
+        RAISE EXCEPTION 'hookline.replay: name at least one of p_source, p_event_type, p_status, p_since, p_until'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_source ~ '^[0-9]+$' AND NOT EXISTS (SELECT 1 FROM hookline.events e WHERE e.source = p_source) THEN
+        RAISE EXCEPTION 'hookline.replay: no event has source ''%''; to replay event %, pass its id as a bigint: hookline.replay(%::bigint)',
+                        p_source, p_source, p_source
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A quoted or untyped argument selects the bulk form hookline.replay(p_source text, ...).';
+    END IF;
+    IF p_status IS NOT NULL AND p_status NOT IN ('succeeded', 'dead', 'skipped') THEN
+        RAISE EXCEPTION 'hookline.replay: only finished events (succeeded, dead, skipped) can be replayed, not %', p_status
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT e.id, hookline.replay(e.id, p_recompute, p_force)
+    FROM hookline.events e
+    WHERE e.status IN ('succeeded', 'dead', 'skipped')
+      AND (p_status IS NULL OR e.status = p_status)
+      AND (p_source IS NULL OR e.source = p_source)
+      AND (p_event_type IS NULL OR e.event_type = p_event_type)
+      AND (p_since IS NULL OR e.received_at >= p_since)
+      AND (p_until IS NULL OR e.received_at < p_until)
+      AND (e.payload IS NOT NULL OR e.body IS NOT NULL)
+    ORDER BY e.id;
+END;
+$$;
+
+COMMENT ON FUNCTION hookline.replay(text, text, text, timestamptz, timestamptz, boolean, boolean) IS
+  'Bulk replay of finished events matching every filter given (source, event type, status, '
+  'received_at in [p_since, p_until)); at least one filter is required. Returns (event_id, job_id) rows. '
+  'A p_source of digits alone that no event has raises invalid_parameter_value (migration 0029): '
+  'hookline.replay(''42'') or an untyped parameter resolves to this form, and meant event 42 '
+  '(hookline.replay(42::bigint)).';

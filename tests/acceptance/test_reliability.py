@@ -230,6 +230,44 @@ def test_replay_refuses_what_it_cannot_do(conn: psycopg.Connection) -> None:
         conn.execute("SELECT * FROM hookline.replay()")
 
 
+def test_an_event_id_given_as_text_is_refused_not_taken_for_a_source(conn: psycopg.Connection) -> None:
+    """hookline.replay('7') and hookline.replay($1) with an untyped '7' (psycopg sends a str untyped) resolve
+    to the bulk form, whose first parameter is p_source: they replayed the events of source '7' (none) and
+    said nothing. A source of digits alone that no event has is refused, naming the call that replays the
+    event (migration 0029); a source that exists is still replayed."""
+    row = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id, payload, status) "
+        "VALUES ('stripe', 'd', '{}', 'dead') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    event_id = int(row[0])
+    for sql, args in (
+        (f"SELECT * FROM hookline.replay('{event_id}')", ()),
+        ("SELECT * FROM hookline.replay(%s)", (str(event_id),)),
+        ("SELECT * FROM hookline.replay(%s, p_status => 'dead')", (str(event_id),)),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute(sql, args)
+        assert refused.value.diag.message_primary == (
+            f"hookline.replay: no event has source '{event_id}'; to replay event {event_id}, pass its id as a "
+            f"bigint: hookline.replay({event_id}::bigint)"
+        )
+    assert conn.execute("SELECT status, replays FROM hookline.events WHERE id = %s", (event_id,)).fetchone() == (
+        "dead",
+        0,
+    )
+    # the documented calls are unchanged: the id form, and the bulk form for a source that exists
+    job = conn.execute(f"SELECT hookline.replay({event_id})").fetchone()
+    assert job is not None and job[0] > 0
+    digits = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id, payload, status) "
+        "VALUES ('42', 'e', '{}', 'dead') RETURNING id"
+    ).fetchone()
+    assert digits is not None
+    assert conn.execute("SELECT event_id FROM hookline.replay('42')").fetchall() == [(digits[0],)]
+    assert conn.execute("SELECT * FROM hookline.replay(p_source => 'nosuch')").fetchall() == []
+
+
 async def test_same_ordering_key_runs_one_at_a_time_in_arrival_order(db_url: str, fake: FakeMessagesAPI) -> None:
     config = make_config(actions=[])
     fake.set_default(reply(GOOD))
