@@ -11,8 +11,8 @@ import pytest
 from app.core.db import asyncpg_dsn, libpq_dsn
 from app.core.errors import BadRequest
 from app.core.sqlfiles import parse_queries
+from app.web.bodies import parse_body
 from app.web.guard import is_credential
-from app.web.ingest import parse_body
 from worker.errors import PermanentError, TransientError, classify, retry_after_seconds
 from worker.pricing import cost_usd
 from worker.prompt import MAX_STRING, dig, trim
