@@ -49,6 +49,55 @@ def libpq_dsn(url: str) -> str:
     return "postgresql://" + url.strip()[m.end() :]
 
 
+class DatabaseUrlError(ValueError):
+    """A ``DATABASE_URL`` that no client can use. The message names the rule broken, never the URL
+    or any part of it: the URL carries a password, and the message goes to the release log."""
+
+
+#: libpq's complaints about a URI, by a phrase of each, as the rule broken (libpq's own message
+#: quotes the offending part, password included, so it is never passed on).
+_LIBPQ_RULES = (
+    ("spaces", "has a space: percent-encode it as %20"),
+    ("percent-encoded", "has a bad percent-escape: a % must be followed by two hex digits (write % itself as %25)"),
+    ("IPv6", "has an IPv6 host without its closing ] (write it as [::1])"),
+    ("query parameter", "has a query parameter that is not a libpq connection parameter"),
+)
+_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+_SESSION_ATTRS = {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}
+
+
+def libpq_uri_rule(message: str) -> str:
+    """The rule a URI broke, from libpq's message about it, without the part of the URI it quotes."""
+    return next((rule for phrase, rule in _LIBPQ_RULES if phrase in message), "is not a valid libpq connection URI")
+
+
+def check_database_url(url: str) -> None:
+    """Raise :class:`DatabaseUrlError` unless both libpq (psycopg: migrate, worker, the CLI) and
+    asyncpg (the web process) can connect with ``url``; checked once, where the setting is read, so
+    no client later fails with the URL in its message."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        dsn = libpq_dsn(url)
+    except ValueError:
+        raise DatabaseUrlError("must start with postgresql:// or postgres://") from None
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except ProgrammingError as e:
+        raise DatabaseUrlError(libpq_uri_rule(str(e))) from None
+    ports = params.get("port", "").split(",")
+    if not all(p == "" or (p.isascii() and p.isdigit() and 0 < int(p) < 65536) for p in ports):
+        raise DatabaseUrlError("port must be a number from 1 to 65535")
+    hosts = params.get("host", "").split(",")
+    if len(ports) > 1 and len(ports) != len(hosts):
+        raise DatabaseUrlError("lists more than one port, but not one per host")
+    if params.get("sslmode", "prefer") not in _SSLMODES:
+        raise DatabaseUrlError(f"sslmode must be one of {', '.join(sorted(_SSLMODES))}")
+    if params.get("target_session_attrs", "any") not in _SESSION_ATTRS:
+        raise DatabaseUrlError(f"target_session_attrs must be one of {', '.join(sorted(_SESSION_ATTRS))}")
+
+
 def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     """The URL for asyncpg, and server settings for libpq query keys asyncpg does not know.
 

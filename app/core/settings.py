@@ -20,7 +20,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every environment variable hookline reads. The README's table is tested against this class."""
 
-    model_config = SettingsConfigDict(env_prefix="HOOKLINE_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a ValidationError printed whole (a traceback) never shows a value given,
+    # DATABASE_URL's password included; settings_problems() quotes those that are not secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="HOOKLINE_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = Field(
         default=None,
@@ -193,13 +197,13 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
-        from app.core.db import libpq_dsn  # the one rule for what a database URL looks like
+        from app.core.db import DatabaseUrlError, check_database_url  # the one rule for a database URL
 
         try:
             if v is not None and v.get_secret_value():  # empty: as if unset (the embedded Postgres)
-                libpq_dsn(v.get_secret_value())
-        except ValueError:
-            raise ValueError("must start with postgresql:// or postgres://") from None
+                check_database_url(v.get_secret_value())
+        except DatabaseUrlError as e:  # names the rule broken, never the URL
+            raise ValueError(str(e)) from None
         return v
 
     @field_validator("log_level", mode="before")

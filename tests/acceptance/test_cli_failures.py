@@ -266,3 +266,60 @@ def test_hookline_dev_stops_everything_when_its_terminal_closes(tmp_path: Path) 
     assert _postmaster_gone(home, within=5), "the embedded Postgres was left running\n" + out
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+MALFORMED_URLS = {
+    "percent": (f"postgresql://u:{PASSWORD}%ZZ@127.0.0.1:5432/db", "has a bad percent-escape"),
+    "ipv6": (f"postgresql://u:{PASSWORD}@[::1/db", "has an IPv6 host without its closing ]"),
+    "port": (f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db", "port must be a number from 1 to 65535"),
+    "space": (f"postgresql://u:{PASSWORD} x@127.0.0.1/db", "has a space"),
+    "sslmode": (f"postgresql://u:{PASSWORD}@127.0.0.1/db?sslmode=always", "sslmode must be one of"),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [(args, "percent") for args in (["worker"], ["status"], ["web"], ["dev"], ["tail"], ["events", "show", "1"])]
+    + [(["migrate"], kind) for kind in sorted(MALFORMED_URLS)],
+)
+def test_a_malformed_database_url_is_one_line_naming_the_rule_not_the_url(args: list[str], kind: str) -> None:
+    """libpq and asyncpg quote a URL they cannot parse, password included, in their error (`hookline
+    migrate` is the release phase: its output goes to the platform's logs). The URL is checked where it
+    is read, and the one line names DATABASE_URL and the rule broken, never the value."""
+    url, rule = MALFORMED_URLS[kind]
+    done = hookline(*args, env=_env(DATABASE_URL=url), timeout=30)
+    assert PASSWORD not in done.stderr + done.stdout, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"hookline {args[0]}: DATABASE_URL: {rule}"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_settings_error_printed_whole_shows_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m worker` and uvicorn's factory let a ValidationError go as a traceback: no value in it."""
+    from pydantic import ValidationError
+
+    from app.core.settings import Settings
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db")
+    with pytest.raises(ValidationError) as e:
+        Settings()
+    assert "DATABASE_URL" in str(e.value) and PASSWORD not in str(e.value), str(e.value)
+
+
+def test_a_database_url_a_client_cannot_parse_is_reported_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Second line of defence, behind the check of DATABASE_URL: a client's own refusal of a URL is one
+    line that quotes no part of the URL."""
+    from app.cli.main import _without_secrets, database_problem
+
+    for url in (f"postgresql://u:{PASSWORD}%ZZ@h/db", f"postgresql://u:{PASSWORD}@[::1/db"):
+        with pytest.raises(psycopg.ProgrammingError) as e:
+            psycopg.connect(url)
+        assert PASSWORD in str(e.value)  # what libpq says, and what used to be printed
+        problem = database_problem(e.value)
+        assert problem is not None and PASSWORD not in problem and problem.startswith("the database URL "), problem
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert PASSWORD not in _without_secrets(str(e.value), None), str(e.value)
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:{PASSWORD}@h/db?user=a@b&sslpassword={PASSWORD}2")
+    assert _without_secrets(f"x {PASSWORD} y {PASSWORD}2", None) == "x *** y ***"

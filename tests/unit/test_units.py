@@ -8,7 +8,7 @@ import anthropic
 import httpx
 import pytest
 
-from app.core.db import asyncpg_dsn, libpq_dsn
+from app.core.db import DatabaseUrlError, asyncpg_dsn, check_database_url, libpq_dsn
 from app.core.errors import BadRequest
 from app.core.sqlfiles import parse_queries
 from app.web.bodies import parse_body
@@ -26,6 +26,40 @@ def test_database_urls_of_every_shape() -> None:
     assert dsn == "postgresql://u@/db?host=%2Frun%2Fpg" and settings == {"application_name": "x", "search_path": "y"}
     with pytest.raises(ValueError, match="postgresql://"):
         libpq_dsn("mysql://x")
+
+
+def test_database_urls_every_client_can_use_pass_the_check() -> None:
+    for url in (
+        "postgres://u:p@h:5/d",
+        "postgresql+psycopg://u:p%25w@h/d?sslmode=require",
+        "postgresql://user@/db?host=/run/pg",
+        "postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write",
+        "postgresql://u@h1,h2/db",
+        "postgresql://u:p@[::1]:5432/db?application_name=x&options=-c%20search_path%3Dy",
+        "postgresql://u:p@h:/db",
+    ):
+        check_database_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("mysql://u:SECRET@h/d", "must start with postgresql://"),
+        ("postgresql://u:SECRET%G1@h/d", "bad percent-escape"),
+        ("postgresql://u:SECRET@[::1/d", "IPv6 host without its closing ]"),
+        ("postgresql://u:SECRET x@h/d", "has a space"),
+        ("postgresql://u:SECRET@h/d?SECRET=1", "not a libpq connection parameter"),
+        ("postgresql://u:SECRET@h:5432x/d", "port must be a number"),
+        ("postgresql://u:SECRET@h:70000/d", "port must be a number"),
+        ("postgresql://u:SECRET@h/d?port=5,6", "not one per host"),
+        ("postgresql://u:SECRET@h/d?sslmode=SECRET", "sslmode must be one of"),
+        ("postgresql://u:SECRET@h/d?target_session_attrs=SECRET", "target_session_attrs must be one of"),
+    ],
+)
+def test_a_database_url_no_client_can_use_names_the_rule_not_the_value(url: str, rule: str) -> None:
+    with pytest.raises(DatabaseUrlError, match=rule) as e:
+        check_database_url(url)
+    assert "SECRET" not in str(e.value)
 
 
 def test_named_queries() -> None:
