@@ -26,6 +26,7 @@ import asyncpg
 from app.cli import embedded
 from app.core import db, migrations
 from app.core.db import libpq_dsn
+from app.core.logs import escape
 from app.core.querynames import ObserveQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.timeline import EventStory, jsonable, load_event_story
@@ -34,7 +35,8 @@ Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table: left-aligned text, right-aligned numbers."""
+    """A plain text table: left-aligned text, right-aligned numbers. Control characters in a cell (an
+    event type or tenant a sender chose) are shown as escapes, never sent to the terminal."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     numeric = [all(isinstance(row[i], int | float | Decimal) for row in rows) and rows for i in range(len(headers))]
@@ -53,7 +55,7 @@ def _cell(v: Any) -> str:
         return v.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(v, Decimal | float):
         return f"{v:.6f}".rstrip("0").rstrip(".") if v else "0"
-    return str(v)
+    return escape(str(v))
 
 
 async def _status_data(url: str) -> dict[str, Any]:
@@ -162,13 +164,14 @@ def show_event(url: str, event_id: int, *, as_json: bool) -> int:
         print(json.dumps(story.as_json(), indent=2, default=str))
         return 0
     ev = story.event
-    print(f"event {ev['id']}  {ev['source']}  {ev['event_type'] or '-'}  {ev['status']}")
+    # event type, delivery id, tenant, request id, detail and last error come from the sender: escaped
+    print(escape(f"event {ev['id']}  {ev['source']}  {ev['event_type'] or '-'}  {ev['status']}"))
     facts = [("delivery", ev["delivery_id"]), ("tenant", ev["tenant"]), ("request", ev["request_id"])]
     facts += [("attempts", ev["attempts"]), ("replays", ev["replays"])]
-    print("  " + "  ".join(f"{k} {v}" for k, v in facts if v not in (None, "")))
+    print(escape("  " + "  ".join(f"{k} {v}" for k, v in facts if v not in (None, ""))))
     for key in ("detail", "last_error"):
         if ev[key]:
-            print(f"  {key.replace('_', ' ')}: {ev[key]}")
+            print(escape(f"  {key.replace('_', ' ')}: {ev[key]}"))
     tin, tout = story.tokens
     print(f"  tokens {tin}+{tout}, cost ${story.cost_usd:.6f}\n")
     steps = [

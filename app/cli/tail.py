@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from app.core import db
+from app.core.logs import escape
 from app.core.querynames import ObserveQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES, CallStatus
@@ -48,18 +49,22 @@ class _Arrived:
         return True
 
 
-def _name(row: dict[str, Any]) -> str:
+def _name(row: dict[str, Any]) -> str:  # escaped with the whole line, by the callers
     return f"event {row['id']} {row['source']}" + (f"/{row['event_type']}" if row.get("event_type") else "")
 
 
 def format_brief(row: dict[str, Any]) -> str:
     tenant = f" (tenant {row['tenant']})" if row.get("tenant") else ""
-    return f"{_name(row)}{tenant} → {row['status']}"
+    return escape(f"{_name(row)}{tenant} → {row['status']}")
 
 
 def format_story(story: EventStory) -> str:
     """``event 12 stripe/invoice.payment_failed → recovery → claude-haiku-5-5 (1200+80 tokens, $0.000170)
-    → http#0 succeeded, log#1 succeeded → succeeded``"""
+    → http#0 succeeded, log#1 succeeded → succeeded``
+
+    The event type, tenant, detail and last error come from the sender (or from what its payload made
+    an action fail with): control characters in them are printed as escapes (``\\x1b``), never sent to
+    the terminal, which would run them (erase and forge lines, set the clipboard with OSC 52)."""
     ev = story.event
     parts = [_name(ev)]
     pipelines = list(dict.fromkeys([c["pipeline"] for c in story.calls] + [a["pipeline"] for a in story.actions]))
@@ -80,7 +85,7 @@ def format_story(story: EventStory) -> str:
     elif status == "skipped" and ev.get("detail"):
         status += f" ({ev['detail']})"
     parts.append(status)
-    return " → ".join(parts)
+    return escape(" → ".join(parts))
 
 
 def _model(calls: list[dict[str, Any]]) -> str:

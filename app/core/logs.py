@@ -70,12 +70,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: C0 and C1 controls (ESC, CR, BEL: a terminal's escape sequences, OSC 52 clipboard writes included),
+#: line and paragraph separators, and the bidirectional marks and overrides that reorder what a
+#: terminal shows (U+061C, U+200E-F, U+202A-E, U+2066-9).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _BARE = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
 
 
 def escape(text: str) -> str:
-    """Control characters (newlines included) as visible escapes: one record stays one line."""
+    """Control characters (newlines included) and bidi overrides as visible escapes: one record stays one
+    line, and text from a sender can neither drive the terminal nor reorder what it shows."""
     return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 

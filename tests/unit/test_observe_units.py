@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from app.cli.observe import table
 from app.cli.tail import format_brief, format_story
+from app.core.logs import escape
 from app.core.timeline import EventStory
 from worker.simulated import SimulatedModel, example
 
@@ -99,6 +100,21 @@ def test_one_line_story() -> None:
     assert format_story(_story([], [], "dead")) == "event 3 stripe/invoice.paid → no pipeline → dead (boom)"
     brief = {"id": 3, "source": "db", "event_type": None, "tenant": "acme", "status": "queued"}
     assert format_brief(brief) == "event 3 db (tenant acme) → queued"
+
+
+def test_sender_text_cannot_drive_the_terminal() -> None:
+    """ESC/CSI/OSC sequences, CR, BEL, C1 controls and bidi overrides a sender put in an event type, a
+    tenant, a skip detail or an error are shown as escapes, in the one-line story and in tables."""
+    hostile = "a\x1b[2K\rb\x1b]52;c;eA==\x07c\x9b31md\u202ee\u2066f\u200fg\u061ch\u2028i"
+    shown = "a\\x1b[2K\\rb\\x1b]52;c;eA==\\x07c\\x9b31md\\u202ee\\u2066f\\u200fg\\u061ch\\u2028i"
+    assert escape(hostile) == shown
+    assert escape("café → ok, 日本") == "café → ok, 日本"
+    story = _story([], [], "skipped")
+    story.event.update(event_type=hostile, detail=hostile)
+    assert format_story(story) == f"event 3 stripe/{shown} → no pipeline → skipped ({shown})"
+    brief = {"id": 3, "source": "db", "event_type": hostile, "tenant": hostile, "status": "queued"}
+    assert format_brief(brief) == f"event 3 db/{shown} (tenant {shown}) → queued"
+    assert table(["tenant"], [(hostile,)]).splitlines()[2] == shown
 
 
 def test_table_aligns_numbers_right() -> None:
