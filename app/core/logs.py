@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_plus
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 #: Extra fields worth a place on a text line; JSON lines carry every extra field.
@@ -107,6 +108,35 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+#: Query parameters whose value is a credential (Meta's ``hub.verify_token``, a signed URL's signature,
+#: an API key…), by a part of their name, in any case.
+_SECRET_PARAM = re.compile(r"token|secret|signature|key|password", re.IGNORECASE)
+
+
+def without_query_secrets(target: str) -> str:
+    """A request target (``/path?query``) with the value of each credential-like query parameter
+    replaced by ``[redacted]``; the path, the other parameters and their order as they were."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    params = []
+    for param in query.split("&"):
+        name, eq, _value = param.partition("=")
+        params.append(f"{name}=[redacted]" if eq and _SECRET_PARAM.search(unquote_plus(name)) else param)
+    return f"{path}?{'&'.join(params)}"
+
+
+class AccessLogRedactor(logging.Filter):
+    """On ``uvicorn.access``: the request target of an access line (``%s - "%s %s HTTP/%s" %d``: client,
+    method, target, version, status) loses its credential query values before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], without_query_secrets(args[2]), *args[3:])
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     prefix = f"{process} " if process else ""
@@ -116,5 +146,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "") -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    access = logging.getLogger("uvicorn.access")  # `hookline web --access-log`, in every web process
+    if not any(isinstance(f, AccessLogRedactor) for f in access.filters):
+        access.addFilter(AccessLogRedactor())
     for noisy in ("httpx", "httpcore", "httpx2", "anthropic._base_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
