@@ -28,17 +28,20 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Awaitable
 from decimal import Decimal
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
-from worker.errors import PermanentError, TransientError, classify
+from worker.db import database_away
+from worker.errors import InvalidOutput, PermanentError, TransientError, classify
 from worker.gate import Gate
 from worker.limits import Held, all_rows, one
-from worker.llm import CallRecord, ask, call_row
+from worker.llm import CallRecord, ask, call_row, check_answer
 from worker.prompt import build_request, output_spec
 from worker.runtime import Runtime
 from worker.simulated import SimulatedModel
@@ -46,6 +49,8 @@ from worker.simulated import SimulatedModel
 #: A request ``submitting`` this long lost its leader: ``micro_claim`` takes it back (its interval in
 #: sql/queries/limits.sql says the same 10 minutes).
 MICRO_RECLAIM_SECONDS = 600.0
+
+T = TypeVar("T")
 
 BATCH_NOTE = (
     '\n\nSeveral events follow, in the user turn as {"events": [...]}. Answer every one of them: '
@@ -164,21 +169,68 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         await one(rt, "micro_release", ids=[c["id"] for c in claimed])
         raise
     except asyncio.CancelledError:  # shutdown mid-call: the requests gather again, not stuck for 10 minutes
+        answered = _answered(gate.records)
         with contextlib.suppress(Exception):  # the database is gone too: micro_item_stuck reclaims them later
-            await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
+            if answered is not None:  # cut off after the answer came back: it is paid for, its parts are kept
+                await asyncio.shield(_store_parts(rt, event, pipeline, claimed, combined, answered))
+            else:
+                await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
         raise
     except Exception as e:
-        others = [c["id"] for c in claimed if c["event_id"] != event["id"]]
-        if not gate.records and others:  # nothing was sent: not the others' failure; they gather again
-            await one(rt, "micro_release", ids=others)
-            claimed = mine
-        for c in claimed:
-            await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
-            if c["event_id"] != event["id"]:
-                await one(rt, "wake_event_job", event_id=c["event_id"])
-            else:  # the leader fails with it now, this attempt: its next try asks again, not raises it again
-                await one(rt, "batch_item_retire", id=c["id"])
+        answered = _answered(gate.records)
+        if answered is None:
+            others = [c["id"] for c in claimed if c["event_id"] != event["id"]]
+            if not gate.records and others:  # nothing was sent: not the others' failure; they gather again
+                await one(rt, "micro_release", ids=others)
+                claimed = mine
+            for c in claimed:
+                await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
+                if c["event_id"] != event["id"]:
+                    await one(rt, "wake_event_job", event_id=c["event_id"])
+                else:  # the leader fails with it now, this attempt: its next try asks again, not raises it again
+                    await one(rt, "batch_item_retire", id=c["id"])
+            raise
+        # the answer came back, then the database went away while its usage was settled: paid for, so
+        # its parts are stored (once the database is back) as if nothing had happened
+        rec = answered
+    await _to_the_end(_store_parts(rt, event, pipeline, claimed, combined, rec))
+    stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
+    if stored is None:
+        return await micro_answer(rt, event, pipeline, requests[0])  # raises this event's failure
+    return stored["output"]
+
+
+def _answered(records: list[CallRecord]) -> CallRecord | None:
+    """The combined call's answer among the gate's round trips, if one came back."""
+    got = [r for r in records if r.status in (CallStatus.SUCCEEDED, CallStatus.SIMULATED) and r.response is not None]
+    return got[-1] if got else None
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """``work``, shielded from a cancellation (the pipeline's ``timeout_seconds``, a shutdown): it runs
+    to its end, then the cancellation goes on."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
         raise
+
+
+async def _store_parts(
+    rt: Runtime,
+    event: EventRow,
+    pipeline: Pipeline,
+    claimed: list[dict[str, Any]],
+    combined: dict[str, Any],
+    rec: CallRecord,
+) -> None:
+    """One hookline.llm_calls row per claimed event, from the combined answer ``rec`` (paid for): each
+    row is stored first, through :meth:`worker.db.WorkerDB.durable` (tried again while the database is
+    away), and only then is the event's request marked ``done`` (or ``failed``) and its job woken. A
+    request is never ``done`` without its stored answer, and no answer is lost, or asked again, to a
+    database that went away for a moment."""
     parts = _parts(rec.response or {})
     spec = output_spec(pipeline)
     n = len(claimed)
@@ -202,17 +254,17 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
             if part is None:
                 raise ValueError("the answer has no part for this event")
             row.output = spec.validate(part)
-            await one(rt, "micro_item_done", id=c["id"])
         except ValueError as e:
             row.status, row.error, row.output = CallStatus.INVALID_OUTPUT, str(e), part
-            await one(rt, "micro_item_fail", id=c["id"], error=str(e)[:500], permanent=False)
-        await rt.db.one("insert_call", **call_row(int(c["event_id"]), pipeline.name, row))
+        params = call_row(int(c["event_id"]), pipeline.name, row)
+        await rt.db.durable(partial(rt.db.one, "insert_call", **params), "a micro-batch answer")
+        if row.status == CallStatus.SUCCEEDED:
+            mark = partial(one, rt, "micro_item_done", id=c["id"])
+        else:
+            mark = partial(one, rt, "micro_item_fail", id=c["id"], error=str(row.error)[:500], permanent=False)
+        await rt.db.durable(mark, "a micro-batch request's outcome")
         if c["event_id"] != event["id"]:
-            await one(rt, "wake_event_job", event_id=c["event_id"])
-    stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
-    if stored is None:
-        return await micro_answer(rt, event, pipeline, requests[0])  # raises this event's failure
-    return stored["output"]
+            await rt.db.durable(partial(one, rt, "wake_event_job", event_id=c["event_id"]), "a wake-up")
 
 
 async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str, Any]) -> Any:
@@ -224,25 +276,36 @@ async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str
             answer = await ask(gate, item["request"], output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await asyncio.shield(_give_back(rt, event["id"], pipeline.name, gate.records, item["id"]))
+            await asyncio.shield(_give_back(rt, event["id"], pipeline, gate.records, item["id"]))
         raise
     except Held:
-        await _give_back(rt, event["id"], pipeline.name, gate.records, item["id"])
+        await _give_back(rt, event["id"], pipeline, gate.records, item["id"])
         raise
     except Exception as e:
+        if database_away(e):  # not the event's failure: the job runs again; an answer that came back is kept
+            await _give_back(rt, event["id"], pipeline, gate.records, item["id"])
+            raise
         err = classify(e)
+        _check_unread(pipeline, gate.records)
         await _store(rt, event["id"], pipeline.name, gate.records)
         await one(rt, "micro_item_fail", id=item["id"], error=str(err)[:500], permanent=err.permanent)
         await one(rt, "batch_item_retire", id=item["id"])  # raised here: the next try asks again
         raise err from e
     await _store(rt, event["id"], pipeline.name, gate.records)
-    await one(rt, "micro_item_done", id=item["id"])
+    await rt.db.durable(partial(one, rt, "micro_item_done", id=item["id"]), "a micro-batch request's outcome")
     return answer.output
 
 
-async def _give_back(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord], item_id: int) -> None:
-    await _store(rt, event_id, pipeline, records)
-    await one(rt, "micro_release", ids=[item_id])
+async def _give_back(rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], item_id: int) -> None:
+    """A run of :func:`_solo` that did not get to its answer: its round trips are stored; the request
+    is ``done`` when an answer among them came back (the retry reuses it), else it gathers again."""
+    answered = _check_unread(pipeline, records)
+    await _store(rt, event_id, pipeline.name, records)
+    if answered:
+        mark = partial(one, rt, "micro_item_done", id=item_id)
+    else:
+        mark = partial(one, rt, "micro_release", ids=[item_id])
+    await rt.db.durable(mark, "a micro-batch request's outcome")
 
 
 def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
@@ -276,19 +339,69 @@ async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, out
                 max_tokens_cap=pipeline.max_tokens_cap,
                 route=f"escalate:{esc.when}",
             )
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True))
+        raise
     except Exception as e:
-        await _store(rt, event["id"], pipeline.name, gate.records)
+        await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True)
+        if database_away(e):  # not the pipeline's failure: the job runs again
+            raise
         raise classify(e) from e
-    await one(rt, "supersede_call", id=due["id"])  # first: the escalated answer takes the succeeded slot
-    await _store(rt, event["id"], pipeline.name, gate.records)
+    await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"])
     return answer.output
 
 
-async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+async def _store_escalated(
+    rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], due_id: int, *, unread: bool = False
+) -> None:
+    """The round trips of a batched answer's escalation; the last one, the escalated answer, takes the
+    succeeded slot from the batched one (``store_escalated``) in the statement that stores it, so no
+    failure between the two leaves the event without a stored answer. ``unread``: the run failed or was
+    cut off; an answer is checked first (:func:`_check_unread`), and only a succeeded one takes the slot.
+    As worker.pipeline stores the escalation of a Messages API answer."""
+    answered: CallRecord | None = records[-1] if records else None
+    if unread:
+        _check_unread(pipeline, records)
+        answered = answered if answered is not None and answered.status == CallStatus.SUCCEEDED else None
+    await _store(rt, event_id, pipeline.name, records[:-1] if answered is not None else records)
+    if answered is not None:
+        row = call_row(event_id, pipeline.name, answered)
+        await rt.db.durable(partial(one, rt, "store_escalated", superseded_id=due_id, **row), "an escalated answer")
+        _observe(rt, answered)
+
+
+def _check_unread(pipeline: Pipeline, records: list[CallRecord]) -> bool:
+    """An answer that came back, but whose run failed or was cut off before :func:`worker.llm.ask`
+    read it (the database went away, or a cancellation came, while its usage was settled): checked
+    here, so that it is stored as the answer a retry reuses (never paid twice), or as
+    ``invalid_output``; of two answers, the later keeps the succeeded slot (as worker.pipeline does).
+    True when one succeeded answer is among ``records``."""
+    spec = output_spec(pipeline)
     for rec in records:
-        await rt.db.one("insert_call", **call_row(event_id, pipeline, rec))
-        if rec.latency_ms is not None:
-            rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
+        if rec.status == CallStatus.SUCCEEDED and rec.output is None:
+            try:
+                rec.output = check_answer(rec.response or {}, spec)
+            except (InvalidOutput, ValueError) as e:
+                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
+    answered = [rec for rec in records if rec.status == CallStatus.SUCCEEDED]
+    for rec in answered[:-1]:
+        rec.status = CallStatus.SUPERSEDED
+    return bool(answered)
+
+
+async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
+    """Every round trip of the run, in order, each through :meth:`worker.db.WorkerDB.durable`: what was
+    paid for is kept through a database outage."""
+    for rec in records:
+        row = call_row(event_id, pipeline, rec)
+        await rt.db.durable(partial(rt.db.one, "insert_call", **row), "a model call")
+        _observe(rt, rec)
+
+
+def _observe(rt: Runtime, rec: CallRecord) -> None:
+    if rec.latency_ms is not None:
+        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
 
 
 def _parts(message: dict[str, Any]) -> dict[int, Any]:
