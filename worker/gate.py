@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,20 +54,22 @@ class Gate:
             return None  # one hop: a fallback's own fallback is not chased
         return self.rt.config.model_limits(model).fallback
 
-    async def _abandoned(self, res: limits.Reservation, model: str, failure: str | None, *, probe: bool) -> None:
+    async def _abandoned(
+        self, res: limits.Reservation, model: str, failure: str | None, *, probe: dt.datetime | None
+    ) -> None:
         """A call cut off by a cancellation: settled as a failed call; ``failure`` (a timeout) goes to the
         breaker. A worker shutdown (no ``failure``) says nothing about the model: a half-open ``probe`` it
-        cut off is given back, or every call would wait PROBE_TIMEOUT_SECONDS for it."""
+        cut off (its ``probe_at``) is given back, or every call would wait PROBE_TIMEOUT_SECONDS for it."""
         await limits.settle(self.rt, self.event, res, None, None)
         if failure is not None:
             await limits.breaker_report(self.rt, model, False, failure[:300])
-        elif probe:
-            await limits.one(self.rt, "breaker_release", model=model)
+        elif probe is not None:
+            await limits.one(self.rt, "breaker_release", model=model, probe_at=probe)
 
     async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
         rt, model = self.rt, request["model"]
         assert rt.llm is not None
-        verdict, wait = await limits.breaker_gate(rt, model)
+        verdict, wait, probe_at = await limits.breaker_gate(rt, model)
         if verdict == "open":
             fallback = self._fallback(model, route)
             if fallback:
@@ -78,7 +81,7 @@ class Gate:
         except BaseException:
             if verdict == "probe":  # never sent: give the probe back, or every call waits PROBE_TIMEOUT_SECONDS
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(limits.one(rt, "breaker_release", model=model))
+                    await asyncio.shield(limits.one(rt, "breaker_release", model=model, probe_at=probe_at))
             raise
         try:
             rec = await one_call(rt.llm, request)
@@ -99,9 +102,7 @@ class Gate:
                 )
             )
             with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._abandoned(res, model, error if timed_out else None, probe=verdict == "probe")
-                )
+                await asyncio.shield(self._abandoned(res, model, error if timed_out else None, probe=probe_at))
             raise
         except Exception as e:
             err = classify(e)

@@ -161,14 +161,16 @@ def price(rt: Runtime, model: str, usage: dict[str, Any]) -> Decimal | None:
     return cost_usd(model, usage, prices.model_dump() if prices is not None else None)
 
 
-async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float]:
-    """("closed"|"probe", 0) when a call may go, ("open", seconds to wait) otherwise."""
+async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float, dt.datetime | None]:
+    """("closed"|"probe", 0, probe_at) when a call may go, ("open", seconds to wait, None) otherwise.
+    ``probe_at`` (a probe's only) says whose probe it is to ``breaker_release``."""
     if rt.config.model_limits(model).breaker is None:
-        return "closed", 0.0
+        return "closed", 0.0, None
     row = await one(rt, "breaker_acquire", model=model, probe_timeout=PROBE_TIMEOUT_SECONDS)
     if row is None or row["verdict"] != "open":
-        return (row["verdict"] if row else "closed"), 0.0
-    return "open", _seconds_until(row["retry_at"])
+        verdict = row["verdict"] if row else "closed"
+        return verdict, 0.0, row["probe_at"] if row and verdict == "probe" else None
+    return "open", _seconds_until(row["retry_at"]), None
 
 
 async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = None) -> None:

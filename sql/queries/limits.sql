@@ -42,15 +42,19 @@ FROM hookline.settle_budget_v2(%(reservation_id)s, %(tenant)s, %(day_start)s, %(
 SELECT hookline.claim_alert_v1(%(tenant)s, %(period)s, %(window_start)s) AS claimed;
 
 -- name: breaker_acquire
--- closed / probe / open (with retry_at) for a call to this model.
-SELECT verdict, retry_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_timeout)s);
+-- closed / probe / open (with retry_at) for a call to this model. probe_at: with verdict probe, the probe's
+-- hookline.breakers.probe_at (breaker_acquire_v1 sets it to now(), this statement's transaction time): what
+-- says whose probe it is to breaker_release.
+SELECT verdict, retry_at, now() AS probe_at FROM hookline.breaker_acquire_v1(%(model)s, %(probe_timeout)s);
 
 -- name: breaker_release
 -- A half-open probe taken by a call that was never sent (held by a budget or rate limit, or refused), or cut
 -- off by a worker shutdown (not the API's failure):
 -- the breaker is open again with its open_seconds already over, so the next call takes the probe at once.
+-- Only while it is still that call's probe (%(probe_at)s, from breaker_acquire): one that outlived
+-- PROBE_TIMEOUT_SECONDS may have been taken over by another worker's newer probe, which stays out.
 UPDATE hookline.breakers SET state = 'open', open_until = now(), probe_at = NULL, changed_at = now()
-WHERE model = %(model)s AND state = 'half_open';
+WHERE model = %(model)s AND state = 'half_open' AND probe_at = %(probe_at)s;
 
 -- name: breaker_record
 -- A call's outcome for the model's breaker; flipped = the state changed.

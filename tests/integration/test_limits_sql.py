@@ -192,7 +192,7 @@ def test_breaker_opens_pauses_probes_once_and_closes(conn: psycopg.Connection) -
     rec = {"model": "m", "failures": 2, "window_seconds": 60, "open_seconds": 30, "error": "529"}
     assert _one(conn, "breaker_record", ok=False, **rec) == ("closed", False)
     assert _one(conn, "breaker_record", ok=False, **rec) == ("open", True)
-    verdict, retry_at = _one(conn, "breaker_acquire", model="m", probe_timeout=120)
+    verdict, retry_at, _ = _one(conn, "breaker_acquire", model="m", probe_timeout=120)
     assert verdict == "open" and retry_at is not None
     assert conn.execute("SELECT state, state_code FROM hookline.breaker_state").fetchall() == [("open", 1)]
     conn.execute("UPDATE hookline.breakers SET open_until = now() - interval '1 second'")
