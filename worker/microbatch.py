@@ -20,6 +20,10 @@ A leader cancelled during the combined call (worker shutdown) puts its requests 
 One that could not (killed) leaves them ``submitting``: once that is older than
 :data:`MICRO_RECLAIM_SECONDS`, each of their events' own jobs leads again, and ``micro_claim`` takes
 the requests back, so the batch recovers without new events of its pipeline.
+
+A combined answer that came back is paid for: every row it gives is stored through
+:meth:`worker.db.WorkerDB.durable` (tried again while the database is away, shielded from a
+cancellation) before its request is marked ``done``, so a database outage never makes it be asked again.
 """
 
 from __future__ import annotations
