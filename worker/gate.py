@@ -19,7 +19,7 @@ import anthropic
 from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
-from worker import limits
+from worker import breaker, limits
 from worker.errors import classify
 from worker.limits import Held
 from worker.llm import CallRecord, one_call, then
@@ -62,14 +62,14 @@ class Gate:
         cut off (its ``probe_at``) is given back, or every call would wait PROBE_TIMEOUT_SECONDS for it."""
         await limits.settle(self.rt, self.event, res, None, None)
         if failure is not None:
-            await limits.breaker_report(self.rt, model, False, failure[:300])
+            await breaker.breaker_report(self.rt, model, False, failure[:300])
         elif probe is not None:
             await limits.one(self.rt, "breaker_release", model=model, probe_at=probe)
 
     async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
         rt, model = self.rt, request["model"]
         assert rt.llm is not None
-        verdict, wait, probe_at = await limits.breaker_gate(rt, model)
+        verdict, wait, probe_at = await breaker.breaker_gate(rt, model)
         if verdict == "open":
             fallback = self._fallback(model, route)
             if fallback:
@@ -111,9 +111,9 @@ class Gate:
             await limits.settle(rt, self.event, res, None, None)
             await limits.observe_headers(rt, model, getattr(response, "headers", None), status, err.retry_after)
             if _breaker_failure(e):
-                await limits.breaker_report(rt, model, False, str(err)[:300])
+                await breaker.breaker_report(rt, model, False, str(err)[:300])
             elif verdict == "probe":  # a 4xx says nothing about the model's health: let the next call probe
-                await limits.breaker_report(rt, model, True)
+                await breaker.breaker_report(rt, model, True)
             self.records.append(
                 CallRecord(
                     model=model,
@@ -135,5 +135,5 @@ class Gate:
         # paid for: its usage must reach the day budget even if the database is away right now
         await rt.db.durable(lambda: limits.settle(rt, self.event, res, rec.usage, rec.cost_usd), "a call's usage")
         await limits.observe_headers(rt, model, rec.headers, 200, None)
-        await limits.breaker_report(rt, model, True)
+        await breaker.breaker_report(rt, model, True)
         return rec

@@ -33,8 +33,6 @@ from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.limits")
 LQ: NamedQueries[LimitsQuery] = NamedQueries("limits", LimitsQuery)
-#: A half-open probe that has not reported back after this long is presumed lost; another may go.
-PROBE_TIMEOUT_SECONDS = 120.0
 
 
 class Held(PipelineError):
@@ -159,38 +157,6 @@ def estimate_input_tokens(request: dict[str, Any]) -> int:
 def price(rt: Runtime, model: str, usage: dict[str, Any]) -> Decimal | None:
     prices = rt.config.model_limits(model).prices
     return cost_usd(model, usage, prices.model_dump() if prices is not None else None)
-
-
-async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float, dt.datetime | None]:
-    """("closed"|"probe", 0, probe_at) when a call may go, ("open", seconds to wait, None) otherwise.
-    ``probe_at`` (a probe's only) says whose probe it is to ``breaker_release``."""
-    if rt.config.model_limits(model).breaker is None:
-        return "closed", 0.0, None
-    row = await one(rt, "breaker_acquire", model=model, probe_timeout=PROBE_TIMEOUT_SECONDS)
-    if row is None or row["verdict"] != "open":
-        verdict = row["verdict"] if row else "closed"
-        return verdict, 0.0, row["probe_at"] if row and verdict == "probe" else None
-    return "open", _seconds_until(row["retry_at"]), None
-
-
-async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = None) -> None:
-    breaker = rt.config.model_limits(model).breaker
-    if breaker is None:
-        return
-    row = await one(
-        rt,
-        "breaker_record",
-        model=model,
-        ok=ok,
-        failures=breaker.failures,
-        window_seconds=breaker.window_seconds,
-        open_seconds=breaker.open_seconds,
-        error=error,
-    )
-    if row and row["flipped"]:
-        state = row["new_state"]
-        log.warning("circuit breaker of %s is now %s%s", model, state, f" ({error})" if error else "")
-        await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})
 
 
 async def reserve(

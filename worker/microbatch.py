@@ -41,14 +41,14 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
+from worker.answers import check_unread, observe, simulating, store_escalated
 from worker.db import database_away
-from worker.errors import InvalidOutput, PermanentError, TransientError, classify
+from worker.errors import PermanentError, TransientError, classify
 from worker.gate import Gate
 from worker.limits import Held, all_rows, one
-from worker.llm import CallRecord, ask, call_row, check_answer
+from worker.llm import CallRecord, ask, call_row
 from worker.prompt import build_request, output_spec
 from worker.runtime import Runtime
-from worker.simulated import SimulatedModel
 
 #: A request ``submitting`` this long lost its leader: ``micro_claim`` takes it back (its interval in
 #: sql/queries/limits.sql says the same 10 minutes).
@@ -276,7 +276,7 @@ async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str
     note and results schema around it) could ever be reserved in its tenant's day; its own request may."""
     gate = Gate(rt, event, pipeline)
     try:
-        with _simulating(rt, pipeline):
+        with simulating(rt, pipeline):
             answer = await ask(gate, item["request"], output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
@@ -290,7 +290,7 @@ async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str
             await _give_back(rt, event["id"], pipeline, gate.records, item["id"])
             raise
         err = classify(e)
-        _check_unread(pipeline, gate.records)
+        check_unread(pipeline, gate.records)
         await _store(rt, event["id"], pipeline.name, gate.records)
         await one(rt, "micro_item_fail", id=item["id"], error=str(err)[:500], permanent=err.permanent)
         await one(rt, "batch_item_retire", id=item["id"])  # raised here: the next try asks again
@@ -303,20 +303,13 @@ async def _solo(rt: Runtime, event: EventRow, pipeline: Pipeline, item: dict[str
 async def _give_back(rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], item_id: int) -> None:
     """A run of :func:`_solo` that did not get to its answer: its round trips are stored; the request
     is ``done`` when an answer among them came back (the retry reuses it), else it gathers again."""
-    answered = _check_unread(pipeline, records)
+    answered = check_unread(pipeline, records)
     await _store(rt, event_id, pipeline.name, records)
     if answered:
         mark = partial(one, rt, "micro_item_done", id=item_id)
     else:
         mark = partial(one, rt, "micro_release", ids=[item_id])
     await rt.db.durable(mark, "a micro-batch request's outcome")
-
-
-def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
-    """A simulated model answers from the pipeline's own schema (hookline dev --simulate-model)."""
-    if isinstance(rt.llm, SimulatedModel):
-        return rt.llm.answering(output_spec(pipeline).raw_schema)
-    return contextlib.nullcontext()
 
 
 async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any) -> Any:
@@ -335,7 +328,7 @@ async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, out
     request = due["request"] or build_request(pipeline, event)
     gate = Gate(rt, event, pipeline)
     try:
-        with _simulating(rt, pipeline):
+        with simulating(rt, pipeline):
             answer = await ask(
                 gate,
                 {**request, "model": esc.model},
@@ -345,53 +338,16 @@ async def escalate_batched(rt: Runtime, event: EventRow, pipeline: Pipeline, out
             )
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await asyncio.shield(_store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True))
+            stored = store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store, unread=True)
+            await asyncio.shield(stored)
         raise
     except Exception as e:
-        await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True)
+        await store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store, unread=True)
         if database_away(e):  # not the pipeline's failure: the job runs again
             raise
         raise classify(e) from e
-    await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"])
+    await store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store)
     return answer.output
-
-
-async def _store_escalated(
-    rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], due_id: int, *, unread: bool = False
-) -> None:
-    """The round trips of a batched answer's escalation; the last one, the escalated answer, takes the
-    succeeded slot from the batched one (``store_escalated``) in the statement that stores it, so no
-    failure between the two leaves the event without a stored answer. ``unread``: the run failed or was
-    cut off; an answer is checked first (:func:`_check_unread`), and only a succeeded one takes the slot.
-    As worker.pipeline stores the escalation of a Messages API answer."""
-    answered: CallRecord | None = records[-1] if records else None
-    if unread:
-        _check_unread(pipeline, records)
-        answered = answered if answered is not None and answered.status == CallStatus.SUCCEEDED else None
-    await _store(rt, event_id, pipeline.name, records[:-1] if answered is not None else records)
-    if answered is not None:
-        row = call_row(event_id, pipeline.name, answered)
-        await rt.db.durable(partial(one, rt, "store_escalated", superseded_id=due_id, **row), "an escalated answer")
-        _observe(rt, answered)
-
-
-def _check_unread(pipeline: Pipeline, records: list[CallRecord]) -> bool:
-    """An answer that came back, but whose run failed or was cut off before :func:`worker.llm.ask`
-    read it (the database went away, or a cancellation came, while its usage was settled): checked
-    here, so that it is stored as the answer a retry reuses (never paid twice), or as
-    ``invalid_output``; of two answers, the later keeps the succeeded slot (as worker.pipeline does).
-    True when one succeeded answer is among ``records``."""
-    spec = output_spec(pipeline)
-    for rec in records:
-        if rec.status == CallStatus.SUCCEEDED and rec.output is None:
-            try:
-                rec.output = check_answer(rec.response or {}, spec)
-            except (InvalidOutput, ValueError) as e:
-                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
-    answered = [rec for rec in records if rec.status == CallStatus.SUCCEEDED]
-    for rec in answered[:-1]:
-        rec.status = CallStatus.SUPERSEDED
-    return bool(answered)
 
 
 async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRecord]) -> None:
@@ -400,12 +356,7 @@ async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRe
     for rec in records:
         row = call_row(event_id, pipeline, rec)
         await rt.db.durable(partial(rt.db.one, "insert_call", **row), "a model call")
-        _observe(rt, rec)
-
-
-def _observe(rt: Runtime, rec: CallRecord) -> None:
-    if rec.latency_ms is not None:
-        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
+        observe(rt, rec)
 
 
 def _parts(message: dict[str, Any]) -> dict[int, Any]:

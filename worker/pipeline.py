@@ -14,17 +14,17 @@ from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
 from worker.action_runs import run_actions
+from worker.answers import check_unread, observe, simulating, store_escalated
 from worker.batches import batch_answer, leftover
 from worker.closing import Closing
 from worker.db import database_away
-from worker.errors import InvalidOutput, PipelineError, classify
+from worker.errors import PipelineError, classify
 from worker.gate import Gate
 from worker.limits import Held
-from worker.llm import Answer, CallRecord, ask, call_row, check_answer
+from worker.llm import Answer, CallRecord, ask, call_row
 from worker.microbatch import escalate_batched, micro_answer
 from worker.prompt import build_request, output_spec, trim
 from worker.runtime import Runtime
-from worker.simulated import SimulatedModel
 
 log = logging.getLogger("hookline.pipeline")
 
@@ -84,7 +84,7 @@ async def answer_for(
         return await micro_answer(rt, event, pipeline, request), False
     gate = Gate(rt, event, pipeline)
     try:
-        with _simulating(rt, pipeline):
+        with simulating(rt, pipeline):
             answer = await ask(gate, request, output_spec(pipeline), max_tokens_cap=pipeline.max_tokens_cap)
             if _escalates(pipeline, answer.output):
                 base = [rec for rec in answer.calls if rec.status == CallStatus.SUCCEEDED]
@@ -149,37 +149,20 @@ async def _escalate_stored(rt: Runtime, event: EventRow, pipeline: Pipeline, out
     request = build_request(pipeline, event, history)
     gate = Gate(rt, event, pipeline)
     try:
-        with _simulating(rt, pipeline):
+        with simulating(rt, pipeline):
             answer = await _ask_escalated(gate, pipeline, request)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await asyncio.shield(_store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True))
+            stored = store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store, unread=True)
+            await asyncio.shield(stored)
         raise
     except Exception as e:
-        await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"], unread=True)
+        await store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store, unread=True)
         if database_away(e):  # not the pipeline's failure: the job runs again
             raise
         raise classify(e) from e
-    await _store_escalated(rt, event["id"], pipeline, gate.records, due["id"])
+    await store_escalated(rt, event["id"], pipeline, gate.records, due["id"], _store)
     return answer.output
-
-
-async def _store_escalated(
-    rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord], due_id: int, *, unread: bool = False
-) -> None:
-    """The round trips of an escalation of a stored answer; the last one, the escalated answer, takes
-    the succeeded slot from the stored one (``store_escalated``) in the statement that stores it.
-    ``unread``: the run failed or was cut off; an answer is checked first (:func:`_check_unread`),
-    and only a succeeded one takes the slot."""
-    answered: CallRecord | None = records[-1] if records else None
-    if unread:
-        _check_unread(pipeline, records)
-        answered = answered if answered is not None and answered.status == CallStatus.SUCCEEDED else None
-    await _store(rt, event_id, pipeline.name, records[:-1] if answered is not None else records)
-    if answered is not None:
-        row = call_row(event_id, pipeline.name, answered)
-        await rt.db.durable(lambda: limits.one(rt, "store_escalated", superseded_id=due_id, **row), "an answer")
-        _observe(rt, answered)
 
 
 async def _store_failure(
@@ -214,33 +197,9 @@ async def _store_cut_off(rt: Runtime, event_id: int, pipeline: Pipeline, records
 
 async def _store_paid(rt: Runtime, event_id: int, pipeline: Pipeline, records: list[CallRecord]) -> None:
     """The round trips of a run that did not get to its answer's own store (a failure, a cut-off),
-    an answer among them checked first (:func:`_check_unread`)."""
-    _check_unread(pipeline, records)
+    an answer among them checked first (:func:`worker.answers.check_unread`)."""
+    check_unread(pipeline, records)
     await _store(rt, event_id, pipeline.name, records)
-
-
-def _check_unread(pipeline: Pipeline, records: list[CallRecord]) -> None:
-    """An answer that came back, but whose run was cut off or failed before :func:`worker.llm.ask`
-    read it (the database went away, or the pipeline's timeout fired, while its usage was settled):
-    it is checked here, so that it is stored as the answer a retry reuses (never paid twice), or as
-    ``invalid_output``. Of two answers (an escalation's), the later takes the succeeded slot."""
-    spec = output_spec(pipeline)
-    for rec in records:
-        if rec.status == CallStatus.SUCCEEDED and rec.output is None:
-            try:
-                rec.output = check_answer(rec.response or {}, spec)
-            except (InvalidOutput, ValueError) as e:
-                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
-    answered = [rec for rec in records if rec.status == CallStatus.SUCCEEDED]
-    for rec in answered[:-1]:
-        rec.status = CallStatus.SUPERSEDED
-
-
-def _simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
-    """A simulated model answers from the pipeline's own schema (hookline dev --simulate-model)."""
-    if isinstance(rt.llm, SimulatedModel):
-        return rt.llm.answering(output_spec(pipeline).raw_schema)
-    return contextlib.nullcontext()
 
 
 async def _store(
@@ -260,12 +219,7 @@ async def _store(
         closes = closing if last else None
         row = call_row(event_id, pipeline, rec, closes)
         await rt.db.durable(partial(rt.db.store_call, row, closes, inline=inline and last), "a model call")
-        _observe(rt, rec)
-
-
-def _observe(rt: Runtime, rec: CallRecord) -> None:
-    if rec.latency_ms is not None:
-        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
+        observe(rt, rec)
 
 
 async def _history(rt: Runtime, event: EventRow, pipeline: Pipeline) -> list[dict[str, Any]] | None:

@@ -1,0 +1,77 @@
+"""What a pipeline run and a micro-batch both do with the answers their calls got back: check an answer
+the run never read, store an escalated answer in the statement that supersedes the first one, record the
+call's latency, and let the simulated model answer from the pipeline's own schema."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from app.core.config import Pipeline
+from app.core.status import CallStatus
+from worker import limits
+from worker.errors import InvalidOutput
+from worker.llm import CallRecord, call_row, check_answer
+from worker.prompt import output_spec
+from worker.runtime import Runtime
+from worker.simulated import SimulatedModel
+
+#: Stores a run's round trips in order, each through :meth:`worker.db.WorkerDB.durable`.
+StoreCalls = Callable[[Runtime, int, str, list[CallRecord]], Awaitable[None]]
+
+
+def check_unread(pipeline: Pipeline, records: list[CallRecord]) -> bool:
+    """An answer that came back, but whose run failed or was cut off before :func:`worker.llm.ask` read
+    it (the database went away, or a cancellation came, while its usage was settled): checked here, so
+    that it is stored as the answer a retry reuses (never paid twice), or as ``invalid_output``. Of two
+    answers (an escalation's), the later keeps the succeeded slot. True when one succeeded answer is
+    among ``records``."""
+    spec = output_spec(pipeline)
+    for rec in records:
+        if rec.status == CallStatus.SUCCEEDED and rec.output is None:
+            try:
+                rec.output = check_answer(rec.response or {}, spec)
+            except (InvalidOutput, ValueError) as e:
+                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
+    answered = [rec for rec in records if rec.status == CallStatus.SUCCEEDED]
+    for rec in answered[:-1]:
+        rec.status = CallStatus.SUPERSEDED
+    return bool(answered)
+
+
+async def store_escalated(
+    rt: Runtime,
+    event_id: int,
+    pipeline: Pipeline,
+    records: list[CallRecord],
+    due_id: int,
+    store: StoreCalls,
+    *,
+    unread: bool = False,
+) -> None:
+    """The round trips of an escalation of a stored answer; the last one, the escalated answer, takes the
+    succeeded slot from the stored one (``store_escalated``) in the statement that stores it, so no
+    failure between the two leaves the event without a stored answer. ``unread``: the run failed or was
+    cut off; an answer is checked first (:func:`check_unread`), and only a succeeded one takes the slot."""
+    answered: CallRecord | None = records[-1] if records else None
+    if unread:
+        check_unread(pipeline, records)
+        answered = answered if answered is not None and answered.status == CallStatus.SUCCEEDED else None
+    await store(rt, event_id, pipeline.name, records[:-1] if answered is not None else records)
+    if answered is not None:
+        row = call_row(event_id, pipeline.name, answered)
+        await rt.db.durable(lambda: limits.one(rt, "store_escalated", superseded_id=due_id, **row), "an answer")
+        observe(rt, answered)
+
+
+def observe(rt: Runtime, rec: CallRecord) -> None:
+    """The call's latency, by model and outcome."""
+    if rec.latency_ms is not None:
+        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
+
+
+def simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:
+    """A simulated model answers from the pipeline's own schema (hookline dev --simulate-model)."""
+    if isinstance(rt.llm, SimulatedModel):
+        return rt.llm.answering(output_spec(pipeline).raw_schema)
+    return contextlib.nullcontext()

@@ -1,0 +1,46 @@
+"""The circuit breaker of each model, shared by every worker process (``hookline.breakers``): whether a
+call may go (closed, or the one half-open probe), and each call's outcome reported back to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from worker.limits import _seconds_until, one, send_alert
+from worker.runtime import Runtime
+
+log = logging.getLogger("hookline.limits")
+#: A half-open probe that has not reported back after this long is presumed lost; another may go.
+PROBE_TIMEOUT_SECONDS = 120.0
+
+
+async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float, dt.datetime | None]:
+    """("closed"|"probe", 0, probe_at) when a call may go, ("open", seconds to wait, None) otherwise.
+    ``probe_at`` (a probe's only) says whose probe it is to ``breaker_release``."""
+    if rt.config.model_limits(model).breaker is None:
+        return "closed", 0.0, None
+    row = await one(rt, "breaker_acquire", model=model, probe_timeout=PROBE_TIMEOUT_SECONDS)
+    if row is None or row["verdict"] != "open":
+        verdict = row["verdict"] if row else "closed"
+        return verdict, 0.0, row["probe_at"] if row and verdict == "probe" else None
+    return "open", _seconds_until(row["retry_at"]), None
+
+
+async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = None) -> None:
+    breaker = rt.config.model_limits(model).breaker
+    if breaker is None:
+        return
+    row = await one(
+        rt,
+        "breaker_record",
+        model=model,
+        ok=ok,
+        failures=breaker.failures,
+        window_seconds=breaker.window_seconds,
+        open_seconds=breaker.open_seconds,
+        error=error,
+    )
+    if row and row["flipped"]:
+        state = row["new_state"]
+        log.warning("circuit breaker of %s is now %s%s", model, state, f" ({error})" if error else "")
+        await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})
