@@ -30,8 +30,6 @@ Q: NamedQueries[ActionsQuery] = NamedQueries("actions", ActionsQuery)
 #: resources, operator intervention (statement timeout, shutdown), connection, lock not available.
 TRANSIENT_CLASSES = ("40", "53", "57", "08", "58")
 TRANSIENT_CODES = ("55P03", "55006")
-#: A double-quoted stretch of a message: in a data exception (class 22) it is the input Postgres refused.
-_QUOTED = re.compile(r'"[^\n]*"')
 #: Where in a function an error arose, in the fixed forms Postgres writes the first lines of its context.
 _PLACE = re.compile(r"^(PL/pgSQL function \S+ line \d+ at [A-Za-z ]+|SQL function \"[^\"\n]+\" statement \d+)$")
 
@@ -49,10 +47,26 @@ def error_text(e: psycopg.Error) -> str:
     first = (str(e).splitlines() or [""])[0]
     if not (e.sqlstate or "").startswith("22"):
         return first[:300]
-    text = _QUOTED.sub("<value not shown>", e.diag.message_primary or first)
+    text = without_value(e.diag.message_primary or first)
     lines = (e.diag.context or "").splitlines()
     place = next((m.group(1) for m in map(_PLACE.match, lines) if m), None)
     return (f"{text} ({place})" if place else text)[:300]
+
+
+def without_value(message: str) -> str:
+    """A data exception's message with the input it quotes left out: from its first ``"`` to its last.
+    Postgres writes the refused value whole between two quotes, line breaks and quotes of its own
+    included, so the text before the first quote (``invalid input syntax for type integer: ``) and
+    after the last (`` is out of range for type integer``) is Postgres's own. Without a closing quote,
+    everything from the first one on is left out; the tail is also dropped if it holds a line break."""
+    start = message.find('"')
+    if start < 0:
+        return message
+    end = message.rfind('"')
+    tail = message[end + 1 :] if end > start else ""
+    if "\n" in tail or "\r" in tail:
+        tail = ""
+    return f"{message[:start]}<value not shown>{tail}"
 
 
 def _plain(value: Any) -> Any:
