@@ -2,7 +2,8 @@
 
 * The API takes ``Authorization: Bearer $HOOKLINE_ADMIN_TOKEN``, compared in constant time; so do the
   dashboard's pages, for scripts and proxies (a browser never attaches that header by itself, so such
-  a request needs no CSRF token).
+  a request needs no CSRF token). On the dashboard, a bearer token that is not the admin token (an
+  auth proxy's own) is ignored and the session cookie decides; it is a 401 only without a session.
 * The dashboard's login form takes the same token and sets a session cookie
   (``HttpOnly; SameSite=Strict; Path=/admin``, ``Secure`` when the request came over HTTPS).
   The cookie is ``v1.ISSUED.NONCE.MAC``, MAC = HMAC-SHA256 under a key derived from the token: every
@@ -94,13 +95,21 @@ class Sessions:
         return f"{body}.{self._mac(body)}", Session(nonce, self._csrf(nonce))
 
     def read(self, request: Request) -> Session | None:
-        """The request's session: from a valid ``Authorization: Bearer`` header (a wrong one is 401, as
-        on the API), else from a valid, unexpired session cookie; None when there is neither."""
+        """The request's session: from an ``Authorization: Bearer`` header holding the admin token, else
+        from a valid, unexpired session cookie; None when there is neither. A bearer token that is not
+        the admin token is left aside, not refused: a proxy in front of the dashboard (oauth2-proxy's
+        ``pass_authorization_header``, Pomerium) sends its own there, and the cookie decides (with its
+        CSRF checks). Only when the cookie does not sign the request in either is that bearer a 401."""
         given = bearer_token(request)
-        if given is not None:
-            require_bearer(request, self._token)
+        if given is not None and token_matches(given, self._token):
             return Session(nonce="", csrf="", bearer=True)
-        return self._from_cookie(request)
+        session = self._from_cookie(request)
+        if session is None and given is not None:
+            raise Unauthorized(
+                "the admin token is not valid, and there is no valid session cookie (sign in at /admin/login)",
+                headers=CHALLENGE,
+            )
+        return session
 
     def _from_cookie(self, request: Request) -> Session | None:
         parts = request.cookies.get(SESSION_COOKIE, "").split(".")
