@@ -62,8 +62,7 @@ def schema_violation(src: Source, event_type: str | None, payload: Any) -> str |
         return f"payload cannot be checked against the schema ({e.__class__.__name__})"
     if error is None:
         return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{where}: {describe(error)}"[:500]
+    return f"{where(error)}: {describe(error)}"[:500]
 
 
 def _shown(constant: Any) -> str:
@@ -72,26 +71,46 @@ def _shown(constant: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _names(names: list[str]) -> str:
-    """Property names (places, like the path): the first few, each capped."""
-    shown = ", ".join(_shown(n) for n in names[:5])
-    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 #: Keywords whose argument is keyed (a property name, a pattern) or indexed before the subschema.
 _KEYED = {"properties", "patternProperties", "dependentSchemas", "allOf", "anyOf", "oneOf", "prefixItems", "$defs"}
 _KEYED |= {"unevaluatedProperties"}  # it descends with the property name in its schema path
+#: Keywords that descend into one member of the instance (one step of its path), not named by the schema.
+_ANY_MEMBER = {"patternProperties", "additionalProperties", "items", "prefixItems"}
 
 
-def _in_property_names(error: jsonschema.ValidationError) -> bool:
-    """Whether ``error`` was raised about a property *name* (``propertyNames``), not a value."""
+def _descent(error: jsonschema.ValidationError) -> tuple[list[str | None], bool]:
+    """How the schema reached ``error``: for each step into the instance, the property name the schema
+    declares for it (``properties``) or None (a key matched by ``patternProperties`` or
+    ``additionalProperties``, an array index); and whether it went through ``propertyNames``."""
     path = list(error.absolute_schema_path)
+    steps: list[str | None] = []
+    names = False
     i = 0
     while i < len(path) - 1:  # the last element is the failing keyword itself
-        if path[i] == "propertyNames":
-            return True
-        i += 2 if path[i] in _KEYED else 1
-    return False
+        keyword = path[i]
+        if keyword == "propertyNames":
+            names = True
+        if keyword == "properties":
+            steps.append(str(path[i + 1]))
+        elif keyword in _ANY_MEMBER:
+            steps.append(None)
+        i += 2 if keyword in _KEYED else 1
+    return steps, names
+
+
+def where(error: jsonschema.ValidationError) -> str:
+    """The place of ``error`` in the payload, ``/``-separated: array indexes and the property names the
+    schema declares (``properties``) as they are, any other key (the payload's own: a map keyed by
+    e-mail, card token or account id, under ``additionalProperties`` or ``patternProperties``) as ``*``."""
+    parts = list(error.absolute_path)
+    declared, _ = _descent(error)
+    if len(declared) != len(parts):  # a descent this walk does not know: trust indexes only
+        declared = [None] * len(parts)
+    shown = [
+        str(part) if isinstance(part, int) or (name is not None and part == name) else "*"
+        for part, name in zip(parts, declared, strict=True)
+    ]
+    return "/".join(shown) or "(root)"
 
 
 def _additional(instance: Any, schema: Any) -> list[str]:
@@ -104,11 +123,12 @@ def _additional(instance: Any, schema: Any) -> list[str]:
 
 def describe(error: jsonschema.ValidationError) -> str:
     """What ``error`` found wrong, from its keyword and the schema's constant: never the payload's value
-    (the path says where). A property name refused by ``propertyNames`` is named, as a path would."""
+    (the path says where), nor a property name of the payload's own (``propertyNames``, the properties
+    ``additionalProperties`` refuses): those are counted, not named."""
     keyword, constant, instance, schema = error.validator, error.validator_value, error.instance, error.schema
     text = _keyword_message(str(keyword) if keyword is not None else None, constant, instance, schema, error)
-    if keyword is not None and _in_property_names(error):
-        return f"property name {_shown(instance)}: {text}"
+    if keyword is not None and _descent(error)[1]:
+        return f"a property name {text}"
     return text
 
 
@@ -147,7 +167,9 @@ def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: 
                 return f"{_shown(lacking[0])} is required when {_shown(prop)} is present (dependentRequired)"
     if keyword == "additionalProperties":
         extra = _additional(instance, schema)
-        return f"has properties the schema does not allow: {_names(extra)}" if extra else "has unexpected properties"
+        if not extra:
+            return "has unexpected properties"
+        return f"has {len(extra)} {'property' if len(extra) == 1 else 'properties'} the schema does not allow"
     if keyword == "items" and constant is False:
         prefix = len(schema.get("prefixItems", [])) if isinstance(schema, dict) else 0
         return f"has more than {prefix} item(s) (items is false after prefixItems)"
@@ -166,4 +188,4 @@ def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: 
     return fixed.get(keyword, f"does not match the schema ({keyword})")
 
 
-__all__ = ["describe", "json_error", "schema_violation"]
+__all__ = ["describe", "json_error", "schema_violation", "where"]

@@ -108,7 +108,7 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"plan": "SECRET-plan"}, "plan: is not one of ['free', 'pro']"),
     ({"note": "SECRET-note"}, "note: is longer than the maxLength of 3"),
     ({"code": "SECRET-code"}, "code: is not valid under any of the anyOf schemas"),
-    ({"extra": "SECRET-extra"}, "(root): has properties the schema does not allow: 'extra'"),
+    ({"extra": "SECRET-extra"}, "(root): has 1 property the schema does not allow"),
 ]
 
 
