@@ -104,12 +104,18 @@ async def polls_batches(rt: Runtime) -> bool:
     return bool(await rt.db.rows("open_batch_pipelines"))
 
 
+#: After its start, a worker wakes the throttled events again every ``REWAKE_EVERY`` seconds, for its
+#: first ``REWAKE_FOR`` seconds (see :func:`rewake_throttled`).
+REWAKE_EVERY = 60.0
+REWAKE_FOR = 600.0
+
+
 async def wake_throttled(rt: Runtime) -> bool:
     """At start: the jobs of throttled events run now, not when the hold they were given said (up to
     the next UTC midnight for a day cap). This worker's config may have raised or removed the cap that
     held them; an event still over it is held again by its run, without a model call (an alert goes
     once per window). True once done; False when the database failed (the next start of the worker
-    loop tries again)."""
+    loop tries again; :func:`rewake_throttled` repeats it anyway)."""
     try:
         n = await rt.db.run("wake_throttled")
     except Exception as e:
@@ -118,6 +124,24 @@ async def wake_throttled(rt: Runtime) -> bool:
     if n:
         log.info("woke %d throttled event(s): their limits are checked again against this config", n)
     return True
+
+
+async def rewake_throttled(rt: Runtime, stop: asyncio.Event) -> None:
+    """The start's wake again, every ``REWAKE_EVERY`` seconds for the worker's first ``REWAKE_FOR``.
+
+    In a rolling deploy the workers of the old release still run for a while after a new one starts:
+    one of them often takes a job the new worker woke, checks it against the old cap and holds it
+    again, until the window reopens (the next UTC midnight for a day cap). Waking again for a while
+    after the start lets the last worker to wake decide, which, once the old release is stopped, is
+    one with the new config. Per worker, not in the periodic maintenance task: that runs on whichever
+    worker takes it, maybe an old one. Bounded: each wake is one UPDATE over the throttled events' jobs
+    (about 1.7 s with 50,000 of them), and an event still over a cap runs again, held without a call."""
+    for _ in range(int(REWAKE_FOR // REWAKE_EVERY)):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REWAKE_EVERY)
+        if stop.is_set():
+            return
+        await wake_throttled(rt)
 
 
 class _QuietRetries(logging.Filter):
@@ -188,6 +212,7 @@ async def run_worker(
     # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
     rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
     checked = woken = False
+    rewake: asyncio.Task[None] | None = None
     log.info(
         "hookline worker starting: concurrency %d, %s loop, %s",
         settings.worker_concurrency,
@@ -209,6 +234,8 @@ async def run_worker(
                 checked = True
             if not woken:
                 woken = await wake_throttled(rt)
+            if rewake is None:
+                rewake = asyncio.create_task(rewake_throttled(rt, stop))
             try:
                 if pq_app is None:
                     polls = await polls_batches(rt)
@@ -252,6 +279,10 @@ async def run_worker(
                     await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         stop_watch.cancel()
+        if rewake is not None:
+            rewake.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rewake
         rt.metrics.stop()
         await rt.close()
         log.info("hookline worker stopped")

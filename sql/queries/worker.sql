@@ -273,10 +273,12 @@ WHERE kind = 'batch_api' AND pipeline <> ALL (ARRAY(SELECT jsonb_array_elements_
 RETURNING id, event_id, pipeline, reservation;
 
 -- name: wake_throttled
--- Worker start: the jobs of throttled events run now instead of when the hold they were given said
--- (a tenant cap's window reopening, up to the next UTC midnight). A deploy may have raised or removed
--- the cap; an event still over it is held again by its run (no model call; an alert goes once per
--- window). Only todo process_event jobs scheduled later than now; the events are found by status
+-- Worker start, and again each minute of a worker's first ten (worker.main.rewake_throttled: an
+-- old-release worker still running in a rolling deploy may hold a woken event again at its old cap):
+-- the jobs of throttled events run now instead of when the hold they were given said (a tenant cap's
+-- window reopening, up to the next UTC midnight). A deploy may have raised or removed the cap; an
+-- event still over it is held again by its run (no model call; an alert goes once per window). Only
+-- todo process_event jobs scheduled later than now; the events are found by status
 -- (events_status_received_idx).
 UPDATE procrastinate_jobs j SET scheduled_at = now()
 FROM hookline.events e
