@@ -108,12 +108,16 @@ class Settings(BaseSettings):
         default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker."
     )
     job_retention_hours: int = Field(
-        default=24, description="Finished procrastinate jobs are deleted after this many hours."
+        default=24,
+        ge=0,
+        description="Finished procrastinate jobs are deleted after this many hours without activity "
+        "(0: never deleted).",
     )
     payload_retention_days: int = Field(
         default=30,
+        ge=0,
         description="Bodies and payloads of finished events are dropped after this many days "
-        "(the row, and so deduplication, stays).",
+        "(the row, and so deduplication, stays; 0: never dropped).",
     )
     llm_timeout: float = Field(default=60.0, description="Seconds before a model call times out.")
     llm_max_retries: int = Field(
