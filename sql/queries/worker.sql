@@ -167,36 +167,16 @@ SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = n
 WHERE id = %(id)s;
 
 -- name: prune_jobs
--- Retention: delete a batch of finished procrastinate jobs with no activity for %(hours)s hours.
-DELETE FROM procrastinate_jobs
-WHERE id IN (
-    SELECT j.id FROM procrastinate_jobs j
-    WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
-      AND NOT EXISTS (SELECT 1 FROM procrastinate_events e
-                      WHERE e.job_id = j.id AND e.at > now() - make_interval(hours => %(hours)s))
-    LIMIT %(batch)s);
+-- Retention: hookline.prune_jobs (migration 0031): delete the finished procrastinate jobs with no
+-- activity for %(hours)s hours among the next %(batch)s jobs by id after %(after)s. One row back:
+-- deleted, last_id (where the next batch starts) and done (nothing further can be due).
+SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hours)s::int, %(batch)s::int);
 
 -- name: prune_payloads
--- Retention: drop the body and payload of a batch of terminal events older than %(days)s days,
--- and the copies of payload text kept beside them: the model request and raw response in
--- llm_calls (the validated output stays: it is the pipeline's result) and action_runs.result.
--- The event row stays, so deduplication on (source, delivery_id) keeps holding.
-WITH victims AS (
-    SELECT id FROM hookline.events
-    WHERE status IN ('succeeded', 'dead', 'skipped')
-      AND received_at < now() - make_interval(days => %(days)s)
-      AND (body IS NOT NULL OR payload IS NOT NULL)
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), calls AS (
-    UPDATE hookline.llm_calls SET request = '{"pruned": true}'::jsonb, response = NULL
-    WHERE event_id IN (SELECT id FROM victims)
-), runs AS (
-    UPDATE hookline.action_runs SET result = NULL
-    WHERE event_id IN (SELECT id FROM victims) AND result IS NOT NULL
-)
-UPDATE hookline.events SET body = NULL, payload = NULL
-WHERE id IN (SELECT id FROM victims);
+-- Retention: hookline.prune_payloads (migration 0031): drop the body and payload of up to %(batch)s
+-- terminal events older than %(days)s days, the oldest first, and the payload copies in llm_calls
+-- (a dead letter's bad model output and action_runs.result are kept). One row back: pruned.
+SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int) AS pruned;
 
 -- name: supersede_calls
 -- A replay with recompute: the stored answer steps aside for the new one.

@@ -375,7 +375,7 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
     )
     assert rows(db_url, copies) == [
         ("fresh", {"messages": ["pii"]}, {"content": "pii"}, {"answer": 1}, {"echo": "pii"}),
-        ("old_1", {"pruned": True}, None, {"answer": 1}, None),
+        ("old_1", {"pruned": True}, None, {"answer": 1}, {"echo": "pii"}),  # an action's result is kept
     ]
     with psycopg.connect(db_url, autocommit=True) as conn:
         dup = conn.execute(

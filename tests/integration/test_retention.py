@@ -1,0 +1,181 @@
+"""Retention (worker.runtime.Runtime.retention, run every minute by the maintenance task).
+
+README: finished jobs are deleted after HOOKLINE_JOB_RETENTION_HOURS and bodies/payloads of finished
+events dropped after HOOKLINE_PAYLOAD_RETENTION_DAYS; a dead letter keeps its bad model output and
+action_runs.result is kept. One run prunes everything due (within its time budget, not a fixed count),
+and reads only what is due: procrastinate's job event log by job, the events by
+events_payload_due_idx (migration 0031), never the rows pruned before. Measured in rows read (this
+transaction's own statistics), never in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import ValidationError
+
+from app.core.sqlfiles import queries
+from tests.harness import config_from, make_settings, rows, scans_and_reads
+from worker.runtime import Runtime
+
+
+async def _retain(db_url: str, **over: Any) -> dict[str, int]:
+    rt = Runtime.build(make_settings(db_url, **over), config_from({}))
+    await rt.open()
+    try:
+        return await rt.retention()
+    finally:
+        await rt.close()
+
+
+def _event(conn: psycopg.Connection, delivery: str, status: str, age: str) -> int:
+    row = conn.execute(
+        "INSERT INTO hookline.events (source, delivery_id, status, body, payload, received_at, finished_at) "
+        "VALUES ('stripe', %s, %s, '\\x7b7d', '{\"a\": 1}', now() - %s::interval, now() - %s::interval) "
+        "RETURNING id",
+        (delivery, status, age, age),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _old_events(cur: psycopg.Cursor[Any], prefix: str, n: int, *, pruned: bool = False) -> None:
+    """``n`` events that finished 40 days ago; ``pruned``: retention already dropped their payloads."""
+    cur.execute(
+        "INSERT INTO hookline.events (source, delivery_id, status, body, payload, received_at, finished_at) "
+        "SELECT 'stripe', %s || g, 'succeeded', CASE WHEN %s THEN NULL ELSE '\\x7b7d'::bytea END, "
+        "CASE WHEN %s THEN NULL ELSE '{}'::jsonb END, now() - interval '40 days', now() - interval '40 days' "
+        "FROM generate_series(1, %s) g",
+        (prefix, pruned, pruned, n),
+    )
+
+
+def _finished_jobs(cur: psycopg.Cursor[Any], n: int, age: str) -> None:
+    """``n`` jobs deferred and finished ``age`` ago, as procrastinate records them (a deferred and a
+    succeeded event each)."""
+    defer = "SELECT hookline.defer_job('hookline', 'hookline:process_event', '{}') FROM generate_series(1, %s)"
+    cur.execute(defer, (n,))
+    cur.execute(
+        "UPDATE procrastinate_jobs SET status = 'succeeded' "
+        "WHERE id IN (SELECT id FROM procrastinate_jobs ORDER BY id DESC LIMIT %s)",
+        (n,),
+    )
+    cur.execute(
+        "UPDATE procrastinate_events SET at = now() - %s::interval "
+        "WHERE job_id IN (SELECT id FROM procrastinate_jobs ORDER BY id DESC LIMIT %s)",
+        (age, n),
+    )
+
+
+async def test_one_run_prunes_everything_due_not_a_fixed_count(db_url: str, conn: psycopg.Connection) -> None:
+    """12,000 jobs and 12,000 payloads due: one run takes them all (it stopped at 10,000 of each), and
+    stops at the jobs still within their retention without reading on to the end."""
+    with conn.cursor() as cur:
+        _old_events(cur, "old_", 12_000)
+        _finished_jobs(cur, 12_000, "2 days")
+        _finished_jobs(cur, 50, "10 minutes")  # deferred later: within retention
+        cur.execute("SELECT hookline.defer_job('hookline', 'hookline:process_event', '{}')")  # waits: kept
+    fresh = _event(conn, "fresh", "succeeded", "1 hour")
+
+    assert await _retain(db_url) == {"jobs_deleted": 12_000, "payloads_pruned": 12_000}
+    left = rows(db_url, "SELECT status, count(*) FROM procrastinate_jobs GROUP BY 1 ORDER BY 1")
+    assert left == [("todo", 1), ("succeeded", 50)]
+    assert rows(
+        db_url, "SELECT count(*) FROM procrastinate_events WHERE job_id NOT IN (SELECT id FROM procrastinate_jobs)"
+    ) == [(0,)]
+    assert rows(db_url, "SELECT id FROM hookline.events WHERE payload IS NOT NULL") == [(fresh,)]
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 0}
+
+
+def test_prune_statements_read_what_is_due_with_plans_made_small(hookline_db: psycopg.Connection) -> None:
+    """prune_payloads and prune_jobs prepared as the worker's connection prepares them, planned while
+    the tables were small, then run against thousands of events pruned before and a job event log of
+    thousands: each reads the rows due and a few probes, not the tables."""
+    q = queries("worker")
+    hookline_db.autocommit = False
+    with hookline_db.cursor() as cur:
+        _old_events(cur, "early_", 5)
+        _finished_jobs(cur, 5, "2 days")
+        cur.execute("ANALYZE hookline.events, procrastinate_jobs, procrastinate_events")
+        for _ in range(8):  # the plans are made now and stay cached in this session
+            cur.execute(q["prune_payloads"], {"days": 30, "batch": 100}, prepare=True)
+            cur.execute(q["prune_jobs"], {"hours": 24, "after": 0, "batch": 100}, prepare=True)
+        _old_events(cur, "pruned_", 5_000, pruned=True)  # what earlier runs already pruned
+        _old_events(cur, "due_", 7)
+        _finished_jobs(cur, 3_000, "10 minutes")  # within retention: nothing due among them
+
+        seq0, read0 = scans_and_reads(cur, "hookline.events")
+        pruned = cur.execute(q["prune_payloads"], {"days": 30, "batch": 100}, prepare=True).fetchone()
+        seq1, read1 = scans_and_reads(cur, "hookline.events")
+        assert pruned == (7,)
+        assert seq1 == seq0, "the payload prune scanned hookline.events"
+        assert read1 - read0 <= 3 * 7 + 5, read1 - read0  # the due rows (found, locked, updated), not the pruned
+
+        seq0, read0 = scans_and_reads(cur, "procrastinate_events")
+        cur.execute(q["prune_jobs"], {"hours": 24, "after": 0, "batch": 100}, prepare=True)
+        got = cur.fetchone()
+        seq1, read1 = scans_and_reads(cur, "procrastinate_events")
+        assert got is not None and got[0] == 0 and got[2] is True  # nothing due; the walk ends at recent jobs
+        assert seq1 == seq0, "the job prune scanned procrastinate_events"
+        assert read1 - read0 <= 3 * 100 + 3, read1 - read0  # each job's own events, for the 100 jobs walked
+    hookline_db.rollback()
+
+
+async def test_a_dead_letter_keeps_its_bad_output_and_actions_keep_their_results(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    dead = _event(conn, "evt_dead", "dead", "31 days")
+    calls = conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, response, error) "
+        "VALUES (%s, 'p', 'm', 'invalid_output', '{\"messages\": [\"pii\"]}', '{\"content\": \"first\"}', 'schema'), "
+        "       (%s, 'p', 'm', 'failed', '{\"messages\": [\"pii\"]}', '{\"error\": \"overloaded\"}', '529'), "
+        "       (%s, 'p', 'm', 'invalid_output', '{\"messages\": [\"pii\"]}', '{\"content\": \"not json\"}', 'schema') "
+        "RETURNING id",
+        (dead, dead, dead),
+    ).fetchall()
+    ok = _event(conn, "evt_ok", "succeeded", "31 days")
+    conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, response, output) "
+        "VALUES (%s, 'p', 'm', 'succeeded', '{\"messages\": [\"pii\"]}', '{\"content\": \"pii\"}', '{\"a\": 1}')",
+        (ok,),
+    )
+    conn.execute(
+        "INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, status, idempotency_key, result) "
+        "VALUES (%s, 'p', 'slack#0', 'slack', 'succeeded', 'k1', '{\"channel\": \"C1\", \"ts\": \"17.1\"}'), "
+        "       (%s, 'p', 'sql#1', 'sql', 'succeeded', 'k2', '42')",
+        (ok, dead),
+    )
+
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2}
+    assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE body IS NOT NULL OR payload IS NOT NULL") == [(0,)]
+    shown = "SELECT invalid_output_response, invalid_output_error FROM hookline.dead_letters WHERE event_id = %s"
+    assert rows(db_url, shown, dead) == [({"content": "not json"}, "schema")]
+    assert rows(db_url, "SELECT id, request, response FROM hookline.llm_calls ORDER BY id") == [
+        (calls[0][0], {"pruned": True}, None),
+        (calls[1][0], {"pruned": True}, None),
+        (calls[2][0], {"pruned": True}, {"content": "not json"}),  # the one dead_letters shows
+        (calls[2][0] + 1, {"pruned": True}, None),
+    ]
+    assert rows(db_url, "SELECT output FROM hookline.llm_calls WHERE event_id = %s", ok) == [({"a": 1},)]
+    assert rows(db_url, "SELECT action, result FROM hookline.action_runs ORDER BY action") == [
+        ("slack#0", {"channel": "C1", "ts": "17.1"}),
+        ("sql#1", 42),
+    ]
+
+
+async def test_zero_means_never_and_a_negative_retention_is_refused(db_url: str, conn: psycopg.Connection) -> None:
+    for field in ("payload_retention_days", "job_retention_hours"):
+        with pytest.raises(ValidationError, match="greater than or equal to 0"):
+            make_settings(db_url, **{field: -1})
+    fresh = _event(conn, "evt_fresh", "succeeded", "1 second")
+    ancient = _event(conn, "evt_ancient", "succeeded", "400 days")
+    with conn.cursor() as cur:
+        _finished_jobs(cur, 3, "30 days")
+
+    pruned = await _retain(db_url, payload_retention_days=0, job_retention_hours=0)
+    assert pruned == {"jobs_deleted": 0, "payloads_pruned": 0}
+    kept = "SELECT id FROM hookline.events WHERE payload IS NOT NULL AND body IS NOT NULL ORDER BY id"
+    assert rows(db_url, kept) == [(fresh,), (ancient,)]
+    assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(3,)]
