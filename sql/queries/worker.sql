@@ -167,13 +167,13 @@ SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = n
 WHERE id = %(id)s;
 
 -- name: prune_jobs
--- Retention: hookline.prune_jobs (migration 0031): delete the finished procrastinate jobs with no
+-- Retention: hookline.prune_jobs (migration 0030): delete the finished procrastinate jobs with no
 -- activity for %(hours)s hours among the next %(batch)s jobs by id after %(after)s. One row back:
 -- deleted, last_id (where the next batch starts) and done (nothing further can be due).
 SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hours)s::int, %(batch)s::int);
 
 -- name: prune_payloads
--- Retention: hookline.prune_payloads (migration 0031): drop the body and payload of up to %(batch)s
+-- Retention: hookline.prune_payloads (migration 0030): drop the body and payload of up to %(batch)s
 -- terminal events older than %(days)s days, the oldest first, and the payload copies in llm_calls
 -- (a dead letter's bad model output and action_runs.result are kept). One row back: pruned.
 SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int) AS pruned;

@@ -4,7 +4,7 @@ README: finished jobs are deleted after HOOKLINE_JOB_RETENTION_HOURS and bodies/
 events dropped after HOOKLINE_PAYLOAD_RETENTION_DAYS; a dead letter keeps its bad model output and
 action_runs.result is kept. One run prunes everything due (within its time budget, not a fixed count),
 and reads only what is due: procrastinate's job event log by job, the events by
-events_payload_due_idx (migration 0031), never the rows pruned before. Measured in rows read (this
+events_payload_due_idx (migration 0030), never the rows pruned before. Measured in rows read (this
 transaction's own statistics), never in time.
 """
 
