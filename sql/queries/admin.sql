@@ -2,19 +2,11 @@
 -- Lists are keyset-paginated on id (newest first): the cursor is the last id a page returned.
 
 -- name: list_events
--- Events matching every filter given (NULL = any), newest first, ids below the cursor.
-SELECT id, source, delivery_id, event_type, tenant, status, attempts, replays, dry_run, detail, last_error,
-       received_at, started_at, finished_at
-FROM hookline.events
-WHERE ($1::text IS NULL OR source = $1)
-  AND ($2::text IS NULL OR event_type = $2)
-  AND ($3::text IS NULL OR status = $3)
-  AND ($4::text IS NULL OR tenant = $4)
-  AND ($5::timestamptz IS NULL OR received_at >= $5)
-  AND ($6::timestamptz IS NULL OR received_at < $6)
-  AND ($7::bigint IS NULL OR id < $7)
-ORDER BY id DESC
-LIMIT $8;
+-- Events matching every filter given (NULL = any), newest first, ids below the cursor: hookline.list_events
+-- (migration 0032), planned for each call's filters.
+SELECT * FROM hookline.list_events(
+    p_source => $1::text, p_event_type => $2::text, p_status => $3::text, p_tenant => $4::text,
+    p_since => $5::timestamptz, p_until => $6::timestamptz, p_before => $7::bigint, p_limit => $8::integer);
 
 -- name: event_row
 -- One event with its parsed payload (masked by the caller) and stored headers; the raw body stays out.
@@ -43,8 +35,8 @@ SELECT event_id, job_id FROM hookline.replay(
     p_recompute => $6::boolean, p_force => $7::boolean);
 
 -- name: status_counts
--- Events per status, all time.
-SELECT status, count(*) AS n FROM hookline.events GROUP BY status;
+-- Events per status, all time: the trigger-kept counts (hookline.events_by_status), not a scan of the events.
+SELECT status, n FROM hookline.events_by_status;
 
 -- name: recent_counts
 -- Events received in the last hour, and those finished in it with their latency (received → finished).

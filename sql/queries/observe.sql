@@ -47,8 +47,8 @@ WHERE status IN ('todo', 'doing')
 GROUP BY queue_name, status;
 
 -- name: dead_letters_count
--- Events that will not be retried.
-SELECT count(*) AS n FROM hookline.events WHERE status = 'dead';
+-- Events that will not be retried (the trigger-kept count of hookline.events_by_status).
+SELECT coalesce((SELECT n FROM hookline.events_by_status WHERE status = 'dead'), 0) AS n;
 
 -- name: event_rates
 -- Events received in the last 5 minutes and the last hour, by status.
@@ -72,8 +72,8 @@ GROUP BY 1, 2
 ORDER BY cost_usd DESC, tenant, c.model;
 
 -- name: event_status_counts
--- Events per status, all time (the status command).
-SELECT status, count(*) AS n FROM hookline.events GROUP BY status ORDER BY status;
+-- Events per status, all time (the status command): the trigger-kept counts, not a scan of the events.
+SELECT status, n FROM hookline.events_by_status ORDER BY status;
 
 -- name: jobs_by_status
 -- hookline's jobs by status (the status command's "jobs").
