@@ -3,7 +3,7 @@
 
 -- name: list_events
 -- Events matching every filter given (NULL = any), newest first, ids below the cursor: hookline.list_events
--- (migration 0032), planned for each call's filters.
+-- (migration 0031), planned for each call's filters.
 SELECT * FROM hookline.list_events(
     p_source => $1::text, p_event_type => $2::text, p_status => $3::text, p_tenant => $4::text,
     p_since => $5::timestamptz, p_until => $6::timestamptz, p_before => $7::bigint, p_limit => $8::integer);

@@ -1,7 +1,7 @@
 """Events per status stay exact through a real workload, and open dashboards share one count.
 
 The admin API's stats, the dashboard stream, ``hookline status`` and /metrics read the trigger-kept
-counts (hookline.events_by_status, migration 0032) instead of scanning hookline.events. After ingest
+counts (hookline.events_by_status, migration 0031) instead of scanning hookline.events. After ingest
 over HTTP (concurrent requests, one group commit, duplicates), the worker's processing (succeeded,
 dead, skipped), a bulk replay, retention's payload prune and a DBA's delete, every one of them must
 equal ``SELECT status, count(*) FROM hookline.events GROUP BY status``. The dashboard streams of one

@@ -1,4 +1,4 @@
-"""Events per status from the trigger-kept counter (hookline.events_by_status, migration 0032).
+"""Events per status from the trigger-kept counter (hookline.events_by_status, migration 0031).
 
 The dashboard, ``hookline status`` and /metrics read the counts from hookline.event_status_counts
 instead of scanning hookline.events; these tests hold the counter to ``SELECT status, count(*)`` after
