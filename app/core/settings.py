@@ -210,6 +210,15 @@ class Settings(BaseSettings):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("anthropic_api_key", "admin_token", "metrics_token", mode="before")
+    @classmethod
+    def _trimmed(cls, v: Any) -> Any:
+        """A key or token read from a secrets file keeps its trailing newline, which no HTTP header can
+        carry (every call failed as a connection error): trimmed, and empty is unset."""
+        if isinstance(v, str):
+            return v.strip() or None
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, v: Any) -> Any:
