@@ -55,6 +55,7 @@ class Watched:
     exclude_columns: tuple[str, ...]
     max_value_bytes: int | None
     active: bool
+    attention: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Watched:
@@ -64,22 +65,28 @@ class Watched:
             operations=tuple(row["operations"]),
             columns=tuple(row["columns"]) if row["columns"] is not None else None,
             condition=row["condition"],
-            key_columns=tuple(row["key_columns"]),
+            key_columns=tuple("(dropped)" if c is None else c for c in row["key_columns"]),
             exclude_columns=tuple(row["exclude_columns"]),
             max_value_bytes=row["max_value_bytes"],
             active=bool(row["active"]),
+            attention=row.get("attention"),
         )
 
 
 @dataclass(frozen=True)
 class WatchResult:
-    """What hookline.watch() did: ``created``, ``replaced`` or ``unchanged``."""
+    """What hookline.watch() did: ``created``, ``replaced`` or ``unchanged``, and its WARNINGs."""
 
     outcome: str
     watched: Watched
+    warnings: tuple[str, ...] = ()
 
     def line(self) -> str:
         return f"{self.watched.table}: {self.outcome} (events {', '.join(self.watched.event_types)})"
+
+    def lines(self) -> list[str]:
+        """:meth:`line`, then one ``  warning: …`` line per WARNING (e.g. inheritance children)."""
+        return [self.line(), *(f"  warning: {w}" for w in self.warnings)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,13 +118,22 @@ def _connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
 
 def _watch(conn: psycopg.Connection[dict[str, Any]], spec: WatchSpec) -> WatchResult:
     sql = WATCH_SQL
+    warnings: list[str] = []
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            warnings.append(_one_line(diag.message_primary))
+
+    conn.add_notice_handler(on_notice)
     try:
         row = conn.execute(sql["watch"], spec.params()).fetchone()
         info = conn.execute(sql["watched_table"], {"table": spec.table}).fetchone()
     except psycopg.Error as e:
         raise _error(e, spec.table) from None
+    finally:
+        conn.remove_notice_handler(on_notice)
     assert row is not None and info is not None
-    return WatchResult(str(row["result"]), Watched.from_row(info))
+    return WatchResult(str(row["result"]), Watched.from_row(info), tuple(warnings))
 
 
 def watch_table(dsn: str, spec: WatchSpec) -> WatchResult:
@@ -129,7 +145,8 @@ def watch_table(dsn: str, spec: WatchSpec) -> WatchResult:
 def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
     """Apply the ``[[watch]]`` entries of hookline.toml in one transaction (``hookline migrate``).
 
-    Returns one line per entry (``public.orders: created (events public.orders.update)``). Identical
+    Returns one line per entry (``public.orders: created (events public.orders.update)``), each followed
+    by a ``  warning: …`` line per WARNING of hookline.watch() (inheritance children). Identical
     entries change nothing (no DDL, no lock on the table); a changed entry replaces the triggers; a
     failing entry rolls all of them back and raises :class:`WatchError`. Watches that are in the
     database but not in the file stay: psql users may have added them.
@@ -147,7 +164,7 @@ def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
                     f"[[watch]] lists {table} twice (as {seen[table]!r} and {spec.table!r}); merge the entries"
                 )
             seen[table] = spec.table
-            lines.append(result.line())
+            lines.extend(result.lines())
     return lines
 
 
@@ -217,7 +234,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     url, _server = _db_url(settings)
     result = watch_table(url, spec)
-    print(result.line())
+    print("\n".join(result.lines()))
     if result.outcome != "unchanged":
         print(
             f'pipelines match them with source = "db" and events = {list(result.watched.event_types)}; '
@@ -254,7 +271,9 @@ def format_watched(items: Sequence[Watched]) -> str:
         for w in items
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows)
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
+    lines += [f"{w.table}: {w.attention}" for w in items if w.attention]
+    return "\n".join(lines)
 
 
 def cmd_watched(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 -- Watched tables (app/watch.py; psycopg: %(name)s placeholders). The logic is in the SQL functions
--- of sql/migrations/0003_watch.sql, so psql users and hookline run exactly the same code.
+-- of sql/migrations/0003_watch.sql and 0030_watch_never_fails_writes.sql, so psql users and hookline
+-- run exactly the same code.
 
 -- name: watch
 -- Install or update a table's watch triggers; returns created, replaced or unchanged.
@@ -15,7 +16,7 @@ SELECT hookline.watch(
 -- name: watched_table
 -- One watched table, as the view shows it.
 SELECT table_name, event_types, operations, columns, condition, key_columns, exclude_columns,
-       max_value_bytes, active
+       max_value_bytes, active, attention
 FROM hookline.watched
 WHERE relation = %(table)s::text::regclass;
 
@@ -26,6 +27,6 @@ SELECT hookline.unwatch(%(table)s::text::regclass) AS removed;
 -- name: watched
 -- Every watched table.
 SELECT table_name, event_types, operations, columns, condition, key_columns, exclude_columns,
-       max_value_bytes, active
+       max_value_bytes, active, attention
 FROM hookline.watched
 ORDER BY table_name;
