@@ -1,5 +1,5 @@
 """hookline.watch(): a DBA's own INSERT/UPDATE/DELETE on a watched table never fails because of
-hookline, and a watch keeps its meaning across column renames (migration 0030).
+hookline, and a watch keeps its meaning across column renames (migration 0032).
 
 Like tests/integration/test_watch.py, every test runs in its own migrated database through an
 autocommit session (``conn``), as a DBA in psql would.
@@ -192,7 +192,7 @@ def test_a_dropped_key_column_shows_in_watched(conn: psycopg.Connection, db_url:
     assert "NO" in listing.splitlines()[1] and listing.splitlines()[-1] == f"public.audit: {row['attention']}"
 
 
-def test_triggers_from_before_0030_keep_working_and_watch_replaces_them(conn: psycopg.Connection) -> None:
+def test_triggers_from_before_0032_keep_working_and_watch_replaces_them(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TABLE raw_hooks (id int PRIMARY KEY, body json, note text)")
     conn.execute("SELECT hookline.watch('raw_hooks', '{insert}', exclude_columns => '{body}')")
     # what 0003's watch() installed: four arguments, names only, and no attnums in hookline.watches
@@ -204,7 +204,7 @@ def test_triggers_from_before_0030_keep_working_and_watch_replaces_them(conn: ps
     conn.execute("UPDATE hookline.watches SET table_columns = NULL, key_attnums = NULL, exclude_attnums = NULL")
     conn.execute("""INSERT INTO raw_hooks VALUES (1, '{"s": "a\\u0000b"}', 'x')""")
     assert events(conn)[0]["payload"]["new"] == {"id": 1, "note": "x"}
-    assert "before hookline migration 0030" in watched(conn)["attention"]
+    assert "before hookline migration 0032" in watched(conn)["attention"]
     assert one(conn, "SELECT hookline.watch('raw_hooks', '{insert}', exclude_columns => '{body}')") == "replaced"
     assert one(conn, "SELECT tgnargs FROM pg_trigger WHERE tgname = 'hookline_watch_insert'") == 8
     assert watched(conn)["attention"] is None

@@ -58,10 +58,10 @@ COMMENT ON COLUMN hookline.watches.key_columns IS 'Columns identifying a row (th
 COMMENT ON COLUMN hookline.watches.exclude_columns IS 'Columns left out of "old" and "new" in the payload (their names still appear in "changed"), by name at watch time; hookline.watched shows their current names.';
 COMMENT ON COLUMN hookline.watches.columns IS 'UPDATE events fire only when one of these columns changed (IS DISTINCT FROM); NULL: any UPDATE. By name at watch time; the trigger''s WHEN follows renames.';
 COMMENT ON COLUMN hookline.watches.max_value_bytes IS 'Values whose JSON text is longer are cut (strings: to this many bytes) or nulled (other types), and named in the payload''s "truncated"; NULL: no limit. Values jsonb cannot hold are nulled and named there whatever this is.';
-COMMENT ON COLUMN hookline.watches.table_columns IS 'The table''s column names (attnum order) at watch time: while a row has exactly these, the triggers use the names they were given; otherwise they resolve key and excluded columns from pg_attribute. NULL: watched before migration 0030.';
-COMMENT ON COLUMN hookline.watches.key_attnums IS 'attnums of key_columns at watch time (a renamed key column is found by it). NULL: watched before migration 0030.';
-COMMENT ON COLUMN hookline.watches.exclude_attnums IS 'attnums of exclude_columns at watch time (a renamed excluded column stays excluded). NULL: watched before migration 0030.';
-COMMENT ON COLUMN hookline.watches.columns_attnums IS 'attnums of columns at watch time (the trigger''s WHEN refers to them). NULL: any UPDATE, or watched before migration 0030.';
+COMMENT ON COLUMN hookline.watches.table_columns IS 'The table''s column names (attnum order) at watch time: while a row has exactly these, the triggers use the names they were given; otherwise they resolve key and excluded columns from pg_attribute. NULL: watched before migration 0032.';
+COMMENT ON COLUMN hookline.watches.key_attnums IS 'attnums of key_columns at watch time (a renamed key column is found by it). NULL: watched before migration 0032.';
+COMMENT ON COLUMN hookline.watches.exclude_attnums IS 'attnums of exclude_columns at watch time (a renamed excluded column stays excluded). NULL: watched before migration 0032.';
+COMMENT ON COLUMN hookline.watches.columns_attnums IS 'attnums of columns at watch time (the trigger''s WHEN refers to them). NULL: any UPDATE, or watched before migration 0032.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Helpers
@@ -174,7 +174,7 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 -- TG_ARGV: [0] label (schema.table at watch time), [1] key columns, [2] excluded columns (text[]
--- literals, names at watch time), [3] max value bytes ('' for no limit); since migration 0030 also
+-- literals, names at watch time), [3] max value bytes ('' for no limit); since migration 0032 also
 -- [4] the table's column names at watch time, [5] key attnums, [6] excluded attnums (int2[] literals),
 -- [7] oid of the watched table. Triggers installed earlier have [0]..[3] only.
 DECLARE
@@ -712,7 +712,7 @@ SELECT
         WHEN array_position(r.key_columns, NULL) IS NOT NULL
             THEN 'a key column no longer exists: events get a partial key; run hookline.watch() again with key_columns'
         WHEN w.table_columns IS NULL
-            THEN 'watched before hookline migration 0030: run hookline.watch() again so that renamed columns keep their meaning'
+            THEN 'watched before hookline migration 0032: run hookline.watch() again so that renamed columns keep their meaning'
         WHEN w.table_columns IS DISTINCT FROM
              ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                    WHERE a.attrelid = w.relation AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
@@ -736,4 +736,4 @@ COMMENT ON COLUMN hookline.watched.columns IS 'UPDATE events only when one of th
 COMMENT ON COLUMN hookline.watched.key_columns IS 'Columns identifying a row (primary key unless given), as they are named now; NULL in the array: a key column that no longer exists.';
 COMMENT ON COLUMN hookline.watched.exclude_columns IS 'Columns left out of the payload''s old/new, as they are named now (a column that took an excluded column''s old name is left out too).';
 COMMENT ON COLUMN hookline.watched.active IS 'True when every trigger of the watch exists and is enabled (false after ALTER TABLE … DISABLE TRIGGER, or a trigger dropped by hand) and every key column still exists.';
-COMMENT ON COLUMN hookline.watched.attention IS 'NULL, or what to do: a key column dropped, a watch from before migration 0030, or columns renamed, added or dropped since hookline.watch() (events still right; re-run watch() to confirm).';
+COMMENT ON COLUMN hookline.watched.attention IS 'NULL, or what to do: a key column dropped, a watch from before migration 0032, or columns renamed, added or dropped since hookline.watch() (events still right; re-run watch() to confirm).';
