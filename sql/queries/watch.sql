@@ -1,5 +1,5 @@
 -- Watched tables (app/watch.py; psycopg: %(name)s placeholders). The logic is in the SQL functions
--- of sql/migrations/0003_watch.sql and 0030_watch_never_fails_writes.sql, so psql users and hookline
+-- of sql/migrations/0003_watch.sql and 0032_watch_never_fails_writes.sql, so psql users and hookline
 -- run exactly the same code.
 
 -- name: watch
