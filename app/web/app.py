@@ -213,6 +213,8 @@ def create_app(
     return Starlette(
         routes=[
             Route("/webhooks/{source}", _AnyMethod(receive_webhook)),
+            # the same endpoint, never the router's 307 to it: senders do not follow a redirect of a POST
+            Route("/webhooks/{source}/", _AnyMethod(receive_webhook)),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -60,8 +60,10 @@ Q: NamedQueries[IngestQuery] = NamedQueries("ingest", IngestQuery)
 
 
 def public_url(request: Request, src: Source, base: str | None) -> str | None:
-    """The URL the sender signed: the configured one, never what a proxy presents."""
-    url = src.public_url or (f"{base.rstrip('/')}/webhooks/{src.name}" if base else None)
+    """The URL the sender signed: the configured one, never what a proxy presents. Derived from
+    ``HOOKLINE_PUBLIC_URL``, it ends in a slash when the request's path does (``/webhooks/NAME/``)."""
+    slash = "/" if request.scope.get("path", "").endswith("/") else ""
+    url = src.public_url or (f"{base.rstrip('/')}/webhooks/{src.name}{slash}" if base else None)
     if url and request.url.query and "?" not in url:
         url = f"{url}?{request.url.query}"
     return url

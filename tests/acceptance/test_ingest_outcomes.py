@@ -8,6 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.signatures import sign
 from tests.acceptance.test_hostile_input import _config, signed
 from tests.harness import config_from, make_settings, web_server
 
@@ -69,3 +70,48 @@ async def test_a_refused_meta_handshake_is_a_forbidden_answer_not_a_handshake(db
         (("outcome", "handshake"), ("source", "meta")): 1.0,
     }
     assert counters(text, "hookline_handshakes_total") == {(("source", "meta"),): 1.0}
+
+
+async def test_a_trailing_slash_is_the_same_endpoint_not_a_redirect(db_url: str, env: None) -> None:
+    """Senders do not follow a redirect of a POST (Stripe, GitHub and Slack report it as a failed
+    delivery), so ``/webhooks/sw/`` is answered as ``/webhooks/sw`` is, and counted under its source."""
+    settings = make_settings(db_url, metrics_token="mt")
+    async with web_server(settings, _config()) as base, httpx.AsyncClient() as c:
+        raw, headers = signed({"type": "a"})
+        first = await c.post(f"{base}/webhooks/sw/", content=raw, headers=headers)
+        again = await c.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+        wrong = await c.post(f"{base}/webhooks/sw/", content=raw + b" ", headers=headers)
+        other = await c.post(f"{base}/webhooks/sw/x/", content=raw, headers=headers)
+        text = await scrape(c, base)
+    assert first.status_code == 200 and first.json()["status"] == "accepted", first.text
+    assert again.status_code == 200 and again.json()["status"] == "duplicate", again.text
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_signature", wrong.text
+    assert other.status_code == 404 and other.json()["error"] == "not_found", other.text
+    got = counters(text, "hookline_ingest_requests_total")
+    assert got[(("outcome", "accepted"), ("source", "sw"))] == 1.0
+    assert got[(("outcome", "duplicate"), ("source", "sw"))] == 1.0
+
+
+async def test_a_url_signed_with_its_trailing_slash_verifies_on_that_path(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio signs the URL it was given: with HOOKLINE_PUBLIC_URL, the URL hookline checks ends in a
+    slash exactly when the request's path does."""
+    monkeypatch.setenv("HL_TWILIO", "twilio-token")
+    config = config_from({"sources": {"sms": {"provider": "twilio", "secrets_env": ["HL_TWILIO"]}}})
+    settings = make_settings(db_url, public_url="https://hooks.example.com")
+    body = b"MessageSid=SM1&Body=hi"
+    form = {"content-type": "application/x-www-form-urlencoded"}
+
+    def signed_for(url: str, delivery: str) -> dict[str, str]:
+        return {**sign("twilio", secret="twilio-token", body=body, url=url, delivery_id=delivery), **form}
+
+    with_slash = signed_for("https://hooks.example.com/webhooks/sms/", "tw-1")
+    without = signed_for("https://hooks.example.com/webhooks/sms", "tw-2")
+    async with web_server(settings, config) as base, httpx.AsyncClient() as c:
+        ok_slash = await c.post(f"{base}/webhooks/sms/", content=body, headers=with_slash)
+        ok_plain = await c.post(f"{base}/webhooks/sms", content=body, headers=without)
+        crossed = await c.post(f"{base}/webhooks/sms/", content=body, headers=without)
+    assert ok_slash.status_code == 200, ok_slash.text
+    assert ok_plain.status_code == 200, ok_plain.text
+    assert crossed.status_code == 401, crossed.text
