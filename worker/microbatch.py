@@ -177,12 +177,16 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         with contextlib.suppress(Exception):  # the database is gone too: micro_item_stuck reclaims them later
             if answered is not None:  # cut off after the answer came back: it is paid for, its parts are kept
                 await asyncio.shield(_store_parts(rt, event, pipeline, claimed, combined, answered))
-            else:
+            else:  # the round trips made (the cut-off one as failed) are kept under the leader, as below
                 await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
+                await asyncio.shield(_store(rt, event["id"], pipeline.name, gate.records))
         raise
     except Exception as e:
         answered = _answered(gate.records)
         if answered is None:
+            # the failed round trips, under the leader's event (route micro_batch:N), as a pipeline's own
+            # failed calls are: what they cost, the error rates and the metrics count them
+            await _store(rt, event["id"], pipeline.name, gate.records)
             others = [c["id"] for c in claimed if c["event_id"] != event["id"]]
             if not gate.records and others:  # nothing was sent: not the others' failure; they gather again
                 await one(rt, "micro_release", ids=others)

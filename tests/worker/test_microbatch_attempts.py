@@ -57,6 +57,9 @@ async def test_a_failed_combined_call_costs_the_leader_one_attempt_and_its_retry
     assert "500" in await failing(rt, b)  # two pending: b leads; the combined call fails
     assert len(fake.calls_to("/v1/messages")) == 1
     assert (attempts(db_url, a), attempts(db_url, b)) == (0, 1)
+    # the failed round trip is kept, as a pipeline's own failed calls are (spend, error rates, metrics)
+    failed_calls = "SELECT event_id, route, status FROM hookline.llm_calls WHERE status <> 'succeeded'"
+    assert rows(db_url, failed_calls) == [(b, "micro_batch:2", "failed")]
 
     fake.set_default(reply(results(a, b)))
     # b's next try joins a new batch (not the old error again, with no call): it gathers
@@ -70,3 +73,4 @@ async def test_a_failed_combined_call_costs_the_leader_one_attempt_and_its_retry
     assert len(fake.calls_to("/v1/messages")) == 2
     answered = rows(db_url, "SELECT event_id, route FROM hookline.llm_calls WHERE status = 'succeeded' ORDER BY 1")
     assert answered == [(a, "micro_batch:2"), (b, "micro_batch:2")]
+    assert rows(db_url, failed_calls) == [(b, "micro_batch:2", "failed")]

@@ -61,8 +61,10 @@ async def test_a_leader_cancelled_mid_call_puts_its_batch_back(
     fake.set_default(reply(results(a, b)))
     assert await handle_event(rt, a) == "succeeded"  # a leads the batch again, at once
     assert await handle_event(rt, b) == "succeeded"
-    calls = rows(db_url, "SELECT event_id, route, status FROM hookline.llm_calls ORDER BY event_id")
-    assert calls == [(a, "micro_batch:2", "succeeded"), (b, "micro_batch:2", "succeeded")]
+    calls = rows(db_url, "SELECT event_id, route, status FROM hookline.llm_calls ORDER BY event_id, id")
+    # the cut-off call is kept, failed, under its leader (as a pipeline's cut-off call is)
+    cut_off = (b, "micro_batch:2", "failed")
+    assert calls == [(a, "micro_batch:2", "succeeded"), cut_off, (b, "micro_batch:2", "succeeded")]
 
 
 async def test_a_killed_leaders_batch_is_taken_back_after_the_reclaim_age(
