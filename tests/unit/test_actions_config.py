@@ -177,27 +177,38 @@ def test_email_message_id_comes_from_the_idempotency_key() -> None:
             "type": "email",
             "smtp_url_env": "S",
             "from": "Hookline <ops@example.com>",
-            "to": "{{ output.to }}",
+            "to": "{{ fields.to }}",
             "subject": "Re: {{ event.type }}",
             "body": "{{ output.comment }}",
         }
     )
-    ctx = ActionContext(**{**CTX.__dict__, "output": {"to": "ada@example.com", "comment": "hi"}})
+    ctx = ActionContext(**{**CTX.__dict__, "output": {"comment": "hi"}, "fields": {"to": "ada@example.com"}})
     msg, to = build_message(action, ctx)
     again, _ = build_message(action, ctx)
     assert to == ["ada@example.com"]
     assert msg["Message-ID"] == again["Message-ID"] == message_id(CTX.idempotency_key, "ops@example.com")
     assert msg["Message-ID"].endswith("@example.com>")
-    bad = ActionContext(**{**CTX.__dict__, "output": {"to": "not an address\r\nBcc: x@y.io", "comment": ""}})
+    bad = ActionContext(**{**CTX.__dict__, "fields": {"to": "not an address\r\nBcc: x@y.io"}})
     with pytest.raises(PermanentError, match="not one email address"):
         build_message(action, bad)
     # one template, several recipients: refused, not sent to the first one only
     for several in ("ada@example.com, eve@example.net", '"Ada" <ada@example.com>, <eve@example.net>'):
-        ctx_several = ActionContext(**{**CTX.__dict__, "output": {"to": several, "comment": ""}})
+        ctx_several = ActionContext(**{**CTX.__dict__, "fields": {"to": several}})
         with pytest.raises(PermanentError, match="not one email address"):
             build_message(action, ctx_several)
-    quoted = ActionContext(**{**CTX.__dict__, "output": {"to": '"Lovelace, Ada" <ada@example.com>', "comment": ""}})
+    quoted = ActionContext(**{**CTX.__dict__, "fields": {"to": '"Lovelace, Ada" <ada@example.com>'}})
     assert build_message(action, quoted)[1] == ["ada@example.com"]
+
+
+def test_an_email_recipient_never_comes_from_the_model_s_answer() -> None:
+    """The answer never picks an action's target (a prompt-injected payload must not steer a message
+    to its own address): a to template may read the event and the payload fields only."""
+    base = {"type": "email", "smtp_url_env": "S", "from": "ops@example.com", "subject": "s", "body": "{{ output.x }}"}
+    for to in ("{{ output.to }}", ["ops@example.com", "{{ output['to'] }}"], "{% set t = output.to %}{{ t }}"):
+        with pytest.raises(ValueError, match=r"a to template may use only \['event', 'fields'\].*it uses \['output'\]"):
+            EmailAction.model_validate({**base, "to": to})
+    for to in ("{{ fields.email }}", "{{ fields['customer.email'] }}", "finance@example.com", ["a@example.com"]):
+        assert EmailAction.model_validate({**base, "to": to}).to == to
 
 
 def test_when_is_checked_at_load_and_filters_at_run() -> None:

@@ -69,8 +69,8 @@ async def run_once(db_url: str, fake: FakeMessagesAPI, config: Config, answer: d
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute(
                 "INSERT INTO hookline.events (source, delivery_id, event_type, payload) "
-                "VALUES ('github', %s, 'issues.opened', '{}') RETURNING id",
-                (delivery,),
+                "VALUES ('github', %s, 'issues.opened', %s) RETURNING id",
+                (delivery, json.dumps(answer)),  # the payload holds the same values (an email's to reads fields)
             ).fetchone()
         assert row is not None
         await handle_event(rt, int(row[0]))
@@ -89,7 +89,7 @@ async def test_an_smtp_password_with_a_slash_is_refused_by_name_and_works_encode
     db_url: str, fake: FakeMessagesAPI, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HL_GH_SECRET", "gh-secret")
-    action = {"type": "email", "smtp_url_env": "HL_SMTP_URL", "from": "ops@example.com", "to": "{{ output.to }}",
+    action = {"type": "email", "smtp_url_env": "HL_SMTP_URL", "from": "ops@example.com", "to": "{{ fields.to }}",
               "subject": "s", "body": "b"}  # fmt: skip
     host = f"127.0.0.1:{smtp.controller.port}"
     monkeypatch.setenv("HL_SMTP_URL", f"smtp://AKIAEXAMPLE:{PASSWORD}@{host}")
@@ -118,12 +118,12 @@ async def test_an_email_to_that_is_not_one_address_names_the_template(
 ) -> None:
     monkeypatch.setenv("HL_GH_SECRET", "gh-secret")
     monkeypatch.setenv("HL_SMTP_URL", smtp.url())
-    action = {"type": "email", "smtp_url_env": "HL_SMTP_URL", "from": "ops@example.com", "to": "{{ output.to }}",
+    action = {"type": "email", "smtp_url_env": "HL_SMTP_URL", "from": "ops@example.com", "to": "{{ fields.to }}",
               "subject": "s", "body": "b"}  # fmt: skip
     event_id = await run_once(db_url, fake, make_config(action), {"to": to}, "gh_to")
     status, error, last_error = outcome(db_url, event_id)
     assert status == "failed"
-    assert error == f"email action act: to '{{{{ output.to }}}}': the rendered value is not one email address{why}"
+    assert error == f"email action act: to '{{{{ fields.to }}}}': the rendered value is not one email address{why}"
     assert "SECRET" not in json.dumps([error, last_error])
     assert smtp.messages == []
 

@@ -41,7 +41,7 @@ def make_config(actions: list[dict[str, Any]], **over: Any) -> Config:
     pipeline: dict[str, Any] = {
         "source": "github",
         "events": ["issues.*"],
-        "fields": ["repository.full_name", "issue.number", "issue.title"],
+        "fields": ["repository.full_name", "issue.number", "issue.title", "issue.reporter"],
         "instructions": "Score the lead.",
         "output_schema": SCHEMA,
         "retry": {"max_attempts": 3, "backoff_seconds": 0.05, "max_backoff_seconds": 30, "jitter": False},
@@ -94,7 +94,7 @@ def insert_event(db_url: str, delivery_id: str, payload: dict[str, Any] | None =
     payload = payload or {
         "action": "opened",
         "repository": {"full_name": "octo/hello world"},
-        "issue": {"number": 42, "title": "Pricing for 50 seats?"},
+        "issue": {"number": 42, "title": "Pricing for 50 seats?", "reporter": "ada@example.com"},
     }
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(
@@ -153,7 +153,7 @@ async def test_every_action_type_reaches_its_fake(
             "name": "mail",
             "smtp_url_env": "HL_SMTP_URL",
             "from": "Hookline <leads@example.com>",
-            "to": "{{ output.to }}",
+            "to": "{{ fields['issue.reporter'] }}",  # from the payload: the answer never picks a recipient
             "subject": "About issue #{{ fields['issue.number'] }}",
             "body": "Hi! {{ output.summary }} (event {{ event.id }}, {{ event.tenant }})",
         },

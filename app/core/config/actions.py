@@ -17,7 +17,8 @@ from app.core import templates
 from app.core.config._base import TARGET, Strict, check_env_name
 from app.core.config.followups import DiscordFollowupAction, SlackResponseAction
 
-#: Names a URL template may read: the event and the payload fields, never the model's output.
+#: Names a template that picks an action's target (an http ``url``, an email's ``to``) may read: the
+#: event and the payload fields, never the model's output (an injected payload must not steer it).
 URL_NAMES = frozenset({"event", "fields"})
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: ``schema.function``, lower-case identifiers (what Postgres stores for unquoted names).
@@ -205,6 +206,12 @@ class EmailAction(Strict):
             raise ValueError("to: at least one address")
         for item in items:
             templates.check(item)
+            bad = templates.names_used(item) - URL_NAMES
+            if bad:
+                raise ValueError(
+                    f"a to template may use only {sorted(URL_NAMES)} (never the model's output: the answer "
+                    f"never picks a recipient); it uses {sorted(bad)}"
+                )
         return v
 
     @field_validator("subject", "body")
