@@ -1,11 +1,13 @@
 """What a pipeline run and a micro-batch both do with the answers their calls got back: check an answer
 the run never read, store an escalated answer in the statement that supersedes the first one, record the
-call's latency, and let the simulated model answer from the pipeline's own schema."""
+call's latency, split a micro-batch's usage among its events, and let the simulated model answer from the
+pipeline's own schema."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from decimal import ROUND_DOWN, Decimal
 
 from app.core.config import Pipeline
 from app.core.status import CallStatus
@@ -14,7 +16,7 @@ from worker.errors import InvalidOutput
 from worker.llm import CallRecord, call_row, check_answer
 from worker.prompt import output_spec
 from worker.runtime import Runtime
-from worker.simulated import SimulatedModel
+from worker.simulated import SimulatedModel, example
 
 #: Stores a run's round trips in order, each through :meth:`worker.db.WorkerDB.durable`.
 StoreCalls = Callable[[Runtime, int, str, list[CallRecord]], Awaitable[None]]
@@ -75,3 +77,31 @@ def simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextMan
     if isinstance(rt.llm, SimulatedModel):
         return rt.llm.answering(output_spec(pipeline).raw_schema)
     return contextlib.nullcontext()
+
+
+def simulating_parts(rt: Runtime, pipeline: Pipeline, event_ids: list[int]) -> contextlib.AbstractContextManager[None]:
+    """A simulated model answers a micro-batch's combined call with one part per event it asks for,
+    each an example of the pipeline's own output schema."""
+    if isinstance(rt.llm, SimulatedModel):
+        output = example(output_spec(pipeline).raw_schema)
+        return rt.llm.answering_with({"results": [{"event_id": i, "output": output} for i in event_ids]})
+    return contextlib.nullcontext()
+
+
+#: The precision of hookline.llm_calls.cost_usd (numeric(14, 8)).
+CENT_FRACTION = Decimal("0.00000001")
+
+
+def shares(rec: CallRecord, n: int) -> list[tuple[dict[str, int], Decimal | None]]:
+    """A combined call's usage and cost split evenly among its ``n`` events: ``(usage, cost)`` per
+    event, the first (the leader's) with the remainders, so that the shares add up to exactly what the
+    call used and cost. The cost stays None (a simulated call's) when the call has none."""
+    totals = {k: v for k, v in (rec.usage or {}).items() if isinstance(v, int) and not isinstance(v, bool)}
+    out: list[tuple[dict[str, int], Decimal | None]] = []
+    cost = rec.cost_usd.quantize(CENT_FRACTION) if rec.cost_usd is not None else None
+    each = (cost / n).quantize(CENT_FRACTION, rounding=ROUND_DOWN) if cost is not None else None
+    for i in range(n):
+        usage = {k: v // n + (v % n if i == 0 else 0) for k, v in totals.items()}
+        share = None if cost is None or each is None else (cost - each * (n - 1) if i == 0 else each)
+        out.append((usage, share))
+    return out

@@ -4,8 +4,9 @@ Each event's job adds its request to hookline.batch_items (kind ``micro``) and w
 for at most ``max_wait_ms``. The job that sees ``max_events`` requests pending, or whose own request
 has waited ``max_wait_ms``, leads: it claims up to ``max_events`` pending requests, asks the model once
 for ``{"results": [{"event_id", "output"}, …]}``, validates each part against the pipeline's schema,
-stores one hookline.llm_calls row per event (tokens and cost split evenly, ``route = 'micro_batch:N'``)
-and wakes the other jobs. Each event then runs its own actions from its stored answer; an event whose
+stores one hookline.llm_calls row per event (tokens and cost split evenly, the remainders on the leader's
+row, so the rows add up to the call; ``route = 'micro_batch:N'``) and wakes the other jobs. Under the
+simulated model each event gets an example part, stored ``simulated`` with no cost. Each event then runs its own actions from its stored answer; an event whose
 part is missing or invalid fails alone (its retry policy; the next try goes in a later batch). A failed
 combined call costs each of its events one attempt: the leader's at once, the others' when their jobs
 wake; every event's next try asks again, in a later batch.
@@ -41,7 +42,7 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
-from worker.answers import check_unread, observe, simulating, store_escalated
+from worker.answers import check_unread, observe, shares, simulating, simulating_parts, store_escalated
 from worker.db import database_away
 from worker.errors import PermanentError, TransientError, classify
 from worker.gate import Gate
@@ -99,6 +100,10 @@ async def micro_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request
     assert pipeline.batch is not None
     wait = pipeline.batch.max_wait_ms / 1000
     item = await one(rt, "micro_item_latest", event_id=event["id"], pipeline=pipeline.name)
+    if item is not None and item["status"] == "done" and rt.simulated:
+        part = await one(rt, "micro_simulated_part", id=item["id"])
+        if part is not None:  # its part of a simulated answer (never reused by a later run, as no simulated answer is)
+            return part["output"]
     if item is not None and item["status"] == "failed":
         await one(rt, "batch_item_retire", id=item["id"])
         error = f"micro-batch: {item['error']}"
@@ -168,7 +173,8 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
     combined = fitting
     gate = Gate(rt, event, pipeline)
     try:
-        rec = await gate(combined, f"micro_batch:{len(claimed)}")
+        with simulating_parts(rt, pipeline, [int(c["event_id"]) for c in claimed]):
+            rec = await gate(combined, f"micro_batch:{len(claimed)}")
     except Held:
         await one(rt, "micro_release", ids=[c["id"] for c in claimed])
         raise
@@ -203,8 +209,8 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         rec = answered
     await _to_the_end(_store_parts(rt, event, pipeline, claimed, combined, rec))
     stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
-    if stored is None:
-        return await micro_answer(rt, event, pipeline, requests[0])  # raises this event's failure
+    if stored is None:  # its simulated part, or this event's failure raised
+        return await micro_answer(rt, event, pipeline, requests[0])
     return stored["output"]
 
 
@@ -239,20 +245,19 @@ async def _store_parts(
     away), and only then is the event's request marked ``done`` (or ``failed``) and its job woken. A
     request is never ``done`` without its stored answer, and no answer is lost, or asked again, to a
     database that went away for a moment."""
+    observe(rt, rec)  # the one combined call, once
     parts = _parts(rec.response or {})
     spec = output_spec(pipeline)
-    n = len(claimed)
-    usage = {k: int(v) // n for k, v in (rec.usage or {}).items() if isinstance(v, int)}
-    cost = (rec.cost_usd or Decimal(0)) / n
-    for c in claimed:
+    answered = CallStatus.SIMULATED if rec.status == CallStatus.SIMULATED else CallStatus.SUCCEEDED
+    for c, (usage, cost) in zip(claimed, shares(rec, len(claimed)), strict=True):
         part = parts.get(int(c["event_id"]))
         row = CallRecord(
             model=rec.model,
-            status=CallStatus.SUCCEEDED,
+            status=answered,
             request=combined,
             response=rec.response,
             usage=usage,
-            cost_usd=cost.quantize(Decimal("0.00000001")),
+            cost_usd=cost,
             latency_ms=rec.latency_ms,
             request_id=rec.request_id,
             route=rec.route,
@@ -266,7 +271,7 @@ async def _store_parts(
             row.status, row.error, row.output = CallStatus.INVALID_OUTPUT, str(e), part
         params = call_row(int(c["event_id"]), pipeline.name, row)
         await rt.db.durable(partial(rt.db.one, "insert_call", **params), "a micro-batch answer")
-        if row.status == CallStatus.SUCCEEDED:
+        if row.status == answered:
             mark = partial(one, rt, "micro_item_done", id=c["id"])
         else:
             mark = partial(one, rt, "micro_item_fail", id=c["id"], error=str(row.error)[:500], permanent=False)

@@ -24,6 +24,9 @@ _IDS = itertools.count(1)
 #: copy (structured outputs drop constraints such as minItems > 1), and answers are checked against
 #: the original.
 _SCHEMA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("simulated_schema", default=None)
+#: The very value to answer with, when the worker gives one (a micro-batch's combined call: one part
+#: per event it asks for, which an example of the sent schema alone cannot name).
+_VALUE: contextvars.ContextVar[tuple[Any] | None] = contextvars.ContextVar("simulated_value", default=None)
 
 
 def example(schema: dict[str, Any], root: dict[str, Any] | None = None, name: str = "value") -> Any:
@@ -96,7 +99,8 @@ class _RawMessages:
     async def create(self, **request: Any) -> _Raw:
         sent = ((request.get("output_config") or {}).get("format") or {}).get("schema") or {}
         schema = _SCHEMA.get() or sent
-        value = example(schema) if schema else {}
+        given = _VALUE.get()
+        value = given[0] if given is not None else example(schema) if schema else {}
         n = next(_IDS)
         message = anthropic.types.Message.model_validate(
             {
@@ -132,6 +136,15 @@ class SimulatedModel:
             yield
         finally:
             _SCHEMA.reset(token)
+
+    @contextlib.contextmanager
+    def answering_with(self, value: Any) -> Iterator[None]:
+        """Answer calls made inside with ``value`` itself (its JSON as the answer's text)."""
+        token = _VALUE.set((value,))
+        try:
+            yield
+        finally:
+            _VALUE.reset(token)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -80,6 +80,7 @@ LimitsQuery = Literal[
     "micro_release",
     "micro_item_done",
     "micro_item_fail",
+    "micro_simulated_part",
     "acquire_slots",
     "release_slots",
     "count_infra_failure",

@@ -192,6 +192,25 @@ UPDATE hookline.batch_items SET status = 'done', finished_at = now() WHERE id = 
 UPDATE hookline.batch_items SET status = 'failed', error = %(error)s, permanent = %(permanent)s, finished_at = now()
 WHERE id = %(id)s;
 
+-- name: micro_simulated_part
+-- This event's part of a simulated micro-batch answer (hookline dev --simulate-model; status
+-- 'simulated', which succeeded_call never reads), taken once: its done request is retired in the same
+-- statement, so a later run of the event asks again, as for any simulated answer. No row when the
+-- request is not done or its part is not a simulated one (the caller then asks again).
+WITH taken AS (
+    UPDATE hookline.batch_items SET status = 'retired'
+    WHERE id = %(id)s AND status = 'done'
+    RETURNING event_id, pipeline, created_at
+)
+SELECT c.output
+FROM taken t
+JOIN LATERAL (
+    SELECT output FROM hookline.llm_calls
+    WHERE event_id = t.event_id AND pipeline = t.pipeline AND status = 'simulated'
+      AND route LIKE 'micro_batch:%%' AND created_at >= t.created_at
+    ORDER BY id DESC LIMIT 1
+) c ON true;
+
 -- name: acquire_slots
 -- Concurrency caps: take every slot the event needs, all or none (granted, or which one is full).
 SELECT granted, blocked, in_flight, frees_at

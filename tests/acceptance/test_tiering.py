@@ -22,6 +22,7 @@ from tests.acceptance.test_limits import (
 )
 from tests.fakes.messages_api import FakeMessagesAPI, refusal, reply
 from tests.harness import Receiver, rows, wait_for_status, web_server, worker_task
+from worker.pricing import cost_usd
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +142,9 @@ async def test_a_burst_is_answered_by_one_call_and_an_invalid_part_dies_alone(
     )
     assert [s[1] for s in stored].count("succeeded") == 19 and stored[7][1] == "invalid_output"
     assert {s[2] for s in stored} == {"micro_batch:20"} and {s[3] for s in stored} == {100}  # tokens split
-    assert len({s[4] for s in stored}) == 1  # the cost split evenly
+    shares = sorted(s[4] for s in stored)  # the cost split evenly, the leader's row with the remainder
+    assert len(set(shares[:-1])) == 1 and shares[-1] >= shares[0]
+    ((model, usage),) = rows(db_url, "SELECT DISTINCT model, response->'usage' FROM hookline.llm_calls")
+    assert sum(shares) == cost_usd(model, usage)  # the rows add up to what the call cost
     posted = sorted(r.json()["event_id"] for r in receiver.received if r.path == "/hook")
     assert posted == sorted(eid for i, eid in enumerate(ids) if i != 7)  # each event its own action
