@@ -6,10 +6,11 @@ has waited ``max_wait_ms``, leads: it claims up to ``max_events`` pending reques
 for ``{"results": [{"event_id", "output"}, …]}``, validates each part against the pipeline's schema,
 stores one hookline.llm_calls row per event (tokens and cost split evenly, the remainders on the leader's
 row, so the rows add up to the call; ``route = 'micro_batch:N'``) and wakes the other jobs. Under the
-simulated model each event gets an example part, stored ``simulated`` with no cost. Each event then runs its own actions from its stored answer; an event whose
-part is missing or invalid fails alone (its retry policy; the next try goes in a later batch). A failed
-combined call costs each of its events one attempt: the leader's at once, the others' when their jobs
-wake; every event's next try asks again, in a later batch.
+simulated model each event gets an example part, stored ``simulated`` with no cost. Each event then
+runs its own actions from its stored answer; an event whose part is missing or invalid fails alone (its
+retry policy; the next try goes in a later batch). A failed combined call costs each of its events one
+attempt: the leader's at once, the others' when their jobs wake; every event's next try asks again, in
+a later batch.
 
 With ``[tenants]``, a micro-batch holds one tenant's events: the combined call is reserved and settled
 against that tenant's day, so every event counts against its own tenant's caps. ``tokens_per_day`` and
