@@ -71,13 +71,15 @@ GROUP BY 1
 ORDER BY 1;
 
 -- name: cost
--- Model calls, tokens and cost per tenant and pipeline for calls made in [$1, $2).
+-- Model calls, tokens and cost per tenant and pipeline for calls made in [$1, $2): the calls
+-- hookline.costs_daily and `hookline status` count (every status but dry_run: a dry run was never sent;
+-- simulated calls count as calls, with no cost).
 SELECT coalesce(e.tenant, '') AS tenant, c.pipeline, count(*) AS calls,
        coalesce(sum(c.input_tokens), 0)::bigint AS input_tokens,
        coalesce(sum(c.output_tokens), 0)::bigint AS output_tokens,
        coalesce(sum(c.cost_usd), 0) AS cost_usd
 FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id
-WHERE c.created_at >= $1 AND c.created_at < $2
+WHERE c.created_at >= $1 AND c.created_at < $2 AND c.status <> 'dry_run'
 GROUP BY 1, 2
 ORDER BY cost_usd DESC, tenant, c.pipeline;
 

@@ -276,6 +276,37 @@ async def test_stats_and_cost_per_tenant_and_pipeline(admin: httpx.AsyncClient, 
     assert (await admin.get("/admin/api/cost", params={"until": ""})).status_code == 400
 
 
+async def test_cost_since_alone_runs_to_now_and_counts_what_costs_daily_counts(
+    admin: httpx.AsyncClient, conn: psycopg.Connection
+) -> None:
+    a = insert_event(conn, "stripe", "a", tenant="acme")
+    b = insert_event(conn, "stripe", "b", tenant="acme")
+    insert_call(conn, a, "recovery", "0.25", (1000, 100))  # today
+    insert_call(conn, b, "recovery", "0.50", (2000, 200))
+    conn.execute("UPDATE hookline.llm_calls SET created_at = now() - interval '3 days' WHERE event_id = %s", (b,))
+    # a dry run (never sent) and a simulated call (no cost), as the worker stores them
+    conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request) VALUES"
+        " (%s, 'triage', 'claude-haiku-5-5', 'dry_run', '{}'), (%s, 'triage', 'claude-haiku-5-5', 'simulated', '{}')",
+        (a, a),
+    )
+    before = datetime.now(UTC)
+    since = before - timedelta(days=4)
+    got = (await admin.get("/admin/api/cost", params={"since": since.isoformat()})).json()
+    assert got["total_usd"] == 0.75  # not only the day after since: up to now
+    assert datetime.fromisoformat(got["since"]) == since
+    assert datetime.fromisoformat(got["until"]) >= before  # the answer says what it covered
+    calls = {(r["tenant"], r["pipeline"]): r["calls"] for r in got["rows"]}
+    assert calls == {("acme", "recovery"): 2, ("acme", "triage"): 1}  # the simulated call, not the dry run
+    today = (await admin.get("/admin/api/cost")).json()
+    assert {(r["pipeline"], r["calls"]) for r in today["rows"]} == {("recovery", 1), ("triage", 1)}
+    daily = conn.execute(
+        "SELECT pipeline, sum(calls)::int FROM hookline.costs_daily WHERE day = (now() AT TIME ZONE 'UTC')::date"
+        " GROUP BY 1"
+    ).fetchall()
+    assert set(daily) == {(r["pipeline"], r["calls"]) for r in today["rows"]}  # the same calls as costs_daily
+
+
 async def test_openapi_describes_every_admin_route(admin: httpx.AsyncClient) -> None:
     spec = (await admin.get("/openapi.json")).json()
     assert (

@@ -287,9 +287,15 @@ def today_utc() -> tuple[datetime, datetime]:
 
 @guarded
 async def cost(request: Request, state: AppState) -> Response:
+    """Calls made in ``[since, until)``: neither given, today (UTC); ``since`` alone, up to now;
+    ``until`` alone, from today 00:00 UTC."""
     p = query(request, *COST_QUERY)
-    since = parse_time("since", p.get("since")) or today_utc()[0]
-    until = parse_time("until", p.get("until")) or min(since + timedelta(days=1), MAX_TIME)
+    today, tomorrow = today_utc()
+    since, until = parse_time("since", p.get("since")), parse_time("until", p.get("until"))
+    if since is None and until is None:
+        since, until = today, tomorrow
+    since = since or today
+    until = until or datetime.now(UTC)
     rows = await data.cost(await state.db.ensure(), since, until) if since < until else []
     total = round(sum(float(r["cost_usd"]) for r in rows), 8)
     return json_response(
