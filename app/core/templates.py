@@ -15,7 +15,9 @@ the worker treats as a permanent action failure (the message is kept).
 Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
 rendered into JSON can never break the JSON around it. ``escape="xml"`` autoescapes for TwiML and
-other XML replies; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
+other XML replies, and drops from each value the code points XML 1.0 does not allow (control
+characters other than tab, LF and CR; U+FFFE, U+FFFF; lone surrogates), so the reply stays
+well-formed; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
 (``/`` ``?`` ``#`` ``@`` included), so a value can never change the host or the path around it; a
 rendered URL whose path has a ``.`` or ``..`` segment (a value ``..`` would climb out of its place once
 the client or the receiver resolves it) is a render error.
@@ -27,6 +29,7 @@ Expressions (a pipeline's ``when``) use the same sandbox: :func:`check_expressio
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,6 +37,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 Escape = Literal["none", "xml", "url"]
 
@@ -50,6 +54,18 @@ def _segment(value: Any) -> str:
     return quote(str(value), safe="")
 
 
+#: Code points that XML 1.0 does not allow anywhere in a document (its ``Char`` production).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_chars(value: Any) -> Any:
+    """One ``{{ … }}`` value of an XML template, without the code points XML 1.0 does not allow
+    (autoescaping then escapes ``&``, ``<``…); a value marked safe stays safe."""
+    if isinstance(value, Markup):
+        return Markup(_NOT_XML.sub("", str(value)))  # noqa: S704 - marked safe already; only code points dropped
+    return _NOT_XML.sub("", value if isinstance(value, str) else str(value))
+
+
 def _env(autoescape: bool, finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=StrictUndefined,
@@ -64,7 +80,7 @@ def _env(autoescape: bool, finalize: Callable[[Any], Any] | None = None) -> Immu
 
 _ENVS: dict[Escape, ImmutableSandboxedEnvironment] = {
     "none": _env(False),
-    "xml": _env(True),
+    "xml": _env(True, _xml_chars),
     "url": _env(False, _segment),
 }
 

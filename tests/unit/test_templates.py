@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.dom.minidom
 from datetime import UTC, datetime
 
 import pytest
@@ -28,6 +29,24 @@ def test_renders_output_event_and_fields() -> None:
 
 def test_xml_escape_for_twiml() -> None:
     assert render("<Message>{{ output.answer }}</Message>", CTX, escape="xml") == "<Message>42 &lt;b&gt;</Message>"
+
+
+def test_xml_escape_drops_code_points_xml_does_not_allow() -> None:
+    """A sender's text with control characters (\\x0b, ESC), U+FFFE or a lone surrogate must not make the
+    TwiML reply ill-formed; tab, LF and CR are allowed in XML and stay."""
+    ctx = TemplateContext.of(
+        output={"answer": "a\tb\nc\rd"},
+        event_id=1,
+        source="sms",
+        event_type=None,
+        tenant=None,
+        occurred_at=None,
+        fields={"Body": "hi\x0bthere\x1b \x00\ufffe\uffff\ud800 & <b>"},
+    )
+    text = render("<Response><Message>{{ fields.Body }}|{{ output.answer }}</Message></Response>", ctx, escape="xml")
+    assert text == "<Response><Message>hithere  &amp; &lt;b&gt;|a\tb\nc\rd</Message></Response>"
+    xml.dom.minidom.parseString(text)  # noqa: S318 - our own text: it must be well-formed
+    assert render("{{ fields.Body }}", ctx) == "hi\x0bthere\x1b \x00\ufffe\uffff\ud800 & <b>"  # only XML drops them
 
 
 def test_structures_render_leaf_by_leaf() -> None:
