@@ -203,14 +203,16 @@ LIMIT %(limit)s;
 -- Follow-up actions of a sync pipeline: did the sender's HTTP reply carry the answer? Once the
 -- deadline (received_at + timeout) has passed with nothing recorded, the worker records 'default'
 -- itself, so exactly one of the HTTP reply and the follow-up delivers the answer. remaining_s > 0 and
--- no sync_reply: the web process may still reply; ask again. Not respond_sync: no HTTP reply waited.
+-- no sync_reply: the web process may still reply; ask again. respond_sync false: no HTTP reply waits
+-- for this run, as for every run of a replayed event (replays > 0): its answer goes by follow-up.
 WITH claim AS (
     UPDATE hookline.events SET sync_reply = 'default'
     WHERE id = %(event_id)s AND sync_reply IS NULL AND respond_sync
       AND received_at + make_interval(secs => %(timeout_s)s) <= now()
     RETURNING sync_reply
 )
-SELECT e.respond_sync, coalesce((SELECT sync_reply FROM claim), e.sync_reply) AS sync_reply,
+SELECT e.respond_sync AND e.replays = 0 AS respond_sync,
+       coalesce((SELECT sync_reply FROM claim), e.sync_reply) AS sync_reply,
        extract(epoch FROM e.received_at + make_interval(secs => %(timeout_s)s) - now())::float8 AS remaining_s
 FROM hookline.events e
 WHERE e.id = %(event_id)s;
