@@ -52,6 +52,7 @@ from app.web.payloads import schema_violation
 from app.web.responses import DB_FAILURES
 from app.web.state import AppState
 from app.web.sync_reply import Delivery
+from app.web.sync_reply import default as sync_default
 from app.web.sync_reply import reply as sync_reply
 
 log = logging.getLogger("hookline.ingest")
@@ -174,9 +175,7 @@ async def receive_webhook(request: Request) -> Response:
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
     priority, sync = state.routing(name, meta.event_type)
-    if invalid is not None:
-        sync = None
-    elif sync is None:  # a re-send this process saw committed: answered before its row is even built
+    if invalid is None and sync is None:  # a re-send this process saw committed: answered before its row is even built
         known = state.batcher.known(name, delivery_id)
         if known is not None:
             return _acknowledge(request, name, meta.event_type, known, "duplicate", request_id)
@@ -234,6 +233,8 @@ async def receive_webhook(request: Request) -> Response:
         duplicate=status == "duplicate",
         request_id=request_id,
     )
+    if invalid is not None and not delivery.duplicate:  # stored as skipped: no answer will ever come
+        return sync_default(state, sync, delivery)
     return await sync_reply(request, state, sync, delivery)
 
 

@@ -14,8 +14,10 @@ recorded the worker's follow-ups wait (up to the deadline, then the worker recor
 itself), so the claim of an answer well before the deadline is sent once the reply has gone out: the
 reply waits for no second round trip.
 
-* A duplicate (the sender's retry) gets the stored answer if there is one, else the default, at
-  once: it never waits and never causes a second model call.
+* A duplicate (the sender's retry) is answered at once: it never waits and never causes a second
+  model call. It gets the answer only where the HTTP reply carries it (``sync_reply = 'answer'``, or
+  claimed by the duplicate itself when nothing is recorded yet); otherwise the default (no answer
+  yet, or the sender got the default and the follow-up actions deliver the answer).
 * A client that disconnects cancels its wait (its waiter is removed).
 * Anything that goes wrong while waiting (database gone, a template that fails on this output) gives
   the default: the event is stored, so a 2xx is the truth, and its processing goes on.
@@ -78,12 +80,8 @@ class _Answer:
 
 async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
     """The HTTP reply of a sync pipeline: its rendered answer, or its default."""
-    if d.duplicate:  # the first reply decided what the follow-ups deliver: nothing is recorded here
-        output, answered = await _stored(state, pipeline, d)
-        if not answered:
-            return _respond(state, pipeline, d, None, None, "duplicate_default")
-        body = _answer_body(pipeline, d, output)
-        return _respond(state, pipeline, d, output, body, "duplicate_answer" if body is not None else "render_error")
+    if d.duplicate:
+        return await _duplicate(state, pipeline, d)
     waiting = asyncio.ensure_future(_wait(state, pipeline, d))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -117,6 +115,13 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
     elif not await _claim_answer(state, d):  # the worker recorded 'default' first: the follow-up delivers
         return _respond(state, pipeline, d, answer.output, None, "default")
     return _respond(state, pipeline, d, answer.output, body, "answer")
+
+
+def default(state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
+    """The reply to an event stored without a job (its payload failed the source's schema, with
+    ``on_invalid = "store"``): no answer will come, so ``respond_default`` at once. Nothing is
+    recorded: no follow-up action runs for it."""
+    return _respond(state, pipeline, d, None, None, "default")
 
 
 async def _disconnected(request: Request) -> None:
@@ -208,14 +213,24 @@ async def _mark_default(state: AppState, d: Delivery) -> None:
         log.warning("sync reply for event %s: could not record the default (%s)", d.event_id, e.__class__.__name__)
 
 
-async def _stored(state: AppState, pipeline: Pipeline, d: Delivery) -> tuple[Any, bool]:
+async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
+    """The sender's retry of a delivery, at once: the answer only where the HTTP reply carries it
+    (``sync_reply = 'answer'``, or claimed now when nothing is recorded yet), so the sender never gets
+    it both in a reply and as a follow-up; the default otherwise (no answer yet, or the default went
+    out and the follow-up actions deliver the answer)."""
     try:
-        pool = await state.db.ensure()
-        row = await pool.fetchrow(Q["stored_answer"], d.event_id, pipeline.name)
+        row = await _state_row(state, pipeline, d)
     except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]  # stored: the default is a true answer
         log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
-        return None, False
-    return (row["output"], True) if row is not None else (None, False)
+        row = None
+    if row is None or not row["has_answer"] or row["sync_reply"] == "default":
+        return _respond(state, pipeline, d, None, None, "duplicate_default")
+    body = _answer_body(pipeline, d, row["output"])
+    if body is None:  # the first reply gives (or gave) the default over this answer too, and records it
+        return _respond(state, pipeline, d, row["output"], None, "render_error")
+    if row["sync_reply"] is None and not await _claim_answer(state, d):  # the worker recorded 'default'
+        return _respond(state, pipeline, d, row["output"], None, "duplicate_default")
+    return _respond(state, pipeline, d, row["output"], body, "duplicate_answer")
 
 
 def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
@@ -239,6 +254,11 @@ def _answer_body(pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
         return None
 
 
+#: The reply when ``respond_default`` itself fails to render: an empty TwiML (or XML) document, an
+#: empty text; JSON replies get the ack (``{"status":"accepted","event_id":…}``).
+_FALLBACK: dict[str, str] = {"application/xml": "<Response/>", "text/xml": "<Response/>", "text/plain": ""}
+
+
 def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, body: str | None, outcome: str) -> Response:
     """The reply: ``body`` (the rendered answer), or ``respond_default`` when it is None."""
     ctype = pipeline.respond_content_type
@@ -247,10 +267,10 @@ def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, body
         ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
         try:
             body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack)
-        except TemplateRenderError as e:
+        except TemplateRenderError as e:  # a fixed body the sender can still read, in its own content type
             log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
-            body = json.dumps(ack, separators=(",", ":"))
-            ctype = "application/json"
+            fallback = _FALLBACK.get(ctype)
+            body = fallback if fallback is not None else json.dumps(ack, separators=(",", ":"))
         headers["x-hookline-reply"] = "default"
     else:
         headers["x-hookline-reply"] = "answer"

@@ -147,7 +147,8 @@ async def test_slow_model_gives_the_default_and_the_late_answer_follows_on_respo
         event = await wait_for_status(db_url, event_id)
         duplicate_after = await slash(client, base, body)
     assert duplicate_before.json() == DEFAULT  # no stored answer yet: the default, at once
-    assert duplicate_after.json() == {"response_type": "in_channel", "text": "42, eventually (for ada)"}
+    assert duplicate_after.json() == DEFAULT  # the answer went as the follow-up: the sender sees it once
+    assert duplicate_after.headers["x-hookline-reply"] == "default"
     assert event["status"] == "succeeded"
     assert len(fake.calls_to("/v1/messages")) == 1
     assert len(receiver.received) == 1, "the late answer goes to Slack's response_url once"

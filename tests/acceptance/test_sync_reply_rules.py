@@ -1,0 +1,146 @@
+"""Synchronous replies at their edges: an event stored as invalid, a ``respond_default`` that fails to
+render, the sender's retry after the default, and a replay of an event answered in time. Real uvicorn,
+the real worker, the fake Messages API, a fake Slack ``response_url`` (the Receiver)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from app.signatures import sign
+from app.web import sync_reply
+from tests.acceptance.test_sync_replies import DEFAULT, command_body, make_config, settings_for, slash
+from tests.fakes.messages_api import FakeMessagesAPI, reply, slow
+from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, web_server, worker_task
+
+PUBLIC = "https://hooks.example.com"
+TWILIO_SECRET = "twilio-auth-token-for-sync-tests"
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_SLACK_SECRET", "slack-signing-secret-for-sync-tests")
+    monkeypatch.setenv("HL_TWILIO", TWILIO_SECRET)
+
+
+def twilio_config(source: dict[str, Any] | None = None, **pipeline: Any) -> Any:
+    return config_from(
+        {
+            "sources": {"sms": {"provider": "twilio", "secrets_env": ["HL_TWILIO"], **(source or {})}},
+            "pipelines": {
+                "sms-reply": {
+                    "source": "sms",
+                    "events": ["*"],
+                    "fields": ["Body"],
+                    "instructions": "Answer the text message.",
+                    "output_schema": SCHEMA,
+                    "respond": "sync",
+                    "respond_timeout_ms": 300,
+                    "respond_content_type": "application/xml",
+                    "respond_body": "<Response><Message>{{ output.answer }}</Message></Response>",
+                    "respond_default": "<Response><Message>Got {{ fields.Body }}; more soon.</Message></Response>",
+                    **pipeline,
+                }
+            },
+        }
+    )
+
+
+async def twilio_post(client: httpx.AsyncClient, base: str, form: dict[str, str], sid: str) -> httpx.Response:
+    body = urlencode(form).encode()
+    headers = {
+        **sign("twilio", secret=TWILIO_SECRET, body=body, url=f"{PUBLIC}/webhooks/sms", delivery_id=sid),
+        "content-type": "application/x-www-form-urlencoded",
+    }
+    return await client.post(f"{base}/webhooks/sms", content=body, headers=headers, timeout=30)
+
+
+async def test_a_payload_stored_as_invalid_gets_the_default_at_once(db_url: str) -> None:
+    """on_invalid = "store": the event is stored as skipped, no answer will come: respond_default, in the
+    reply's own content type, not hookline's JSON acknowledgement."""
+    sorry = "<Response><Message>Sorry, we could not read that.</Message></Response>"
+    config = twilio_config(
+        {"schemas": {"*": {"type": "object", "required": ["Body"]}}, "on_invalid": "store"},
+        respond_timeout_ms=15000,
+        respond_default=sorry,
+    )
+    settings = make_settings(db_url, public_url=PUBLIC)
+    form = {"MessageSid": "SM9", "From": "+15550001", "SmsStatus": "received"}  # no Body
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:  # no worker: nothing to wait for
+        first = await twilio_post(client, base, form, "SM9")
+        again = await twilio_post(client, base, form, "SM9")  # the sender's retry
+    for r in (first, again):
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/xml")
+        assert r.headers["x-hookline-reply"] == "default"
+        assert r.text == sorry
+    assert first.headers["x-hookline-event-id"] == again.headers["x-hookline-event-id"]
+    assert rows(db_url, "SELECT status, respond_sync FROM hookline.events") == [("skipped", False)]
+
+
+@pytest.mark.parametrize(("content_type", "fallback"), [("application/xml", "<Response/>"), ("text/plain", "")])
+async def test_a_respond_default_that_fails_to_render_keeps_the_content_type(
+    db_url: str, content_type: str, fallback: str
+) -> None:
+    """A Twilio voice call has no Body: the default over fields.Body fails at run time. The sender still
+    gets a reply it can parse (an empty TwiML document, an empty text), never JSON."""
+    config = twilio_config(respond_content_type=content_type)
+    settings = make_settings(db_url, public_url=PUBLIC)
+    form = {"CallSid": "CA1", "From": "+15550001", "CallStatus": "ringing"}
+    async with web_server(settings, config) as base, httpx.AsyncClient() as client:  # no worker: the deadline passes
+        r = await twilio_post(client, base, form, "CA1")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(content_type)
+    assert r.headers["x-hookline-reply"] == "default"
+    assert r.text == fallback
+
+
+async def test_a_retry_after_the_default_gets_the_default_again_and_the_answer_follows_once(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    config = make_config(timeout_ms=300)
+    fake.enqueue(slow(1.0, then=reply({"answer": "42"})))
+    settings = settings_for(db_url, fake)
+    body = command_body(receiver.url)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        first = await slash(client, base, body)
+        event = await wait_for_status(db_url, int(first.headers["x-hookline-event-id"]))
+        again = await slash(client, base, body)  # the sender's retry, after the follow-up delivered the answer
+    assert event["status"] == "succeeded"
+    assert first.headers["x-hookline-reply"] == "default" and first.json() == DEFAULT
+    assert again.headers["x-hookline-reply"] == "default" and again.json() == DEFAULT
+    assert [r.json() for r in receiver.received] == [{"response_type": "ephemeral", "text": "Late: 42"}]
+    assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_replay_with_recompute_and_force_delivers_the_new_answer_as_a_follow_up(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first answer went out in the HTTP reply; a replay's run has no HTTP reply waiting, so its
+    late_only follow-up delivers the recomputed answer."""
+    monkeypatch.setattr(sync_reply, "CLAIM_AFTER_MARGIN_S", 3600.0)  # the claim is recorded before the reply
+    config = make_config()
+    fake.enqueue(reply({"answer": "first"}), reply({"answer": "second"}))
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        r = await slash(client, base, command_body(receiver.url))
+        event_id = int(r.headers["x-hookline-event-id"])
+        await wait_for_status(db_url, event_id)
+        assert receiver.received == [], "the answer went out in the HTTP reply: no follow-up"
+        rows(db_url, "SELECT hookline.replay(%s::bigint, p_recompute => true, p_force => true)", event_id)
+        event = await wait_for_status(db_url, event_id)
+    assert r.headers["x-hookline-reply"] == "answer"
+    assert r.json() == {"response_type": "in_channel", "text": "first (for ada)"}
+    assert event["status"] == "succeeded"
+    assert [x.json() for x in receiver.received] == [{"response_type": "ephemeral", "text": "Late: second"}]
+    ((status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
+    assert status == "succeeded" and result["status"] == 200
