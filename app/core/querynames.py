@@ -19,7 +19,6 @@ IngestQuery = Literal[
     "schema_versions",
     "reply_state",
     "reply_answer",
-    "stored_answer",
     "reply_default",
 ]
 

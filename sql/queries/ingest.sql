@@ -70,10 +70,6 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = $1 AND sync_reply IS NULL
 RETURNING id;
 
--- name: stored_answer
--- A duplicate of a sync delivery (the sender's retry): the stored answer, if there is one.
-SELECT output FROM hookline.llm_calls WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded';
-
 -- name: reply_default
 -- A synchronous reply ran out of time (or respond_body failed on the answer): the sender got
 -- respond_default (follow-ups deliver the answer).
