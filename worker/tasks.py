@@ -243,6 +243,7 @@ async def handle_event(
             job_id=job_id,
         )
         return EventStatus.SKIPPED
+    matched = pipelines
     pipelines, filtered = route(pipelines, event)
     if not pipelines:  # routing without the model: no pipeline's `when` lets the event through
         await finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000], job_id=job_id)
@@ -271,6 +272,8 @@ async def handle_event(
                 job_id=job_id,
             )
             return EventStatus.SKIPPED
+    if matched[0].sync and not pipelines[0].sync:  # the sender's reply need not wait for the others
+        await rt.db.run("reply_no_answer", event_id=event_id)
     try:
         await admit(rt, event, pipelines)
         await concurrency.acquire(rt, event, pipelines)

@@ -40,6 +40,7 @@ WorkerQuery = Literal[
     "newer_processed",
     "recent_for_key",
     "claim_late_reply",
+    "reply_no_answer",
     "micro_item_stuck",
     "open_batch_pipelines",
     "batch_item_cancel",

@@ -2,9 +2,10 @@
 
 Migration 0005 NOTIFYs channel ``hookline_events`` once per INSERT statement and once per status
 change (``{"op": "status", "id": N, "status": "..."}``); migration 0006 once per stored model answer
-(``{"op": "answer", "id": N, "pipeline": "..."}``). This hub owns the process's single
-dedicated connection (never a pool connection: a request that waits holds no database connection)
-and fans the notices out:
+(``{"op": "answer", "id": N, "pipeline": "..."}``); the worker sends ``{"op": "reply", "id": N,
+"reply": "default"}`` when an event's sync pipeline will not run (its waiting request re-reads).
+This hub owns the process's single dedicated connection (never a pool connection: a request that
+waits holds no database connection) and fans the notices out:
 
 * :meth:`EventListener.watch` — wait for one event's status or answer (synchronous replies). Register the
   waiter first, then read the current status once, then wait: a change between the two cannot be
@@ -160,6 +161,9 @@ class EventListener:
         elif notice.op == "answer" and notice.event_id is not None:
             for waiter in tuple(self._waiters.get(notice.event_id, ())):
                 waiter._answer(str(data.get("pipeline")))
+        elif notice.op == "reply" and notice.event_id is not None:  # the worker decided the reply
+            for waiter in tuple(self._waiters.get(notice.event_id, ())):
+                waiter._answer("")
         self._publish(notice)
 
     def _broadcast_reconnect(self) -> None:

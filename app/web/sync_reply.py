@@ -152,6 +152,8 @@ async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | N
                 if row["sync_reply"] is not None:  # the worker already gave it to the follow-up actions
                     return None
                 return _Answer(row["output"], float(row["remaining_s"]))
+            if row["sync_reply"] is not None:  # the worker recorded 'default': its sync pipeline does not run
+                return None
             if row["status"] in TERMINAL_EVENT_STATUSES:  # dead, skipped or dry run: no answer will come
                 _mark_default_soon(state, d)
                 return None

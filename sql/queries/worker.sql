@@ -217,6 +217,18 @@ SELECT e.respond_sync AND e.replays = 0 AS respond_sync,
 FROM hookline.events e
 WHERE e.id = %(event_id)s;
 
+-- name: reply_no_answer
+-- A sync pipeline that does not run for this event (its `when` is false, or a newer event of the key
+-- superseded it) while other pipelines do: record that the sender gets respond_default, and wake its
+-- waiting request ({"op":"reply"} on hookline_events), so the reply need not wait for the others.
+WITH marked AS (
+    UPDATE hookline.events SET sync_reply = 'default'
+    WHERE id = %(event_id)s AND sync_reply IS NULL AND respond_sync
+    RETURNING id
+)
+SELECT pg_notify('hookline_events', json_build_object('op', 'reply', 'id', id, 'reply', 'default')::text)
+FROM marked;
+
 -- name: micro_item_stuck
 -- A micro-batch request left in 'submitting' longer than the reclaim age: its leader was killed (or
 -- its release was lost), so the event's own job leads, and micro_claim takes the request back.

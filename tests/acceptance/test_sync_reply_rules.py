@@ -32,7 +32,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HL_TWILIO", TWILIO_SECRET)
 
 
-def twilio_config(source: dict[str, Any] | None = None, **pipeline: Any) -> Any:
+def twilio_config(
+    source: dict[str, Any] | None = None, others: dict[str, dict[str, Any]] | None = None, **pipeline: Any
+) -> Any:
     return config_from(
         {
             "sources": {"sms": {"provider": "twilio", "secrets_env": ["HL_TWILIO"], **(source or {})}},
@@ -49,7 +51,8 @@ def twilio_config(source: dict[str, Any] | None = None, **pipeline: Any) -> Any:
                     "respond_body": "<Response><Message>{{ output.answer }}</Message></Response>",
                     "respond_default": "<Response><Message>Got {{ fields.Body }}; more soon.</Message></Response>",
                     **pipeline,
-                }
+                },
+                **(others or {}),
             },
         }
     )
@@ -144,3 +147,36 @@ async def test_a_replay_with_recompute_and_force_delivers_the_new_answer_as_a_fo
     assert [x.json() for x in receiver.received] == [{"response_type": "ephemeral", "text": "Late: second"}]
     ((status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
     assert status == "succeeded" and result["status"] == 200
+
+
+async def test_a_sync_pipeline_whose_when_is_false_replies_without_waiting_for_the_others(
+    db_url: str, fake: FakeMessagesAPI
+) -> None:
+    """The sync pipeline does not run for this event (its `when` is false) while a slow routine pipeline
+    does: the sender gets respond_default as soon as the worker knows, not at respond_timeout_ms and not
+    after the routine pipeline's model call."""
+    config = twilio_config(
+        respond_timeout_ms=30000,
+        when="payload.Body != 'STOP'",
+        others={
+            "log-it": {
+                "source": "sms",
+                "events": ["*"],
+                "fields": ["Body"],
+                "instructions": "Summarise the message.",
+                "output_schema": SCHEMA,
+            }
+        },
+    )
+    fake.enqueue(slow(20.0, then=reply({"answer": "logged"})))
+    settings = make_settings(db_url, public_url=PUBLIC, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    form = {"MessageSid": "SM7", "From": "+15550001", "Body": "STOP"}
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        r = await twilio_post(client, base, form, "SM7")
+        ((status, sync_reply_state, calls),) = rows(
+            db_url, "SELECT status, sync_reply, (SELECT count(*) FROM hookline.llm_calls) FROM hookline.events"
+        )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-hookline-reply"] == "default"
+    assert r.text == "<Response><Message>Got STOP; more soon.</Message></Response>"
+    assert (status, sync_reply_state, calls) == ("processing", "default", 0), "the reply did not wait for log-it"
