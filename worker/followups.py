@@ -41,7 +41,7 @@ async def reply_was_late(rt: Runtime, event_id: int, pipeline: Pipeline) -> bool
     """True when the sender's HTTP reply did not carry the answer (it got ``respond_default``)."""
     timeout_s = pipeline.respond_timeout_ms / 1000
     while True:
-        row = await rt.db.one("claim_late_reply", event_id=event_id, timeout_s=timeout_s)
+        row = await rt.db.one("claim_late_reply", event_id=event_id, pipeline=pipeline.name, timeout_s=timeout_s)
         if row is None or not row["respond_sync"]:  # no HTTP reply waited for this event
             return True
         if row["sync_reply"] is not None:
