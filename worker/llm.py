@@ -166,8 +166,9 @@ def then(route: str, step: str) -> str:
     """The route of a further call made for a call whose route is ``route`` (its ``retry:max_tokens``,
     ``repair`` or ``fallback:…``). Within an escalation it keeps the ``escalate:FIELD`` prefix
     (``escalate:urgent+repair``), so an escalated answer that needed one more call is still known as
-    the escalated one, and is never escalated again."""
-    return f"{route}+{step}" if route.startswith("escalate:") else step
+    the escalated one, and is never escalated again; a micro-batch's combined call keeps its
+    ``micro_batch:N`` (``micro_batch:20+fallback:overloaded``), so its parts are still known as such."""
+    return f"{route}+{step}" if route.startswith(("escalate:", "micro_batch:")) else step
 
 
 async def ask(

@@ -183,7 +183,7 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         answered = _answered(gate.records)
         with contextlib.suppress(Exception):  # the database is gone too: micro_item_stuck reclaims them later
             if answered is not None:  # cut off after the answer came back: it is paid for, its parts are kept
-                await asyncio.shield(_store_parts(rt, event, pipeline, claimed, combined, answered))
+                await asyncio.shield(_store_parts(rt, event, pipeline, claimed, combined, answered, gate.records))
             else:  # the round trips made (the cut-off one as failed) are kept under the leader, as below
                 await asyncio.shield(one(rt, "micro_release", ids=[c["id"] for c in claimed]))
                 await asyncio.shield(_store(rt, event["id"], pipeline.name, gate.records))
@@ -208,7 +208,7 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
         # the answer came back, then the database went away while its usage was settled: paid for, so
         # its parts are stored (once the database is back) as if nothing had happened
         rec = answered
-    await _to_the_end(_store_parts(rt, event, pipeline, claimed, combined, rec))
+    await _to_the_end(_store_parts(rt, event, pipeline, claimed, combined, rec, gate.records))
     stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
     if stored is None:  # its simulated part, or this event's failure raised
         return await micro_answer(rt, event, pipeline, requests[0])
@@ -240,12 +240,15 @@ async def _store_parts(
     claimed: list[dict[str, Any]],
     combined: dict[str, Any],
     rec: CallRecord,
+    records: list[CallRecord],
 ) -> None:
     """One hookline.llm_calls row per claimed event, from the combined answer ``rec`` (paid for): each
     row is stored first, through :meth:`worker.db.WorkerDB.durable` (tried again while the database is
     away), and only then is the event's request marked ``done`` (or ``failed``) and its job woken. A
     request is never ``done`` without its stored answer, and no answer is lost, or asked again, to a
-    database that went away for a moment."""
+    database that went away for a moment. The gate's other round trips (``records``: a primary's 529
+    before its fallback answered) are stored first, under the leader, as a pipeline's own are."""
+    await _store(rt, event["id"], pipeline.name, [r for r in records if r is not rec])
     observe(rt, rec)  # the one combined call, once
     parts = _parts(rec.response or {})
     spec = output_spec(pipeline)

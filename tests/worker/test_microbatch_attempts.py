@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fakes.messages_api import FakeMessagesAPI, error, reply
+from tests.fakes.messages_api import FakeMessagesAPI, error, overloaded, reply
 from tests.harness import Receiver, rows
-from tests.worker.test_flow import GOOD, held, insert_event, make_config, runtime_for
+from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
+
+FALLBACK = "claude-haiku-4-5"
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +76,22 @@ async def test_a_failed_combined_call_costs_the_leader_one_attempt_and_its_retry
     answered = rows(db_url, "SELECT event_id, route FROM hookline.llm_calls WHERE status = 'succeeded' ORDER BY 1")
     assert answered == [(a, "micro_batch:2"), (b, "micro_batch:2")]
     assert rows(db_url, failed_calls) == [(b, "micro_batch:2", "failed")]
+
+
+async def test_a_combined_call_the_fallback_answered_keeps_its_failed_round_trip(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The primary model is overloaded (529) and the fallback answers the combined call: the failed round
+    trip is stored under the leader, as a pipeline's own is, not dropped with the answer's success."""
+    config = make_config({"batch": {"max_events": 2, "max_wait_ms": 60000}}, models={MODEL: {"fallback": FALLBACK}})
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    a, b = insert_event(db_url, "evt_mf_a"), insert_event(db_url, "evt_mf_b")
+    fake.set_model_default(MODEL, overloaded())
+    fake.set_model_default(FALLBACK, reply(results(a, b)))
+    assert "gathering a micro-batch" in await held(rt, a)
+    assert await handle_event(rt, b) == "succeeded"  # two pending: b leads
+    assert await handle_event(rt, a) == "succeeded"
+    calls = rows(db_url, "SELECT event_id, model, status, route FROM hookline.llm_calls ORDER BY id")
+    assert [c[:3] for c in calls] == [(b, MODEL, "failed"), (b, FALLBACK, "succeeded"), (a, FALLBACK, "succeeded")]
+    assert calls[0][3] == "micro_batch:2" and {c[3] for c in calls[1:]} == {"micro_batch:2+fallback:overloaded"}
