@@ -17,7 +17,8 @@ reply waits for no second round trip.
 * A duplicate (the sender's retry) is answered at once: it never waits and never causes a second
   model call. It gets the answer only where the HTTP reply carries it (``sync_reply = 'answer'``, or
   claimed by the duplicate itself when nothing is recorded yet); otherwise the default (no answer
-  yet, or the sender got the default and the follow-up actions deliver the answer).
+  yet, or the sender got the default, or a replay recomputed the answer, and the follow-up actions
+  deliver it).
 * A client that disconnects cancels its wait (its waiter is removed).
 * Anything that goes wrong while waiting (database gone, a template that fails on this output) gives
   the default: the event is stored, so a 2xx is the truth, and its processing goes on.
@@ -219,13 +220,13 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
     """The sender's retry of a delivery, at once: the answer only where the HTTP reply carries it
     (``sync_reply = 'answer'``, or claimed now when nothing is recorded yet), so the sender never gets
     it both in a reply and as a follow-up; the default otherwise (no answer yet, or the default went
-    out and the follow-up actions deliver the answer)."""
+    out, or a replay recomputed the answer, and the follow-up actions deliver it)."""
     try:
         row = await _state_row(state, pipeline, d)
     except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]  # stored: the default is a true answer
         log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
         row = None
-    if row is None or not row["has_answer"] or row["sync_reply"] == "default":
+    if row is None or not row["has_answer"] or row["sync_reply"] == "default" or row["recomputed"]:
         return _respond(state, pipeline, d, None, None, "duplicate_default")
     body = _answer_body(pipeline, d, row["output"])
     if body is None:  # the first reply gives (or gave) the default over this answer too, and records it

@@ -134,17 +134,20 @@ async def test_a_replay_with_recompute_and_force_delivers_the_new_answer_as_a_fo
     config = make_config()
     fake.enqueue(reply({"answer": "first"}), reply({"answer": "second"}))
     settings = settings_for(db_url, fake)
+    body = command_body(receiver.url)
     async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
-        r = await slash(client, base, command_body(receiver.url))
+        r = await slash(client, base, body)
         event_id = int(r.headers["x-hookline-event-id"])
         await wait_for_status(db_url, event_id)
         assert receiver.received == [], "the answer went out in the HTTP reply: no follow-up"
         rows(db_url, "SELECT hookline.replay(%s::bigint, p_recompute => true, p_force => true)", event_id)
         event = await wait_for_status(db_url, event_id)
+        again = await slash(client, base, body)  # the sender's retry, after the follow-up posted "second"
     assert r.headers["x-hookline-reply"] == "answer"
     assert r.json() == {"response_type": "in_channel", "text": "first (for ada)"}
     assert event["status"] == "succeeded"
     assert [x.json() for x in receiver.received] == [{"response_type": "ephemeral", "text": "Late: second"}]
+    assert again.headers["x-hookline-reply"] == "default" and again.json() == DEFAULT, "second went by follow-up"
     ((status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
     assert status == "succeeded" and result["status"] == 200
 
