@@ -176,8 +176,9 @@ async def _lead(rt: Runtime, event: EventRow, pipeline: Pipeline) -> Any:
     try:
         with simulating_parts(rt, pipeline, [int(c["event_id"]) for c in claimed]):
             rec = await gate(combined, f"micro_batch:{len(claimed)}")
-    except Held:
+    except Held:  # a round trip sent before the hold (a 529, then the fallback's open breaker) is kept
         await one(rt, "micro_release", ids=[c["id"] for c in claimed])
+        await _store(rt, event["id"], pipeline.name, gate.records)
         raise
     except asyncio.CancelledError:  # shutdown mid-call: the requests gather again, not stuck for 10 minutes
         answered = _answered(gate.records)

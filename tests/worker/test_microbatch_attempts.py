@@ -95,3 +95,28 @@ async def test_a_combined_call_the_fallback_answered_keeps_its_failed_round_trip
     calls = rows(db_url, "SELECT event_id, model, status, route FROM hookline.llm_calls ORDER BY id")
     assert [c[:3] for c in calls] == [(b, MODEL, "failed"), (b, FALLBACK, "succeeded"), (a, FALLBACK, "succeeded")]
     assert calls[0][3] == "micro_batch:2" and {c[3] for c in calls[1:]} == {"micro_batch:2+fallback:overloaded"}
+
+
+async def test_a_combined_call_held_after_a_failed_round_trip_keeps_that_round_trip(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The primary model answers 529 and its fallback's breaker is open: the batch is held (its events
+    gather again), and the 529 round trip that was sent is stored under the leader, as a pipeline's is."""
+    breaker = {"failures": 1, "window_seconds": 60, "open_seconds": 600}
+    models = {MODEL: {"fallback": FALLBACK}, FALLBACK: {"breaker": breaker}}
+    rt = await runtime_for(db_url, fake, make_config({"batch": {"max_events": 2, "max_wait_ms": 60000}}, models=models))
+    opened.append(rt)
+    rows(
+        db_url,
+        "INSERT INTO hookline.breakers (model, state, opened_at, open_until) "
+        "VALUES (%s, 'open', now(), now() + interval '10 minutes') RETURNING model",
+        FALLBACK,
+    )
+    a, b = insert_event(db_url, "evt_mh_a"), insert_event(db_url, "evt_mh_b")
+    fake.set_model_default(MODEL, overloaded())
+    assert "gathering a micro-batch" in await held(rt, a)
+    assert "circuit breaker" in await held(rt, b)  # two pending: b leads; the 529, then the open breaker
+    assert [c.body["model"] for c in fake.calls_to("/v1/messages")] == [MODEL]
+    calls = rows(db_url, "SELECT event_id, model, status, route FROM hookline.llm_calls ORDER BY id")
+    assert calls == [(b, MODEL, "failed", "micro_batch:2")]
+    assert rows(db_url, "SELECT status FROM hookline.batch_items ORDER BY id") == [("pending",), ("pending",)]
