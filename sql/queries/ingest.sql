@@ -50,15 +50,16 @@ WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 -- reply claims the answer (reply_answer) only once respond_body has rendered over it. sync_reply not
 -- null: already decided (the worker gave the answer to the follow-up actions at the deadline);
 -- remaining_s: until that deadline ($3 = respond_timeout_ms in seconds), by the database's clock, as
--- the worker's claim_late_reply counts it. recomputed: a replay recomputed the answer (the one a reply
--- may have carried is superseded), so the follow-up actions deliver it, as claim_late_reply decides.
+-- the worker's claim_late_reply counts it. recomputed: a replay made the answer (stored since its run
+-- started), so the follow-up actions deliver it, as claim_late_reply decides.
 WITH ans AS (
     SELECT output FROM hookline.llm_calls
     WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded'
 )
 SELECT e.status, e.sync_reply, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM ans) AS has_answer,
-       CASE WHEN e.replays > 0 THEN EXISTS (
-           SELECT 1 FROM hookline.llm_calls c WHERE c.event_id = $1 AND c.pipeline = $2 AND c.status = 'superseded'
+       CASE WHEN e.replays > 0 THEN coalesce(
+           (SELECT bool_or(c.created_at >= e.started_at) FROM hookline.llm_calls c
+            WHERE c.event_id = $1 AND c.pipeline = $2 AND c.status = 'succeeded'), false
        ) ELSE false END AS recomputed,
        extract(epoch FROM e.received_at + make_interval(secs => $3::float8) - now())::float8 AS remaining_s
 FROM hookline.events e

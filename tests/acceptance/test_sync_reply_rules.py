@@ -185,17 +185,24 @@ async def test_a_sync_pipeline_whose_when_is_false_replies_without_waiting_for_t
     assert (status, sync_reply_state, calls) == ("processing", "default", 0), "the reply did not wait for log-it"
 
 
+@pytest.mark.parametrize("escalated", [False, True])
 async def test_a_replay_that_reuses_the_answer_the_reply_carried_does_not_post_it_again(
-    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, escalated: bool
 ) -> None:
     """The HTTP reply carried the answer, then an action before the follow-up failed (the event is dead).
-    A replay without recompute reuses that very answer: its follow-up must not post it a second time."""
+    A replay without recompute reuses that very answer: its follow-up must not post it a second time,
+    also when the first run's escalation superseded a first answer (the reply carried the escalated one)."""
     monkeypatch.setattr(sync_reply, "CLAIM_AFTER_MARGIN_S", 3600.0)  # the claim is recorded before the reply
     crm = Receiver(statuses=[400])  # refuses the first post: a permanent failure, the event dies
     monkeypatch.setenv("HL_CRM_URL", crm.url)
     late = {"type": "slack_response", "allowed_hosts": ["127.0.0.1"], "text": "Late: {{ output.answer }}"}
-    config = make_config(actions=[{"type": "http", "url_env": "HL_CRM_URL"}, late])
+    over: dict[str, Any] = {"actions": [{"type": "http", "url_env": "HL_CRM_URL"}, late]}
+    if escalated:
+        schema = {**SCHEMA, "properties": {**SCHEMA["properties"], "hard": {"type": "boolean"}}}  # type: ignore[dict-item]
+        over.update(output_schema=schema, escalate={"model": "claude-sonnet-4-5", "when": "hard"})
+        fake.enqueue(reply({"answer": "maybe", "hard": True}))
     fake.enqueue(reply({"answer": "42"}))
+    config = make_config(**over)
     settings = settings_for(db_url, fake)
     try:
         async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
@@ -208,7 +215,8 @@ async def test_a_replay_that_reuses_the_answer_the_reply_carried_does_not_post_i
         crm.close()
     assert r.headers["x-hookline-reply"] == "answer", r.text
     assert (first["status"], again["status"]) == ("dead", "succeeded")
-    assert len(crm.received) == 2 and len(fake.calls_to("/v1/messages")) == 1
+    assert r.json()["text"] == "42 (for ada)"
+    assert len(crm.received) == 2 and len(fake.calls_to("/v1/messages")) == (2 if escalated else 1)
     assert receiver.received == [], "the sender had this answer in the HTTP reply: no follow-up repeats it"
     ((result,),) = rows(db_url, "SELECT result FROM hookline.action_runs WHERE action_type = 'slack_response'")
     assert result == {"skipped": "the answer went out in the HTTP reply"}
