@@ -37,7 +37,43 @@ _ASYNCPG_KEYS = {
     "gsslib",
     "service",
     "servicefile",
-    "direct_tls",
+    "sslnegotiation",
+}
+
+#: libpq connection options that only steer libpq's own client (keepalives, GSS encryption, channel
+#: binding, a fallback name, load balancing, …) and that asyncpg has no equivalent for. Managed
+#: Postgres URLs carry some (Neon's: ``channel_binding=require``). They are not server settings: sent
+#: as one, the server refuses the session ("unrecognized configuration parameter"), so the web process
+#: leaves them out; psycopg (worker, migrate) still honours them.
+_LIBPQ_CLIENT_ONLY = {
+    "channel_binding",
+    "connect_timeout",
+    "fallback_application_name",
+    "gssdelegation",
+    "gssencmode",
+    "hostaddr",
+    "keepalives",
+    "keepalives_count",
+    "keepalives_idle",
+    "keepalives_interval",
+    "load_balance_hosts",
+    "max_protocol_version",
+    "min_protocol_version",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_issuer",
+    "oauth_scope",
+    "replication",
+    "require_auth",
+    "requirepeer",
+    "scram_client_key",
+    "scram_server_key",
+    "sslcertmode",
+    "sslcompression",
+    "sslcrldir",
+    "sslkeylogfile",
+    "sslsni",
+    "tcp_user_timeout",
 }
 
 
@@ -101,7 +137,8 @@ def check_database_url(url: str) -> None:
 def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     """The URL for asyncpg, and server settings for libpq query keys asyncpg does not know.
 
-    ``application_name=x`` becomes a server setting; ``options=-c k=v -c k2=v2`` becomes settings too.
+    ``application_name=x`` becomes a server setting; ``options=-c k=v -c k2=v2`` becomes settings too;
+    libpq's client-only options (:data:`_LIBPQ_CLIENT_ONLY`) are left out.
     """
     parts = urlsplit(libpq_dsn(url))
     keep: list[tuple[str, str]] = []
@@ -112,7 +149,7 @@ def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
         elif key == "options":
             for opt in re.findall(r"-c\s*([^\s=]+)=(\S+)", value):
                 settings[opt[0]] = opt[1]
-        elif key != "connect_timeout":
+        elif key not in _LIBPQ_CLIENT_ONLY:
             settings[key] = value
     return urlunsplit(parts._replace(query=urlencode(keep))), settings
 

@@ -1,0 +1,74 @@
+"""Deploying on a PaaS: the DATABASE_URL a platform hands out, and a rolling deploy's readiness.
+
+Real Postgres, real uvicorn serving the app, the real worker: nothing of hookline's is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from app.core.config import Config
+from app.signatures import sign
+from tests.harness import config_from, make_settings, wait_for_status, web_server, worker_task
+
+SECRET = "whsec_" + base64.b64encode(b"hookline-paas-test-secret-32-byt").decode()
+
+#: libpq connection options that managed Postgres providers put in the URLs they give (Neon's carries
+#: channel_binding, others keepalives or gssencmode), and that asyncpg does not know: none is a server
+#: setting, so none may reach the server as one.
+CLIENT_OPTIONS = (
+    "channel_binding=prefer&keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3"
+    "&gssencmode=disable&sslnegotiation=postgres&fallback_application_name=render"
+    "&load_balance_hosts=disable&connect_timeout=10"
+)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HL_PAAS_SECRET", SECRET)
+
+
+def paas_config() -> Config:
+    return config_from(
+        {
+            "sources": {"hooks": {"provider": "standard_webhooks", "secrets_env": ["HL_PAAS_SECRET"]}},
+            "pipelines": {
+                "p": {
+                    "source": "hooks",
+                    "events": ["*"],
+                    "model": "claude-haiku-5-5",
+                    "instructions": "Summarize.",
+                    "output_schema": {"type": "object", "properties": {"s": {"type": "string"}}},
+                    "actions": [{"type": "log"}],
+                }
+            },
+        }
+    )
+
+
+async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, env: None) -> None:
+    """Web (asyncpg) and worker (psycopg) both accept what libpq accepts: the web process stores the
+    event (it used to send each option to the server as a setting, which refused to start the session:
+    every webhook was a 503 and /readyz said the database was unreachable) and the worker runs it."""
+    url = db_url + ("&" if "?" in db_url else "?") + CLIENT_OPTIONS
+    settings = make_settings(url)
+    config = paas_config()
+    body = b'{"type": "ping"}'
+    async with (
+        web_server(settings, config) as base,
+        worker_task(settings, config),
+        httpx.AsyncClient() as client,
+    ):
+        ready = await client.get(f"{base}/readyz")
+        assert ready.status_code == 200, ready.text
+        resp = await client.post(
+            f"{base}/webhooks/hooks",
+            content=body,
+            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_1"),
+        )
+        assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+        row = await wait_for_status(db_url, resp.json()["event_id"])
+    assert row["status"] == "succeeded", row
