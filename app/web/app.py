@@ -73,7 +73,10 @@ async def readyz(request: Request) -> Response:
             {"Retry-After": str(state.settings.retry_after_seconds)},
         )
     applied = {int(r["version"]): str(r["checksum"]) for r in rows}
-    if applied != state.expected_migrations:
+    # Versions this code does not know are a newer release's (its release step ran while this process
+    # still serves a rolling deploy): migrations are forward-only and keep what older code uses, so
+    # this process stays ready. A version it knows that is missing or changed is not.
+    if any(applied.get(v) != c for v, c in state.expected_migrations.items()):
         pending = sorted(set(state.expected_migrations) - set(applied))
         return json_response(
             503,
@@ -84,7 +87,11 @@ async def readyz(request: Request) -> Response:
                 "hint": "run `hookline migrate`",
             },
         )
-    return json_response(200, {"status": "ready", "schema_version": max(applied, default=0)})
+    newer = sorted(set(applied) - set(state.expected_migrations))
+    ready: dict[str, object] = {"status": "ready", "schema_version": max(applied, default=0)}
+    if newer:
+        ready["newer_migrations"] = newer  # applied by a newer release than this process's
+    return json_response(200, ready)
 
 
 async def metrics(request: Request) -> Response:

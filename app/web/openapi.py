@@ -328,7 +328,7 @@ def ingest_paths(config: Config) -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "tags": ["health"], "responses": ok}},
         "/readyz": {
             "get": {
-                "summary": "Readiness: Postgres answers and the schema is current",
+                "summary": "Readiness: Postgres answers, accepts writes and has every migration this code expects",
                 "tags": ["health"],
                 "responses": {**ok, "503": _json({"type": "object"}, "Not ready.")},
             }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import psycopg
 import pytest
 
 from app.core.config import Config
@@ -72,3 +73,33 @@ async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, e
         assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
         row = await wait_for_status(db_url, resp.json()["event_id"])
     assert row["status"] == "succeeded", row
+
+
+async def test_an_old_web_process_stays_ready_once_the_release_step_applied_a_newer_migration(
+    db_url: str, env: None
+) -> None:
+    """Rolling deploy: the new release's `hookline migrate` runs while the old release's web processes
+    still serve, and a platform health check (Render, Fly.io) on /readyz must not take them out of
+    rotation before the new ones are up. They still store events; a migration missing or changed
+    under them still makes them unready."""
+    config = paas_config()
+    body = b'{"type": "ping"}'
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        assert (await client.get(f"{base}/readyz")).status_code == 200
+        with psycopg.connect(db_url, autocommit=True) as conn:  # what the next release's migrate adds
+            conn.execute(
+                "INSERT INTO hookline.schema_migrations (version, name, checksum) "
+                "SELECT max(version) + 1, 'next_release', 'abc' FROM hookline.schema_migrations"
+            )
+        ready = await client.get(f"{base}/readyz")
+        assert ready.status_code == 200, ready.text
+        resp = await client.post(
+            f"{base}/webhooks/hooks",
+            content=body,
+            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_old"),
+        )
+        assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+        with psycopg.connect(db_url, autocommit=True) as conn:  # a file this code knows, changed
+            conn.execute("UPDATE hookline.schema_migrations SET checksum = 'changed' WHERE version = 1")
+        changed = await client.get(f"{base}/readyz")
+    assert changed.status_code == 503 and changed.json()["database"] == "schema not current", changed.text
