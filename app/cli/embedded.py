@@ -18,9 +18,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from app.core.errors import HooklineError
+
 log = logging.getLogger("hookline.embedded")
 
 DBNAME = "hookline"
+
+#: Variables a platform sets in every dyno or instance it runs (Heroku, Render, Fly.io, Railway).
+#: There the working directory is thrown away with the process, and an embedded Postgres with it.
+PLATFORM_MARKERS = ("DYNO", "RENDER", "FLY_APP_NAME", "RAILWAY_PROJECT_ID")
 
 
 def _server(home: Path, *, keep_running: bool = False) -> Any:
@@ -101,8 +107,15 @@ def stop(server: Any) -> None:
 
 
 def resolve_database_url(dsn: str | None, home: Path) -> tuple[str, Any]:
-    """``DATABASE_URL`` if set, else the embedded server's URL (started on demand)."""
+    """``DATABASE_URL`` if set, else the embedded server's URL (started on demand). Not on a platform
+    (:data:`PLATFORM_MARKERS`): a release step would migrate a database thrown away with its dyno."""
     if dsn:
         return dsn, None
+    marker = next((name for name in PLATFORM_MARKERS if os.environ.get(name)), None)
+    if marker is not None:
+        raise HooklineError(
+            f"DATABASE_URL is not set, and {marker} says this runs on a platform whose disk goes with the "
+            "process: an embedded Postgres there would be thrown away. Set DATABASE_URL to your Postgres."
+        )
     server, url = start(home)
     return url, server

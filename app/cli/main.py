@@ -48,6 +48,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    if not settings.dsn():  # never an embedded Postgres: every webhook would be a 503
+        raise HooklineError("DATABASE_URL is not set (`hookline dev` runs web and worker on an embedded Postgres)")
     setup_logging(settings.log_level, settings.log_format, process="web")
     load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
     from app.web.server import server_config

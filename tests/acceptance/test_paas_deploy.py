@@ -6,6 +6,10 @@ Real Postgres, real uvicorn serving the app, the real worker: nothing of hooklin
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -13,7 +17,7 @@ import pytest
 
 from app.core.config import Config
 from app.signatures import sign
-from tests.harness import config_from, make_settings, wait_for_status, web_server, worker_task
+from tests.harness import ROOT, config_from, free_port, make_settings, wait_for_status, web_server, worker_task
 
 SECRET = "whsec_" + base64.b64encode(b"hookline-paas-test-secret-32-byt").decode()
 
@@ -103,3 +107,34 @@ async def test_an_old_web_process_stays_ready_once_the_release_step_applied_a_ne
             conn.execute("UPDATE hookline.schema_migrations SET checksum = 'changed' WHERE version = 1")
         changed = await client.get(f"{base}/readyz")
     assert changed.status_code == 503 and changed.json()["database"] == "schema not current", changed.text
+
+
+def _cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HOOKLINE_HOME")}
+    base.update({"HOOKLINE_CONFIG": str(ROOT / "hookline.toml"), "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=base, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("marker", ["DYNO=release.4821", "RENDER=true", "FLY_APP_NAME=hooks", "RAILWAY_PROJECT_ID=p1"])
+def test_the_release_step_without_database_url_on_a_paas_fails_instead_of_migrating_a_throwaway_database(
+    tmp_path: Path, marker: str
+) -> None:
+    """DATABASE_URL forgotten (or not yet attached) on a platform: `hookline migrate` used to start an
+    embedded Postgres in the dyno's working directory, migrate it and exit 0; the deploy went on, and
+    that database vanished with the release dyno. Now the release step fails, saying why."""
+    name, _, value = marker.partition("=")
+    done = _cli("migrate", cwd=tmp_path, **{name: value})
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.startswith("hookline migrate: DATABASE_URL is not set"), done.stderr
+    assert name in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / ".hookline").exists()
+
+
+def test_the_web_process_without_database_url_refuses_to_start(tmp_path: Path) -> None:
+    """`hookline web` never starts an embedded Postgres: without DATABASE_URL it used to start, log
+    nothing and answer every webhook 503. It stops at once with one line, as `hookline worker` does."""
+    done = _cli("web", "--host", "127.0.0.1", "--port", str(free_port()), cwd=tmp_path)
+    assert done.returncode != 0, (done.stdout, done.stderr)
+    assert "DATABASE_URL is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr

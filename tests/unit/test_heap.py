@@ -57,7 +57,9 @@ worker.main.main([])
 
 
 def _run(script: str, home: Path) -> dict[str, int]:
-    env = {"HOOKLINE_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)}
+    # hookline web refuses to start without DATABASE_URL; nothing here connects (serving is replaced)
+    url = f"postgresql://nobody@/none?host={home}"
+    env = {"HOOKLINE_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home), "DATABASE_URL": url}
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True
     )
