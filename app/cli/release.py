@@ -18,6 +18,9 @@ def release(url: str, config: Config, out: Callable[[str], None] = print) -> lis
     applied = migrations.migrate(url, on_step=step)
     for m in applied:
         out(f"applied {m.version:04d}_{m.name}")
+    newer = migrations.status(url).unknown
+    if newer:  # a rollback's release step: the newer release's migrations stay (forward-only)
+        out(f"the database has newer migration(s) than this release: {', '.join(f'{v:04d}' for v in newer)}; kept")
     for line in apply_watches(url, config.watch):
         out(f"watch {line}")
     return applied

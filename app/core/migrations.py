@@ -118,7 +118,8 @@ def migrate(
     migrations: list[Migration] | None = None,
     on_step: Callable[[int, int, Migration], None] | None = None,
 ) -> list[Migration]:
-    """Apply pending migrations; returns what was applied. Safe to run concurrently.
+    """Apply pending migrations; returns what was applied. Safe to run concurrently. Migrations of a
+    newer release (versions past this code's, all of its own applied) are left as they are.
 
     ``on_step(n, total, migration)`` is called before each one (progress for long migrations)."""
     migrations = discover() if migrations is None else migrations
@@ -135,11 +136,16 @@ def migrate(
                     + ", ".join(f"{v:04d}" for v in st.mismatched)
                     + " — migrations are forward-only; add a new file instead"
                 )
-            if st.unknown:
+            # Versions this code does not know, with all of its own applied: a newer release's (a
+            # rollback runs the older release step; older code runs on the newer schema). Nothing to
+            # do. With some of its own missing as well, the histories diverged.
+            if st.unknown and st.pending:
                 raise MigrationError(
                     "the database has migration(s) this code does not know: "
                     + ", ".join(f"{v:04d}" for v in st.unknown)
-                    + " — is an older release running against a newer schema?"
+                    + ", and lacks "
+                    + ", ".join(f"{m.version:04d}" for m in st.pending)
+                    + " of this code's — were migrations of two branches applied?"
                 )
             for n, mig in enumerate(st.pending, 1):
                 if on_step is not None:

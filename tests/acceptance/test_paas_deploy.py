@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from app.core.config import Config
+from app.core.migrations import discover
 from app.signatures import sign
 from tests.harness import ROOT, config_from, free_port, make_settings, wait_for_status, web_server, worker_task
 
@@ -138,3 +139,22 @@ def test_the_web_process_without_database_url_refuses_to_start(tmp_path: Path) -
     done = _cli("web", "--host", "127.0.0.1", "--port", str(free_port()), cwd=tmp_path)
     assert done.returncode != 0, (done.stdout, done.stderr)
     assert "DATABASE_URL is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_rollback_runs_the_older_release_step_against_the_newer_schema(db_url: str, tmp_path: Path) -> None:
+    """Heroku runs the release phase on a rollback too: the older release's `hookline migrate` meets
+    the migrations the newer one applied. It used to refuse (exit 1), so the rollback failed and the
+    bad release stayed. It applies nothing and succeeds; a history that diverged (the database lacks a
+    migration this code has, and has one it does not know) is still refused."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO hookline.schema_migrations (version, name, checksum) "
+            "SELECT max(version) + 1, 'next_release', 'abc' FROM hookline.schema_migrations"
+        )
+    done = _cli("migrate", cwd=tmp_path, DATABASE_URL=db_url)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "newer" in done.stdout, done.stdout
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM hookline.schema_migrations WHERE version = %s", (discover()[-1].version,))
+    diverged = _cli("migrate", cwd=tmp_path, DATABASE_URL=db_url)
+    assert diverged.returncode == 1 and "does not know" in diverged.stderr, (diverged.stdout, diverged.stderr)
