@@ -94,12 +94,15 @@ def status(url: str, *, as_json: bool, caps: Callable[[], list[dict[str, Any]]] 
             raise
         return _not_migrated(st, as_json=as_json)
     out = {"schema_current": st.current, "pending_migrations": [m.version for m in st.pending], **data}
+    if st.unknown:
+        out["newer_migrations"] = st.unknown  # a newer release's (this is an older one: a rollback)
     out["spend"] = caps() if caps is not None and st.current else []
     if as_json:
         print(json.dumps(out, indent=2))
         return 0 if st.current else 1
     version = max(st.applied, default=0)
     pending = f", pending: {', '.join(str(v) for v in out['pending_migrations'])}" if st.pending else ""
+    pending += f", newer than this release: {', '.join(str(v) for v in st.unknown)}" if st.unknown else ""
     print(f"schema {'current' if st.current else 'NOT current'} (version {version:04d}{pending})\n")
     print(table(["status", "events"], sorted(data["events"].items())) + "\n")
     queue = [(q["queue"], q["status"], q["jobs"]) for q in data["queue"]]

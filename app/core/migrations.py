@@ -69,7 +69,9 @@ class SchemaStatus:
 
     @property
     def current(self) -> bool:
-        return not (self.pending or self.mismatched or self.unknown)
+        """Every migration of this code applied as it is. Versions past them (``unknown``, with none of
+        this code's pending) are a newer release's: older code runs on them (a rollback, a rolling deploy)."""
+        return not (self.pending or self.mismatched)
 
 
 def discover(folder: Path | None = None) -> list[Migration]:

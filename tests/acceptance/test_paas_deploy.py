@@ -6,6 +6,7 @@ Real Postgres, real uvicorn serving the app, the real worker: nothing of hooklin
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -154,6 +155,10 @@ def test_a_rollback_runs_the_older_release_step_against_the_newer_schema(db_url:
     done = _cli("migrate", cwd=tmp_path, DATABASE_URL=db_url)
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "newer" in done.stdout, done.stdout
+    status = _cli("status", "--json", cwd=tmp_path, DATABASE_URL=db_url)  # the older release's status
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    got = json.loads(status.stdout)
+    assert got["schema_current"] is True and got["newer_migrations"] == [discover()[-1].version + 1], got
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("DELETE FROM hookline.schema_migrations WHERE version = %s", (discover()[-1].version,))
     diverged = _cli("migrate", cwd=tmp_path, DATABASE_URL=db_url)
