@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -130,6 +131,8 @@ def check_database_url(url: str) -> None:
         raise DatabaseUrlError("lists more than one port, but not one per host")
     if params.get("sslmode", "prefer") not in _SSLMODES:
         raise DatabaseUrlError(f"sslmode must be one of {', '.join(sorted(_SSLMODES))}")
+    if params.get("sslrootcert") == "system" and params.get("sslmode", "verify-full") != "verify-full":
+        raise DatabaseUrlError("sslrootcert=system needs sslmode=verify-full (or no sslmode)")
     if params.get("target_session_attrs", "any") not in _SESSION_ATTRS:
         raise DatabaseUrlError(f"target_session_attrs must be one of {', '.join(sorted(_SESSION_ATTRS))}")
 
@@ -154,6 +157,16 @@ def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(keep))), settings
 
 
+def asyncpg_ssl(url: str) -> ssl.SSLContext | None:
+    """The TLS context for ``sslrootcert=system`` (libpq 16+: verify the server against the system's
+    trusted CAs, with ``sslmode=verify-full``), which asyncpg would take for a file named "system";
+    None otherwise (asyncpg follows the URL's ``sslmode`` and ``sslrootcert`` itself)."""
+    query = dict(parse_qsl(urlsplit(libpq_dsn(url)).query, keep_blank_values=True))
+    if query.get("sslrootcert") != "system":
+        return None
+    return ssl.create_default_context()  # system roots, CERT_REQUIRED, host name checked: verify-full
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -171,6 +184,7 @@ async def create_pool(
     server_settings.setdefault("application_name", "hookline-web")
     return await asyncpg.create_pool(
         dsn,
+        ssl=asyncpg_ssl(url),
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
@@ -187,6 +201,6 @@ async def connect(
     dsn, server_settings = asyncpg_dsn(url)
     if application_name:
         server_settings.setdefault("application_name", application_name)
-    conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=server_settings or None)
+    conn = await asyncpg.connect(dsn, ssl=asyncpg_ssl(url), timeout=timeout, server_settings=server_settings or None)
     await _init_connection(conn)
     return conn

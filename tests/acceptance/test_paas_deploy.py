@@ -5,12 +5,18 @@ Real Postgres, real uvicorn serving the app, the real worker: nothing of hooklin
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -19,6 +25,7 @@ import pytest
 from app.core.config import Config
 from app.core.migrations import discover
 from app.signatures import sign
+from tests.conftest import PgServer
 from tests.harness import ROOT, config_from, free_port, make_settings, wait_for_status, web_server, worker_task
 
 SECRET = "whsec_" + base64.b64encode(b"hookline-paas-test-secret-32-byt").decode()
@@ -163,3 +170,109 @@ def test_a_rollback_runs_the_older_release_step_against_the_newer_schema(db_url:
         conn.execute("DELETE FROM hookline.schema_migrations WHERE version = %s", (discover()[-1].version,))
     diverged = _cli("migrate", cwd=tmp_path, DATABASE_URL=db_url)
     assert diverged.returncode == 1 and "does not know" in diverged.stderr, (diverged.stdout, diverged.stderr)
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A test CA (the "system" roots of this test, through SSL_CERT_FILE) and a server certificate
+    for localhost that it signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hookline test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+@contextlib.asynccontextmanager
+async def _tls_in_front_of(server: PgServer, cert: Path, key: Path) -> AsyncIterator[int]:
+    """Postgres behind TLS on a 127.0.0.1 port (direct TLS, sslnegotiation=direct, as a provider's
+    proxy or PgBouncer with TLS would be): each connection's plaintext goes to the real server."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["postgresql"])
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError, ConnectionError):
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.host.startswith("/"):
+            up_r, up_w = await asyncio.open_unix_connection(f"{server.host}/.s.PGSQL.{server.port}")
+        else:
+            up_r, up_w = await asyncio.open_connection(server.host, server.port)
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    proxy = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    try:
+        yield int(proxy.sockets[0].getsockname()[1])
+    finally:
+        proxy.close()
+
+
+async def test_sslrootcert_system_verifies_against_the_system_roots_in_web_and_worker(
+    db_url: str, pg_server: PgServer, env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sslmode=verify-full&sslrootcert=system` (libpq 16+: trust the system's CA store, what provider
+    guides give for a managed Postgres with a public CA) works in both processes. asyncpg took "system"
+    for a file name: the web process never connected (FileNotFoundError) and answered every webhook 503."""
+    ca, cert, key = _tls_files(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the "system" store of this test, for OpenSSL and libpq
+    dbname = urlsplit(db_url).path.lstrip("/")
+    async with _tls_in_front_of(pg_server, cert, key) as port:
+        url = (
+            f"postgresql://{pg_server.user}@localhost:{port}/{dbname}"
+            "?sslmode=verify-full&sslrootcert=system&sslnegotiation=direct"
+        )
+        settings = make_settings(url)
+        config = paas_config()
+        body = b'{"type": "ping"}'
+        async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+            ready = await client.get(f"{base}/readyz")
+            assert ready.status_code == 200, ready.text
+            resp = await client.post(
+                f"{base}/webhooks/hooks",
+                content=body,
+                headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_tls"),
+            )
+            assert resp.status_code == 200, resp.text
+            row = await wait_for_status(db_url, resp.json()["event_id"])
+    assert row["status"] == "succeeded", row

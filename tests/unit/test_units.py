@@ -54,6 +54,7 @@ def test_database_urls_every_client_can_use_pass_the_check() -> None:
         ("postgresql://u:SECRET@h/d?port=5,6", "not one per host"),
         ("postgresql://u:SECRET@h/d?sslmode=SECRET", "sslmode must be one of"),
         ("postgresql://u:SECRET@h/d?target_session_attrs=SECRET", "target_session_attrs must be one of"),
+        ("postgresql://u:SECRET@h/d?sslmode=require&sslrootcert=system", "sslrootcert=system needs sslmode=verify"),
     ],
 )
 def test_a_database_url_no_client_can_use_names_the_rule_not_the_value(url: str, rule: str) -> None:
