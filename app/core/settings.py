@@ -66,8 +66,12 @@ class Settings(BaseSettings):
         "one that dies). Each has its own pool, batches and memory of stored keys; /metrics adds up their "
         "counters. Every process adds `HOOKLINE_DB_POOL_MAX` + 1 connections to the budget.",
     )
-    db_pool_min: int = Field(default=2, description="Minimum connections of the web process pool.")
-    db_pool_max: int = Field(default=10, description="Maximum connections of the web process pool.")
+    db_pool_min: int = Field(
+        default=2,
+        ge=0,
+        description="Minimum connections of the web process pool (held to the maximum when that is lower).",
+    )
+    db_pool_max: int = Field(default=10, ge=1, description="Maximum connections of the web process pool.")
     db_timeout: float = Field(
         default=5.0, description="Seconds to wait for a connection or a statement on the ingest path."
     )

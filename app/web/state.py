@@ -55,8 +55,8 @@ class PoolHolder:
         async with self._lock:
             if self._pool is None:
                 assert self._url is not None
-                self._pool = await db.create_pool(
-                    self._url, min_size=self._min, max_size=self._max, timeout=self._timeout
+                self._pool = await db.create_pool(  # a minimum above a lowered maximum is held to it
+                    self._url, min_size=min(self._min, self._max), max_size=self._max, timeout=self._timeout
                 )
 
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:

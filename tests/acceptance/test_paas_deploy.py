@@ -276,3 +276,19 @@ async def test_sslrootcert_system_verifies_against_the_system_roots_in_web_and_w
             assert resp.status_code == 200, resp.text
             row = await wait_for_status(db_url, resp.json()["event_id"])
     assert row["status"] == "succeeded", row
+
+
+async def test_a_web_pool_of_one_connection_serves(db_url: str, env: None) -> None:
+    """`HOOKLINE_DB_POOL_MAX=1`, for a plan with few connections: the pool's minimum (2 by default) is
+    held to it. asyncpg refused a minimum above the maximum, and the web process answered every
+    webhook 503, its log blaming an unreachable database."""
+    config = paas_config()
+    body = b'{"type": "ping"}'
+    async with web_server(make_settings(db_url, db_pool_max=1), config) as base, httpx.AsyncClient() as client:
+        assert (await client.get(f"{base}/readyz")).status_code == 200
+        resp = await client.post(
+            f"{base}/webhooks/hooks",
+            content=body,
+            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_pool1"),
+        )
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
