@@ -15,7 +15,11 @@ def release(url: str, config: Config, out: Callable[[str], None] = print) -> lis
     def step(n: int, total: int, m: migrations.Migration) -> None:
         out(f"[{n}/{total}] applying {m.version:04d}_{m.name} …")
 
-    applied = migrations.migrate(url, on_step=step)
+    def wait(m: migrations.Migration, tries: int) -> None:
+        if tries == 1 or tries % 10 == 0:
+            out(f"{m.version:04d}_{m.name}: its tables are locked by another transaction; trying again …")
+
+    applied = migrations.migrate(url, on_step=step, on_wait=wait)
     for m in applied:
         out(f"applied {m.version:04d}_{m.name}")
     newer = migrations.status(url).unknown

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,15 @@ COMMENT ON COLUMN hookline.schema_migrations.checksum IS 'sha256 of the file as 
 COMMENT ON COLUMN hookline.schema_migrations.applied_at IS 'When it was applied.';
 COMMENT ON CONSTRAINT schema_migrations_pkey ON hookline.schema_migrations IS 'One row per applied version.';
 """
+
+
+#: Each lock a migration asks for is given up after this long, and the migration (its transaction
+#: rolled back) tried again after a pause: a lock request that waits holds up every later request for
+#: the same table, the web's and worker's writes included, for as long as the wait lasts (a DBA's
+#: long read of hookline.events blocks an ALTER TABLE). Short enough for ingest's HOOKLINE_DB_TIMEOUT.
+LOCK_TIMEOUT = "1s"
+#: How long a migration keeps trying for its locks before the release step fails (nothing applied).
+LOCK_RETRY_SECONDS = 600.0
 
 
 class MigrationError(HooklineError):
@@ -115,15 +125,47 @@ def compare(applied: dict[int, str], migrations: list[Migration]) -> SchemaStatu
     )
 
 
+def _apply_when_locks_free(
+    conn: psycopg.Connection,
+    mig: Migration,
+    record: str,
+    on_wait: Callable[[Migration, int], None] | None,
+) -> None:
+    """Run ``mig`` and its version row in one transaction whose lock requests give up after
+    :data:`LOCK_TIMEOUT`; tried again (with a pause that grows to 5 s) until :data:`LOCK_RETRY_SECONDS`."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay, tries = 0.25, 0
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                conn.execute(mig.sql.encode())
+                conn.execute(record, (mig.version, mig.name, mig.checksum))
+            return
+        except psycopg.errors.LockNotAvailable:
+            tries += 1
+            if time.monotonic() + delay > deadline:
+                raise MigrationError(
+                    f"{mig.version:04d}_{mig.name}: its tables stayed locked for {LOCK_RETRY_SECONDS:.0f} s "
+                    "(a long transaction on them: see pg_stat_activity); nothing of it was applied"
+                ) from None
+            if on_wait is not None:
+                on_wait(mig, tries)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def migrate(
     dsn: str,
     migrations: list[Migration] | None = None,
     on_step: Callable[[int, int, Migration], None] | None = None,
+    on_wait: Callable[[Migration, int], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations; returns what was applied. Safe to run concurrently. Migrations of a
     newer release (versions past this code's, all of its own applied) are left as they are.
 
-    ``on_step(n, total, migration)`` is called before each one (progress for long migrations)."""
+    ``on_step(n, total, migration)`` is called before each one (progress for long migrations);
+    ``on_wait(migration, tries)`` each time its locks were not free (it is tried again)."""
     migrations = discover() if migrations is None else migrations
     done: list[Migration] = []
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
@@ -154,9 +196,7 @@ def migrate(
                     on_step(n, len(st.pending), mig)
                 record = "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
                 if mig.transactional:
-                    with conn.transaction():
-                        conn.execute(mig.sql.encode())
-                        conn.execute(record, (mig.version, mig.name, mig.checksum))
+                    _apply_when_locks_free(conn, mig, record, on_wait)
                 else:
                     conn.execute(mig.sql.encode())
                     conn.execute(record, (mig.version, mig.name, mig.checksum))

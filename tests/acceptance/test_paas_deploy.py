@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import ssl
@@ -23,7 +24,7 @@ import psycopg
 import pytest
 
 from app.core.config import Config
-from app.core.migrations import discover
+from app.core.migrations import Migration, discover, migrate
 from app.signatures import sign
 from tests.conftest import PgServer
 from tests.harness import ROOT, config_from, free_port, make_settings, wait_for_status, web_server, worker_task
@@ -292,3 +293,33 @@ async def test_a_web_pool_of_one_connection_serves(db_url: str, env: None) -> No
             headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_pool1"),
         )
     assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+
+
+async def test_a_release_step_waiting_for_a_lock_does_not_stop_ingest(db_url: str, env: None) -> None:
+    """A DBA's long read of hookline.events is open when the release step runs a migration that needs
+    the table to itself (ALTER TABLE). The migration's lock request used to wait in the queue for as
+    long as the read lasted, and every write queued behind it: each webhook answered 503 until the
+    read ended. It now gives up its request after a short lock timeout and tries again, so webhooks
+    are stored meanwhile; once the read ends, the migration is applied."""
+    sql = "ALTER TABLE hookline.events ADD COLUMN paas_probe integer;"
+    extra = Migration(discover()[-1].version + 1, "paas_probe", sql, hashlib.sha256(sql.encode()).hexdigest())
+    config = paas_config()
+    with psycopg.connect(db_url) as dba:
+        dba.execute("SELECT count(*) FROM hookline.events").fetchone()  # the read's lock: held to commit
+        release = asyncio.create_task(asyncio.to_thread(migrate, db_url, [*discover(), extra]))
+        await asyncio.sleep(1.0)  # the migration is waiting for its lock
+        async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient(timeout=30) as client:
+            answers = []
+            for i in range(3):
+                body = b'{"type": "ping"}'
+                resp = await client.post(
+                    f"{base}/webhooks/hooks",
+                    content=body,
+                    headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id=f"msg_paas_lock_{i}"),
+                )
+                answers.append(resp.status_code)
+            assert not release.done()
+        dba.commit()  # the read ends
+    applied = await asyncio.wait_for(release, 60)
+    assert [m.name for m in applied] == ["paas_probe"]
+    assert answers == [200, 200, 200], answers
