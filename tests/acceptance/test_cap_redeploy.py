@@ -4,6 +4,9 @@ model call and without a second alert. Real web, worker, Postgres; the fake Mess
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 
 from tests.acceptance.test_limits import GOOD, USAGE, deliver, env, event_body, make_config, settings_for  # noqa: F401
@@ -34,11 +37,17 @@ async def held_at_one_per_hour(db_url: str, fake: FakeMessagesAPI) -> tuple[int,
         second = await deliver(client, base, event_body("evt_cap1", tenant="t"))
         held = await wait_for_status(db_url, second, ("throttled",))
     assert "events_per_hour = 1" in str(held["detail"])
-    ((later,),) = rows(
-        db_url,
-        "SELECT scheduled_at > now() + interval '1 minute' FROM procrastinate_jobs WHERE args->>'event_id' = %s",
-        str(second),
-    )
+    # the job is rescheduled just after the status is written (procrastinate's retry): wait for it
+    deadline = time.monotonic() + 10
+    later = False
+    while not later and time.monotonic() < deadline:
+        ((later,),) = rows(
+            db_url,
+            "SELECT scheduled_at > now() + interval '1 minute' FROM procrastinate_jobs WHERE args->>'event_id' = %s",
+            str(second),
+        )
+        if not later:
+            await asyncio.sleep(0.05)
     assert later  # held until the hour's window reopens
     return first, second
 
