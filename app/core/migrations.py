@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import psycopg
 
 from app.core.db import libpq_dsn
 from app.core.errors import HooklineError
+from app.core.lockwait import when_locks_free
 from app.core.sqlfiles import sql_dir
 
 #: pg_advisory_lock key: the bytes of "hookline" read as a big-endian integer.
@@ -43,15 +43,6 @@ COMMENT ON COLUMN hookline.schema_migrations.checksum IS 'sha256 of the file as 
 COMMENT ON COLUMN hookline.schema_migrations.applied_at IS 'When it was applied.';
 COMMENT ON CONSTRAINT schema_migrations_pkey ON hookline.schema_migrations IS 'One row per applied version.';
 """
-
-
-#: Each lock a migration asks for is given up after this long, and the migration (its transaction
-#: rolled back) tried again after a pause: a lock request that waits holds up every later request for
-#: the same table, the web's and worker's writes included, for as long as the wait lasts (a DBA's
-#: long read of hookline.events blocks an ALTER TABLE). Short enough for ingest's HOOKLINE_DB_TIMEOUT.
-LOCK_TIMEOUT = "1s"
-#: How long a migration keeps trying for its locks before the release step fails (nothing applied).
-LOCK_RETRY_SECONDS = 600.0
 
 
 class MigrationError(HooklineError):
@@ -132,27 +123,20 @@ def _apply_when_locks_free(
     on_wait: Callable[[Migration, int], None] | None,
 ) -> None:
     """Run ``mig`` and its version row in one transaction whose lock requests give up after
-    :data:`LOCK_TIMEOUT`; tried again (with a pause that grows to 5 s) until :data:`LOCK_RETRY_SECONDS`."""
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    delay, tries = 0.25, 0
-    while True:
-        try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                conn.execute(mig.sql.encode())
-                conn.execute(record, (mig.version, mig.name, mig.checksum))
-            return
-        except psycopg.errors.LockNotAvailable:
-            tries += 1
-            if time.monotonic() + delay > deadline:
-                raise MigrationError(
-                    f"{mig.version:04d}_{mig.name}: its tables stayed locked for {LOCK_RETRY_SECONDS:.0f} s "
-                    "(a long transaction on them: see pg_stat_activity); nothing of it was applied"
-                ) from None
-            if on_wait is not None:
-                on_wait(mig, tries)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    :data:`~app.core.lockwait.LOCK_TIMEOUT`; tried again until :data:`~app.core.lockwait.LOCK_RETRY_SECONDS`
+    (a DBA's long read of hookline.events blocks an ALTER TABLE, and every write would queue behind it)."""
+
+    def apply() -> None:
+        conn.execute(mig.sql.encode())
+        conn.execute(record, (mig.version, mig.name, mig.checksum))
+
+    def give_up(seconds: float) -> MigrationError:
+        return MigrationError(
+            f"{mig.version:04d}_{mig.name}: its tables stayed locked for {seconds:.0f} s "
+            "(a long transaction on them: see pg_stat_activity); nothing of it was applied"
+        )
+
+    when_locks_free(conn, apply, give_up, None if on_wait is None else lambda tries: on_wait(mig, tries))
 
 
 def migrate(
