@@ -1,6 +1,6 @@
 -- Watched tables (app/watch.py; psycopg: %(name)s placeholders). The logic is in the SQL functions
--- of sql/migrations/0003_watch.sql and 0032_watch_never_fails_writes.sql, so psql users and hookline
--- run exactly the same code.
+-- of sql/migrations/0003_watch.sql, 0032_watch_never_fails_writes.sql and 0033_watch_retries_busy_tables.sql,
+-- so psql users and hookline run exactly the same code.
 
 -- name: watch
 -- Install or update a table's watch triggers; returns created, replaced or unchanged.
