@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.cli.watch import apply_watches
+from app.cli.watch import apply_watches, wait_line
 from app.core import migrations
 from app.core.config import Config
 
@@ -25,6 +25,12 @@ def release(url: str, config: Config, out: Callable[[str], None] = print) -> lis
     newer = migrations.status(url).unknown
     if newer:  # a rollback's release step: the newer release's migrations stay (forward-only)
         out(f"the database has newer migration(s) than this release: {', '.join(f'{v:04d}' for v in newer)}; kept")
-    for line in apply_watches(url, config.watch):
+
+    def watch_wait(table: str, tries: int) -> None:
+        line = wait_line(table, tries)
+        if line is not None:
+            out(f"watch {line}")
+
+    for line in apply_watches(url, config.watch, on_wait=watch_wait):
         out(f"watch {line}")
     return applied

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from app.core.db import libpq_dsn
 from app.core.errors import HooklineError
+from app.core.lockwait import when_locks_free
 from app.core.querynames import WatchQuery
 from app.core.settings import Settings
 from app.core.sqlfiles import NamedQueries
@@ -128,6 +129,8 @@ def _watch(conn: psycopg.Connection[dict[str, Any]], spec: WatchSpec) -> WatchRe
     try:
         row = conn.execute(sql["watch"], spec.params()).fetchone()
         info = conn.execute(sql["watched_table"], {"table": spec.table}).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        raise  # the table is busy: when_locks_free tries again
     except psycopg.Error as e:
         raise _error(e, spec.table) from None
     finally:
@@ -136,13 +139,39 @@ def _watch(conn: psycopg.Connection[dict[str, Any]], spec: WatchSpec) -> WatchRe
     return WatchResult(str(row["result"]), Watched.from_row(info), tuple(warnings))
 
 
-def watch_table(dsn: str, spec: WatchSpec) -> WatchResult:
-    """Watch one table (``hookline watch``): create, replace or leave its triggers as they are."""
-    with _connect(dsn) as conn, conn.transaction():
-        return _watch(conn, spec)
+#: ``on_wait(table, tries)``: a watch's table was locked by another transaction; it is tried again.
+OnWait = Callable[[str, int], None]
 
 
-def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
+def _busy(what: str, kept: str) -> Callable[[float], WatchError]:
+    def give_up(seconds: float) -> WatchError:
+        return WatchError(
+            f"{what}: the table stayed locked by another transaction for {seconds:.0f} s "
+            f"(a long transaction on it: see pg_stat_activity); {kept}"
+        )
+
+    return give_up
+
+
+def _waiting(on_wait: OnWait | None, table: Callable[[], str]) -> Callable[[int], None] | None:
+    return None if on_wait is None else lambda tries: on_wait(table(), tries)
+
+
+def watch_table(dsn: str, spec: WatchSpec, on_wait: OnWait | None = None) -> WatchResult:
+    """Watch one table (``hookline watch``): create, replace or leave its triggers as they are.
+
+    Its lock requests give up after a short ``lock_timeout`` and it is tried again (see
+    :mod:`app.core.lockwait`), so it never queues the table's writes behind a long transaction."""
+    with _connect(dsn) as conn:
+        return when_locks_free(
+            conn,
+            lambda: _watch(conn, spec),
+            _busy(spec.table, "its watch was not changed"),
+            _waiting(on_wait, lambda: spec.table),
+        )
+
+
+def apply_watches(dsn: str, specs: Sequence[WatchSpec], on_wait: OnWait | None = None) -> list[str]:
     """Apply the ``[[watch]]`` entries of hookline.toml in one transaction (``hookline migrate``).
 
     Returns one line per entry (``public.orders: created (events public.orders.update)``), each followed
@@ -150,13 +179,21 @@ def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
     entries change nothing (no DDL, no lock on the table); a changed entry replaces the triggers; a
     failing entry rolls all of them back and raises :class:`WatchError`. Watches that are in the
     database but not in the file stay: psql users may have added them.
+
+    A lock request on a watched table gives up after a short ``lock_timeout``; every entry is then
+    rolled back and tried again (``on_wait(table, tries)``) until the table is free, for a bounded time
+    (:mod:`app.core.lockwait`): a trigger's DDL waiting behind a long transaction would have queued
+    every write to the table.
     """
     if not specs:
         return []
-    lines: list[str] = []
-    seen: dict[str, str] = {}
-    with _connect(dsn) as conn, conn.transaction():
+    current = [specs[0].table]  # the entry being applied when a lock was not granted
+
+    def apply_all() -> list[str]:
+        lines: list[str] = []
+        seen: dict[str, str] = {}
         for spec in specs:
+            current[0] = spec.table
             result = _watch(conn, spec)
             table = result.watched.table
             if table in seen:
@@ -165,18 +202,33 @@ def apply_watches(dsn: str, specs: Sequence[WatchSpec]) -> list[str]:
                 )
             seen[table] = spec.table
             lines.extend(result.lines())
-    return lines
+        return lines
+
+    with _connect(dsn) as conn:
+        return when_locks_free(
+            conn,
+            apply_all,
+            lambda seconds: _busy(current[0], "no [[watch]] entry was changed")(seconds),
+            _waiting(on_wait, lambda: current[0]),
+        )
 
 
-def unwatch_table(dsn: str, table: str) -> bool:
-    """Stop watching a table; False when it was not watched. Stored events stay."""
-    with _connect(dsn) as conn, conn.transaction():
+def unwatch_table(dsn: str, table: str, on_wait: OnWait | None = None) -> bool:
+    """Stop watching a table; False when it was not watched. Stored events stay. Waits for the table's
+    lock as :func:`watch_table` does."""
+
+    def unwatch() -> bool:
         try:
             row = conn.execute(WATCH_SQL["unwatch"], {"table": table}).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            raise
         except psycopg.Error as e:
             raise _error(e, table) from None
-    assert row is not None
-    return bool(row["removed"])
+        assert row is not None
+        return bool(row["removed"])
+
+    with _connect(dsn) as conn:
+        return when_locks_free(conn, unwatch, _busy(table, "it is still watched"), _waiting(on_wait, lambda: table))
 
 
 def list_watched(dsn: str) -> list[Watched]:
@@ -230,10 +282,23 @@ def spec_from_args(args: argparse.Namespace) -> WatchSpec:
         raise WatchError("; ".join(parts)) from None
 
 
+def wait_line(table: str, tries: int) -> str | None:
+    """What to say while a watch waits for its table's lock: on the first try and every tenth."""
+    if tries == 1 or tries % 10 == 0:
+        return f"{table}: the table is locked by another transaction; trying again …"
+    return None
+
+
+def print_wait(table: str, tries: int) -> None:
+    line = wait_line(table, tries)
+    if line is not None:
+        print(line, flush=True)
+
+
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     url, _server = _db_url(settings)
-    result = watch_table(url, spec)
+    result = watch_table(url, spec, on_wait=print_wait)
     print("\n".join(result.lines()))
     if result.outcome != "unchanged":
         print(
@@ -245,7 +310,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_unwatch(settings: Settings, args: argparse.Namespace) -> int:
     url, _server = _db_url(settings)
-    if unwatch_table(url, args.table):
+    if unwatch_table(url, args.table, on_wait=print_wait):
         print(f"{args.table}: no longer watched (events already stored stay)")
     else:
         print(f"{args.table}: was not watched")
