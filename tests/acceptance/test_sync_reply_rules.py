@@ -12,18 +12,10 @@ import pytest
 
 from app.signatures import sign
 from app.web import sync_reply
+from tests.acceptance.test_sync_providers import PUBLIC, SCHEMA, TWILIO_SECRET
 from tests.acceptance.test_sync_replies import DEFAULT, command_body, make_config, settings_for, slash
 from tests.fakes.messages_api import FakeMessagesAPI, reply, slow
 from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, web_server, worker_task
-
-PUBLIC = "https://hooks.example.com"
-TWILIO_SECRET = "twilio-auth-token-for-sync-tests"
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
 
 
 @pytest.fixture(autouse=True)
