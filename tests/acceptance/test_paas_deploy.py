@@ -64,6 +64,23 @@ def paas_config() -> Config:
     )
 
 
+async def post_ping(client: httpx.AsyncClient, base: str, delivery_id: str) -> httpx.Response:
+    """A ping signed with the source's secret, POSTed to the source ``hooks``."""
+    body = b'{"type": "ping"}'
+    return await client.post(
+        f"{base}/webhooks/hooks",
+        content=body,
+        headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id=delivery_id),
+    )
+
+
+async def post_accepted(client: httpx.AsyncClient, base: str, delivery_id: str) -> int:
+    """:func:`post_ping`, which must be answered 200 ``accepted``; returns the event's id."""
+    resp = await post_ping(client, base, delivery_id)
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+    return int(resp.json()["event_id"])
+
+
 async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, env: None) -> None:
     """Web (asyncpg) and worker (psycopg) both accept what libpq accepts: the web process stores the
     event (it used to send each option to the server as a setting, which refused to start the session:
@@ -71,7 +88,6 @@ async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, e
     url = db_url + ("&" if "?" in db_url else "?") + CLIENT_OPTIONS
     settings = make_settings(url)
     config = paas_config()
-    body = b'{"type": "ping"}'
     async with (
         web_server(settings, config) as base,
         worker_task(settings, config),
@@ -79,13 +95,8 @@ async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, e
     ):
         ready = await client.get(f"{base}/readyz")
         assert ready.status_code == 200, ready.text
-        resp = await client.post(
-            f"{base}/webhooks/hooks",
-            content=body,
-            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_1"),
-        )
-        assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
-        row = await wait_for_status(db_url, resp.json()["event_id"])
+        event_id = await post_accepted(client, base, "msg_paas_1")
+        row = await wait_for_status(db_url, event_id)
     assert row["status"] == "succeeded", row
 
 
@@ -97,7 +108,6 @@ async def test_an_old_web_process_stays_ready_once_the_release_step_applied_a_ne
     rotation before the new ones are up. They still store events; a migration missing or changed
     under them still makes them unready."""
     config = paas_config()
-    body = b'{"type": "ping"}'
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
         assert (await client.get(f"{base}/readyz")).status_code == 200
         with psycopg.connect(db_url, autocommit=True) as conn:  # what the next release's migrate adds
@@ -107,12 +117,7 @@ async def test_an_old_web_process_stays_ready_once_the_release_step_applied_a_ne
             )
         ready = await client.get(f"{base}/readyz")
         assert ready.status_code == 200, ready.text
-        resp = await client.post(
-            f"{base}/webhooks/hooks",
-            content=body,
-            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_old"),
-        )
-        assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+        await post_accepted(client, base, "msg_paas_old")
         with psycopg.connect(db_url, autocommit=True) as conn:  # a file this code knows, changed
             conn.execute("UPDATE hookline.schema_migrations SET checksum = 'changed' WHERE version = 1")
         changed = await client.get(f"{base}/readyz")
@@ -265,15 +270,10 @@ async def test_sslrootcert_system_verifies_against_the_system_roots_in_web_and_w
         )
         settings = make_settings(url)
         config = paas_config()
-        body = b'{"type": "ping"}'
         async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
             ready = await client.get(f"{base}/readyz")
             assert ready.status_code == 200, ready.text
-            resp = await client.post(
-                f"{base}/webhooks/hooks",
-                content=body,
-                headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_tls"),
-            )
+            resp = await post_ping(client, base, "msg_paas_tls")
             assert resp.status_code == 200, resp.text
             row = await wait_for_status(db_url, resp.json()["event_id"])
     assert row["status"] == "succeeded", row
@@ -284,15 +284,9 @@ async def test_a_web_pool_of_one_connection_serves(db_url: str, env: None) -> No
     held to it. asyncpg refused a minimum above the maximum, and the web process answered every
     webhook 503, its log blaming an unreachable database."""
     config = paas_config()
-    body = b'{"type": "ping"}'
     async with web_server(make_settings(db_url, db_pool_max=1), config) as base, httpx.AsyncClient() as client:
         assert (await client.get(f"{base}/readyz")).status_code == 200
-        resp = await client.post(
-            f"{base}/webhooks/hooks",
-            content=body,
-            headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_paas_pool1"),
-        )
-    assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+        await post_accepted(client, base, "msg_paas_pool1")
 
 
 async def test_a_release_step_waiting_for_a_lock_does_not_stop_ingest(db_url: str, env: None) -> None:
@@ -311,12 +305,7 @@ async def test_a_release_step_waiting_for_a_lock_does_not_stop_ingest(db_url: st
         async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient(timeout=30) as client:
             answers = []
             for i in range(3):
-                body = b'{"type": "ping"}'
-                resp = await client.post(
-                    f"{base}/webhooks/hooks",
-                    content=body,
-                    headers=sign("standard_webhooks", secret=SECRET, body=body, delivery_id=f"msg_paas_lock_{i}"),
-                )
+                resp = await post_ping(client, base, f"msg_paas_lock_{i}")
                 answers.append(resp.status_code)
             assert not release.done()
         dba.commit()  # the read ends
