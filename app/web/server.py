@@ -329,6 +329,9 @@ def server_config(app: Any, settings: Settings, *, host: str, port: int, **kwarg
     """The uvicorn.Config of ``hookline web`` (tests and bench serve the app the same way)."""
     kwargs.setdefault("log_config", None)
     kwargs.setdefault("access_log", False)
+    # Given, so uvicorn never reads WEB_CONCURRENCY (Heroku's buildpack sets it for gunicorn; uvicorn's int()
+    # of "auto" or "" stopped `hookline web` with a traceback): processes are HOOKLINE_WEB_PROCESSES.
+    kwargs.setdefault("workers", 1)
     return uvicorn.Config(
         app,
         host=host,

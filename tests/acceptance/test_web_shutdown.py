@@ -50,10 +50,22 @@ def _start_web(db_url: str, tmp_path: Path, **extra_env: str) -> tuple[subproces
 
 def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> None:
     web, port = _start_web(db_url, tmp_path, HOOKLINE_SHUTDOWN_TIMEOUT="10")
-    secret = SECRET
+    _drain_one_request(web, port, db_url, after_sigterm=0.5)
+
+
+def test_a_web_concurrency_uvicorn_cannot_read_is_ignored(db_url: str, tmp_path: Path) -> None:
+    """WEB_CONCURRENCY (Heroku's buildpack sets it; "auto" is a common hand-set value) is not read, as the
+    README says: uvicorn's own int() of it used to stop `hookline web` with a traceback."""
+    web, port = _start_web(db_url, tmp_path, WEB_CONCURRENCY="auto", HOOKLINE_SHUTDOWN_TIMEOUT="10")
+    _drain_one_request(web, port, db_url, after_sigterm=0.5)
+
+
+def _drain_one_request(web: subprocess.Popen[str], port: int, db_url: str, *, after_sigterm: float) -> None:
+    """SIGTERM with half a request's body sent; the rest ``after_sigterm`` s later: answered and stored,
+    then the process exits cleanly."""
     try:
         body = b'{"type": "deploy.test", "data": {"n": 1}}'
-        headers = sign("standard_webhooks", secret=secret, body=body, delivery_id="msg_drain")
+        headers = sign("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_drain")
         head = (
             f"POST /webhooks/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
@@ -62,7 +74,7 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
             sock.sendall(head.encode() + body[:10])  # the request is in flight: half its body sent
             time.sleep(0.3)
             web.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            time.sleep(after_sigterm)
             assert web.poll() is None, "the web process quit with a request in flight"
             sock.sendall(body[10:])
             answer = _read_response(sock)
