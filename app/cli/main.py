@@ -58,7 +58,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
         "host": args.host or settings.host,
         "port": args.port or settings.port,
         "access_log": args.access_log,
-        "timeout_graceful_shutdown": int(settings.shutdown_timeout),
+        "timeout_graceful_shutdown": settings.shutdown_timeout,  # an asyncio.timeout: int() made 0.5 s no drain
     }
     processes = args.processes or settings.web_processes
     if processes > 1:

@@ -53,6 +53,14 @@ def test_sigterm_drains_the_request_in_flight(db_url: str, tmp_path: Path) -> No
     _drain_one_request(web, port, db_url, after_sigterm=0.5)
 
 
+def test_a_shutdown_timeout_under_a_second_still_drains(db_url: str, tmp_path: Path) -> None:
+    """uvicorn was given int(HOOKLINE_SHUTDOWN_TIMEOUT): 0.9 became 0, and SIGTERM cut the request in
+    flight about 0.2 s later (uvicorn's tick and pause; no answer, nothing stored) instead of letting it
+    finish within the 0.9 s."""
+    web, port = _start_web(db_url, tmp_path, HOOKLINE_SHUTDOWN_TIMEOUT="0.9")
+    _drain_one_request(web, port, db_url, after_sigterm=0.4)
+
+
 def test_a_web_concurrency_uvicorn_cannot_read_is_ignored(db_url: str, tmp_path: Path) -> None:
     """WEB_CONCURRENCY (Heroku's buildpack sets it; "auto" is a common hand-set value) is not read, as the
     README says: uvicorn's own int() of it used to stop `hookline web` with a traceback."""

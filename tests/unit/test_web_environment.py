@@ -53,3 +53,12 @@ def test_web_concurrency_is_not_read(value: str) -> None:
     done, config = _web_config(WEB_CONCURRENCY=value)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert config["workers"] == 1, config
+
+
+@pytest.mark.parametrize(("value", "graceful"), [("0.5", 0.5), ("1.5", 1.5), ("20", 20.0)])
+def test_a_fraction_of_a_second_of_shutdown_timeout_is_kept(value: str, graceful: float) -> None:
+    """uvicorn was given int(HOOKLINE_SHUTDOWN_TIMEOUT): 0.5 became 0, no drain at all (requests in
+    flight cut at SIGTERM), and 1.5 became 1."""
+    done, config = _web_config(HOOKLINE_SHUTDOWN_TIMEOUT=value)
+    assert done.returncode == 0, done.stderr
+    assert config["graceful"] == graceful, config
