@@ -137,11 +137,49 @@ def check_database_url(url: str) -> None:
         raise DatabaseUrlError(f"target_session_attrs must be one of {', '.join(sorted(_SESSION_ATTRS))}")
 
 
+def _option_words(options: str) -> list[str]:
+    """libpq's ``options`` split into words as the server splits them (``pg_split_opts``): at ASCII
+    whitespace, a backslash taking the next character as it is (``\\ ``: a space inside a value)."""
+    words: list[str] = []
+    word: str | None = None  # None: between words
+    chars = iter(options)
+    for ch in chars:
+        if ch in " \t\n\r\f\v":
+            if word is not None:
+                words.append(word)
+            word = None
+        else:
+            word = (word or "") + (next(chars, "") if ch == "\\" else ch)
+    if word is not None:
+        words.append(word)
+    return words
+
+
+def options_settings(options: str) -> dict[str, str]:
+    """The server settings in libpq's ``options``, read as the server reads them: ``-c name=value``,
+    ``-cname=value`` or ``--name=value``, a dash in the name standing for an underscore. Its other
+    switches (``-B``, ``-e``, …) are not settings and are left out, as is a name without a value
+    (the server refuses the session for that: the worker says so)."""
+    settings: dict[str, str] = {}
+    words = iter(_option_words(options))
+    for word in words:
+        if word == "-c":
+            arg = next(words, "")
+        elif word.startswith(("-c", "--")):
+            arg = word[2:]
+        else:
+            continue
+        name, equals, value = arg.partition("=")
+        if name and equals:
+            settings[name.replace("-", "_")] = value
+    return settings
+
+
 def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     """The URL for asyncpg, and server settings for libpq query keys asyncpg does not know.
 
-    ``application_name=x`` becomes a server setting; ``options=-c k=v -c k2=v2`` becomes settings too;
-    libpq's client-only options (:data:`_LIBPQ_CLIENT_ONLY`) are left out.
+    ``application_name=x`` becomes a server setting; ``options=-c k=v --k2=v2`` becomes settings too
+    (:func:`options_settings`); libpq's client-only options (:data:`_LIBPQ_CLIENT_ONLY`) are left out.
     """
     parts = urlsplit(libpq_dsn(url))
     keep: list[tuple[str, str]] = []
@@ -150,8 +188,7 @@ def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
         if key in _ASYNCPG_KEYS:
             keep.append((key, value))
         elif key == "options":
-            for opt in re.findall(r"-c\s*([^\s=]+)=(\S+)", value):
-                settings[opt[0]] = opt[1]
+            settings.update(options_settings(value))
         elif key not in _LIBPQ_CLIENT_ONLY:
             settings[key] = value
     return urlunsplit(parts._replace(query=urlencode(keep))), settings

@@ -17,13 +17,14 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import psycopg
 import pytest
 
 from app.core.config import Config
+from app.core.db import connect
 from app.core.migrations import Migration, discover, migrate
 from app.signatures import sign
 from tests.conftest import PgServer
@@ -98,6 +99,31 @@ async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, e
         event_id = await post_accepted(client, base, "msg_paas_1")
         row = await wait_for_status(db_url, event_id)
     assert row["status"] == "succeeded", row
+
+
+#: libpq's ``options`` in both of the server's forms (``-c name=value``, ``--name=value``), a dash in a
+#: name, a name that contains "-c" once cut short, and a backslash-escaped space in a value.
+SERVER_OPTIONS = r"-c statement_timeout=4321 --lock-timeout=1234 --client_min_messages=warning -csearch_path=a,\ b"
+
+
+async def test_the_web_process_sets_the_server_options_libpq_sets(db_url: str) -> None:
+    """``options`` in DATABASE_URL: the web process (asyncpg) starts its sessions with the settings the
+    worker's (libpq's) have. ``--name=value`` was left out, and ``--client_min_messages`` was sent as
+    "lient_min_messages", which the server refuses (every webhook a 503)."""
+    url = db_url + ("&" if "?" in db_url else "?") + urlencode({"options": SERVER_OPTIONS}, quote_via=quote)
+    names = ("statement_timeout", "lock_timeout", "client_min_messages", "search_path")
+    query = "SELECT " + ", ".join(f"current_setting('{n}')" for n in names)
+    with psycopg.connect(url) as libpq:
+        row = libpq.execute(query).fetchone()
+        assert row is not None
+        by_libpq = tuple(row)
+    web = await connect(url)
+    try:
+        by_web = tuple(await web.fetchrow(query) or ())
+    finally:
+        await web.close()
+    assert by_libpq == ("4321ms", "1234ms", "warning", "a, b")
+    assert by_web == by_libpq
 
 
 async def test_an_old_web_process_stays_ready_once_the_release_step_applied_a_newer_migration(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import anthropic
 import httpx
@@ -26,6 +27,33 @@ def test_database_urls_of_every_shape() -> None:
     assert dsn == "postgresql://u@/db?host=%2Frun%2Fpg" and settings == {"application_name": "x", "search_path": "y"}
     with pytest.raises(ValueError, match="postgresql://"):
         libpq_dsn("mysql://x")
+
+
+@pytest.mark.parametrize(
+    ("options", "settings"),
+    [
+        ("-c search_path=y", {"search_path": "y"}),
+        ("-csearch_path=y", {"search_path": "y"}),
+        ("--statement_timeout=5s", {"statement_timeout": "5s"}),
+        ("--lock-timeout=2s", {"lock_timeout": "2s"}),  # the server reads a dash in the name as _
+        ("-c lock-timeout=2s", {"lock_timeout": "2s"}),
+        ("--client_min_messages=warning", {"client_min_messages": "warning"}),  # once "lient_min_messages"
+        (
+            "-c search_path=y  --statement_timeout=5s\t-c lock_timeout=2s",
+            {"search_path": "y", "statement_timeout": "5s", "lock_timeout": "2s"},
+        ),
+        ("-c search_path=a,\\ b", {"search_path": "a, b"}),  # a backslash keeps the space in the value
+        ("-c application_name=x\\\\y", {"application_name": "x\\y"}),
+        ("-c jit=on=off", {"jit": "on=off"}),
+        ("-B 100 -c search_path=y -e", {"search_path": "y"}),  # other switches: not server settings
+        ("-c", {}),
+        ("--", {}),
+        ("-c novalue --novalue2", {}),
+    ],
+)
+def test_server_settings_in_options_in_either_form(options: str, settings: dict[str, str]) -> None:
+    """libpq's ``options`` as the server reads it: ``-c name=value`` or ``--name=value``."""
+    assert asyncpg_dsn(f"postgresql://u@h/d?{urlencode({'options': options})}") == ("postgresql://u@h/d", settings)
 
 
 def test_database_urls_every_client_can_use_pass_the_check() -> None:
