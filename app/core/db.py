@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -175,6 +175,12 @@ def options_settings(options: str) -> dict[str, str]:
     return settings
 
 
+def _query(url: str) -> list[tuple[str, str]]:
+    """The URL's query as libpq reads it: percent-escapes decoded, a ``+`` kept as a plus (libpq does
+    not read it as a space, as HTML forms do: ``application_name=my+app`` is "my+app" to the worker)."""
+    return parse_qsl(urlsplit(libpq_dsn(url)).query.replace("+", "%2B"), keep_blank_values=True)
+
+
 def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     """The URL for asyncpg, and server settings for libpq query keys asyncpg does not know.
 
@@ -184,21 +190,21 @@ def asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(libpq_dsn(url))
     keep: list[tuple[str, str]] = []
     settings: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in _query(url):
         if key in _ASYNCPG_KEYS:
             keep.append((key, value))
         elif key == "options":
             settings.update(options_settings(value))
         elif key not in _LIBPQ_CLIENT_ONLY:
             settings[key] = value
-    return urlunsplit(parts._replace(query=urlencode(keep))), settings
+    return urlunsplit(parts._replace(query=urlencode(keep, quote_via=quote))), settings
 
 
 def asyncpg_ssl(url: str) -> ssl.SSLContext | None:
     """The TLS context for ``sslrootcert=system`` (libpq 16+: verify the server against the system's
     trusted CAs, with ``sslmode=verify-full``), which asyncpg would take for a file named "system";
     None otherwise (asyncpg follows the URL's ``sslmode`` and ``sslrootcert`` itself)."""
-    query = dict(parse_qsl(urlsplit(libpq_dsn(url)).query, keep_blank_values=True))
+    query = dict(_query(url))
     if query.get("sslrootcert") != "system":
         return None
     return ssl.create_default_context()  # system roots, CERT_REQUIRED, host name checked: verify-full

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import anthropic
 import httpx
@@ -53,7 +53,19 @@ def test_database_urls_of_every_shape() -> None:
 )
 def test_server_settings_in_options_in_either_form(options: str, settings: dict[str, str]) -> None:
     """libpq's ``options`` as the server reads it: ``-c name=value`` or ``--name=value``."""
-    assert asyncpg_dsn(f"postgresql://u@h/d?{urlencode({'options': options})}") == ("postgresql://u@h/d", settings)
+    url = f"postgresql://u@h/d?{urlencode({'options': options}, quote_via=quote)}"  # a space as %20, as libpq reads it
+    assert asyncpg_dsn(url) == ("postgresql://u@h/d", settings)
+
+
+def test_a_plus_in_the_url_is_a_plus_as_libpq_reads_it() -> None:
+    """libpq keeps ``+`` in a URI's query (it is no space there); the web process reads it alike."""
+    dsn, settings = asyncpg_dsn(
+        "postgresql://u@h/d?application_name=my+app&options=-c%20search_path%3Da+b&sslmode=require"
+    )
+    assert settings == {"application_name": "my+app", "search_path": "a+b"}
+    assert dsn == "postgresql://u@h/d?sslmode=require"
+    dsn, _ = asyncpg_dsn("postgresql://u@/d?host=/run/my+pg")
+    assert dsn == "postgresql://u@/d?host=%2Frun%2Fmy%2Bpg"
 
 
 def test_database_urls_every_client_can_use_pass_the_check() -> None:
