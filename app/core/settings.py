@@ -100,11 +100,12 @@ class Settings(BaseSettings):
         "`uvloop` or `asyncio`.",
     )
     worker_poll_interval: float = Field(
-        default=1.0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
+        default=1.0, gt=0, description="Seconds between fallback polls (NOTIFY wakes workers sooner)."
     )
     shutdown_timeout: float = Field(
         # below the 30 s a PaaS (Heroku, Render) allows between SIGTERM and SIGKILL, so the hand-back happens
         default=20.0,
+        ge=0,
         description="Seconds a worker waits for running jobs on SIGTERM before handing them back "
         "(and `hookline web` lets open requests finish); keep it below the platform's grace period.",
     )

@@ -66,6 +66,8 @@ def test_a_database_that_is_down_is_one_line_without_the_password(args: list[str
         (["check"], {"HOOKLINE_LOG_LEVEL": "verbose"}, "HOOKLINE_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR"),
         (["status"], {"HOOKLINE_WORKER_CONCURRENCY": "abc"}, "HOOKLINE_WORKER_CONCURRENCY: a valid integer"),
         (["check"], {"PORT": "abc"}, "PORT: a valid integer"),
+        (["check"], {"HOOKLINE_SHUTDOWN_TIMEOUT": "-5"}, "HOOKLINE_SHUTDOWN_TIMEOUT: greater than or equal to 0"),
+        (["check"], {"HOOKLINE_WORKER_POLL_INTERVAL": "0"}, "HOOKLINE_WORKER_POLL_INTERVAL: greater than 0"),
         (["status"], {"DATABASE_URL": f"mysql://bob:{PASSWORD}@db/x"}, "DATABASE_URL: must start with postgresql://"),
     ],
 )
