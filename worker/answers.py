@@ -1,13 +1,15 @@
 """What a pipeline run and a micro-batch both do with the answers their calls got back: check an answer
 the run never read, store an escalated answer in the statement that supersedes the first one, record the
-call's latency, split a micro-batch's usage among its events, and let the simulated model answer from the
-pipeline's own schema."""
+call's latency, split a micro-batch's usage among its events and build its rows (its one call counted
+once), and let the simulated model answer from the pipeline's own schema."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 from app.core.config import Pipeline
 from app.core.status import CallStatus
@@ -105,3 +107,50 @@ def shares(rec: CallRecord, n: int) -> list[tuple[dict[str, int], Decimal | None
         share = None if cost is None or each is None else (cost - each * (n - 1) if i == 0 else each)
         out.append((usage, share))
     return out
+
+
+def part_rows(
+    pipeline: Pipeline, claimed: list[dict[str, Any]], combined: dict[str, Any], rec: CallRecord, answered: CallStatus
+) -> list[CallRecord]:
+    """Each claimed event's row of the combined answer ``rec``: its part, validated (``answered``, or
+    ``invalid_output``), with its share of the usage and cost. The one round trip is counted once
+    (``calls = 1``): on the first row with a valid part (the leader's when its own is valid), else on
+    the leader's; the other rows count 0, so every count of calls sees one call."""
+    parts = _parts(rec.response or {})
+    spec = output_spec(pipeline)
+    rows: list[CallRecord] = []
+    for c, (usage, cost) in zip(claimed, shares(rec, len(claimed)), strict=True):
+        part = parts.get(int(c["event_id"]))
+        row = CallRecord(
+            model=rec.model,
+            status=answered,
+            request=combined,
+            response=rec.response,
+            usage=usage,
+            cost_usd=cost,
+            latency_ms=rec.latency_ms,
+            request_id=rec.request_id,
+            route=rec.route,
+            requested_model=pipeline.model,
+            calls=0,
+        )
+        try:
+            if part is None:
+                raise ValueError("the answer has no part for this event")
+            row.output = spec.validate(part)
+        except ValueError as e:
+            row.status, row.error, row.output = CallStatus.INVALID_OUTPUT, str(e), part
+        rows.append(row)
+    counted = next((r for r in rows if r.status == answered), rows[0])
+    counted.calls = 1
+    return rows
+
+
+def _parts(message: dict[str, Any]) -> dict[int, Any]:
+    """event_id → output, from the combined answer (empty when it is not the expected JSON)."""
+    text = next((b.get("text") for b in message.get("content") or [] if b.get("type") == "text"), None)
+    try:
+        doc = json.loads(text or "")
+        return {int(r["event_id"]): r.get("output") for r in doc.get("results") or [] if isinstance(r, dict)}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}

@@ -44,6 +44,9 @@ class CallRecord:
     route: str = "primary"
     requested_model: str | None = None
     headers: Any = None
+    #: round trips this row counts (hookline.llm_calls.calls): 0 for a micro-batch part whose combined
+    #: call another part's row counts
+    calls: int = 1
 
 
 #: One gated Messages API round trip: ``call(request, route)`` (limits, breaker, fallback around it).
@@ -263,4 +266,5 @@ def call_row(
         "requested_model": rec.requested_model or rec.model,
         "route": rec.route,
         "stop_reason": (rec.response or {}).get("stop_reason"),
+        "calls": rec.calls,
     }

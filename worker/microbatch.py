@@ -5,7 +5,8 @@ for at most ``max_wait_ms``. The job that sees ``max_events`` requests pending, 
 has waited ``max_wait_ms``, leads: it claims up to ``max_events`` pending requests, asks the model once
 for ``{"results": [{"event_id", "output"}, …]}``, validates each part against the pipeline's schema,
 stores one hookline.llm_calls row per event (tokens and cost split evenly, the remainders on the leader's
-row, so the rows add up to the call; ``route = 'micro_batch:N'``) and wakes the other jobs. Under the
+row, so the rows add up to the call; the call counted once, ``calls = 1`` on one row and 0 on the
+others; ``route = 'micro_batch:N'``) and wakes the other jobs. Under the
 simulated model each event gets an example part, stored ``simulated`` with no cost. Each event then
 runs its own actions from its stored answer; an event whose part is missing or invalid fails alone (its
 retry policy; the next try goes in a later batch). A failed combined call costs each of its events one
@@ -43,7 +44,7 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
-from worker.answers import check_unread, observe, shares, simulating, simulating_parts, store_escalated
+from worker.answers import check_unread, observe, part_rows, simulating, simulating_parts, store_escalated
 from worker.db import database_away
 from worker.errors import PermanentError, TransientError, classify
 from worker.gate import Gate
@@ -251,29 +252,9 @@ async def _store_parts(
     before its fallback answered) are stored first, under the leader, as a pipeline's own are."""
     await _store(rt, event["id"], pipeline.name, [r for r in records if r is not rec])
     observe(rt, rec)  # the one combined call, once
-    parts = _parts(rec.response or {})
-    spec = output_spec(pipeline)
     answered = CallStatus.SIMULATED if rec.status == CallStatus.SIMULATED else CallStatus.SUCCEEDED
-    for c, (usage, cost) in zip(claimed, shares(rec, len(claimed)), strict=True):
-        part = parts.get(int(c["event_id"]))
-        row = CallRecord(
-            model=rec.model,
-            status=answered,
-            request=combined,
-            response=rec.response,
-            usage=usage,
-            cost_usd=cost,
-            latency_ms=rec.latency_ms,
-            request_id=rec.request_id,
-            route=rec.route,
-            requested_model=pipeline.model,
-        )
-        try:
-            if part is None:
-                raise ValueError("the answer has no part for this event")
-            row.output = spec.validate(part)
-        except ValueError as e:
-            row.status, row.error, row.output = CallStatus.INVALID_OUTPUT, str(e), part
+    rows = part_rows(pipeline, claimed, combined, rec, answered)
+    for c, row in zip(claimed, rows, strict=True):
         params = call_row(int(c["event_id"]), pipeline.name, row)
         await rt.db.durable(partial(rt.db.one, "insert_call", **params), "a micro-batch answer")
         if row.status == answered:
@@ -371,13 +352,3 @@ async def _store(rt: Runtime, event_id: int, pipeline: str, records: list[CallRe
         row = call_row(event_id, pipeline, rec)
         await rt.db.durable(partial(rt.db.one, "insert_call", **row), "a model call")
         observe(rt, rec)
-
-
-def _parts(message: dict[str, Any]) -> dict[int, Any]:
-    """event_id → output, from the combined answer (empty when it is not the expected JSON)."""
-    text = next((b.get("text") for b in message.get("content") or [] if b.get("type") == "text"), None)
-    try:
-        doc = json.loads(text or "")
-        return {int(r["event_id"]): r.get("output") for r in doc.get("results") or [] if isinstance(r, dict)}
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return {}

@@ -180,7 +180,12 @@ async def cluster_figures(pool: Any) -> list[Metric]:
         "kind",
     )
     cost = _counter("hookline_llm_cost_usd", "Model spend in US dollars, by model and tenant.", "model", "tenant")
-    calls = _counter("hookline_llm_calls", "Model calls stored, by model and outcome (status).", "model", "outcome")
+    calls = _counter(
+        "hookline_llm_calls",
+        "Model calls (Messages API round trips: a micro-batch's combined call once), by model and outcome (status).",
+        "model",
+        "outcome",
+    )
     breakers = _gauge(
         "hookline_breaker_state", "Circuit breaker of each model: 0 closed, 1 open, 2 half-open.", "model"
     )

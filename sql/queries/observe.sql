@@ -61,8 +61,9 @@ GROUP BY status;
 
 -- name: spend_today
 -- Model calls, tokens and cost since midnight UTC, by tenant and model: the calls hookline.costs_daily
--- counts (every status but dry_run: a dry run was never sent).
-SELECT coalesce(e.tenant, '') AS tenant, c.model, count(*) AS calls,
+-- counts (every status but dry_run: a dry run was never sent), calls as round trips (sum of
+-- llm_calls.calls: a micro-batch's combined call once).
+SELECT coalesce(e.tenant, '') AS tenant, c.model, sum(c.calls)::bigint AS calls,
        coalesce(sum(c.input_tokens), 0) AS input_tokens, coalesce(sum(c.output_tokens), 0) AS output_tokens,
        coalesce(sum(c.cost_usd), 0) AS cost_usd
 FROM hookline.llm_calls c JOIN hookline.events e ON e.id = c.event_id

@@ -67,17 +67,19 @@ SELECT id, output, response FROM hookline.llm_calls
 WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeeded';
 
 -- name: insert_call
--- Store one model call (before any action runs). With finish_status, the same statement finishes the
+-- Store one model call (before any action runs). calls: the round trips the row counts (0 for a
+-- micro-batch's further parts, migration 0033). With finish_status, the same statement finishes the
 -- event (hookline.finish_event: the run's last write carries the outcome). id is NULL when a
 -- succeeded call was already stored.
 WITH ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
          input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-         cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
+         cost_usd, latency_ms, request_id, requested_model, route, stop_reason, calls)
     VALUES (%(event_id)s, %(pipeline)s, %(model)s, %(status)s, %(request)s, %(response)s, %(output)s, %(error)s,
             %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s, %(cache_read_input_tokens)s,
-            %(cost_usd)s, %(latency_ms)s, %(request_id)s, %(requested_model)s, %(route)s, %(stop_reason)s)
+            %(cost_usd)s, %(latency_ms)s, %(request_id)s, %(requested_model)s, %(route)s, %(stop_reason)s,
+            %(calls)s)
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
     RETURNING id
 )
@@ -106,16 +108,16 @@ WITH input AS MATERIALIZED (
         request jsonb, response jsonb, output jsonb, error text,
         input_tokens integer, output_tokens integer, cache_creation_input_tokens integer,
         cache_read_input_tokens integer, cost_usd numeric, latency_ms integer, request_id text,
-        requested_model text, route text, stop_reason text,
+        requested_model text, route text, stop_reason text, calls smallint,
         finish_status text, finish_dry_run boolean, finish_detail text, finish_job_id bigint)
 ), ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
          input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-         cost_usd, latency_ms, request_id, requested_model, route, stop_reason)
+         cost_usd, latency_ms, request_id, requested_model, route, stop_reason, calls)
     SELECT event_id, pipeline, model, status, request, response, output, error,
            input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-           cost_usd, latency_ms, request_id, requested_model, route, stop_reason
+           cost_usd, latency_ms, request_id, requested_model, route, stop_reason, coalesce(calls, 1)
     FROM input
     ORDER BY n
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
