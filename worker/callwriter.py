@@ -171,7 +171,7 @@ class CallWriter(GroupCommit[_Item]):
             if params.get("finish_status") is not None:
                 status_ids.append(params["event_id"])
                 statuses.append(str(params["finish_status"]))
-            if row["id"] is not None and params.get("status") == CallStatus.SUCCEEDED:
+            if row["id"] is not None and params.get("status") in (CallStatus.SUCCEEDED, CallStatus.SIMULATED):
                 answer_ids.append(params["event_id"])
                 pipelines.append(str(params["pipeline"]))
         if not status_ids and not answer_ids:

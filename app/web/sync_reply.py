@@ -19,6 +19,8 @@ reply waits for no second round trip.
   claimed by the duplicate itself when nothing is recorded yet); otherwise the default (no answer
   yet, or the sender got the default, or a replay recomputed the answer, and the follow-up actions
   deliver it).
+* Under ``hookline dev --simulate-model`` the answer is the simulated one (status ``simulated``): the
+  reply carries it as any answer, marked ``x-hookline-simulated: true``.
 * A client that disconnects cancels its wait (its waiter is removed).
 * Anything that goes wrong while waiting (database gone, a template that fails on this output) gives
   the default: the event is stored, so a 2xx is the truth, and its processing goes on.
@@ -77,6 +79,7 @@ class _Answer:
 
     output: Any
     remaining_s: float
+    simulated: bool = False  # answered by ``hookline dev --simulate-model`` (status ``simulated``)
 
 
 async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
@@ -115,7 +118,7 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
         _soon(_claim_answer_after(state, d))
     elif not await _claim_answer(state, d):  # the worker recorded 'default' first: the follow-up delivers
         return _respond(state, pipeline, d, answer.output, None, "default")
-    return _respond(state, pipeline, d, answer.output, body, "answer")
+    return _respond(state, pipeline, d, answer.output, body, "answer", simulated=answer.simulated)
 
 
 def default(state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
@@ -152,7 +155,7 @@ async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | N
             if row["has_answer"]:
                 if row["sync_reply"] is not None:  # the worker already gave it to the follow-up actions
                     return None
-                return _Answer(row["output"], float(row["remaining_s"]))
+                return _Answer(row["output"], float(row["remaining_s"]), bool(row["simulated"]))
             if row["sync_reply"] is not None:  # the worker recorded 'default': its sync pipeline does not run
                 return None
             if row["status"] in TERMINAL_EVENT_STATUSES:  # dead, skipped or dry run: no answer will come
@@ -233,7 +236,7 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
         return _respond(state, pipeline, d, row["output"], None, "render_error")
     if row["sync_reply"] is None and not await _claim_answer(state, d):  # the worker recorded 'default'
         return _respond(state, pipeline, d, row["output"], None, "duplicate_default")
-    return _respond(state, pipeline, d, row["output"], body, "duplicate_answer")
+    return _respond(state, pipeline, d, row["output"], body, "duplicate_answer", simulated=bool(row["simulated"]))
 
 
 def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
@@ -262,8 +265,19 @@ def _answer_body(pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
 _FALLBACK: dict[str, str] = {"application/xml": "<Response/>", "text/xml": "<Response/>", "text/plain": ""}
 
 
-def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, body: str | None, outcome: str) -> Response:
-    """The reply: ``body`` (the rendered answer), or ``respond_default`` when it is None."""
+def _respond(
+    state: AppState,
+    pipeline: Pipeline,
+    d: Delivery,
+    output: Any,
+    body: str | None,
+    outcome: str,
+    *,
+    simulated: bool = False,
+) -> Response:
+    """The reply: ``body`` (the rendered answer), or ``respond_default`` when it is None. ``simulated``:
+    the answer is the simulated model's (``hookline dev --simulate-model``), which the reply says in
+    ``x-hookline-simulated: true``, as its stored call says ``simulated``."""
     ctype = pipeline.respond_content_type
     headers = {"x-request-id": d.request_id, "x-hookline-event-id": str(d.event_id)}
     if body is None:
@@ -277,6 +291,8 @@ def _respond(state: AppState, pipeline: Pipeline, d: Delivery, output: Any, body
         headers["x-hookline-reply"] = "default"
     else:
         headers["x-hookline-reply"] = "answer"
+        if simulated:
+            headers["x-hookline-simulated"] = "true"
     state.metrics.inc("hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome=outcome)
     return Response(body, status_code=200, media_type=ctype, headers=headers)
 

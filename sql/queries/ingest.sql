@@ -51,15 +51,20 @@ WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 -- null: already decided (the worker gave the answer to the follow-up actions at the deadline);
 -- remaining_s: until that deadline ($3 = respond_timeout_ms in seconds), by the database's clock, as
 -- the worker's claim_late_reply counts it. recomputed: a replay made the answer (stored since its run
--- started), so the follow-up actions deliver it, as claim_late_reply decides.
+-- started), so the follow-up actions deliver it, as claim_late_reply decides. The answer is the
+-- succeeded one, or under hookline dev --simulate-model the simulated one (never reused by a later run,
+-- so there may be several: the latest; migration 0034); simulated says which.
 WITH ans AS (
-    SELECT output FROM hookline.llm_calls
-    WHERE event_id = $1 AND pipeline = $2 AND status = 'succeeded'
+    SELECT output, status = 'simulated' AS simulated FROM hookline.llm_calls
+    WHERE event_id = $1 AND pipeline = $2 AND status IN ('succeeded', 'simulated')
+    ORDER BY id DESC
+    LIMIT 1
 )
 SELECT e.status, e.sync_reply, (SELECT output FROM ans) AS output, EXISTS (SELECT 1 FROM ans) AS has_answer,
+       coalesce((SELECT simulated FROM ans), false) AS simulated,
        CASE WHEN e.replays > 0 THEN coalesce(
            (SELECT bool_or(c.created_at >= e.started_at) FROM hookline.llm_calls c
-            WHERE c.event_id = $1 AND c.pipeline = $2 AND c.status = 'succeeded'), false
+            WHERE c.event_id = $1 AND c.pipeline = $2 AND c.status IN ('succeeded', 'simulated')), false
        ) ELSE false END AS recomputed,
        extract(epoch FROM e.received_at + make_interval(secs => $3::float8) - now())::float8 AS remaining_s
 FROM hookline.events e

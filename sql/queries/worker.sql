@@ -207,9 +207,9 @@ LIMIT %(limit)s;
 -- itself, so exactly one of the HTTP reply and the follow-up delivers the answer. remaining_s > 0 and
 -- no sync_reply: the web process may still reply; ask again. respond_sync false: no HTTP reply waits
 -- for this answer, as for a replayed event (replays > 0) whose replay made it (stored since the
--- replay's run started: hookline.replay empties started_at, the run's first claim sets it): it goes
--- by follow-up. A replay that reuses the stored answer goes by sync_reply, as the first run did: an
--- answer the reply carried is not posted again.
+-- replay's run started, succeeded or simulated: hookline.replay empties started_at, the run's first
+-- claim sets it): it goes by follow-up. A replay that reuses the stored answer goes by sync_reply, as
+-- the first run did: an answer the reply carried is not posted again.
 WITH claim AS (
     UPDATE hookline.events SET sync_reply = 'default'
     WHERE id = %(event_id)s AND sync_reply IS NULL AND respond_sync
@@ -219,7 +219,7 @@ WITH claim AS (
 SELECT e.respond_sync
        AND NOT (e.replays > 0 AND EXISTS (
            SELECT 1 FROM hookline.llm_calls c
-           WHERE c.event_id = e.id AND c.pipeline = %(pipeline)s AND c.status = 'succeeded'
+           WHERE c.event_id = e.id AND c.pipeline = %(pipeline)s AND c.status IN ('succeeded', 'simulated')
              AND c.created_at >= e.started_at)) AS respond_sync,
        coalesce((SELECT sync_reply FROM claim), e.sync_reply) AS sync_reply,
        extract(epoch FROM e.received_at + make_interval(secs => %(timeout_s)s) - now())::float8 AS remaining_s

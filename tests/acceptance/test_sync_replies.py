@@ -228,3 +228,39 @@ async def test_handshake_and_async_pipelines_are_unchanged(db_url: str, fake: Fa
     assert resp.status_code == 200 and "c-123" in resp.text
     assert plain.status_code == 200 and plain.json()["status"] == "accepted"  # no sync pipeline matches
     assert rows(db_url, JOBS) == [("hookline", 0)]
+
+
+async def test_simulated_model_answer_comes_back_in_the_http_body_marked_simulated(
+    db_url: str, receiver: Receiver
+) -> None:
+    """``hookline dev --simulate-model``: the simulated answer (stored ``simulated``, never ``succeeded``)
+    is the one the synchronous reply carries, well before the deadline, marked as simulated; no
+    follow-up repeats it."""
+    config = make_config(timeout_ms=8000)
+    settings = make_settings(db_url)
+    body = command_body(receiver.url)
+    async with (
+        web_server(settings, config) as base,
+        worker_task(settings, config, simulate_model=True),
+        httpx.AsyncClient() as client,
+    ):
+        started = time.monotonic()
+        first = await slash(client, base, body)
+        waited = time.monotonic() - started
+        assert first.status_code == 200, first.text
+        event_id = int(first.headers["x-hookline-event-id"])
+        event = await wait_for_status(db_url, event_id)
+        again = await slash(client, base, body)  # the sender's retry: the same answer, at once
+    assert event["status"] == "succeeded"
+    ((status, output),) = rows(db_url, "SELECT status, output FROM hookline.llm_calls")
+    assert status == "simulated"
+    assert first.headers["x-hookline-reply"] == "answer", (first.headers, first.text)
+    assert first.headers["x-hookline-simulated"] == "true"
+    assert first.json() == {"response_type": "in_channel", "text": f"{output['answer']} (for ada)"}
+    assert waited < 6, "the simulated answer is stored at once: the reply must not wait for its deadline"
+    assert again.headers["x-hookline-reply"] == "answer" and again.json() == first.json()
+    assert again.headers["x-hookline-simulated"] == "true"
+    assert rows(db_url, "SELECT sync_reply FROM hookline.events") == [("answer",)]
+    ((run_status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
+    assert run_status == "succeeded" and result == {"skipped": "the answer went out in the HTTP reply"}
+    assert receiver.received == [], "the answer went out in the HTTP reply: no follow-up"
