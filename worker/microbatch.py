@@ -254,7 +254,8 @@ async def _store_parts(
     observe(rt, rec)  # the one combined call, once
     answered = CallStatus.SIMULATED if rec.status == CallStatus.SIMULATED else CallStatus.SUCCEEDED
     rows = part_rows(pipeline, claimed, combined, rec, answered)
-    for c, row in zip(claimed, rows, strict=True):
+    # the row that counts the call first: a worker killed while storing the parts never leaves it uncounted
+    for c, row in sorted(zip(claimed, rows, strict=True), key=lambda cr: cr[1].calls == 0):
         params = call_row(int(c["event_id"]), pipeline.name, row)
         await rt.db.durable(partial(rt.db.one, "insert_call", **params), "a micro-batch answer")
         if row.status == answered:
