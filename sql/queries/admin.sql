@@ -74,7 +74,7 @@ ORDER BY 1;
 -- Model calls, tokens and cost per tenant and pipeline for calls made in [$1, $2): the calls
 -- hookline.costs_daily and `hookline status` count (every status but dry_run: a dry run was never sent;
 -- simulated calls count as calls, with no cost). calls counts round trips (sum of llm_calls.calls: a
--- micro-batch's combined call once, migration 0033); tokens and cost add up every row's share.
+-- micro-batch's combined call once, migration 0034); tokens and cost add up every row's share.
 SELECT coalesce(e.tenant, '') AS tenant, c.pipeline, sum(c.calls)::bigint AS calls,
        coalesce(sum(c.input_tokens), 0)::bigint AS input_tokens,
        coalesce(sum(c.output_tokens), 0)::bigint AS output_tokens,

@@ -53,7 +53,7 @@ WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 -- the worker's claim_late_reply counts it. recomputed: a replay made the answer (stored since its run
 -- started), so the follow-up actions deliver it, as claim_late_reply decides. The answer is the
 -- succeeded one, or under hookline dev --simulate-model the simulated one (never reused by a later run,
--- so there may be several: the latest; migration 0034); simulated says which.
+-- so there may be several: the latest; migration 0035); simulated says which.
 WITH ans AS (
     SELECT output, status = 'simulated' AS simulated FROM hookline.llm_calls
     WHERE event_id = $1 AND pipeline = $2 AND status IN ('succeeded', 'simulated')

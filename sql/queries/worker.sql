@@ -68,7 +68,7 @@ WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeede
 
 -- name: insert_call
 -- Store one model call (before any action runs). calls: the round trips the row counts (0 for a
--- micro-batch's further parts, migration 0033). With finish_status, the same statement finishes the
+-- micro-batch's further parts, migration 0034). With finish_status, the same statement finishes the
 -- event (hookline.finish_event: the run's last write carries the outcome). id is NULL when a
 -- succeeded call was already stored.
 WITH ins AS (

@@ -1,4 +1,4 @@
-"""Migration 0033 on a database that already holds micro-batch answers: each combined answer's parts
+"""Migration 0034 on a database that already holds micro-batch answers: each combined answer's parts
 (one row per event, sharing the one Messages API response) count one call from then on, on their
 first answered row; every other row (a lone call, a failed combined round trip, a part whose response
 retention dropped) keeps counting one."""
@@ -35,7 +35,7 @@ def _call(conn: psycopg.Connection, event_id: int, status: str, response: object
 
 def test_each_stored_micro_batch_counts_one_call_after_the_migration(empty_db_url: str) -> None:
     found = migrations.discover()
-    migrations.migrate(empty_db_url, [m for m in found if m.version < 33])
+    migrations.migrate(empty_db_url, [m for m in found if m.version < 34])
     first = {"id": "msg_1", "content": [{"type": "text", "text": '{"results": [1, 2, 3]}'}]}
     second = {"id": "msg_2", "content": [{"type": "text", "text": '{"results": [4, 5]}'}]}
     with psycopg.connect(empty_db_url, autocommit=True) as conn:

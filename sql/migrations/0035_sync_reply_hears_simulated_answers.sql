@@ -16,7 +16,7 @@ CREATE TRIGGER llm_calls_answer_notify
     EXECUTE FUNCTION hookline.notify_answer_stored();
 COMMENT ON TRIGGER llm_calls_answer_notify ON hookline.llm_calls IS
   'NOTIFY on channel hookline_events when an answer is stored, succeeded or simulated (hookline dev '
-  '--simulate-model; migration 0034), so a waiting synchronous reply carries it (see '
+  '--simulate-model; migration 0035), so a waiting synchronous reply carries it (see '
   'hookline.notify_answer_stored).';
 
 COMMENT ON FUNCTION hookline.notify_answer_stored() IS

@@ -30,7 +30,7 @@ COMMENT ON COLUMN hookline.llm_calls.calls IS
 COMMENT ON CONSTRAINT llm_calls_calls_check ON hookline.llm_calls IS
   'calls is 0 or 1: a row counts its round trip or is a further part of one counted elsewhere.';
 
--- the parts of each combined answer stored before: one row counts it (migration 0033, see above)
+-- the parts of each combined answer stored before: one row counts it (migration 0034, see above)
 WITH parts AS (
     SELECT id, pipeline, route, response, status
     FROM hookline.llm_calls
@@ -55,7 +55,7 @@ BEGIN
     INSERT INTO hookline.metric_totals AS t (metric, pipeline, model, tenant, kind, status, shard, value)
     SELECT k.metric, '', k.model, k.tenant, k.kind, k.status, (pg_backend_pid() % 8)::smallint, sum(k.v)
     FROM (
-        -- round trips, not rows: a micro-batch's further parts count 0 (migration 0033)
+        -- round trips, not rows: a micro-batch's further parts count 0 (migration 0034)
         SELECT 'model_calls' AS metric, n.model, '' AS tenant, '' AS kind, n.status, n.calls::numeric AS v
         FROM new_calls n
         WHERE n.calls <> 0
@@ -84,7 +84,7 @@ $$;
 COMMENT ON FUNCTION hookline.count_llm_calls() IS
   'Statement trigger function: adds the model calls an INSERT stored to the model_calls, tokens and '
   'cost_usd totals of hookline.metric_totals, one upsert per total (in key order). model_calls adds '
-  'each row''s calls (round trips: a micro-batch''s combined call once, migration 0033); tokens and '
+  'each row''s calls (round trips: a micro-batch''s combined call once, migration 0034); tokens and '
   'cost_usd add every row''s share. Each call''s tenant is read from its event by primary key, planned '
   'with sequential scans off (migration 0022).';
 
