@@ -112,8 +112,10 @@ class Gate:
             await limits.observe_headers(rt, model, getattr(response, "headers", None), status, err.retry_after)
             if _breaker_failure(e):
                 await breaker.breaker_report(rt, model, False, str(err)[:300])
-            elif verdict == "probe":  # a 4xx says nothing about the model's health: let the next call probe
-                await breaker.breaker_report(rt, model, True)
+            elif verdict == "probe":  # a 4xx or 429 says nothing about the model's health: give the probe
+                # back (open, its open_seconds over), so the next call probes at once; closing here let every
+                # waiting call go to a model that may still be failing
+                await limits.one(rt, "breaker_release", model=model, probe_at=probe_at)
             self.records.append(
                 CallRecord(
                     model=model,
