@@ -14,6 +14,11 @@ log = logging.getLogger("hookline.limits")
 PROBE_TIMEOUT_SECONDS = 120.0
 
 
+def open_reason(model: str) -> str:
+    """Why an event waits for the model's open breaker (its ``detail`` after ``throttled: ``)."""
+    return f"circuit breaker of {model} is open; calls resume after its half-open probe"
+
+
 async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float, dt.datetime | None]:
     """("closed"|"probe", 0, probe_at) when a call may go, ("open", seconds to wait, None) otherwise.
     ``probe_at`` (a probe's only) says whose probe it is to ``breaker_release``."""
@@ -43,4 +48,6 @@ async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = 
     if row and row["flipped"]:
         state = row["new_state"]
         log.warning("circuit breaker of %s is now %s%s", model, state, f" ({error})" if error else "")
+        if state == "closed":  # the events it held run now, not when a probe would have been presumed lost
+            await one(rt, "wake_breaker_waiters", detail=f"throttled: {open_reason(model)}")
         await send_alert(rt, "breaker", f"circuit breaker of {model} is {state}", {"model": model, "state": state})

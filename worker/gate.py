@@ -74,7 +74,7 @@ class Gate:
             fallback = self._fallback(model, route)
             if fallback:
                 return await self({**request, "model": fallback}, then(route, "fallback:breaker_open"))
-            raise Held(f"circuit breaker of {model} is open; calls resume after its half-open probe", delay=wait)
+            raise Held(breaker.open_reason(model), delay=wait)
         lease = self.pipeline.timeout_seconds + limits.LEASE_MARGIN_SECONDS  # a killed worker's call frees it
         try:
             res = await limits.reserve(rt, self.event, request, lease_seconds=lease)

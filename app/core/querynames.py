@@ -60,6 +60,7 @@ LimitsQuery = Literal[
     "breaker_acquire",
     "breaker_release",
     "breaker_record",
+    "wake_breaker_waiters",
     "throttle_event",
     "replay_applied",
     "spend_today",

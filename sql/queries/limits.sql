@@ -61,6 +61,19 @@ WHERE model = %(model)s AND state = 'half_open' AND probe_at = %(probe_at)s;
 SELECT new_state, flipped
 FROM hookline.breaker_record_v1(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
 
+-- name: wake_breaker_waiters
+-- The model's breaker just closed: the jobs of the events its open state held (detail starting with
+-- %(detail)s, what worker.breaker.open_reason says) run now. While a half-open probe is out they were told
+-- to come back when it would be presumed lost (PROBE_TIMEOUT_SECONDS), long after a probe that succeeded.
+-- Only todo process_event jobs scheduled later than now; the events are found by status
+-- (events_status_received_idx).
+UPDATE procrastinate_jobs j SET scheduled_at = now()
+FROM hookline.events e
+WHERE e.status = 'throttled' AND starts_with(e.detail, %(detail)s)
+  AND j.status = 'todo' AND j.task_name = 'hookline:process_event'
+  AND (j.args ->> 'event_id')::bigint = e.id
+  AND j.scheduled_at > now();
+
 -- name: throttle_event
 -- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
 -- %(replayed)s: pipelines of a replay with recompute/force that this run finished before the hold.
