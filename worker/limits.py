@@ -186,8 +186,14 @@ async def reserve(
     if rt.config.tenants:
         caps = rt.config.tenant(event.get("tenant"))
         worst: dict[str, Any] = {"input_tokens": est_in, "output_tokens": est_out}
-        usd = price(rt, model, {**worst, "service_tier": "batch"} if batch else worst) or Decimal(0)
+        priced = price(rt, model, {**worst, "service_tier": "batch"} if batch else worst)
+        usd = priced or Decimal(0)
         never = _never_fits(caps, est_in + est_out, usd)
+        if priced is None and caps.usd_per_day is not None and not rt.simulated:
+            never = (  # its calls would count $0: the dollar cap would never be reached, whatever they cost
+                f"model {model} has no price, so its calls cannot be counted against usd_per_day; "
+                f'set [models."{model}"].prices'
+            )
         if never:  # held, it would wait for a day that never comes, every day
             await settle_model(rt, res, None)
             raise PermanentError(f"tenant {tenant_key(event)!r}: {never}")

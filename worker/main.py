@@ -31,6 +31,7 @@ from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
 from worker.db import queue_pool
 from worker.handover import Handover, QueueConnector
+from worker.pricing import unpriced_models
 from worker.runtime import Runtime, db_pool_size
 
 log = logging.getLogger("hookline.worker")
@@ -221,6 +222,13 @@ async def run_worker(
         if rt.simulated
         else ("dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled"),
     )
+    for model in [] if rt.simulated else unpriced_models(config):
+        log.warning(
+            "model %s has no price and a tenant has usd_per_day: its calls are refused (dead letters) until "
+            '[models."%s"].prices is set',
+            model,
+            model,
+        )
     try:
         while not stop.is_set():
             if not await wait_for_database(dsn, stop):

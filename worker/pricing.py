@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from app.core.config import Config
+
 PRICES_EFFECTIVE = "2026-10-07"
 
 #: model → (input, output, 5m cache write, 1h cache write, cache read), USD per 1M tokens.
@@ -57,3 +59,23 @@ def cost_usd(model: str, usage: dict[str, Any], override: dict[str, float | None
     if usage.get("service_tier") == "batch":
         total /= 2
     return total.quantize(Decimal("0.00000001"))
+
+
+def unpriced_models(config: Config) -> list[str]:
+    """Models the config may call (pipelines' ``model``, ``escalate.model`` and their ``fallback``) that
+    have no price, when a tenant has a ``usd_per_day`` cap: their calls are refused (their cost could not
+    be counted against it). Empty without any ``usd_per_day``."""
+    if not any(t.usd_per_day is not None for t in config.tenants.values()):
+        return []
+    models: set[str] = set()
+    for p in config.pipelines.values():
+        for m in (p.model, p.escalate.model if p.escalate is not None else None):
+            if m:
+                models.add(m)
+                models.update(f for f in (config.model_limits(m).fallback,) if f)
+    out = []
+    for m in sorted(models):
+        prices = config.model_limits(m).prices
+        if cost_usd(m, {}, prices.model_dump() if prices is not None else None) is None:
+            out.append(m)
+    return out
