@@ -57,9 +57,10 @@ UPDATE hookline.breakers SET state = 'open', open_until = now(), probe_at = NULL
 WHERE model = %(model)s AND state = 'half_open' AND probe_at = %(probe_at)s;
 
 -- name: breaker_record
--- A call's outcome for the model's breaker; flipped = the state changed.
+-- A call's outcome for the model's breaker; flipped = the state changed. A success while it is open (a call
+-- sent before it opened) changes nothing: only the half-open probe closes it (migration 0036).
 SELECT new_state, flipped
-FROM hookline.breaker_record_v1(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
+FROM hookline.breaker_record_v2(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
 
 -- name: wake_breaker_waiters
 -- The model's breaker just closed: the jobs of the events its open state held (detail starting with
