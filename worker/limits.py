@@ -1,4 +1,4 @@
-"""Limits shared by every worker process, kept in Postgres (sql/migrations/0006_limits.sql).
+"""Limits shared by every worker process, kept in Postgres (sql/migrations/0007_limits.sql).
 
 - admission: a tenant's ``events_per_hour`` and the pipeline's ``loop_guard``, once per event;
 - per call: the model's circuit breaker (fallback while open), its shared token bucket
