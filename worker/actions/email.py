@@ -72,7 +72,7 @@ async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict
         raise PermanentError(f"{what}: {e}") from None
     msg, to = build_message(action, ctx)
     try:
-        await aiosmtplib.send(
+        refused, _ = await aiosmtplib.send(
             msg,
             sender=parseaddr(action.from_)[1],
             recipients=to,
@@ -95,4 +95,11 @@ async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict
         raise err(f"{what}: the SMTP server answered {e.code} {e.message[:200]}") from None
     except (aiosmtplib.SMTPException, OSError) as e:
         raise TransientError(f"{what}: {e.__class__.__name__}") from None
+    if refused:  # sent to the others: not "sent", and a 4xx one may take it on the next attempt
+        codes = sorted({r.code for r in refused.values()})
+        err = PermanentError if all(c >= 500 for c in codes) else TransientError
+        raise err(
+            f"{what}: the SMTP server refused {len(refused)} of {len(to)} recipient(s) ({codes}); "
+            "the message went to the others"
+        )
     return {"message_id": msg["Message-ID"], "to": to}
