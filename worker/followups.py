@@ -24,7 +24,7 @@ import httpx
 from app.core.config import Pipeline
 from app.core.config.followups import DiscordFollowupAction, SlackResponseAction
 from app.core.payload import dig
-from app.core.templates import TemplateContext, TemplateRenderError, render, render_value
+from app.core.templates import TemplateContext, TemplateRenderError, render, render_slack_blocks, render_value
 from worker.actions.base import ActionContext
 from worker.actions.outbound import send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
@@ -89,9 +89,9 @@ def _slack(action: SlackResponseAction, ctx: ActionContext, tctx: TemplateContex
     _check_url(url, action.allowed_hosts, ctx.action)
     body: dict[str, Any] = {"response_type": action.response_type}
     if action.text is not None:
-        body["text"] = render(action.text, tctx)
+        body["text"] = render(action.text, tctx, "slack")  # values are text, never Slack markup
     if action.blocks is not None:
-        body["blocks"] = render_value(action.blocks, tctx)
+        body["blocks"] = render_slack_blocks(action.blocks, tctx)
     if action.replace_original is not None:
         body["replace_original"] = action.replace_original
     return "POST", url, body

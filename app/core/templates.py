@@ -14,7 +14,10 @@ the worker treats as a permanent action failure (the message is kept).
 
 Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
-rendered into JSON can never break the JSON around it. ``escape="xml"`` autoescapes for TwiML and
+rendered into JSON can never break the JSON around it. ``escape="slack"`` (Slack ``text`` and the
+``text`` of ``blocks``' text objects, :func:`render_slack_blocks`) writes ``&``, ``<`` and ``>`` of every
+``{{ … }}`` value as ``&amp;``, ``&lt;``, ``&gt;``, so a value can never mention ``@channel`` or disguise
+a link; the template's own markup stays. ``escape="xml"`` autoescapes for TwiML and
 other XML replies, and drops from each value the code points XML 1.0 does not allow (control
 characters other than tab, LF and CR; U+FFFE, U+FFFF; lone surrogates), so the reply stays
 well-formed; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
@@ -39,7 +42,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-Escape = Literal["none", "xml", "url"]
+Escape = Literal["none", "xml", "url", "slack"]
 
 #: Longest text one render may produce; longer is an error, not a truncation.
 MAX_RENDERED_CHARS = 1_000_000
@@ -66,6 +69,16 @@ def _xml_chars(value: Any) -> Any:
     return _NOT_XML.sub("", value if isinstance(value, str) else str(value))
 
 
+def _slack_chars(value: Any) -> Any:
+    """One ``{{ … }}`` value of a Slack text: ``&``, ``<`` and ``>`` as the entities Slack decodes, so a
+    value shows as written and can never be markup (``<!channel>``, ``<https://evil|shown>``, ``<@U1>``);
+    a value marked safe (``| safe``) is markup on purpose and stays as it is."""
+    if isinstance(value, Markup):
+        return str(value)
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _env(autoescape: bool, finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=StrictUndefined,
@@ -82,6 +95,7 @@ _ENVS: dict[Escape, ImmutableSandboxedEnvironment] = {
     "none": _env(False),
     "xml": _env(True, _xml_chars),
     "url": _env(False, _segment),
+    "slack": _env(False, _slack_chars),
 }
 
 
@@ -204,6 +218,19 @@ def _refuse_dot_segments(url: str) -> None:
         raise TemplateRenderError(
             "template error: the rendered URL's path has a '.' or '..' segment, which would change the path around it"
         )
+
+
+def render_slack_blocks(value: Any, ctx: TemplateContext) -> Any:
+    """Slack ``blocks``: the ``text`` of every text object (``mrkdwn`` or ``plain_text``) rendered with
+    ``escape="slack"``; every other string (a button's ``url``, an ``image_url``, a ``value``) as it is."""
+    if isinstance(value, Mapping):
+        return {
+            k: render(v, ctx, "slack") if k == "text" and isinstance(v, str) else render_slack_blocks(v, ctx)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [render_slack_blocks(v, ctx) for v in value]
+    return render(value, ctx) if isinstance(value, str) else value
 
 
 def render_value(value: Any, ctx: TemplateContext, escape: Escape = "none") -> Any:

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.core.templates import TemplateContext, TemplateRenderError, check, check_value, render, render_value
+from app.core.templates import (
+    TemplateContext,
+    TemplateRenderError,
+    check,
+    check_value,
+    render,
+    render_slack_blocks,
+    render_value,
+)
 
 CTX = TemplateContext.of(
     output={"answer": "42 <b>", "urgent": True},
@@ -84,3 +92,20 @@ def test_check_reports_syntax_errors() -> None:
     with pytest.raises(ValueError, match="template error"):
         check_value({"a": ["ok", "{% if %}"]})
     check_value({"a": ["{{ output.answer }}", 1, None]})
+
+
+def test_slack_escaping_covers_values_not_the_templates_own_markup() -> None:
+    ctx = TemplateContext.of(
+        output={"s": "<!here> a & b", "u": "<@U1>"},
+        event_id=1,
+        source="s",
+        event_type=None,
+        tenant=None,
+        occurred_at=None,
+    )
+    assert render("<https://x.test|{{ output.s }}>", ctx, "slack") == "<https://x.test|&lt;!here&gt; a &amp; b>"
+    assert render("{{ output.u | safe }}", ctx, "slack") == "<@U1>"  # markup on purpose
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "{{ output.s }}"}, "url": "{{ output.s }}"}]
+    assert render_slack_blocks(blocks, ctx) == [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "&lt;!here&gt; a &amp; b"}, "url": "<!here> a & b"}
+    ]

@@ -81,8 +81,11 @@ def render(source: str, ctx: ActionContext, *, what: str, escape: templates.Esca
         raise PermanentError(f"{what}: {e}") from None
 
 
-def render_value(value: Any, ctx: ActionContext, *, what: str) -> Any:
+def render_value(value: Any, ctx: ActionContext, *, what: str, slack: bool = False) -> Any:
+    """:func:`render` for every string of a structure; ``slack``: Slack ``blocks`` (text objects escaped)."""
     try:
+        if slack:
+            return templates.render_slack_blocks(value, ctx.template_context())
         return templates.render_value(value, ctx.template_context())
     except templates.TemplateRenderError as e:
         raise PermanentError(f"{what}: {e}") from None

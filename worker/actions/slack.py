@@ -48,9 +48,10 @@ def _http_error(resp: httpx.Response, what: str) -> None:
 
 async def run(action: SlackAction, ctx: ActionContext, deps: ActionDeps) -> dict[str, Any]:
     what = f"slack action {ctx.action}"
-    payload: dict[str, Any] = {"text": render(action.text, ctx, what=f"{what}: text")}
+    # values are text, never Slack markup (``<!channel>``, a disguised link): see templates "slack"
+    payload: dict[str, Any] = {"text": render(action.text, ctx, what=f"{what}: text", escape="slack")}
     if action.blocks is not None:
-        payload["blocks"] = render_value(action.blocks, ctx, what=f"{what}: blocks")
+        payload["blocks"] = render_value(action.blocks, ctx, what=f"{what}: blocks", slack=True)
     timeout = action.timeout_seconds or deps.timeout
     if action.webhook_url_env is not None:
         url = check_destination(env_value(deps.environ, action.webhook_url_env, what=what), what=what)
