@@ -20,18 +20,28 @@ from app.core.records import EventRow
 from app.core.status import ActionStatus
 from worker.actions import AT_MOST_ONCE, IN_TRANSACTION, ActionContext, ActionDeps, run_action
 from worker.actions import sql as sql_action
+from worker.deadline import PIPELINE_DEADLINE
 from worker.errors import PermanentError, PipelineError, classify
 from worker.followups import reply_was_late, run_followup
 from worker.prompt import trim
 from worker.runtime import Runtime
 
+#: Of a pipeline's ``timeout_seconds``, what an action leaves for recording its outcome: a tenth, at most 1 s.
+RECORD_RESERVE = 0.1
+RECORD_RESERVE_MAX = 1.0
 
-def deps_of(rt: Runtime) -> ActionDeps:
+
+def deps_of(rt: Runtime, pipeline: Pipeline | None = None) -> ActionDeps:
+    """With ``pipeline``: actions end a little before its timeout (ActionDeps.deadline)."""
+    end = PIPELINE_DEADLINE.get() if pipeline is not None else None
+    if end is not None and pipeline is not None:
+        end -= min(RECORD_RESERVE_MAX, RECORD_RESERVE * pipeline.timeout_seconds)
     return ActionDeps(
         http=rt.http,
         environ=rt.settings.environ,
         timeout=rt.settings.outbound_timeout,
         slack_api_url=rt.settings.slack_api_url,
+        deadline=end,
     )
 
 
@@ -50,6 +60,7 @@ async def run_actions(
     ran = 0
     late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
     fields = trim(event.get("payload"), pipeline.fields)
+    deps = deps_of(rt, pipeline)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
         idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
@@ -96,11 +107,10 @@ async def run_actions(
                 if pipeline.sync and action.late_only and not late:
                     result = {"skipped": "the answer went out in the HTTP reply"}
                 else:
-                    result = await run_followup(
-                        action, ctx, ctx.template_context(), http=rt.http, timeout=rt.settings.outbound_timeout
-                    )
+                    timeout = deps.timeout_for(action.timeout_seconds, what=f"{action.type} action {key}")
+                    result = await run_followup(action, ctx, ctx.template_context(), http=rt.http, timeout=timeout)
             else:
-                result = await run_action(action, ctx, deps_of(rt))
+                result = await run_action(action, ctx, deps)
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
             await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))

@@ -63,9 +63,7 @@ async def run_followup(
     headers = {"content-type": "application/json", "user-agent": "hookline"}
     what = f"{action.type} action {ctx.action}"
     try:
-        resp = await send(
-            http, method, url, what=what, timeout=action.timeout_seconds or timeout, content=data, headers=headers
-        )
+        resp = await send(http, method, url, what=what, timeout=timeout, content=data, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent
         raise TransientError(f"{action.type} action {ctx.action}: {e.__class__.__name__}") from None
     except httpx.TransportError as e:  # sent, outcome unknown: neither endpoint takes an idempotency key

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +19,11 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import breaker, limits
+from worker.deadline import PIPELINE_DEADLINE
 from worker.errors import classify
 from worker.limits import Held
 from worker.llm import CallRecord, one_call, then
 from worker.runtime import Runtime
-
-#: The loop time at which the running pipeline's ``timeout_seconds`` fires (set by the task around
-#: each pipeline): tells its timeout from a worker shutdown, the other cancellation a call can meet.
-PIPELINE_DEADLINE: ContextVar[float | None] = ContextVar("hookline_pipeline_deadline", default=None)
 
 
 def _timed_out() -> bool:

@@ -19,7 +19,7 @@ from app.core.status import EventStatus
 from worker import concurrency, limits
 from worker.closing import Closing, success_detail
 from worker.db import database_away
-from worker.gate import PIPELINE_DEADLINE
+from worker.deadline import PIPELINE_DEADLINE
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
 from worker.outcomes import failed, finish, hold, infrastructure_failure

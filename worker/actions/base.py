@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import httpx
 
 from app.core import templates
-from worker.errors import PermanentError
+from worker.errors import PermanentError, TransientError
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,29 @@ class ActionContext:
 
 @dataclass(frozen=True)
 class ActionDeps:
-    """What the running worker lends an action: its HTTP client, the environment, default limits."""
+    """What the running worker lends an action: its HTTP client, the environment, default limits.
+
+    ``deadline`` (event-loop time): when the action must be over, a little before its pipeline's
+    ``timeout_seconds`` runs out, so that the action's own timeout fires first, it ends the way that
+    timeout ends (Slack and follow-ups tell "nothing was sent" from "sent, outcome unknown") and its
+    outcome is recorded, instead of being cancelled mid-request with its row left ``running``."""
 
     http: httpx.AsyncClient
     environ: Mapping[str, str]
     timeout: float
     slack_api_url: str = "https://slack.com/api"
+    deadline: float | None = None
+
+    def timeout_for(self, own: float | None, *, what: str) -> float:
+        """The action's timeout (its ``timeout_seconds``, else the default), cut to what the pipeline
+        has left; a transient error, before anything is sent, when nothing is left."""
+        timeout = own or self.timeout
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TransientError(f"{what}: no time left in the pipeline's timeout_seconds; nothing was sent")
+        return min(timeout, left)
 
 
 def envelope(ctx: ActionContext) -> dict[str, Any]:

@@ -82,7 +82,7 @@ async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict
             password=url.password,
             use_tls=url.use_tls,
             start_tls=url.start_tls,
-            timeout=action.timeout_seconds or deps.timeout,
+            timeout=deps.timeout_for(action.timeout_seconds, what=what),
         )
     except aiosmtplib.SMTPAuthenticationError as e:
         raise PermanentError(f"{what}: SMTP authentication failed ({e.code})") from None

@@ -71,7 +71,7 @@ async def run(action: HttpAction, ctx: ActionContext, deps: ActionDeps) -> dict[
             action.method,
             url,
             what=what,
-            timeout=action.timeout_seconds or deps.timeout,
+            timeout=deps.timeout_for(action.timeout_seconds, what=what),
             content=body,
             headers=headers,
         )

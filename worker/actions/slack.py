@@ -52,7 +52,7 @@ async def run(action: SlackAction, ctx: ActionContext, deps: ActionDeps) -> dict
     payload: dict[str, Any] = {"text": render(action.text, ctx, what=f"{what}: text", escape="slack")}
     if action.blocks is not None:
         payload["blocks"] = render_value(action.blocks, ctx, what=f"{what}: blocks", slack=True)
-    timeout = action.timeout_seconds or deps.timeout
+    timeout = deps.timeout_for(action.timeout_seconds, what=what)
     if action.webhook_url_env is not None:
         url = check_destination(env_value(deps.environ, action.webhook_url_env, what=what), what=what)
         resp = await _post(deps, url, payload, {}, what, timeout)
