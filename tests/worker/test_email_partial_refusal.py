@@ -87,3 +87,36 @@ async def test_a_recipient_refused_for_now_is_tried_again_with_the_same_message_
     assert second.rcpt_tos == ["ada@example.com", "sales@example.com"]
     assert first.message["Message-ID"] == second.message["Message-ID"]  # the repeat can be folded
     assert [(r[2], r[3]) for r in action_rows(db_url, event_id)] == [("succeeded", 2)]
+
+
+@pytest.mark.parametrize(
+    ("url", "to", "why"),
+    [
+        ("smtp+starttls://{host}", "ada@example.com", "STARTTLS extension not supported"),
+        ("smtp://hookline:pw@{host}", "ada@example.com", "AUTH extension is not supported"),
+    ],
+)
+async def test_a_server_that_lacks_what_the_message_needs_fails_at_once_saying_what(
+    db_url: str,
+    make_runtime: Any,
+    fake: FakeMessagesAPI,
+    smtp: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    to: str,
+    why: str,
+) -> None:
+    """STARTTLS required (``smtp+starttls://``) or a user given, and the server offers neither: no
+    retry changes that. It used to retry until the attempts ran out, each time saying only
+    ``SMTPException``."""
+    monkeypatch.setenv("HL_SMTP_URL", url.format(host=smtp.url().removeprefix("smtp://")))
+    rt = await make_runtime(make_config([{**MAIL, "to": to}]))
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, f"gh_unsupported_{why[:5]}")
+        assert await handle_event(rt, event_id) == "dead"
+    finally:
+        await rt.close()
+    assert smtp.messages == []
+    (run,) = action_rows(db_url, event_id)
+    assert run[2] == "failed" and why in run[5], run[5]
