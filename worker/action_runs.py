@@ -93,7 +93,8 @@ async def run_actions(
             if at_most_once and claim["previous_status"] == ActionStatus.RUNNING:
                 raise interrupted(action.type, key, event["id"])
             if isinstance(action, SqlAction):
-                timeout = action.timeout_seconds or pipeline.timeout_seconds
+                what = f"sql action {key}"
+                timeout = deps.timeout_for(action.timeout_seconds or pipeline.timeout_seconds, what=what)
                 async with rt.db.pool.connection() as conn:
                     result = await sql_action.call_and_record(conn, action, ctx, claim["id"], timeout)
                 rt.metrics.actions.labels(

@@ -76,3 +76,28 @@ async def test_an_action_cut_off_by_the_pipeline_timeout_is_recorded_and_retried
             assert len(slack.posts) == 1
     finally:
         await rt.close()
+
+
+async def test_a_sql_action_cut_off_by_the_pipeline_timeout_is_rolled_back_and_recorded(
+    db_url: str, fake: FakeMessagesAPI, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its ``statement_timeout`` is cut the same way: Postgres cancels the call (rolled back, so exactly
+    once still holds) and the run is recorded ``failed``, not left ``running``."""
+    monkeypatch.setenv("HL_GH_SECRET", "gh-secret")
+    conn.execute(
+        "CREATE SCHEMA crm; CREATE FUNCTION crm.slow(event_id bigint, output jsonb) RETURNS void "
+        "LANGUAGE sql AS $$ SELECT pg_sleep(30) $$"
+    )
+    config = make_config([{"type": "sql", "function": "crm.slow"}], timeout_seconds=1.5)
+    rt = Runtime.build(make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url), config)
+    await rt.open()
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, "gh_deadline_sql")
+        with pytest.raises(RetryLater):
+            await handle_event(rt, event_id)
+    finally:
+        await rt.close()
+    ((_, _, status, attempts, _, error),) = action_rows(db_url, event_id)
+    assert (status, attempts) == ("failed", 1), f"the cut-off action was left {status!r} with error {error!r}"
+    assert "57014" in error  # query_canceled: statement_timeout
