@@ -27,6 +27,8 @@ PRICES: dict[str, tuple[str, str, str, str, str]] = {
     "claude-mythos-5-1": ("10", "50", "12.50", "20", "0.25"),
 }
 _M = Decimal(1_000_000)
+#: model → prompt tokens (input + cache reads + cache writes) above which the whole request costs 5 ×
+LONG_PROMPT_TIER: dict[str, int] = {"claude-haiku-5-5": 100_000}
 
 
 _KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
@@ -42,9 +44,6 @@ def cost_usd(model: str, usage: dict[str, Any], override: dict[str, float | None
     given = {k: v for k, v in (override or {}).items() if v is not None}
     if price is None and not given:
         return None
-    base = dict(zip(_KEYS, price or ("0",) * 5, strict=True))
-    base.update({k: str(v) for k, v in given.items()})
-    p_in, p_out, p_w5, p_w1, p_rd = (Decimal(base[k]) for k in _KEYS)
     inp = int(usage.get("input_tokens") or 0)
     out = int(usage.get("output_tokens") or 0)
     rd = int(usage.get("cache_read_input_tokens") or 0)
@@ -53,8 +52,12 @@ def cost_usd(model: str, usage: dict[str, Any], override: dict[str, float | None
     w1 = int(cc.get("ephemeral_1h_input_tokens") or 0)
     if not (w5 or w1):
         w5 = int(usage.get("cache_creation_input_tokens") or 0)
-    if model == "claude-haiku-5-5" and not given and inp + rd + w5 + w1 > 100_000:
-        p_in, p_out, p_w5, p_w1, p_rd = (x * 5 for x in (p_in, p_out, p_w5, p_w1, p_rd))
+    # the built-in table's long-prompt tier (every token of the request at 5 ×); prices the config
+    # sets are taken as they are, and the keys it leaves unset keep the table's tier
+    tier = 5 if model in LONG_PROMPT_TIER and inp + rd + w5 + w1 > LONG_PROMPT_TIER[model] else 1
+    base = {k: Decimal(v) * tier for k, v in zip(_KEYS, price or ("0",) * 5, strict=True)}
+    base.update({k: Decimal(str(v)) for k, v in given.items()})
+    p_in, p_out, p_w5, p_w1, p_rd = (base[k] for k in _KEYS)
     total = (inp * p_in + out * p_out + w5 * p_w5 + w1 * p_w1 + rd * p_rd) / _M
     if usage.get("service_tier") == "batch":
         total /= 2

@@ -98,6 +98,17 @@ def test_price_overrides_replace_the_built_in_table() -> None:
     assert cost_usd("my-own-model", usage, {"input": 2.0}) == Decimal("0.02")
 
 
+def test_the_long_prompt_tier_keeps_for_the_prices_the_config_leaves_unset() -> None:
+    """Haiku 5.5 above 100k prompt tokens costs 5 × for every token of the request; a config that sets
+    one price (its cache reads, say) must not bill the others at the short-prompt rate."""
+    long = {"input_tokens": 100_001, "output_tokens": 1_000}
+    assert cost_usd("claude-haiku-5-5", long) == Decimal("0.0525005")  # (100,001 × 0.50 + 1,000 × 2.50) / 1M
+    assert cost_usd("claude-haiku-5-5", long, {"cache_read": 0.02}) == Decimal("0.0525005")
+    assert cost_usd("claude-haiku-5-5", long, {"input": 0.3}) == Decimal("0.0325003")  # as set, output tiered
+    at_edge = {"input_tokens": 60_000, "cache_read_input_tokens": 40_000, "output_tokens": 0}
+    assert cost_usd("claude-haiku-5-5", at_edge) == Decimal("0.0064")  # 100,000 exactly: the short tier
+
+
 def test_ingest_bucket_refills_and_says_how_long_to_wait() -> None:
     config = parse_config(
         {"sources": {"s": {"provider": "stripe", "secrets_env": ["S"], "rate_limit": {"per_second": 2, "burst": 2}}}}
