@@ -48,6 +48,11 @@ Escape = Literal["none", "xml", "url", "slack"]
 MAX_RENDERED_CHARS = 1_000_000
 
 
+#: What a filter raises for values it cannot take (``truncate(-1)`` asserts; ``wordwrap(0)`` is a
+#: ValueError): the template's fault, failing its action at once like a Jinja error, never retried.
+_VALUE_ERRORS = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, AssertionError)
+
+
 class TemplateRenderError(Exception):
     """A template failed at render time (an undefined name, a sandbox refusal, a filter error)."""
 
@@ -160,7 +165,7 @@ def evaluate(source: str, names: Mapping[str, Any]) -> Any:
         return _compile_expression(source)(**names)
     except TemplateError as e:
         raise TemplateRenderError(f"expression error: {e.message or e.__class__.__name__}") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:
+    except _VALUE_ERRORS as e:
         raise TemplateRenderError(f"expression error: {e.__class__.__name__}: {e}") from None
 
 
@@ -198,7 +203,7 @@ def render(source: str, ctx: TemplateContext, escape: Escape = "none") -> str:
         text = _compile(source, escape).render(ctx.names())
     except TemplateError as e:
         raise TemplateRenderError(f"template error: {e.message or e.__class__.__name__}") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as e:
+    except _VALUE_ERRORS as e:
         raise TemplateRenderError(f"template error: {e.__class__.__name__}: {e}") from None
     if len(text) > MAX_RENDERED_CHARS:
         raise TemplateRenderError(f"template error: rendered text is longer than {MAX_RENDERED_CHARS} characters")

@@ -74,6 +74,19 @@ def test_undefined_name_is_a_render_error() -> None:
         render("{{ environ }}", CTX)
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ output.label|truncate(-1) }}", "AssertionError: expected length >= 3"),  # a filter's assert
+        ('{{ "x"|wordwrap(0) }}', "ValueError: invalid width 0"),
+    ],
+)
+def test_a_filter_refusing_its_arguments_is_a_render_error(source: str, message: str) -> None:
+    """A render error fails the action at once; anything else would be retried as a transient fault."""
+    with pytest.raises(TemplateRenderError, match=message):
+        render(source, CTX)
+
+
 def test_sandbox_refuses_python_internals() -> None:
     with pytest.raises(TemplateRenderError):
         render("{{ output.__class__.__mro__ }}", CTX)
