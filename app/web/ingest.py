@@ -232,6 +232,7 @@ async def receive_webhook(request: Request) -> Response:
         payload=payload,
         duplicate=status == "duplicate",
         request_id=request_id,
+        provider=provider,
     )
     if invalid is not None and not delivery.duplicate:  # stored as skipped: no answer will ever come
         return sync_default(state, sync, delivery)

@@ -46,7 +46,7 @@ from app.core.payload import trim
 from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES
-from app.core.templates import TemplateContext, TemplateRenderError, render, render_value
+from app.core.templates import TemplateContext, TemplateRenderError, render, render_slack_blocks, render_value
 from app.web.responses import DB_FAILURES
 from app.web.state import AppState
 
@@ -71,6 +71,8 @@ class Delivery:
     payload: Any
     duplicate: bool
     request_id: str
+    #: the source's provider: a ``slack`` source's JSON reply is a Slack message, escaped as one
+    provider: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
 def _answer_body(pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
     """``respond_body`` rendered over the answer; None when it fails on this output (logged)."""
     try:
-        return _render(pipeline, pipeline.respond_body, _context(pipeline, d, output), output)
+        return _render(pipeline, pipeline.respond_body, _context(pipeline, d, output), output, d.provider)
     except TemplateRenderError as e:
         log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
         return None
@@ -283,7 +285,7 @@ def _respond(
     if body is None:
         ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
         try:
-            body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack)
+            body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack, d.provider)
         except TemplateRenderError as e:  # a fixed body the sender can still read, in its own content type
             log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
             fallback = _FALLBACK.get(ctype)
@@ -297,14 +299,17 @@ def _respond(
     return Response(body, status_code=200, media_type=ctype, headers=headers)
 
 
-def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: Any) -> str:
-    """A JSON reply is rendered leaf by leaf (so a value can never break the JSON around it); an
-    XML or text reply is one template, autoescaped for XML. No template: ``fallback`` as JSON."""
+def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: Any, provider: str) -> str:
+    """A JSON reply is rendered leaf by leaf (so a value can never break the JSON around it); a Slack
+    source's is a Slack message, whose ``text`` values are escaped for Slack (``&``, ``<``, ``>``: a
+    value can never ``<!channel>``, mention or disguise a link), as the ``slack`` action's are; an XML
+    or text reply is one template, autoescaped for XML. No template: ``fallback`` as JSON."""
     escape = escape_for(pipeline.respond_content_type)
     if template is None:
         return json.dumps(fallback, ensure_ascii=False, separators=(",", ":"), default=str)
     if pipeline.respond_content_type == "application/json":
-        return json.dumps(render_value(template, ctx, escape), ensure_ascii=False, separators=(",", ":"))
+        value = render_slack_blocks(template, ctx) if provider == "slack" else render_value(template, ctx, escape)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return render(str(template), ctx, escape)
 
 

@@ -264,3 +264,29 @@ async def test_simulated_model_answer_comes_back_in_the_http_body_marked_simulat
     ((run_status, result),) = rows(db_url, "SELECT status, result FROM hookline.action_runs")
     assert run_status == "succeeded" and result == {"skipped": "the answer went out in the HTTP reply"}
     assert receiver.received == [], "the answer went out in the HTTP reply: no follow-up"
+
+
+async def test_a_slack_reply_escapes_the_values_it_inserts(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A slash command's reply is a Slack message: a value (the answer, the command's text) can never
+    notify the channel, mention someone or disguise a link; the template's own markup stays."""
+    config = make_config(
+        respond_body={
+            "response_type": "in_channel",
+            "text": "<@{{ fields.user_name }}> asked: {{ fields.text }} -> {{ output.answer }}",
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*{{ output.answer }}*"}}],
+        }
+    )
+    fake.enqueue(reply({"answer": "<!channel> log in at <https://evil.example|https://slack.com> & now"}))
+    settings = settings_for(db_url, fake)
+    body = command_body(receiver.url, text="<!here> help")
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        resp = await slash(client, base, body)
+    assert resp.status_code == 200 and resp.headers["x-hookline-reply"] == "answer", resp.text
+    answer = "&lt;!channel&gt; log in at &lt;https://evil.example|https://slack.com&gt; &amp; now"
+    assert resp.json() == {
+        "response_type": "in_channel",
+        "text": f"<@ada> asked: &lt;!here&gt; help -> {answer}",
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{answer}*"}}],
+    }
