@@ -29,6 +29,18 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
 DB_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
 
 
+#: Headers of every answer under /admin that a signed-in caller gets: payloads, errors and costs are
+#: private, so no browser or proxy cache may keep them, and JSON is never sniffed as something else.
+PRIVATE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def private(response: Response) -> Response:
+    """``response`` with :data:`PRIVATE_HEADERS` (those it sets itself are kept)."""
+    for name, value in PRIVATE_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 def json_response(status: int, data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
     return Response(
         json.dumps(data, separators=(",", ":")),

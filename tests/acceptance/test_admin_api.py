@@ -329,3 +329,21 @@ async def test_openapi_describes_every_admin_route(admin: httpx.AsyncClient) -> 
             method.upper(), path.replace("{event_id}", "1"), headers={"Authorization": ""}
         )
         assert unauthenticated.status_code == 401
+
+
+async def test_admin_answers_are_never_cached(admin: httpx.AsyncClient, conn: psycopg.Connection) -> None:
+    """Payloads, errors and costs are private: no browser or proxy cache may keep an admin answer."""
+    dead = insert_event(conn, "stripe", "cache-1", status="dead", payload={"data": {"object": {"amount_due": 5}}})
+    answers = [
+        await admin.get("/admin/api/events"),
+        await admin.get(f"/admin/api/events/{dead}"),
+        await admin.get("/admin/api/dead-letters"),
+        await admin.get("/admin/api/stats"),
+        await admin.get("/admin/api/cost"),
+        await admin.post(f"/admin/api/events/{dead}/replay"),
+        await admin.post("/admin/api/replay", json={"source": "github"}),
+    ]
+    for r in answers:
+        assert r.status_code in (200, 202), (r.request.url, r.text)
+        assert r.headers.get("cache-control") == "no-store", r.request.url
+        assert r.headers.get("x-content-type-options") == "nosniff", r.request.url

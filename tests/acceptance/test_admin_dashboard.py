@@ -141,6 +141,7 @@ async def test_a_cross_site_post_is_refused(base: str, conn: psycopg.Connection)
         assert evil_login.status_code == 403
         same_site = await client.post(url, content=good, headers={**FORM, "origin": base, "accept": "application/json"})
         assert same_site.status_code == 202 and same_site.json()["event_id"] == dead
+        assert same_site.headers["cache-control"] == "no-store"  # a dashboard JSON answer is private too
         assert conn.execute("SELECT status FROM hookline.events WHERE id = %s", (dead,)).fetchone() == ("queued",)
 
 

@@ -24,7 +24,7 @@ from app.core.errors import BadRequest, Conflict, DatabaseUnavailable, NotFound,
 from app.core.status import EventStatus
 from app.web.admin import data
 from app.web.admin.auth import require_bearer
-from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.responses import DB_UNAVAILABLE, json_response, private
 from app.web.state import AppState
 
 Handler = Callable[[Request, AppState], Awaitable[Response]]
@@ -36,14 +36,15 @@ BIGINT = 2**63 - 1
 
 
 def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Bearer check, then the handler with the app state; database trouble becomes 503/404/409/400."""
+    """Bearer check, then the handler with the app state; database trouble becomes 503/404/409/400.
+    The answer is never cached (``Cache-Control: no-store``)."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         state: AppState = request.state.hookline
         assert state.settings.admin_token is not None  # routes exist only when it is set
         require_bearer(request, state.settings.admin_token.get_secret_value())
-        return await run_db(state, lambda: handler(request, state))
+        return private(await run_db(state, lambda: handler(request, state)))
 
     return endpoint
 

@@ -33,7 +33,7 @@ from app.web.admin.auth import (
     token_matches,
 )
 from app.web.admin.stream import updates
-from app.web.responses import json_response
+from app.web.responses import json_response, private
 from app.web.state import AppState
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +77,7 @@ def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse("/admin/login", status_code=303)
             return json_response(401, {"error": "unauthorized", "detail": "sign in at /admin/login"})
-        return await run_db(state, lambda: page(request, state, session))
+        return private(await run_db(state, lambda: page(request, state, session)))
 
     return endpoint
 
