@@ -211,3 +211,14 @@ async def test_the_stream_sends_rows_named_by_notify(base: str, conn: psycopg.Co
     updates = [m for e, m in messages if e == "update"]
     assert updates and all(e["id"] == inserted[0] for m in updates for e in m["events"])
     assert sum(updates[0]["counts"].values()) == 1, "the first update carries the counts by status"
+
+
+async def test_an_event_id_that_is_not_ascii_digits_is_404_not_500(base: str) -> None:
+    """str.isdigit() takes '²' and '٣', which int() refuses: such an id is no event, never a server error."""
+    bearer = {"Authorization": f"Bearer {TOKEN}", "accept": "application/json"}
+    async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
+        for raw in ("%C2%B2", "%D9%A3", "1%C2%B2"):
+            page = await client.get(f"/admin/events/{raw}")
+            assert page.status_code == 404 and page.json()["error"] == "not_found", (raw, page.text)
+            replay = await client.post(f"/admin/events/{raw}/replay", content="", headers=FORM)
+            assert replay.status_code == 404 and replay.json()["error"] == "not_found", (raw, replay.text)

@@ -9,6 +9,7 @@ origin (``Content-Security-Policy: default-src 'self'``), so the dashboard works
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -141,6 +142,14 @@ async def read_form(request: Request) -> dict[str, str]:
 # -- pages ---------------------------------------------------------------------------------------
 
 
+def event_id_of(raw: str) -> int:
+    """The event id of a dashboard path; 404 unless it is ASCII digits naming a bigint (``str.isdigit``
+    also takes '²' and '٣', which ``int`` then refuses: a 500)."""
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not 0 < int(raw) < 2**63:
+        raise NotFound(f"no event with id {raw}")
+    return int(raw)
+
+
 @signed_in
 async def overview(request: Request, state: AppState, session: Session) -> Response:
     pool = await state.db.ensure()
@@ -162,9 +171,8 @@ async def overview(request: Request, state: AppState, session: Session) -> Respo
 @signed_in
 async def event_page(request: Request, state: AppState, session: Session) -> Response:
     raw = str(request.path_params["event_id"])
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise NotFound(f"no event with id {raw}")
-    detail = await data.event_detail(await state.db.ensure(), state.config, int(raw))
+    event_id = event_id_of(raw)
+    detail = await data.event_detail(await state.db.ensure(), state.config, event_id)
     if detail is None:
         raise NotFound(f"no event with id {raw}")
     return render("event.html", csrf=session.csrf, replayable=("succeeded", "dead", "skipped"), **detail)
@@ -176,13 +184,11 @@ async def replay(request: Request, state: AppState, session: Session) -> Respons
         sessions(state).check_origin(request)
     form = await read_form(request)
     sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
-    raw = str(request.path_params["event_id"])
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise NotFound(f"no event with id {raw}")
-    job_id = await replay_event(state, int(raw), recompute=form.get("recompute") == "1", force=False)
+    event_id = event_id_of(str(request.path_params["event_id"]))
+    job_id = await replay_event(state, event_id, recompute=form.get("recompute") == "1", force=False)
     if "application/json" in request.headers.get("accept", ""):
-        return json_response(202, {"event_id": int(raw), "job_id": job_id})
-    return RedirectResponse(f"/admin/events/{raw}", status_code=303)
+        return json_response(202, {"event_id": event_id, "job_id": job_id})
+    return RedirectResponse(f"/admin/events/{event_id}", status_code=303)
 
 
 @signed_in
