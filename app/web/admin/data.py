@@ -79,8 +79,73 @@ async def event_detail(conn: Any, config: Config, event_id: int) -> dict[str, An
         return None
     story = (await load_steps(conn, dict(row))).as_json()  # the hookline.event_timeline view's steps
     event = story["event"]
-    event["payload"] = masked_payload(config, event["source"], event["payload"])
+    raw = event["payload"]
+    event["payload"] = masked_payload(config, event["source"], raw)
+    hidden: set[str] = set()
+    _removed(raw, event["payload"], hidden)
+    if hidden:  # what the model, an action or an error repeated of a masked value is masked too
+        mask = Scrubber(hidden)
+        for key in ("last_error", "detail"):
+            event[key] = mask(event[key])
+        for step in story["timeline"]:
+            step["detail"] = mask(step["detail"])
+        for call in story["calls"]:
+            call["output"], call["error"] = mask(call["output"]), mask(call["error"])
+        for run in story["actions"]:
+            run["result"], run["error"] = mask(run["result"]), mask(run["error"])
     return story
+
+
+def _removed(raw: Any, masked: Any, out: set[str]) -> None:
+    """Add to ``out`` every scalar of ``raw`` that masking replaced by ``[redacted]`` (as text)."""
+    if isinstance(masked, str) and masked == MASK and raw != MASK:
+        _leaves(raw, out)
+    elif isinstance(raw, dict) and isinstance(masked, dict):
+        for key, value in raw.items():
+            if key in masked:
+                _removed(value, masked[key], out)
+    elif isinstance(raw, list) and isinstance(masked, list):
+        for a, b in zip(raw, masked, strict=False):
+            _removed(a, b, out)
+
+
+def _leaves(value: Any, out: set[str]) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _leaves(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _leaves(v, out)
+    elif isinstance(value, str | int | float) and not isinstance(value, bool) and str(value).strip():
+        out.add(str(value))
+
+
+class Scrubber:
+    """Masks the values of redacted paths where they turn up again: a string or number equal to one
+    becomes ``[redacted]``, and a value of ``MIN_INSIDE`` characters or more is masked inside longer
+    text as well (a shorter one would mask every word it is part of)."""
+
+    MIN_INSIDE = 3
+
+    def __init__(self, values: set[str]) -> None:
+        self._exact = values
+        self._inside = sorted((v for v in values if len(v) >= self.MIN_INSIDE), key=len, reverse=True)
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return value
+        text = str(value)
+        if text in self._exact:
+            return MASK
+        if not isinstance(value, str):
+            return value
+        for hidden in self._inside:
+            value = value.replace(hidden, MASK)
+        return value
 
 
 def masked_payload(config: Config, source_name: str, payload: Any) -> Any:
