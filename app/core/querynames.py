@@ -98,6 +98,7 @@ AdminQuery = Literal[
     "list_events",
     "event_row",
     "dead_letters",
+    "event_payloads",
     "replay_one",
     "replay_matching",
     "status_counts",

@@ -23,6 +23,10 @@ WHERE ($1::bigint IS NULL OR d.event_id < $1)
 ORDER BY d.event_id DESC
 LIMIT $2;
 
+-- name: event_payloads
+-- The payloads of the listed dead letters whose source masks fields (what their errors may repeat).
+SELECT id, payload FROM hookline.events WHERE id = ANY($1::bigint[]);
+
 -- name: replay_one
 -- Replay one finished event through hookline.replay; returns the new job id.
 SELECT hookline.replay($1::bigint, $2::boolean, $3::boolean) AS job_id;

@@ -71,3 +71,18 @@ async def test_short_values_mask_only_whole_strings(admin: httpx.AsyncClient, co
     )
     body = (await admin.get(f"/admin/api/events/{event_id}")).json()
     assert body["actions"][0]["result"] == {"returned": ["[redacted]", "seen"]}
+
+
+async def test_the_dead_letter_list_masks_them_too(admin: httpx.AsyncClient, conn: psycopg.Connection) -> None:  # noqa: F811
+    """A model answer that fails its schema is described by jsonschema with the value itself
+    (``'jane.doe@example.com' is not of type 'integer'``): the dead letters' errors keep it."""
+    event_id = story(conn)
+    other = insert_event(conn, "github", "gh-dead", status="dead", payload={"email": EMAIL})  # no redact: shown
+    r = await admin.get("/admin/api/dead-letters")
+    assert r.status_code == 200
+    rows = {d["event_id"]: d for d in r.json()["dead_letters"]}
+    assert rows[event_id]["error"] == "slack#1: refused [redacted]"
+    assert rows[event_id]["invalid_output_error"] == "body: '[redacted]' is too long"
+    assert rows[other]["error"] == "boom"
+    page = await admin.get("/admin", headers={"accept": "text/html"})
+    assert page.status_code == 200 and EMAIL not in page.text and "refused [redacted]" in page.text

@@ -234,7 +234,9 @@ async def dead_letters(request: Request, state: AppState) -> Response:
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
     rows, cursor = page(
-        await data.dead_letters(await state.db.ensure(), before=before, limit=limit + 1), limit, "event_id"
+        await data.dead_letters(await state.db.ensure(), state.config, before=before, limit=limit + 1),
+        limit,
+        "event_id",
     )
     return json_response(200, {"dead_letters": rows, "next_cursor": cursor})
 

@@ -161,7 +161,7 @@ async def overview(request: Request, state: AppState, session: Session) -> Respo
         statuses=STATUSES,
         counts=stats["events_by_status"],
         events=await data.list_events(pool, data.EventFilter(), before=None, limit=30),
-        dead=await data.dead_letters(pool, before=None, limit=50),
+        dead=await data.dead_letters(pool, state.config, before=None, limit=50),
         cost=await data.cost(pool, since, until),
         day=since.date().isoformat(),
         stats=stats,

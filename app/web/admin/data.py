@@ -181,8 +181,23 @@ def _masked_example(config: Config, example: Any) -> Any:
     return {**example, "fields": fields}
 
 
-async def dead_letters(conn: Any, *, before: int | None, limit: int) -> list[dict[str, Any]]:
-    return [jsonable(r) for r in await conn.fetch(Q["dead_letters"], before, limit)]
+async def dead_letters(conn: Any, config: Config, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+    """Dead letters, their errors masked where they repeat a value of their source's ``redact`` paths
+    (a model answer that failed its schema is described with the value itself)."""
+    rows = [jsonable(r) for r in await conn.fetch(Q["dead_letters"], before, limit)]
+    masking = [r["event_id"] for r in rows if (s := config.sources.get(r["source"])) is not None and s.redact]
+    if not masking:
+        return rows
+    payloads = {int(r["id"]): r["payload"] for r in await conn.fetch(Q["event_payloads"], masking)}
+    for row in rows:
+        raw = payloads.get(row["event_id"])
+        hidden: set[str] = set()
+        _removed(raw, masked_payload(config, row["source"], raw), hidden)
+        if hidden:
+            mask = Scrubber(hidden)
+            for key in ("error", "detail", "invalid_output_error"):
+                row[key] = mask(row[key])
+    return rows
 
 
 async def status_counts(conn: Any) -> dict[str, int]:
