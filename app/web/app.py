@@ -33,7 +33,7 @@ from app.web import admin
 from app.web.guard import networks
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
-from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, Metrics, cluster_figures, note_outcome
+from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, Metrics, note_outcome
 from app.web.openapi import openapi_json
 from app.web.responses import DB_UNAVAILABLE, json_response
 from app.web.state import AppState, PoolHolder
@@ -112,7 +112,7 @@ async def metrics(request: Request) -> Response:
     cluster: list[Metric] = []
     up = GaugeMetricFamily("hookline_database_up", "1 when the last metrics query reached Postgres.")
     try:
-        cluster = await cluster_figures(await state.db.ensure())
+        cluster = await state.figures.get(await state.db.ensure())
         up.add_metric([], 1.0)
     except Exception:
         up.add_metric([], 0.0)

@@ -12,6 +12,7 @@ label; when it is not set the endpoint is public and drops the ``tenant`` and ``
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable
@@ -162,6 +163,24 @@ def _without(family: Metric, drop: frozenset[str]) -> Metric:
     for (name, labels), value in sums.items():
         out.add_sample(name, dict(labels), value)
     return out
+
+
+class SharedFigures:
+    """One :func:`cluster_figures` query set in flight per web process: scrapes that arrive while it
+    runs share its answer. ``/metrics`` is public without ``HOOKLINE_METRICS_TOKEN``, so however many
+    clients scrape at once, Postgres serves one set of these queries at a time per process; a scrape
+    that arrives after it ended starts a fresh one (no answer is kept)."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[list[Metric]] | None = None
+
+    async def get(self, pool: Any) -> list[Metric]:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(cluster_figures(pool))
+            # its error is read here too: every scrape waiting for it may have gone by the time it fails
+            self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # shielded: a scrape whose client went away does not cancel the others' answer
+        return await asyncio.shield(self._running)
 
 
 async def cluster_figures(pool: Any) -> list[Metric]:

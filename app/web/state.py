@@ -18,7 +18,7 @@ from app.core.settings import Settings
 from app.web.batcher import Batcher
 from app.web.guard import IPNetwork, networks
 from app.web.listener import EventListener
-from app.web.metrics import Metrics
+from app.web.metrics import Metrics, SharedFigures
 from app.web.ratelimit import IngestLimiter
 
 log = logging.getLogger("hookline.db")
@@ -86,6 +86,8 @@ class AppState:
     config: Config
     db: PoolHolder
     metrics: Metrics = field(default_factory=Metrics)
+    #: /metrics' cluster-wide queries, one set in flight at a time
+    figures: SharedFigures = field(default_factory=SharedFigures)
     #: The process's one LISTEN connection (started on first use).
     listener: EventListener = field(default_factory=lambda: EventListener(None))
     expected_migrations: dict[int, str] = field(default_factory=dict)

@@ -290,3 +290,33 @@ def test_log_context_is_scoped() -> None:
     outside = log.makeRecord("hookline.test", logging.INFO, "", 0, "m", (), None)
     assert (inside.event_id, inside.request_id) == (7, "r")  # type: ignore[attr-defined]
     assert not hasattr(inside, "tenant") and not hasattr(outside, "event_id")
+
+
+async def test_scrapes_arriving_together_share_one_set_of_cluster_queries(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics is public without a token: twenty scrapes at once must not make Postgres run twenty
+    sets of its queries. The queries are the real ones, on the real pool; only their start is counted
+    (and held a moment, so that the scrapes overlap whatever the machine's speed)."""
+    import asyncio
+
+    from app.web import metrics
+
+    real, started = metrics.cluster_figures, 0
+
+    async def counted(pool: Any) -> Any:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(0.5)
+        return await real(pool)
+
+    monkeypatch.setattr(metrics, "cluster_figures", counted)
+    settings = make_settings(db_url)
+    async with web_server(settings, config_from({})) as base, httpx.AsyncClient(timeout=30) as client:
+        answers = await asyncio.gather(*(client.get(f"{base}/metrics") for _ in range(20)))
+        assert all(a.status_code == 200 for a in answers)
+        assert all(pick(scrape(a.text), "hookline_database_up") == 1.0 for a in answers)
+        together = started
+        assert together <= 2, f"{together} sets of cluster queries for 20 concurrent scrapes"
+        later = await client.get(f"{base}/metrics")  # after they ended: a fresh set, no answer kept
+    assert later.status_code == 200 and started == together + 1
