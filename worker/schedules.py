@@ -11,16 +11,26 @@ AFTER INSERT trigger defers ``process_event``, the schedule's pipeline gets the 
 procrastinate reads cron in UTC; for a schedule with a ``timezone`` the periodic record's croniter
 is a :class:`~app.core.config.schedules.LocalCron` in that zone (daylight-saving changes included:
 a local time that happens twice fires once).
+
+A firing that fails (the database away, restarting, refusing the insert) is tried again with
+exponential backoff (:class:`FiringRetry`: 1, 2, 4 … 60 s apart) for as long as it is less than
+:data:`LATE_LIMIT` (10 minutes, procrastinate's own limit for deferring a missed time) after its
+scheduled time; the tries stop there, as a worker that was down that long skips the time.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import procrastinate
 from procrastinate import JobContext
+from procrastinate.jobs import Job
+from procrastinate.periodic import MAX_DELAY
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -37,15 +47,44 @@ log = logging.getLogger("hookline.schedules")
 Q: NamedQueries[SchedulesQuery] = NamedQueries("schedules", SchedulesQuery)
 
 
+#: How late a firing may still land: a missed time older than this is skipped (README), and a
+#: failing firing is not tried again past it. procrastinate's periodic deferrer uses the same limit.
+LATE_LIMIT = float(MAX_DELAY)
+#: The first pause between two tries of a failed firing, doubled each time up to FIRST_WAIT_MAX.
+FIRST_WAIT = 1
+FIRST_WAIT_MAX = 60
+
+
+class FiringRetry(BaseRetryStrategy):
+    """Retry a failed firing with exponential backoff until LATE_LIMIT after its scheduled time.
+
+    Retries are safe: a firing is one ``INSERT … ON CONFLICT DO NOTHING`` keyed by the schedule and
+    the scheduled time, so a try that landed before its error reached us is never a second firing.
+    """
+
+    def __init__(self, late_limit: float = LATE_LIMIT, clock: Callable[[], float] = time.time) -> None:
+        self.late_limit = late_limit
+        self.clock = clock
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        now = self.clock()
+        stamp = job.task_kwargs.get("timestamp")
+        deadline = (float(stamp) if isinstance(stamp, int | float) else now) + self.late_limit
+        wait = min(FIRST_WAIT * 2 ** min(job.attempts, 16), FIRST_WAIT_MAX, deadline - now)
+        what = f"schedule {job.task_kwargs.get('schedule')} at {stamp}"
+        if wait < 1:
+            log.error(
+                "%s: giving up after %d tries, the firing is now %d s late (%s)",
+                *(what, job.attempts + 1, int(now - deadline + self.late_limit), exception.__class__.__name__),
+            )
+            return None
+        log.warning("%s failed (%s); trying again in %d s", what, exception.__class__.__name__, wait)
+        return RetryDecision(retry_at=datetime.fromtimestamp(now + wait, UTC))
+
+
 def register(bp: procrastinate.Blueprint) -> None:
     """Add the fire_schedule task (the periodic records come from :func:`add_periodic`)."""
-    # retries are safe: a firing is one INSERT … ON CONFLICT DO NOTHING keyed by the scheduled time
-    bp.task(
-        name=FIRE_SCHEDULE_SHORT,
-        queue=QUEUE,
-        pass_context=True,
-        retry=procrastinate.RetryStrategy(max_attempts=5, wait=2),
-    )(fire_schedule)
+    bp.task(name=FIRE_SCHEDULE_SHORT, queue=QUEUE, pass_context=True, retry=FiringRetry())(fire_schedule)
 
 
 def add_periodic(app: procrastinate.App, config: Config) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 
 from app.cli.main import main
@@ -126,3 +129,56 @@ def test_hookline_schedules_lists_the_next_run(
         and "Europe/Berlin" in out[1]
         and out[1].count("+01:00") + out[1].count("+02:00") == 2
     )
+
+
+def execute(db_url: str, sql: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+OUTAGE = {
+    "pipelines": SCHEDULES["pipelines"],
+    "schedules": {"every-3s": {"cron": "* * * * * */3", "pipeline": "digest", "window": "1h"}},
+}
+
+
+async def test_a_firing_survives_a_database_outage_of_half_a_minute_and_lands_once(
+    db_url: str, fake: FakeMessagesAPI
+) -> None:
+    """The database refuses the firing's insert for 25 s as a server shutting down does (SQLSTATE 57P01,
+    raised by a trigger of the real table): the first scheduled time is still fired, once, when it is
+    back (it is well under the 10 minutes after which a late firing is skipped)."""
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    execute(
+        db_url,
+        "CREATE FUNCTION public.outage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'terminating connection due to administrator command' USING ERRCODE = 'admin_shutdown'; "
+        "END $$; CREATE TRIGGER outage BEFORE INSERT ON hookline.events FOR EACH ROW "
+        "WHEN (NEW.source = 'schedule') EXECUTE FUNCTION public.outage()",
+    )
+
+    def first_job() -> tuple[Any, ...] | None:
+        got = query(
+            db_url,
+            "SELECT id, (args->>'timestamp')::bigint, status::text, attempts FROM procrastinate_jobs "
+            "WHERE task_name = 'hookline:fire_schedule' ORDER BY (args->>'timestamp')::bigint LIMIT 1",
+        )
+        return got[0] if got else None
+
+    async with worker_task(settings, config_from(OUTAGE)):
+        job = await wait_until(first_job, timeout=30, what="a first firing")
+        await asyncio.sleep(25)  # the outage
+        execute(db_url, "DROP TRIGGER outage ON hookline.events")
+        done = await wait_until(
+            lambda: (j := first_job()) and j[2] in ("succeeded", "failed") and j,
+            timeout=90,
+            what="the first firing's job to finish",
+        )
+        assert done[0] == job[0] and done[3] > 5, f"the outage did not outlast the old 5 retries: {done}"
+        assert done[2] == "succeeded", f"the firing was given up during a 25 s outage: {done}"
+    stamp = datetime.fromtimestamp(job[1], UTC).isoformat().replace("+00:00", "Z")
+    firings = query(
+        db_url, "SELECT delivery_id, count(*) FROM hookline.events WHERE source = 'schedule' GROUP BY 1 ORDER BY 1"
+    )
+    assert (f"every-3s@{stamp}", 1) in firings, firings
+    assert all(n == 1 for _, n in firings)
