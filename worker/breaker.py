@@ -31,6 +31,15 @@ async def breaker_gate(rt: Runtime, model: str) -> tuple[str, float, dt.datetime
     return "open", _seconds_until(row["retry_at"]), None
 
 
+async def release_probe(rt: Runtime, model: str, probe_at: dt.datetime | None) -> None:
+    """Give back the half-open probe taken at ``probe_at`` (a call never sent, cut off by a shutdown, or
+    answered 4xx/429: nothing said about the model's health). The breaker is due for a probe again, and
+    the event its open state held longest runs now to take it (sql/queries/limits.sql breaker_release)."""
+    row = await one(rt, "breaker_release", model=model, probe_at=probe_at, detail=f"throttled: {open_reason(model)}")
+    if row is not None:
+        log.info("half-open probe of %s given back; job %s takes the next one", model, row["woken_job"])
+
+
 async def breaker_report(rt: Runtime, model: str, ok: bool, error: str | None = None) -> None:
     breaker = rt.config.model_limits(model).breaker
     if breaker is None:

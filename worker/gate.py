@@ -60,7 +60,7 @@ class Gate:
         if failure is not None:
             await breaker.breaker_report(self.rt, model, False, failure[:300])
         elif probe is not None:
-            await limits.one(self.rt, "breaker_release", model=model, probe_at=probe)
+            await breaker.release_probe(self.rt, model, probe)
 
     async def __call__(self, request: dict[str, Any], route: str) -> CallRecord:
         rt, model = self.rt, request["model"]
@@ -77,7 +77,7 @@ class Gate:
         except BaseException:
             if verdict == "probe":  # never sent: give the probe back, or every call waits PROBE_TIMEOUT_SECONDS
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(limits.one(rt, "breaker_release", model=model, probe_at=probe_at))
+                    await asyncio.shield(breaker.release_probe(rt, model, probe_at))
             raise
         try:
             rec = await one_call(rt.llm, request)
@@ -111,7 +111,7 @@ class Gate:
             elif verdict == "probe":  # a 4xx or 429 says nothing about the model's health: give the probe
                 # back (open, its open_seconds over), so the next call probes at once; closing here let every
                 # waiting call go to a model that may still be failing
-                await limits.one(rt, "breaker_release", model=model, probe_at=probe_at)
+                await breaker.release_probe(rt, model, probe_at)
             self.records.append(
                 CallRecord(
                     model=model,

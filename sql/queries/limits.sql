@@ -49,12 +49,33 @@ SELECT verdict, retry_at, now() AS probe_at FROM hookline.breaker_acquire_v1(%(m
 
 -- name: breaker_release
 -- A half-open probe taken by a call that was never sent (held by a budget or rate limit, or refused), or cut
--- off by a worker shutdown (not the API's failure):
+-- off by a worker shutdown, or answered 4xx/429 (not the API's failure):
 -- the breaker is open again with its open_seconds already over, so the next call takes the probe at once.
 -- Only while it is still that call's probe (%(probe_at)s, from breaker_acquire): one that outlived
 -- PROBE_TIMEOUT_SECONDS may have been taken over by another worker's newer probe, which stays out.
-UPDATE hookline.breakers SET state = 'open', open_until = now(), probe_at = NULL, changed_at = now()
-WHERE model = %(model)s AND state = 'half_open' AND probe_at = %(probe_at)s;
+-- When it was given back, the job of the event held longest by this open breaker (detail starting with
+-- %(detail)s) runs now, to take the next probe: the held events were told to come back when the probe would
+-- be presumed lost. One, not all: only one of them could probe; the others are woken when the breaker
+-- closes (wake_breaker_waiters), or one by one as each probe is given back. Returns the job woken, if any.
+WITH released AS (
+    UPDATE hookline.breakers SET state = 'open', open_until = now(), probe_at = NULL, changed_at = now()
+    WHERE model = %(model)s AND state = 'half_open' AND probe_at = %(probe_at)s
+    RETURNING model
+), next_job AS (
+    SELECT j.id
+    FROM hookline.events e
+    JOIN procrastinate_jobs j ON (j.args ->> 'event_id')::bigint = e.id
+    WHERE EXISTS (SELECT FROM released)
+      AND e.status = 'throttled' AND starts_with(e.detail, %(detail)s)
+      AND j.status = 'todo' AND j.task_name = 'hookline:process_event'
+      AND j.scheduled_at > now()
+    ORDER BY e.id
+    LIMIT 1
+)
+UPDATE procrastinate_jobs j SET scheduled_at = now()
+FROM next_job
+WHERE j.id = next_job.id
+RETURNING j.id AS woken_job;
 
 -- name: breaker_record
 -- A call's outcome for the model's breaker; flipped = the state changed. A success while it is open (a call
