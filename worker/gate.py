@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 
 from app.core.config import Pipeline
+from app.core.config.pipelines import MAX_RETRY_AFTER_SECONDS
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import breaker, limits
@@ -29,6 +31,19 @@ from worker.runtime import Runtime
 def _timed_out() -> bool:
     deadline = PIPELINE_DEADLINE.get()
     return deadline is not None and asyncio.get_running_loop().time() >= deadline
+
+
+def rate_limited_reason(model: str, retry_after: float | None) -> str:
+    """Why an event waits after the Messages API answered its call 429 (``detail`` after ``throttled: ``)."""
+    after = f"its retry-after of {retry_after:g}s" if retry_after is not None else "a second"
+    return f"the Messages API answered 429 (rate limited) for {model}; the call is asked again after {after}"
+
+
+def after_429(retry_after: float | None) -> float:
+    """How long an event waits after a 429: the API's ``retry-after`` as a floor (at least a second, at
+    most MAX_RETRY_AFTER_SECONDS), plus up to a quarter more so the events it answered together spread."""
+    floor = min(max(1.0, retry_after or 1.0), MAX_RETRY_AFTER_SECONDS)
+    return floor * (1 + random.random() / 4)
 
 
 def _breaker_failure(exc: BaseException) -> bool:
@@ -122,6 +137,8 @@ class Gate:
                     requested_model=self.pipeline.model,
                 )
             )
+            if status == 429 and not err.permanent:  # too many requests: the event waits, not an attempt
+                raise Held(rate_limited_reason(model, err.retry_after), delay=after_429(err.retry_after)) from e
             fallback = self._fallback(model, route)
             if status == 529 and fallback:
                 return await self({**request, "model": fallback}, then(route, "fallback:overloaded"))

@@ -113,7 +113,9 @@ def test_retry_delay_grows_and_is_capped() -> None:
     policy = RetryPolicy(backoff_seconds=2, max_backoff_seconds=10, jitter=False)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
     assert policy.delay(1, retry_after=7) == 7
-    assert policy.delay(1, retry_after=3600) == 10
+    # max_backoff_seconds caps our own backoff, never the API's retry-after (a floor, up to a day)
+    assert policy.delay(1, retry_after=3600) == 3600
+    assert policy.delay(1, retry_after=10**9) == 86_400
     jittered = RetryPolicy(backoff_seconds=4, max_backoff_seconds=100)
     assert all(2 <= jittered.delay(1) <= 4 for _ in range(50))
 

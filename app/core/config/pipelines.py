@@ -17,6 +17,10 @@ from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 WHEN_NAMES = ("payload", "event")
 
 
+#: The longest ``retry-after`` honoured (a day): a broken proxy's absurd value cannot park an event for years.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
 class RetryPolicy(Strict):
     """``[pipelines.NAME.retry]``: attempts in all (first run included) and exponential backoff."""
 
@@ -26,12 +30,14 @@ class RetryPolicy(Strict):
     jitter: bool = True
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds before the next run after ``attempt`` runs failed; ``retry_after`` is a floor."""
+        """Seconds before the next run after ``attempt`` runs failed. ``retry_after`` (the API's
+        ``retry-after``) is a floor that ``max_backoff_seconds`` does not cap: that caps our own backoff,
+        never a retry sooner than the API asked (up to :data:`MAX_RETRY_AFTER_SECONDS`)."""
         base = min(self.max_backoff_seconds, self.backoff_seconds * (2 ** max(0, attempt - 1)))
         if self.jitter:
             base = base * (0.5 + random.random() / 2)
         if retry_after is not None:
-            base = max(base, min(retry_after, self.max_backoff_seconds))
+            base = max(base, min(retry_after, MAX_RETRY_AFTER_SECONDS))
         return float(base)
 
 
