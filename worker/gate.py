@@ -46,6 +46,10 @@ def after_429(retry_after: float | None) -> float:
     return floor * (1 + random.random() / 4)
 
 
+#: 429s that hold one event (and pipeline) without using an attempt; each one after uses an attempt
+RATE_LIMIT_HOLDS = 20
+
+
 def _breaker_failure(exc: BaseException) -> bool:
     """Failures that say the model is unwell: overload, 5xx, timeouts, lost connections (not 4xx)."""
     if isinstance(exc, anthropic.APIStatusError):
@@ -59,6 +63,16 @@ class Gate:
     event: EventRow
     pipeline: Pipeline
     records: list[CallRecord] = field(default_factory=list)
+
+    async def _rate_limit_holds_left(self) -> bool:
+        """Whether a 429 still holds this event rather than using an attempt: fewer than
+        RATE_LIMIT_HOLDS of its calls for this pipeline were answered 429 (those stored: this one is
+        not yet). Should the count fail, the 429 holds, as it did before the count existed."""
+        try:
+            found = await self.rt.db.rows("rate_limited_calls", event_id=self.event["id"], pipeline=self.pipeline.name)
+        except Exception:
+            return True
+        return not found or int(found[0]["n"]) < RATE_LIMIT_HOLDS
 
     def _fallback(self, model: str, route: str) -> str | None:
         if "fallback:" in route:
@@ -137,7 +151,8 @@ class Gate:
                     requested_model=self.pipeline.model,
                 )
             )
-            if status == 429 and not err.permanent:  # too many requests: the event waits, not an attempt
+            if status == 429 and not err.permanent and await self._rate_limit_holds_left():
+                # too many requests: the event waits, not an attempt
                 raise Held(rate_limited_reason(model, err.retry_after), delay=after_429(err.retry_after)) from e
             fallback = self._fallback(model, route)
             if status == 529 and fallback:

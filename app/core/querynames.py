@@ -46,6 +46,7 @@ WorkerQuery = Literal[
     "batch_item_cancel",
     "batch_retire_pending",
     "wake_throttled",
+    "rate_limited_calls",
 ]
 
 LimitsQuery = Literal[

@@ -289,3 +289,13 @@ WHERE e.status = 'throttled'
   AND j.status = 'todo' AND j.task_name = 'hookline:process_event'
   AND (j.args ->> 'event_id')::bigint = e.id
   AND j.scheduled_at > now();
+
+-- name: rate_limited_calls
+-- A 429 from the Messages API holds its event throttled without using an attempt (worker/gate.py),
+-- up to RATE_LIMIT_HOLDS such answers for one event and pipeline; then each further 429 uses an
+-- attempt, so a model that never stops answering 429 ends in the dead letters, not in a hold without
+-- end. Counts the failed calls the API answered 429 (their error starts "anthropic 429 ";
+-- llm_calls_event_idx).
+SELECT count(*)::int AS n
+FROM hookline.llm_calls
+WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'failed' AND error LIKE 'anthropic 429 %%';

@@ -81,3 +81,29 @@ async def test_a_429_holds_the_event_until_its_retry_after_without_using_an_atte
         await asyncio.sleep(0.5)  # its bucket (1000 a minute), lowered by the 429's remaining: 0, refills
     assert await handle_event(rt, event) == "succeeded"
     assert rows(db_url, "SELECT attempts FROM hookline.events WHERE id = %s", event) == [(1,)]
+
+
+async def test_a_model_that_keeps_answering_429_ends_in_attempts_not_a_hold_without_end(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """After RATE_LIMIT_HOLDS of one event's calls were answered 429, the next 429 uses an attempt (and
+    the last attempt is a dead letter), so an event cannot wait throttled for ever."""
+    from worker.gate import RATE_LIMIT_HOLDS
+
+    rt = await runtime_for(db_url, fake, make_config({"retry": {**RETRY, "max_attempts": 1}}))
+    opened.append(rt)
+    event = insert_event(db_url, "evt_ra_429_forever")
+    fake.set_default(rate_limited(retry_after=1))
+    for n in range(RATE_LIMIT_HOLDS):
+        with pytest.raises(Throttled):
+            await handle_event(rt, event)
+        assert rows(db_url, "SELECT status, attempts FROM hookline.events WHERE id = %s", event) == [
+            ("throttled", 0)
+        ], n
+    assert await handle_event(rt, event) == "dead"  # the next 429 uses the only attempt
+    ((status, attempts, error),) = rows(
+        db_url, "SELECT status, attempts, last_error FROM hookline.events WHERE id = %s", event
+    )
+    assert (status, attempts) == ("dead", 1) and "429" in error
+    calls = rows(db_url, "SELECT count(*) FROM hookline.llm_calls WHERE event_id = %s AND status = 'failed'", event)
+    assert calls == [(RATE_LIMIT_HOLDS + 1,)]  # every round trip kept
