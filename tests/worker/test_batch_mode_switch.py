@@ -7,7 +7,6 @@ API (as in tests/worker/test_flow.py); the last test runs the real procrastinate
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,14 +27,6 @@ TOKENS = 150  # USAGE: input + output
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 async def opened_runtime(db_url: str, fake: FakeMessagesAPI, config: Config, opened: list[Runtime]) -> Runtime:

@@ -6,8 +6,6 @@ the fake Messages API."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
@@ -23,14 +21,6 @@ BREAKER = {"failures": 1, "window_seconds": 60, "open_seconds": 30}
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def open_breaker_due_for_its_probe(db_url: str) -> None:

@@ -5,8 +5,6 @@ once. ``handle_event`` driven directly against the real Postgres and the fake Me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, error, rate_limited, reply
@@ -22,14 +20,6 @@ from worker.tasks import handle_event
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 async def test_a_probe_answered_400_does_not_close_the_breaker(

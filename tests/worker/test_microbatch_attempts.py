@@ -5,8 +5,6 @@ Messages API."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, error, overloaded, reply
@@ -22,14 +20,6 @@ FALLBACK = "claude-haiku-4-5"
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def results(*event_ids: int) -> dict[str, list[dict[str, object]]]:

@@ -7,8 +7,6 @@ that inserts the row (``pg_terminate_backend`` of its own backend, SQLSTATE 57P0
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import psycopg
 import pytest
 
@@ -25,14 +23,6 @@ SONNET = "claude-sonnet-5-5"
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def cut_the_connection_once(db_url: str, route_like: str) -> None:

@@ -8,7 +8,6 @@ the fake Messages API."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,14 +29,6 @@ BATCH = {"batch": {"max_events": 3, "max_wait_ms": 60000}, "max_tokens": 200}
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def results(*event_ids: int) -> dict[str, list[dict[str, Any]]]:

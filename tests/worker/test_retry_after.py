@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,14 +25,6 @@ RETRY = {"max_attempts": 3, "backoff_seconds": 0.05, "max_backoff_seconds": 5, "
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def test_retry_after_is_a_floor_above_max_backoff_seconds() -> None:
