@@ -109,17 +109,19 @@ WHERE id = %(event_id)s;
 SELECT replay_applied FROM hookline.events WHERE id = %(event_id)s;
 
 -- name: spend_today
--- hookline status: today's usage per tenant (UTC day, this hour's events).
+-- hookline status: today's usage per tenant (UTC day, this UTC hour's events: the windows admit_event_v1
+-- and admit_guarded_v1 count in, whatever the session's TimeZone).
 SELECT w.tenant, w.period, w.events, w.tokens, w.usd, w.reserved_tokens, w.reserved_usd, w.alerted_at
 FROM hookline.budget_windows w
 WHERE (w.period = 'day' AND w.window_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
-   OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now()))
+   OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
 ORDER BY w.tenant, w.period;
 
 -- name: claim_once
--- True for exactly one caller per kind, subject and hour: the one that sends the alert.
+-- True for exactly one caller per kind, subject and UTC hour (whatever the session's TimeZone): the one that
+-- sends the alert.
 INSERT INTO hookline.alerts_sent (kind, subject, window_start)
-VALUES (%(kind)s, %(subject)s, date_trunc('hour', now()))
+VALUES (%(kind)s, %(subject)s, date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
 ON CONFLICT DO NOTHING
 RETURNING true AS claimed;
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import psycopg
+import pytest
 
 from app.core.sqlfiles import queries
 
@@ -160,6 +161,54 @@ def test_events_per_hour_counts_each_event_once(conn: psycopg.Connection) -> Non
     (reopens,) = _one(conn, "admit_event", event_id=ids[2], tenant="t", cap=2)
     assert reopens is not None
     assert conn.execute("SELECT events FROM hookline.budget_windows WHERE period = 'hour'").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("admission", ["admit_event", "admit_guarded"])
+def test_events_per_hour_counts_in_utc_hours_whatever_the_sessions_time_zone(
+    conn: psycopg.Connection, db_url: str, admission: str
+) -> None:
+    """date_trunc('hour', now()) truncates in the session's TimeZone: a +05:30 session's hour began at :30
+    UTC, and a UTC session (the web, the worker, a DBA's psql under another zone) counted the same tenant
+    in another window, so events_per_hour let twice its cap through. Both count in the UTC hour."""
+    ids = [
+        conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, tenant) VALUES ('s', %s, 't') RETURNING id", (f"d{i}",)
+        ).fetchone()[0]  # type: ignore[index]
+        for i in range(3)
+    ]
+
+    def admit(session: psycopg.Connection, event_id: int) -> object:
+        if admission == "admit_event":
+            return _one(session, "admit_event", event_id=event_id, tenant="t", cap=2)[0]
+        hour = {"max_events": [], "window_seconds": [], "count_hour": True, "cap": 2}
+        return _one(session, "admit_guarded", event_id=event_id, **hour)[3]
+
+    with (
+        psycopg.connect(db_url, autocommit=True, options="-c TimeZone=Asia/Kolkata") as kolkata,
+        psycopg.connect(db_url, autocommit=True, options="-c TimeZone=UTC") as utc,
+    ):
+        assert admit(kolkata, ids[0]) is None
+        assert admit(utc, ids[1]) is None
+        reopens = admit(kolkata, ids[2])  # the cap of 2 is reached in the one window both counted in
+        assert reopens is not None
+        (window,) = kolkata.execute(LQ["spend_today"]).fetchall()  # the +05:30 session sees that window too
+        assert window[1:3] == ("hour", 2)
+    windows = conn.execute(
+        "SELECT extract(minute FROM window_start AT TIME ZONE 'UTC'), events FROM hookline.budget_windows "
+        "WHERE period = 'hour'"
+    ).fetchall()
+    assert windows == [(0, 2)]  # one window, on the UTC hour
+    assert conn.execute("SELECT count(*) FROM hookline.events WHERE admitted_at IS NOT NULL").fetchone() == (2,)
+
+
+def test_an_alert_is_claimed_once_per_utc_hour_whatever_the_sessions_time_zone(db_url: str) -> None:
+    claim = {"kind": "loop_guard", "subject": "triage tenant 't'"}
+    with (
+        psycopg.connect(db_url, autocommit=True, options="-c TimeZone=Asia/Kolkata") as kolkata,
+        psycopg.connect(db_url, autocommit=True, options="-c TimeZone=UTC") as utc,
+    ):
+        assert kolkata.execute(LQ["claim_once"], claim).fetchone() == (True,)
+        assert utc.execute(LQ["claim_once"], claim).fetchone() is None  # the same hour: already claimed
 
 
 def test_a_loop_guard_counts_and_admits_one_event_at_a_time(conn: psycopg.Connection, db_url: str) -> None:
