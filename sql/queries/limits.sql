@@ -78,10 +78,11 @@ WHERE j.id = next_job.id
 RETURNING j.id AS woken_job;
 
 -- name: breaker_record
--- A call's outcome for the model's breaker; flipped = the state changed. A success while it is open (a call
--- sent before it opened) changes nothing: only the half-open probe closes it (migration 0036).
+-- A call's outcome for the model's breaker; flipped = the state changed. It opens after `failures` failures
+-- within the last `window_seconds`, successes in between or not (migration 0038). A success while it is open
+-- (a call sent before it opened) changes nothing: only the half-open probe closes it (migration 0036).
 SELECT new_state, flipped
-FROM hookline.breaker_record_v2(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
+FROM hookline.breaker_record_v3(%(model)s, %(ok)s, %(failures)s, %(window_seconds)s, %(open_seconds)s, %(error)s);
 
 -- name: wake_breaker_waiters
 -- The model's breaker just closed: the jobs of the events its open state held (detail starting with

@@ -1,4 +1,4 @@
-"""The shared-limit functions of migration 0006, called as the worker calls them (real Postgres)."""
+"""The shared-limit functions of migration 0007 and later, called as the worker calls them (real Postgres)."""
 
 from __future__ import annotations
 
@@ -250,6 +250,44 @@ def test_breaker_opens_pauses_probes_once_and_closes(conn: psycopg.Connection) -
     assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "open"  # one probe only
     assert _one(conn, "breaker_record", ok=True, **rec) == ("closed", True)
     assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "closed"
+
+
+BREAKER_5 = {"model": "m", "failures": 5, "window_seconds": 60, "open_seconds": 30, "error": "529"}
+
+
+def test_breaker_opens_after_failures_within_the_window_whatever_succeeded_in_between(
+    conn: psycopg.Connection,
+) -> None:
+    """A partial outage: every other call fails. Each success used to reset the count, so only 5 failures
+    in a row opened it; 5 failures within window_seconds do, as the README says."""
+    for _ in range(4):
+        assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("closed", False)
+        assert _one(conn, "breaker_record", ok=True, **BREAKER_5) == ("closed", False)
+    assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("open", True)
+    assert conn.execute("SELECT state, failures FROM hookline.breaker_state").fetchall() == [("open", 5)]
+
+
+def _seconds_pass(conn: psycopg.Connection, seconds: int) -> None:
+    """The breaker's recorded failures happened ``seconds`` earlier than they did."""
+    conn.execute(
+        "UPDATE hookline.breakers SET failed_at = ARRAY(SELECT t - make_interval(secs => %s) FROM unnest(failed_at) t)",
+        (seconds,),
+    )
+
+
+def test_breaker_counts_only_the_failures_of_the_last_window(conn: psycopg.Connection) -> None:
+    for _ in range(5):  # one failure every 21 s: never 5 within 60 s
+        assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("closed", False)
+        _seconds_pass(conn, 21)
+    assert conn.execute("SELECT failures FROM hookline.breakers").fetchone() == (3,)  # 21 s, 42 s and 63 s ago
+    assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("closed", False)  # 0, 21, 42 s ago: 3
+    assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("closed", False)  # 4
+    assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("open", True)  # 5 within the last 60 s
+    conn.execute("UPDATE hookline.breakers SET open_until = now() - interval '1 second'")
+    assert _one(conn, "breaker_acquire", model="m", probe_timeout=120)[0] == "probe"
+    assert _one(conn, "breaker_record", ok=True, **BREAKER_5) == ("closed", True)  # the probe's success
+    assert _one(conn, "breaker_record", ok=False, **BREAKER_5) == ("closed", False)  # the old failures forgotten
+    assert conn.execute("SELECT failures FROM hookline.breakers").fetchone() == (1,)
 
 
 def test_event_priority_becomes_the_job_priority(conn: psycopg.Connection) -> None:
