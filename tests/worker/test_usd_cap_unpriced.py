@@ -12,7 +12,8 @@ import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import Receiver, rows
-from tests.worker.test_flow import GOOD, USAGE, insert_event, make_config, runtime_for
+from tests.worker.test_flow import GOOD, USAGE, held, insert_event, make_config, runtime_for
+from tests.worker.test_microbatch_tenants import BATCH, age, results
 from worker.pricing import unpriced_models
 from worker.runtime import Runtime
 from worker.tasks import handle_event
@@ -49,6 +50,32 @@ async def test_a_usd_cap_refuses_a_model_it_cannot_price(
     ((error,),) = rows(db_url, "SELECT last_error FROM hookline.events WHERE id = %s", event)
     assert "has no price" in error and "usd_per_day" in error
     assert fake.calls_to("/v1/messages") == []  # nothing spent that the cap could not count
+
+
+async def test_a_micro_batch_to_a_model_it_cannot_price_is_refused_as_a_single_call_is(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The leader's combined call goes through the same reservation as a single call: refused before it
+    is sent, each event a dead letter with the same reason, nothing counted at $0."""
+    config = make_config({**BATCH, "model": UNPRICED}, tenants={"*": {"usd_per_day": 1.0}})
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    a1, a2 = (
+        insert_event(db_url, "evt_unpriced_mb1", tenant="acme"),
+        insert_event(db_url, "evt_unpriced_mb2", tenant="acme"),
+    )
+    fake.set_default(reply(results(a1, a2), usage=USAGE))
+    assert "gathering a micro-batch" in await held(rt, a1)
+    assert "gathering a micro-batch" in await held(rt, a2)
+    age(db_url, a1, a2)
+
+    assert await handle_event(rt, a2) == "dead"  # leads; refused
+    assert await handle_event(rt, a1) == "dead"  # gathered again, leads its own batch; refused too
+    errors = rows(db_url, "SELECT last_error FROM hookline.events ORDER BY id")
+    assert len(errors) == 2 and all("has no price" in e and "usd_per_day" in e for (e,) in errors), errors
+    assert fake.calls_to("/v1/messages") == []
+    assert rows(db_url, "SELECT count(*) FROM hookline.llm_calls") == [(0,)]
+    assert day_usd(db_url, "acme") is None
 
 
 async def test_a_prices_override_makes_the_unpriced_model_count(
