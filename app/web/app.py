@@ -30,7 +30,7 @@ from app.core.querynames import IngestQuery
 from app.core.settings import Settings
 from app.core.sqlfiles import NamedQueries
 from app.web import admin
-from app.web.guard import networks
+from app.web.guard import client_ip, networks
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
 from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, Metrics, note_outcome
@@ -95,15 +95,21 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text; with ``HOOKLINE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
+    """Prometheus text; with ``HOOKLINE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``
+    (wrong ones counted per client address, as the admin token's: app/web/throttle.py)."""
     state: AppState = request.state.hookline
     token = state.settings.metrics_token
     secret = token.get_secret_value() if token is not None else ""  # empty counts as unset
     if secret:
         given = request.headers.get("authorization", "")
         expected = "Bearer " + secret
+        address = client_ip(request, state.trusted_proxies)
+        if given:  # a token presented: none while this address is over its wrong-token limit
+            state.metrics_attempts.check(address)
         # digests of equal length: compare_digest on the raw strings would tell the token's length
         if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
+            if given:
+                state.metrics_attempts.failed(address)
             return json_response(
                 401,
                 {"error": "unauthorized", "detail": "send Authorization: Bearer <HOOKLINE_METRICS_TOKEN>"},

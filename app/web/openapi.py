@@ -198,6 +198,7 @@ LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default":
 EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 AUTH = {
     "401": _error("No token, or a wrong one.", challenge=True),
+    "429": _error("Too many wrong tokens from this address; retry after Retry-After seconds.", retry_after=True),
     "503": _error("Postgres is unreachable.", retry_after=True),
 }
 BAD = {"400": _error("A parameter is not valid; detail says which.")}

@@ -20,6 +20,7 @@ from app.web.guard import IPNetwork, networks
 from app.web.listener import EventListener
 from app.web.metrics import Metrics, SharedFigures
 from app.web.ratelimit import IngestLimiter
+from app.web.throttle import FailedAttempts
 
 log = logging.getLogger("hookline.db")
 
@@ -93,6 +94,10 @@ class AppState:
     expected_migrations: dict[int, str] = field(default_factory=dict)
     #: [sources.NAME] rate_limit buckets (per process).
     ingest_limiter: IngestLimiter = field(default_factory=IngestLimiter)
+    #: Wrong admin tokens per client address (API, dashboard, login form; per process).
+    admin_attempts: FailedAttempts = field(default_factory=FailedAttempts)
+    #: Wrong HOOKLINE_METRICS_TOKEN per client address (per process).
+    metrics_attempts: FailedAttempts = field(default_factory=FailedAttempts)
     #: Group commit of ingest rows (app/web/batcher.py).
     batcher: Batcher = field(init=False)
     #: Set when the server begins shutting down (app/web/server.py): open dashboard streams end at once.

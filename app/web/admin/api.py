@@ -24,6 +24,7 @@ from app.core.errors import BadRequest, Conflict, DatabaseUnavailable, NotFound,
 from app.core.status import EventStatus
 from app.web.admin import data
 from app.web.admin.auth import require_bearer
+from app.web.guard import client_ip
 from app.web.responses import DB_UNAVAILABLE, json_response, private
 from app.web.state import AppState
 
@@ -43,7 +44,8 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state: AppState = request.state.hookline
         assert state.settings.admin_token is not None  # routes exist only when it is set
-        require_bearer(request, state.settings.admin_token.get_secret_value())
+        address = client_ip(request, state.trusted_proxies)
+        require_bearer(request, state.settings.admin_token.get_secret_value(), state.admin_attempts, address)
         return private(await run_db(state, lambda: handler(request, state)))
 
     return endpoint

@@ -12,6 +12,9 @@
   in the form field or the ``X-CSRF-Token`` header), and its ``Origin`` (or ``Referer``) must be this
   site; ``Sec-Fetch-Site: cross-site`` is refused outright. The login form uses a double-submit
   cookie instead, since there is no session yet.
+* Wrong tokens are counted per client address (:class:`app.web.throttle.FailedAttempts`): past the
+  limit, a token from that address (right or wrong) is 429 until its window has passed. A valid
+  session cookie still signs its requests in; no token is tried then.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from starlette.responses import Response
 
 from app.core.errors import Forbidden, Unauthorized
 from app.core.settings import Settings
+from app.web.throttle import FailedAttempts
 
 SESSION_COOKIE = "hookline_session"
 LOGIN_CSRF_COOKIE = "hookline_login_csrf"
@@ -58,12 +62,15 @@ def bearer_token(request: Request) -> str | None:
     return given.strip() if scheme.lower() == "bearer" else None
 
 
-def require_bearer(request: Request, token: str) -> None:
-    """401 unless the request carries ``Authorization: Bearer <token>``."""
+def require_bearer(request: Request, token: str, attempts: FailedAttempts, address: str) -> None:
+    """401 unless the request carries ``Authorization: Bearer <token>``; 429 while ``address`` has sent
+    too many wrong tokens (each wrong one is counted against it)."""
     given = bearer_token(request)
     if not given:
         raise Unauthorized("send Authorization: Bearer <HOOKLINE_ADMIN_TOKEN>", headers=CHALLENGE)
+    attempts.check(address)
     if not token_matches(given, token):
+        attempts.failed(address)
         raise Unauthorized("the admin token is not valid", headers=CHALLENGE)
 
 
@@ -94,17 +101,28 @@ class Sessions:
         body = f"v1.{int(now if now is not None else time.time())}.{nonce}"
         return f"{body}.{self._mac(body)}", Session(nonce, self._csrf(nonce))
 
-    def read(self, request: Request) -> Session | None:
+    def read(self, request: Request, attempts: FailedAttempts | None = None, address: str = "") -> Session | None:
         """The request's session: from an ``Authorization: Bearer`` header holding the admin token, else
         from a valid, unexpired session cookie; None when there is neither. A bearer token that is not
         the admin token is left aside, not refused: a proxy in front of the dashboard (oauth2-proxy's
         ``pass_authorization_header``, Pomerium) sends its own there, and the cookie decides (with its
-        CSRF checks). Only when the cookie does not sign the request in either is that bearer a 401."""
+        CSRF checks). Only when the cookie does not sign the request in either is that bearer a 401,
+        counted in ``attempts`` against ``address``; while that address is over the limit its bearer is
+        not tried at all: the cookie alone decides, and without one the answer is 429."""
         given = bearer_token(request)
-        if given is not None and token_matches(given, self._token):
+        if given is None:
+            return self._from_cookie(request)
+        if attempts is not None and attempts.retry_after(address):
+            session = self._from_cookie(request)
+            if session is None:
+                attempts.check(address)
+            return session
+        if token_matches(given, self._token):
             return Session(nonce="", csrf="", bearer=True)
         session = self._from_cookie(request)
-        if session is None and given is not None:
+        if session is None:
+            if attempts is not None:
+                attempts.failed(address)
             raise Unauthorized(
                 "the admin token is not valid, and there is no valid session cookie (sign in at /admin/login)",
                 headers=CHALLENGE,

@@ -34,8 +34,10 @@ from app.web.admin.auth import (
     token_matches,
 )
 from app.web.admin.stream import updates
+from app.web.guard import client_ip
 from app.web.responses import json_response, private
 from app.web.state import AppState
+from app.web.throttle import too_many
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = jinja2.Environment(
@@ -73,7 +75,7 @@ def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(page)
     async def endpoint(request: Request) -> Response:
         state: AppState = request.state.hookline
-        session = sessions(state).read(request)
+        session = sessions(state).read(request, state.admin_attempts, client_ip(request, state.trusted_proxies))
         if session is None:
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse("/admin/login", status_code=303)
@@ -91,9 +93,12 @@ async def login_form(request: Request) -> Response:
     return _login_page(request, state, error=None, status=200)
 
 
-def _login_page(request: Request, state: AppState, *, error: str | None, status: int) -> Response:
+def _login_page(
+    request: Request, state: AppState, *, error: str | None, status: int, headers: dict[str, str] | None = None
+) -> Response:
     csrf = secrets.token_urlsafe(24)
     response = render("login.html", status, csrf_field=CSRF_FIELD, csrf=csrf, error=error)
+    response.headers.update(headers or {})
     sessions(state).set_cookie(request, response, LOGIN_CSRF_COOKIE, csrf, max_age=3600)
     return response
 
@@ -105,7 +110,13 @@ async def login(request: Request) -> Response:
     form = await read_form(request)
     s.check_login_csrf(request, _str(form.get(CSRF_FIELD)))
     assert state.settings.admin_token is not None
+    address = client_ip(request, state.trusted_proxies)
+    wait = state.admin_attempts.retry_after(address)
+    if wait:  # over the limit: the token is not even compared
+        error = too_many(wait).capitalize() + "."
+        return _login_page(request, state, error=error, status=429, headers={"Retry-After": str(wait)})
     if not token_matches(_str(form.get("token")) or "", state.settings.admin_token.get_secret_value()):
+        state.admin_attempts.failed(address)
         return _login_page(request, state, error="That is not the admin token.", status=401)
     cookie, _ = s.issue()
     response = RedirectResponse("/admin", status_code=303)
