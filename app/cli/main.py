@@ -28,7 +28,7 @@ from app.core.config import environment_problems, load_config
 from app.core.errors import ConfigError, HooklineError
 from app.core.heap import freeze_startup_heap
 from app.core.logs import setup_logging
-from app.core.settings import Settings, settings_problems
+from app.core.settings import Settings, settings_problems, weak_tokens
 
 
 def _db_url(settings: Settings) -> str:
@@ -113,7 +113,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{path}: no such file (HOOKLINE_CONFIG)", file=sys.stderr)
         return 1
     config = load_config(path)
-    problems = environment_problems(config, settings.environ, settings.public_url)
+    problems = environment_problems(config, settings.environ, settings.public_url) + weak_tokens(settings)
     print(f"{path}: OK — {len(config.sources)} source(s), {len(config.pipelines)} pipeline(s)")
     for name, src in sorted(config.sources.items()):
         pipes = [p.name for p in config.pipelines.values() if p.source == name]

@@ -238,6 +238,25 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value() if self.database_url else None
 
 
+#: Shortest admin or metrics token taken without a warning (characters, after trimming).
+MIN_TOKEN_LENGTH = 16
+#: A command that prints a good one.
+RANDOM_STRING_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def weak_tokens(settings: Settings) -> list[str]:
+    """One warning per bearer token that is set but shorter than ``MIN_TOKEN_LENGTH``: named, never shown
+    (nor its length). ``hookline check`` prints them; the web process logs them once at start. Not a
+    refusal: a short token still works."""
+    tokens = {"HOOKLINE_ADMIN_TOKEN": settings.admin_token, "HOOKLINE_METRICS_TOKEN": settings.metrics_token}
+    return [
+        f"{name} is shorter than {MIN_TOKEN_LENGTH} characters, so it can be guessed; "
+        f"use a long random one: {RANDOM_STRING_COMMAND}"
+        for name, token in tokens.items()
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH
+    ]
+
+
 #: Names whose value is never echoed back in an error (DATABASE_URL carries a password).
 _SECRET_NAME = re.compile(r"^DATABASE_URL$|_KEY$|_TOKEN$|_SECRET$|PASSWORD")
 

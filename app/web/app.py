@@ -27,7 +27,7 @@ from app.core.errors import ConfigError, HTTPError
 from app.core.heap import freeze_startup_heap
 from app.core.logs import setup_logging
 from app.core.querynames import IngestQuery
-from app.core.settings import Settings
+from app.core.settings import Settings, weak_tokens
 from app.core.sqlfiles import NamedQueries
 from app.web import admin
 from app.web.guard import client_ip, networks
@@ -215,6 +215,8 @@ def create_app(
             listener=listener,
             expected_migrations=expected,
         )
+        for warning in weak_tokens(settings):  # named, never shown
+            log.warning(warning)
         log.info("hookline web ready: %d source(s), %d pipeline(s)", len(config.sources), len(config.pipelines))
         try:
             yield {"hookline": state}
