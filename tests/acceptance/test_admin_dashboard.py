@@ -6,6 +6,7 @@ hostile page or a careless proxy would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -211,6 +212,32 @@ async def test_the_stream_sends_rows_named_by_notify(base: str, conn: psycopg.Co
     updates = [m for e, m in messages if e == "update"]
     assert updates and all(e["id"] == inserted[0] for m in updates for e in m["events"])
     assert sum(updates[0]["counts"].values()) == 1, "the first update carries the counts by status"
+
+
+async def test_head_of_the_stream_is_its_headers_and_ends_at_once(base: str, conn: psycopg.Connection) -> None:
+    """HEAD /admin/stream answers the stream's headers and ends: no LISTEN subscription is made for it,
+    and the server closes the ``Connection: close`` request (a held stream would keep it open)."""
+    url = httpx.URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        f"HEAD /admin/stream HTTP/1.1\r\nHost: {url.netloc.decode()}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    try:
+        async with asyncio.timeout(30):  # a guard, not a measure: a held stream never reaches EOF
+            raw = (await reader.read()).decode().lower()
+    finally:
+        writer.close()
+    assert raw.startswith("http/1.1 200") and raw.endswith("\r\n\r\n"), raw
+    assert "content-type: text/event-stream" in raw and "cache-control: no-store" in raw
+    assert "content-length" not in raw and "transfer-encoding" not in raw
+    listening = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'hookline-web-listen' AND datname = current_database()"
+    ).fetchone()
+    assert listening == (0,), "HEAD must not start the LISTEN connection"
+    async with httpx.AsyncClient(base_url=base) as client:  # without a session it is refused, as GET is
+        assert (await client.head("/admin/stream")).status_code == 401
 
 
 async def test_an_event_id_that_is_not_ascii_digits_is_404_not_500(base: str) -> None:

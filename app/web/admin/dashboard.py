@@ -212,11 +212,12 @@ async def chart_svg(request: Request, state: AppState, session: Session) -> Resp
 
 @signed_in
 async def stream(request: Request, state: AppState, session: Session) -> Response:
-    return StreamingResponse(
-        updates(state),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # the stream's headers, at once: no LISTEN subscription, no open response
+        response = Response(media_type="text/event-stream", headers=headers)
+        del response.headers["content-length"]  # as GET's (a stream has none), not a length of 0
+        return response
+    return StreamingResponse(updates(state), media_type="text/event-stream", headers=headers)
 
 
 def routes() -> list[Route]:
