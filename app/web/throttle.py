@@ -5,6 +5,9 @@ An address that sends ``LIMIT`` wrong tokens within ``WINDOW_SECONDS`` (counted 
 gets ``429`` with ``Retry-After`` for every further token it presents, right or wrong, until that
 window has passed. Requests with the right token are neither counted nor slowed while the address is
 under the limit. The address is :func:`app.web.guard.client_ip`'s (``HOOKLINE_TRUSTED_PROXIES``).
+Loopback addresses are never counted: the machine's own scripts and health checks, and a reverse proxy
+on the same machine that ``HOOKLINE_TRUSTED_PROXIES`` does not name, whose one address every client
+would otherwise share (one client's wrong tokens would shut out all the others).
 
 Per process, like the ingest rate limits (app/web/ratelimit.py): with N web processes an address may
 try up to N × ``LIMIT`` tokens per window. Bounded: at most ``MAX_ADDRESSES`` addresses are remembered;
@@ -14,6 +17,7 @@ rotating addresses cannot grow memory without limit.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 
@@ -55,7 +59,9 @@ class FailedAttempts:
             raise RateLimited(too_many(wait), headers={"Retry-After": str(wait)})
 
     def failed(self, address: str, now: float | None = None) -> None:
-        """Count one wrong token from ``address``."""
+        """Count one wrong token from ``address`` (not from a loopback address)."""
+        if is_loopback(address):
+            return
         t = time.monotonic() if now is None else now
         entry = self._seen.get(address)
         if entry is not None and t - entry[0] < self.window:
@@ -72,6 +78,16 @@ class FailedAttempts:
             if now - self._seen[oldest][0] < self.window and len(self._seen) < self.max_addresses:
                 return
             del self._seen[oldest]
+
+
+def is_loopback(address: str) -> bool:
+    """``127.0.0.0/8`` or ``::1`` (and IPv4-mapped loopback); False for anything that is not an address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def too_many(wait: int) -> str:

@@ -53,6 +53,10 @@ async def test_wrong_admin_bearers_from_one_address_are_throttled(db_url: str, m
         # the session cookie signed in before is no guess: it still works from the throttled address
         cookie = {"cookie": f"hookline_session={session.cookies['hookline_session']}"}
         assert (await client.get("/admin", headers={**ATTACKER, **cookie})).status_code == 200
+        # the machine itself (the TCP peer 127.0.0.1, no forwarded hop) is never counted
+        for i in range(LIMIT + 2):
+            assert (await client.get("/admin/api/events", headers=bearer(f"local-{i}"))).status_code == 401
+        assert (await client.get("/admin/api/events", headers=bearer(TOKEN))).status_code == 200
 
 
 async def test_wrong_tokens_on_the_login_form_are_throttled(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,3 +34,15 @@ def test_memory_is_bounded_whatever_the_number_of_addresses() -> None:
     for i in range(99):
         attempts.failed(f"late-{i}", now=2001.0)
     assert len(attempts) == 100 and attempts.retry_after("victim", now=2001.0) == 59
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_loopback_addresses_are_never_counted(address: str) -> None:
+    """The machine's own scripts, and a local reverse proxy HOOKLINE_TRUSTED_PROXIES does not name."""
+    attempts = FailedAttempts(limit=2, window=60.0)
+    for _ in range(5):
+        attempts.failed(address, now=100.0)
+    assert attempts.retry_after(address, now=101.0) == 0 and len(attempts) == 0
+    for _ in range(2):  # not an address at all (a test client's name): counted as any other
+        attempts.failed("testclient", now=100.0)
+    assert attempts.retry_after("testclient", now=101.0) == 59
