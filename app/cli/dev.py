@@ -19,7 +19,7 @@ from typing import IO
 
 from app.cli import embedded
 from app.cli.release import release
-from app.core.config import environment_problems, load_config
+from app.core.config import Config, environment_problems, load_config
 from app.core.settings import Settings
 
 _COLORS = {"web": "\033[36m", "worker": "\033[35m"}
@@ -32,7 +32,7 @@ def _pump(name: str, stream: IO[bytes], color: bool) -> None:
         sys.stdout.flush()
 
 
-def _follow_events(url: str, stop: threading.Event, color: bool) -> None:
+def _follow_events(url: str, config: Config, stop: threading.Event, color: bool) -> None:
     """One readable line per event transition (hookline tail), until ``stop``."""
     from app.cli.tail import follow
 
@@ -46,7 +46,7 @@ def _follow_events(url: str, stop: threading.Event, color: bool) -> None:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
-        await follow(url, emit, stop=done)
+        await follow(url, emit, config=config, stop=done)
 
     with contextlib.suppress(Exception):
         asyncio.run(run())
@@ -69,7 +69,7 @@ def run_dev(settings: Settings, environ: Mapping[str, str], *, simulate_model: b
     worker = [sys.executable, "-m", "app.cli", "worker", *(["--simulate-model"] if simulate_model else [])]
     commands = {"web": [sys.executable, "-m", "app.cli", "web"], "worker": worker}
     stopping = threading.Event()
-    follower = threading.Thread(target=_follow_events, args=(url, stopping, color), daemon=True)
+    follower = threading.Thread(target=_follow_events, args=(url, config, stopping, color), daemon=True)
 
     def stop(*_: object) -> None:
         stopping.set()

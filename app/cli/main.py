@@ -164,15 +164,16 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli.observe import show_event
 
-    return show_event(_db_url(settings), args.event_id, as_json=args.json)
+    return show_event(_db_url(settings), args.event_id, config=load_config(settings.config), as_json=args.json)
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli.tail import run_tail
 
+    config = load_config(settings.config)  # its sources' redact paths are masked in the stories printed
     url, server = embedded.resolve_database_url(settings.dsn(), settings.home)
     try:
-        return run_tail(url, as_json=args.json)
+        return run_tail(url, config=config, as_json=args.json)
     finally:
         if server is not None:
             embedded.stop(server)

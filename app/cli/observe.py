@@ -1,7 +1,7 @@
 """``hookline status``, ``hookline events show ID`` and ``hookline psql``: the operator's view.
 
 Human tables by default, ``--json`` for scripts. The event story comes from
-:func:`app.core.timeline.load_event_story`, the same loader the admin API uses.
+:func:`app.core.redaction.load_shown_story`: the loader the admin API uses, masked as it masks.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import asyncpg
 
 from app.cli import embedded
 from app.core import db, migrations
+from app.core.config import Config
 from app.core.db import libpq_dsn
 from app.core.logs import escape
 from app.core.querynames import ObserveQuery
+from app.core.redaction import load_shown_story
 from app.core.sqlfiles import NamedQueries
-from app.core.timeline import EventStory, jsonable, load_event_story
+from app.core.timeline import EventStory, jsonable
 
 Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 
@@ -150,16 +152,18 @@ def _caps_row(s: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-async def _story(url: str, event_id: int) -> EventStory | None:
+async def _story(url: str, config: Config, event_id: int) -> EventStory | None:
     conn = await db.connect(url, application_name="hookline-events")
     try:
-        return await load_event_story(conn, event_id)
+        return await load_shown_story(conn, config, event_id)
     finally:
         await conn.close()
 
 
-def show_event(url: str, event_id: int, *, as_json: bool) -> int:
-    story = asyncio.run(_story(url, event_id))
+def show_event(url: str, event_id: int, *, config: Config, as_json: bool) -> int:
+    """The event's story, the values of its source's ``redact`` paths masked where it repeats them (as
+    the admin API shows it)."""
+    story = asyncio.run(_story(url, config, event_id))
     if story is None:
         print(f"hookline events: no event with id {event_id}", file=sys.stderr)
         return 1

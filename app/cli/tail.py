@@ -18,11 +18,13 @@ from typing import Any
 import asyncpg
 
 from app.core import db
+from app.core.config import Config
 from app.core.logs import escape
 from app.core.querynames import ObserveQuery
+from app.core.redaction import load_shown_story
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES, CallStatus
-from app.core.timeline import EventStory, jsonable, load_event_story
+from app.core.timeline import EventStory, jsonable
 
 Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 CHANNEL = "hookline_events"
@@ -110,6 +112,7 @@ async def follow(
     url: str,
     emit: Callable[[str], None],
     *,
+    config: Config,
     stop: asyncio.Event | None = None,
     as_json: bool = False,
     warn: Callable[[str], None] | None = None,
@@ -118,7 +121,8 @@ async def follow(
 ) -> None:
     """Print one line per insert and status change until ``stop`` (or forever); connection troubles
     go to ``warn`` (default: ``emit``) and are retried, once a session was up (from the start too with
-    ``retry_at_start``). A refused password or a missing database is raised, whenever it comes.
+    ``retry_at_start``). A refused password or a missing database is raised, whenever it comes. A
+    finished event's story masks what it repeats of its source's ``redact`` paths (``config``).
     ``on_listening`` is called once, when the first session LISTENs."""
     stop = stop or asyncio.Event()
     warn = warn or emit
@@ -132,7 +136,7 @@ async def follow(
 
     while not stop.is_set():
         try:
-            await _follow_once(url, emit, stop, as_json, listening)
+            await _follow_once(url, config, emit, stop, as_json, listening)
         except Exception as e:
             if isinstance(e, _FATAL) or not (up or retry_at_start):
                 raise
@@ -147,7 +151,12 @@ async def follow(
 
 
 async def _follow_once(
-    url: str, emit: Callable[[str], None], stop: asyncio.Event, as_json: bool, listening: Callable[[], None]
+    url: str,
+    config: Config,
+    emit: Callable[[str], None],
+    stop: asyncio.Event,
+    as_json: bool,
+    listening: Callable[[], None],
 ) -> None:
     notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     arrived = _Arrived()
@@ -166,7 +175,7 @@ async def _follow_once(
                 if listen.is_closed():
                     raise ConnectionError("LISTEN connection closed") from None
                 continue
-            for line in await _lines(reader, notice, as_json, arrived):
+            for line in await _lines(reader, config, notice, as_json, arrived):
                 emit(line)
     finally:
         for conn in conns:
@@ -174,7 +183,7 @@ async def _follow_once(
                 await conn.close()
 
 
-async def _lines(conn: Any, notice: dict[str, Any], as_json: bool, arrived: _Arrived) -> list[str]:
+async def _lines(conn: Any, config: Config, notice: dict[str, Any], as_json: bool, arrived: _Arrived) -> list[str]:
     if notice.get("op") == "insert":
         # the row may already be further on; its own status notices follow, so say only that it arrived
         rows = [
@@ -187,7 +196,7 @@ async def _lines(conn: Any, notice: dict[str, Any], as_json: bool, arrived: _Arr
         return []
     event_id = int(notice["id"])
     if notice.get("status") in TERMINAL_EVENT_STATUSES:
-        story = await load_event_story(conn, event_id)
+        story = await load_shown_story(conn, config, event_id)
         if story is None:
             return []
         return [json.dumps(story.as_json()) if as_json else format_story(story)]
@@ -198,7 +207,7 @@ async def _lines(conn: Any, notice: dict[str, Any], as_json: bool, arrived: _Arr
     return [json.dumps(jsonable(brief)) if as_json else format_brief(brief)]
 
 
-def run_tail(url: str, *, as_json: bool = False) -> int:
+def run_tail(url: str, *, config: Config, as_json: bool = False) -> int:
     def warn(line: str) -> None:  # never on stdout: --json promises one JSON object per line there
         print(line, file=sys.stderr, flush=True)
 
@@ -212,5 +221,7 @@ def run_tail(url: str, *, as_json: bool = False) -> int:
     # the first connection fails as every command does (one line, exit 1: app/cli/main.py); later
     # troubles are retried, except a refused login or a missing database
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(url, emit, as_json=as_json, warn=warn, retry_at_start=False, on_listening=listening))
+        asyncio.run(
+            follow(url, emit, config=config, as_json=as_json, warn=warn, retry_at_start=False, on_listening=listening)
+        )
     return 0

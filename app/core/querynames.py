@@ -116,6 +116,7 @@ SchedulesQuery = Literal["insert_firing", "window_counts", "window_examples"]
 
 ObserveQuery = Literal[
     "event_detail",
+    "event_payload",
     "event_timeline",
     "event_calls",
     "event_actions",

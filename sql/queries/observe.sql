@@ -7,6 +7,11 @@ SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, s
        dry_run, detail, last_error, request_id, received_at, started_at, finished_at
 FROM hookline.events WHERE id = $1;
 
+-- name: event_payload
+-- One event's payload: read only to find the values its source's redact paths hide, to mask them
+-- where the story repeats them (app/core/redaction.py); never printed.
+SELECT payload FROM hookline.events WHERE id = $1;
+
 -- name: event_timeline
 -- One event's steps, in order (the view's documented ordering).
 SELECT step, at, duration_ms, pipeline, name, status, input_tokens, output_tokens, cost_usd, ref_id, detail

@@ -10,6 +10,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from app.cli.tail import follow
+from app.core.config import Config
 from tests.conftest import PgServer
 from tests.harness import free_port
 
@@ -17,7 +18,7 @@ from tests.harness import free_port
 async def test_follow_prints_each_transition(conn: psycopg.Connection, db_url: str) -> None:
     lines: list[str] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(follow(db_url, lines.append, stop=stop))
+    task = asyncio.create_task(follow(db_url, lines.append, config=Config(), stop=stop))
     await asyncio.sleep(0.5)  # LISTEN is up
     row = conn.execute(
         "INSERT INTO hookline.events (source, delivery_id, event_type, tenant) "
@@ -51,7 +52,7 @@ async def test_an_event_in_two_insert_notices_ranges_is_printed_once(conn: psyco
     of ids 1 and 3 notifies 1 .. 3, which holds the other batch's 2 (already printed from its own notice)."""
     lines: list[str] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(follow(db_url, lines.append, stop=stop))
+    task = asyncio.create_task(follow(db_url, lines.append, config=Config(), stop=stop))
     await asyncio.sleep(0.5)  # LISTEN is up
     insert = (
         "INSERT INTO hookline.events (id, source, delivery_id) OVERRIDING SYSTEM VALUE "
@@ -85,6 +86,7 @@ async def test_tail_reconnects_after_a_session_was_up_and_stops_at_a_refusal(
         follow(
             empty_db_url,
             lambda _line: None,
+            config=Config(),
             warn=warnings.put_nowait,
             retry_at_start=False,
             on_listening=lambda: listening.put_nowait(None),
@@ -109,5 +111,11 @@ async def test_tail_reconnects_after_a_session_was_up_and_stops_at_a_refusal(
 async def test_tail_gives_up_on_a_database_it_never_reached() -> None:
     with pytest.raises(OSError):
         await asyncio.wait_for(
-            follow(f"postgresql://nobody@127.0.0.1:{free_port()}/x", lambda _line: None, retry_at_start=False), 60
+            follow(
+                f"postgresql://nobody@127.0.0.1:{free_port()}/x",
+                lambda _line: None,
+                config=Config(),
+                retry_at_start=False,
+            ),
+            60,
         )

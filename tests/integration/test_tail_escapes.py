@@ -37,8 +37,8 @@ async def test_sender_text_is_escaped_in_tail_events_show_and_status(
     json_lines: list[str] = []
     stop = asyncio.Event()
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
-        tail = asyncio.create_task(follow(db_url, lines.append, stop=stop))
-        tail_json = asyncio.create_task(follow(db_url, json_lines.append, stop=stop, as_json=True))
+        tail = asyncio.create_task(follow(db_url, lines.append, config=config, stop=stop))
+        tail_json = asyncio.create_task(follow(db_url, json_lines.append, config=config, stop=stop, as_json=True))
         await asyncio.sleep(1.0)  # LISTEN is up
         body = json.dumps({"type": EVIL, "tenant": "t\x1b[8m\x9b"}).encode()
         req = sign_request("standard_webhooks", secret=SECRET, body=body, delivery_id="msg_" + uuid.uuid4().hex)
@@ -70,7 +70,7 @@ async def test_sender_text_is_escaped_in_tail_events_show_and_status(
     assert [d["event"]["last_error"] for d in docs if "event" in d] == ["http 500: " + EVIL]
 
     capsys.readouterr()
-    await asyncio.to_thread(observe.show_event, db_url, event_id, as_json=False)
+    await asyncio.to_thread(observe.show_event, db_url, event_id, config=config, as_json=False)
     shown = capsys.readouterr().out
     assert _clean(shown), shown
     assert "x\\x1b[2K\\revent 1" in shown and "tenant t\\x1b[8m\\x9b" in shown, shown

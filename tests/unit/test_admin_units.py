@@ -11,10 +11,10 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from app.core.config import parse_config
+from app.core.redaction import MASK, redact
 from app.core.settings import Settings
 from app.web.admin.auth import SESSION_COOKIE, SESSION_SECONDS, Sessions, token_matches
 from app.web.admin.chart import render
-from app.web.admin.data import MASK, redact
 from app.web.openapi import document
 
 
