@@ -135,6 +135,7 @@ def check_database_url(url: str) -> None:
         raise DatabaseUrlError("sslrootcert=system needs sslmode=verify-full (or no sslmode)")
     if params.get("target_session_attrs", "any") not in _SESSION_ATTRS:
         raise DatabaseUrlError(f"target_session_attrs must be one of {', '.join(sorted(_SESSION_ATTRS))}")
+    options_settings(params.get("options", ""))  # what the server would refuse every session for
 
 
 def _option_words(options: str) -> list[str]:
@@ -155,24 +156,122 @@ def _option_words(options: str) -> list[str]:
     return words
 
 
+#: The server's own switches a client's ``options`` may carry (postgres.c, ``process_postgres_switches``),
+#: as its getopt reads them. Switches that take an argument, and the setting each sets with it (None:
+#: one the server ignores from a client; ``-c``/``--``, ``-d``, ``-f`` and ``-t`` are read apart).
+_SWITCH_ARGS: dict[str, str | None] = {
+    "B": "shared_buffers",
+    "C": None,
+    "D": None,
+    "h": "listen_addresses",
+    "k": "unix_socket_directories",
+    "N": "max_connections",
+    "p": "port",
+    "r": None,
+    "S": "work_mem",
+    "v": None,
+    "W": "post_auth_delay",
+}
+#: Switches without an argument, and the setting and value each sets (None: ignored from a client).
+_SWITCH_FLAGS: dict[str, tuple[str, str] | None] = {
+    "b": None,
+    "E": None,
+    "e": ("datestyle", "euro"),
+    "F": ("fsync", "false"),
+    "i": ("listen_addresses", "*"),
+    "j": None,
+    "l": ("ssl", "true"),
+    "n": None,
+    "O": ("allow_system_table_mods", "true"),
+    "P": ("ignore_system_indexes", "true"),
+    "s": ("log_statement_stats", "true"),
+    "T": None,
+}
+#: Switches that set a server-wide parameter: the server refuses every session that sends one.
+_SERVER_WIDE = frozenset("BFhiklNp")
+#: ``-f X``: the plan type X the server turns off; ``-t X``: the statistics it logs.
+_PLAN_SWITCH = {
+    "s": "enable_seqscan",
+    "i": "enable_indexscan",
+    "o": "enable_indexonlyscan",
+    "b": "enable_bitmapscan",
+    "t": "enable_tidscan",
+    "n": "enable_nestloop",
+    "m": "enable_mergejoin",
+    "h": "enable_hashjoin",
+}
+_STATS_SWITCH = {"pa": "log_parser_stats", "pl": "log_planner_stats", "e": "log_executor_stats"}
+
+
 def options_settings(options: str) -> dict[str, str]:
     """The server settings in libpq's ``options``, read as the server reads them: ``-c name=value``,
-    ``-cname=value`` or ``--name=value``, a dash in the name standing for an underscore. Its other
-    switches (``-B``, ``-e``, …) are not settings and are left out, as is a name without a value
-    (the server refuses the session for that: the worker says so)."""
+    ``-cname=value`` or ``--name=value`` (a dash in the name standing for an underscore), and its other
+    switches that set one (``-S 8MB`` is work_mem, ``-e`` DateStyle euro, …); the later wins.
+
+    Raise :class:`DatabaseUrlError` where the server refuses every session with these options: a
+    setting without ``=value`` or without a name, a switch it does not know or without its argument, a
+    word that is no switch, a server-wide parameter (``-B``, ``-p``, …). libpq (the worker) would fail
+    only when it connects, and asyncpg (the web) would have left it out."""
     settings: dict[str, str] = {}
     words = iter(_option_words(options))
     for word in words:
-        if word == "-c":
-            arg = next(words, "")
-        elif word.startswith(("-c", "--")):
-            arg = word[2:]
-        else:
-            continue
-        name, equals, value = arg.partition("=")
-        if name and equals:
-            settings[name.replace("-", "_")] = value
+        if word == "--":  # getopt's end of switches: any word after it is refused below
+            rest = next(words, None)
+            if rest is not None:
+                raise DatabaseUrlError("options has a word that is not a switch (-c name=value, --name=value)")
+            break
+        if not word.startswith("-") or word == "-":
+            raise DatabaseUrlError("options has a word that is not a switch (-c name=value, --name=value)")
+        letters = word[1:]
+        while letters:
+            flag, letters = letters[0], letters[1:]
+            if flag in _SWITCH_FLAGS:
+                _server_wide(flag)
+                if (setting := _SWITCH_FLAGS[flag]) is not None:
+                    settings[setting[0]] = setting[1]
+                continue
+            if flag not in _SWITCH_ARGS and flag not in "c-dft":
+                raise DatabaseUrlError(f"options has -{flag}, a switch the server does not take")
+            arg = letters or next(words, None)  # the rest of the word, else the next word
+            if arg is None:
+                raise DatabaseUrlError(f"options has -{flag} without its value")
+            _server_wide(flag)
+            settings.update(_switch(flag, arg))
+            break
     return settings
+
+
+def _server_wide(flag: str) -> None:
+    if flag in _SERVER_WIDE:
+        raise DatabaseUrlError(f"options has -{flag}, a server-wide parameter the server refuses for a session")
+
+
+def _switch(flag: str, arg: str) -> dict[str, str]:
+    """The settings of one switch that takes an argument, as ``process_postgres_switches`` sets them."""
+    if flag in "c-":
+        name, equals, value = arg.partition("=")
+        if not equals:
+            raise DatabaseUrlError("options has a setting without its value: write -c name=value or --name=value")
+        if not name:
+            raise DatabaseUrlError("options has a setting without its name: write -c name=value or --name=value")
+        return {name.replace("-", "_"): value}
+    if flag == "f":
+        if arg[0] not in _PLAN_SWITCH:
+            raise DatabaseUrlError(f"options has -f with a letter other than {', '.join(_PLAN_SWITCH)}")
+        return {_PLAN_SWITCH[arg[0]]: "false"}
+    if flag == "t":
+        stats = _STATS_SWITCH.get(arg[:2]) or _STATS_SWITCH.get(arg[:1])
+        if stats is None:
+            raise DatabaseUrlError("options has -t with a value other than pa, pl or ex")
+        return {stats: "true"}
+    if flag == "d":  # set_debug_options, with atoi's reading of the level
+        m = re.match(r"\s*([+-]?\d+)", arg)
+        level = int(m.group(1)) if m else 0
+        more = [("log_statement", "all"), ("debug_print_parse", "true"), ("debug_print_plan", "true")]
+        more.append(("debug_print_rewritten", "true"))
+        return {"log_min_messages": f"debug{level}" if level > 0 else "notice"} | dict(more[: max(level - 1, 0)])
+    setting = _SWITCH_ARGS[flag]
+    return {} if setting is None else {setting: arg}
 
 
 def _query(url: str) -> list[tuple[str, str]]:

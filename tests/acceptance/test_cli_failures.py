@@ -276,13 +276,18 @@ MALFORMED_URLS = {
     "port": (f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db", "port must be a number from 1 to 65535"),
     "space": (f"postgresql://u:{PASSWORD} x@127.0.0.1/db", "has a space"),
     "sslmode": (f"postgresql://u:{PASSWORD}@127.0.0.1/db?sslmode=always", "sslmode must be one of"),
+    "options": (  # the server refuses it; the web left it out, the worker failed at its first connection
+        f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/db?options=-c%20statement_timeout",
+        "options has a setting without its value",
+    ),
 }
 
 
 @pytest.mark.parametrize(
     ("args", "kind"),
     [(args, "percent") for args in (["worker"], ["status"], ["web"], ["dev"], ["tail"], ["events", "show", "1"])]
-    + [(["migrate"], kind) for kind in sorted(MALFORMED_URLS)],
+    + [(["migrate"], kind) for kind in sorted(MALFORMED_URLS)]
+    + [(args, "options") for args in (["worker"], ["web"])],
 )
 def test_a_malformed_database_url_is_one_line_naming_the_rule_not_the_url(args: list[str], kind: str) -> None:
     """libpq and asyncpg quote a URL they cannot parse, password included, in their error (`hookline

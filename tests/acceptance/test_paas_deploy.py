@@ -102,8 +102,12 @@ async def test_web_and_worker_use_a_url_with_libpq_client_options(db_url: str, e
 
 
 #: libpq's ``options`` in both of the server's forms (``-c name=value``, ``--name=value``), a dash in a
-#: name, a name that contains "-c" once cut short, and a backslash-escaped space in a value.
-SERVER_OPTIONS = r"-c statement_timeout=4321 --lock-timeout=1234 --client_min_messages=warning -csearch_path=a,\ b"
+#: name, a name that contains "-c" once cut short, a backslash-escaped space in a value, and the server's
+#: own switches that set one (they were left out by the web).
+SERVER_OPTIONS = (
+    r"-c statement_timeout=4321 --lock-timeout=1234 --client_min_messages=warning -csearch_path=a,\ b"
+    " -S 8MB -eP"  # the server's own switches for work_mem, DateStyle and ignore_system_indexes
+)
 
 
 async def test_the_web_process_sets_the_server_options_libpq_sets(db_url: str) -> None:
@@ -111,7 +115,8 @@ async def test_the_web_process_sets_the_server_options_libpq_sets(db_url: str) -
     worker's (libpq's) have. ``--name=value`` was left out, and ``--client_min_messages`` was sent as
     "lient_min_messages", which the server refuses (every webhook a 503)."""
     url = db_url + ("&" if "?" in db_url else "?") + urlencode({"options": SERVER_OPTIONS}, quote_via=quote)
-    names = ("statement_timeout", "lock_timeout", "client_min_messages", "search_path")
+    names = ["statement_timeout", "lock_timeout", "client_min_messages", "search_path", "work_mem", "DateStyle"]
+    names.append("ignore_system_indexes")
     query = "SELECT " + ", ".join(f"current_setting('{n}')" for n in names)
     with psycopg.connect(url) as libpq:
         row = libpq.execute(query).fetchone()
@@ -122,7 +127,7 @@ async def test_the_web_process_sets_the_server_options_libpq_sets(db_url: str) -
         by_web = tuple(await web.fetchrow(query) or ())
     finally:
         await web.close()
-    assert by_libpq == ("4321ms", "1234ms", "warning", "a, b")
+    assert by_libpq == ("4321ms", "1234ms", "warning", "a, b", "8MB", "ISO, DMY", "on")
     assert by_web == by_libpq
 
 

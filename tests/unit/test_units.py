@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from urllib.parse import quote, urlencode
 
@@ -45,16 +46,58 @@ def test_database_urls_of_every_shape() -> None:
         ("-c search_path=a,\\ b", {"search_path": "a, b"}),  # a backslash keeps the space in the value
         ("-c application_name=x\\\\y", {"application_name": "x\\y"}),
         ("-c jit=on=off", {"jit": "on=off"}),
-        ("-B 100 -c search_path=y -e", {"search_path": "y"}),  # other switches: not server settings
-        ("-c", {}),
+        # the server's other switches set what it sets for them, or nothing (-C, -n, -b: ignored from a client)
+        ("-S 8MB -c search_path=y -e", {"work_mem": "8MB", "search_path": "y", "datestyle": "euro"}),
+        ("-eP -S2MB", {"datestyle": "euro", "ignore_system_indexes": "true", "work_mem": "2MB"}),
+        (
+            "-fs -f h -t pa -tex",
+            {
+                "enable_seqscan": "false",
+                "enable_hashjoin": "false",
+                "log_parser_stats": "true",
+                "log_executor_stats": "true",
+            },
+        ),
+        ("-d 2", {"log_min_messages": "debug2", "log_statement": "all"}),
+        ("-d 0 -W 1", {"log_min_messages": "notice", "post_auth_delay": "1"}),
+        ("-C x -n -b -T", {}),
+        ("-S 1MB --work-mem=3MB", {"work_mem": "3MB"}),  # the later wins
         ("--", {}),
-        ("-c novalue --novalue2", {}),
+        ("-c search_path=y --", {"search_path": "y"}),
     ],
 )
 def test_server_settings_in_options_in_either_form(options: str, settings: dict[str, str]) -> None:
     """libpq's ``options`` as the server reads it: ``-c name=value`` or ``--name=value``."""
     url = f"postgresql://u@h/d?{urlencode({'options': options}, quote_via=quote)}"  # a space as %20, as libpq reads it
     assert asyncpg_dsn(url) == ("postgresql://u@h/d", settings)
+
+
+@pytest.mark.parametrize(
+    ("options", "rule"),
+    [
+        ("-c statement_timeout", "a setting without its value"),  # the server: "-c … requires a value"
+        ("-cstatement_timeout", "a setting without its value"),
+        ("--statement_timeout", "a setting without its value"),
+        ("-c search_path=y -c", "-c without its value"),  # -c at the end
+        ("-S", "-S without its value"),
+        ("-c =x", "a setting without its name"),
+        ("-x", "-x, a switch the server does not take"),
+        ("-eo", "-o, a switch the server does not take"),
+        ("-c statement_timeout=5s SECRET", "a word that is not a switch"),  # a value with an unescaped space
+        ("-- SECRET", "a word that is not a switch"),
+        ("-B 100", "-B, a server-wide parameter"),
+        ("-F", "-F, a server-wide parameter"),
+        ("-fz", "-f with a letter other than"),
+        ("-t p", "-t with a value other than pa, pl or ex"),
+    ],
+)
+def test_options_the_server_refuses_are_refused_at_start(options: str, rule: str) -> None:
+    """What the server refuses every session for is refused where DATABASE_URL is read (every process),
+    not left out by the web (asyncpg) while the worker (libpq) fails at its first connection."""
+    url = f"postgresql://u:SECRET@h/d?{urlencode({'options': options}, quote_via=quote)}"
+    with pytest.raises(DatabaseUrlError, match=re.escape(rule)) as e:
+        check_database_url(url)
+    assert "SECRET" not in str(e.value) and str(e.value).startswith("options has "), str(e.value)
 
 
 def test_a_plus_in_the_url_is_a_plus_as_libpq_reads_it() -> None:
