@@ -12,6 +12,9 @@ procrastinate reads cron in UTC; for a schedule with a ``timezone`` the periodic
 is a :class:`~app.core.config.schedules.LocalCron` in that zone (daylight-saving changes included:
 a local time that happens twice fires once).
 
+A firing's job runs ahead of every queued event (:data:`FIRE_PRIORITY`); it waits only for a free
+worker slot. However late it runs, its digest is of the window before its scheduled time.
+
 A firing that fails (the database away, restarting, refusing the insert) is tried again with
 exponential backoff (:class:`FiringRetry`: 1, 2, 4 … 60 s apart) for as long as it is less than
 :data:`LATE_LIMIT` (10 minutes, procrastinate's own limit for deferring a missed time) after its
@@ -50,6 +53,10 @@ Q: NamedQueries[SchedulesQuery] = NamedQueries("schedules", SchedulesQuery)
 #: How late a firing may still land: a missed time older than this is skipped (README), and a
 #: failing firing is not tried again past it. procrastinate's periodic deferrer uses the same limit.
 LATE_LIMIT = float(MAX_DELAY)
+#: Job priority of a firing: above any pipeline's (-1000 … 1000) and sync replies' (1000), so a backlog of
+#: queued events never holds a firing back (procrastinate hands out the highest priority first). A firing
+#: is one digest query and one insert; the event it stores then runs at its pipeline's own priority.
+FIRE_PRIORITY = 1001
 #: The first pause between two tries of a failed firing, doubled each time up to FIRST_WAIT_MAX.
 FIRST_WAIT = 1
 FIRST_WAIT_MAX = 60
@@ -92,7 +99,10 @@ def add_periodic(app: procrastinate.App, config: Config) -> None:
     task = app.tasks[FIRE_SCHEDULE]
     for name, sched in config.schedules.items():
         pt: Any = app.periodic_registry.register_task(
-            task=task, cron=sched.cron, periodic_id=name, configure_kwargs={"task_kwargs": {"schedule": name}}
+            task=task,
+            cron=sched.cron,
+            periodic_id=name,
+            configure_kwargs={"task_kwargs": {"schedule": name}, "priority": FIRE_PRIORITY},
         )
         if sched.timezone != "UTC":
             # PeriodicTask.croniter is a cached property built without a zone (so UTC); fill it with
