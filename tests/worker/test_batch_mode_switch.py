@@ -23,10 +23,7 @@ TENANTS = {"*": {"tokens_per_day": 1_000_000}}
 TOKENS = 150  # USAGE: input + output
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def opened_runtime(db_url: str, fake: FakeMessagesAPI, config: Config, opened: list[Runtime]) -> Runtime:

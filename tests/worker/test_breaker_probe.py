@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, MODEL, USAGE, held, insert_event, make_config, runtime_for
 from worker.runtime import Runtime
 from worker.tasks import handle_event
@@ -17,10 +17,7 @@ from worker.tasks import handle_event
 BREAKER = {"failures": 1, "window_seconds": 60, "open_seconds": 30}
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def open_breaker_due_for_its_probe(db_url: str) -> None:

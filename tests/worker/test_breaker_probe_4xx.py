@@ -8,18 +8,14 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, error, rate_limited, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_breaker_probe import BREAKER, open_breaker_due_for_its_probe, probe_given_back
 from tests.worker.test_flow import GOOD, MODEL, USAGE, insert_event, make_config, runtime_for
 from worker.outcomes import RetryLater
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def test_a_probe_answered_400_does_not_close_the_breaker(

@@ -13,18 +13,14 @@ import pytest
 
 from tests.fakes._steps import Step, error, rate_limited
 from tests.fakes.messages_api import FakeMessagesAPI, held, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_breaker_probe import BREAKER, open_breaker_due_for_its_probe
 from tests.worker.test_flow import GOOD, MODEL, USAGE, insert_event, make_config, runtime_for
 from worker.outcomes import RetryLater
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def job_due(db_url: str, event_id: int) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -63,25 +62,13 @@ def make_config(pipeline: dict[str, Any], **top: Any) -> Config:
     )
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def runtime_for(db_url: str, fake: FakeMessagesAPI, config: Config) -> Runtime:
     rt = Runtime.build(make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url), config)
     await rt.open()
     return rt
-
-
-@pytest.fixture
-async def opened(db_url: str, fake: FakeMessagesAPI) -> AsyncIterator[list[Runtime]]:
-    """Runtimes a test opens with runtime_for(); closed at the end."""
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 def insert_event(db_url: str, delivery_id: str, tenant: str | None = None) -> int:

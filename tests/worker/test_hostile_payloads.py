@@ -27,10 +27,7 @@ INJECTION = (
 )
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_worker_tier")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def _insert(db_url: str, delivery_id: str, note: Any) -> int:

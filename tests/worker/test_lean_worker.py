@@ -22,7 +22,7 @@ from procrastinate import JobContext
 
 from app.core.status import CallStatus
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply
-from tests.harness import Receiver, make_settings, rows, wait_for_status, worker_task
+from tests.harness import make_settings, rows, wait_for_status, worker_task
 from tests.worker.test_pipeline import GOOD, insert_event, make_config
 from worker.callwriter import rows_json
 from worker.db import Q
@@ -31,11 +31,7 @@ from worker.main import build_app
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event, process_event
 
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_worker_tier")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def _runtime(db_url: str, fake: FakeMessagesAPI | None, **over: Any) -> Runtime:

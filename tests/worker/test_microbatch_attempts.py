@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, error, overloaded, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
@@ -16,10 +16,7 @@ from worker.tasks import RetryLater, handle_event
 FALLBACK = "claude-haiku-4-5"
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def results(*event_ids: int) -> dict[str, list[dict[str, object]]]:

@@ -18,7 +18,7 @@ from app.cli.observe import Q as observe_q  # the status command's own queries
 from app.web.admin.data import cost as admin_cost
 from app.web.metrics import cluster_figures
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import Receiver, make_settings, rows
+from tests.harness import make_settings, rows
 from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
 from worker.pricing import cost_usd
 from worker.runtime import Runtime
@@ -27,10 +27,7 @@ from worker.tasks import RetryLater, handle_event
 USAGE = {"input_tokens": 1001, "output_tokens": 202}
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def _counted(db_url: str) -> dict[str, Any]:

@@ -19,10 +19,7 @@ from worker.tasks import handle_event
 SONNET = "claude-sonnet-5-5"
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def cut_the_connection_once(db_url: str, route_like: str) -> None:

@@ -11,17 +11,13 @@ import asyncio
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, hang, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, held, insert_event, make_config, runtime_for
 from worker import limits
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def results(*event_ids: int) -> dict[str, list[dict[str, object]]]:

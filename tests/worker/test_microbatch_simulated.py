@@ -14,11 +14,7 @@ from tests.worker.test_flow import held, insert_event, make_config
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
 from worker.pricing import cost_usd
 from worker.tasks import handle_event
@@ -15,10 +15,7 @@ from worker.tasks import handle_event
 USAGE = {"input_tokens": 1001, "output_tokens": 202, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7}
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 async def test_the_rows_of_a_micro_batch_add_up_to_its_call(db_url: str, fake: FakeMessagesAPI) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from app.core.config import Config
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, USAGE, event_row, held, insert_event, make_config, runtime_for
 from worker import limits
 from worker.microbatch import combined_request
@@ -25,10 +25,7 @@ from worker.tasks import handle_event
 BATCH = {"batch": {"max_events": 3, "max_wait_ms": 60000}, "max_tokens": 200}
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def results(*event_ids: int) -> dict[str, list[dict[str, Any]]]:

@@ -39,10 +39,11 @@ async def opened() -> AsyncIterator[list[Runtime]]:
         await rt.close()
 
 
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
+
+
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
     monkeypatch.setenv("HL_OPS_URL", receiver.url.replace("/hook", "/ops"))
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.core.config import RetryPolicy
 from tests.fakes.messages_api import FakeMessagesAPI, overloaded, rate_limited, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, MODEL, USAGE, insert_event, make_config, runtime_for
 from worker.outcomes import Throttled
 from worker.runtime import Runtime
@@ -21,10 +21,7 @@ from worker.tasks import RetryLater, handle_event
 RETRY = {"max_attempts": 3, "backoff_seconds": 0.05, "max_backoff_seconds": 5, "jitter": False}
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def test_retry_after_is_a_floor_above_max_backoff_seconds() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import Receiver, rows
+from tests.harness import rows
 from tests.worker.test_flow import GOOD, USAGE, held, insert_event, make_config, runtime_for
 from tests.worker.test_microbatch_tenants import BATCH, age, results
 from worker.pricing import unpriced_models
@@ -21,10 +21,7 @@ from worker.tasks import handle_event
 UNPRICED = "claude-fable-5-2"  # an SDK model id the built-in price table does not know
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
-    monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_flow")
-    monkeypatch.setenv("HL_CRM_URL", receiver.url)
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
 def day_usd(db_url: str, tenant: str) -> Any:
