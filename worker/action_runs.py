@@ -4,7 +4,8 @@ The row is claimed before the action starts (``running``) and finished after. Wh
 decides what happens:
 
 * ``succeeded``: skipped (a retried or replayed job never repeats a side effect it knows happened;
-  ``replay --force`` runs it again, except ``sql``, which runs exactly once);
+  ``replay --force`` runs it again, except ``sql``, which runs exactly once, under a key of its own:
+  ``…-replay-N``, kept by that run's retries, so a receiver that drops repeats by key takes it);
 * ``running`` for an at-most-once type (``slack``): the last start died without an outcome, so the
   message may be out; it is not sent again, the action fails permanently saying so;
 * ``sql``: the call and the ``succeeded`` record commit in one transaction.
@@ -63,14 +64,13 @@ async def run_actions(
     deps = deps_of(rt, pipeline)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
-        idem = f"hookline-{event['id']}-{pipeline.name}-{key}"
         claim = await rt.db.one(
             "claim_action",
             event_id=event["id"],
             pipeline=pipeline.name,
             action=key,
             action_type=action.type,
-            idempotency_key=idem,
+            idempotency_key=f"hookline-{event['id']}-{pipeline.name}-{key}",
             force=force_actions and action.type not in IN_TRANSACTION,
         )
         if claim is None:  # already succeeded: a retried job never repeats a side effect
@@ -81,7 +81,7 @@ async def run_actions(
             event_type=event.get("event_type"),
             pipeline=pipeline.name,
             action=key,
-            idempotency_key=idem,
+            idempotency_key=claim["idempotency_key"],  # a forced run's own key (claim_action)
             output=output,
             payload=event.get("payload"),
             tenant=event.get("tenant"),

@@ -68,6 +68,7 @@ class ClaimRow(TypedDict):
     id: int
     attempts: int
     previous_status: str | None
+    idempotency_key: str
 
 
 class HistoryRow(TypedDict):

@@ -148,7 +148,11 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 -- name: claim_action
 -- Start (or restart) an action unless it already succeeded. No row back: it already succeeded.
 -- previous_status is the row's status before this claim (NULL for a first start; 'running' when
--- the last start never recorded an outcome: the worker died mid-action).
+-- the last start never recorded an outcome: the worker died mid-action). idempotency_key is the key
+-- this start sends: %(idempotency_key)s for a first start; the row's own for a restart (a retry, a
+-- crash, a replay without force), so the receiver can drop a repeat; for a forced start of an action
+-- that ran before (replay --force), %(idempotency_key)s || '-replay-' || the event's replays, a key
+-- the earlier runs never sent, kept by this run's retries.
 WITH prev AS (
     SELECT status FROM hookline.action_runs
     WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND action = %(action)s
@@ -157,9 +161,14 @@ INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idemp
 VALUES (%(event_id)s, %(pipeline)s, %(action)s, %(action_type)s, %(idempotency_key)s)
 ON CONFLICT (event_id, pipeline, action) DO UPDATE
 SET status = 'running', attempts = hookline.action_runs.attempts + 1, started_at = now(),
-    finished_at = NULL, error = NULL
+    finished_at = NULL, error = NULL,
+    idempotency_key = CASE
+        WHEN %(force)s THEN %(idempotency_key)s || '-replay-'
+            || (SELECT e.replays FROM hookline.events e WHERE e.id = %(event_id)s)
+        ELSE hookline.action_runs.idempotency_key
+    END
 WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
-RETURNING id, attempts, (SELECT status FROM prev) AS previous_status;
+RETURNING id, attempts, (SELECT status FROM prev) AS previous_status, idempotency_key;
 
 -- name: finish_action
 -- Record an action's outcome (in its own statement: a failure to finish the event afterwards must
