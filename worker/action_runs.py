@@ -9,10 +9,16 @@ decides what happens:
 * ``running`` for an at-most-once type (``slack``): the last start died without an outcome, so the
   message may be out; it is not sent again, the action fails permanently saying so;
 * ``sql``: the call and the ``succeeded`` record commit in one transaction.
+
+An action cancelled before it returned is recorded ``failed`` saying why (:func:`cut_off`), so no
+run stays ``running`` after its event ended; only an at-most-once type cut off by a worker shutdown
+stays ``running`` for the next run to find (its event is handed back).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from app.core.config import Pipeline, SqlAction
@@ -46,12 +52,54 @@ def deps_of(rt: Runtime, pipeline: Pipeline | None = None) -> ActionDeps:
     )
 
 
-def interrupted(kind: str, key: str, event_id: int) -> PermanentError:
+def interrupted(kind: str, key: str, event_id: int, why: str = "the worker stopped mid-request") -> PermanentError:
     return PermanentError(
-        f"{kind} action {key}: its last attempt was interrupted with the outcome unknown (the worker stopped "
-        f"mid-request), so it may have been delivered; {kind} has no idempotency key and hookline sends at most "
-        f"once. Check the destination; `hookline replay {event_id}` sends it again."
+        f"{kind} action {key}: its last attempt was interrupted with the outcome unknown ({why}), so it may "
+        f"have been delivered; {kind} has no idempotency key and hookline sends at most once. Check the "
+        f"destination; `hookline replay {event_id}` sends it again."
     )
+
+
+async def settle(write: Awaitable[object]) -> None:
+    """Await ``write`` to its end even when this task is cancelled meanwhile (the cancellation then
+    goes on): the record of what an action did is never dropped halfway."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+async def cut_off(
+    rt: Runtime, event: EventRow, pipeline: Pipeline, run_id: int, kind: str, key: str, *, sent: bool
+) -> Exception | None:
+    """An action cancelled before it returned (``sent``: after its call began): record its run
+    ``failed`` with why, unless its outcome is recorded already (a ``sql`` action's commit). Returns
+    what to raise instead of the cancellation: an at-most-once type cut off mid-call by the pipeline's
+    ``timeout_seconds`` fails permanently at once, as the next attempt would (its message may be out).
+    Cut off mid-call by a worker shutdown, such a run stays ``running`` for the run that takes the
+    handed-back event to find."""
+    deadline = PIPELINE_DEADLINE.get()
+    task = asyncio.current_task()
+    timed_out = deadline is not None and asyncio.get_running_loop().time() >= deadline
+    timed_out = timed_out and (task is None or task.cancelling() <= 1)  # not a shutdown at the same moment
+    why = f"pipeline {pipeline.name}'s timeout_seconds ran out" if timed_out else "the worker shut down"
+    instead: Exception | None = None
+    if not sent:
+        error = f"{kind} action {key}: cut off before it started ({why}); nothing was sent"
+    elif kind in AT_MOST_ONCE or kind in FOLLOWUP_TYPES:
+        if not timed_out:
+            return None
+        instead = interrupted(kind, key, event["id"], why)
+        error = str(instead)
+    else:
+        error = (
+            f"{kind} action {key}: cut off before it returned ({why}), outcome unknown; a retry or replay runs it again"
+        )
+    await settle(rt.db.run("cut_off_action", id=run_id, error=error))
+    rt.metrics.actions.labels(pipeline=pipeline.name, type=kind, outcome=ActionStatus.FAILED).inc()
+    return instead
 
 
 async def run_actions(
@@ -88,6 +136,7 @@ async def run_actions(
             occurred_at=event.get("occurred_at") or event.get("received_at"),
             fields=fields if isinstance(fields, dict) else {"payload": fields},
         )
+        sending = False  # the action's call began: what it sent is unknown if it is cancelled now
         try:
             at_most_once = action.type in AT_MOST_ONCE or action.type in FOLLOWUP_TYPES
             if at_most_once and claim["previous_status"] == ActionStatus.RUNNING:
@@ -95,6 +144,7 @@ async def run_actions(
             if isinstance(action, SqlAction):
                 what = f"sql action {key}"
                 timeout = deps.timeout_for(action.timeout_seconds or pipeline.timeout_seconds, what=what)
+                sending = True
                 async with rt.db.pool.connection() as conn:
                     result = await sql_action.call_and_record(conn, action, ctx, claim["id"], timeout)
                 rt.metrics.actions.labels(
@@ -109,15 +159,25 @@ async def run_actions(
                     result = {"skipped": "the answer went out in the HTTP reply"}
                 else:
                     timeout = deps.timeout_for(action.timeout_seconds, what=f"{action.type} action {key}")
+                    sending = True
                     result = await run_followup(action, ctx, ctx.template_context(), http=rt.http, timeout=timeout)
             else:
+                sending = True
                 result = await run_action(action, ctx, deps)
+        except asyncio.CancelledError:
+            instead = await cut_off(rt, event, pipeline, claim["id"], action.type, key, sent=sending)
+            if instead is None:
+                raise
+            raise instead from None  # the pipeline's timeout scope takes this in place of its cancellation
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
-            await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
+            failed = rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
+            await settle(failed)
             rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.FAILED).inc()
             raise err from e
-        await rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
+        await settle(
+            rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
+        )
         rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED).inc()
         ran += 1
     return ran

@@ -34,6 +34,7 @@ WorkerQuery = Literal[
     "notify_after_commit",
     "claim_action",
     "finish_action",
+    "cut_off_action",
     "prune_jobs",
     "prune_payloads",
     "supersede_calls",

@@ -177,6 +177,14 @@ UPDATE hookline.action_runs
 SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
 WHERE id = %(id)s;
 
+-- name: cut_off_action
+-- An action cancelled before it returned (its pipeline's timeout_seconds, a worker shutdown): failed,
+-- saying why. Only while running: a sql action whose commit went through before the cancellation
+-- keeps its succeeded.
+UPDATE hookline.action_runs
+SET status = 'failed', error = %(error)s, finished_at = now()
+WHERE id = %(id)s AND status = 'running';
+
 -- name: prune_jobs
 -- Retention: hookline.prune_jobs (migration 0030): delete the finished procrastinate jobs with no
 -- activity for %(hours)s hours among the next %(batch)s jobs by id after %(after)s. One row back:
