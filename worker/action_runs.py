@@ -6,8 +6,10 @@ decides what happens:
 * ``succeeded``: skipped (a retried or replayed job never repeats a side effect it knows happened;
   ``replay --force`` runs it again, except ``sql``, which runs exactly once, under a key of its own:
   ``…-replay-N``, kept by that run's retries, so a receiver that drops repeats by key takes it);
-* ``running`` for an at-most-once type (``slack``): the last start died without an outcome, so the
-  message may be out; it is not sent again, the action fails permanently saying so;
+* ``running`` for an at-most-once type (``slack``, follow-ups): the last start died without an
+  outcome, so the message may be out; it is not sent again, the action fails permanently saying so.
+  A run younger than the longest a live one lasts (:func:`in_flight_for`) may be another worker's,
+  still posting: the event waits for it (a hold) instead;
 * ``sql``: the call and the ``succeeded`` record commit in one transaction.
 
 An action cancelled before it returned is recorded ``failed`` saying why (:func:`cut_off`), so no
@@ -21,7 +23,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-from app.core.config import Pipeline, SqlAction
+from app.core.config import Action, Pipeline, SqlAction
 from app.core.config.followups import FOLLOWUP_TYPES, DiscordFollowupAction, SlackResponseAction
 from app.core.records import EventRow
 from app.core.status import ActionStatus
@@ -36,6 +38,36 @@ from worker.runtime import Runtime
 #: Of a pipeline's ``timeout_seconds``, what an action leaves for recording its outcome: a tenth, at most 1 s.
 RECORD_RESERVE = 0.1
 RECORD_RESERVE_MAX = 1.0
+#: Beyond its bound (:func:`in_flight_for`), what a live worker's run of an action may take: the claim's
+#: round trip, rendering, the record of its outcome.
+IN_FLIGHT_MARGIN = 5.0
+#: At-most-once types whose own timeout bounds their whole call (worker.actions.outbound.send).
+SELF_TIMED = frozenset({"slack"})
+
+
+class InFlight(PipelineError):
+    """Another worker's run of this action may still be in flight: the event waits ``delay`` seconds
+    (a hold, not an attempt; worker.pipeline makes it a :class:`worker.limits.Held`)."""
+
+    def __init__(self, message: str, *, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def in_flight_for(action: Action, pipeline: Pipeline, deps: ActionDeps) -> float:
+    """For an at-most-once type, the longest its run lasts from its claim while its worker lives: its
+    own timeout, for a type that bounds its whole call by it, else its pipeline's ``timeout_seconds``
+    (which cuts it off and records it, :func:`cut_off`), plus :data:`IN_FLIGHT_MARGIN`. A run
+    ``running`` for longer has no live worker: it was interrupted. A younger one may be another
+    worker's, still posting (its job was taken for stalled while it lived: a heartbeat that could not
+    reach Postgres, a paused process), so it is waited for, not declared interrupted. 0 for the other
+    types: they run again anyway (same idempotency key; ``sql`` rolls a second call back)."""
+    if action.type not in AT_MOST_ONCE and action.type not in FOLLOWUP_TYPES:
+        return 0.0
+    bound = pipeline.timeout_seconds
+    if action.type in SELF_TIMED:
+        bound = min(bound, getattr(action, "timeout_seconds", None) or deps.timeout)
+    return bound + IN_FLIGHT_MARGIN
 
 
 def deps_of(rt: Runtime, pipeline: Pipeline | None = None) -> ActionDeps:
@@ -112,6 +144,7 @@ async def run_actions(
     deps = deps_of(rt, pipeline)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
+        in_flight = in_flight_for(action, pipeline, deps)
         claim = await rt.db.one(
             "claim_action",
             event_id=event["id"],
@@ -120,16 +153,26 @@ async def run_actions(
             action_type=action.type,
             idempotency_key=f"hookline-{event['id']}-{pipeline.name}-{key}",
             force=force_actions and action.type not in IN_TRANSACTION,
+            in_flight_s=in_flight,
         )
         if claim is None:  # already succeeded: a retried job never repeats a side effect
             continue
+        run_id, idem = claim["id"], claim["idempotency_key"]
+        if run_id is None or idem is None:
+            held = float(claim["held_s"] or 0.0)
+            raise InFlight(
+                f"{action.type} action {key}: a run of it started less than {in_flight:g}s "
+                f"ago (the longest a run lasts) may still be in flight on another worker; the event waits "
+                f"{held:.1f}s, then decides",
+                delay=held,
+            )
         ctx = ActionContext(
             event_id=event["id"],
             source=event["source"],
             event_type=event.get("event_type"),
             pipeline=pipeline.name,
             action=key,
-            idempotency_key=claim["idempotency_key"],  # a forced run's own key (claim_action)
+            idempotency_key=idem,  # a forced run's own key (claim_action)
             output=output,
             payload=event.get("payload"),
             tenant=event.get("tenant"),
@@ -146,7 +189,7 @@ async def run_actions(
                 timeout = deps.timeout_for(action.timeout_seconds or pipeline.timeout_seconds, what=what)
                 sending = True
                 async with rt.db.pool.connection() as conn:
-                    result = await sql_action.call_and_record(conn, action, ctx, claim["id"], timeout)
+                    result = await sql_action.call_and_record(conn, action, ctx, run_id, timeout)
                 rt.metrics.actions.labels(
                     pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED
                 ).inc()
@@ -165,19 +208,17 @@ async def run_actions(
                 sending = True
                 result = await run_action(action, ctx, deps)
         except asyncio.CancelledError:
-            instead = await cut_off(rt, event, pipeline, claim["id"], action.type, key, sent=sending)
+            instead = await cut_off(rt, event, pipeline, run_id, action.type, key, sent=sending)
             if instead is None:
                 raise
             raise instead from None  # the pipeline's timeout scope takes this in place of its cancellation
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
-            failed = rt.db.run("finish_action", id=claim["id"], status=ActionStatus.FAILED, result=None, error=str(err))
+            failed = rt.db.run("finish_action", id=run_id, status=ActionStatus.FAILED, result=None, error=str(err))
             await settle(failed)
             rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.FAILED).inc()
             raise err from e
-        await settle(
-            rt.db.run("finish_action", id=claim["id"], status=ActionStatus.SUCCEEDED, result=result, error=None)
-        )
+        await settle(rt.db.run("finish_action", id=run_id, status=ActionStatus.SUCCEEDED, result=result, error=None))
         rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED).inc()
         ran += 1
     return ran

@@ -13,7 +13,7 @@ from app.core.config import Pipeline
 from app.core.records import EventRow
 from app.core.status import CallStatus
 from worker import limits
-from worker.action_runs import run_actions
+from worker.action_runs import InFlight, run_actions
 from worker.answers import check_unread, observe, simulating, store_escalated
 from worker.batches import batch_answer, leftover
 from worker.closing import Closing
@@ -262,5 +262,8 @@ async def run_pipeline(
         outcome.dry_run = True
         return outcome
     output = await escalate_batched(rt, event, pipeline, output)  # batched answers: escalate after the batch
-    await run_actions(rt, event, pipeline, output, force_actions=force_actions)
+    try:
+        await run_actions(rt, event, pipeline, output, force_actions=force_actions)
+    except InFlight as e:  # another worker's run of an action may still be sending: wait, not an attempt
+        raise Held(str(e), delay=e.delay) from None
     return outcome

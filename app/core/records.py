@@ -63,12 +63,14 @@ class IdRow(TypedDict):
 
 
 class ClaimRow(TypedDict):
-    """``claim_action``: the action run now owned by this job."""
+    """``claim_action``: the action run now owned by this job; ``id`` None when another worker's run
+    of it may still be in flight (for up to ``held_s`` seconds more)."""
 
-    id: int
-    attempts: int
+    id: int | None
+    attempts: int | None
     previous_status: str | None
-    idempotency_key: str
+    idempotency_key: str | None
+    held_s: float | None
 
 
 class HistoryRow(TypedDict):

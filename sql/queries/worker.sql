@@ -152,23 +152,41 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit;
 -- this start sends: %(idempotency_key)s for a first start; the row's own for a restart (a retry, a
 -- crash, a replay without force), so the receiver can drop a repeat; for a forced start of an action
 -- that ran before (replay --force), %(idempotency_key)s || '-replay-' || the event's replays, a key
--- the earlier runs never sent, kept by this run's retries.
+-- the earlier runs never sent, kept by this run's retries. A row 'running' that started less than
+-- %(in_flight_s)s seconds ago (the longest a run lasts while its worker lives) is not taken: it may
+-- still be in flight on another worker (one whose job was taken for stalled); then id is NULL and
+-- held_s says how long it may still run (the worker holds the event that long).
 WITH prev AS (
-    SELECT status FROM hookline.action_runs
+    SELECT status,
+           CASE WHEN status = 'running'
+                THEN extract(epoch FROM started_at + make_interval(secs => %(in_flight_s)s) - now())::float8
+           END AS held_s
+    FROM hookline.action_runs
     WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND action = %(action)s
+), claimed AS (
+    INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idempotency_key)
+    VALUES (%(event_id)s, %(pipeline)s, %(action)s, %(action_type)s, %(idempotency_key)s)
+    ON CONFLICT (event_id, pipeline, action) DO UPDATE
+    SET status = 'running', attempts = hookline.action_runs.attempts + 1, started_at = now(),
+        finished_at = NULL, error = NULL,
+        idempotency_key = CASE
+            WHEN %(force)s THEN %(idempotency_key)s || '-replay-'
+                || (SELECT e.replays FROM hookline.events e WHERE e.id = %(event_id)s)
+            ELSE hookline.action_runs.idempotency_key
+        END
+    WHERE (hookline.action_runs.status <> 'succeeded' OR %(force)s)
+      AND NOT (hookline.action_runs.status = 'running'
+               AND hookline.action_runs.started_at > now() - make_interval(secs => %(in_flight_s)s))
+    RETURNING id, attempts, idempotency_key
 )
-INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, idempotency_key)
-VALUES (%(event_id)s, %(pipeline)s, %(action)s, %(action_type)s, %(idempotency_key)s)
-ON CONFLICT (event_id, pipeline, action) DO UPDATE
-SET status = 'running', attempts = hookline.action_runs.attempts + 1, started_at = now(),
-    finished_at = NULL, error = NULL,
-    idempotency_key = CASE
-        WHEN %(force)s THEN %(idempotency_key)s || '-replay-'
-            || (SELECT e.replays FROM hookline.events e WHERE e.id = %(event_id)s)
-        ELSE hookline.action_runs.idempotency_key
-    END
-WHERE hookline.action_runs.status <> 'succeeded' OR %(force)s
-RETURNING id, attempts, (SELECT status FROM prev) AS previous_status, idempotency_key;
+SELECT c.id, c.attempts, p.status AS previous_status, c.idempotency_key,
+       CASE WHEN c.id IS NULL THEN greatest(coalesce(p.held_s, %(in_flight_s)s), 0.05) END AS held_s
+FROM (VALUES (1)) AS one (n)
+LEFT JOIN claimed c ON true
+LEFT JOIN prev p ON true
+-- not taken although this statement's snapshot saw no succeeded row: another worker's claim or
+-- outcome came in meanwhile; held too (briefly), so that the next run decides on what it wrote
+WHERE c.id IS NOT NULL OR p.status IS DISTINCT FROM 'succeeded' OR %(force)s;
 
 -- name: finish_action
 -- Record an action's outcome (in its own statement: a failure to finish the event afterwards must
