@@ -41,8 +41,41 @@ def _server(home: Path, *, keep_running: bool = False) -> Any:
         server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop", start=False)
         with pgserver.PostgresServer._lock:
             _forget_dead_holders(server.global_process_id_list)
+            _forget_stale_postmaster(pgdata)
         server.start()
         return server
+
+
+def _forget_stale_postmaster(pgdata: Path) -> None:
+    """Remove a ``postmaster.pid`` left by a server that is gone, when its pid now names another process
+    (a restarted machine or container hands out the same small pids again) or a dead one not yet reaped.
+    pgserver took such a server for running: it connected to a socket nobody listens on, then
+    "stopped" it by killing that pid, the unrelated process; and Postgres itself refuses to start
+    while the pid in its lock files is alive. A postmaster of this data directory is left alone."""
+    import psutil
+
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return  # none, or one Postgres is writing: Postgres decides
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE and str(pgdata) in process.cmdline():
+            return  # the server is running
+    except psutil.NoSuchProcess:
+        return  # Postgres starts over a dead pid's lock files by itself
+    except psutil.AccessDenied:
+        return  # cannot tell: as before
+    log.warning("embedded Postgres: %s names pid %d, which is not its server; removing it", pidfile, pid)
+    stale = [pidfile]
+    if len(lines) >= 5 and lines[3].strip().isdigit() and lines[4].strip():
+        stale.append(Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock")  # the socket's lock file
+    for path in stale:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(path.read_text().splitlines()[0]) == pid:  # the same server's, nothing newer
+                path.unlink()
 
 
 def _forget_dead_holders(holders: Any) -> None:
