@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import procrastinate
 import psycopg
 
+from app.core import migrations
 from app.core.config import Config, load_config
 from app.core.db import libpq_dsn
 from app.core.heap import freeze_startup_heap
@@ -171,6 +173,47 @@ async def wait_for_database(dsn: str, stop: asyncio.Event) -> bool:
     return False
 
 
+#: How often a worker waiting for the release step checks the schema again, and how often it says so.
+SCHEMA_RECHECK_SECONDS = 2.0
+SCHEMA_WARN_EVERY = 60.0
+
+
+def _versions(versions: list[int]) -> str:
+    shown = [f"{v:04d}" for v in versions]
+    return ", ".join(shown) if len(shown) <= 4 else f"{shown[0]} … {shown[-1]} ({len(shown)})"
+
+
+async def wait_for_schema(dsn: str, stop: asyncio.Event, expected: list[migrations.Migration]) -> bool:
+    """Block until the database has every migration of this code, as it is (True; a newer release's
+    besides is fine), or a stop is requested (False). Until then no job is taken: a worker started before
+    its release step ran (or after it failed) would run this code's SQL on an older schema, and each event
+    would use up its attempts on "function … does not exist". A database that goes away meanwhile is left
+    to the worker loop (True)."""
+    warned = 0.0
+    while not stop.is_set():
+        try:
+            st = await asyncio.to_thread(migrations.status, dsn, expected)
+        except (psycopg.OperationalError, OSError):
+            return True
+        if st.current:
+            if warned:
+                log.info("the database schema is current now: taking jobs")
+            return True
+        if time.monotonic() - warned >= SCHEMA_WARN_EVERY:
+            warned = time.monotonic()
+            problems = [f"migration(s) {_versions([m.version for m in st.pending])} not applied"] if st.pending else []
+            if st.mismatched:
+                problems.append(f"migration(s) {_versions(st.mismatched)} changed since they were applied")
+            log.warning(
+                "the database schema is not this release's: %s; run `hookline migrate` (the release step). "
+                "No jobs are taken until it is",
+                "; ".join(problems),
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SCHEMA_RECHECK_SECONDS)
+    return False
+
+
 async def run_worker(
     settings: Settings,
     config: Config,
@@ -229,9 +272,10 @@ async def run_worker(
             model,
             model,
         )
+    expected = migrations.discover()
     try:
         while not stop.is_set():
-            if not await wait_for_database(dsn, stop):
+            if not await wait_for_database(dsn, stop) or not await wait_for_schema(dsn, stop, expected):
                 break
             if not checked:
                 problems = await sql_action_problems(rt)

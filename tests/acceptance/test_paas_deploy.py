@@ -10,10 +10,12 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +29,10 @@ from app.core.config import Config
 from app.core.db import connect
 from app.core.migrations import Migration, discover, migrate
 from app.signatures import sign
+from tests.acceptance.test_admin_api import insert_event
 from tests.conftest import PgServer
 from tests.harness import ROOT, config_from, free_port, make_settings, wait_for_status, web_server, worker_task
+from worker.main import run_worker
 
 SECRET = "whsec_" + base64.b64encode(b"hookline-paas-test-secret-32-byt").decode()
 
@@ -343,3 +347,34 @@ async def test_a_release_step_waiting_for_a_lock_does_not_stop_ingest(db_url: st
     applied = await asyncio.wait_for(release, 60)
     assert [m.name for m in applied] == ["paas_probe"]
     assert answers == [200, 200, 200], answers
+
+
+async def test_a_worker_started_before_the_release_step_waits_for_it(
+    db_url: str, conn: psycopg.Connection, env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker of a release whose `hookline migrate` has not run yet (or failed) took jobs at once and
+    ran this code's SQL on the older schema: each event used up its attempts on "does not exist". It
+    takes none until every migration of its code is applied, says why, and then starts by itself."""
+    last = discover()[-1]
+    conn.execute("DELETE FROM hookline.schema_migrations WHERE version = %s", (last.version,))  # not applied yet
+    event = insert_event(conn, "hooks", "msg_paas_before_release", status="queued")
+    caplog.set_level(logging.INFO, logger="hookline.worker")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(make_settings(db_url), paas_config(), install_signals=False, stop=stop))
+    try:
+        deadline = time.monotonic() + 30
+        while "the database schema is not this release's" not in caplog.text:
+            assert not task.done() and time.monotonic() < deadline, "the worker never said why it waits"
+            status = conn.execute("SELECT status FROM hookline.events WHERE id = %s", (event,)).fetchone()
+            assert status == ("queued",), f"the worker ran the event on the older schema: {status}"
+            await asyncio.sleep(0.05)
+        assert f"migration(s) {last.version:04d} not applied; run `hookline migrate`" in caplog.text
+        conn.execute(  # the release step ran
+            "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (last.version, last.name, last.checksum),
+        )
+        assert (await wait_for_status(db_url, event, timeout=30))["status"] == "succeeded"
+        assert "the database schema is current now" in caplog.text
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
