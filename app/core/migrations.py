@@ -139,6 +139,32 @@ def _apply_when_locks_free(
     when_locks_free(conn, apply, give_up, None if on_wait is None else lambda tries: on_wait(mig, tries))
 
 
+def _failed(mig: Migration, e: psycopg.Error, done: list[int]) -> MigrationError:
+    """One line naming the migration that failed and where: the server's message, the file's line, the
+    PL/pgSQL context and the hint. Not the DETAIL, which may quote a row's values."""
+    diag = e.diag
+    at = ""
+    if diag.statement_position:
+        at = f" at line {mig.sql[: int(diag.statement_position) - 1].count(chr(10)) + 1}"
+    extra = "".join(
+        f" ({label}: {' '.join(text.split())})"
+        for label, text in (("in", diag.context), ("hint", diag.message_hint))
+        if text
+    )
+    kept = f"; the {len(done)} applied before it stay applied" if done else ""
+    if mig.transactional:
+        outcome = "nothing of it was applied" + kept
+    else:
+        outcome = (
+            "it ran outside a transaction (-- no-transaction): a failed CREATE INDEX CONCURRENTLY leaves an INVALID "
+            "index, drop it before trying again" + kept
+        )
+    return MigrationError(
+        f"{mig.version:04d}_{mig.name} failed{at}: {diag.message_primary or e.__class__.__name__} "
+        f"[SQLSTATE {e.sqlstate}]{extra}; {outcome}"
+    )
+
+
 def migrate(
     dsn: str,
     migrations: list[Migration] | None = None,
@@ -179,11 +205,16 @@ def migrate(
                 if on_step is not None:
                     on_step(n, len(st.pending), mig)
                 record = "INSERT INTO hookline.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
-                if mig.transactional:
-                    _apply_when_locks_free(conn, mig, record, on_wait)
-                else:
-                    conn.execute(mig.sql.encode())
-                    conn.execute(record, (mig.version, mig.name, mig.checksum))
+                try:
+                    if mig.transactional:
+                        _apply_when_locks_free(conn, mig, record, on_wait)
+                    else:
+                        conn.execute(mig.sql.encode())
+                        conn.execute(record, (mig.version, mig.name, mig.checksum))
+                except psycopg.Error as e:
+                    if e.sqlstate is None:  # the connection itself failed: the caller's "cannot reach"
+                        raise
+                    raise _failed(mig, e, [m.version for m in done]) from e
                 done.append(mig)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

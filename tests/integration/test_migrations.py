@@ -34,10 +34,21 @@ def test_a_changed_applied_file_is_refused(empty_db_url: str) -> None:
 
 
 def test_a_failing_migration_leaves_no_trace(empty_db_url: str) -> None:
+    """It is named, with the line that failed and what stays applied, in the one line `hookline migrate`
+    prints (a MigrationError): it used to be psycopg's traceback, which named neither."""
     found = migrations.discover()
-    broken = [*found, Migration(len(found) + 1, "broken", "CREATE TABLE hookline.x (id int); SELECT 1/0;", "f" * 64)]
-    with pytest.raises(psycopg.errors.DivisionByZero):
+    sql = "CREATE TABLE hookline.x (id int);\n\nSELECT 1/0;"
+    broken = [*found, Migration(len(found) + 1, "broken", sql, "f" * 64)]
+    with pytest.raises(MigrationError) as failed:
         migrations.migrate(empty_db_url, broken)
+    assert isinstance(failed.value.__cause__, psycopg.errors.DivisionByZero)
+    assert str(failed.value) == (
+        f"{len(found) + 1:04d}_broken failed: division by zero [SQLSTATE 22012]; nothing of it was applied; "
+        f"the {len(found)} applied before it stay applied"
+    )
+    syntax = [Migration(len(found) + 1, "typo", "SELECT 1;\n\n  SELEC 1;", "e" * 64)]
+    with pytest.raises(MigrationError, match=r"^\d{4}_typo failed at line 3: syntax error at or near \"SELEC\""):
+        migrations.migrate(empty_db_url, [*found, *syntax])
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT to_regclass('hookline.x')").fetchone() == (None,)
         versions = [r[0] for r in conn.execute("SELECT version FROM hookline.schema_migrations ORDER BY 1")]
