@@ -162,6 +162,8 @@ class Receiver:
     status: int = 200
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    #: the body of every answer
+    answer: bytes = b'{"ok":true}'
 
     def __post_init__(self) -> None:
         outer = self
@@ -175,7 +177,7 @@ class Receiver:
                 self.send_response(code)
                 self.send_header("content-type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"ok":true}')
+                self.wfile.write(outer.answer)
 
             def log_message(self, *args: Any) -> None:
                 pass

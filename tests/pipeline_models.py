@@ -19,3 +19,12 @@ class Triage(BaseModel):
 async def record(ctx: Any) -> dict[str, Any]:
     RECEIVED.append(ctx)
     return {"seen": ctx.output["category"]}
+
+
+#: What :func:`give_back` returns (a test sets ``value``) and how often it ran (``calls``).
+GIVE_BACK: dict[str, Any] = {"value": None, "calls": 0}
+
+
+def give_back(ctx: Any) -> Any:
+    GIVE_BACK["calls"] += 1
+    return GIVE_BACK["value"]

@@ -25,7 +25,7 @@ from app.core.config import Pipeline
 from app.core.config.followups import DiscordFollowupAction, SlackResponseAction
 from app.core.payload import dig
 from app.core.templates import TemplateContext, TemplateRenderError, render, render_slack_blocks, render_value
-from worker.actions.base import ActionContext
+from worker.actions.base import ActionContext, json_safe
 from worker.actions.outbound import send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 from worker.runtime import Runtime
@@ -71,7 +71,7 @@ async def run_followup(
             f"{action.type} action {ctx.action}: {e.__class__.__name__} after the request was sent; the "
             "message may or may not have been posted, and hookline does not post twice (at most once)"
         ) from None
-    result = {"status": resp.status_code, "body": resp.text[:500]}
+    result = {"status": resp.status_code, "body": json_safe(resp.text[:500])}  # jsonb holds no NUL
     if 200 <= resp.status_code < 300:
         return result
     msg = f"{action.type} action {ctx.action}: receiver answered {resp.status_code}"

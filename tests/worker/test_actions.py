@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
 from app.core.config import Config
+from tests import pipeline_models
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.fakes.slack import FakeSlack, rate_limited
 from tests.fakes.smtp import SmtpServer
@@ -247,6 +250,53 @@ async def test_a_template_error_at_render_time_is_a_permanent_failure_with_its_m
     assert run[2] == "failed" and "text: template error" in run[5] and "has no attribute 'sumary'" in run[5]
     (ev,) = rows(db_url, "SELECT status, last_error, detail FROM hookline.events WHERE id = %s", event_id)
     assert ev[0] == "dead" and "has no attribute 'sumary'" in ev[1] and ev[2] == "permanent error"
+
+
+@pytest.mark.parametrize(
+    ("returned", "kept"),
+    [
+        ({"at": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)}, {"at": "2025-01-02T03:04:05+00:00"}),
+        ({"ratio": float("nan"), "big": float("inf")}, {"ratio": "nan", "big": "inf"}),
+        (["a\x00b", "\ud800"], ["a\ufffdb", "\ufffd"]),
+        ({"ids": (1, 2), "price": Decimal("9.99"), 3: "three"}, {"ids": [1, 2], "price": "9.99", "3": "three"}),
+    ],
+    ids=["datetime", "nan", "nul-and-surrogate", "tuple-decimal-int-key"],
+)
+async def test_a_python_action_returning_what_jsonb_cannot_hold_succeeds_once(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, returned: Any, kept: Any
+) -> None:
+    """The function ran, so its run is recorded succeeded, with its value made JSON; the record never
+    fails after the side effect (which left the row running and ran the function again on retry)."""
+    pipeline_models.GIVE_BACK.update(value=returned, calls=0)
+    rt = await make_runtime(make_config([{"type": "python", "target": "tests.pipeline_models:give_back"}]))
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, "gh_py")
+        assert await handle_event(rt, event_id) == "succeeded"
+    finally:
+        await rt.close()
+    assert pipeline_models.GIVE_BACK["calls"] == 1
+    ((_, _, status, attempts, result, error),) = action_rows(db_url, event_id)
+    assert (status, attempts, error) == ("succeeded", 1, None)
+    assert result == {"returned": kept}
+
+
+async def test_an_http_answer_with_a_nul_byte_is_recorded_and_sent_once(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A receiver answering binary (a NUL byte, which jsonb refuses) does not fail the record after the
+    request went through (the row left running, the request sent again on every retry)."""
+    receiver.answer = b"ok\x00\x01"
+    rt = await make_runtime(make_config([{"type": "http", "url": receiver.url}]))
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, "gh_nul")
+        assert await handle_event(rt, event_id) == "succeeded"
+    finally:
+        await rt.close()
+    assert len(receiver.received) == 1
+    ((_, _, status, attempts, result, _),) = action_rows(db_url, event_id)
+    assert (status, attempts, result) == ("succeeded", 1, {"status": 200, "body": "ok\ufffd\x01"})
 
 
 async def test_when_filters_events_before_any_model_call(db_url: str, make_runtime: Any, fake: FakeMessagesAPI) -> None:

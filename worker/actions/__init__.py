@@ -18,10 +18,10 @@ from typing import Any
 
 from app.core.config import Action
 from worker.actions import email, http, log, python, slack
-from worker.actions.base import ActionContext, ActionDeps, envelope
+from worker.actions.base import ActionContext, ActionDeps, envelope, json_safe
 from worker.errors import PermanentError
 
-__all__ = ["AT_MOST_ONCE", "IN_TRANSACTION", "ActionContext", "ActionDeps", "envelope", "run_action"]
+__all__ = ["AT_MOST_ONCE", "IN_TRANSACTION", "ActionContext", "ActionDeps", "envelope", "json_safe", "run_action"]
 
 Runner = Callable[[Any, ActionContext, ActionDeps], Awaitable[dict[str, Any]]]
 
@@ -39,7 +39,10 @@ IN_TRANSACTION = frozenset({"sql"})
 
 
 async def run_action(action: Action, ctx: ActionContext, deps: ActionDeps) -> dict[str, Any]:
+    """Run one action; its result made fit for ``action_runs.result`` (jsonb), whatever a ``python``
+    function returned or a receiver answered, so the record of an action that ran cannot fail."""
     runner = RUNNERS.get(action.type)
     if runner is None:
         raise PermanentError(f"action type {action.type!r} does not run outside a transaction")
-    return await runner(action, ctx, deps)
+    result: dict[str, Any] = json_safe(await runner(action, ctx, deps))
+    return result

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +83,34 @@ def envelope(ctx: ActionContext) -> dict[str, Any]:
         "idempotency_key": ctx.idempotency_key,
         "output": ctx.output,
     }
+
+
+#: What a jsonb string cannot hold: NUL, and surrogate code points (a lone one is no character).
+_NOT_JSONB = re.compile("[\x00\ud800-\udfff]")
+#: Containers nested deeper than this are cut (a value that contains itself ends here).
+_MAX_RESULT_DEPTH = 32
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as something ``hookline.action_runs.result`` (jsonb) can hold, so recording an action
+    that ran never fails after its side effect: dates and times as ISO text, a NaN or infinity as
+    ``"nan"`` / ``"inf"``, tuples and sets as lists, keys as text, NUL and lone surrogates as U+FFFD,
+    anything else (a Decimal, a UUID, an object) as its ``str``."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _NOT_JSONB.sub("\ufffd", value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if depth >= _MAX_RESULT_DEPTH:
+        return f"[nested deeper than {_MAX_RESULT_DEPTH} levels, cut]"
+    if isinstance(value, Mapping):
+        return {json_safe(str(k)): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v, depth + 1) for v in value]
+    return json_safe(str(value))
 
 
 def env_value(environ: Mapping[str, str], name: str, *, what: str) -> str:

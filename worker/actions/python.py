@@ -18,5 +18,4 @@ async def run(action: PythonAction, ctx: ActionContext, deps: ActionDeps) -> dic
         result = await asyncio.to_thread(fn, ctx)
         if inspect.isawaitable(result):
             result = await result
-    plain = isinstance(result, str | int | float | bool | dict | list | None)
-    return {"returned": result if plain else repr(result)}
+    return {"returned": result}  # made fit for jsonb by run_action (worker.actions.json_safe)
