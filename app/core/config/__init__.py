@@ -26,6 +26,7 @@ from app.core.config.actions import (
     SqlAction,
 )
 from app.core.config.limits import Breaker, ModelLimits, Prices, RateLimit, Tenant
+from app.core.config.outputs import output_model_problem
 from app.core.config.pipelines import Pipeline, RetryPolicy
 from app.core.config.respond import check_sync_overlaps
 from app.core.config.schedules import SCHEDULE_SOURCE, Schedule
@@ -223,7 +224,7 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
                 if err:
                     problems.append(f"pipelines.{name}.actions.{i}.target: {err}")
         if p.output_model:
-            err = import_problem(p.output_model)
+            err = import_problem(p.output_model) or output_model_problem(p.output_model)
             if err:
                 problems.append(f"pipelines.{name}.output_model: {err}")
     for i, action in enumerate(config.alerts):

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
 from app.core.config.actions import Action
+from app.core.config.outputs import api_schema_problem
 from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 
 #: Names a ``when`` expression may read.
@@ -139,6 +140,8 @@ class Pipeline(Strict):
             except jsonschema.SchemaError as e:
                 where = "/".join(str(p) for p in e.absolute_path) or "(root)"
                 raise ValueError(f"not a valid JSON Schema at {where}: {e.message}") from None
+            if problem := api_schema_problem(v):
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
