@@ -9,8 +9,10 @@ error rather than an empty string. A template sees exactly three names:
 * ``fields`` — the event's payload trimmed to the pipeline's ``fields`` (what the model saw).
 
 It never sees secrets or the environment. :func:`check` compiles a template at config load, so a
-syntax error names its TOML key; :func:`render` raises :class:`TemplateRenderError` at run time, which
-the worker treats as a permanent action failure (the message is kept).
+syntax error, or a name other than these three, names its TOML key (:func:`fields_read` lets the
+config refuse a ``fields['key']`` the pipeline does not list); :func:`render` raises
+:class:`TemplateRenderError` at run time, which the worker treats as a permanent action failure (the
+message is kept).
 
 Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
@@ -38,11 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 Escape = Literal["none", "xml", "url", "slack"]
+
+#: The names every template sees (:meth:`TemplateContext.names`); any other name is refused at load.
+TEMPLATE_NAMES = frozenset({"output", "event", "fields"})
 
 #: Longest text one render may produce; longer is an error, not a truncation.
 MAX_RENDERED_CHARS = 1_000_000
@@ -110,11 +115,17 @@ def _compile(source: str, escape: Escape) -> Template:
 
 
 def check(source: str, escape: Escape = "none") -> None:
-    """Compile ``source``; raises ``ValueError`` with Jinja's message (for config validation)."""
+    """Compile ``source`` (for config validation); raises ``ValueError`` with Jinja's message, or when it
+    reads a name a template never sees (``payload``, a misspelt ``ouput``), which would fail every render."""
     try:
         _compile(source, escape)
     except TemplateError as e:
         raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
+    unknown = names_used(source) - TEMPLATE_NAMES
+    if unknown:
+        raise ValueError(
+            f"template error: unknown name(s) {sorted(unknown)}; a template reads only {sorted(TEMPLATE_NAMES)}"
+        )
 
 
 def check_value(value: Any, escape: Escape = "none") -> None:
@@ -136,6 +147,36 @@ def names_used(source: str) -> set[str]:
         return set(meta.find_undeclared_variables(env.parse(source)))
     except TemplateError as e:
         raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
+
+
+def fields_read(value: Any) -> set[str]:
+    """The keys the templates in ``value`` (a string, or every string of a structure) read of ``fields``
+    by a written-out key: ``fields['issue.number']``, ``fields.issue`` (not ``fields.get(…)``, nor
+    anything in a template that assigns the name ``fields`` itself). ValueError if one is invalid."""
+    if isinstance(value, Mapping):
+        return set().union(*(fields_read(v) for v in value.values()))
+    if isinstance(value, list | tuple):
+        return set().union(*(fields_read(v) for v in value))
+    if not isinstance(value, str):
+        return set()
+    try:
+        tree = _ENVS["none"].parse(value)
+    except TemplateError as e:
+        raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
+    names = [n for n in tree.find_all(nodes.Name) if n.name == "fields"]
+    if any(n.ctx != "load" for n in names):  # {% set fields = … %}, a loop variable: not the context's
+        return set()
+    keys: set[str] = set()
+    for node in tree.find_all((nodes.Getitem, nodes.Getattr)):
+        if not isinstance(node, nodes.Getitem | nodes.Getattr):
+            continue
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "fields"):
+            continue
+        if isinstance(node, nodes.Getattr) and not hasattr(dict, node.attr):  # fields.items is the method
+            keys.add(node.attr)
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            keys.add(node.arg.value)
+    return keys
 
 
 @functools.lru_cache(maxsize=1024)

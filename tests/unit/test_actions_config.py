@@ -31,8 +31,8 @@ def config(actions: list[dict[str, Any]] | None = None, **extra: Any) -> Config:
     if actions is not None:
         data["pipelines"]["p"]["actions"] = actions
     for key, value in extra.items():
-        if key == "when":
-            data["pipelines"]["p"]["when"] = value
+        if key in ("when", "fields"):  # the pipeline's own keys
+            data["pipelines"]["p"][key] = value
         else:
             data[key] = value
     return parse_config(data)
@@ -70,6 +70,59 @@ def test_template_errors_name_the_key() -> None:
         ]
     )
     assert msg.startswith("pipelines.p.actions.0.body: template error:")
+
+
+SLACK = {"type": "slack", "webhook_url_env": "W"}
+MAIL = {"type": "email", "smtp_url_env": "S", "from": "a@b.io", "to": "x@y.io", "subject": "s", "body": "b"}
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        ({**SLACK, "text": "{{ payload.issue.title }}"}, "pipelines.p.actions.0.text: template error: unknown name"),
+        ({**SLACK, "text": "{{ ouput.summary }}"}, "unknown name(s) ['ouput']; a template reads only"),
+        ({**SLACK, "text": "x", "blocks": [{"text": {"text": "{{ env }}"}}]}, "pipelines.p.actions.0.blocks: template"),
+        ({**MAIL, "subject": "{{ issue.title }}"}, "pipelines.p.actions.0.subject: template error: unknown name"),
+        ({"type": "http", "url_env": "U", "body": "{{ secrets }}"}, "pipelines.p.actions.0.body: template error"),
+    ],
+)
+def test_a_name_no_template_sees_is_refused_at_load(action: dict[str, Any], expected: str) -> None:
+    """A template sees output, event and fields only: any other name failed every render at run time."""
+    assert expected in error_of(actions=[action])
+
+
+@pytest.mark.parametrize(
+    ("action", "where"),
+    [
+        ({**SLACK, "text": "#{{ fields['issue.numbr'] }}"}, "actions.0.text"),
+        ({**MAIL, "to": "{{ fields['issue.user.email'] | default('x@y.io') }}"}, "actions.0.to"),
+        ({**SLACK, "text": "x", "blocks": [{"text": {"text": "{{ fields.issue }}"}}]}, "actions.0.blocks"),
+        ({"type": "http", "url": "https://api.example.com/{{ fields['repo'] }}"}, "actions.0.url"),
+    ],
+)
+def test_a_template_reading_a_field_the_pipeline_does_not_list_is_refused_at_load(
+    action: dict[str, Any], where: str
+) -> None:
+    """With ``fields`` listed, a template sees only those keys: any other failed (or defaulted) on every event."""
+    msg = error_of(actions=[action], fields=["issue.number", "issue.title"])
+    assert msg.startswith(f"pipelines.p: {where}: the template reads fields["), msg
+    assert "which is not in this pipeline's fields ['issue.number', 'issue.title']" in msg
+
+
+def test_templates_reading_listed_fields_or_the_whole_payload_load() -> None:
+    listed = [
+        {**SLACK, "text": "#{{ fields['issue.number'] }} {{ fields.get('other') }} {{ fields | length }}"},
+        {**SLACK, "text": "{% for k, v in fields.items() %}{{ k }}{% endfor %}{% set fields = {} %}{{ fields.x }}"},
+    ]
+    assert config(actions=listed, fields=["issue.number"])
+    assert config(actions=[{**SLACK, "text": "{{ fields.issue.user.login }}"}])  # no fields: the whole payload
+
+
+def test_a_sync_reply_reading_a_field_the_pipeline_does_not_list_is_refused_at_load() -> None:
+    data = copy.deepcopy(BASE)
+    data["pipelines"]["p"].update(respond="sync", fields=["text"], respond_body={"reply": "{{ fields['txt'] }}"})
+    with pytest.raises(ConfigError, match=r"pipelines\.p: respond_body: the template reads fields\['txt'\]"):
+        parse_config(data)
 
 
 def test_action_shapes_are_checked() -> None:

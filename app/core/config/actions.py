@@ -249,3 +249,15 @@ Action = Annotated[
     | DiscordFollowupAction,
     Field(discriminator="type"),
 ]
+
+#: The keys of each action type whose strings are templates (every string inside ``blocks``, ``embeds``).
+TEMPLATE_KEYS: dict[str, tuple[str, ...]] = {
+    "http": ("url", "body"),
+    "log": (),
+    "python": (),
+    "slack": ("text", "blocks"),
+    "email": ("to", "subject", "body"),
+    "sql": (),
+    "slack_response": ("text", "blocks"),
+    "discord_followup": ("content", "embeds"),
+}

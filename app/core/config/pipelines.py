@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
-from app.core.config.actions import Action
+from app.core.config.actions import TEMPLATE_KEYS, Action
 from app.core.config.outputs import api_schema_problem
 from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 
@@ -159,7 +159,27 @@ class Pipeline(Strict):
         if self.batch is not None and self.mode == "batch_api":
             raise ValueError("batch and mode = 'batch_api' do not combine; choose one")
         check_respond(self)
+        self._check_fields_read()
         return self
+
+    def _check_fields_read(self) -> None:
+        """A template reading ``fields['x']`` where ``x`` is not one of the listed ``fields`` fails on every
+        event (templates see only those): refused here, naming the template's key."""
+        if not self.fields:  # templates see the whole payload
+            return
+        places = [
+            (f"actions.{i}.{key}", getattr(action, key))
+            for i, action in enumerate(self.actions)
+            for key in TEMPLATE_KEYS[action.type]
+        ]
+        places += [(key, getattr(self, key)) for key in ("respond_body", "respond_default")]
+        for where, value in places:
+            unlisted = sorted(templates.fields_read(value) - set(self.fields))
+            if unlisted:
+                raise ValueError(
+                    f"{where}: the template reads fields[{unlisted[0]!r}], which is not in this pipeline's fields "
+                    f"{list(self.fields)}; a template sees only those (add it to fields, which the model sees too)"
+                )
 
     @property
     def sync(self) -> bool:
