@@ -99,6 +99,16 @@ def test_environment_problems_name_variables_not_values() -> None:
     assert not any("supersecret" in p for p in problems)
 
 
+def test_hookline_check_names_a_python_target_that_does_not_import_in_alerts_too() -> None:
+    """An ``[[alerts]]`` python action was never imported by ``hookline check``: its first alert failed."""
+    data = {**GOOD, "alerts": [{"type": "python", "target": "no_such_module_here:notify"}]}
+    problems = environment_problems(parse_config(data), {"STRIPE_SECRET": "s", "CRM_URL": "http://x"})
+    assert problems == [
+        "alerts.0.target: cannot import 'no_such_module_here': ModuleNotFoundError: "
+        "No module named 'no_such_module_here'"
+    ]
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "h.toml"
     bad.write_text("[sources.x\nprovider=1")

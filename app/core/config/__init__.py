@@ -214,25 +214,26 @@ def environment_problems(config: Config, environ: Mapping[str, str], public_url:
             )
     for name, p in config.pipelines.items():
         for i, action in enumerate(p.actions):
-            for key, env in _action_envs(action):
-                if not environ.get(env):
-                    problems.append(f"pipelines.{name}.actions.{i}.{key}: {env} is not set")
-                elif key == "smtp_url_env" and (bad := smtp_url_problem(environ[env], env)):
-                    problems.append(f"pipelines.{name}.actions.{i}.{key}: {bad}")
-            if isinstance(action, PythonAction):
-                err = import_problem(action.target)
-                if err:
-                    problems.append(f"pipelines.{name}.actions.{i}.target: {err}")
+            problems += _action_problems(f"pipelines.{name}.actions.{i}", action, environ)
         if p.output_model:
             err = import_problem(p.output_model) or output_model_problem(p.output_model)
             if err:
                 problems.append(f"pipelines.{name}.output_model: {err}")
     for i, action in enumerate(config.alerts):
-        for key, env in _action_envs(action):
-            if not environ.get(env):
-                problems.append(f"alerts.{i}.{key}: {env} is not set")
-            elif key == "smtp_url_env" and (bad := smtp_url_problem(environ[env], env)):
-                problems.append(f"alerts.{i}.{key}: {bad}")
+        problems += _action_problems(f"alerts.{i}", action, environ)
+    return problems
+
+
+def _action_problems(where: str, action: Action, environ: Mapping[str, str]) -> list[str]:
+    """An action's unset variables, a bad SMTP URL, a ``python`` target that does not import."""
+    problems: list[str] = []
+    for key, env in _action_envs(action):
+        if not environ.get(env):
+            problems.append(f"{where}.{key}: {env} is not set")
+        elif key == "smtp_url_env" and (bad := smtp_url_problem(environ[env], env)):
+            problems.append(f"{where}.{key}: {bad}")
+    if isinstance(action, PythonAction) and (err := import_problem(action.target)):
+        problems.append(f"{where}.target: {err}")
     return problems
 
 
