@@ -112,15 +112,18 @@ class Settings(BaseSettings):
     stalled_after: float = Field(
         default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker."
     )
+    # at most about 2,700 years: the prune subtracts it from now(), and Postgres holds no time before 4713 BC
     job_retention_hours: int = Field(
         default=24,
         ge=0,
+        le=24_000_000,
         description="Finished procrastinate jobs are deleted after this many hours without activity "
         "(0: never deleted).",
     )
     payload_retention_days: int = Field(
         default=30,
         ge=0,
+        le=1_000_000,
         description="Bodies and payloads of finished events are dropped after this many days "
         "(the row, and so deduplication, stays; 0: never dropped).",
     )

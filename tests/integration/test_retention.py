@@ -165,6 +165,18 @@ async def test_a_dead_letter_keeps_its_bad_output_and_actions_keep_their_results
     ]
 
 
+async def test_a_retention_the_database_cannot_reach_back_to_is_refused_at_start(db_url: str) -> None:
+    """A retention meant as "keep for ever" written as a huge number (HOOKLINE_PAYLOAD_RETENTION_DAYS=10000000)
+    was taken, and every maintenance run failed: now() minus it is before the earliest time Postgres holds
+    ("timestamp out of range"; past 2^31, "integer out of range"), so nothing was pruned, jobs neither. It
+    is refused at start, as a negative one is; the largest value accepted still runs."""
+    for field, top in (("payload_retention_days", 1_000_000), ("job_retention_hours", 24_000_000)):
+        with pytest.raises(ValidationError, match=f"less than or equal to {top}"):
+            make_settings(db_url, **{field: top + 1})
+    most = {"payload_retention_days": 1_000_000, "job_retention_hours": 24_000_000}
+    assert await _retain(db_url, **most) == {"jobs_deleted": 0, "payloads_pruned": 0}
+
+
 async def test_zero_means_never_and_a_negative_retention_is_refused(db_url: str, conn: psycopg.Connection) -> None:
     for field in ("payload_retention_days", "job_retention_hours"):
         with pytest.raises(ValidationError, match="greater than or equal to 0"):
