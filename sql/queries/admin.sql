@@ -15,11 +15,13 @@ SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, s
 FROM hookline.events WHERE id = $1;
 
 -- name: dead_letters
--- Dead letters, newest first, ids below the cursor.
-SELECT d.event_id, d.source, d.event_type, e.tenant, d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
+-- Dead letters, newest first, ids below the cursor: read backwards from the cursor in events_dead_idx
+-- (migration 0041), each one's tenant looked up by primary key.
+SELECT d.event_id, d.source, d.event_type, (SELECT e.tenant FROM hookline.events e WHERE e.id = d.event_id) AS tenant,
+       d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
        d.died_at, d.invalid_output_pipeline, d.invalid_output_error
-FROM hookline.dead_letters d JOIN hookline.events e ON e.id = d.event_id
-WHERE ($1::bigint IS NULL OR d.event_id < $1)
+FROM hookline.dead_letters d
+WHERE d.event_id <= coalesce($1::bigint - 1, 9223372036854775807)  -- an index condition in a generic plan too
 ORDER BY d.event_id DESC
 LIMIT $2;
 
