@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
+from app.core import migrations
 from app.core.sqlfiles import queries
 from tests.harness import config_from, make_settings, rows, scans_and_reads
 from worker.runtime import Runtime
@@ -107,10 +108,13 @@ def test_prune_statements_read_what_is_due_with_plans_made_small(hookline_db: ps
         _finished_jobs(cur, 3_000, "10 minutes")  # within retention: nothing due among them
 
         seq0, read0 = scans_and_reads(cur, "hookline.events")
+        items0, _ = scans_and_reads(cur, "hookline.batch_items")
         pruned = cur.execute(q["prune_payloads"], {"days": 30, "batch": 100}, prepare=True).fetchone()
         seq1, read1 = scans_and_reads(cur, "hookline.events")
+        items1, _ = scans_and_reads(cur, "hookline.batch_items")
         assert pruned == (7,)
         assert seq1 == seq0, "the payload prune scanned hookline.events"
+        assert items1 == items0, "the payload prune scanned hookline.batch_items"
         assert read1 - read0 <= 3 * 7 + 5, read1 - read0  # the due rows (found, locked, updated), not the pruned
 
         seq0, read0 = scans_and_reads(cur, "procrastinate_events")
@@ -177,6 +181,33 @@ async def test_a_retention_the_database_cannot_reach_back_to_is_refused_at_start
     assert await _retain(db_url, **most) == {"jobs_deleted": 0, "payloads_pruned": 0}
 
 
+async def test_the_requests_of_batched_events_go_with_their_payloads(db_url: str, conn: psycopg.Connection) -> None:
+    """A micro-batched or Message Batches event's own request (its prompt: the payload fields the model
+    saw) is stored in hookline.batch_items too, and retention left it there for ever while it dropped the
+    same text from llm_calls.request. It goes with the payload now; a waiting event's and a recent one's
+    stay, and the items themselves (status, error) stay."""
+    old = _event(conn, "evt_old", "succeeded", "31 days")
+    dead = _event(conn, "evt_dead", "dead", "31 days")
+    recent = _event(conn, "evt_recent", "succeeded", "1 day")
+    waiting = _event(conn, "evt_waiting", "throttled", "31 days")
+    prompt = '{"messages": [{"role": "user", "content": "alice@example.com"}]}'
+    conn.execute(
+        "INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request, kind, status, error) "
+        "VALUES (%s, 'p', 'hl-1', %s, 'micro', 'done', NULL), (%s, 'p', 'hl-2', %s, 'batch_api', 'retired', 'x'), "
+        "       (%s, 'p', 'hl-3', %s, 'micro', 'done', NULL), (%s, 'p', 'hl-4', %s, 'batch_api', 'submitted', NULL)",
+        (old, prompt, dead, prompt, recent, prompt, waiting, prompt),
+    )
+
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2}
+    items = "SELECT event_id, status, error, request FROM hookline.batch_items ORDER BY id"
+    assert rows(db_url, items) == [
+        (old, "done", None, {"pruned": True}),
+        (dead, "retired", "x", {"pruned": True}),
+        (recent, "done", None, {"messages": [{"role": "user", "content": "alice@example.com"}]}),
+        (waiting, "submitted", None, {"messages": [{"role": "user", "content": "alice@example.com"}]}),
+    ]
+
+
 async def test_zero_means_never_and_a_negative_retention_is_refused(db_url: str, conn: psycopg.Connection) -> None:
     for field in ("payload_retention_days", "job_retention_hours"):
         with pytest.raises(ValidationError, match="greater than or equal to 0"):
@@ -191,3 +222,25 @@ async def test_zero_means_never_and_a_negative_retention_is_refused(db_url: str,
     kept = "SELECT id FROM hookline.events WHERE payload IS NOT NULL AND body IS NOT NULL ORDER BY id"
     assert rows(db_url, kept) == [(fresh,), (ancient,)]
     assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(3,)]
+
+
+def test_the_migration_drops_the_requests_of_events_pruned_before_it(empty_db_url: str) -> None:
+    """Migration 0042 on a database whose retention already pruned batched events: their requests,
+    kept until then, go; those of events whose payload is still due later stay."""
+    found = migrations.discover()
+    migrations.migrate(empty_db_url, [m for m in found if m.version < 42])
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        pruned = _event(conn, "evt_pruned", "succeeded", "40 days")
+        conn.execute("UPDATE hookline.events SET body = NULL, payload = NULL WHERE id = %s", (pruned,))
+        kept = _event(conn, "evt_kept", "succeeded", "1 day")
+        conn.execute(
+            "INSERT INTO hookline.batch_items (event_id, pipeline, custom_id, request, kind, status) "
+            "VALUES (%s, 'p', 'hl-1', '{\"messages\": [\"pii\"]}', 'micro', 'done'), "
+            "       (%s, 'p', 'hl-2', '{\"messages\": [\"pii\"]}', 'micro', 'done')",
+            (pruned, kept),
+        )
+    migrations.migrate(empty_db_url, found)
+    assert rows(empty_db_url, "SELECT event_id, request FROM hookline.batch_items ORDER BY id") == [
+        (pruned, {"pruned": True}),
+        (kept, {"messages": ["pii"]}),
+    ]
