@@ -299,6 +299,24 @@ async def test_an_http_answer_with_a_nul_byte_is_recorded_and_sent_once(
     assert (status, attempts, result) == ("succeeded", 1, {"status": 200, "body": "ok\ufffd\x01"})
 
 
+async def test_an_http_redirect_is_a_permanent_failure_and_is_not_followed(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A 3xx is not followed (it could carry the signed request elsewhere) and not retried: the same
+    answer would come back on every try."""
+    receiver.status = 302
+    rt = await make_runtime(make_config([{"type": "http", "url": receiver.url}]))
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, "gh_302")
+        assert await handle_event(rt, event_id) == "dead"
+    finally:
+        await rt.close()
+    assert len(receiver.received) == 1
+    ((_, _, status, attempts, _, error),) = action_rows(db_url, event_id)
+    assert (status, attempts) == ("failed", 1) and "receiver answered 302" in error
+
+
 async def test_when_filters_events_before_any_model_call(db_url: str, make_runtime: Any, fake: FakeMessagesAPI) -> None:
     rt = await make_runtime(make_config([], when="payload.issue.number > 100 and event.tenant == 'acme'"))
     try:
