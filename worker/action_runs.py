@@ -140,7 +140,7 @@ async def run_actions(
     """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
     ran = 0
     late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
-    fields = trim(event.get("payload"), pipeline.fields)
+    fields = trim(event.get("payload"), pipeline.fields, clip_strings=False)  # templates see strings whole
     deps = deps_of(rt, pipeline)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)

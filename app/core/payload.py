@@ -1,7 +1,10 @@
-"""What of an event's payload a pipeline sees: its ``fields``, long strings clipped.
+"""What of an event's payload a pipeline sees: its ``fields``, long strings clipped for the model.
 
-Shared by the worker (the model's prompt) and the web process (``fields`` in a synchronous reply's
-template), so both see exactly the same values.
+Shared by the worker (the model's prompt, the actions' templates) and the web process (``fields`` in a
+synchronous reply's template), so both see exactly the same values. Templates see strings whole
+(``clip_strings=False``): the clip keeps a huge field from blowing the model's context and bill, and an
+e-mail quoting a customer's message should quote all of it (``| truncate(n)`` cuts where a template
+means to).
 """
 
 from __future__ import annotations
@@ -31,25 +34,26 @@ def dig(payload: Any, path: str) -> Any:
 MAX_DEPTH = 32
 
 
-def _clip(value: Any, depth: int = 0) -> Any:
-    if isinstance(value, str) and len(value) > MAX_STRING:
+def _clip(value: Any, depth: int = 0, strings: bool = True) -> Any:
+    if strings and isinstance(value, str) and len(value) > MAX_STRING:
         return value[:MAX_STRING] + f"… [{len(value) - MAX_STRING} more characters cut]"
     if isinstance(value, dict | list) and depth >= MAX_DEPTH:
         return f"[nested deeper than {MAX_DEPTH} levels, cut]"
     if isinstance(value, dict):
-        return {k: _clip(v, depth + 1) for k, v in value.items()}
+        return {k: _clip(v, depth + 1, strings) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clip(v, depth + 1) for v in value]
+        return [_clip(v, depth + 1, strings) for v in value]
     return value
 
 
-def trim(payload: Any, fields: tuple[str, ...]) -> Any:
-    """Only the fields the pipeline lists (all of it when it lists none), long strings clipped."""
+def trim(payload: Any, fields: tuple[str, ...], *, clip_strings: bool = True) -> Any:
+    """Only the fields the pipeline lists (all of it when it lists none), nesting past MAX_DEPTH cut,
+    and, with ``clip_strings`` (the model's prompt), strings longer than MAX_STRING clipped."""
     if not fields:
-        return _clip(payload)
+        return _clip(payload, 0, clip_strings)
     out: dict[str, Any] = {}
     for path in fields:
         value = dig(payload, path)
         if value is not _MISSING:
-            out[path] = _clip(value)
+            out[path] = _clip(value, 0, clip_strings)
     return out

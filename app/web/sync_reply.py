@@ -314,5 +314,5 @@ def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: A
 
 
 def _fields(payload: Any, pipeline: Pipeline) -> Any:
-    fields = trim(payload, pipeline.fields)
+    fields = trim(payload, pipeline.fields, clip_strings=False)  # templates see strings whole
     return fields if isinstance(fields, dict) else {"value": fields}

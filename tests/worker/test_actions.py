@@ -317,6 +317,25 @@ async def test_an_http_redirect_is_a_permanent_failure_and_is_not_followed(
     assert (status, attempts) == ("failed", 1) and "receiver answered 302" in error
 
 
+async def test_templates_see_long_strings_whole_while_the_model_sees_them_clipped(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """The 4,000-character clip is for the model's context and bill; an action quoting a field (an
+    e-mail quoting the customer's message) gets all of it."""
+    title = "x" * 4500 + "the end"
+    payload = {"repository": {"full_name": "o/r"}, "issue": {"number": 7, "title": title, "reporter": "a@b.c"}}
+    rt = await make_runtime(make_config([{"type": "http", "url": receiver.url, "body": "{{ fields['issue.title'] }}"}]))
+    try:
+        fake.enqueue(reply(ANSWER))
+        assert await handle_event(rt, insert_event(db_url, "gh_long", payload)) == "succeeded"
+    finally:
+        await rt.close()
+    assert [r.body.decode() for r in receiver.received] == [title]
+    (call,) = fake.calls_to("/v1/messages")
+    prompt = json.dumps(call.body)
+    assert "the end" not in prompt and "more characters cut" in prompt
+
+
 async def test_when_filters_events_before_any_model_call(db_url: str, make_runtime: Any, fake: FakeMessagesAPI) -> None:
     rt = await make_runtime(make_config([], when="payload.issue.number > 100 and event.tenant == 'acme'"))
     try:
