@@ -4,6 +4,7 @@ traceback or a password; the embedded Postgres never left running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -195,11 +196,10 @@ def _wait_for_line(stream: object, text: str, within: float = 60) -> None:
     raise AssertionError(f"no line with {text!r}")
 
 
-@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: signal.Signals) -> None:
-    home = tmp_path / "home"
-    env = _env(HOOKLINE_HOME=str(home))
+@contextlib.contextmanager
+def tail_listening(env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``hookline tail`` on ``env``'s embedded Postgres, with signals as in a terminal (whatever this run
+    inherited), once it listens; killed on the way out if the test did not stop it."""
     tail = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "tail"],
         env=env,
@@ -207,17 +207,26 @@ def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: si
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_signals,  # signals as in a terminal, whatever this run inherited
+        preexec_fn=_default_signals,
     )
     try:
         _wait_for_line(tail.stderr, "listening")
-        assert (home / "pg" / "postmaster.pid").exists()
-        tail.send_signal(sig)
-        tail.wait(30)
+        yield tail
     finally:
         if tail.poll() is None:
             tail.kill()
             tail.wait()
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: signal.Signals) -> None:
+    home = tmp_path / "home"
+    env = _env(HOOKLINE_HOME=str(home))
+    with tail_listening(env) as tail:
+        assert (home / "pg" / "postmaster.pid").exists()
+        tail.send_signal(sig)
+        tail.wait(30)
     assert _postmaster_gone(home), "the embedded Postgres was left running"
     assert json.loads((home / "pg" / ".handle_pids.json").read_text() or "[]") == []
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.test_cli_failures import _default_signals, _env, _postmaster_gone, _wait_for_line, hookline
-from tests.harness import ROOT
+from tests.acceptance.test_cli_failures import _env, _postmaster_gone, hookline, tail_listening
 
 
 def _lock_files(pgdata: Path) -> dict[Path, list[str]]:
@@ -27,24 +26,10 @@ def _lock_files(pgdata: Path) -> dict[Path, list[str]]:
 def test_lock_files_whose_pid_went_to_another_process_do_not_stop_the_next_start(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = _env(HOOKLINE_HOME=str(home))
-    tail = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "tail"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_signals,
-    )
-    try:
-        _wait_for_line(tail.stderr, "listening")
+    with tail_listening(env) as tail:
         crashed = _lock_files(home / "pg")
         tail.send_signal(signal.SIGTERM)
         tail.wait(30)
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.wait()
     assert _postmaster_gone(home)
     # the machine restarted: the server's pid now belongs to an unrelated process
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
