@@ -317,6 +317,24 @@ async def test_an_http_redirect_is_a_permanent_failure_and_is_not_followed(
     assert (status, attempts) == ("failed", 1) and "receiver answered 302" in error
 
 
+async def test_a_json_body_that_renders_to_broken_json_fails_before_anything_is_sent(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A value inserted between quotes without | tojson breaks the JSON when it holds a quote: a
+    permanent failure naming the fix, and the receiver gets nothing."""
+    action = {"type": "http", "url": receiver.url, "body": '{"text": "{{ output.summary }}"}'}
+    rt = await make_runtime(make_config([action]))
+    try:
+        fake.enqueue(reply({**ANSWER, "summary": 'Asks "how much?"'}))
+        event_id = insert_event(db_url, "gh_broken_json")
+        assert await handle_event(rt, event_id) == "dead"
+    finally:
+        await rt.close()
+    assert receiver.received == []
+    ((_, _, status, _, _, error),) = action_rows(db_url, event_id)
+    assert status == "failed" and "is sent as JSON but is not JSON" in error and "| tojson" in error
+
+
 async def test_templates_see_long_strings_whole_while_the_model_sees_them_clipped(
     db_url: str, make_runtime: Any, fake: FakeMessagesAPI, receiver: Receiver
 ) -> None:
@@ -324,7 +342,8 @@ async def test_templates_see_long_strings_whole_while_the_model_sees_them_clippe
     e-mail quoting the customer's message) gets all of it."""
     title = "x" * 4500 + "the end"
     payload = {"repository": {"full_name": "o/r"}, "issue": {"number": 7, "title": title, "reporter": "a@b.c"}}
-    rt = await make_runtime(make_config([{"type": "http", "url": receiver.url, "body": "{{ fields['issue.title'] }}"}]))
+    text = {"type": "http", "url": receiver.url, "headers": {"Content-Type": "text/plain"}}
+    rt = await make_runtime(make_config([{**text, "body": "{{ fields['issue.title'] }}"}]))
     try:
         fake.enqueue(reply(ANSWER))
         assert await handle_event(rt, insert_event(db_url, "gh_long", payload)) == "succeeded"

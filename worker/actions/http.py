@@ -49,6 +49,29 @@ def build_headers(action: HttpAction, ctx: ActionContext, deps: ActionDeps, body
     return headers
 
 
+def declares_json(action: HttpAction) -> bool:
+    """Whether a body goes out as JSON: the default ``Content-Type``, or a configured one naming JSON
+    (``application/json``, ``application/merge-patch+json``; one from the environment is taken to)."""
+    for name, value in action.headers.items():
+        if name.lower() == "content-type":
+            return isinstance(value, EnvHeader) or "json" in value.lower()
+    return True
+
+
+def not_json(text: str, *, what: str) -> None:
+    """A rendered body sent as JSON that is not JSON fails permanently before anything is sent: a value
+    inserted between quotes without ``| tojson`` (an answer holding a quote or a newline) breaks it on
+    some events and not others, and a lenient receiver would take the broken request."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PermanentError(
+            f"{what}: the rendered body is sent as JSON but is not JSON ({e.msg} at line {e.lineno} column "
+            f"{e.colno}); insert values with | tojson ('{{\"text\": {{{{ output.reply | tojson }}}}}}'), which "
+            f"quotes and escapes them, or set a Content-Type header that is not JSON"
+        ) from None
+
+
 async def run(action: HttpAction, ctx: ActionContext, deps: ActionDeps) -> dict[str, Any]:
     what = f"http action {ctx.action}"
     if action.url is not None:
@@ -61,7 +84,10 @@ async def run(action: HttpAction, ctx: ActionContext, deps: ActionDeps) -> dict[
     if action.method in ("GET", "DELETE"):
         body = None
     elif action.body is not None:
-        body = render(action.body, ctx, what=f"{what}: body").encode()
+        text = render(action.body, ctx, what=f"{what}: body")
+        if declares_json(action):
+            not_json(text, what=f"{what}: body")
+        body = text.encode()
     else:
         body = json.dumps(envelope(ctx), ensure_ascii=False, separators=(",", ":"), default=str).encode()
     headers = build_headers(action, ctx, deps, body)
