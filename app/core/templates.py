@@ -149,6 +149,38 @@ def names_used(source: str) -> set[str]:
         raise ValueError(f"template error: {e.message or e.__class__.__name__}") from None
 
 
+def unquoted_in_json_strings(source: str) -> int:
+    """How many ``{{ … }}`` of a template meant to render JSON sit between a string's quotes without
+    ``| tojson``: ``{"text": "{{ output.reply }}"}`` breaks the JSON on every value holding a quote, a
+    backslash or a newline (a model's answer often does). ``{"text": {{ output.reply | tojson }}}`` is
+    the safe form. Heuristic: reads the template's literal text in order, counting unescaped quotes."""
+    try:
+        tree = _ENVS["none"].parse(source)
+    except TemplateError:
+        return 0
+    inside, count = False, 0
+    for output in tree.find_all(nodes.Output):
+        for node in output.nodes:
+            if isinstance(node, nodes.TemplateData):
+                escaped = False
+                for ch in node.data:
+                    if escaped:
+                        escaped = False
+                    elif ch == "\\":
+                        escaped = True
+                    elif ch == '"':
+                        inside = not inside
+            elif inside and not _filtered_by(node, "tojson"):
+                count += 1
+    return count
+
+
+def _filtered_by(node: nodes.Node, name: str) -> bool:
+    return any(f.name == name for f in node.find_all(nodes.Filter)) or (
+        isinstance(node, nodes.Filter) and node.name == name
+    )
+
+
 def fields_read(value: Any) -> set[str]:
     """The keys the templates in ``value`` (a string, or every string of a structure) read of ``fields``
     by a written-out key: ``fields['issue.number']``, ``fields.issue`` (not ``fields.get(…)``, nor

@@ -109,6 +109,27 @@ def test_hookline_check_names_a_python_target_that_does_not_import_in_alerts_too
     ]
 
 
+@pytest.mark.parametrize(
+    ("body", "headers", "flagged"),
+    [
+        ('{"text": "{{ output.reply }}"}', {}, 1),
+        ('{"a": "{{ output.a }}", "b": "{% if output.b %}{{ output.b }}{% endif %}"}', {}, 2),
+        ('{"a": "say \\"{{ output.a }}\\""}', {"content-type": "application/merge-patch+json"}, 1),
+        ('{"text": {{ output.reply | tojson }}, "n": {{ output.n }}}', {}, 0),  # the safe form
+        ("Reply: {{ output.reply }}", {"Content-Type": "text/plain"}, 0),  # not sent as JSON
+    ],
+)
+def test_hookline_check_warns_of_values_put_between_json_quotes_without_tojson(
+    body: str, headers: dict[str, str], flagged: int
+) -> None:
+    """A model's answer often holds a quote or a newline: such a body breaks, and the action fails."""
+    action = {"type": "http", "url_env": "CRM_URL", "body": body, "headers": headers}
+    data = {**GOOD, "alerts": [action]}
+    problems = environment_problems(parse_config(data), {"STRIPE_SECRET": "s", "CRM_URL": "http://x"})
+    prefix = f"alerts.0.body: {flagged} value(s) put between a JSON string's quotes without | tojson"
+    assert [p[: len(prefix)] for p in problems] == ([prefix] if flagged else [])
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "h.toml"
     bad.write_text("[sources.x\nprovider=1")

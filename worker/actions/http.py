@@ -49,15 +49,6 @@ def build_headers(action: HttpAction, ctx: ActionContext, deps: ActionDeps, body
     return headers
 
 
-def declares_json(action: HttpAction) -> bool:
-    """Whether a body goes out as JSON: the default ``Content-Type``, or a configured one naming JSON
-    (``application/json``, ``application/merge-patch+json``; one from the environment is taken to)."""
-    for name, value in action.headers.items():
-        if name.lower() == "content-type":
-            return isinstance(value, EnvHeader) or "json" in value.lower()
-    return True
-
-
 def not_json(text: str, *, what: str) -> None:
     """A rendered body sent as JSON that is not JSON fails permanently before anything is sent: a value
     inserted between quotes without ``| tojson`` (an answer holding a quote or a newline) breaks it on
@@ -85,7 +76,7 @@ async def run(action: HttpAction, ctx: ActionContext, deps: ActionDeps) -> dict[
         body = None
     elif action.body is not None:
         text = render(action.body, ctx, what=f"{what}: body")
-        if declares_json(action):
+        if action.declares_json:
             not_json(text, what=f"{what}: body")
         body = text.encode()
     else:

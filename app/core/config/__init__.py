@@ -14,6 +14,7 @@ from typing import Any, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
+from app.core import templates
 from app.core.config._base import NAME, Strict, import_problem, resolve_target
 from app.core.config.actions import (
     Action,
@@ -234,7 +235,21 @@ def _action_problems(where: str, action: Action, environ: Mapping[str, str]) -> 
             problems.append(f"{where}.{key}: {bad}")
     if isinstance(action, PythonAction) and (err := import_problem(action.target)):
         problems.append(f"{where}.target: {err}")
+    if isinstance(action, HttpAction) and (bad := _json_body_problem(action)):
+        problems.append(f"{where}.body: {bad}")
     return problems
+
+
+def _json_body_problem(action: HttpAction) -> str | None:
+    """A body sent as JSON that puts values between a string's quotes without ``| tojson``."""
+    n = templates.unquoted_in_json_strings(action.body) if action.body and action.declares_json else 0
+    if not n:
+        return None
+    return (
+        f"{n} value(s) put between a JSON string's quotes without | tojson: a value holding a quote or a "
+        'newline breaks the JSON and fails the action; write {"text": {{ output.reply | tojson }}} (no quotes '
+        "around it)"
+    )
 
 
 def _action_envs(action: Action) -> list[tuple[str, str]]:

@@ -56,6 +56,15 @@ class HttpAction(Strict):
     headers: dict[str, str | EnvHeader] = Field(default_factory=dict)
     body: str | None = None
 
+    @property
+    def declares_json(self) -> bool:
+        """Whether its body goes out as JSON: the default ``Content-Type``, or a configured one naming
+        JSON (``application/merge-patch+json``); one read from the environment is taken to."""
+        for name, value in self.headers.items():
+            if name.lower() == "content-type":
+                return isinstance(value, EnvHeader) or "json" in value.lower()
+        return True
+
     @field_validator("url_env", "secret_env")
     @classmethod
     def _env_names(cls, v: str | None) -> str | None:
