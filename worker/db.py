@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 import psycopg
@@ -216,6 +216,18 @@ class WorkerDB:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(Q[name], _adapt(params))
             return list(await cur.fetchall()) if cur.description else []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Callable[..., Awaitable[list[dict[str, Any]]]]]:
+        """One transaction on one connection: yields ``rows(name, **params)``, :meth:`rows` run in it.
+        It commits when the block ends, and rolls back if the block raises."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+
+            async def rows(name: WorkerQuery, **params: Any) -> list[dict[str, Any]]:
+                await cur.execute(Q[name], _adapt(params))
+                return list(await cur.fetchall()) if cur.description else []
+
+            yield rows
 
     async def run(self, name: WorkerQuery, **params: Any) -> int:
         """Run a statement; returns the number of rows it touched."""

@@ -16,6 +16,7 @@ from worker.db import WorkerDB
 from worker.llm import LLMClient, make_client
 from worker.metrics import WorkerMetrics
 from worker.outbound import outbound_guard, parse_allowlist
+from worker.retention import masked_sources, prune_masked
 from worker.simulated import SimulatedModel
 
 #: Most database connections one worker process opens per pool, whatever its concurrency: a job
@@ -151,22 +152,28 @@ class Runtime:
         short transaction), until nothing more is due or ``budget`` seconds have passed: a run that
         stops for time (or because the worker is asked to stop) leaves the rest to the next minute's.
         Job and payload batches alternate, so neither starves the other. A setting of 0 turns its
-        half off."""
+        half off. The events of a source with ``redact`` paths are masked, then pruned, by
+        :func:`worker.retention.prune_masked`, a batch after each batch of the others."""
         hours, days = self.settings.job_retention_hours, self.settings.payload_retention_days
+        masked = masked_sources(self.config) if days > 0 else []
         deadline = time.monotonic() + budget
         jobs = payloads = 0
         after = 0  # the walk over procrastinate_jobs starts at the oldest job
-        jobs_done, payloads_done = hours <= 0, days <= 0
-        while not (jobs_done and payloads_done):
+        jobs_done, payloads_done, masked_done = hours <= 0, days <= 0, not masked
+        while not (jobs_done and payloads_done and masked_done):
             if not jobs_done:
                 row = (await self.db.rows("prune_jobs", hours=hours, after=after, batch=batch))[0]
                 jobs += row["deleted"]
                 after = row["last_id"]
                 jobs_done = row["done"]
             if not payloads_done:
-                n = (await self.db.rows("prune_payloads", days=days, batch=batch))[0]["pruned"]
+                n = (await self.db.rows("prune_payloads", days=days, batch=batch, masked=masked))[0]["pruned"]
                 payloads += n
                 payloads_done = n < batch
+            if not masked_done:
+                n = await prune_masked(self.db, self.config, masked, days=days, batch=batch)
+                payloads += n
+                masked_done = payloads_done and n == 0  # the next events due are of no masked source
             if time.monotonic() >= deadline or self.db.stopping.is_set():
                 break
         return {"jobs_deleted": jobs, "payloads_pruned": payloads}

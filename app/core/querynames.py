@@ -37,6 +37,8 @@ WorkerQuery = Literal[
     "cut_off_action",
     "prune_jobs",
     "prune_payloads",
+    "due_masked_events",
+    "prune_event_payloads",
     "supersede_calls",
     "newer_processed",
     "recent_for_key",

@@ -3,7 +3,13 @@
 
 The payload's paths read ``[redacted]``, and so do their values where the model's answer, an action's
 result, an error or the timeline repeats them (an email action's ``to`` read from
-``data.object.customer_email``). The stored rows keep everything: masking is for display only.
+``data.object.customer_email``). The values are found in the event's stored payload, and until payload
+retention drops it the stored rows keep everything: masking is for display only. Retention
+(``HOOKLINE_PAYLOAD_RETENTION_DAYS``) then leaves nothing to find them by, so before it drops the payload
+the worker masks them in the rows it keeps, with :func:`hidden_values` and :class:`Scrubber` as here
+(worker/retention.py, migration 0043): from then on ``llm_calls.output`` and ``error`` (and a dead
+letter's kept ``response``), ``action_runs.result`` and ``error`` and ``events.last_error`` and ``detail``
+hold ``[redacted]`` themselves.
 """
 
 from __future__ import annotations

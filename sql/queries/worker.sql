@@ -210,10 +210,28 @@ WHERE id = %(id)s AND status = 'running';
 SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hours)s::int, %(batch)s::int);
 
 -- name: prune_payloads
--- Retention: hookline.prune_payloads (migration 0030): drop the body and payload of up to %(batch)s
--- terminal events older than %(days)s days, the oldest first, and the payload copies in llm_calls
--- (a dead letter's bad model output and action_runs.result are kept). One row back: pruned.
-SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int) AS pruned;
+-- Retention: hookline.prune_payloads (migrations 0030, 0043): drop the body and payload of up to %(batch)s
+-- terminal events older than %(days)s days, the oldest first, not of the sources %(masked)s names (a
+-- JSON list: those whose redact paths worker.retention masks first), and the payload copies in
+-- llm_calls and batch_items (a dead letter's bad model output and action_runs.result are kept). One
+-- row back: pruned.
+SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int,
+                               ARRAY(SELECT jsonb_array_elements_text(%(masked)s::jsonb))) AS pruned;
+
+-- name: due_masked_events
+-- Retention: hookline.due_masked_payloads (migration 0043): the events of the sources %(masked)s lists (a
+-- JSON list: those whose redact paths worker.retention masks) among the next %(batch)s due (older than
+-- %(days)s days), locked for this transaction, with their payload, texts, calls and actions.
+SELECT id, source, payload, last_error, detail, calls, actions
+FROM hookline.due_masked_payloads(%(days)s::int, %(batch)s::int,
+                                  ARRAY(SELECT jsonb_array_elements_text(%(masked)s::jsonb)));
+
+-- name: prune_event_payloads
+-- Retention: hookline.prune_event_payloads (migration 0043): write the masked texts (%(events)s,
+-- %(calls)s, %(actions)s: JSON lists of {"id", changed columns}) of the events %(ids)s lists (a JSON
+-- list), locked by due_masked_events in this transaction, then prune them. One row back: pruned.
+SELECT hookline.prune_event_payloads(ARRAY(SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint),
+                                     %(events)s::jsonb, %(calls)s::jsonb, %(actions)s::jsonb) AS pruned;
 
 -- name: supersede_calls
 -- A replay with recompute: the stored answer steps aside for the new one.

@@ -10,23 +10,30 @@ transaction's own statistics), never in time.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from app.core import migrations
+from app.core.config import Config
+from app.core.db import connect
+from app.core.redaction import load_shown_story
 from app.core.sqlfiles import queries
+from tests.acceptance.test_admin_api import admin_config, insert_event
+from tests.acceptance.test_admin_redaction import CARD, EMAIL, story
 from tests.harness import config_from, make_settings, rows, scans_and_reads
 from worker.runtime import Runtime
 
 
-async def _retain(db_url: str, **over: Any) -> dict[str, int]:
-    rt = Runtime.build(make_settings(db_url, **over), config_from({}))
+async def _retain(db_url: str, config: Config | None = None, batch: int = 1000, **over: Any) -> dict[str, int]:
+    rt = Runtime.build(make_settings(db_url, **over), config or config_from({}))
     await rt.open()
     try:
-        return await rt.retention()
+        return await rt.retention(batch=batch)
     finally:
         await rt.close()
 
@@ -101,15 +108,27 @@ def test_prune_statements_read_what_is_due_with_plans_made_small(hookline_db: ps
         _finished_jobs(cur, 5, "2 days")
         cur.execute("ANALYZE hookline.events, procrastinate_jobs, procrastinate_events")
         for _ in range(8):  # the plans are made now and stay cached in this session
-            cur.execute(q["prune_payloads"], {"days": 30, "batch": 100}, prepare=True)
+            cur.execute(q["prune_payloads"], {"days": 30, "batch": 100, "masked": Jsonb([])}, prepare=True)
             cur.execute(q["prune_jobs"], {"hours": 24, "after": 0, "batch": 100}, prepare=True)
+            cur.execute(q["due_masked_events"], {"days": 30, "batch": 100, "masked": Jsonb(["x"])}, prepare=True)
         _old_events(cur, "pruned_", 5_000, pruned=True)  # what earlier runs already pruned
         _old_events(cur, "due_", 7)
         _finished_jobs(cur, 3_000, "10 minutes")  # within retention: nothing due among them
 
         seq0, read0 = scans_and_reads(cur, "hookline.events")
+        masked = cur.execute(
+            q["due_masked_events"], {"days": 30, "batch": 100, "masked": Jsonb(["stripe"])}, prepare=True
+        )
+        assert len(masked.fetchall()) == 7
+        seq1, read1 = scans_and_reads(cur, "hookline.events")
+        assert seq1 == seq0, "the masked sources' prune scanned hookline.events"
+        assert read1 - read0 <= 3 * 7 + 5, read1 - read0  # the due rows (found, fetched, locked), not the pruned
+
+        seq0, read0 = scans_and_reads(cur, "hookline.events")
         items0, _ = scans_and_reads(cur, "hookline.batch_items")
-        pruned = cur.execute(q["prune_payloads"], {"days": 30, "batch": 100}, prepare=True).fetchone()
+        pruned = cur.execute(
+            q["prune_payloads"], {"days": 30, "batch": 100, "masked": Jsonb([])}, prepare=True
+        ).fetchone()
         seq1, read1 = scans_and_reads(cur, "hookline.events")
         items1, _ = scans_and_reads(cur, "hookline.batch_items")
         assert pruned == (7,)
@@ -177,8 +196,8 @@ async def test_a_retention_the_database_cannot_reach_back_to_is_refused_at_start
     for field, top in (("payload_retention_days", 1_000_000), ("job_retention_hours", 24_000_000)):
         with pytest.raises(ValidationError, match=f"less than or equal to {top}"):
             make_settings(db_url, **{field: top + 1})
-    most = {"payload_retention_days": 1_000_000, "job_retention_hours": 24_000_000}
-    assert await _retain(db_url, **most) == {"jobs_deleted": 0, "payloads_pruned": 0}
+    most = await _retain(db_url, payload_retention_days=1_000_000, job_retention_hours=24_000_000)
+    assert most == {"jobs_deleted": 0, "payloads_pruned": 0}
 
 
 async def test_the_requests_of_batched_events_go_with_their_payloads(db_url: str, conn: psycopg.Connection) -> None:
@@ -244,3 +263,98 @@ def test_the_migration_drops_the_requests_of_events_pruned_before_it(empty_db_ur
         (pruned, {"pruned": True}),
         (kept, {"messages": ["pii"]}),
     ]
+
+
+async def test_a_redacting_sources_values_are_masked_in_what_retention_keeps(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """The display masks a redact path's value where the model's answer, an action's result, an error
+    or the timeline repeats it, finding the values in the payload. Retention dropped the payload and
+    left the copies, so from then on they showed in clear. It masks them in the stored rows first now;
+    an event of a source without redact keeps its rows as they were, and other text stays."""
+    masked = story(conn)  # stripe (redacts the email and the card): dead, copies in every kept text
+    conn.execute(
+        "UPDATE hookline.events SET detail = %s WHERE id = %s", (f"escalated for {EMAIL} (card {CARD})", masked)
+    )
+    conn.execute(
+        "UPDATE hookline.llm_calls SET response = %s WHERE event_id = %s",  # the dead letter's invalid output
+        (json.dumps({"content": [{"type": "text", "text": f"Dear {EMAIL}"}]}), masked),
+    )
+    plain = insert_event(conn, "github", "gh-old", status="dead", payload={"email": EMAIL})  # no redact
+    conn.execute("UPDATE hookline.events SET last_error = %s WHERE id = %s", (f"refused {EMAIL}", plain))
+    conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, output, error) "
+        "VALUES (%s, 'p', 'm', 'succeeded', '{}', %s, %s)",
+        (plain, json.dumps({"to": EMAIL}), f"said {EMAIL}"),
+    )
+    conn.execute(
+        "INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, status, idempotency_key, "
+        "result, error) VALUES (%s, 'p', 'email#0', 'email', 'failed', 'k3', %s, %s)",
+        (plain, json.dumps({"to": [EMAIL]}), f"refused {EMAIL}"),
+    )
+    conn.execute("UPDATE hookline.events SET received_at = now() - interval '31 days'")
+    everything = (
+        "SELECT e.last_error, e.detail, c.output, c.error, c.response, a.result, a.error "
+        "FROM hookline.events e JOIN hookline.llm_calls c ON c.event_id = e.id "
+        "JOIN hookline.action_runs a ON a.event_id = e.id WHERE e.id = %s ORDER BY c.id, a.id"
+    )
+    plain_before = rows(db_url, everything, plain)
+
+    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 2}
+
+    assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE body IS NOT NULL OR payload IS NOT NULL") == [(0,)]
+    kept = rows(db_url, everything, masked)
+    assert kept and EMAIL not in str(kept) and CARD not in str(kept), kept
+    assert rows(db_url, "SELECT last_error, detail FROM hookline.events WHERE id = %s", masked) == [
+        ("slack#1: refused [redacted]", "escalated for [redacted] (card [redacted])")
+    ]
+    assert rows(
+        db_url, "SELECT output, error, response, request FROM hookline.llm_calls WHERE event_id = %s", masked
+    ) == [
+        (
+            {"subject": "Hi", "body": "Dear [redacted], card [redacted] was declined."},
+            "body: '[redacted]' is too long",
+            {"content": [{"type": "text", "text": "Dear [redacted]"}]},
+            {"pruned": True},
+        )
+    ]
+    assert rows(db_url, "SELECT result, error FROM hookline.action_runs WHERE event_id = %s ORDER BY id", masked) == [
+        ({"message_id": "<hookline.1@example.com>", "to": ["[redacted]"]}, None),
+        (None, "slack#1: refused [redacted]"),
+    ]
+    assert rows(db_url, everything, plain) == plain_before  # github has no redact paths: left as it was
+
+    shown = await _shown(db_url, admin_config(), masked)  # what the admin API, events show and tail print
+    assert EMAIL not in str(shown) and CARD not in str(shown), shown
+    assert shown["actions"][0]["result"]["to"] == ["[redacted]"]
+    assert shown["timeline"][-1]["detail"] == "slack#1: refused [redacted]"
+
+
+async def test_batches_of_masked_and_plain_events_interleaved_all_go(db_url: str, conn: psycopg.Connection) -> None:
+    """Events of a redacting source and of another, arriving in turn, more than a batch of each: one run
+    masks and prunes them all, each source's events by its own path, and stops once nothing is due."""
+    for i in range(7):
+        for source in ("stripe", "github"):
+            event_id = insert_event(
+                conn, source, f"{source}-{i}", payload={"data": {"object": {"customer_email": EMAIL}}}
+            )
+            conn.execute("UPDATE hookline.events SET detail = %s WHERE id = %s", (f"for {EMAIL}", event_id))
+    conn.execute("UPDATE hookline.events SET received_at = now() - interval '31 days'")
+
+    assert await _retain(db_url, admin_config(), batch=3) == {"jobs_deleted": 0, "payloads_pruned": 14}
+    assert rows(
+        db_url, "SELECT source, detail, count(*) FROM hookline.events WHERE payload IS NULL GROUP BY 1, 2 ORDER BY 1"
+    ) == [
+        ("github", f"for {EMAIL}", 7),
+        ("stripe", "for [redacted]", 7),
+    ]
+
+
+async def _shown(db_url: str, config: Config, event_id: int) -> dict[str, Any]:
+    conn = await connect(db_url)
+    try:
+        story = await load_shown_story(conn, config, event_id)
+    finally:
+        await conn.close()
+    assert story is not None
+    return story.as_json()
