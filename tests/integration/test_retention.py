@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from app.core import migrations
-from app.core.config import Config
+from app.core.config import SCHEDULE_SOURCE, Config
 from app.core.db import connect
 from app.core.redaction import load_shown_story
 from app.core.sqlfiles import queries
@@ -347,6 +347,26 @@ async def test_batches_of_masked_and_plain_events_interleaved_all_go(db_url: str
     ) == [
         ("github", f"for {EMAIL}", 7),
         ("stripe", "for [redacted]", 7),
+    ]
+
+
+async def test_a_schedule_digest_copying_a_redacting_source_is_masked_too(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """A schedule firing's digest copies other sources' events into its examples, masked with their own
+    source's paths when shown: the firing's kept answer is masked before its payload goes as well."""
+    digest = {"examples": [{"source": "stripe", "fields": {"data": {"object": {"customer_email": EMAIL}}}}]}
+    firing = insert_event(conn, SCHEDULE_SOURCE, "digest-1", payload=digest)
+    conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, output) "
+        "VALUES (%s, 'digest', 'm', 'succeeded', '{}', %s)",
+        (firing, json.dumps({"summary": f"one failure, for {EMAIL}"})),
+    )
+    conn.execute("UPDATE hookline.events SET received_at = now() - interval '31 days'")
+
+    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 1}
+    assert rows(db_url, "SELECT output FROM hookline.llm_calls WHERE event_id = %s", firing) == [
+        ({"summary": "one failure, for [redacted]"},)
     ]
 
 
