@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -26,3 +28,25 @@ def stripe_and_crm(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     ``pytestmark = pytest.mark.usefixtures("stripe_and_crm")``."""
     monkeypatch.setenv("HL_STRIPE_SECRET", "whsec_worker_tests")
     monkeypatch.setenv("HL_CRM_URL", receiver.url)
+
+
+@pytest.fixture
+def unreachable() -> Iterator[str]:
+    """``http://127.0.0.1:PORT``, whose listener never accepts: its queue is full, so new SYNs are
+    dropped and nothing is ever sent (a connect that times out)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for s in (*fillers, listener):
+            s.close()

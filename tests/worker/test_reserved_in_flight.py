@@ -6,7 +6,6 @@ the Gate takes before sending one (``limits.reserve``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -28,15 +27,6 @@ from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
 
 ALERTS = [{"type": "http", "url_env": "HL_OPS_URL"}]
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Runtime]]:
-    """Runtimes a test opens with runtime_for(); closed at the end."""
-    got: list[Runtime] = []
-    yield got
-    for rt in got:
-        await rt.close()
 
 
 pytestmark = pytest.mark.usefixtures("stripe_and_crm")
