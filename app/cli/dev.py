@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,8 +54,28 @@ def _follow_events(url: str, config: Config, stop: threading.Event, color: bool)
         asyncio.run(run())
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` already (binding as uvicorn does, with
+    SO_REUSEADDR, so a closed connection's TIME_WAIT does not count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
 def run_dev(settings: Settings, environ: Mapping[str, str], *, simulate_model: bool = False) -> int:
     config = load_config(settings.config)  # fail early, with the key that is wrong
+    if port_in_use(settings.host, settings.port):  # before the database starts: nothing to undo
+        print(
+            f"hookline dev: port {settings.port} is in use (another hookline dev, or another server); stop it, "
+            f"or run on another port: PORT={settings.port + 1} hookline dev",
+            file=sys.stderr,
+        )
+        return 2
     for problem in environment_problems(config, environ, settings.public_url):
         print(f"warning: {problem}", file=sys.stderr)
     url, server = embedded.resolve_database_url(settings.dsn(), settings.home)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,3 +102,21 @@ def test_hookline_dev_runs_web_worker_and_embedded_postgres(tmp_path: Path) -> N
     assert not (home / "pg" / "postmaster.pid").exists(), "the embedded Postgres was left running"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+def test_hookline_dev_on_a_port_in_use_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """Another server on $PORT: one clear line and exit 2, before the embedded Postgres starts (it used
+    to start everything, announce "web on http://…", and stop when the web exited with status 3)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        home = tmp_path / "home"
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env.update({"PORT": str(port), "HOOKLINE_HOME": str(home), "HOOKLINE_CONFIG": str(ROOT / "hookline.toml")})
+        dev = subprocess.run(
+            [sys.executable, "-m", "app.cli", "dev"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    assert dev.returncode == 2, dev.stdout + dev.stderr
+    assert f"port {port} is in use" in dev.stderr and f"PORT={port + 1} hookline dev" in dev.stderr
+    assert "web on http" not in dev.stdout and not (home / "pg").exists()
