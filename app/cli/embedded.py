@@ -104,12 +104,13 @@ def _exit(signum: int, _frame: FrameType | None) -> None:
 
 
 def exit_on_termination() -> None:
-    """SIGTERM and SIGHUP end this process as ``sys.exit`` does, so the atexit hook that lets go of the
-    embedded server runs (the default action kills the process and skips it, leaving Postgres up).
-    Only where nothing else handles them, and only from the main thread (Python's rule)."""
+    """SIGTERM, SIGHUP and SIGQUIT end this process as ``sys.exit`` does, so the atexit hook that lets go
+    of the embedded server runs (the default action kills the process and skips it, leaving Postgres up;
+    SIGQUIT's would dump core too). Only where nothing else handles them, and only from the main thread
+    (Python's rule)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         if signal.getsignal(sig) is signal.SIG_DFL:
             signal.signal(sig, _exit)
 

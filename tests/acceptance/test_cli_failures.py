@@ -35,7 +35,7 @@ def _env(**over: str) -> dict[str, str]:
 def _default_signals() -> None:
     """In the child: the signals the test sends act as in a terminal, even when this run inherited them
     ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT)."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
 
 
@@ -219,7 +219,7 @@ def tail_listening(env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded Postgres")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_a_signalled_command_stops_the_embedded_postgres(tmp_path: Path, sig: signal.Signals) -> None:
     home = tmp_path / "home"
     env = _env(HOOKLINE_HOME=str(home))
