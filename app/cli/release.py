@@ -19,7 +19,10 @@ def release(url: str, config: Config, out: Callable[[str], None] = print) -> lis
         if tries == 1 or tries % 10 == 0:
             out(f"{m.version:04d}_{m.name}: its tables are locked by another transaction; trying again …")
 
-    applied = migrations.migrate(url, on_step=step, on_wait=wait)
+    def queued() -> None:
+        out("another `hookline migrate` (a release step) is running on this database; waiting for it to finish …")
+
+    applied = migrations.migrate(url, on_step=step, on_wait=wait, on_queued=queued)
     for m in applied:
         out(f"applied {m.version:04d}_{m.name}")
     newer = migrations.status(url).unknown

@@ -170,16 +170,22 @@ def migrate(
     migrations: list[Migration] | None = None,
     on_step: Callable[[int, int, Migration], None] | None = None,
     on_wait: Callable[[Migration, int], None] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations; returns what was applied. Safe to run concurrently. Migrations of a
     newer release (versions past this code's, all of its own applied) are left as they are.
 
     ``on_step(n, total, migration)`` is called before each one (progress for long migrations);
-    ``on_wait(migration, tries)`` each time its locks were not free (it is tried again)."""
+    ``on_wait(migration, tries)`` each time its locks were not free (it is tried again); ``on_queued()``
+    once when another run holds the migration lock, before waiting for it (a second release step)."""
     migrations = discover() if migrations is None else migrations
     done: list[Migration] = []
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+        if not (row and row[0]):
+            if on_queued is not None:
+                on_queued()
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             with conn.transaction():
                 conn.execute(_BOOTSTRAP)

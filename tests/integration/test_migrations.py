@@ -98,3 +98,21 @@ def test_migrate_reports_each_step_before_applying_it(empty_db_url: str) -> None
     steps: list[tuple[int, int, int]] = []
     applied = migrations.migrate(empty_db_url, on_step=lambda n, total, m: steps.append((n, total, m.version)))
     assert steps == [(i, len(applied), m.version) for i, m in enumerate(applied, 1)] and len(applied) >= 6
+
+
+def test_a_second_run_says_it_waits_for_the_first(empty_db_url: str) -> None:
+    """A second release step behind the first's migration lock says so once, then waits and applies
+    nothing twice (it used to wait in silence, up to the first's ten minutes behind a table lock)."""
+    queued = threading.Event()
+    with psycopg.connect(empty_db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+        got: list[list[Migration]] = []
+        runner = threading.Thread(target=lambda: got.append(migrations.migrate(empty_db_url, on_queued=queued.set)))
+        runner.start()
+        assert queued.wait(30), "the second run did not say it waits"
+        assert runner.is_alive() and got == []  # still waiting for the lock
+        holder.execute("SELECT pg_advisory_unlock(%s)", (migrations.MIGRATION_LOCK_KEY,))
+    runner.join(60)
+    assert got and len(got[0]) >= 6
+    calls: list[None] = []
+    assert migrations.migrate(empty_db_url, on_queued=lambda: calls.append(None)) == [] and calls == []
