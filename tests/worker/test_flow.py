@@ -107,6 +107,23 @@ async def held(rt: Runtime, event_id: int) -> str:
     return str(detail)
 
 
+async def run_batch_of_three(
+    rt: Runtime, db_url: str, prefix: str, fake: FakeMessagesAPI | None = None, usage: dict[str, int] | None = None
+) -> list[int]:
+    """Three events of a pipeline with ``batch = {max_events = 3}``: the first two gather (held), the
+    third leads the combined call (answered for all three by ``fake``, unless the model is simulated),
+    then the first two run their parts. Each must succeed; returns their ids."""
+    ids = [insert_event(db_url, f"{prefix}_{i}") for i in range(3)]
+    if fake is not None:
+        fake.set_default(reply({"results": [{"event_id": e, "output": GOOD} for e in ids]}, usage=usage))
+    await held(rt, ids[0])
+    await held(rt, ids[1])
+    assert await handle_event(rt, ids[2]) == "succeeded"  # the third pending: it leads
+    for e in ids[:2]:
+        assert await handle_event(rt, e) == "succeeded"
+    return ids
+
+
 async def poll_until_answered(rt: Runtime, count: int) -> None:
     answered = 0
     for _ in range(5):

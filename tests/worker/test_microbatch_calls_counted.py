@@ -19,7 +19,7 @@ from app.web.admin.data import cost as admin_cost
 from app.web.metrics import cluster_figures
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import make_settings, rows
-from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
+from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, run_batch_of_three, runtime_for
 from worker.pricing import cost_usd
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
@@ -56,13 +56,7 @@ async def test_one_combined_call_is_one_call_everywhere_and_costs_what_it_cost(
 ) -> None:
     rt = await runtime_for(db_url, fake, make_config({"batch": {"max_events": 3, "max_wait_ms": 60000}}))
     try:
-        ids = [insert_event(db_url, f"evt_count_{i}") for i in range(3)]
-        fake.set_default(reply({"results": [{"event_id": e, "output": GOOD} for e in ids]}, usage=USAGE))
-        await held(rt, ids[0])
-        await held(rt, ids[1])
-        assert await handle_event(rt, ids[2]) == "succeeded"  # the third pending: it leads
-        for e in ids[:2]:
-            assert await handle_event(rt, e) == "succeeded"
+        await run_batch_of_three(rt, db_url, "evt_count", fake, USAGE)
     finally:
         await rt.close()
     assert len(fake.calls_to("/v1/messages")) == 1  # one round trip answered three events
@@ -119,12 +113,7 @@ async def test_a_simulated_micro_batch_is_one_call_at_no_cost(db_url: str) -> No
     )
     await rt.open()
     try:
-        ids = [insert_event(db_url, f"evt_count_sim_{i}") for i in range(3)]
-        await held(rt, ids[0])
-        await held(rt, ids[1])
-        assert await handle_event(rt, ids[2]) == "succeeded"
-        for e in ids[:2]:
-            assert await handle_event(rt, e) == "succeeded"
+        await run_batch_of_three(rt, db_url, "evt_count_sim")
     finally:
         await rt.close()
     assert rows(db_url, "SELECT count(*), sum(calls) FROM hookline.llm_calls WHERE status = 'simulated'") == [(3, 1)]

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.fakes.messages_api import FakeMessagesAPI
 from tests.harness import rows
-from tests.worker.test_flow import GOOD, MODEL, held, insert_event, make_config, runtime_for
+from tests.worker.test_flow import MODEL, make_config, run_batch_of_three, runtime_for
 from worker.pricing import cost_usd
-from worker.tasks import handle_event
 
 USAGE = {"input_tokens": 1001, "output_tokens": 202, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7}
 
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 async def test_the_rows_of_a_micro_batch_add_up_to_its_call(db_url: str, fake: FakeMessagesAPI) -> None:
     rt = await runtime_for(db_url, fake, make_config({"batch": {"max_events": 3, "max_wait_ms": 60000}}))
     try:
-        ids = [insert_event(db_url, f"evt_split_{i}") for i in range(3)]
-        fake.set_default(reply({"results": [{"event_id": e, "output": GOOD} for e in ids]}, usage=USAGE))
-        await held(rt, ids[0])
-        await held(rt, ids[1])
-        assert await handle_event(rt, ids[2]) == "succeeded"  # the third pending: it leads
-        for e in ids[:2]:
-            assert await handle_event(rt, e) == "succeeded"
+        await run_batch_of_three(rt, db_url, "evt_split", fake, USAGE)
         latency = rt.metrics.registry.get_sample_value(
             "hookline_llm_latency_seconds_count", {"model": MODEL, "outcome": "succeeded"}
         )
