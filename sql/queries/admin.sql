@@ -10,8 +10,10 @@ SELECT * FROM hookline.list_events(
 
 -- name: event_row
 -- One event with its parsed payload (masked by the caller) and stored headers; the raw body stays out.
+-- pruned: retention dropped its body and payload, so hookline.replay refuses it.
 SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, status, attempts, replays,
-       dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at
+       dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at,
+       (payload IS NULL AND body IS NULL) AS pruned
 FROM hookline.events WHERE id = $1;
 
 -- name: dead_letters

@@ -249,3 +249,20 @@ async def test_an_event_id_that_is_not_ascii_digits_is_404_not_500(base: str) ->
             assert page.status_code == 404 and page.json()["error"] == "not_found", (raw, page.text)
             replay = await client.post(f"/admin/events/{raw}/replay", content="", headers=FORM)
             assert replay.status_code == 404 and replay.json()["error"] == "not_found", (raw, replay.text)
+
+
+async def test_a_pruned_event_offers_no_replay(base: str, conn: psycopg.Connection) -> None:
+    """Retention dropped the payload: hookline.replay refuses the event (409), so the page says why
+    instead of offering a button that fails; the admin API says "pruned"."""
+    pruned = insert_event(conn, "stripe", "pruned-dead", status="dead")
+    kept = insert_event(conn, "stripe", "kept-dead", status="dead")
+    conn.execute("UPDATE hookline.events SET body = NULL, payload = NULL WHERE id = %s", (pruned,))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
+        page = (await client.get(f"/admin/events/{pruned}", headers={"accept": "text/html"})).text
+        assert re.search(r'<button[^>]*class="replay"[^>]*disabled', page) and "cannot be replayed" in page
+        other = (await client.get(f"/admin/events/{kept}", headers={"accept": "text/html"})).text
+        assert not re.search(r'<button[^>]*class="replay"[^>]*disabled', other) and "cannot be replayed" not in other
+        api = await client.get(f"/admin/api/events/{pruned}")
+        assert api.json()["event"]["pruned"] is True
+        assert (await client.get(f"/admin/api/events/{kept}")).json()["event"]["pruned"] is False
