@@ -108,7 +108,8 @@ SCHEMAS: dict[str, Any] = {
             "event": {
                 "allOf": [_ref("EventSummary")],
                 "description": 'The event; payload fields named in the source\'s `redact` list read "[redacted]", '
-                "as do their values where a model answer, an action result or an error repeats them.",
+                "as do their values where a model answer, an action result or an error repeats them; `pruned` is "
+                "true once retention dropped its body and payload (a replay is then a 409).",
             },
             "timeline": {"type": "array", "items": _ref("TimelineStep")},
             "calls": {"type": "array", "items": {"type": "object"}},
