@@ -9,8 +9,10 @@
 --                      which also defers the event's job through the table trigger (procrastinate's
 --                      defer function runs with the caller's rights, so it needs INSERT on the job
 --                      tables it writes); read the schema version and queue depth.
---   hookline_worker    the worker: read and update events, write llm_calls and action_runs, run
---                      procrastinate (fetch, finish, retry, heartbeats, periodic defers, pruning).
+--   hookline_worker    the worker: read and update events, insert a schedule's firings (source
+--                      'schedule', which defer their jobs through the same trigger), write llm_calls and
+--                      action_runs, run procrastinate (fetch, finish, retry, heartbeats, periodic defers,
+--                      pruning).
 --   hookline_readonly  DBAs and analysts: SELECT on everything, nothing else.
 -- None may create objects, alter or drop tables, or TRUNCATE. Give them to login roles:
 --   CREATE ROLE hookline_web_login LOGIN PASSWORD '…' IN ROLE hookline_web;
@@ -51,8 +53,8 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT ON %I.procrastinate_jobs, %I.procrastinate_events TO hookline_web', s, s);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO hookline_web', s);
 
-    -- worker: data, never DDL
-    EXECUTE 'GRANT SELECT, UPDATE ON hookline.events TO hookline_worker';
+    -- worker: data, never DDL; INSERT for schedule firings (sql/queries/schedules.sql insert_firing)
+    EXECUTE 'GRANT SELECT, INSERT, UPDATE ON hookline.events TO hookline_worker';
     EXECUTE 'GRANT SELECT, INSERT, UPDATE ON hookline.llm_calls, hookline.action_runs TO hookline_worker';
     EXECUTE 'GRANT SELECT ON hookline.schema_migrations, hookline.watches TO hookline_worker';
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO hookline_worker', s);

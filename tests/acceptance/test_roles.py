@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ import pytest
 from app.signatures import sign
 from tests.conftest import PgServer
 from tests.harness import config_from, make_settings, rows, wait_for_status, web_server, worker_task
+from worker import schedules
+from worker.runtime import Runtime
 
 ROLES_SQL = (Path(__file__).resolve().parents[2] / "sql" / "roles.sql").read_text()
 SECRET = "whsec_" + "cm9sZXMtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="
@@ -73,6 +76,26 @@ async def test_web_and_worker_run_under_their_roles(
     assert event["status"] == "succeeded" and event["dry_run"], event  # dry run: no API key
     assert "hookline_database_up 1" in metrics.text
     assert rows(logins["readonly"], "SELECT count(*) FROM hookline.events") == [(1,)]
+
+
+async def test_the_worker_role_stores_a_schedules_firing(logins: dict[str, str], db_url: str) -> None:
+    """A schedule's firing is an event the worker inserts (sql/queries/schedules.sql insert_firing):
+    hookline_worker had no INSERT on hookline.events, so every scheduled pipeline failed under it."""
+    config = config_from(
+        {
+            "schedules": {"daily": {"cron": "0 9 * * *", "pipeline": "digest"}},
+            "pipelines": {"digest": {"source": "schedule", "instructions": "x", "output_schema": {"type": "object"}}},
+        }
+    )
+    rt = Runtime.build(make_settings(logins["worker"]), config)
+    await rt.open()
+    try:
+        firing = await schedules.fire(rt, config.schedules["daily"], datetime(2020, 1, 2, 9, tzinfo=UTC))
+    finally:
+        await rt.close()
+    assert firing is not None
+    assert rows(db_url, "SELECT source, event_type, status FROM hookline.events") == [("schedule", "daily", "queued")]
+    assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]  # its job, deferred by the trigger
 
 
 @pytest.mark.parametrize(
