@@ -1,4 +1,4 @@
-"""The ``hookline`` command: dev, migrate, web, worker, check, send, status (and more per issue).
+"""The ``hookline`` command: dev, migrate, web, worker, check, send, status, replay, dismiss (and more per issue).
 
 ``hookline worker`` execs ``python -m worker``: the app package never imports the worker.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.cli import bench as benchmark
-from app.cli import embedded
+from app.cli import dismiss, embedded
 from app.cli import schedules as scheduling
 from app.cli import watch as watching
 from app.cli.args import at_least_one
@@ -237,9 +237,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hookline", description="Verified webhooks in, Claude-processed actions out.")
     sub = p.add_subparsers(dest="command", required=True)
-    COMMANDS.update(watching.add_cli(sub))
-    COMMANDS.update(benchmark.add_cli(sub))
-    COMMANDS.update(scheduling.add_cli(sub))
+    for module in (watching, benchmark, scheduling, dismiss):
+        COMMANDS.update(module.add_cli(sub))
     dev = sub.add_parser("dev", help="embedded Postgres + migrations + web + worker, in one terminal")
     dev.add_argument(
         "--simulate-model",

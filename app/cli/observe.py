@@ -67,6 +67,7 @@ async def _status_data(url: str) -> dict[str, Any]:
         jobs = {r["status"]: int(r["n"]) for r in await conn.fetch(Q["jobs_by_status"])}
         queue = [dict(r) | {"n": int(r["n"])} for r in await conn.fetch(Q["queue_depth"])]
         dead = int(await conn.fetchval(Q["dead_letters_count"]))
+        dismissed = int(await conn.fetchval(Q["dismissed_count"]))
         rates = [dict(r) for r in await conn.fetch(Q["event_rates"])]
         spend = [dict(r) for r in await conn.fetch(Q["spend_today"])]
     finally:
@@ -76,6 +77,7 @@ async def _status_data(url: str) -> dict[str, Any]:
         "jobs": jobs,
         "queue": [{"queue": q["queue_name"], "status": q["status"], "jobs": q["n"]} for q in queue],
         "dead_letters": dead,
+        "dismissed_dead_letters": dismissed,
         "rates": {
             r["status"]: {"last_5m": int(r["last_5m"]), "last_1h": int(r["last_1h"]), "per_minute_5m": r["last_5m"] / 5}
             for r in rates
@@ -112,7 +114,9 @@ def status(url: str, *, as_json: bool, caps: Callable[[], list[dict[str, Any]]] 
     rates = [(s, r["last_5m"], r["last_1h"], round(r["per_minute_5m"], 1)) for s, r in sorted(data["rates"].items())]
     print(table(["received (status)", "last 5 min", "last hour", "per min"], rates or [("-", 0, 0, 0.0)]) + "\n")
     print(
-        f"dead letters: {data['dead_letters']}" + ("  (hookline replay --status dead)" if data["dead_letters"] else "")
+        f"dead letters: {data['dead_letters']}"
+        + ("  (hookline replay --status dead, or hookline dismiss)" if data["dead_letters"] else "")
+        + (f"; {data['dismissed_dead_letters']} dismissed" if data["dismissed_dead_letters"] else "")
     )
     spend = data["spend_today"]
     print(f"\nspend today (UTC): ${spend['cost_usd']:.6f}")

@@ -94,7 +94,7 @@ LimitsQuery = Literal[
     "store_escalated",
 ]
 
-ReplayQuery = Literal["replay_one", "replay_matching", "progress"]
+ReplayQuery = Literal["replay_one", "replay_matching", "dismiss", "progress"]
 
 WatchQuery = Literal["watch", "watched_table", "unwatch", "watched"]
 
@@ -105,6 +105,9 @@ AdminQuery = Literal[
     "event_payloads",
     "replay_one",
     "replay_matching",
+    "dismiss_one",
+    "dismiss_matching",
+    "dead_letter_counts",
     "status_counts",
     "recent_counts",
     "queue_depth",
@@ -128,6 +131,7 @@ ObserveQuery = Literal[
     "metric_totals",
     "queue_depth",
     "dead_letters_count",
+    "dismissed_count",
     "event_rates",
     "spend_today",
     "event_status_counts",

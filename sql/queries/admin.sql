@@ -10,15 +10,16 @@ SELECT * FROM hookline.list_events(
 
 -- name: event_row
 -- One event with its parsed payload (masked by the caller) and stored headers; the raw body stays out.
--- pruned: retention dropped its body and payload, so hookline.replay refuses it.
+-- pruned: retention dropped its body and payload, so hookline.replay refuses it. dismissed_*: a dead
+-- letter dismissed by hookline.dismiss (migration 0044).
 SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, status, attempts, replays,
        dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at,
-       (payload IS NULL AND body IS NULL) AS pruned
+       (payload IS NULL AND body IS NULL) AS pruned, dismissed_at, dismissed_by, dismissed_reason
 FROM hookline.events WHERE id = $1;
 
 -- name: dead_letters
--- Dead letters, newest first, ids below the cursor: read backwards from the cursor in events_dead_idx
--- (migration 0041), each one's tenant looked up by primary key.
+-- Dead letters (not dismissed), newest first, ids below the cursor: read backwards from the cursor in
+-- events_dead_letters_idx (migrations 0041, 0044), each one's tenant looked up by primary key.
 SELECT d.event_id, d.source, d.event_type, (SELECT e.tenant FROM hookline.events e WHERE e.id = d.event_id) AS tenant,
        d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
        d.died_at, d.invalid_output_pipeline, d.invalid_output_error
@@ -41,6 +42,27 @@ SELECT event_id, job_id FROM hookline.replay(
     p_source => $1::text, p_event_type => $2::text, p_status => $3::text,
     p_since => $4::timestamptz, p_until => $5::timestamptz,
     p_recompute => $6::boolean, p_force => $7::boolean);
+
+-- name: dismiss_one
+-- Dismiss one dead letter through hookline.dismiss (404 / 409 as it raises): its dismissal, now made or
+-- made before (dismissed_now false: it was already dismissed, and stays as it was).
+WITH d AS (
+    SELECT * FROM hookline.dismiss(ARRAY[$1::bigint], p_reason => $2::text, p_by => $3::text)
+)
+SELECT e.id AS event_id, coalesce(d.dismissed_at, e.dismissed_at) AS dismissed_at,
+       (d.event_id IS NOT NULL) AS dismissed_now
+FROM hookline.events e LEFT JOIN d ON d.event_id = e.id
+WHERE e.id = $1::bigint;
+
+-- name: dismiss_matching
+-- Dismiss the dead letters matching the filters (hookline.dismiss's filter form).
+SELECT event_id, dismissed_at FROM hookline.dismiss(
+    p_source => $1::text, p_event_type => $2::text, p_since => $3::timestamptz, p_until => $4::timestamptz,
+    p_reason => $5::text, p_by => $6::text);
+
+-- name: dead_letter_counts
+-- Dead letters (open) and dismissed dead events, from the trigger-kept counts (migration 0044).
+SELECT open, dismissed FROM hookline.dead_letter_counts;
 
 -- name: status_counts
 -- Events per status, all time: the trigger-kept counts (hookline.events_by_status), not a scan of the events.

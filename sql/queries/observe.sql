@@ -4,7 +4,8 @@
 -- name: event_detail
 -- One event's row, without its body and payload.
 SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, status, attempts, replays,
-       dry_run, detail, last_error, request_id, received_at, started_at, finished_at
+       dry_run, detail, last_error, request_id, received_at, started_at, finished_at,
+       dismissed_at, dismissed_by, dismissed_reason
 FROM hookline.events WHERE id = $1;
 
 -- name: event_payload
@@ -52,8 +53,13 @@ WHERE status IN ('todo', 'doing')
 GROUP BY queue_name, status;
 
 -- name: dead_letters_count
--- Events that will not be retried (the trigger-kept count of hookline.events_by_status).
-SELECT coalesce((SELECT n FROM hookline.events_by_status WHERE status = 'dead'), 0) AS n;
+-- Dead letters: the events that will not be retried and that nobody dismissed (hookline.dead_letter_counts,
+-- migration 0044: the trigger-kept counts, no scan).
+SELECT open AS n FROM hookline.dead_letter_counts;
+
+-- name: dismissed_count
+-- Dead events dismissed (hookline.dismiss): left out of the dead letters.
+SELECT dismissed AS n FROM hookline.dead_letter_counts;
 
 -- name: event_rates
 -- Events received in the last 5 minutes and the last hour, by status.

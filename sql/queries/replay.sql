@@ -11,6 +11,14 @@ SELECT event_id, job_id FROM hookline.replay(
     p_since => %(since)s::timestamptz, p_until => %(until)s::timestamptz,
     p_recompute => %(recompute)s, p_force => %(force)s);
 
+-- name: dismiss
+-- Dismiss the dead letters named and those matching the filters (hookline.dismiss); returns those
+-- dismissed now.
+SELECT event_id, dismissed_at FROM hookline.dismiss(
+    p_ids => %(ids)s::bigint[], p_source => %(source)s::text, p_event_type => %(event_type)s::text,
+    p_since => %(since)s::timestamptz, p_until => %(until)s::timestamptz,
+    p_reason => %(reason)s::text, p_by => %(by)s::text) ORDER BY event_id;
+
 -- name: progress
 -- How far a set of replayed events has come.
 SELECT count(*) FILTER (WHERE status IN ('succeeded', 'skipped', 'dead')) AS done,
