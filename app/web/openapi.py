@@ -60,6 +60,9 @@ N_STR, N_INT, N_NUM, N_TIME = _nullable("string"), _nullable("integer"), _nullab
 ANY: dict[str, Any] = {"nullable": True}
 STATUS = {"type": "string", "enum": [s.value for s in EventStatus]}
 
+STEPS = ("received", "queued", "started", "model_call", "action", "finished", "dismissed")
+TEXT = {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": STR, "detail": STR}, ["error", "detail"]),
     "Accepted": _obj(
@@ -89,7 +92,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "TimelineStep": _obj(
         {
-            "step": {"type": "string", "enum": ["received", "queued", "started", "model_call", "action", "finished"]},
+            "step": {"type": "string", "enum": [*STEPS]},
             "at": TIME,
             "duration_ms": N_INT,
             "pipeline": N_STR,
@@ -109,7 +112,8 @@ SCHEMAS: dict[str, Any] = {
                 "allOf": [_ref("EventSummary")],
                 "description": 'The event; payload fields named in the source\'s `redact` list read "[redacted]", '
                 "as do their values where a model answer, an action result or an error repeats them; `pruned` is "
-                "true once retention dropped its body and payload (a replay is then a 409).",
+                "true once retention dropped its body and payload (a replay is then a 409); `dismissed_at`, "
+                "`dismissed_by` and `dismissed_reason` are set on a dismissed dead letter.",
             },
             "timeline": {"type": "array", "items": _ref("TimelineStep")},
             "calls": {"type": "array", "items": {"type": "object"}},
@@ -142,8 +146,8 @@ SCHEMAS: dict[str, Any] = {
     "ReplayFilter": {
         **_obj(
             {
-                "source": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"},
-                "type": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"},
+                "source": TEXT,
+                "type": TEXT,
                 "status": {"type": "string", "enum": ["succeeded", "dead", "skipped"]},
                 "since": TIME,
                 "until": TIME,
@@ -157,13 +161,24 @@ SCHEMAS: dict[str, Any] = {
     "ReplayedMany": _obj(
         {"replayed": INT, "events": {"type": "array", "items": _ref("Replayed")}}, ["replayed", "events"]
     ),
+    "DismissReason": _obj({"reason": {**TEXT, "description": "Why (kept as dismissed_reason)."}}),
+    "DismissFilter": {
+        **_obj({"source": TEXT, "type": TEXT, "since": TIME, "until": TIME, "reason": TEXT}),
+        "anyOf": [{"required": [key]} for key in ("source", "type", "since", "until")],
+    },
+    "Dismissed": _obj({"event_id": INT, "dismissed_at": TIME, "dismissed_now": BOOL}, ["event_id", "dismissed_at"]),
+    "DismissedMany": _obj(
+        {"dismissed": INT, "events": {"type": "array", "items": _obj({"event_id": INT, "dismissed_at": TIME})}},
+        ["dismissed", "events"],
+    ),
     "Stats": _obj(
         {
             "events_by_status": {"type": "object", "additionalProperties": INT},
+            "dead_letters": _obj({"open": INT, "dismissed": INT}, ["open", "dismissed"]),
             "last_hour": _obj({"received": INT, "finished": INT, "p50_seconds": N_NUM, "p95_seconds": N_NUM}),
             "queue": {"type": "array", "items": _obj({"queue_name": STR, "status": STR, "n": INT})},
         },
-        ["events_by_status", "last_hour", "queue"],
+        ["events_by_status", "dead_letters", "last_hour", "queue"],
     ),
     "Cost": _obj(
         {
@@ -260,9 +275,27 @@ def admin_paths() -> dict[str, Any]:
                 **replay_fail,
             )
         },
+        "/admin/api/events/{event_id}/dismiss": {
+            "post": _op(
+                "Dismiss one dead letter (hookline.dismiss): it leaves the dead letters and their counts",
+                ("200", _json(_ref("Dismissed"), "Dismissed (now, or before).")),
+                params=[EVENT_ID],
+                body=_ref("DismissReason"),
+                **(BAD | not_found | {"409": _error("The event is not dead."), "413": _error("Too large.")}),
+            )
+        },
+        "/admin/api/dismiss": {
+            "post": _op(
+                "Dismiss every dead letter matching a filter (at least one of source, type, since, until)",
+                ("200", _json(_ref("DismissedMany"), "Dismissed now.")),
+                body=_ref("DismissFilter"),
+                body_required=True,
+                **(BAD | {"413": _error("Too large.")}),
+            )
+        },
         "/admin/api/dead-letters": {
             "get": _op(
-                "Dead letters, newest first",
+                "Dead letters (not dismissed), newest first",
                 ("200", _json(_ref("DeadLetterPage"), "A page of dead letters.")),
                 params=[CURSOR, LIMIT],
                 **BAD,

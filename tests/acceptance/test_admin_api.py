@@ -317,8 +317,10 @@ async def test_openapi_describes_every_admin_route(admin: httpx.AsyncClient) -> 
         ("/admin/api/events", "get"),
         ("/admin/api/events/{event_id}", "get"),
         ("/admin/api/events/{event_id}/replay", "post"),
+        ("/admin/api/events/{event_id}/dismiss", "post"),
         ("/admin/api/dead-letters", "get"),
         ("/admin/api/replay", "post"),
+        ("/admin/api/dismiss", "post"),
         ("/admin/api/stats", "get"),
         ("/admin/api/cost", "get"),
     }

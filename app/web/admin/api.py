@@ -30,6 +30,8 @@ from app.web.state import AppState
 
 Handler = Callable[[Request, AppState], Awaitable[Response]]
 REPLAYABLE = ("succeeded", "dead", "skipped")
+#: hookline.events.dismissed_by of a dismissal made through the API (the dashboard's: "dashboard").
+BY_API = "admin api"
 MIN_TIME = datetime(1, 1, 2, tzinfo=UTC)
 MAX_TIME = datetime(9998, 12, 31, tzinfo=UTC)
 MAX_BODY_BYTES = 64 * 1024
@@ -68,7 +70,7 @@ async def run_db(state: AppState, call: Callable[[], Awaitable[Response]]) -> Re
 
 
 def _pg_message(e: Exception) -> str:
-    return str(e).removeprefix("hookline.replay: ")
+    return str(e).removeprefix("hookline.replay: ").removeprefix("hookline.dismiss: ")
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -279,6 +281,47 @@ async def replay_matching(request: Request, state: AppState) -> Response:
     return json_response(202, {"replayed": len(replayed), "events": replayed})
 
 
+async def dismiss_event(state: AppState, event_id: int, *, reason: str | None, by: str) -> dict[str, Any]:
+    """``hookline.dismiss(ARRAY[event_id])`` (404 / 409 as the function raises): the event's dismissal,
+    made now or before (``dismissed_now`` false: it was dismissed already and stays as it was)."""
+    pool = await state.db.ensure()
+    row = await pool.fetchrow(data.Q["dismiss_one"], event_id, reason, by)
+    if row is None:
+        raise NotFound(f"no event with id {event_id}")
+    return {
+        "event_id": event_id,
+        "dismissed_at": row["dismissed_at"].isoformat(),
+        "dismissed_now": bool(row["dismissed_now"]),
+    }
+
+
+@guarded
+async def dismiss_one(request: Request, state: AppState) -> Response:
+    query(request)  # the reason goes in the JSON body
+    event_id = parse_int("event id", request.path_params["event_id"], default=None, low=1, high=BIGINT)
+    assert event_id is not None
+    body = only(await json_body(request), "reason")
+    return json_response(200, await dismiss_event(state, event_id, reason=text(body, "reason"), by=BY_API))
+
+
+@guarded
+async def dismiss_matching(request: Request, state: AppState) -> Response:
+    query(request)  # the filter goes in the JSON body, as for the bulk replay
+    body = only(await json_body(request), "source", "type", "since", "until", "reason")
+    args = (
+        text(body, "source"),
+        text(body, "type"),
+        parse_time("since", text(body, "since")),
+        parse_time("until", text(body, "until")),
+    )
+    if all(a is None for a in args):
+        raise BadRequest("name at least one of source, type, since, until")
+    pool = await state.db.ensure()
+    rows = await pool.fetch(data.Q["dismiss_matching"], *args, text(body, "reason"), BY_API)
+    dismissed = [{"event_id": int(r["event_id"]), "dismissed_at": r["dismissed_at"].isoformat()} for r in rows]
+    return json_response(200, {"dismissed": len(dismissed), "events": dismissed})
+
+
 @guarded
 async def stats(request: Request, state: AppState) -> Response:
     query(request)
@@ -313,8 +356,10 @@ def routes() -> list[Route]:
         Route("/events", list_events, methods=["GET"]),
         Route("/events/{event_id}", event_detail, methods=["GET"]),
         Route("/events/{event_id}/replay", replay_one, methods=["POST"]),
+        Route("/events/{event_id}/dismiss", dismiss_one, methods=["POST"]),
         Route("/dead-letters", dead_letters, methods=["GET"]),
         Route("/replay", replay_matching, methods=["POST"]),
+        Route("/dismiss", dismiss_matching, methods=["POST"]),
         Route("/stats", stats, methods=["GET"]),
         Route("/cost", cost, methods=["GET"]),
     ]

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from app.core.errors import BadRequest, NotFound, PayloadTooLarge
 from app.web.admin import chart, data
-from app.web.admin.api import replay_event, run_db, today_utc
+from app.web.admin.api import clean, dismiss_event, replay_event, run_db, today_utc
 from app.web.admin.auth import (
     CSRF_FIELD,
     LOGIN_CSRF_COOKIE,
@@ -170,7 +170,7 @@ async def overview(request: Request, state: AppState, session: Session) -> Respo
         "overview.html",
         csrf=session.csrf,
         statuses=STATUSES,
-        counts=stats["events_by_status"],
+        counts=data.tiles(stats["events_by_status"], stats["dead_letters"]),
         events=await data.list_events(pool, data.EventFilter(), before=None, limit=30),
         dead=await data.dead_letters(pool, state.config, before=None, limit=50),
         cost=await data.cost(pool, since, until),
@@ -203,6 +203,19 @@ async def replay(request: Request, state: AppState, session: Session) -> Respons
 
 
 @signed_in
+async def dismiss(request: Request, state: AppState, session: Session) -> Response:
+    if not session.bearer:
+        sessions(state).check_origin(request)
+    form = await read_form(request)
+    sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    event_id = event_id_of(str(request.path_params["event_id"]))
+    result = await dismiss_event(state, event_id, reason=clean("reason", form.get("reason")), by="dashboard")
+    if "application/json" in request.headers.get("accept", ""):
+        return json_response(200, result)
+    return RedirectResponse(f"/admin/events/{event_id}", status_code=303)
+
+
+@signed_in
 async def chart_svg(request: Request, state: AppState, session: Session) -> Response:
     rows = await data.throughput(await state.db.ensure(), CHART_MINUTES)
     return Response(
@@ -228,6 +241,7 @@ def routes() -> list[Route]:
         Route("/logout", logout, methods=["POST"]),
         Route("/events/{event_id}", event_page, methods=["GET"]),
         Route("/events/{event_id}/replay", replay, methods=["POST"]),
+        Route("/events/{event_id}/dismiss", dismiss, methods=["POST"]),
         Route("/chart.svg", chart_svg, methods=["GET"]),
         Route("/stream", stream, methods=["GET"]),
     ]

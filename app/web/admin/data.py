@@ -72,10 +72,30 @@ async def status_counts(conn: Any) -> dict[str, int]:
     return {str(r["status"]): int(r["n"]) for r in await conn.fetch(Q["status_counts"])}
 
 
+async def dead_letter_counts(conn: Any) -> dict[str, int]:
+    """Dead letters (``open``: not dismissed) and dismissed dead events, from the trigger-kept counts."""
+    row = await conn.fetchrow(Q["dead_letter_counts"])
+    return {"open": int(row["open"]), "dismissed": int(row["dismissed"])}
+
+
+def tiles(by_status: dict[str, int], dead_letters: dict[str, int]) -> dict[str, int]:
+    """What the overview's count tiles show: events per status, except that ``dead`` counts the dead
+    letters (a dismissed dead event is left out, as in ``hookline status`` and the metric)."""
+    counts = dict(by_status)
+    if "dead" in counts:
+        counts["dead"] = dead_letters["open"]
+    return counts
+
+
+async def tile_counts(conn: Any) -> dict[str, int]:
+    return tiles(await status_counts(conn), await dead_letter_counts(conn))
+
+
 async def stats(conn: Any) -> dict[str, Any]:
     recent = await conn.fetchrow(Q["recent_counts"])
     return {
         "events_by_status": await status_counts(conn),
+        "dead_letters": await dead_letter_counts(conn),
         "last_hour": jsonable(recent),
         "queue": [jsonable(r) for r in await conn.fetch(Q["queue_depth"])],
     }

@@ -79,7 +79,7 @@ class SharedCounts:
                 return
             started = self._tried_at = time.monotonic()
             self.reads += 1
-            counts = await data.status_counts(pool)
+            counts = await data.tile_counts(pool)
             self.read_at, self.counts = started, counts
 
     def postpone(self) -> None:

@@ -1,4 +1,4 @@
-// hookline dashboard: live updates from /admin/stream (server-sent events) and replay buttons.
+// hookline dashboard: live updates from /admin/stream (server-sent events), replay and dismiss buttons.
 // No library, no build step. Served from /admin/static, so it runs with no network.
 (function () {
   "use strict";
@@ -53,6 +53,8 @@
     tr.appendChild(st);
     var act = el("td");
     act.appendChild(el("button", { type: "button", "class": "replay", "data-id": e.id }, "Replay"));
+    act.appendChild(document.createTextNode(" "));
+    act.appendChild(el("button", { type: "button", "class": "dismiss", "data-id": e.id }, "Dismiss"));
     tr.appendChild(act);
     return tr;
   }
@@ -79,6 +81,8 @@
         var btn = drow.querySelector("button.replay");
         if (btn) btn.disabled = !TERMINAL[e.status];
         if (e.status === "succeeded" && btn) btn.textContent = "Replayed";
+        var dbtn = drow.querySelector("button.dismiss");
+        if (dbtn && e.status !== "dead") dbtn.disabled = true;
       } else if (e.status === "dead") {
         dead.insertBefore(deadRow(e), dead.firstChild);
       }
@@ -146,9 +150,36 @@
     });
   }
 
+  function dismiss(button) {
+    // a dead letter's row on the overview: dismissed, it leaves the list (the event page posts a form)
+    var id = button.getAttribute("data-id");
+    button.disabled = true;
+    button.textContent = "Dismissing…";
+    fetch("/admin/events/" + encodeURIComponent(id) + "/dismiss", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", Accept: "application/json", "X-CSRF-Token": csrf },
+      body: "csrf_token=" + encodeURIComponent(csrf)
+    }).then(function (r) {
+      return r.json().then(function (body) {
+        if (r.status !== 200) throw new Error(body.detail || ("HTTP " + r.status));
+        var row = button.closest("tr");
+        var dead = row && row.parentNode;
+        if (row) row.remove();
+        var note = document.querySelector("#dead + .empty-note");
+        if (note && dead) note.hidden = dead.rows.length > 0;
+      });
+    }).catch(function (err) {
+      button.disabled = false;
+      button.textContent = "Dismiss";
+      alert("Dismiss failed: " + err.message);
+    });
+  }
+
   document.addEventListener("click", function (ev) {
     var t = ev.target;
     if (t && t.matches && t.matches("button.replay")) replay(t);
+    if (t && t.matches && t.matches("button.dismiss[data-id]")) dismiss(t);
   });
 
   if (page !== "overview" && page !== "event") return;
