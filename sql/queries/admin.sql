@@ -11,7 +11,7 @@ SELECT * FROM hookline.list_events(
 -- name: event_row
 -- One event with its parsed payload (masked by the caller) and stored headers; the raw body stays out.
 -- pruned: retention dropped its body and payload, so hookline.replay refuses it. dismissed_*: a dead
--- letter dismissed by hookline.dismiss (migration 0044).
+-- letter dismissed by hookline.dismiss (migration 0046).
 SELECT id, source, delivery_id, event_type, tenant, ordering_key, occurred_at, status, attempts, replays,
        dry_run, detail, last_error, content_type, headers, payload, received_at, started_at, finished_at,
        (payload IS NULL AND body IS NULL) AS pruned, dismissed_at, dismissed_by, dismissed_reason
@@ -19,7 +19,7 @@ FROM hookline.events WHERE id = $1;
 
 -- name: dead_letters
 -- Dead letters (not dismissed), newest first, ids below the cursor: read backwards from the cursor in
--- events_dead_letters_idx (migrations 0041, 0044), each one's tenant looked up by primary key.
+-- events_dead_letters_idx (migrations 0041, 0046), each one's tenant looked up by primary key.
 SELECT d.event_id, d.source, d.event_type, (SELECT e.tenant FROM hookline.events e WHERE e.id = d.event_id) AS tenant,
        d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
        d.died_at, d.invalid_output_pipeline, d.invalid_output_error
@@ -61,7 +61,7 @@ SELECT event_id, dismissed_at FROM hookline.dismiss(
     p_reason => $5::text, p_by => $6::text);
 
 -- name: dead_letter_counts
--- Dead letters (open) and dismissed dead events, from the trigger-kept counts (migration 0044).
+-- Dead letters (open) and dismissed dead events, from the trigger-kept counts (migration 0046).
 SELECT open, dismissed FROM hookline.dead_letter_counts;
 
 -- name: status_counts

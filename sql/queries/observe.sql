@@ -54,7 +54,7 @@ GROUP BY queue_name, status;
 
 -- name: dead_letters_count
 -- Dead letters: the events that will not be retried and that nobody dismissed (hookline.dead_letter_counts,
--- migration 0044: the trigger-kept counts, no scan).
+-- migration 0046: the trigger-kept counts, no scan).
 SELECT open AS n FROM hookline.dead_letter_counts;
 
 -- name: dismissed_count

@@ -1,4 +1,4 @@
-"""Dismissing dead letters (migration 0044; README "Dead letters"): hookline.dismiss from psql, what it
+"""Dismissing dead letters (migration 0046; README "Dead letters"): hookline.dismiss from psql, what it
 takes out of hookline.dead_letters and the dead-letter counts, what stays (the status), the timeline, a
 replay clearing it, and `hookline dismiss`."""
 

@@ -318,7 +318,7 @@ COMMENT ON FUNCTION hookline.replay(bigint, boolean, boolean) IS
   'repeated unless p_force. Both apply to the replay''s first attempt (a retry after a failure reuses what '
   'it did), once per pipeline however often a limit holds the event (hookline.events.replay_applied). The '
   'event starts again with no attempts and no infrastructure failures counted; a dismissed dead letter '
-  'is no longer dismissed (migration 0044).';
+  'is no longer dismissed (migration 0046).';
 
 -- 0040's function, leaving dismissed events out.
 CREATE OR REPLACE FUNCTION hookline.replay(
