@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -296,7 +297,20 @@ def _respond(
         if simulated:
             headers["x-hookline-simulated"] = "true"
     state.metrics.inc("hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome=outcome)
-    return Response(body, status_code=200, media_type=ctype, headers=headers)
+    return Response(_utf8(body), status_code=200, media_type=ctype, headers=headers)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> bytes:
+    """The reply's bytes. A retry is answered without Postgres ever reading its body, so the values it
+    brings into a template can hold an unpaired surrogate, which has no UTF-8 form: it goes out as
+    U+FFFD (a 500 from encoding it would tell the sender its delivery failed)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: Any, provider: str) -> str:

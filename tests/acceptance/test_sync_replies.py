@@ -290,3 +290,28 @@ async def test_a_slack_reply_escapes_the_values_it_inserts(
         "text": f"<@ada> asked: &lt;!here&gt; help -> {answer}",
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{answer}*"}}],
     }
+
+
+async def test_a_retry_whose_values_cannot_be_sent_as_utf8_is_still_answered(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """The sender's retry of a delivery is a duplicate whatever its body holds, and it is answered without
+    a database write, so an unpaired surrogate in its values (Slack interactivity's JSON ``payload`` field,
+    ``\\ud800``) is never refused by Postgres: the reply over it is still a 200, never a 500 from encoding
+    it (JSON and plain text alike)."""
+    config = make_config()
+    fake.enqueue(reply({"answer": "42"}))
+    settings = settings_for(db_url, fake)
+    trigger = f"trig.surrogate.{next(_ids)}"
+    body = command_body(receiver.url, trigger=trigger)
+    retry = {"command": "/ask", "text": "q", "user_name": "\ud800", "trigger_id": trigger, "response_url": receiver.url}
+    odd = urlencode({"payload": json.dumps(retry)}).encode()  # json.dumps writes the surrogate as \ud800
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        first = await slash(client, base, body)
+        assert first.status_code == 200 and first.headers["x-hookline-reply"] == "answer", first.text
+        again = await slash(client, base, odd)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-hookline-event-id"] == first.headers["x-hookline-event-id"]
+    assert again.json()["response_type"] == "in_channel"  # valid JSON, as UTF-8
+    assert len(fake.calls_to("/v1/messages")) == 1
+    assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(1,)]
