@@ -4,6 +4,7 @@ into a value at most :data:`guard.MAX_DEPTH` deep, or a 400 that says where it w
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -38,6 +39,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 FORM = "application/x-www-form-urlencoded"
+#: A Content-Encoding named back in an error: a short coding token, never arbitrary header text.
+_CODING = re.compile(r"^[a-z0-9-]{1,16}$")
 
 
 def parse_body(body: bytes, content_type: str) -> Any:
@@ -48,14 +51,24 @@ def parse_body(body: bytes, content_type: str) -> Any:
     return parse_payload(body, content_type)[0]
 
 
-def parse_payload(body: bytes, content_type: str) -> tuple[Any, RawJson | None]:
+def parse_payload(body: bytes, content_type: str, content_encoding: str = "") -> tuple[Any, RawJson | None]:
     """:func:`parse_body`, and the body itself as JSON text when it is the document as stored (UTF-8
-    JSON): the batcher sends that text as is instead of serialising the payload again."""
+    JSON): the batcher sends that text as is instead of serialising the payload again.
+
+    A body is read as sent: no ``Content-Encoding`` is decoded (no decompression bomb reaches a
+    parser). One that does not parse under a coding such as gzip is a 400 that names the coding."""
     form = _is_form(content_type)
     try:
         payload, text = _parse_form(body) if form else _parse_json(body)
     except RecursionError:
         raise BadRequest("body is nested too deeply to store") from None
+    except BadRequest as e:
+        coding = content_encoding.strip().lower()
+        if coding in ("", "identity"):
+            raise
+        named = coding if _CODING.match(coding) else "other than identity"
+        detail = f"body is sent with Content-Encoding {named}, which hookline does not decode: send it uncompressed"
+        raise BadRequest(f"{detail} ({e.detail})") from None
     deep = form or not guard.shallow_json(body)  # else the depth is bounded without walking it
     if deep and guard.nesting_depth(payload) > guard.MAX_DEPTH:
         raise BadRequest(f"body is nested deeper than {guard.MAX_DEPTH} levels")

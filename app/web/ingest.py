@@ -137,7 +137,7 @@ async def receive_webhook(request: Request) -> Response:
     _rate_limit(state, src)
 
     content_type = request.headers.get("content-type", "")
-    payload, raw = parse_payload(body, content_type)
+    payload, raw = parse_payload(body, content_type, request.headers.get("content-encoding", ""))
 
     token = environ.get(src.verify_token_env) if src.verify_token_env else None
     try:

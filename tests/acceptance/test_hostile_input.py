@@ -4,10 +4,12 @@ nothing stored unless the answer is 2xx (issue 12, findings 1, 3, 5 and 6, and t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import logging
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -107,6 +109,42 @@ async def test_signed_hostile_content_never_gets_a_5xx(
     assert resp.status_code == 400, (what, resp.text)
     assert resp.json()["detail"]
     assert _count(db_url) == 0
+
+
+_COMPRESSED = [
+    ("gzip", gzip.compress(b'{"type": "a"}'), None),
+    ("deflate", zlib.compress(b'{"type": "a"}'), None),
+    ("br", b"\x8b\x05\x80" + b'{"type": "a"}' + b"\x03", None),  # not JSON, whatever its coding
+    ("gzip", gzip.compress(b"a=1"), "form"),
+]
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "ctype"), _COMPRESSED, ids=[f"{c[0]}-{c[2] or 'json'}" for c in _COMPRESSED]
+)
+async def test_a_compressed_body_is_a_400_that_says_so(
+    coding: str, body: bytes, ctype: str | None, db_url: str, env: None
+) -> None:
+    """hookline reads a body as sent and decodes no Content-Encoding (so no decompression bomb can reach
+    it): a compressed body that does not parse is a 400 naming the coding, not a JSON or UTF-8 error at
+    byte 1; nothing is stored. The same signed bytes without the header are the same 400 as before."""
+    content_type = "application/x-www-form-urlencoded" if ctype == "form" else "application/json"
+    raw, headers = signed(raw=body, content_type=content_type)
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, "Content-Encoding": coding})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == "bad_request"
+    assert f"Content-Encoding {coding}, which hookline does not decode" in resp.json()["detail"]
+    assert _count(db_url) == 0
+
+
+async def test_a_body_labelled_with_a_coding_that_parses_is_stored_as_sent(db_url: str, env: None) -> None:
+    """Some senders label a plain body (``Content-Encoding: utf-8``): what parses is stored, as before."""
+    raw, headers = signed({"type": "a"})
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/sw", content=raw, headers={**headers, "Content-Encoding": "utf-8"})
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted", resp.text
+    assert _count(db_url) == 1
 
 
 _LONG_SURROGATE_IDS = [
