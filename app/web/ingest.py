@@ -211,6 +211,8 @@ async def receive_webhook(request: Request) -> Response:
         status = "duplicate" if dup else "accepted"
     # The request's own values first (the group commit gives such a row its own error, the others of
     # its batch commit); any other failure of the database is 503: nothing of this request was stored.
+    except asyncpg.exceptions.NumericValueOutOfRangeError:  # 1e1000000: JSON, past numeric's range
+        raise BadRequest("body has a number Postgres cannot store (beyond the range of its numeric type)") from None
     except asyncpg.exceptions.DataError as e:  # \u0000, lone surrogates …: valid JSON Postgres cannot store
         raise BadRequest(
             f"body has values Postgres cannot store ({e.__class__.__name__.removesuffix('Error')}); "

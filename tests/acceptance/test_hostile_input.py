@@ -111,6 +111,21 @@ async def test_signed_hostile_content_never_gets_a_5xx(
     assert _count(db_url) == 0
 
 
+async def test_a_number_beyond_postgres_numeric_range_is_a_400_that_says_so(db_url: str, env: None) -> None:
+    """``1e1000000`` is JSON, but past the range of Postgres's numeric type (jsonb numbers): the 400 says
+    it is a number, not the NUL-or-surrogate example of other values Postgres refuses; nothing is stored."""
+    async with web_server(make_settings(db_url), _config()) as base, httpx.AsyncClient() as client:
+        for number in (b"1e1000000", b"-1e200000"):
+            raw, headers = signed(raw=b'{"type": "a", "n": ' + number + b"}")
+            resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+            assert resp.status_code == 400, resp.text
+            assert resp.json() == {
+                "error": "bad_request",
+                "detail": "body has a number Postgres cannot store (beyond the range of its numeric type)",
+            }
+    assert _count(db_url) == 0
+
+
 _COMPRESSED = [
     ("gzip", gzip.compress(b'{"type": "a"}'), None),
     ("deflate", zlib.compress(b'{"type": "a"}'), None),
