@@ -16,9 +16,11 @@ row waits only while another flush runs), with the same rules:
   A flush holding the answer of a ``respond = "sync"`` pipeline (``store(…, inline=True)``) notifies
   inside its transaction instead, as ingest does for a batch with a synchronous request: the request
   waiting for that answer hears of it as the commit ends, one round trip sooner.
-- A row is answered only after that commit, and ``closing`` is marked carried only then (a failed
-  write leaves the event to the failure path). A caller cancelled while its row is being written
-  (worker shutdown) still learns the outcome first, so it never hands back an event that was finished.
+- A row is answered only after that commit, and ``closing`` is marked carried only then, and only
+  when the row finished its event (a failed write leaves the event to the failure path; a row whose
+  run no longer holds the event's claim, migration 0044, finished nothing). A caller cancelled while
+  its row is being written (worker shutdown) still learns the outcome first, so it never hands back an
+  event that was finished.
 - A row Postgres rejects fails alone: the flush falls back to one statement per row.
 - A database error fails every row of the flush with that error (nothing of it was committed).
 """
@@ -101,10 +103,11 @@ class CallWriter(GroupCommit[_Item]):
             # Cancelled (shutdown) while the row is on its way: learn whether it committed before
             # the caller decides what to hand back.
             with contextlib.suppress(Exception):
-                await fut
-                carried(closing if params.get("finish_status") is not None else None)
+                done = await fut
+                if done is not None and done.get("finished"):
+                    carried(closing)
             raise
-        if params.get("finish_status") is not None:
+        if row is not None and row.get("finished"):  # not when the run's claim was no longer current
             carried(closing)
         return row
 
@@ -140,12 +143,12 @@ class CallWriter(GroupCommit[_Item]):
                     except ROW_ERRORS as e1:
                         self._fail(it, e1)
                     else:
-                        it.fut.set_result({"id": got[0]["id"]})
+                        it.fut.set_result({"id": got[0]["id"], "finished": got[0]["finished"]})
                         if not it.inline:
                             written.append((it.params, got[0]))
             else:
                 for it, r in zip(batch, rows, strict=True):
-                    it.fut.set_result({"id": r["id"]})
+                    it.fut.set_result({"id": r["id"], "finished": r["finished"]})
                     if not inline:
                         written.append((it.params, r))
             await self._notify(conn, written)
@@ -168,7 +171,7 @@ class CallWriter(GroupCommit[_Item]):
         answer_ids: list[int] = []
         pipelines: list[str] = []
         for params, row in written:
-            if params.get("finish_status") is not None:
+            if row.get("finished"):  # not a row whose run's claim was no longer current
                 status_ids.append(params["event_id"])
                 statuses.append(str(params["finish_status"]))
             if row["id"] is not None and params.get("status") in (CallStatus.SUCCEEDED, CallStatus.SIMULATED):

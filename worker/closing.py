@@ -3,8 +3,9 @@
 On the happy path an event costs two short transactions: the claim that loads it, and the write that
 stores its answer *and* finishes it (``hookline.finish_event``, or ``hookline.finish_events`` for a
 group commit's rows, inside the statement that stores the model call's row). :class:`Closing` is what
-that write needs: it takes :meth:`params`, and once the statement has succeeded (never before: a
-failed write must leave the event to the failure path) calls :meth:`carried`. When nothing can carry
+that write needs: it takes :meth:`params`, and once the statement has succeeded and finished the
+event (never before: a failed write must leave the event to the failure path, and a write refused
+because the run's claim is no longer current finishes nothing) calls :meth:`carried`. When nothing can carry
 it (actions follow the answer, whose outcomes are recorded on their own; a reused answer; a
 micro-batch), :func:`worker.tasks.handle_event` finishes the event with its
 own statement.
@@ -26,6 +27,7 @@ NO_FINISH: dict[str, Any] = {
     "finish_dry_run": False,
     "finish_detail": None,
     "finish_job_id": None,
+    "finish_claim": None,
 }
 
 
@@ -48,6 +50,9 @@ class Closing:
     #: an earlier pipeline of this run was a dry run
     dry_so_far: bool = False
     done: bool = False
+    #: the run's claim (the attempts its claim returned): the write finishes the event only while that
+    #: claim is current (migration 0044); None: no such test
+    claim: int | None = None
 
     def params(self, *, dry: bool = False) -> dict[str, Any]:
         """The finish parameters for the write that carries the outcome."""
@@ -57,6 +62,7 @@ class Closing:
             "finish_dry_run": dry,
             "finish_detail": success_detail(dry=dry, simulated=self.simulated),
             "finish_job_id": self.job_id,
+            "finish_claim": self.claim,
         }
 
 

@@ -22,7 +22,16 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
-from app.core.records import CallIdRow, ClaimRow, HistoryRow, IdRow, LateReplyRow, StartRow, StoredCallRow
+from app.core.records import (
+    CallIdRow,
+    ClaimRow,
+    FinishedRow,
+    HistoryRow,
+    IdRow,
+    LateReplyRow,
+    StartRow,
+    StoredCallRow,
+)
 from app.core.sqlfiles import NamedQueries
 from worker.callwriter import CallWriter
 from worker.closing import Closing
@@ -192,6 +201,8 @@ class WorkerDB:
     async def one(self, name: Literal["insert_call"], **params: Any) -> CallIdRow | None: ...
     @overload
     async def one(self, name: Literal["claim_late_reply"], **params: Any) -> LateReplyRow | None: ...
+    @overload
+    async def one(self, name: Literal["finish_event"], **params: Any) -> FinishedRow | None: ...
 
     async def one(self, name: WorkerQuery, **params: Any) -> Any:
         """The first row of a query that returns rows, as its typed record; None when there is none."""

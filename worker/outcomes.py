@@ -1,6 +1,11 @@
 """How a run of an event ends, when it is not the happy path's last write: a terminal outcome written
 on its own (``hookline.finish_event``), a retry or a throttle hold (:class:`RetryLater`, which
-procrastinate carries out), or a failure of the database itself outside the pipelines."""
+procrastinate carries out), or a failure of the database itself outside the pipelines.
+
+Each of those writes carries the run's claim (the attempts value its claim returned) and applies only
+while that claim is the event's current one (migration 0044). A run whose job was taken for stalled
+and handed to another worker while it lived finds its write refused: it ends :data:`STALE`, saying so
+in a warning, and leaves the event, and the procrastinate job, to the run that holds the claim."""
 
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+#: What a run returns when its claim was no longer current (another worker's run holds the event, or
+#: wrote its outcome): it wrote nothing of its own outcome.
+STALE = "stale"
+
 #: Job runs that failed outside the pipelines' own error handling (database errors while claiming or
 #: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
 #: Counted on the event (hookline.events.infra_failures), so throttle reschedules never count.
@@ -34,22 +43,26 @@ MAX_INFRASTRUCTURE_ATTEMPTS = 50
 
 
 async def infrastructure_failure(
-    rt: Runtime, event_id: int, attempts: int, e: Exception, *, job_id: int | None = None
+    rt: Runtime, event_id: int, attempts: int, e: Exception, *, job_id: int | None = None, claim: int | None = None
 ) -> str:
     """The database failed us outside the pipeline's error handling (claiming, finishing or recording
-    the event). The event is not terminal: run the job again, or give up loudly."""
+    the event). The event is not terminal: run the job again, or give up loudly. ``claim``: the run's
+    claim, when it got one."""
     reason = f"{e.__class__.__name__}: {e}"
     attempts, counted = await count_infra_failure(rt, event_id, attempts - 1)  # never throttle reschedules
     if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
         with contextlib.suppress(Exception):
-            await finish(
+            ended = await finish(
                 rt,
                 event_id,
                 EventStatus.DEAD,
+                claim=claim,
                 error=reason,
                 detail=f"gave up after {attempts} job runs failed outside the pipeline",
                 job_id=job_id,
             )
+            if ended == STALE:
+                return STALE
         log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
         return EventStatus.DEAD
     delay = float(min(60, 2 ** min(attempts, 6)))
@@ -64,16 +77,23 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
     where = f"pipeline {pipeline.name}: {err}"
     if err.permanent or attempt >= policy.max_attempts:
         why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
-        await finish(rt, event["id"], EventStatus.DEAD, error=where, detail=why, job_id=job_id)
+        if (
+            await finish(rt, event["id"], EventStatus.DEAD, claim=attempt, error=where, detail=why, job_id=job_id)
+            == STALE
+        ):
+            return STALE
         log.warning("event %s is dead (%s): %s", event["id"], why, where)
         return EventStatus.DEAD
     delay = policy.delay(attempt, err.retry_after)
-    await rt.db.run(
+    retried = await rt.db.run(
         "retry_event",
         event_id=event["id"],
+        claim=attempt,
         error=where,
         detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s",
     )
+    if not retried:
+        return stale(rt, event["id"], f"its retry ({where})", job_id)
     log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
     raise RetryLater(delay, where) from exc
 
@@ -86,18 +106,30 @@ async def hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None, *, 
     """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead.
     ``replayed``: the pipelines of a replay with recompute/force this run finished before the hold; the
     next run does not recompute or force them again (``hookline.events.replay_applied``)."""
+    claim = int(event["attempts"])
     if held.dead:
-        await finish(
+        ended = await finish(
             rt,
             event["id"],
             EventStatus.DEAD,
+            claim=claim,
             error=held.reason,
             detail="over a tenant cap (on_cap = dead)",
             job_id=job_id,
         )
-        log.warning("event %s is dead: %s", event["id"], held.reason)
-        return EventStatus.DEAD
-    await one(rt, "throttle_event", event_id=event["id"], detail=f"throttled: {held.reason}", replayed=list(replayed))
+        if ended != STALE:
+            log.warning("event %s is dead: %s", event["id"], held.reason)
+        return ended
+    throttled = await one(
+        rt,
+        "throttle_event",
+        event_id=event["id"],
+        claim=claim,
+        detail=f"throttled: {held.reason}",
+        replayed=list(replayed),
+    )
+    if throttled is None:
+        return stale(rt, event["id"], f"its hold ({held.reason})", job_id)
     log.info("event %s throttled for %.1fs: %s", event["id"], held.delay, held.reason)
     raise Throttled(held.delay, held.reason)
 
@@ -107,13 +139,40 @@ async def finish(
     event_id: int,
     status: str,
     *,
+    claim: int | None,
     dry_run: bool = False,
     detail: str | None = None,
     error: str | None = None,
     job_id: int | None = None,
-) -> None:
-    await rt.db.run(
-        "finish_event", event_id=event_id, status=status, dry_run=dry_run, detail=detail, error=error, job_id=job_id
+) -> str:
+    """Record the event's terminal ``status`` for the run holding ``claim``; returns ``status``, or
+    :data:`STALE` when that claim is no longer current (nothing was written)."""
+    row = await rt.db.one(
+        "finish_event",
+        event_id=event_id,
+        claim=claim,
+        status=status,
+        dry_run=dry_run,
+        detail=detail,
+        error=error,
+        job_id=job_id,
     )
+    if row is not None and row["finished"] is False:
+        return stale(rt, event_id, f"its outcome ({status})", job_id)
     rt.db.handover.finished(job_id)
     log.info("event %s %s", event_id, status, extra={"status": str(status)})
+    return status
+
+
+def stale(rt: Runtime, event_id: int, what: str, job_id: int | None) -> str:
+    """The run's claim is no longer current: another worker took its job for stalled and claimed the
+    event since (or wrote its outcome). Nothing of ``what`` was written; procrastinate does not settle
+    the job either (it is the later run's now: :class:`worker.handover.Handover`)."""
+    rt.db.handover.finished(job_id)
+    log.warning(
+        "event %s: %s was not recorded: another run claimed the event since (this run's job was taken "
+        "for stalled while it ran); that run's outcome stands",
+        event_id,
+        what,
+    )
+    return STALE

@@ -134,7 +134,8 @@ async def _run_job(
             except RetryLater:
                 raise
             except Exception as e:
-                status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
+                claim = _claim_of(row)
+                status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id, claim=claim)
         rt.metrics.jobs.labels(status=status).inc()
         return status
     finally:
@@ -170,7 +171,7 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                     raise
                 except Exception as e:
                     status = await infrastructure_failure(
-                        rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id
+                        rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id, claim=_claim_of(row)
                     )
             except RetryLater as later:
                 status = EventStatus.RETRYING
@@ -196,6 +197,11 @@ async def _hand_back(rt: Runtime, job_id: int, delay: float) -> None:
                 log.error("could not hand job %s back (%s); it runs again once this worker stops", job_id, e)
                 return
             await asyncio.sleep(min(10.0, 0.25 * 2**attempt))
+
+
+def _claim_of(row: StartRow | None) -> int | None:
+    """The claim a start row made (the attempts it returned; migration 0044), None without one."""
+    return int(cast(EventRow, row)["attempts"]) if row is not None and row["id"] is not None else None
 
 
 def _observe_pickup(rt: Runtime, row: StartRow | None) -> None:
@@ -231,23 +237,24 @@ async def handle_event(
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
     event = cast(EventRow, claimed)
+    claim = int(event["attempts"])  # the fencing token of this run's writes (migration 0044)
     bind_log_context(request_id=event.get("request_id"))
     # a sync pipeline first: a sender waits for its answer
     pipelines = rt.pipelines_for(event["source"], event["event_type"])
     if not pipelines:
-        await finish(
+        return await finish(
             rt,
             event_id,
             EventStatus.SKIPPED,
+            claim=claim,
             detail=f"no pipeline matches source {event['source']!r} and event type {event['event_type']!r}",
             job_id=job_id,
         )
-        return EventStatus.SKIPPED
     matched = pipelines
     pipelines, filtered = route(pipelines, event)
     if not pipelines:  # routing without the model: no pipeline's `when` lets the event through
-        await finish(rt, event_id, EventStatus.SKIPPED, detail="; ".join(filtered)[:2000], job_id=job_id)
-        return EventStatus.SKIPPED
+        detail = "; ".join(filtered)[:2000]
+        return await finish(rt, event_id, EventStatus.SKIPPED, claim=claim, detail=detail, job_id=job_id)
     if int(event["attempts"]) > 1:
         # a retry of a replayed job: the answer it recomputed and the actions it forced are done
         recompute = force_actions = False
@@ -259,19 +266,19 @@ async def handle_event(
     replayed: list[str] = []  # pipelines this run recomputed / forced, recorded if a later one is held
     current: Pipeline | None = None
     recomputing = False  # the current pipeline's old answers were superseded by this run
-    closing = Closing(event_id, job_id, simulated=rt.simulated)
+    closing = Closing(event_id, job_id, simulated=rt.simulated, claim=claim)
     superseded_by = await _superseded(rt, event, pipelines)
     if superseded_by is not None:
         pipelines = [p for p in pipelines if not p.latest_wins]
         if not pipelines:
-            await finish(
+            return await finish(
                 rt,
                 event_id,
                 EventStatus.SKIPPED,
+                claim=claim,
                 detail=f"superseded: event {superseded_by} of the same ordering key is newer and already processed",
                 job_id=job_id,
             )
-            return EventStatus.SKIPPED
     if matched[0].sync and not pipelines[0].sync:  # the sender's reply need not wait for the others
         await rt.db.run("reply_no_answer", event_id=event_id)
     try:
@@ -307,6 +314,7 @@ async def handle_event(
                     rt.db.run(
                         "retry_event",
                         event_id=event_id,
+                        claim=claim,
                         error="interrupted (worker shutdown)",
                         detail="handed back to the queue",
                     )
@@ -327,10 +335,9 @@ async def handle_event(
         await concurrency.release(rt, event, pipelines)
     if not closing.done:  # no write carried the outcome (a reused answer, a micro-batch, a sql action)
         dry = closing.dry_so_far
-        detail = success_detail(dry=dry, simulated=rt.simulated)
-        await finish(rt, event_id, EventStatus.SUCCEEDED, dry_run=dry, detail=detail, job_id=job_id)
-    else:
-        log.info("event %s %s", event_id, EventStatus.SUCCEEDED, extra={"status": str(EventStatus.SUCCEEDED)})
+        said = success_detail(dry=dry, simulated=rt.simulated)
+        return await finish(rt, event_id, EventStatus.SUCCEEDED, claim=claim, dry_run=dry, detail=said, job_id=job_id)
+    log.info("event %s %s", event_id, EventStatus.SUCCEEDED, extra={"status": str(EventStatus.SUCCEEDED)})
     return EventStatus.SUCCEEDED
 
 

@@ -46,6 +46,15 @@ class CallIdRow(TypedDict):
     """``insert_call``: the stored call (None when a succeeded call was already stored)."""
 
     id: int | None
+    #: with finish parameters: whether the row finished its event (false: the run's claim was no longer
+    #: current, migration 0044); None without them
+    finished: NotRequired[bool | None]
+
+
+class FinishedRow(TypedDict):
+    """``finish_event``: whether the outcome was recorded (false: the run's claim was no longer current)."""
+
+    finished: bool
 
 
 class StoredCallRow(TypedDict):

@@ -46,20 +46,24 @@ SELECT * FROM hookline.fetch_job(%(queues)s::varchar[], %(worker_id)s, %(claim)s
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
 -- job (the one procrastinate handed over, or one the worker claimed itself). With event_id NULL only
--- the job is finished.
-SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s);
+-- the job is finished. %(claim)s: the run's claim (the attempts its claim returned); finished is false,
+-- and nothing changed (the job neither), when another claim or an outcome came since (migration 0044).
+SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s,
+                             %(claim)s::integer) AS finished;
 
 -- name: retry_job
 -- Hand a job the worker claimed itself back to the queue, runnable in %(delay)s seconds.
 SELECT hookline.retry_job(%(job_id)s, %(delay)s);
 
 -- name: retry_event
--- A transient failure: the job is rescheduled; the event says why.
+-- A transient failure: the job is rescheduled; the event says why. Only for the run holding the
+-- event's current claim %(claim)s (as hookline.finish_event, migration 0044): no row changed, the run
+-- is no longer the event's.
 UPDATE hookline.events
 SET status = 'retrying',
     last_error = %(error)s,
     detail = %(detail)s
-WHERE id = %(event_id)s;
+WHERE id = %(event_id)s AND (status || '') = 'processing' AND attempts = %(claim)s;
 
 -- name: succeeded_call
 -- The stored answer a retry reuses instead of paying twice.
@@ -69,8 +73,9 @@ WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeede
 -- name: insert_call
 -- Store one model call (before any action runs). calls: the round trips the row counts (0 for a
 -- micro-batch's further parts, migration 0034). With finish_status, the same statement finishes the
--- event (hookline.finish_event: the run's last write carries the outcome). id is NULL when a
--- succeeded call was already stored.
+-- event (hookline.finish_event: the run's last write carries the outcome) for the run holding claim
+-- %(finish_claim)s; finished is false when that claim is no longer current (migration 0044: the call is
+-- stored all the same). id is NULL when a succeeded call was already stored.
 WITH ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
@@ -86,15 +91,16 @@ WITH ins AS (
 SELECT (SELECT id FROM ins) AS id,
        CASE WHEN %(finish_status)s::text IS NOT NULL THEN
            hookline.finish_event(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
-                                 %(finish_job_id)s)
+                                 %(finish_job_id)s, %(finish_claim)s::integer)
        END AS finished;
 
 -- name: insert_calls
 -- insert_call for several events at once (the worker's group commit): %(rows)s is a JSON array of
 -- objects with insert_call's parameters as keys (request, response and output as JSON values) and
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
--- (NULL when a succeeded call was already stored), and finished (how many events the statement
--- finished). At most one row per (event_id, pipeline) per call.
+-- (NULL when a succeeded call was already stored), and finished (the row finished its event: false
+-- when its finish_claim was no longer current, migration 0044). At most one row per (event_id,
+-- pipeline) per call.
 -- Its transaction sets hookline.notify = %(notify)s before anything is written. 'after_commit'
 -- (migration 0015): the status and answer NOTIFYs are left to notify_after_commit, right after this
 -- commit, so this durable commit does not hold Postgres's notification queue lock through its WAL
@@ -109,7 +115,8 @@ WITH input AS MATERIALIZED (
         input_tokens integer, output_tokens integer, cache_creation_input_tokens integer,
         cache_read_input_tokens integer, cost_usd numeric, latency_ms integer, request_id text,
         requested_model text, route text, stop_reason text, calls smallint,
-        finish_status text, finish_dry_run boolean, finish_detail text, finish_job_id bigint)
+        finish_status text, finish_dry_run boolean, finish_detail text, finish_job_id bigint,
+        finish_claim integer)
 ), ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
@@ -123,15 +130,16 @@ WITH input AS MATERIALIZED (
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
     RETURNING id, event_id, pipeline
 ), fin AS (
-    -- the rows that finish their event, in one call (hookline.finish_events, migration 0023), after
+    -- the rows that finish their event, in one call (hookline.finish_events, migrations 0023, 0044), after
     -- every call is stored: its trigger counts each finished event by the pipelines of its calls
     SELECT hookline.finish_events(array_agg(i.event_id ORDER BY i.n), array_agg(i.finish_status ORDER BY i.n),
                                   array_agg(i.finish_dry_run ORDER BY i.n), array_agg(i.finish_detail ORDER BY i.n),
-                                  array_agg(i.finish_job_id ORDER BY i.n)) AS finished
+                                  array_agg(i.finish_job_id ORDER BY i.n),
+                                  array_agg(i.finish_claim ORDER BY i.n)) AS finished
     FROM input i, (SELECT count(*) FROM ins) AS stored_first
     WHERE i.finish_status IS NOT NULL
 )
-SELECT i.n, ins.id, fin.finished
+SELECT i.n, ins.id, (i.finish_status IS NOT NULL AND i.event_id = ANY (fin.finished)) AS finished
 FROM input i
 LEFT JOIN ins ON ins.event_id = i.event_id AND ins.pipeline = i.pipeline
 CROSS JOIN fin

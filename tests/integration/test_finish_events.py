@@ -149,6 +149,37 @@ def test_a_job_that_is_not_todo_or_doing_fails_the_whole_call(hookline_db: psyco
     hookline_db.rollback()
 
 
+def test_only_the_current_claim_ends_an_event_and_a_stale_one_leaves_the_job_alone(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """Migration 0044: a job taken for stalled is claimed again by another worker (attempts 2) while
+    the first run (claim 1) still runs. The first run's outcome, retry and hold change nothing, and the
+    job it shares with the later run is left doing; the other events of the same batch finish."""
+    hookline_db.autocommit = False
+    worker = queries("worker")
+    with hookline_db.cursor() as cur:
+        pairs = _add(cur, "f-", 3)
+        _start(cur, [j for _, j in pairs])  # claim 1 of each
+        (taken, taken_job), *rest = pairs
+        _start(cur, [taken_job])  # the second worker's claim of the first event: claim 2
+        finish = "SELECT hookline.finish_event(%s, 'dead', false, 'late', 'boom', %s, %s)"
+        assert cur.execute(finish, (taken, taken_job, 1)).fetchone() == (False,)
+        got = cur.execute(
+            "SELECT hookline.finish_events(%s, %s, %s, %s, %s, %s)",
+            ([e for e, _ in pairs], ["succeeded"] * 3, [False] * 3, [None] * 3, [j for _, j in pairs], [1, 1, 1]),
+        ).fetchone()
+        assert got is not None and sorted(got[0]) == sorted(e for e, _ in rest)
+        args = {"event_id": taken, "claim": 1, "error": "e", "detail": "d", "replayed": []}
+        assert cur.execute(worker["retry_event"], args).rowcount == 0
+        assert cur.execute(queries("limits")["throttle_event"], args).rowcount == 0
+        state = _state(cur, pairs)
+        assert [s[0] for s in state] == ["processing", "succeeded", "succeeded"]
+        assert [s[5] for s in state] == ["doing", "succeeded", "succeeded"]  # the later run's job: left alone
+        assert cur.execute(finish, (taken, taken_job, 2)).fetchone() == (True,)  # the current claim ends it
+        assert _state(cur, pairs)[0][:5:4] == ("dead", "boom")
+    hookline_db.rollback()
+
+
 def test_an_event_given_twice_keeps_its_last_outcome_and_no_job_is_needed(hookline_db: psycopg.Connection) -> None:
     hookline_db.autocommit = False
     with hookline_db.cursor() as cur:
@@ -180,6 +211,7 @@ def _rows(pairs: list[tuple[int, int]], pipeline: str) -> str:
                 "finish_status": "succeeded",
                 "finish_dry_run": False,
                 "finish_job_id": job,
+                "finish_claim": 1,  # the claim _start made (migration 0044)
             }
             for n, (event, job) in enumerate(pairs, start=1)
         ]
@@ -233,7 +265,7 @@ def test_the_group_commit_stores_its_calls_then_finishes_its_events_in_one_call(
         ).fetchall()
 
         assert [r[0] for r in out] == list(range(1, 8)) and all(r[1] is not None for r in out)
-        assert {r[2] for r in out} == {7}  # finished: the events the statement finished
+        assert [r[2] for r in out] == [True] * 7  # finished: each row finished its event
         assert _calls_of(cur, "finish_events") - calls0 == 1
         assert _calls_of(cur, "finish_event") == single0 == 0
         read = {name: n - reads0.get(name, 0) for name, n in _reads(cur).items()}

@@ -2,8 +2,10 @@
 Postgres for a while, its process was paused) has its job taken for stalled, and another worker runs
 the same event while the first is still posting to Slack. The second finds the first's run
 ``running`` but younger than the longest a live run lasts: it waits (a hold, not an attempt) instead
-of dead-lettering the event as interrupted, and the first's post and outcome stand. Before, the
-second declared the post interrupted and the event dead, while the first went on to succeed."""
+of dead-lettering the event as interrupted, and the first's post stands. Before, the second declared
+the post interrupted and the event dead, while the first went on to succeed. The first no longer holds
+the event's claim, so its outcome is not written (migration 0044); the second's rescheduled run finds
+the post recorded and finishes the event without posting again."""
 
 from __future__ import annotations
 
@@ -45,9 +47,10 @@ async def test_a_run_still_in_flight_on_another_worker_is_waited_for_not_declare
             await handle_event(second, event_id)
         assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("throttled",)]
 
-        assert await running == "succeeded"
+        assert await running == "stale"  # its post is recorded; the event's outcome is the second's
+        assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("throttled",)]
+        assert await handle_event(second, event_id) == "succeeded"  # its rescheduled run: the post is done
         assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
-        assert await handle_event(second, event_id) == "noop"  # its rescheduled run finds the event done
     assert len(slack.posts) == 1
     ((_, _, status, attempts, _, _),) = action_rows(db_url, event_id)
     assert (status, attempts) == ("succeeded", 1)

@@ -352,6 +352,7 @@ async def test_procrastinate_does_not_settle_again_a_job_its_events_write_finish
                         "detail": None,
                         "error": None,
                         "job_id": job_id,
+                        "claim": None,
                     },
                 )
         handover.finished(a.id)

@@ -1,0 +1,87 @@
+"""Two workers on one event: a job procrastinate took for stalled while its worker lived (a blocked
+event loop, a long pause) is run by a second worker while the first still runs it. Each run claimed the
+event (hookline.claim_events: attempts + 1); only the run holding the current claim writes the event's
+outcome (migration 0044). The first run, finishing last, used to dead-letter an event the second had
+finished, or put it back to retrying; now it ends ``stale`` and writes nothing of its outcome.
+
+The overlap is made without a clock: the first run's model call is held by the fake until the second
+run has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.chaos_support import wait_until
+from tests.fakes.messages_api import FakeMessagesAPI, error, held, reply, server_error
+from tests.harness import make_settings, rows
+from tests.worker.test_actions import ANSWER, insert_event, make_config
+from worker.outcomes import STALE
+from worker.runtime import Runtime
+from worker.tasks import handle_event
+
+
+async def _two(db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], actions: list[dict[str, Any]]) -> Any:
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    pair = Runtime.build(settings, make_config(actions)), Runtime.build(settings, make_config(actions))
+    for rt in pair:
+        await rt.open()
+        opened.append(rt)
+    return pair
+
+
+def _event(db_url: str, event_id: int) -> tuple[Any, ...]:
+    ((row),) = rows(db_url, "SELECT status, attempts, last_error FROM hookline.events WHERE id = %s", event_id)
+    return tuple(row)
+
+
+@pytest.mark.parametrize(
+    ("late", "before"),
+    [
+        (error(400, "invalid_request_error"), "dead"),  # a permanent failure: the dead-letter path
+        (server_error(), "retrying"),  # a transient one: the retry path
+    ],
+    ids=["dead", "retry"],
+)
+async def test_a_stale_run_failing_last_leaves_the_outcome_of_the_run_that_claimed_after_it(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], late: Any, before: str
+) -> None:
+    first, second = await _two(db_url, fake, opened, [])
+    fake.enqueue(held(then=late), reply(ANSWER))
+    event_id = insert_event(db_url, "gh_stale_fails")
+    running = asyncio.create_task(handle_event(first, event_id))
+    await wait_until(lambda: fake.in_flight() == 1, timeout=20, what="the first run's model call")
+
+    assert await handle_event(second, event_id) == "succeeded"  # the job, taken for stalled, run again
+    assert _event(db_url, event_id) == ("succeeded", 2, None)
+
+    fake.open_gate()  # the first run's call fails now, after the second run finished the event
+    await asyncio.wait([running])
+    assert _event(db_url, event_id) == ("succeeded", 2, None), f"the stale run's {before!r} overwrote it"
+    assert running.result() == STALE  # it returned "dead" / raised RetryLater
+    assert rows(db_url, "SELECT count(*) FROM hookline.dead_letters WHERE event_id = %s", event_id) == [(0,)]
+
+
+async def test_a_stale_run_succeeding_last_leaves_a_later_runs_dead_letter(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The group commit's finish (insert_calls: the answer and the outcome in one statement) is fenced
+    too: the first run's answer is stored, but the event stays as the run holding the claim left it."""
+    first, second = await _two(db_url, fake, opened, [])
+    fake.enqueue(held(then=reply(ANSWER)), error(400, "invalid_request_error"))
+    event_id = insert_event(db_url, "gh_stale_succeeds")
+    running = asyncio.create_task(handle_event(first, event_id))
+    await wait_until(lambda: fake.in_flight() == 1, timeout=20, what="the first run's model call")
+
+    assert await handle_event(second, event_id) == "dead"
+    fake.open_gate()
+    await asyncio.wait([running])
+    assert _event(db_url, event_id)[:2] == ("dead", 2)  # was: succeeded, over the dead letter
+    assert running.result() == STALE
+    assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s ORDER BY id", event_id) == [
+        ("failed",),
+        ("succeeded",),
+    ]  # what the first run paid for is kept
