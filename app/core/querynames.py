@@ -116,7 +116,7 @@ AdminQuery = Literal[
     "events_by_ids",
 ]
 
-ActionsQuery = Literal["sql_function_check", "record_action_succeeded"]
+ActionsQuery = Literal["sql_function_check", "record_action_succeeded", "action_run_status"]
 
 SchedulesQuery = Literal["insert_firing", "window_counts", "window_examples"]
 

@@ -18,3 +18,9 @@ ORDER BY signature_ok DESC;
 UPDATE hookline.action_runs
 SET status = 'succeeded', result = %(result)s, error = NULL, finished_at = now()
 WHERE id = %(id)s AND status = 'running';
+
+-- name: action_run_status
+-- A sql action whose record found its run no longer running (another worker's run of the same event,
+-- whose job was taken for stalled, recorded it first): what that run recorded. A statement of its own,
+-- so that it sees the commit record_action_succeeded waited for.
+SELECT status FROM hookline.action_runs WHERE id = %(id)s;

@@ -5,7 +5,7 @@ outcome (migration 0044). The first run, finishing last, used to dead-letter an 
 finished, or put it back to retrying; now it ends ``stale`` and writes nothing of its outcome.
 
 The overlap is made without a clock: the first run's model call is held by the fake until the second
-run has finished.
+run has finished, or the sql action's function waits on an advisory lock the test holds.
 """
 
 from __future__ import annotations
@@ -13,15 +13,30 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.chaos_support import wait_until
 from tests.fakes.messages_api import FakeMessagesAPI, error, held, reply, server_error
 from tests.harness import make_settings, rows
-from tests.worker.test_actions import ANSWER, insert_event, make_config
+from tests.worker.test_actions import ANSWER, action_rows, insert_event, make_config
 from worker.outcomes import STALE
 from worker.runtime import Runtime
 from worker.tasks import handle_event
+
+#: a sql action whose function waits for the test's advisory lock, and counts its committed calls
+LEDGER = """
+CREATE SCHEMA ledger;
+CREATE TABLE ledger.calls (event_id bigint NOT NULL);
+CREATE FUNCTION ledger.record(event_id bigint, output jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(4401);
+    INSERT INTO ledger.calls VALUES (event_id);
+    RETURN 1;
+END
+$$;
+"""
 
 
 async def _two(db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], actions: list[dict[str, Any]]) -> Any:
@@ -85,3 +100,33 @@ async def test_a_stale_run_succeeding_last_leaves_a_later_runs_dead_letter(
         ("failed",),
         ("succeeded",),
     ]  # what the first run paid for is kept
+
+
+async def test_the_sql_action_of_two_runs_is_called_once_and_the_run_that_lost_goes_on(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], conn: psycopg.Connection[Any]
+) -> None:
+    """Both runs call the function at once; the record of the one that commits second finds the run
+    succeeded, so its call is rolled back. That run holds the event's claim: it used to dead-letter the
+    event ('the action run is no longer running') although the function was called, once."""
+    conn.execute(LEDGER)
+    action = {"type": "sql", "name": "book", "function": "ledger.record"}
+    first, second = await _two(db_url, fake, opened, [action])
+    fake.enqueue(reply(ANSWER))
+    event_id = insert_event(db_url, "gh_sql_twice")
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    conn.execute("SELECT pg_advisory_lock(4401)")
+    try:
+        running = asyncio.create_task(handle_event(first, event_id))
+        await wait_until(lambda: rows(db_url, waiting) == [(1,)], timeout=20, what="the first run's call")
+        taken = asyncio.create_task(handle_event(second, event_id))  # reuses the stored answer
+        await wait_until(lambda: rows(db_url, waiting) == [(2,)], timeout=20, what="the second run's call")
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(4401)")  # the first in line (the first run) commits first
+
+    assert await running == STALE
+    assert await taken == "succeeded"
+    assert _event(db_url, event_id)[:2] == ("succeeded", 2)
+    assert rows(db_url, "SELECT count(*) FROM ledger.calls") == [(1,)]
+    ((_, _, status, attempts, result, _),) = action_rows(db_url, event_id)
+    assert (status, attempts, result["returned"]) == ("succeeded", 2, 1)
+    assert len(fake.calls_to("/v1/messages")) == 1

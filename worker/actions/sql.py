@@ -5,6 +5,11 @@ before the commit rolls both back (the next run calls again, into a database tha
 first call), a commit makes both durable (a retry or a replay sees ``succeeded`` and skips). The
 function name comes only from the configuration, is quoted as two identifiers, and is checked
 against ``pg_proc`` when the worker starts (:func:`problems`).
+
+Two runs of one event (a job taken for stalled while its worker lived) may call it at once: the
+second record waits for the first's commit and finds the run no longer running. Its call is rolled
+back; when the other run recorded ``succeeded``, the call happened exactly once and this run goes on
+as if it had skipped the action, instead of failing the event.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ TRANSIENT_CLASSES = ("40", "53", "57", "08", "58")
 TRANSIENT_CODES = ("55P03", "55006")
 #: Where in a function an error arose, in the fixed forms Postgres writes the first lines of its context.
 _PLACE = re.compile(r"^(PL/pgSQL function \S+ line \d+ at [A-Za-z ]+|SQL function \"[^\"\n]+\" statement \d+)$")
+
+
+class _Lost(Exception):
+    """The action run was no longer running when this call came to record it: roll the call back."""
+
+    def __init__(self, status: str | None) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def split(function: str) -> tuple[str, str]:
@@ -96,7 +109,15 @@ async def call_and_record(
             result = {"function": action.function, "returned": _plain(row[0] if row else None)}
             done = await conn.execute(Q["record_action_succeeded"], {"id": run_id, "result": Jsonb(result)})
             if done.rowcount != 1:  # another run finished it meanwhile: roll the call back
-                raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back")
+                now = await (await conn.execute(Q["action_run_status"], {"id": run_id})).fetchone()
+                raise _Lost(now[0] if now else None)
+    except _Lost as lost:
+        if lost.status == "succeeded":  # the other run's call committed: called exactly once
+            return {
+                "function": action.function,
+                "skipped": "another run of this event called it; this call was rolled back",
+            }
+        raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back") from None
     except psycopg.Error as e:
         state = e.sqlstate or ""
         msg = f"{what}: {action.function} failed: {state} {e.__class__.__name__}: {error_text(e)}"
