@@ -18,7 +18,7 @@ row waits only while another flush runs), with the same rules:
   waiting for that answer hears of it as the commit ends, one round trip sooner.
 - A row is answered only after that commit, and ``closing`` is marked carried only then, and only
   when the row finished its event (a failed write leaves the event to the failure path; a row whose
-  run no longer holds the event's claim, migration 0044, finished nothing). A caller cancelled while
+  run no longer holds the event's claim, migration 0047, finished nothing). A caller cancelled while
   its row is being written (worker shutdown) still learns the outcome first, so it never hands back an
   event that was finished.
 - A row Postgres rejects fails alone: the flush falls back to one statement per row.

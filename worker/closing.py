@@ -51,7 +51,7 @@ class Closing:
     dry_so_far: bool = False
     done: bool = False
     #: the run's claim (the attempts its claim returned): the write finishes the event only while that
-    #: claim is current (migration 0044); None: no such test
+    #: claim is current (migration 0047); None: no such test
     claim: int | None = None
 
     def params(self, *, dry: bool = False) -> dict[str, Any]:

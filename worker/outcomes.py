@@ -3,7 +3,7 @@ on its own (``hookline.finish_event``), a retry or a throttle hold (:class:`Retr
 procrastinate carries out), or a failure of the database itself outside the pipelines.
 
 Each of those writes carries the run's claim (the attempts value its claim returned) and applies only
-while that claim is the event's current one (migration 0044). A run whose job was taken for stalled
+while that claim is the event's current one (migration 0047). A run whose job was taken for stalled
 and handed to another worker while it lived finds its write refused: it ends :data:`STALE`, saying so
 in a warning, and leaves the event, and the procrastinate job, to the run that holds the claim."""
 

@@ -200,7 +200,7 @@ async def _hand_back(rt: Runtime, job_id: int, delay: float) -> None:
 
 
 def _claim_of(row: StartRow | None) -> int | None:
-    """The claim a start row made (the attempts it returned; migration 0044), None without one."""
+    """The claim a start row made (the attempts it returned; migration 0047), None without one."""
     return int(cast(EventRow, row)["attempts"]) if row is not None and row["id"] is not None else None
 
 
@@ -237,7 +237,7 @@ async def handle_event(
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
     event = cast(EventRow, claimed)
-    claim = int(event["attempts"])  # the fencing token of this run's writes (migration 0044)
+    claim = int(event["attempts"])  # the fencing token of this run's writes (migration 0047)
     bind_log_context(request_id=event.get("request_id"))
     # a sync pipeline first: a sender waits for its answer
     pipelines = rt.pipelines_for(event["source"], event["event_type"])

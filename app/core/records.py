@@ -47,7 +47,7 @@ class CallIdRow(TypedDict):
 
     id: int | None
     #: with finish parameters: whether the row finished its event (false: the run's claim was no longer
-    #: current, migration 0044); None without them
+    #: current, migration 0047); None without them
     finished: NotRequired[bool | None]
 
 

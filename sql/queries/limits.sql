@@ -101,7 +101,7 @@ WHERE e.status = 'throttled' AND starts_with(e.detail, %(detail)s)
 -- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
 -- %(replayed)s: pipelines of a replay with recompute/force that this run finished before the hold.
 -- Only for the run holding the event's current claim %(claim)s (as hookline.finish_event, migration
--- 0044): no row back, the run is no longer the event's.
+-- 0047): no row back, the run is no longer the event's.
 UPDATE hookline.events
 SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s,
     replay_applied = replay_applied || %(replayed)s::text[]

@@ -47,7 +47,7 @@ SELECT * FROM hookline.fetch_job(%(queues)s::varchar[], %(worker_id)s, %(claim)s
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
 -- job (the one procrastinate handed over, or one the worker claimed itself). With event_id NULL only
 -- the job is finished. %(claim)s: the run's claim (the attempts its claim returned); finished is false,
--- and nothing changed (the job neither), when another claim or an outcome came since (migration 0044).
+-- and nothing changed (the job neither), when another claim or an outcome came since (migration 0047).
 SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s,
                              %(claim)s::integer) AS finished;
 
@@ -57,7 +57,7 @@ SELECT hookline.retry_job(%(job_id)s, %(delay)s);
 
 -- name: retry_event
 -- A transient failure: the job is rescheduled; the event says why. Only for the run holding the
--- event's current claim %(claim)s (as hookline.finish_event, migration 0044): no row changed, the run
+-- event's current claim %(claim)s (as hookline.finish_event, migration 0047): no row changed, the run
 -- is no longer the event's.
 UPDATE hookline.events
 SET status = 'retrying',
@@ -74,7 +74,7 @@ WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeede
 -- Store one model call (before any action runs). calls: the round trips the row counts (0 for a
 -- micro-batch's further parts, migration 0034). With finish_status, the same statement finishes the
 -- event (hookline.finish_event: the run's last write carries the outcome) for the run holding claim
--- %(finish_claim)s; finished is false when that claim is no longer current (migration 0044: the call is
+-- %(finish_claim)s; finished is false when that claim is no longer current (migration 0047: the call is
 -- stored all the same). id is NULL when a succeeded call was already stored.
 WITH ins AS (
     INSERT INTO hookline.llm_calls
@@ -99,7 +99,7 @@ SELECT (SELECT id FROM ins) AS id,
 -- objects with insert_call's parameters as keys (request, response and output as JSON values) and
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
 -- (NULL when a succeeded call was already stored), and finished (the row finished its event: false
--- when its finish_claim was no longer current, migration 0044). At most one row per (event_id,
+-- when its finish_claim was no longer current, migration 0047). At most one row per (event_id,
 -- pipeline) per call.
 -- Its transaction sets hookline.notify = %(notify)s before anything is written. 'after_commit'
 -- (migration 0015): the status and answer NOTIFYs are left to notify_after_commit, right after this
@@ -130,7 +130,7 @@ WITH input AS MATERIALIZED (
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
     RETURNING id, event_id, pipeline
 ), fin AS (
-    -- the rows that finish their event, in one call (hookline.finish_events, migrations 0023, 0044), after
+    -- the rows that finish their event, in one call (hookline.finish_events, migrations 0023, 0047), after
     -- every call is stored: its trigger counts each finished event by the pipelines of its calls
     SELECT hookline.finish_events(array_agg(i.event_id ORDER BY i.n), array_agg(i.finish_status ORDER BY i.n),
                                   array_agg(i.finish_dry_run ORDER BY i.n), array_agg(i.finish_detail ORDER BY i.n),

@@ -152,7 +152,7 @@ def test_a_job_that_is_not_todo_or_doing_fails_the_whole_call(hookline_db: psyco
 def test_only_the_current_claim_ends_an_event_and_a_stale_one_leaves_the_job_alone(
     hookline_db: psycopg.Connection,
 ) -> None:
-    """Migration 0044: a job taken for stalled is claimed again by another worker (attempts 2) while
+    """Migration 0047: a job taken for stalled is claimed again by another worker (attempts 2) while
     the first run (claim 1) still runs. The first run's outcome, retry and hold change nothing, and the
     job it shares with the later run is left doing; the other events of the same batch finish."""
     hookline_db.autocommit = False
@@ -211,7 +211,7 @@ def _rows(pairs: list[tuple[int, int]], pipeline: str) -> str:
                 "finish_status": "succeeded",
                 "finish_dry_run": False,
                 "finish_job_id": job,
-                "finish_claim": 1,  # the claim _start made (migration 0044)
+                "finish_claim": 1,  # the claim _start made (migration 0047)
             }
             for n, (event, job) in enumerate(pairs, start=1)
         ]

@@ -4,7 +4,7 @@ the same event while the first is still posting to Slack. The second finds the f
 ``running`` but younger than the longest a live run lasts: it waits (a hold, not an attempt) instead
 of dead-lettering the event as interrupted, and the first's post stands. Before, the second declared
 the post interrupted and the event dead, while the first went on to succeed. The first no longer holds
-the event's claim, so its outcome is not written (migration 0044); the second's rescheduled run finds
+the event's claim, so its outcome is not written (migration 0047); the second's rescheduled run finds
 the post recorded and finishes the event without posting again."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Two workers on one event: a job procrastinate took for stalled while its worker lived (a blocked
 event loop, a long pause) is run by a second worker while the first still runs it. Each run claimed the
 event (hookline.claim_events: attempts + 1); only the run holding the current claim writes the event's
-outcome (migration 0044). The first run, finishing last, used to dead-letter an event the second had
+outcome (migration 0047). The first run, finishing last, used to dead-letter an event the second had
 finished, or put it back to retrying; now it ends ``stale`` and writes nothing of its outcome.
 
 The overlap is made without a clock: the first run's model call is held by the fake until the second

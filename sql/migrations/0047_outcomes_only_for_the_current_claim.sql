@@ -49,7 +49,7 @@ $$;
 COMMENT ON FUNCTION hookline.finish_event(bigint, text, boolean, text, text, bigint, integer) IS
   'Records an event''s terminal outcome (succeeded, skipped, dead) for the run holding claim p_claim (the '
   'attempts value its claim returned): only while the event is processing with that many attempts, i.e. '
-  'no later claim and no outcome since (migration 0044). Then, when p_job_id is given (the event''s '
+  'no later claim and no outcome since (migration 0047). Then, when p_job_id is given (the event''s '
   'procrastinate job), marks that job succeeded in the same statement. Returns false, and changes '
   'nothing (the job neither), when the claim is no longer current. p_claim NULL: no such test (the '
   'give-up of a job whose claim itself kept failing); p_event_id NULL: only the job is finished.';
@@ -125,7 +125,7 @@ $$;
 COMMENT ON FUNCTION hookline.finish_events(bigint[], text[], boolean[], text[], bigint[], integer[]) IS
   'hookline.finish_event for a batch (the worker''s group commit): records each event''s terminal outcome '
   '(parallel arrays; an event given twice keeps its last) for the run holding claim p_claims[i] (NULL: no '
-  'test), only while the event is processing with that many attempts (migration 0044), and marks the '
+  'test), only while the event is processing with that many attempts (migration 0047), and marks the '
   'procrastinate jobs of the events it finished succeeded, as procrastinate_finish_job_v1 does, in one '
   'UPDATE each; a row whose claim is no longer current changes nothing, its job neither. Raises, and so '
   'fails the whole statement, when such a job is not todo or doing. Returns the ids of the events it '
