@@ -218,7 +218,7 @@ def run_tail(url: str, *, config: Config, as_json: bool = False) -> int:
     def listening() -> None:
         print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)
 
-    # the first connection fails as every command does (one line, exit 1: app/cli/main.py); later
+    # the first connection fails as every command does (one line, exit 1: app/cli/failures.py); later
     # troubles are retried, except a refused login or a missing database
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(

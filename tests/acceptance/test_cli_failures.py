@@ -327,7 +327,7 @@ def test_a_database_url_a_client_cannot_parse_is_reported_without_its_password(
 ) -> None:
     """Second line of defence, behind the check of DATABASE_URL: a client's own refusal of a URL is one
     line that quotes no part of the URL."""
-    from app.cli.main import _without_secrets, database_problem
+    from app.cli.failures import _without_secrets, database_problem
 
     for url in (f"postgresql://u:{PASSWORD}%ZZ@h/db", f"postgresql://u:{PASSWORD}@[::1/db"):
         with pytest.raises(psycopg.ProgrammingError) as e:
