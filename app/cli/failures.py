@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
+import sys
 
 from app.core.settings import Settings
 
@@ -66,3 +68,32 @@ def _without_secrets(text: str, settings: Settings | None) -> str:
     for secret in sorted({s for raw in secrets for s in (raw, unquote(raw)) if s}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+class OutputClosed(Exception):
+    """The reader of a command's output went away (``hookline tail | head -3``, after its third line)."""
+
+
+def output_closed(e: BaseException) -> bool:
+    """Whether ``e`` is our stdout's reader having gone, not a database connection's broken pipe (a
+    ``BrokenPipeError`` is a ``ConnectionError``): stdout then polls as an error."""
+    if isinstance(e, OutputClosed):
+        return True
+    if not isinstance(e, BrokenPipeError):
+        return False
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or no real stdout
+        return False
+
+
+def quiet_exit() -> int:
+    """End a command whose reader went away without a word: what is left of its output goes nowhere (the
+    interpreter's last flush would otherwise print ``Exception ignored … BrokenPipeError``), and the
+    status is 141, the one a shell shows for a writer killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141

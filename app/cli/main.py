@@ -20,7 +20,7 @@ from app.cli import dismiss, embedded
 from app.cli import schedules as scheduling
 from app.cli import watch as watching
 from app.cli.args import at_least_one
-from app.cli.failures import _without_secrets, database_problem
+from app.cli.failures import _without_secrets, database_problem, output_closed, quiet_exit
 from app.cli.release import release
 from app.core import migrations
 from app.core.config import environment_problems, load_config
@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hookline {args.command}: {line}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[args.command](settings, args)
+        code = COMMANDS[args.command](settings, args)
+        sys.stdout.flush()  # a reader gone (`| head`) is found here, not by the interpreter's last flush
+        return code
     except ConfigError as e:
         print(f"hookline {args.command}: configuration error\n{e}", file=sys.stderr)
         return 2
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if output_closed(e):
+            return quiet_exit()
         problem = database_problem(e)
         if problem is None:
             raise

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from app.cli.failures import OutputClosed
 from app.core import db
 from app.core.config import Config
 from app.core.logs import escape
@@ -212,8 +213,11 @@ def run_tail(url: str, *, config: Config, as_json: bool = False) -> int:
         print(line, file=sys.stderr, flush=True)
 
     def emit(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError as e:  # its reader went away (`| head`): no database trouble to retry
+            raise OutputClosed from e
 
     def listening() -> None:
         print(f"hookline tail: listening on {CHANNEL} (Ctrl-C stops)", file=sys.stderr, flush=True)

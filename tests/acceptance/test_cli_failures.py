@@ -39,12 +39,15 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def hookline(*args: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def hookline(
+    *args: str, env: Mapping[str, str], timeout: float = 60, stdout: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env=dict(env),
         cwd=ROOT,
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
     )
@@ -197,14 +200,14 @@ def _wait_for_line(stream: object, text: str, within: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def tail_listening(env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
+def tail_listening(env: Mapping[str, str], stdout: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[str]]:
     """``hookline tail`` on ``env``'s embedded Postgres, with signals as in a terminal (whatever this run
     inherited), once it listens; killed on the way out if the test did not stop it."""
     tail = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "tail"],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=_default_signals,
@@ -339,3 +342,37 @@ def test_a_database_url_a_client_cannot_parse_is_reported_without_its_password(
         assert PASSWORD not in _without_secrets(str(e.value), None), str(e.value)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://u:{PASSWORD}@h/db?user=a@b&sslpassword={PASSWORD}2")
     assert _without_secrets(f"x {PASSWORD} y {PASSWORD}2", None) == "x *** y ***"
+
+
+@contextlib.contextmanager
+def reader_gone() -> Iterator[int]:
+    """The write end of a pipe whose reader has gone, as ``| head`` leaves it after its last line."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        yield write
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("args", [["check"], ["status", "--json"], ["events", "show", "{id}", "--json"]])
+def test_a_reader_that_goes_away_ends_a_command_quietly(db_url: str, conn: psycopg.Connection, args: list[str]) -> None:
+    """`hookline events show 1 --json | head` (or `hookline check | head -0`, which reads no database)
+    used to end with `cannot reach the database: [Errno 32] Broken pipe`, exit 1. The reader going away
+    ends the command without a word, with 141 as a writer killed by SIGPIPE would."""
+    event_id = insert_event(conn, "github", "big", payload={"blob": "x" * 100_000})  # more than a pipe holds
+    with reader_gone() as stdout:
+        env = _env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET="x")  # check: no warning on stderr
+        done = hookline(*[a.format(id=event_id) for a in args], env=env, stdout=stdout)
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr
+
+
+def test_tail_ends_when_its_reader_goes_away(db_url: str, conn: psycopg.Connection) -> None:
+    """`hookline tail | head -2` never ended: each line it could not write was taken for the database
+    going away ("tail: database unreachable (BrokenPipeError); retrying"), forever."""
+    with reader_gone() as stdout, tail_listening(_env(DATABASE_URL=db_url), stdout=stdout) as tail:
+        insert_event(conn, "github", "to-nobody")
+        tail.wait(60)
+        assert tail.stderr is not None
+        said = tail.stderr.read()
+    assert tail.returncode == 141 and "retrying" not in said and "Traceback" not in said, said
