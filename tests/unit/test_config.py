@@ -99,6 +99,33 @@ def test_environment_problems_name_variables_not_values() -> None:
     assert not any("supersecret" in p for p in problems)
 
 
+SLACK_URL = "https://hooks.slack.com/services/T0/B0/s3cretXYZ"
+STRIPE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # letters, digits and _: it looks like a name
+
+
+@pytest.mark.parametrize(
+    ("where", "mutate"),
+    [
+        ("sources.stripe.secrets_env", lambda d: d["sources"]["stripe"].update(secrets_env=[SLACK_URL])),
+        ("sources.stripe.secrets_env", lambda d: d["sources"]["stripe"].update(secrets_env=[STRIPE_SECRET])),
+        ("pipelines.p.actions.1.url_env", lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=SLACK_URL)),
+        ("pipelines.p.actions.1.url_env", lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=STRIPE_SECRET)),
+    ],
+)
+def test_a_secret_written_where_its_variable_name_belongs_is_refused_unquoted(where: str, mutate: Any) -> None:
+    """A newcomer pastes the secret itself into `secrets_env` or `url_env`. `hookline check`, `hookline
+    dev` and every process refusing to start (a release step's log) printed it back (`'https://hooks.
+    slack.com/…' is not an environment variable name`), and a Stripe secret, which looks like a name,
+    went on to the warning `none of ['whsec_…'] is set`. The key is named, the value never."""
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    error = _err(data)
+    assert error.startswith(f"{where}: ") and error.count("\n") == 0, error
+    assert "s3cret" not in error and STRIPE_SECRET[6:] not in error, error
+
+
 def test_hookline_check_names_a_python_target_that_does_not_import_in_alerts_too() -> None:
     """An ``[[alerts]]`` python action was never imported by ``hookline check``: its first alert failed."""
     data = {**GOOD, "alerts": [{"type": "python", "target": "no_such_module_here:notify"}]}

@@ -21,8 +21,18 @@ class Strict(BaseModel):
 
 
 def check_env_name(v: str) -> str:
+    """A ``*_env`` key's value: the name of a variable. What else is written there is most often the
+    secret itself, so the error names the key (the caller's location) and never quotes the value."""
+    if v.startswith("whsec_"):  # Stripe's and Standard Webhooks' signing secrets; Stripe's looks like a name
+        raise ValueError(
+            "this is a signing secret (whsec_…), not the name of the environment variable that holds it "
+            "(the value is not shown)"
+        )
     if not ENV.match(v):
-        raise ValueError(f"{v!r} is not an environment variable name")
+        raise ValueError(
+            "not an environment variable name (letters, digits and _, not starting with a digit): name the "
+            "variable that holds the value, never the value itself (not shown)"
+        )
     return v
 
 
