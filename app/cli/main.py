@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 on environment warnings too")
     send = sub.add_parser("send", help="sign a payload as the source's provider would and post it")
     send.add_argument("source")
-    send.add_argument("--file", help="payload file (default: the provider's sample)")
+    send.add_argument("--file", help="payload file (default: the provider's sample, of --type when one ships)")
     send.add_argument("--type", help="event type to send (header or body field, as the provider does)")
     send.add_argument("--delivery-id", help="delivery id to use (default: a fresh one)")
     send.add_argument("--url", help="base URL of the running server (default: http://127.0.0.1:$PORT)")

@@ -30,8 +30,13 @@ class Sent:
     url: str
 
 
-def sample_payload(provider: str) -> bytes:
-    path = PROVIDERS[provider].sample_path
+def sample_payload(provider: str, event_type: str | None = None) -> bytes:
+    """What ``hookline send`` posts without ``--file``: the provider's sample of ``event_type`` where its
+    samples are a folder of one file per type (``github/pull_request.opened.json``), else its default."""
+    spec = PROVIDERS[provider]
+    path = spec.sample_path
+    if event_type and "/" in spec.sample:
+        path = {p.stem: p for p in path.parent.glob("*.json")}.get(event_type, path)
     if not path.exists():
         raise ConfigError(f"no sample payload ships for provider {provider}; pass --file")
     return path.read_bytes()
@@ -106,7 +111,7 @@ def send(
     src = config.sources.get(source)
     if src is None:
         raise ConfigError(f"no [sources.{source}] in the config; known: {', '.join(sorted(config.sources)) or 'none'}")
-    raw = file.read_bytes() if file else sample_payload(src.provider)
+    raw = file.read_bytes() if file else sample_payload(src.provider, event_type)
     delivery_id = delivery_id or f"hl_{uuid.uuid4().hex}"
     body = prepare_body(src, raw, delivery_id=delivery_id, event_type=event_type)
     target = f"{base_url.rstrip('/')}/webhooks/{source}"

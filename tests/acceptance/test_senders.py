@@ -74,6 +74,30 @@ async def test_send_round_trip_for_every_provider(provider: str, db_url: str, mo
         assert event_type == "order.created"
 
 
+async def test_send_with_a_type_posts_the_sample_of_that_type(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hookline send github --type pull_request.opened` posted the provider's default sample (an issue)
+    under the pull_request type, so the sample hookline.toml's pr-summary pipeline saw no pull_request at
+    all. The type's own sample goes when one ships (`samples/github/pull_request.opened.json`), else the
+    default one, as before."""
+    config = all_providers_config(monkeypatch)
+    settings = make_settings(db_url)
+    async with web_server(settings, config) as base:
+        for provider, event_type in [("github", "pull_request.opened"), ("stripe", "charge.refunded")]:
+            sent = await asyncio.to_thread(
+                send, config, provider, environ=os.environ, base_url=base, public_url=None, event_type=event_type
+            )
+            assert sent.status == 200, sent.body
+    stored = rows(
+        db_url,
+        "SELECT source, event_type, payload ? 'pull_request', payload #>> '{data,object,object}'"
+        " FROM hookline.events ORDER BY id",
+    )
+    assert stored == [  # no charge.refunded sample ships: the default one (an invoice), typed as asked
+        ("github", "pull_request.opened", True, None),
+        ("stripe", "charge.refunded", False, "invoice"),
+    ]
+
+
 async def test_cli_send_and_check(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     config = all_providers_config(monkeypatch)
     toml = tmp_path / "hookline.toml"
