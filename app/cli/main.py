@@ -44,11 +44,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_database_url(settings: Settings) -> None:
+    if not settings.dsn():
+        raise HooklineError("DATABASE_URL is not set (`hookline dev` runs web and worker on an embedded Postgres)")
+
+
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    if not settings.dsn():  # never an embedded Postgres: every webhook would be a 503
-        raise HooklineError("DATABASE_URL is not set (`hookline dev` runs web and worker on an embedded Postgres)")
+    _needs_database_url(settings)  # never an embedded Postgres: every webhook would be a 503
     setup_logging(settings.log_level, settings.log_format, process="web")
     load_config(settings.config)  # refuse to start on a broken file, with the key that is wrong
     from app.web.server import server_config
@@ -95,6 +99,7 @@ def _serve_processes(settings: Settings, processes: int, options: dict[str, Any]
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    _needs_database_url(settings)  # never an embedded Postgres, as the web process
     load_config(settings.config)
     extra = ["--simulate-model"] if args.simulate_model else []
     os.execv(sys.executable, [sys.executable, "-m", "worker", *extra])  # noqa: S606 - our own module

@@ -190,6 +190,15 @@ def test_the_web_process_without_database_url_refuses_to_start(tmp_path: Path) -
     assert "DATABASE_URL is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_the_worker_without_database_url_says_so_as_the_web_process_does(tmp_path: Path) -> None:
+    """`hookline worker` never starts an embedded Postgres either, but said only `DATABASE_URL is not
+    set`, without the command's name or what to run instead, where the web process says both."""
+    done = _cli("worker", cwd=tmp_path)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.startswith("hookline worker: DATABASE_URL is not set (`hookline dev` runs"), done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / ".hookline").exists()
+
+
 def test_a_rollback_runs_the_older_release_step_against_the_newer_schema(db_url: str, tmp_path: Path) -> None:
     """Heroku runs the release phase on a rollback too: the older release's `hookline migrate` meets
     the migrations the newer one applied. It used to refuse (exit 1), so the rollback failed and the
