@@ -243,8 +243,8 @@ class Settings(BaseSettings):
 
 #: Shortest admin or metrics token taken without a warning (characters, after trimming).
 MIN_TOKEN_LENGTH = 16
-#: A command that prints a good one.
-RANDOM_STRING_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: A command that prints a good one (`python3`, as the README says: Debian and macOS have no `python`).
+RANDOM_STRING_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def weak_tokens(settings: Settings) -> list[str]:

@@ -13,7 +13,7 @@ from tests.acceptance.test_cli_failures import _env, hookline
 from tests.harness import make_settings, web_server
 
 SHORT = "Zq9-short-tok"
-RECIPE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+RECIPE = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def test_hookline_check_warns_about_a_short_token_without_showing_it() -> None:

@@ -24,7 +24,7 @@ def test_a_short_token_is_named_never_shown() -> None:
     short = Settings(admin_token=SecretStr("hunter2-short"), metrics_token=SecretStr("m" * MIN_TOKEN_LENGTH))
     assert weak_tokens(short) == [
         "HOOKLINE_ADMIN_TOKEN is shorter than 16 characters, so it can be guessed; use a long random one: "
-        'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
     ]
     both = weak_tokens(Settings(admin_token=SecretStr("Zq9Wv"), metrics_token=SecretStr("Xk4Jp-metrics")))
     assert [w.split()[0] for w in both] == ["HOOKLINE_ADMIN_TOKEN", "HOOKLINE_METRICS_TOKEN"]
