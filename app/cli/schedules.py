@@ -41,7 +41,9 @@ def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
-    s = subparsers.add_parser("schedules", help="list [schedules] with their next run (UTC, and local time)")
+    s = subparsers.add_parser(
+        "schedules", help="list [schedules] with their next run (UTC, and the schedule's time zone)"
+    )
     s.add_argument(
         "--next", type=at_least_one("run"), default=1, metavar="N", help="show the next N runs of each (default 1)"
     )
