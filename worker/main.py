@@ -15,20 +15,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import procrastinate
 import psycopg
+from pydantic import ValidationError
 
 from app.core import migrations
 from app.core.config import Config, load_config
 from app.core.db import libpq_dsn
+from app.core.errors import ConfigError
 from app.core.heap import freeze_startup_heap
 from app.core.jobs import NAMESPACE, QUEUE, SYNC_QUEUE
 from app.core.logs import setup_logging
-from app.core.settings import Settings
+from app.core.settings import Settings, settings_problems
 from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
 from worker.db import queue_pool
@@ -348,10 +351,15 @@ def main(argv: list[str] | None = None) -> None:
         help="answer model calls locally from the output schema (what hookline dev --simulate-model runs)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:  # started as python -m worker, refused as `hookline worker` refuses them (app.cli.main): exit 2
+        settings = Settings()
+        config = load_config(settings.config)
+    except (ValidationError, ConfigError) as e:
+        lines = settings_problems(e) if isinstance(e, ValidationError) else [f"configuration error\n{e}"]
+        print("\n".join(f"hookline worker: {line}" for line in lines), file=sys.stderr)
+        raise SystemExit(2) from None
     setup_logging(settings.log_level, settings.log_format, process="worker")
     logging.getLogger("procrastinate.worker").addFilter(_QuietRetries())
-    config = load_config(settings.config)
     run = loop_runner(settings.worker_loop)
     freeze_startup_heap()  # imports and config: out of the collector's full passes (app.core.heap)
     run(run_worker(settings, config, simulate_model=args.simulate_model))

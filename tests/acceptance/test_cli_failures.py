@@ -82,6 +82,31 @@ def test_a_bad_environment_variable_is_one_line_naming_it(args: list[str], over:
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"hookline {args[0]}: {line}"), done.stderr
 
 
+@pytest.mark.parametrize(
+    ("over", "toml", "line"),
+    [
+        ({"HOOKLINE_WORKER_CONCURRENCY": "abc"}, None, "HOOKLINE_WORKER_CONCURRENCY: a valid integer"),
+        ({"DATABASE_URL": f"mysql://bob:{PASSWORD}@db/x"}, None, "DATABASE_URL: must start with postgresql://"),
+        ({}, "[sources.x", "configuration error\n"),
+    ],
+)
+def test_python_m_worker_refuses_a_bad_setting_as_hookline_worker_does(
+    over: dict[str, str], toml: str | None, line: str, tmp_path: Path
+) -> None:
+    """What ``hookline worker`` execs, started by hand (or by a Procfile that names it): the same lines
+    and exit 2, not pydantic's traceback."""
+    if toml is not None:
+        (tmp_path / "hookline.toml").write_text(toml)
+        over = {"HOOKLINE_CONFIG": str(tmp_path / "hookline.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker"], env=_env(**over), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == "" and PASSWORD not in done.stderr
+    assert done.stderr.startswith(f"hookline worker: {line}"), done.stderr
+    assert hookline("worker", env=_env(**over)).stderr == done.stderr
+
+
 def test_the_log_level_is_read_in_any_case() -> None:
     done = hookline("check", env=_env(HOOKLINE_LOG_LEVEL="info"))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
