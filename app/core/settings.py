@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL"),
         description="libpq URI of the Postgres to use. Unset: `hookline dev` starts an embedded one.",
     )
-    port: int = Field(default=8000, validation_alias=AliasChoices("PORT"), description="HTTP port of `hookline web`.")
+    port: int = Field(
+        default=8000, ge=0, le=65535, validation_alias=AliasChoices("PORT"), description="HTTP port of `hookline web`."
+    )
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("ANTHROPIC_API_KEY"),
@@ -50,7 +52,7 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="Interface `hookline web` binds.")  # noqa: S104
     home: Path = Field(default=Path(".hookline"), description="Folder for the embedded Postgres and local state.")
     max_body_bytes: int = Field(
-        default=5 * 1024 * 1024, description="Default request body cap in bytes (per source: max_body_bytes)."
+        default=5 * 1024 * 1024, ge=1, description="Default request body cap in bytes (per source: max_body_bytes)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
     )
     db_pool_max: int = Field(default=10, ge=1, description="Maximum connections of the web process pool.")
     db_timeout: float = Field(
-        default=5.0, description="Seconds to wait for a connection or a statement on the ingest path."
+        default=5.0, gt=0, description="Seconds to wait for a connection or a statement on the ingest path."
     )
     duplicate_cache_size: int = Field(
         default=20_000,
@@ -86,8 +88,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a remembered key answers re-sends; then Postgres is asked again.",
     )
-    retry_after_seconds: int = Field(default=5, description="Retry-After sent with 503 when Postgres is unreachable.")
-    worker_concurrency: int = Field(default=10, description="Jobs one worker process runs at once.")
+    retry_after_seconds: int = Field(
+        default=5, ge=0, description="Retry-After sent with 503 when Postgres is unreachable."
+    )
+    worker_concurrency: int = Field(default=10, ge=1, description="Jobs one worker process runs at once.")
     worker_claim_batch: int = Field(
         default=10,
         ge=1,
@@ -110,7 +114,7 @@ class Settings(BaseSettings):
         "(and `hookline web` lets open requests finish); keep it below the platform's grace period.",
     )
     stalled_after: float = Field(
-        default=60.0, description="Seconds without a worker heartbeat before its jobs go to another worker."
+        default=60.0, gt=0, description="Seconds without a worker heartbeat before its jobs go to another worker."
     )
     # at most about 2,700 years: the prune subtracts it from now(), and Postgres holds no time before 4713 BC
     job_retention_hours: int = Field(
@@ -127,9 +131,9 @@ class Settings(BaseSettings):
         description="Bodies and payloads of finished events are dropped after this many days "
         "(the row, and so deduplication, stays; 0: never dropped).",
     )
-    llm_timeout: float = Field(default=60.0, description="Seconds before a model call times out.")
+    llm_timeout: float = Field(default=60.0, gt=0, description="Seconds before a model call times out.")
     llm_max_retries: int = Field(
-        default=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
+        default=0, ge=0, description="Retries inside the anthropic SDK (the queue retries too; keep low)."
     )
     llm_http_client: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
@@ -138,6 +142,7 @@ class Settings(BaseSettings):
     )
     outbound_timeout: float = Field(
         default=10.0,
+        gt=0,
         description="Seconds before an http, slack or email action times out (per action: timeout_seconds).",
     )
     slack_api_url: str = Field(
@@ -158,10 +163,13 @@ class Settings(BaseSettings):
         "no tenant label and no signature-failure reason.",
     )
     worker_metrics_port: int | None = Field(
-        default=None, description="Port on which each worker serves its own Prometheus metrics; unset: none."
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port on which each worker serves its own Prometheus metrics; unset: none.",
     )
     batch_poll_seconds: int = Field(
-        default=30, description='How often the worker submits and polls Message Batches (`mode = "batch_api"`).'
+        default=30, ge=1, description='How often the worker submits and polls Message Batches (`mode = "batch_api"`).'
     )
     # --- hostile-input limits (issue 12) -------------------------------------------------------
     header_timeout: float = Field(
