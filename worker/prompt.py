@@ -12,6 +12,7 @@ import jsonschema
 from pydantic import BaseModel
 
 from app.core.config import Pipeline, resolve_target
+from app.core.config.outputs import schema_validator
 from app.core.payload import MAX_DEPTH, MAX_STRING, dig, trim
 from app.core.records import EventRow
 
@@ -50,8 +51,8 @@ class OutputSpec:
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    """What ``jsonschema.validate`` would build (the draft the schema names, else the latest)."""
-    return jsonschema.validators.validator_for(schema)(schema)
+    """The validator of the draft the schema names (else 2020-12), as the file was checked at load."""
+    return schema_validator(schema)(schema)
 
 
 _SPECS: dict[int, tuple[Pipeline, OutputSpec]] = {}
@@ -65,7 +66,7 @@ def _spec_for(pipeline: Pipeline) -> OutputSpec:
         return OutputSpec(anthropic.transform_schema(model), model, model.model_json_schema())
     assert pipeline.output_schema is not None
     raw = json.loads(json.dumps(pipeline.output_schema))
-    jsonschema.Draft202012Validator.check_schema(raw)
+    schema_validator(raw).check_schema(raw)
     return OutputSpec(anthropic.transform_schema(raw), None, raw, _validator(raw))
 
 

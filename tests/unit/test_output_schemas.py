@@ -14,6 +14,7 @@ import pytest
 from app.core.config import environment_problems, parse_config
 from tests import pipeline_models
 from tests.unit.test_config import GOOD, _err
+from worker.prompt import output_spec
 
 NEEDS_A_TYPE = "the Messages API needs a 'type' here"
 
@@ -99,3 +100,52 @@ def test_hookline_check_names_an_output_model_the_worker_cannot_use() -> None:
         "(or anyOf, oneOf, allOf, $ref, const, or a non-empty enum of strings, numbers, booleans or null)",
         "pipelines.not-a-model.output_model: tests.pipeline_models:give_back is not a pydantic BaseModel",
     ]
+
+
+DRAFT_04 = "http://json-schema.org/draft-04/schema#"
+DRAFT_07 = "http://json-schema.org/draft-07/schema#"
+
+
+def _draft4(exclusive_minimum: Any) -> dict[str, Any]:
+    n = {"type": "integer", "minimum": 1, "exclusiveMinimum": exclusive_minimum}
+    return {"$schema": DRAFT_04, "type": "object", "properties": {"n": n}}
+
+
+def test_an_output_schema_is_checked_as_the_draft_its_schema_names() -> None:
+    """Checked against 2020-12 whatever it named, a draft-04 schema's boolean exclusiveMinimum was
+    refused, and a number there (2020-12's form) taken, though the worker validates the answers by
+    the draft named, which reads it otherwise."""
+    spec = output_spec(parse_config(_with_schema(_draft4(True))).pipelines["p"])  # what the worker builds
+    assert spec.validate({"n": 2}) == {"n": 2}
+    with pytest.raises(ValueError, match="less than or equal to the minimum of 1"):
+        spec.validate({"n": 1})
+    assert (
+        "pipelines.p.output_schema: not a valid JSON Schema at properties/n/exclusiveMinimum: "
+        "1 is not of type 'boolean' (as draft 4, which its $schema names)"
+    ) in _err(_with_schema(_draft4(1)))
+    draft7 = {"$schema": DRAFT_07, "type": "object", "properties": {"tags": {"type": "array", "items": "x"}}}
+    assert _err(_with_schema(draft7)).endswith(
+        "at properties/tags/items: 'x' is not valid under any of the given schemas "
+        "(as draft 7, which its $schema names)"
+    )
+
+
+def _with_definitions(where: str) -> dict[str, Any]:
+    return {
+        "$schema": DRAFT_07,
+        "type": "object",
+        where: {"level": {"enum": ["low", "high"]}},
+        "properties": {"level": {"$ref": f"#/{where}/level"}},
+    }
+
+
+def test_a_ref_into_definitions_is_refused_at_load() -> None:
+    """Draft-07's ``definitions``: the SDK's transform keeps only $defs (it moves anything else into the
+    description text), so the request carried a $ref to a place it did not hold."""
+    sent = anthropic.transform_schema(_with_definitions("definitions"))
+    assert "definitions" not in sent and sent["properties"]["level"] == {"$ref": "#/definitions/level"}
+    assert "pipelines.p.output_schema: properties/level: $ref '#/definitions/level' points into definitions" in (
+        _err(_with_schema(_with_definitions("definitions")))
+    )
+    schema = _with_definitions("$defs")
+    assert parse_config(_with_schema(schema)).pipelines["p"].output_schema == schema

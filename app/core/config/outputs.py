@@ -8,12 +8,18 @@ only then, it failed every event of the pipeline. :func:`api_schema_problem` wal
 that function does and names the first such place, so the file is refused at load instead; a test
 keeps the two in step. An ``output_model`` (imported only by ``hookline check`` and the worker) is
 checked by :func:`output_model_problem`: a pydantic model, whose JSON Schema passes the same walk.
+
+An ``output_schema`` is read as the draft its ``$schema`` names (draft-04, draft-07, 2019-09, …),
+2020-12 when it names none: checked against that draft at load (:func:`schema_validator`), and the
+model's answers validated by the same draft in the worker.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+from jsonschema.protocols import Validator
 from pydantic import BaseModel
 
 from app.core.config._base import resolve_target
@@ -21,6 +27,25 @@ from app.core.config._base import resolve_target
 #: The ``type`` values structured outputs take: one of these, never a list.
 API_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _COMBINERS = ("anyOf", "oneOf", "allOf")
+
+
+def schema_validator(schema: dict[str, Any]) -> type[Validator]:
+    """The validator of the draft ``schema``'s ``$schema`` names; 2020-12 when it names none (or one
+    jsonschema does not know). What the file is checked against at load and the answers in the worker."""
+    return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+
+
+def schema_error(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema of its draft, with the place; None when it is one."""
+    cls = schema_validator(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        draft = cls.__name__.removeprefix("Draft").removesuffix("Validator")
+        named = f" (as draft {draft if len(draft) <= 2 else f'{draft[:4]}-{draft[4:]}'}, which its $schema names)"
+        return f"not a valid JSON Schema at {where}: {e.message}" + (named if "$schema" in schema else "")
+    return None
 
 
 def _primitive(value: Any) -> bool:
@@ -43,6 +68,12 @@ def api_schema_problem(schema: Any, where: str = "(root)") -> str | None:
         if problem := api_schema_problem(sub, _at(where, "$defs", name)):
             return problem
     if "$ref" in schema:
+        ref = schema["$ref"]
+        if isinstance(ref, str) and ref.startswith("#/definitions/"):  # transform_schema keeps $defs only
+            return (
+                f"{where}: $ref {ref!r} points into definitions, which the request to the Messages API "
+                "does not carry; name them $defs and point $ref at #/$defs/…"
+            )
         return None
     enum = schema.get("enum")
     literal = (isinstance(enum, list) and bool(enum) and all(map(_primitive, enum))) or (

@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import Field, field_validator, model_validator
 
 from app.core import templates
 from app.core.config._base import TARGET, Strict, check_locators
 from app.core.config.actions import TEMPLATE_KEYS, Action
-from app.core.config.outputs import api_schema_problem
+from app.core.config.outputs import api_schema_problem, schema_error
 from app.core.config.respond import RESPOND_CONTENT_TYPES, check_respond
 
 #: Names a ``when`` expression may read.
@@ -134,14 +133,8 @@ class Pipeline(Strict):
     def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None and v.get("type") != "object":
             raise ValueError("output_schema must be a JSON Schema whose type is 'object'")
-        if v is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(v)
-            except jsonschema.SchemaError as e:
-                where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-                raise ValueError(f"not a valid JSON Schema at {where}: {e.message}") from None
-            if problem := api_schema_problem(v):
-                raise ValueError(problem)
+        if v is not None and (problem := schema_error(v) or api_schema_problem(v)):
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
