@@ -25,6 +25,7 @@ from typing import Any
 
 from app.core.config import Action, Pipeline, SqlAction
 from app.core.config.followups import FOLLOWUP_TYPES, DiscordFollowupAction, SlackResponseAction
+from app.core.payload import template_fields
 from app.core.records import EventRow
 from app.core.status import ActionStatus
 from worker.actions import AT_MOST_ONCE, IN_TRANSACTION, ActionContext, ActionDeps, run_action
@@ -32,7 +33,6 @@ from worker.actions import sql as sql_action
 from worker.deadline import PIPELINE_DEADLINE
 from worker.errors import PermanentError, PipelineError, classify
 from worker.followups import reply_was_late, run_followup
-from worker.prompt import trim
 from worker.runtime import Runtime
 
 #: Of a pipeline's ``timeout_seconds``, what an action leaves for recording its outcome: a tenth, at most 1 s.
@@ -140,7 +140,7 @@ async def run_actions(
     """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
     ran = 0
     late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
-    fields = trim(event.get("payload"), pipeline.fields, clip_strings=False)  # templates see strings whole
+    fields = template_fields(event.get("payload"), pipeline.fields)
     deps = deps_of(rt, pipeline)
     for index, action in enumerate(pipeline.actions):
         key = pipeline.action_key(index)
@@ -177,7 +177,7 @@ async def run_actions(
             payload=event.get("payload"),
             tenant=event.get("tenant"),
             occurred_at=event.get("occurred_at") or event.get("received_at"),
-            fields=fields if isinstance(fields, dict) else {"payload": fields},
+            fields=fields,
         )
         sending = False  # the action's call began: what it sent is unknown if it is cancelled now
         try:

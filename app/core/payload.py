@@ -57,3 +57,12 @@ def trim(payload: Any, fields: tuple[str, ...], *, clip_strings: bool = True) ->
         if value is not _MISSING:
             out[path] = _clip(value, 0, clip_strings)
     return out
+
+
+def template_fields(payload: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """What templates (an action's, a synchronous reply's) see as ``fields``: the payload trimmed to
+    ``fields``, strings whole. A payload that is not a JSON object (an array, a string, a number: the
+    pipeline lists no ``fields``) is ``fields.payload``, and ``fields.value`` too, the name sync replies
+    gave it while actions said ``payload``."""
+    trimmed = trim(payload, fields, clip_strings=False)
+    return trimmed if isinstance(trimmed, dict) else {"payload": trimmed, "value": trimmed}

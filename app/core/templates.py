@@ -6,7 +6,8 @@ error rather than an empty string. A template sees exactly three names:
 
 * ``output`` — the pipeline's validated answer;
 * ``event`` — ``id``, ``source``, ``type``, ``tenant``, ``occurred_at``;
-* ``fields`` — the event's payload trimmed to the pipeline's ``fields`` (what the model saw).
+* ``fields`` — the event's payload trimmed to the pipeline's ``fields`` (what the model saw); a payload
+  that is not a JSON object is ``fields.payload`` (also ``fields.value``), :func:`app.core.payload.template_fields`.
 
 It never sees secrets or the environment. :func:`check` compiles a template at config load, so a
 syntax error, or a name other than these three, names its TOML key (:func:`fields_read` lets the

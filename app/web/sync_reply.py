@@ -43,7 +43,7 @@ from starlette.responses import Response
 from app.core.config import Pipeline
 from app.core.config.respond import escape_for
 from app.core.errors import DatabaseUnavailable
-from app.core.payload import trim
+from app.core.payload import template_fields
 from app.core.querynames import IngestQuery
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES
@@ -250,7 +250,7 @@ def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
         event_type=d.event_type,
         tenant=d.tenant,
         occurred_at=d.occurred_at,
-        fields=_fields(d.payload, pipeline),
+        fields=template_fields(d.payload, pipeline.fields),
     )
 
 
@@ -325,8 +325,3 @@ def _render(pipeline: Pipeline, template: Any, ctx: TemplateContext, fallback: A
         value = render_slack_blocks(template, ctx) if provider == "slack" else render_value(template, ctx, escape)
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return render(str(template), ctx, escape)
-
-
-def _fields(payload: Any, pipeline: Pipeline) -> Any:
-    fields = trim(payload, pipeline.fields, clip_strings=False)  # templates see strings whole
-    return fields if isinstance(fields, dict) else {"value": fields}

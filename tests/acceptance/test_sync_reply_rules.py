@@ -212,3 +212,29 @@ async def test_a_replay_that_reuses_the_answer_the_reply_carried_does_not_post_i
     assert receiver.received == [], "the sender had this answer in the HTTP reply: no follow-up repeats it"
     ((result,),) = rows(db_url, "SELECT result FROM hookline.action_runs WHERE action_type = 'slack_response'")
     assert result == {"skipped": "the answer went out in the HTTP reply"}
+
+
+async def test_a_payload_that_is_not_an_object_is_fields_value_and_fields_payload(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON array has no keys: a reply's template reads it whole as ``fields.value``, or as
+    ``fields.payload``, the name actions gave it (tests/worker/test_pipeline.py). No worker runs, so the
+    reply is the default."""
+    monkeypatch.setenv("HL_HMAC", "generic-secret")
+    source = {"provider": "hmac", "secrets_env": ["HL_HMAC"], "hmac": {"header": "X-Sig"}, "delivery_id": "header:X-Id"}
+    pipeline = {
+        "source": "batch",
+        "events": ["*"],
+        "instructions": "Summarise the items.",
+        "output_schema": SCHEMA,
+        "respond": "sync",
+        "respond_timeout_ms": 300,
+        "respond_default": {"first": "{{ fields.value[0] }}", "count": "{{ fields.payload | length }}"},
+    }
+    config = config_from({"sources": {"batch": source}, "pipelines": {"items": pipeline}})
+    body = b'["a", "b"]'
+    headers = {**sign("hmac", secret="generic-secret", body=body, options={"header": "X-Sig"}), "X-Id": "batch-1"}
+    async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
+        r = await client.post(f"{base}/webhooks/batch", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-hookline-reply"] == "default" and r.json() == {"first": "a", "count": "2"}

@@ -71,8 +71,9 @@ def insert_event(
     note: str = "card declined",
     ordering_key: str | None = None,
     occurred_at: datetime | None = None,
+    payload: Any = None,
 ) -> int:
-    payload = {"type": event_type, "data": {"object": {"note": note}}}
+    payload = payload if payload is not None else {"type": event_type, "data": {"object": {"note": note}}}
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(
             "INSERT INTO hookline.events (source, delivery_id, event_type, payload, ordering_key, occurred_at) "
@@ -297,3 +298,24 @@ async def test_replay_with_recompute_and_force_supersedes_and_repeats(
     assert await handle_event(runtime, event_id, recompute=True, force_actions=True) == "succeeded"
     assert calls(db_url, event_id) == ["superseded", "succeeded"]
     assert [json.loads(r.body)["output"]["subject"] for r in receiver.received] == ["Hello", "Again"]
+
+
+@pytest.mark.pipeline(
+    fields=[],
+    actions=[
+        {
+            "type": "http",
+            "url_env": "HL_CRM_URL",
+            "body": '{"a": {{ fields.payload | tojson }}, "b": {{ fields.value[1] }}}',
+        }
+    ],
+)
+async def test_a_payload_that_is_not_an_object_is_fields_payload_and_fields_value(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A JSON array (or a string, a number) has no keys: an action's template reads it whole as
+    ``fields.payload``, or ``fields.value``, the name a sync reply's template gave it (test_sync_reply_rules)."""
+    fake.enqueue(reply(GOOD))
+    event_id = insert_event(db_url, "evt_array", payload=[1, 2])
+    assert await handle_event(runtime, event_id) == "succeeded", event(db_url, event_id)
+    assert [json.loads(r.body) for r in receiver.received] == [{"a": [1, 2], "b": 2}]
