@@ -97,7 +97,8 @@ def test_python_m_worker_refuses_a_bad_setting_as_hookline_worker_does(
     and exit 2, not pydantic's traceback."""
     if toml is not None:
         (tmp_path / "hookline.toml").write_text(toml)
-        over = {"HOOKLINE_CONFIG": str(tmp_path / "hookline.toml")}
+        # a DATABASE_URL, so that hookline worker gets past its own check of it (it is read first)
+        over = {"HOOKLINE_CONFIG": str(tmp_path / "hookline.toml"), "DATABASE_URL": "postgresql://bob@127.0.0.1:1/x"}
     done = subprocess.run(
         [sys.executable, "-m", "worker"], env=_env(**over), cwd=ROOT, capture_output=True, text=True, timeout=60
     )
