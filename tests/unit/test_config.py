@@ -81,6 +81,69 @@ def test_errors_name_the_key(mutate: Any, expected: str) -> None:
     assert expected in _err(data)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["sources"]["stripe"].update(secret_env=["S"]),
+            "sources.stripe.secret_env: unknown key (did you mean 'secrets_env'?)",
+        ),
+        (
+            lambda d: d["pipelines"]["p"]["actions"][1].update(urlenv="CRM_URL"),
+            "pipelines.p.actions.1.urlenv: unknown key (did you mean 'url_env'?)",
+        ),
+        (
+            lambda d: d["pipelines"]["p"].update(retry={"max_attempt": 3}),
+            "pipelines.p.retry.max_attempt: unknown key (did you mean 'max_attempts'?)",
+        ),
+        (  # a table that may be left out (`Concurrency | None`)
+            lambda d: d["pipelines"]["p"].update(concurrency={"per_tenants": 2}),
+            "pipelines.p.concurrency.per_tenants: unknown key (did you mean 'per_tenant'?)",
+        ),
+        (  # a key written as the file has it, not as Python names it (`from_`)
+            lambda d: d["pipelines"]["p"]["actions"].append(
+                {"type": "email", "frm": "a@example.com", "to": "b", "subject": "s", "body": "b", "smtp_url_env": "S"}
+            ),
+            "pipelines.p.actions.2.frm: unknown key (did you mean 'from'?)",
+        ),
+        (
+            lambda d: d["pipelines"]["p"]["actions"][1].update(headers={"X-Key": {"evn": "KEY"}}),
+            "pipelines.p.actions.1.headers.X-Key.evn: unknown key; one of: env, prefix",
+        ),
+        (lambda d: d.update(alert=[{"type": "log"}]), "alert: unknown key (did you mean 'alerts'?)"),
+        (  # no close match: the keys there are ('prompt' is 'instructions' here); never 'name', the table's key
+            lambda d: d["pipelines"]["p"].update(promt="x"),
+            "pipelines.p.promt: unknown key; one of: actions, batch, concurrency,",
+        ),
+        (
+            lambda d: d["pipelines"]["p"]["actions"].append({"type": "logg"}),
+            "pipelines.p.actions.2.type: unknown action type 'logg' (did you mean 'log'?)",
+        ),
+        (
+            lambda d: d.update(alerts=[{"type": "pager"}]),
+            "alerts.0.type: unknown action type 'pager'; one of: discord_followup, email, http, log, python, slack,"
+            " slack_response, sql",
+        ),
+        (
+            lambda d: d["pipelines"]["p"]["actions"].append({"kind": "log"}),
+            "pipelines.p.actions.2.type: required key is missing; one of: discord_followup, email, http,",
+        ),
+    ],
+)
+def test_a_misspelt_name_gets_the_close_match(mutate: Any, expected: str) -> None:
+    """A newcomer's typo named only the place (`sources.stripe.secret_env: unknown key`), and an
+    unknown action type was pydantic's "Input tag 'logg' found using 'type' does not match any of the
+    expected tags" at the action, not at its `type`. Each now says what was meant, as an unknown
+    provider does, or what there is to choose from."""
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    error = _err(data)
+    assert any(line.startswith(expected) for line in error.splitlines()), error
+    assert "'name'" not in error and ", name," not in error and "Input tag" not in error, error
+
+
 def test_hmac_provider_needs_its_table() -> None:
     data: dict[str, Any] = {"sources": {"x": {"provider": "hmac", "secrets_env": ["S"]}}}
     assert "hmac" in _err(data)

@@ -8,14 +8,15 @@ the file: it names environment variables, resolved through the mapping the setti
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
 from app.core import templates
 from app.core.config._base import NAME, Strict, import_problem, resolve_target
+from app.core.config._errors import NAMED_BY_KEY, error_lines
 from app.core.config.actions import (
     Action,
     EmailAction,
@@ -77,7 +78,7 @@ class Config(Strict):
     @classmethod
     def _names(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for section in ("sources", "pipelines", "schedules"):
+            for section in NAMED_BY_KEY:
                 items = data.get(section)
                 if isinstance(items, dict):
                     for key, value in items.items():
@@ -144,49 +145,11 @@ class Config(Strict):
         return None
 
 
-def _action_tags() -> frozenset[str]:
-    """Every ``type`` of the :data:`Action` union: the tags pydantic puts in an error's location
-    (``actions.0.slack.text``), read from the union itself so a new action type is never missed."""
-    (union, *_meta) = get_args(Action)
-    tags: set[str] = set()
-    for model in get_args(union):
-        tags.update(get_args(model.model_fields["type"].annotation))
-    return frozenset(tags)
-
-
-#: Tags pydantic puts in an error's location for the tagged Action union.
-_UNION_TAGS = _action_tags()
-#: The lists whose items are an Action (``pipelines.NAME.actions.N``, ``alerts.N``).
-_ACTION_LISTS = frozenset({"actions", "alerts"})
-
-
-def _loc(loc: Sequence[int | str]) -> str:
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        if part in ("function-after", "function-before"):
-            continue
-        if part in _UNION_TAGS and i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in _ACTION_LISTS:
-            continue
-        if part in ("str", "EnvHeader") and "headers" in loc[:i]:  # the branches of a header value
-            continue
-        parts.append(str(part))
-    return ".".join(parts)
-
-
 def parse_config(data: Mapping[str, Any]) -> Config:
     try:
         return Config.model_validate(dict(data))
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            where = _loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            lines.append(f"{where}: {msg}" if where else msg)
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("\n".join(error_lines(Config, e.errors()))) from None
 
 
 def load_config(path: Path) -> Config:
