@@ -81,6 +81,9 @@ def test_errors_name_the_key(mutate: Any, expected: str) -> None:
     assert expected in _err(data)
 
 
+SCHEDULED = {"source": "schedule", "instructions": "x", "output_schema": {"type": "object"}}
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -128,13 +131,28 @@ def test_errors_name_the_key(mutate: Any, expected: str) -> None:
             lambda d: d["pipelines"]["p"]["actions"].append({"kind": "log"}),
             "pipelines.p.actions.2.type: required key is missing; one of: discord_followup, email, http,",
         ),
+        (
+            lambda d: d["pipelines"]["p"].update(source="strip"),
+            "pipelines.p.source: no [sources.strip] is defined (did you mean 'stripe'?)",
+        ),
+        (
+            lambda d: d["pipelines"]["p"].update(source="billing"),
+            "pipelines.p.source: no [sources.billing] is defined; one of: db, schedule, stripe",
+        ),
+        (
+            lambda d: d.update(
+                pipelines={**d["pipelines"], "daily-digest": SCHEDULED},
+                schedules={"daily": {"cron": "0 9 * * *", "pipeline": "daily-digst"}},
+            ),
+            "schedules.daily.pipeline: no [pipelines.daily-digst] is defined (did you mean 'daily-digest'?)",
+        ),
     ],
 )
 def test_a_misspelt_name_gets_the_close_match(mutate: Any, expected: str) -> None:
-    """A newcomer's typo named only the place (`sources.stripe.secret_env: unknown key`), and an
-    unknown action type was pydantic's "Input tag 'logg' found using 'type' does not match any of the
-    expected tags" at the action, not at its `type`. Each now says what was meant, as an unknown
-    provider does, or what there is to choose from."""
+    """A newcomer's typo named only the place (`sources.stripe.secret_env: unknown key`, `no
+    [sources.strip] is defined`), and an unknown action type was pydantic's "Input tag 'logg' found
+    using 'type' does not match any of the expected tags" at the action, not at its `type`. Each now
+    says what was meant, as an unknown provider does, or what there is to choose from."""
     import copy
 
     data = copy.deepcopy(GOOD)

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from app.core import templates
 from app.core.config._base import NAME, Strict, import_problem, resolve_target
-from app.core.config._errors import NAMED_BY_KEY, error_lines
+from app.core.config._errors import NAMED_BY_KEY, did_you_mean, error_lines
 from app.core.config.actions import (
     Action,
     EmailAction,
@@ -65,6 +65,10 @@ __all__ = [
 ]
 
 
+#: What a pipeline's ``source`` may name besides a ``[sources.NAME]``: ``[[watch]]`` tables, schedules.
+BUILT_IN_SOURCES = ("db", SCHEDULE_SOURCE)
+
+
 class Config(Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
@@ -93,14 +97,16 @@ class Config(Strict):
     @model_validator(mode="after")
     def _refs(self) -> Config:
         for name, p in self.pipelines.items():
-            if p.source not in self.sources and p.source not in ("db", SCHEDULE_SOURCE):
-                raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined")
+            if p.source not in self.sources and p.source not in BUILT_IN_SOURCES:
+                hint = did_you_mean(p.source, [*self.sources, *BUILT_IN_SOURCES])
+                raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined{hint}")
         if SCHEDULE_SOURCE in self.sources:
             raise ValueError(f"sources.{SCHEDULE_SOURCE}: the name is reserved for [schedules] firings")
         for name, sched in self.schedules.items():
             target = self.pipelines.get(sched.pipeline)
             if target is None:
-                raise ValueError(f"schedules.{name}.pipeline: no [pipelines.{sched.pipeline}] is defined")
+                hint = did_you_mean(sched.pipeline, self.pipelines) if self.pipelines else ""
+                raise ValueError(f"schedules.{name}.pipeline: no [pipelines.{sched.pipeline}] is defined{hint}")
             if target.source != SCHEDULE_SOURCE:
                 raise ValueError(
                     f"schedules.{name}.pipeline: pipelines.{sched.pipeline} must have source = {SCHEDULE_SOURCE!r}"
