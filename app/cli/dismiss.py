@@ -18,7 +18,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from app.cli import embedded
-from app.cli.replay import Q, ReplayError, parse_when
+from app.cli.args import when
+from app.cli.replay import Q, ReplayError
 from app.core.db import libpq_dsn
 from app.core.settings import Settings
 
@@ -87,8 +88,8 @@ def cmd_dismiss(settings: Settings, args: argparse.Namespace) -> int:
         event_ids=args.event_ids,
         source=args.source,
         event_type=args.type,
-        since=parse_when(args.since) if args.since else None,
-        until=parse_when(args.until) if args.until else None,
+        since=args.since,
+        until=args.until,
         reason=args.reason,
     )
     print(summary(ids))
@@ -102,7 +103,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     d.add_argument("event_ids", nargs="*", type=int, metavar="EVENT_ID")
     d.add_argument("--source")
     d.add_argument("--type", help="event type")
-    d.add_argument("--since", help="received at or after: ISO-8601 time, or 30m / 2h / 7d ago")
-    d.add_argument("--until", help="received before: ISO-8601 time, or 30m / 2h / 7d ago")
+    d.add_argument("--since", type=when, help="received at or after: ISO-8601 time, or 30m / 2h / 7d ago")
+    d.add_argument("--until", type=when, help="received before: ISO-8601 time, or 30m / 2h / 7d ago")
     d.add_argument("--reason", help="why (kept with the event, shown on its timeline)")
     return {"dismiss": cmd_dismiss}

@@ -19,7 +19,7 @@ from app.cli import bench as benchmark
 from app.cli import dismiss, embedded
 from app.cli import schedules as scheduling
 from app.cli import watch as watching
-from app.cli.args import at_least_one
+from app.cli.args import at_least_one, when
 from app.cli.failures import _without_secrets, database_problem, output_closed, quiet_exit
 from app.cli.release import release
 from app.core import migrations
@@ -205,7 +205,7 @@ def _spend(url: str, settings: Settings) -> list[dict[str, Any]]:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from app.cli.replay import parse_when, start_replay, wait_for
+    from app.cli.replay import start_replay, wait_for
 
     if not (args.event_ids or args.source or args.type or args.status or args.since or args.until):
         print(
@@ -220,8 +220,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         source=args.source,
         event_type=args.type,
         status=args.status,
-        since=parse_when(args.since) if args.since else None,
-        until=parse_when(args.until) if args.until else None,
+        since=args.since,
+        until=args.until,
         recompute=args.recompute,
         force=args.force,
     )
@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--source")
     replay.add_argument("--type", help="event type")
     replay.add_argument("--status", choices=["succeeded", "dead", "skipped"])
-    replay.add_argument("--since", help="received at or after: ISO-8601 time, or 30m / 2h / 7d ago")
-    replay.add_argument("--until", help="received before: ISO-8601 time, or 30m / 2h / 7d ago")
+    replay.add_argument("--since", type=when, help="received at or after: ISO-8601 time, or 30m / 2h / 7d ago")
+    replay.add_argument("--until", type=when, help="received before: ISO-8601 time, or 30m / 2h / 7d ago")
     replay.add_argument("--recompute", action="store_true", help="call the model again instead of reusing its answer")
     replay.add_argument("--force", action="store_true", help="run actions again even where they succeeded")
     replay.add_argument("--no-wait", action="store_true", help="defer the jobs and return")

@@ -6,11 +6,10 @@ repeated unless ``--force``. The SQL side is ``hookline.replay(...)`` (see READM
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TextIO
 
 import psycopg
@@ -22,30 +21,10 @@ from app.core.querynames import ReplayQuery
 from app.core.sqlfiles import NamedQueries
 
 Q: NamedQueries[ReplayQuery] = NamedQueries("replay", ReplayQuery)
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class ReplayError(HooklineError):
     code = "replay_error"
-
-
-def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """``2026-11-22T10:00:00Z``, ``2026-11-22``, or relative to now: ``90s``, ``30m``, ``2h``, ``7d``, ``1w``."""
-    now = now or datetime.now(UTC)
-    m = _RELATIVE.match(text.strip())
-    if m:
-        try:
-            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-        except OverflowError:
-            raise ReplayError(f"{text!r} reaches further back than a date can (year 1)") from None
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ReplayError(
-            f"cannot read {text!r} as a time: use ISO-8601 (2026-11-22T10:00Z) or a duration ago: 30m / 2h / 7d"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass
