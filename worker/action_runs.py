@@ -138,6 +138,8 @@ async def run_actions(
     rt: Runtime, event: EventRow, pipeline: Pipeline, output: Any, *, force_actions: bool = False
 ) -> int:
     """Run the pipeline's actions in order; returns how many ran. Raises the first failure."""
+    if not pipeline.actions:  # nothing to trim the payload for
+        return 0
     ran = 0
     late: bool | None = None  # sync pipelines: did the HTTP reply miss the answer? (asked once)
     fields = template_fields(event.get("payload"), pipeline.fields)

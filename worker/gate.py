@@ -162,8 +162,10 @@ class Gate:
         rec.cost_usd = None if simulated else limits.price(rt, model, rec.usage)
         rec.route, rec.requested_model = route, self.pipeline.model
         self.records.append(rec)
-        # paid for: its usage must reach the day budget even if the database is away right now
-        await rt.db.durable(lambda: limits.settle(rt, self.event, res, rec.usage, rec.cost_usd), "a call's usage")
+        # paid for: its usage must reach the day budget even if the database is away right now (a
+        # reservation that holds nothing skips the retrying task that would settle nothing)
+        if not res.holds_nothing:
+            await rt.db.durable(lambda: limits.settle(rt, self.event, res, rec.usage, rec.cost_usd), "a call's usage")
         await limits.observe_headers(rt, model, rec.headers, 200, None)
         await breaker.breaker_report(rt, model, True)
         return rec

@@ -147,6 +147,11 @@ class Reservation:
     output_taken: int = 0
     id: int | None = None  # hookline.budget_reservations.id
 
+    @property
+    def holds_nothing(self) -> bool:
+        """Nothing taken from the model's bucket and no budget reserved: :func:`settle` has nothing to do."""
+        return not (self.input_taken or self.output_taken) and (self.tenant is None or self.day_start is None)
+
 
 def estimate_input_tokens(request: dict[str, Any]) -> int:
     """A deliberately high estimate (3 characters per token) of the request's input tokens."""
@@ -166,7 +171,9 @@ async def reserve(
     (at batch price for a Message Batches request), leased for ``lease_seconds``."""
     model = request["model"]
     limits = rt.config.model_limits(model)
-    est_in, est_out = estimate_input_tokens(request), int(request["max_tokens"])
+    est_out = int(request["max_tokens"])
+    # the estimate serializes the whole request: only a model with limits or a tenant budget reads it
+    est_in = estimate_input_tokens(request) if model in rt.config.models or rt.config.tenants else 0
     res = Reservation(model)
     if model in rt.config.models:  # also honours a 429's hold on a model without per-minute limits
         row = await one(

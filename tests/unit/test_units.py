@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from decimal import Decimal
 from urllib.parse import quote, urlencode
@@ -16,6 +17,7 @@ from app.core.sqlfiles import parse_queries
 from app.web.bodies import parse_body
 from app.web.guard import is_credential
 from worker.errors import PermanentError, TransientError, classify, retry_after_seconds
+from worker.limits import Reservation, settle
 from worker.pricing import cost_usd
 from worker.prompt import MAX_STRING, dig, trim
 
@@ -231,3 +233,15 @@ def test_transient_versus_permanent() -> None:
     assert isinstance(classify(ImportError("no module")), PermanentError)
     assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert retry_after_seconds({}) is None
+
+
+async def test_a_reservation_that_holds_nothing_has_nothing_to_settle() -> None:
+    """The gate skips settling a reservation that holds nothing (no model limits, no tenant budget):
+    ``settle`` must then have nothing to do, so it never reaches the runtime (None here)."""
+    empty = Reservation("claude-haiku-4-5")
+    assert empty.holds_nothing
+    usage = {"input_tokens": 5, "output_tokens": 1}
+    await settle(None, {}, empty, usage, Decimal("0.1"))  # type: ignore[arg-type, typeddict-item]
+    assert not Reservation("m", input_taken=3).holds_nothing
+    assert not Reservation("m", output_taken=3).holds_nothing
+    assert not Reservation("m", tenant="t", day_start=dt.datetime.now(dt.UTC)).holds_nothing

@@ -67,6 +67,8 @@ __all__ = [
 
 #: What a pipeline's ``source`` may name besides a ``[sources.NAME]``: ``[[watch]]`` tables, schedules.
 BUILT_IN_SOURCES = ("db", SCHEDULE_SOURCE)
+#: What :meth:`Config.model_limits` answers for a model without ``[models."MODEL"]``.
+_NO_LIMITS = ModelLimits()
 
 
 class Config(Strict):
@@ -124,7 +126,9 @@ class Config(Strict):
         return own.merged_over(defaults) if own is not None else defaults
 
     def model_limits(self, model: str) -> ModelLimits:
-        return self.models.get(model) or ModelLimits()
+        """``[models."MODEL"]``, else no limits (one shared instance: the model is frozen, and a model
+        call asks for it four times)."""
+        return self.models.get(model) or _NO_LIMITS
 
     def priority_for(self, source: str, event_type: str | None) -> int:
         """procrastinate job priority of an event: the highest of the pipelines it matches (0 if none)."""
