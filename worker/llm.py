@@ -91,7 +91,11 @@ def make_client(
         kw.setdefault("http_client", anthropic.DefaultAioHttpClient(timeout=timeout))
     if not sdk_spans_wanted():
         kw.setdefault("open_telemetry", False)
-    return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries, **kw)
+    # the same four timeouts as the bare number, given as the SDK's Timeout: each request copies the
+    # client's, and a number is first checked against typing's SupportsFloat protocol (about 12 us a call)
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url, timeout=anthropic.Timeout(timeout), max_retries=max_retries, **kw
+    )
 
 
 def _text_of(message: dict[str, Any]) -> str | None:
