@@ -7,6 +7,7 @@ hostile page or a careless proxy would.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -266,3 +267,33 @@ async def test_a_pruned_event_offers_no_replay(base: str, conn: psycopg.Connecti
         api = await client.get(f"/admin/api/events/{pruned}")
         assert api.json()["event"]["pruned"] is True
         assert (await client.get(f"/admin/api/events/{kept}")).json()["event"]["pruned"] is False
+
+
+async def test_every_link_answers_and_values_show_as_sent(base: str, conn: psycopg.Connection) -> None:
+    """Each href, src and form action of the pages answers, and the pages name an icon (without one the
+    browser asks /favicon.ico: a 404 in the console of every page). A payload, an answer and headers
+    read as sent: Jinja's tojson wrote '<' as '\\u003c' in the page's <pre>."""
+    sent = {"note": "<img src=x onerror=alert(1)> & 'quoted' café"}
+    dead = insert_event(conn, "stripe", "links-dead", status="dead", payload=sent)
+    conn.execute(
+        "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, output)"
+        " VALUES (%s, 'p', 'claude-haiku-5-5', 'succeeded', '{}', %s)",
+        (dead, json.dumps({"subject": "<b>Hi</b>"})),
+    )
+    bearer = {"Authorization": f"Bearer {TOKEN}", "accept": "text/html"}
+    async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
+        for path in ("/admin/login", "/admin", f"/admin/events/{dead}"):
+            page = (await client.get(path)).text
+            assert re.search(r'<link rel="icon" href="/admin/static/[^"]+"', page), path
+            targets = set(re.findall(r'(?:href|src)="([^"]+)"', page))
+            assert {"/admin/static/admin.css", "/admin/static/admin.js"} <= targets, path
+            for target in targets:
+                assert (await client.get(target)).status_code == 200, (path, target)
+            for action in re.findall(r'<form method="post" action="([^"]+)"', page):  # a POST route, not a 404
+                assert (await client.post(action, content="", headers=FORM)).status_code != 404, (path, action)
+        page = (await client.get(f"/admin/events/{dead}")).text
+        assert "\\u003c" not in page and "\\u0026" not in page and "\\u00e9" not in page
+        shown = [html.unescape(p) for p in re.findall(r"<pre[^>]*>(.*?)</pre>", page, re.DOTALL)]
+        assert json.dumps({"subject": "<b>Hi</b>"}, indent=2) in shown and json.dumps(sent, indent=2) not in shown
+        assert json.dumps(sent, indent=2, ensure_ascii=False) in shown
+        assert "<img" not in page and "&lt;img src=x" in page  # escaped as text, never markup

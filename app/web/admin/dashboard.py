@@ -9,6 +9,7 @@ origin (``Content-Security-Policy: default-src 'self'``), so the dashboard works
 from __future__ import annotations
 
 import functools
+import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,16 @@ TEMPLATES = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+
+
+def pretty_json(value: Any) -> str:
+    """A payload, an answer or headers as indented JSON, for a ``<pre>``: autoescape escapes it as text.
+    Jinja's ``tojson`` writes ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``… (safe inside a ``<script>``),
+    so a payload's ``<b>`` read ``\\u003cb\\u003e`` on the page: not what was sent."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+TEMPLATES.filters["pretty_json"] = pretty_json
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
