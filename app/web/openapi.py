@@ -48,10 +48,7 @@ def _nullable(kind: str, **more: Any) -> dict[str, Any]:
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    return out
+    return {"type": "object", "properties": props, **({"required": required} if required else {})}
 
 
 STR, INT, BOOL, NUM = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "number"}
@@ -135,6 +132,7 @@ SCHEMAS: dict[str, Any] = {
             "died_at": N_TIME,
             "invalid_output_pipeline": N_STR,
             "invalid_output_error": N_STR,
+            "pruned": BOOL,
         },
         ["event_id", "source", "attempts"],
     ),

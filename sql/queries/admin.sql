@@ -19,11 +19,15 @@ FROM hookline.events WHERE id = $1;
 
 -- name: dead_letters
 -- Dead letters (not dismissed), newest first, ids below the cursor: read backwards from the cursor in
--- events_dead_letters_idx (migrations 0041, 0046), each one's tenant looked up by primary key.
-SELECT d.event_id, d.source, d.event_type, (SELECT e.tenant FROM hookline.events e WHERE e.id = d.event_id) AS tenant,
+-- events_dead_letters_idx (migrations 0041, 0046), each one's tenant and whether retention pruned its
+-- payload (hookline.replay then refuses it) looked up by primary key, in one read.
+SELECT d.event_id, d.source, d.event_type, e.tenant,
        d.delivery_id, d.attempts, d.error, d.detail, d.received_at,
-       d.died_at, d.invalid_output_pipeline, d.invalid_output_error
+       d.died_at, d.invalid_output_pipeline, d.invalid_output_error, e.pruned
 FROM hookline.dead_letters d
+LEFT JOIN LATERAL (
+    SELECT x.tenant, (x.payload IS NULL AND x.body IS NULL) AS pruned FROM hookline.events x WHERE x.id = d.event_id
+) e ON true
 WHERE d.event_id <= coalesce($1::bigint - 1, 9223372036854775807)  -- an index condition in a generic plan too
 ORDER BY d.event_id DESC
 LIMIT $2;

@@ -267,6 +267,12 @@ async def test_a_pruned_event_offers_no_replay(base: str, conn: psycopg.Connecti
         api = await client.get(f"/admin/api/events/{pruned}")
         assert api.json()["event"]["pruned"] is True
         assert (await client.get(f"/admin/api/events/{kept}")).json()["event"]["pruned"] is False
+        # the overview's dead letters too: its row's Replay button is off (it answered 409 in an alert)
+        overview = (await client.get("/admin", headers={"accept": "text/html"})).text
+        assert re.search(rf'<button type="button" class="replay" data-id="{pruned}" disabled', overview)
+        assert re.search(rf'<button type="button" class="replay" data-id="{kept}">', overview)
+        listed = (await client.get("/admin/api/dead-letters")).json()["dead_letters"]
+        assert {d["event_id"]: d["pruned"] for d in listed} == {pruned: True, kept: False}
 
 
 async def test_every_link_answers_and_values_show_as_sent(base: str, conn: psycopg.Connection) -> None:
