@@ -71,6 +71,7 @@ def chrome(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         "--disable-default-apps",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # driver.get_log("browser"): the console
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)
     try:

@@ -14,9 +14,13 @@ import time
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from app.signatures import sign
+from tests.acceptance.test_admin_api import TOKEN as ADMIN_TOKEN
+from tests.acceptance.test_admin_api import insert_event
+from tests.acceptance.test_admin_dashboard import start
 from tests.browser.conftest import ARTIFACTS
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply
 from tests.harness import Receiver, config_from, make_settings, rows, web_server, worker_task
@@ -78,12 +82,12 @@ def text_of(driver: Any, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text).strip()
 
 
-def log_in(driver: Any, base: str) -> None:
+def log_in(driver: Any, base: str, token: str = TOKEN) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{base}/admin")
     wait_for(driver, "the login form", lambda d: d.current_url.endswith("/admin/login"))
-    driver.find_element(By.ID, "token").send_keys(TOKEN)
+    driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
     wait_for(driver, "the overview", lambda d: d.find_elements(By.ID, "events"))
     wait_for(driver, "the live stream connected", lambda d: text_of(d, "#live") == "live")
@@ -153,3 +157,47 @@ async def test_the_dashboard_live_in_a_browser(
     assert len(receiver.received) == 1 and receiver.received[0].json()["output"] == GOOD
     assert (ARTIFACTS / "dashboard-overview.png").stat().st_size > 10_000
     assert (ARTIFACTS / "dashboard-event.png").stat().st_size > 10_000
+
+
+async def test_dismiss_and_a_change_made_elsewhere_show_without_a_reload(
+    chrome: Any, db_url: str, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview's Dismiss button takes the row out and the dead tile down, and the line under the list
+    counts it (they stayed as they were until some other event changed status). A replay made elsewhere
+    (psql here) updates the event page's summary too: the dismissal it cleared, the replays, the buttons
+    (only the timeline, model calls and actions were re-read). No console errors on the way."""
+    from selenium.webdriver.common.by import By
+
+    dead = [insert_event(conn, "stripe", f"dismiss-{i}", status="dead") for i in range(2)]
+    counts = '#counts .n[data-status="dead"]'
+    async with await start(db_url, monkeypatch) as base:
+        await asyncio.to_thread(log_in, chrome, base, ADMIN_TOKEN)
+
+        def dismisses(d: Any) -> None:
+            assert text_of(d, counts) == "2" and not d.find_element(By.ID, "dismissed-note").is_displayed()
+            d.find_element(By.CSS_SELECTOR, f'#dead tr[data-id="{dead[0]}"] button.dismiss').click()
+            wait_for(
+                d, "the row gone", lambda d: not d.find_elements(By.CSS_SELECTOR, f'#dead tr[data-id="{dead[0]}"]')
+            )
+            wait_for(d, "the dead tile down", lambda d: text_of(d, counts) == "1")
+            wait_for(d, "the dismissed line", lambda d: text_of(d, "#dismissed-note").startswith("1 dismissed"))
+            assert d.execute_script("return window.__notReloaded === true;"), "the page was reloaded"
+            d.get(f"{base}/admin/events/{dead[0]}")
+            wait_for(d, "the live stream connected", lambda d: text_of(d, "#live") == "live")
+            assert "by dashboard" in text_of(d, "#dismissed")
+
+        await asyncio.to_thread(dismisses, chrome)
+        conn.execute("SELECT hookline.replay(%s::bigint)", (dead[0],))  # no worker: it stays queued
+
+        def follows(d: Any) -> list[dict[str, Any]]:
+            wait_for(d, "the replay", lambda d: text_of(d, "#status") == "queued")
+            wait_for(d, "the dismissal cleared", lambda d: not d.find_elements(By.ID, "dismissed"))
+            wait_for(d, "the replays counted", lambda d: "(replays: 1)" in text_of(d, "#summary dl"))
+            assert d.find_element(By.CSS_SELECTOR, "#summary button.replay").get_attribute("disabled")
+            assert not d.find_elements(By.CSS_SELECTOR, "form.dismiss")
+            d.save_screenshot(str(ARTIFACTS / "dashboard-dismissed.png"))
+            return [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+        errors = await asyncio.to_thread(follows, chrome)
+        chrome.quit()  # close the live stream before the server stops
+    assert errors == []

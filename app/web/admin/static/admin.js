@@ -102,10 +102,15 @@
     }
   }
 
+  var refreshes = 0;
+
   function refreshSections(ids) {
+    // re-read this page and swap in its sections; an answer overtaken by a later request is dropped
+    var mine = ++refreshes;
     fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (r) { return r.text(); })
       .then(function (html) {
+        if (mine !== refreshes) return;
         var doc = new DOMParser().parseFromString(html, "text/html");
         ids.forEach(function (id) {
           var fresh = doc.getElementById(id);
@@ -125,7 +130,8 @@
       st.textContent = e.status;
       var btn = summary.querySelector("button.replay");
       if (btn) btn.disabled = !TERMINAL[e.status];
-      refreshSections(["timeline", "calls", "actions"]);
+      // the summary too: attempts, replays, last error, the dismissal (a replay clears it), the buttons
+      refreshSections(["summary", "timeline", "calls", "actions"]);
     });
   }
 
@@ -151,7 +157,8 @@
   }
 
   function dismiss(button) {
-    // a dead letter's row on the overview: dismissed, it leaves the list (the event page posts a form)
+    // a dead letter's row on the overview: dismissed, it leaves the list and the dead count, and the
+    // line under the list counts it (the event page posts a form)
     var id = button.getAttribute("data-id");
     button.disabled = true;
     button.textContent = "Dismissing…";
@@ -168,6 +175,7 @@
         if (row) row.remove();
         var note = document.querySelector("#dead + .empty-note");
         if (note && dead) note.hidden = dead.rows.length > 0;
+        refreshSections(["counts", "dismissed-note"]);
       });
     }).catch(function (err) {
       button.disabled = false;
