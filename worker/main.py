@@ -36,6 +36,7 @@ from worker import batches, maintenance, schedules, tasks
 from worker.actions import sql as sql_action
 from worker.db import queue_pool
 from worker.handover import Handover, QueueConnector
+from worker.metrics import serve_metrics
 from worker.pricing import unpriced_models
 from worker.runtime import Runtime, db_pool_size
 
@@ -252,31 +253,31 @@ async def run_worker(
     stop_watch.add_done_callback(lambda _: request_stop())
 
     rt = Runtime.build(settings, config, simulate_model=simulate_model, **llm_kwargs)
-    await rt.open()
-    if settings.worker_metrics_port is not None:
-        rt.metrics.serve(settings.worker_metrics_port, settings.host)
     pq_app: procrastinate.App | None = None  # built once the database answers (polls_batches asks it)
-    # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
-    rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
     checked = woken = False
     rewake: asyncio.Task[None] | None = None
-    log.info(
-        "hookline worker starting: concurrency %d, %s loop, %s",
-        settings.worker_concurrency,
-        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio",
-        "simulated model (answers made up locally, never priced)"
-        if rt.simulated
-        else ("dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled"),
-    )
-    for model in [] if rt.simulated else unpriced_models(config):
-        log.warning(
-            "model %s has no price and a tenant has usd_per_day: its calls are refused (dead letters) until "
-            '[models."%s"].prices is set',
-            model,
-            model,
+    try:  # whatever ends the worker from here closes what it opened (asyncio.run would wait on the pools)
+        if settings.worker_metrics_port is not None:
+            serve_metrics(rt.metrics, settings.worker_metrics_port, settings.host)
+        await rt.open()
+        # a fetch that gets a lone event's job claims the event too, when a slot is free (worker.handover)
+        rt.db.handover.claim_with(free=rt.slots.free, pickup=lambda: rt.metrics.serving)
+        log.info(
+            "hookline worker starting: concurrency %d, %s loop, %s",
+            settings.worker_concurrency,
+            "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio",
+            "simulated model (answers made up locally, never priced)"
+            if rt.simulated
+            else ("dry-run (no ANTHROPIC_API_KEY)" if rt.llm is None else "model calls enabled"),
         )
-    expected = migrations.discover()
-    try:
+        for model in [] if rt.simulated else unpriced_models(config):
+            log.warning(
+                "model %s has no price and a tenant has usd_per_day: its calls are refused (dead letters) until "
+                '[models."%s"].prices is set',
+                model,
+                model,
+            )
+        expected = migrations.discover()
         while not stop.is_set():
             if not await wait_for_database(dsn, stop) or not await wait_for_schema(dsn, stop, expected):
                 break

@@ -66,3 +66,20 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def serve_metrics(metrics: WorkerMetrics, port: int, host: str) -> None:
+    """Serve ``metrics`` on ``port`` (``HOOKLINE_WORKER_METRICS_PORT``), or stop the worker at start with
+    one line naming the variable (exit 2) when it cannot listen there: in use by another process (another
+    worker on the same host), or not allowed. Running on without them would leave the metrics asked for
+    missing, and a scrape of that port would read the other process's figures as this worker's."""
+    try:
+        metrics.serve(port, host)
+    except OSError as e:
+        log.error(
+            "HOOKLINE_WORKER_METRICS_PORT: cannot listen on %s:%d (%s); stop what holds it, or set another port",
+            host,
+            port,
+            e.strerror or e.__class__.__name__,
+        )
+        raise SystemExit(2) from None

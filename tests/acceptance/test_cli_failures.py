@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -131,6 +132,26 @@ def test_a_time_flag_it_cannot_read_is_a_usage_error_naming_the_flag(
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.splitlines()[-1]
     assert last == f"hookline {command}: error: argument {flag}: {reason}", done.stderr
+
+
+def test_a_worker_metrics_port_in_use_stops_the_worker_in_one_line(db_url: str) -> None:
+    """Another process listens on HOOKLINE_WORKER_METRICS_PORT: the worker says so and exits 2 before it
+    opens anything. It hung instead, deaf to SIGTERM: the failed bind left its database pool open, and
+    asyncio.run waited on the pool's tasks forever (the run's timeout is the guard against that)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        env = _env(DATABASE_URL=db_url, HOOKLINE_HOST="127.0.0.1", HOOKLINE_WORKER_METRICS_PORT=str(port))
+        done = hookline("worker", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].endswith(
+        f"HOOKLINE_WORKER_METRICS_PORT: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "stop what holds it, or set another port"
+    )
+    assert "hookline worker starting" not in done.stderr
 
 
 def test_the_log_level_is_read_in_any_case() -> None:
