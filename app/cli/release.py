@@ -10,10 +10,22 @@ from app.core.config import Config
 
 
 def release(url: str, config: Config, out: Callable[[str], None] = print) -> list[migrations.Migration]:
-    """Apply pending migrations, then every ``[[watch]]`` entry; returns the migrations applied now."""
+    """Apply pending migrations, then every ``[[watch]]`` entry; returns the migrations applied now.
+
+    Each migration is named before it runs (a long one, or one waiting for a lock, shows which), except on
+    a new database: there all of them run, quickly as its tables are empty, and one line says so. The
+    caller says how many were applied; a failure (a MigrationError) names the migration that failed."""
+    known = migrations.discover()
 
     def step(n: int, total: int, m: migrations.Migration) -> None:
-        out(f"[{n}/{total}] applying {m.version:04d}_{m.name} …")
+        if total < len(known):
+            out(f"[{n}/{total}] applying {m.version:04d}_{m.name} …")
+        elif n == 1:
+            first, last = known[0], known[-1]
+            out(
+                f"new database: applying all {total} migrations "
+                f"({first.version:04d}_{first.name} to {last.version:04d}_{last.name}) …"
+            )
 
     def wait(m: migrations.Migration, tries: int) -> None:
         if tries == 1 or tries % 10 == 0:
@@ -22,9 +34,7 @@ def release(url: str, config: Config, out: Callable[[str], None] = print) -> lis
     def queued() -> None:
         out("another `hookline migrate` (a release step) is running on this database; waiting for it to finish …")
 
-    applied = migrations.migrate(url, on_step=step, on_wait=wait, on_queued=queued)
-    for m in applied:
-        out(f"applied {m.version:04d}_{m.name}")
+    applied = migrations.migrate(url, known, on_step=step, on_wait=wait, on_queued=queued)
     newer = migrations.status(url).unknown
     if newer:  # a rollback's release step: the newer release's migrations stay (forward-only)
         out(f"the database has newer migration(s) than this release: {', '.join(f'{v:04d}' for v in newer)}; kept")
