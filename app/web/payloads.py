@@ -8,6 +8,7 @@ here from the path, the failing keyword and the schema's own constant (:func:`de
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -15,8 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
+from jsonschema.protocols import Validator
 
 from app.core.config import Source
+from app.core.config.outputs import schema_validator
 
 
 def json_error(e: ValueError, body: bytes) -> str:
@@ -31,7 +34,7 @@ def json_error(e: ValueError, body: bytes) -> str:
 
 
 _TOO_LARGE = "number is too large to check against multipleOf"
-_MULTIPLE_OF = jsonschema.Draft202012Validator.VALIDATORS["multipleOf"]
+_MULTIPLE_OF = jsonschema.Draft202012Validator.VALIDATORS["multipleOf"]  # every draft's since 4 (3: divisibleBy)
 
 
 def _multiple_of(validator: Any, multiple: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
@@ -43,10 +46,12 @@ def _multiple_of(validator: Any, multiple: Any, instance: Any, schema: Any) -> I
         yield jsonschema.ValidationError(f"{_TOO_LARGE} {multiple}")
 
 
-#: Draft 2020-12 (as the config checks schemas) with that one keyword replaced.
-_Validator: type[jsonschema.protocols.Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, {"multipleOf": _multiple_of}
-)
+@functools.cache
+def _validator(draft: type[Validator]) -> type[Validator]:
+    """``draft``'s validator with that one keyword replaced (the config checked the schema as that draft)."""
+    if "multipleOf" not in draft.VALIDATORS:  # draft 3 (divisibleBy)
+        return draft
+    return jsonschema.validators.extend(draft, {"multipleOf": _multiple_of})  # type: ignore[no-untyped-call,no-any-return]
 
 
 def schema_violation(src: Source, event_type: str | None, payload: Any) -> str | None:
@@ -55,7 +60,8 @@ def schema_violation(src: Source, event_type: str | None, payload: Any) -> str |
     if schema is None:
         return None
     try:
-        error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(payload))
+        validator = _validator(schema_validator(schema))(schema)  # the draft its $schema names
+        error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
     except RecursionError:
         return "payload is nested too deeply to validate"
     except (OverflowError, ValueError, TypeError) as e:  # another keyword a number breaks: still the sender's
@@ -74,8 +80,9 @@ def _shown(constant: Any) -> str:
 #: Keywords whose argument is keyed (a property name, a pattern) or indexed before the subschema.
 _KEYED = {"properties", "patternProperties", "dependentSchemas", "allOf", "anyOf", "oneOf", "prefixItems", "$defs"}
 _KEYED |= {"unevaluatedProperties"}  # it descends with the property name in its schema path
+_KEYED |= {"dependencies"}  # drafts before 2019-09: dependentRequired and dependentSchemas in one
 #: Keywords that descend into one member of the instance (one step of its path), not named by the schema.
-_ANY_MEMBER = {"patternProperties", "additionalProperties", "items", "prefixItems"}
+_ANY_MEMBER = {"patternProperties", "additionalProperties", "items", "prefixItems", "additionalItems"}
 
 
 def _descent(error: jsonschema.ValidationError) -> tuple[list[str | None], bool]:
@@ -153,6 +160,9 @@ def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: 
     if keyword in bounds:
         if keyword == "multipleOf" and str(error.message).startswith(_TOO_LARGE):
             return str(error.message)  # ours (_multiple_of): the schema's number only
+        exclusive = {"minimum": ("exclusiveMinimum", "less"), "maximum": ("exclusiveMaximum", "greater")}.get(keyword)
+        if exclusive and isinstance(schema, dict) and schema.get(exclusive[0]) is True:  # draft 4's boolean form
+            return f"is {exclusive[1]} than or equal to the {keyword} of {_shown(constant)} ({exclusive[0]})"
         return f"{bounds[keyword]} {_shown(constant)}"
     if keyword == "type":
         types = constant if isinstance(constant, list) else [constant]
@@ -160,11 +170,11 @@ def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: 
     if keyword == "required":
         missing = [p for p in constant if isinstance(instance, dict) and p not in instance] or list(constant)
         return f"{_shown(missing[0])} is a required property"
-    if keyword == "dependentRequired" and isinstance(instance, dict):
+    if keyword in ("dependentRequired", "dependencies") and isinstance(instance, dict):
         for prop, needs in constant.items():
-            lacking = [n for n in needs if prop in instance and n not in instance]
+            lacking = [n for n in needs if prop in instance and n not in instance] if isinstance(needs, list) else []
             if lacking:
-                return f"{_shown(lacking[0])} is required when {_shown(prop)} is present (dependentRequired)"
+                return f"{_shown(lacking[0])} is required when {_shown(prop)} is present ({keyword})"
     if keyword == "additionalProperties":
         extra = _additional(instance, schema)
         if not extra:
@@ -173,6 +183,9 @@ def _keyword_message(keyword: str | None, constant: Any, instance: Any, schema: 
     if keyword == "items" and constant is False:
         prefix = len(schema.get("prefixItems", [])) if isinstance(schema, dict) else 0
         return f"has more than {prefix} item(s) (items is false after prefixItems)"
+    if keyword == "additionalItems" and constant is False:  # drafts before 2020-12: items as a list
+        listed = schema.get("items") if isinstance(schema, dict) else None
+        return f"has more than {len(listed) if isinstance(listed, list) else 0} item(s) (additionalItems is false)"
     fixed = {
         None: "is not allowed here (the schema is false)",
         "const": f"is not the const {_shown(constant)}",

@@ -8,11 +8,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import Field, field_validator, model_validator
 
 from app.core.config._base import LOCATOR_KEYS, Strict, check_env_name, check_locators
 from app.core.config.limits import RateLimit
+from app.core.config.outputs import schema_error
 from app.signatures import PROVIDERS, HmacOptions
 
 
@@ -95,10 +95,8 @@ class Source(Strict):
     @classmethod
     def _schemas(cls, v: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
         for event_type, schema in (v or {}).items():
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as e:
-                raise ValueError(f"schemas.{event_type!r} is not a valid JSON Schema: {e.message}") from None
+            if problem := schema_error(schema):  # as the draft its $schema names, as ingest validates with
+                raise ValueError(f"schemas.{event_type!r} is {problem}")
         return v
 
     def schema_for(self, event_type: str | None) -> dict[str, Any] | None:
