@@ -20,6 +20,7 @@ from app.cli import dismiss, embedded
 from app.cli import schedules as scheduling
 from app.cli import watch as watching
 from app.cli.args import at_least_one, when
+from app.cli.check import summary
 from app.cli.failures import _without_secrets, database_problem, output_closed, quiet_exit
 from app.cli.release import release
 from app.core import migrations
@@ -118,10 +119,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     config = load_config(path)
     problems = environment_problems(config, settings.environ, settings.public_url) + weak_tokens(settings)
-    print(f"{path}: OK — {len(config.sources)} source(s), {len(config.pipelines)} pipeline(s)")
-    for name, src in sorted(config.sources.items()):
-        pipes = [p.name for p in config.pipelines.values() if p.source == name]
-        print(f"  source {name} ({src.provider}) → {', '.join(pipes) or 'no pipeline'}")
+    head, *lines = summary(config)
+    print(f"{path}: OK — {head}")
+    for line in lines:
+        print(line)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return 1 if problems and args.strict else 0

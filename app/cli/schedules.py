@@ -7,10 +7,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from app.cli.args import at_least_one
-from app.core.config import Config, load_config
+from app.core.config import Config, Schedule, load_config
 from app.core.settings import Settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def run_time(sched: Schedule, at: datetime) -> str:
+    """A firing's time in UTC, and in the schedule's time zone when that is not UTC."""
+    local = "" if sched.timezone == "UTC" else f" ({at.isoformat(timespec='minutes')})"
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") + local
 
 
 def table(config: Config, now: datetime | None = None, runs: int = 1) -> list[str]:
@@ -24,9 +30,7 @@ def table(config: Config, now: datetime | None = None, runs: int = 1) -> list[st
         at = now
         for _ in range(runs):
             at = sched.next_run(at)
-            utc = at.astimezone(UTC)
-            local = "" if sched.timezone == "UTC" else f" ({at.isoformat(timespec='minutes')})"
-            nexts.append(utc.strftime("%Y-%m-%d %H:%M:%SZ") + local)
+            nexts.append(run_time(sched, at))
         lines.append(
             f"{name:<20} {sched.cron:<16} {sched.timezone:<16} {sched.pipeline:<20} {sched.window:<7} "
             + ", ".join(nexts)
