@@ -34,7 +34,7 @@ import json
 import logging
 import re
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -177,7 +177,9 @@ async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | N
 
 async def _state_row(state: AppState, pipeline: Pipeline, d: Delivery) -> Any:
     pool = await state.db.ensure()
-    return await pool.fetchrow(Q["reply_state"], d.event_id, pipeline.name, pipeline.respond_timeout_ms / 1000)
+    return await pool.fetchrow(
+        Q["reply_state"], d.event_id, pipeline.name, pipeline.respond_timeout_ms / 1000, d.duplicate
+    )
 
 
 #: Bookkeeping writes that must not hold up a reply (a reference keeps each task alive).
@@ -226,12 +228,22 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
     """The sender's retry of a delivery, at once: the answer only where the HTTP reply carries it
     (``sync_reply = 'answer'``, or claimed now when nothing is recorded yet), so the sender never gets
     it both in a reply and as a follow-up; the default otherwise (no answer yet, or the default went
-    out, or a replay recomputed the answer, and the follow-up actions deliver it)."""
+    out, or a replay recomputed the answer, and the follow-up actions deliver it). Its templates read the
+    stored event (type, tenant, time, payload: what the model saw), not the retry's own body, unless
+    the database cannot be read."""
     try:
         row = await _state_row(state, pipeline, d)
     except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]  # stored: the default is a true answer
         log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
         row = None
+    if row is not None:  # the stored delivery, not the retry's body (which may differ, or not be UTF-8)
+        d = replace(
+            d,
+            event_type=row["event_type"],
+            tenant=row["tenant"],
+            occurred_at=row["occurred_at"],
+            payload=row["payload"] if row["payload"] is not None else d.payload,  # None: pruned
+        )
     if row is None or not row["has_answer"] or row["sync_reply"] == "default" or row["recomputed"]:
         return _respond(state, pipeline, d, None, None, "duplicate_default")
     body = _answer_body(pipeline, d, row["output"])
@@ -305,8 +317,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _utf8(text: str) -> bytes:
     """The reply's bytes. A retry is answered without Postgres ever reading its body, so the values it
-    brings into a template can hold an unpaired surrogate, which has no UTF-8 form: it goes out as
-    U+FFFD (a 500 from encoding it would tell the sender its delivery failed)."""
+    brings into a template (when the stored event cannot be read) can hold an unpaired surrogate,
+    which has no UTF-8 form: it goes out as U+FFFD (a 500 from encoding it would tell the sender its
+    delivery failed)."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:

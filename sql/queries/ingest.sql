@@ -53,7 +53,9 @@ WHERE source = $1 AND delivery_id = $2 AND (source, delivery_id) >= ($1, $2);
 -- the worker's claim_late_reply counts it. recomputed: a replay made the answer (stored since its run
 -- started), so the follow-up actions deliver it, as claim_late_reply decides. The answer is the
 -- succeeded one, or under hookline dev --simulate-model the simulated one (never reused by a later run,
--- so there may be several: the latest; migration 0035); simulated says which.
+-- so there may be several: the latest; migration 0035); simulated says which. $4: the reply is a
+-- retry's (a duplicate), whose templates read the stored event (its type, tenant, time and payload:
+-- what the model saw), not the retry's body; payload is null otherwise (never read).
 WITH ans AS (
     SELECT output, status = 'simulated' AS simulated FROM hookline.llm_calls
     WHERE event_id = $1 AND pipeline = $2 AND status IN ('succeeded', 'simulated')
@@ -66,7 +68,8 @@ SELECT e.status, e.sync_reply, (SELECT output FROM ans) AS output, EXISTS (SELEC
            (SELECT bool_or(c.created_at >= e.started_at) FROM hookline.llm_calls c
             WHERE c.event_id = $1 AND c.pipeline = $2 AND c.status IN ('succeeded', 'simulated')), false
        ) ELSE false END AS recomputed,
-       extract(epoch FROM e.received_at + make_interval(secs => $3::float8) - now())::float8 AS remaining_s
+       extract(epoch FROM e.received_at + make_interval(secs => $3::float8) - now())::float8 AS remaining_s,
+       e.event_type, e.tenant, e.occurred_at, CASE WHEN $4::boolean THEN e.payload END AS payload
 FROM hookline.events e
 WHERE e.id = $1;
 

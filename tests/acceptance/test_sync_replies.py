@@ -315,3 +315,23 @@ async def test_a_retry_whose_values_cannot_be_sent_as_utf8_is_still_answered(
     assert again.json()["response_type"] == "in_channel"  # valid JSON, as UTF-8
     assert len(fake.calls_to("/v1/messages")) == 1
     assert rows(db_url, "SELECT count(*) FROM hookline.events") == [(1,)]
+
+
+async def test_a_retry_with_other_values_gets_the_reply_of_the_stored_event(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """A retry is the stored delivery, whatever its body says now: its reply is rendered over the stored
+    event's payload (the fields the model saw), never the answer mixed with the retry's own values."""
+    config = make_config()
+    fake.enqueue(reply({"answer": "42"}))
+    settings = settings_for(db_url, fake)
+    trigger = f"trig.other.{next(_ids)}"
+    body = command_body(receiver.url, trigger=trigger)
+    other = body.replace(b"user_name=ada", b"user_name=eve")
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        first = await slash(client, base, body)
+        assert first.json() == {"response_type": "in_channel", "text": "42 (for ada)"}, first.text
+        again = await slash(client, base, other)
+    assert again.headers["x-hookline-event-id"] == first.headers["x-hookline-event-id"]
+    assert again.json() == {"response_type": "in_channel", "text": "42 (for ada)"}
+    assert len(fake.calls_to("/v1/messages")) == 1
