@@ -95,6 +95,15 @@ class RateLimited(HTTPError):
     code = "rate_limited"
 
 
+class MissingGrant(HTTPError):
+    """The web process's database login lacks a privilege the request needs (the least-privilege roles
+    of sql/roles.sql without the one that grants it): the server's setup, not the request, so a 5xx;
+    retrying changes nothing, so not a 503 and no Retry-After. The detail names the grant to add."""
+
+    status = 500
+    code = "insufficient_privilege"
+
+
 class DatabaseUnavailable(HTTPError):
     status = 503
     code = "database_unavailable"

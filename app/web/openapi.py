@@ -213,6 +213,7 @@ EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type
 AUTH = {
     "401": _error("No token, or a wrong one.", challenge=True),
     "429": _error("Too many wrong tokens from this address; retry after Retry-After seconds.", retry_after=True),
+    "500": _error("insufficient_privilege: the web process's database login lacks a grant; detail names it."),
     "503": _error("Postgres is unreachable.", retry_after=True),
 }
 BAD = {"400": _error("A parameter is not valid; detail says which.")}

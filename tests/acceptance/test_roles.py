@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from app.signatures import sign
+from tests.chaos_support import query
 from tests.conftest import PgServer
 from tests.harness import config_from, make_settings, rows, wait_for_status, web_server, worker_task
 from worker import schedules
@@ -115,3 +116,45 @@ async def test_the_worker_role_stores_a_schedules_firing(logins: dict[str, str],
 def test_each_role_is_refused_what_it_must_not_do(logins: dict[str, str], group: str, statement: str) -> None:
     with psycopg.connect(logins[group]) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
         c.execute(statement)
+
+
+async def test_admin_writes_under_the_web_roles_say_which_grant_is_missing(
+    conn: psycopg.Connection, db_url: str, logins: dict[str, str]
+) -> None:
+    """The web process under hookline_web (+ hookline_readonly for the admin reads) may not replay or
+    dismiss: each admin write (API, bulk form, dashboard) answers a JSON error naming the grant to add,
+    not a bare 500 ``Internal Server Error``; an admin read under hookline_web alone names its grant too.
+    The advice is right: with hookline_worker granted, the same writes succeed."""
+    token = "t" * 24
+    auth = {"authorization": f"Bearer {token}", "accept": "application/json"}
+    ((event_id,),) = query(
+        db_url,
+        "INSERT INTO hookline.events (source, delivery_id, event_type, status, payload) "
+        "VALUES ('sw', 'd-1', 'thing.happened', 'dead', '{}') RETURNING id",
+    )
+    login = psycopg.conninfo.conninfo_to_dict(logins["web"])["user"]
+    writes = [
+        (f"/admin/api/events/{event_id}/replay", {}),
+        ("/admin/api/replay", {"source": "sw"}),
+        (f"/admin/api/events/{event_id}/dismiss", {}),
+        ("/admin/api/dismiss", {"source": "sw"}),
+        (f"/admin/events/{event_id}/replay", None),  # the dashboard's Replay button (a form)
+    ]
+    settings = make_settings(logins["web"], admin_token=token)
+    async with web_server(settings, config_from({})) as base, httpx.AsyncClient(headers=auth) as client:
+        read = await client.get(f"{base}/admin/api/events/{event_id}")
+        assert read.status_code == 500, read.text
+        assert read.json()["error"] == "insufficient_privilege" and "hookline_readonly" in read.json()["detail"]
+        conn.execute(f'GRANT hookline_readonly TO "{login}"')
+        assert (await client.get(f"{base}/admin/api/events/{event_id}")).status_code == 200
+        for path, body in writes:
+            form = {"recompute": "0"}
+            resp = await (
+                client.post(base + path, json=body) if body is not None else client.post(base + path, data=form)
+            )
+            assert resp.status_code == 500, (path, resp.text)
+            answer = resp.json()
+            assert answer["error"] == "insufficient_privilege", (path, answer)
+            assert "grant hookline_worker" in answer["detail"] and "permission denied" not in answer["detail"]
+        conn.execute(f'GRANT hookline_worker TO "{login}"')
+        assert (await client.post(f"{base}/admin/api/events/{event_id}/replay")).status_code == 202

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.core.errors import BadRequest, Conflict, DatabaseUnavailable, NotFound, PayloadTooLarge
+from app.core.errors import BadRequest, Conflict, DatabaseUnavailable, MissingGrant, NotFound, PayloadTooLarge
 from app.core.status import EventStatus
 from app.web.admin import data
 from app.web.admin.auth import require_bearer
@@ -48,14 +48,27 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         assert state.settings.admin_token is not None  # routes exist only when it is set
         address = client_ip(request, state.trusted_proxies)
         require_bearer(request, state.settings.admin_token.get_secret_value(), state.admin_attempts, address)
-        return private(await run_db(state, lambda: handler(request, state)))
+        return private(await run_db(state, lambda: handler(request, state), write=request.method == "POST"))
 
     return endpoint
 
 
-async def run_db(state: AppState, call: Callable[[], Awaitable[Response]]) -> Response:
+#: What a refused privilege means, by whether the request writes (replay, dismiss) or only reads.
+NEEDS_GRANT = {
+    True: "the web process's database login may not replay or dismiss events: grant hookline_worker to it "
+    "(sql/roles.sql), or run the web process with the owner's DATABASE_URL",
+    False: "the web process's database login may not read what the admin pages show: grant "
+    "hookline_readonly to it (sql/roles.sql), or run the web process with the owner's DATABASE_URL",
+}
+
+
+async def run_db(state: AppState, call: Callable[[], Awaitable[Response]], *, write: bool = False) -> Response:
+    """``call``, with the database's refusals as HTTP errors. ``write``: the request replays or dismisses,
+    which decides the grant a missing privilege names (never the database's own message)."""
     try:
         return await call()
+    except asyncpg.InsufficientPrivilegeError:
+        raise MissingGrant(NEEDS_GRANT[write]) from None
     except asyncpg.NoDataFoundError as e:
         raise NotFound(_pg_message(e)) from None
     except asyncpg.ObjectNotInPrerequisiteStateError as e:

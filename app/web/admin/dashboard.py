@@ -91,7 +91,7 @@ def signed_in(page: Page) -> Callable[[Request], Awaitable[Response]]:
             if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                 return RedirectResponse("/admin/login", status_code=303)
             return json_response(401, {"error": "unauthorized", "detail": "sign in at /admin/login"})
-        return private(await run_db(state, lambda: page(request, state, session)))
+        return private(await run_db(state, lambda: page(request, state, session), write=request.method == "POST"))
 
     return endpoint
 
