@@ -6,7 +6,8 @@ status, shared by every stream of the process: :class:`SharedCounts`) in one go,
 ``update`` message. A quiet stream sends a comment line now and then
 so proxies keep it open, and ends after ``MAX_STREAM_SECONDS`` or as soon as the server begins
 shutting down (``AppState.stopping``); the browser's EventSource reconnects
-by itself (``retry:``) and the page re-reads the database on ``resync``.
+by itself (``retry:``), the page re-reads what it shows once the new stream says ``hello`` (changes
+made while no stream listened reach no stream), and reloads on ``resync``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ BATCH_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
 #: Counts by status are re-read at most this often per web process (all its streams share them).
 COUNTS_SECONDS = 2.0
-#: A stream is closed after this long; the browser reconnects at once (bounded server shutdown).
+#: A stream is closed after this long (a quiet one too, not at its next keepalive); the browser
+#: reconnects 2 s later (``retry:``) and, on the new stream's ``hello``, re-reads what the page shows.
 MAX_STREAM_SECONDS = 300.0
 #: At most this many rows of one large INSERT batch are sent (the newest).
 MAX_ROWS = 100
@@ -145,6 +147,7 @@ async def updates(state: AppState) -> AsyncIterator[bytes]:
             wait = KEEPALIVE_SECONDS
             if uncounted is not None:
                 wait = 0.0 if shared.read_at > sent_read_at else shared.next_read_in()
+            wait = max(0.0, min(wait, ended - time.monotonic()))  # a quiet stream ends on time too
             try:
                 async with asyncio.timeout(wait):
                     first: Notice | None = await _next(queue, state.stopping)

@@ -8,6 +8,7 @@
   var TERMINAL = { succeeded: 1, dead: 1, skipped: 1 };
   var MAX_ROWS = 50;
   var lastChart = 0;
+  var ERROR_PENDING = "(see the event)";
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -47,7 +48,8 @@
     tr.appendChild(el("td", {}, e.source));
     tr.appendChild(el("td", {}, e.event_type || ""));
     tr.appendChild(el("td", {}, e.attempts));
-    tr.appendChild(el("td", { "class": "error-text" }, ""));
+    // the live message carries no error: a placeholder until the overview's own (masked) row is read
+    tr.appendChild(el("td", { "class": "error-text pending" }, ERROR_PENDING));
     var st = el("td", { "class": "status" });
     st.appendChild(badge(e.status));
     tr.appendChild(st);
@@ -62,6 +64,7 @@
   function updateOverview(msg) {
     var body = document.querySelector("#events tbody");
     var dead = document.querySelector("#dead tbody");
+    var arrived = [];
     msg.events.forEach(function (e) {
       var row = body.querySelector('tr[data-id="' + e.id + '"]');
       if (row) {
@@ -85,8 +88,10 @@
         if (dbtn && e.status !== "dead") dbtn.disabled = true;
       } else if (e.status === "dead") {
         dead.insertBefore(deadRow(e), dead.firstChild);
+        arrived.push(String(e.id));
       }
     });
+    if (arrived.length) refreshSections([], arrived);
     var note = document.querySelector("#dead + .empty-note");
     if (note) note.hidden = dead.rows.length > 0;
     if (msg.counts) {
@@ -102,21 +107,45 @@
     }
   }
 
-  var refreshes = 0;
+  // Re-reads of this page: one at a time, in order. Sections asked for while one is under way are read
+  // by one more after it (so the last answer always follows the last request); on the overview, live
+  // updates that arrive meanwhile are held and applied on top of the fresh sections.
+  var wanted = {}, errorsWanted = {}, reading = false, again = false, held = [];
 
-  function refreshSections(ids) {
-    // re-read this page and swap in its sections; an answer overtaken by a later request is dropped
-    var mine = ++refreshes;
+  function refreshSections(ids, deadIds) {
+    ids.forEach(function (id) { wanted[id] = 1; });
+    (deadIds || []).forEach(function (id) { errorsWanted[id] = 1; });
+    if (reading) { again = true; return; }
+    reading = true;
+    var swap = Object.keys(wanted), fill = Object.keys(errorsWanted);
+    wanted = {}; errorsWanted = {};
     fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (r) { return r.text(); })
       .then(function (html) {
-        if (mine !== refreshes) return;
         var doc = new DOMParser().parseFromString(html, "text/html");
-        ids.forEach(function (id) {
+        swap.forEach(function (id) {
           var fresh = doc.getElementById(id);
           var old = document.getElementById(id);
           if (fresh && old) old.replaceWith(fresh);
         });
+        // a dead letter that arrived live: its error as the overview shows it (masked by redact)
+        fill.forEach(function (id) {
+          var fresh = doc.querySelector('#dead tr[data-id="' + id + '"] .error-text');
+          var cell = document.querySelector('#dead tr[data-id="' + id + '"] .error-text.pending');
+          if (fresh && cell && fresh.textContent.trim()) {
+            cell.textContent = fresh.textContent;
+            cell.classList.remove("pending");
+          }
+        });
+      })
+      .catch(function () { /* the next change or reconnect reads again */ })
+      .then(function () {
+        var more = again;
+        reading = again = false;
+        var later = held;
+        held = [];
+        later.forEach(updateOverview);  // may begin a read itself, which then covers the requests too
+        if (more && !reading) refreshSections([]);
       });
   }
 
@@ -191,13 +220,54 @@
   });
 
   if (page !== "overview" && page !== "event") return;
-  var live = document.getElementById("live");
-  var source = new EventSource("/admin/stream");
-  source.addEventListener("hello", function () { if (live) { live.textContent = "live"; live.className = "live on"; } });
-  source.addEventListener("update", function (m) {
-    var msg = JSON.parse(m.data);
-    if (page === "overview") updateOverview(msg); else updateEvent(msg);
-  });
-  source.addEventListener("resync", function () { window.location.reload(); });
-  source.onerror = function () { if (live) { live.textContent = "reconnecting…"; live.className = "live"; } };
+  // What a reconnect re-reads: changes made while no stream was open reached no one.
+  var SECTIONS = page === "overview"
+    ? ["counts", "last-hour", "events", "cost", "dead", "dead-empty", "dismissed-note"]
+    : ["summary", "timeline", "calls", "actions"];
+  var dropped = false;
+
+  function setLive(text, cls) {
+    var live = document.getElementById("live");
+    if (live) { live.textContent = text; live.className = cls; }
+  }
+
+  function sessionEnded() {
+    var live = document.getElementById("live");
+    if (!live) return;
+    live.textContent = "session ended: ";
+    live.className = "live ended";
+    live.appendChild(el("a", { href: "/admin/login" }, "sign in again"));
+  }
+
+  function connect() {
+    var source = new EventSource("/admin/stream");
+    source.addEventListener("hello", function () {
+      // sent once the stream listens: a re-read now misses nothing the stream will not bring
+      setLive("live", "live on");
+      if (dropped) {
+        dropped = false;
+        refreshSections(SECTIONS);
+        var img = document.getElementById("chart");
+        if (img) { lastChart = Date.now(); img.src = "/admin/chart.svg?t=" + lastChart; }
+      }
+    });
+    source.addEventListener("update", function (m) {
+      var msg = JSON.parse(m.data);
+      if (page !== "overview") updateEvent(msg);
+      else if (reading) held.push(msg);
+      else updateOverview(msg);
+    });
+    source.addEventListener("resync", function () { window.location.reload(); });
+    source.onerror = function () {
+      dropped = true;
+      setLive("reconnecting…", "live");
+      if (source.readyState !== EventSource.CLOSED) return;  // the browser reconnects by itself
+      // it gave up (a 401, or an answer that is not a stream): signed out, or try again
+      fetch("/admin/stream", { method: "HEAD", credentials: "same-origin" }).then(function (r) {
+        if (r.status === 401) sessionEnded(); else setTimeout(connect, 2000);
+      }, function () { setTimeout(connect, 2000); });
+    };
+  }
+
+  connect();
 })();
