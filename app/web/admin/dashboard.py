@@ -136,12 +136,18 @@ async def login(request: Request) -> Response:
     return response
 
 
-@signed_in
-async def logout(request: Request, state: AppState, session: Session) -> Response:
+async def _checked_form(request: Request, state: AppState, session: Session) -> Any:
+    """A signed-in POST's form, once its Origin (for a cookie session) and its CSRF token are checked."""
     if not session.bearer:
         sessions(state).check_origin(request)
     form = await read_form(request)
     sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    return form
+
+
+@signed_in
+async def logout(request: Request, state: AppState, session: Session) -> Response:
+    await _checked_form(request, state, session)
     response = RedirectResponse("/admin/login", status_code=303)
     sessions(state).clear_cookie(request, response, SESSION_COOKIE)
     return response
@@ -202,27 +208,24 @@ async def event_page(request: Request, state: AppState, session: Session) -> Res
 
 @signed_in
 async def replay(request: Request, state: AppState, session: Session) -> Response:
-    if not session.bearer:
-        sessions(state).check_origin(request)
-    form = await read_form(request)
-    sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    form = await _checked_form(request, state, session)
     event_id = event_id_of(str(request.path_params["event_id"]))
     job_id = await replay_event(state, event_id, recompute=form.get("recompute") == "1", force=False)
-    if "application/json" in request.headers.get("accept", ""):
-        return json_response(202, {"event_id": event_id, "job_id": job_id})
-    return RedirectResponse(f"/admin/events/{event_id}", status_code=303)
+    return _done(request, event_id, 202, {"event_id": event_id, "job_id": job_id})
 
 
 @signed_in
 async def dismiss(request: Request, state: AppState, session: Session) -> Response:
-    if not session.bearer:
-        sessions(state).check_origin(request)
-    form = await read_form(request)
-    sessions(state).check_csrf(request, session, _str(form.get(CSRF_FIELD)))
+    form = await _checked_form(request, state, session)
     event_id = event_id_of(str(request.path_params["event_id"]))
     result = await dismiss_event(state, event_id, reason=clean("reason", form.get("reason")), by="dashboard")
+    return _done(request, event_id, 200, result)
+
+
+def _done(request: Request, event_id: int, status: int, body: Any) -> Response:
+    """A button's answer: JSON for the page's script, else back to the event's page (a plain form)."""
     if "application/json" in request.headers.get("accept", ""):
-        return json_response(200, result)
+        return json_response(status, body)
     return RedirectResponse(f"/admin/events/{event_id}", status_code=303)
 
 

@@ -164,52 +164,45 @@
     });
   }
 
-  function replay(button) {
+  // A button's POST (the page's CSRF token, as the forms send it): ``ok`` runs on the expected status;
+  // on anything else the button comes back, and the reason is shown.
+  function post(button, action, expected, busy, idle, ok) {
     var id = button.getAttribute("data-id");
     button.disabled = true;
-    button.textContent = "Replaying…";
-    fetch("/admin/events/" + encodeURIComponent(id) + "/replay", {
+    button.textContent = busy;
+    fetch("/admin/events/" + encodeURIComponent(id) + "/" + action, {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/x-www-form-urlencoded", Accept: "application/json", "X-CSRF-Token": csrf },
       body: "csrf_token=" + encodeURIComponent(csrf)
     }).then(function (r) {
       return r.json().then(function (body) {
-        if (r.status !== 202) throw new Error(body.detail || ("HTTP " + r.status));
-        button.textContent = "Replay queued";
+        if (r.status !== expected) throw new Error(body.detail || ("HTTP " + r.status));
+        ok();
       });
     }).catch(function (err) {
       button.disabled = false;
-      button.textContent = "Replay";
-      alert("Replay failed: " + err.message);
+      button.textContent = idle;
+      alert(idle + " failed: " + err.message);
+    });
+  }
+
+  function replay(button) {
+    post(button, "replay", 202, "Replaying…", "Replay", function () {
+      button.textContent = "Replay queued";
     });
   }
 
   function dismiss(button) {
     // a dead letter's row on the overview: dismissed, it leaves the list and the dead count, and the
     // line under the list counts it (the event page posts a form)
-    var id = button.getAttribute("data-id");
-    button.disabled = true;
-    button.textContent = "Dismissing…";
-    fetch("/admin/events/" + encodeURIComponent(id) + "/dismiss", {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/x-www-form-urlencoded", Accept: "application/json", "X-CSRF-Token": csrf },
-      body: "csrf_token=" + encodeURIComponent(csrf)
-    }).then(function (r) {
-      return r.json().then(function (body) {
-        if (r.status !== 200) throw new Error(body.detail || ("HTTP " + r.status));
-        var row = button.closest("tr");
-        var dead = row && row.parentNode;
-        if (row) row.remove();
-        var note = document.querySelector("#dead + .empty-note");
-        if (note && dead) note.hidden = dead.rows.length > 0;
-        refreshSections(["counts", "dismissed-note"]);
-      });
-    }).catch(function (err) {
-      button.disabled = false;
-      button.textContent = "Dismiss";
-      alert("Dismiss failed: " + err.message);
+    post(button, "dismiss", 200, "Dismissing…", "Dismiss", function () {
+      var row = button.closest("tr");
+      var dead = row && row.parentNode;
+      if (row) row.remove();
+      var note = document.querySelector("#dead + .empty-note");
+      if (note && dead) note.hidden = dead.rows.length > 0;
+      refreshSections(["counts", "dismissed-note"]);
     });
   }
 
