@@ -33,7 +33,7 @@ ORDER BY d.event_id DESC
 LIMIT $2;
 
 -- name: event_payloads
--- The payloads of the listed dead letters whose source masks fields (what their errors may repeat).
+-- The payloads of the listed events or dead letters whose source masks fields (what their errors may repeat).
 SELECT id, payload FROM hookline.events WHERE id = ANY($1::bigint[]);
 
 -- name: replay_one

@@ -86,3 +86,17 @@ async def test_the_dead_letter_list_masks_them_too(admin: httpx.AsyncClient, con
     assert rows[other]["error"] == "boom"
     page = await admin.get("/admin", headers={"accept": "text/html"})
     assert page.status_code == 200 and EMAIL not in page.text and "refused [redacted]" in page.text
+
+
+async def test_the_event_list_masks_them_too(admin: httpx.AsyncClient, conn: psycopg.Connection) -> None:  # noqa: F811
+    """``GET /admin/api/events`` carries each event's ``last_error`` and ``detail``: masked as the dead
+    letters' errors are (the list returned them as stored)."""
+    event_id = story(conn)
+    conn.execute("UPDATE hookline.events SET detail = %s WHERE id = %s", (f"to {EMAIL}", event_id))
+    other = insert_event(conn, "github", "gh-dead", status="dead", payload={"email": EMAIL})  # no redact: shown
+    conn.execute("UPDATE hookline.events SET last_error = %s WHERE id = %s", (f"refused {EMAIL}", other))
+    r = await admin.get("/admin/api/events")
+    assert r.status_code == 200
+    rows = {e["id"]: e for e in r.json()["events"]}
+    assert rows[event_id]["last_error"] == "slack#1: refused [redacted]" and rows[event_id]["detail"] == "to [redacted]"
+    assert rows[other]["last_error"] == f"refused {EMAIL}"

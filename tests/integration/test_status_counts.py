@@ -19,6 +19,7 @@ import psycopg
 from app.core import migrations
 from app.core.sqlfiles import queries
 from app.web.admin import data
+from tests.harness import config_from
 
 OBSERVE = queries("observe")
 #: Rows of hookline.events read by scans of either kind in this transaction so far.
@@ -168,7 +169,7 @@ async def _rows_read(url: str, f: data.EventFilter) -> int:
     try:
         async with conn.transaction():  # (the view may still hold the counts of earlier transactions)
             before = await conn.fetchval(EVENTS_READ)
-            assert await data.list_events(conn, f, before=None, limit=50) == []
+            assert await data.list_events(conn, config_from({}), f, before=None, limit=50) == []
             return int(await conn.fetchval(EVENTS_READ)) - int(before)
     finally:
         await conn.close()

@@ -230,7 +230,8 @@ async def list_events(request: Request, state: AppState) -> Response:
     limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
     before = parse_cursor(p.get("cursor"))
     pool = await state.db.ensure()
-    events, cursor = page(await data.list_events(pool, f, before=before, limit=limit + 1), limit, "id")
+    rows = await data.list_events(pool, state.config, f, before=before, limit=limit + 1)
+    events, cursor = page(rows, limit, "id")
     return json_response(200, {"events": events, "next_cursor": cursor})
 
 

@@ -188,7 +188,7 @@ async def overview(request: Request, state: AppState, session: Session) -> Respo
         csrf=session.csrf,
         statuses=STATUSES,
         counts=data.tiles(stats["events_by_status"], stats["dead_letters"]),
-        events=await data.list_events(pool, data.EventFilter(), before=None, limit=30),
+        events=await data.list_events(pool, state.config, data.EventFilter(), before=None, limit=30),
         dead=await data.dead_letters(pool, state.config, before=None, limit=50),
         cost=await data.cost(pool, since, until),
         day=since.date().isoformat(),

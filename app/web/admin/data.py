@@ -34,11 +34,14 @@ class EventFilter:
     until: datetime | None = None
 
 
-async def list_events(conn: Any, f: EventFilter, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+async def list_events(
+    conn: Any, config: Config, f: EventFilter, *, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Events matching ``f``, their ``last_error`` and ``detail`` masked as the dead letters' errors are."""
     rows = await conn.fetch(
         Q["list_events"], f.source, f.event_type, f.status, f.tenant, f.since, f.until, before, limit
     )
-    return [jsonable(r) for r in rows]
+    return await _masked(conn, config, [jsonable(r) for r in rows], "id", ("last_error", "detail"))
 
 
 async def event_detail(conn: Any, config: Config, event_id: int) -> dict[str, Any] | None:
@@ -55,15 +58,23 @@ async def dead_letters(conn: Any, config: Config, *, before: int | None, limit: 
     """Dead letters, their errors masked where they repeat a value of their source's ``redact`` paths
     (a model answer that failed its schema is described with the value itself)."""
     rows = [jsonable(r) for r in await conn.fetch(Q["dead_letters"], before, limit)]
-    masking = [r["event_id"] for r in rows if (s := config.sources.get(r["source"])) is not None and s.redact]
+    return await _masked(conn, config, rows, "event_id", ("error", "detail", "invalid_output_error"))
+
+
+async def _masked(
+    conn: Any, config: Config, rows: list[dict[str, Any]], id_key: str, keys: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """``rows`` with the texts under ``keys`` masked where they repeat a value of their source's
+    ``redact`` paths, read from the payloads of the rows whose source masks fields (one query)."""
+    masking = [r[id_key] for r in rows if (s := config.sources.get(r["source"])) is not None and s.redact]
     if not masking:
         return rows
     payloads = {int(r["id"]): r["payload"] for r in await conn.fetch(Q["event_payloads"], masking)}
     for row in rows:
-        hidden = hidden_values(config, row["source"], payloads.get(row["event_id"]))
+        hidden = hidden_values(config, row["source"], payloads.get(row[id_key]))
         if hidden:
             mask = Scrubber(hidden)
-            for key in ("error", "detail", "invalid_output_error"):
+            for key in keys:
                 row[key] = mask(row[key])
     return rows
 
