@@ -288,7 +288,7 @@ async def test_every_link_answers_and_values_show_as_sent(base: str, conn: psyco
     )
     bearer = {"Authorization": f"Bearer {TOKEN}", "accept": "text/html"}
     async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
-        for path in ("/admin/login", "/admin", f"/admin/events/{dead}"):
+        for path in ("/admin/login", "/admin", f"/admin/events/{dead}", "/admin/events", "/admin/dead-letters"):
             page = (await client.get(path)).text
             assert re.search(r'<link rel="icon" href="/admin/static/[^"]+"', page), path
             targets = set(re.findall(r'(?:href|src)="([^"]+)"', page))

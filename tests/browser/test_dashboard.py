@@ -181,7 +181,15 @@ async def test_dismiss_and_a_change_made_elsewhere_show_without_a_reload(
             )
             wait_for(d, "the dead tile down", lambda d: text_of(d, counts) == "1")
             wait_for(d, "the dismissed line", lambda d: text_of(d, "#dismissed-note").startswith("1 dismissed"))
+            wait_for(d, "the link's count down", lambda d: text_of(d, "#dead-more") == "All 1 dead letters")
             assert d.execute_script("return window.__notReloaded === true;"), "the page was reloaded"
+            # the list of every dead letter: the same buttons, the same script
+            d.find_element(By.CSS_SELECTOR, "#dead-more a").click()
+            wait_for(d, "the dead letters page", lambda d: text_of(d, "#dead-count").startswith("1 dead letter"))
+            d.find_element(By.CSS_SELECTOR, f'#dead tr[data-id="{dead[1]}"] button.dismiss').click()
+            wait_for(d, "its row gone", lambda d: not d.find_elements(By.CSS_SELECTOR, "#dead tr[data-id]"))
+            wait_for(d, "the count down", lambda d: text_of(d, "#dead-count").startswith("0 dead letter"))
+            assert d.find_element(By.ID, "dead-empty").is_displayed()
             d.get(f"{base}/admin/events/{dead[0]}")
             wait_for(d, "the live stream connected", lambda d: text_of(d, "#live") == "live")
             assert "by dashboard" in text_of(d, "#dismissed")

@@ -220,6 +220,12 @@ def parse_cursor(value: str | None) -> int | None:
     return min(int(value), BIGINT)
 
 
+def list_page(params: Any) -> tuple[int | None, int]:
+    """A list's ``cursor`` (None: from the newest) and ``limit`` (50 unless given)."""
+    limit = parse_int("limit", params.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
+    return parse_cursor(params.get("cursor")), limit
+
+
 # -- endpoints -----------------------------------------------------------------------------------
 
 
@@ -227,8 +233,7 @@ def parse_cursor(value: str | None) -> int | None:
 async def list_events(request: Request, state: AppState) -> Response:
     p = query(request, *EVENT_QUERY)
     f = event_filter(p)
-    limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
-    before = parse_cursor(p.get("cursor"))
+    before, limit = list_page(p)
     pool = await state.db.ensure()
     rows = await data.list_events(pool, state.config, f, before=before, limit=limit + 1)
     events, cursor = page(rows, limit, "id")
@@ -248,9 +253,7 @@ async def event_detail(request: Request, state: AppState) -> Response:
 
 @guarded
 async def dead_letters(request: Request, state: AppState) -> Response:
-    p = query(request, *PAGE_QUERY)
-    limit = parse_int("limit", p.get("limit"), default=50, low=1, high=data.MAX_LIMIT) or 50
-    before = parse_cursor(p.get("cursor"))
+    before, limit = list_page(query(request, *PAGE_QUERY))
     rows, cursor = page(
         await data.dead_letters(await state.db.ensure(), state.config, before=before, limit=limit + 1),
         limit,

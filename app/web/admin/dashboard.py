@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from starlette.requests import Request
@@ -23,8 +23,19 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from app.core.errors import BadRequest, NotFound, PayloadTooLarge
-from app.web.admin import chart, data
-from app.web.admin.api import clean, dismiss_event, replay_event, run_db, today_utc
+from app.web.admin import api, chart, data
+from app.web.admin.api import (
+    EVENT_QUERY,
+    PAGE_QUERY,
+    clean,
+    dismiss_event,
+    event_filter,
+    list_page,
+    query,
+    replay_event,
+    run_db,
+    today_utc,
+)
 from app.web.admin.auth import (
     CSRF_FIELD,
     LOGIN_CSRF_COOKIE,
@@ -206,6 +217,73 @@ async def event_page(request: Request, state: AppState, session: Session) -> Res
     return render("event.html", csrf=session.csrf, replayable=("succeeded", "dead", "skipped"), **detail)
 
 
+def form_query(request: Request, *allowed: str) -> dict[str, str]:
+    """A GET form's fields, checked as the API checks its query (an unknown name is a 400); the empty
+    ones are left out, as a form sends every field."""
+    return {k: v for k, v in query(request, *allowed).items() if v != ""}
+
+
+def next_link(path: str, fields: dict[str, str], cursor: str | None) -> str | None:
+    """The next page's URL: the same fields, the page's ``next_cursor``."""
+    return None if cursor is None else f"{path}?{urlencode({**fields, 'cursor': cursor})}"
+
+
+@signed_in
+async def events_list(request: Request, state: AppState, session: Session) -> Response:
+    """Every event, filtered and paged as ``GET /admin/api/events``; a bad filter is the page with the
+    API's message (400) and the fields as typed."""
+    fields: dict[str, str] = dict(request.query_params)
+    error: str | None = None
+    events: list[dict[str, Any]] = []
+    cursor: str | None = None
+    try:
+        fields = form_query(request, *EVENT_QUERY)
+        f, (before, limit) = event_filter(fields), list_page(fields)
+    except BadRequest as e:
+        error = e.detail
+    else:
+        rows = await data.list_events(await state.db.ensure(), state.config, f, before=before, limit=limit + 1)
+        events, cursor = api.page(rows, limit, "id")
+    return render(
+        "events.html",
+        400 if error else 200,
+        csrf=session.csrf,
+        statuses=STATUSES,
+        sources=sorted(state.config.sources),
+        fields=fields,
+        error=error,
+        events=events,
+        next_url=next_link("/admin/events", fields, cursor),
+    )
+
+
+@signed_in
+async def dead_letters_list(request: Request, state: AppState, session: Session) -> Response:
+    """Every dead letter, paged as ``GET /admin/api/dead-letters``, with the overview's buttons."""
+    pool = await state.db.ensure()
+    fields: dict[str, str] = {}
+    error: str | None = None
+    dead: list[dict[str, Any]] = []
+    cursor: str | None = None
+    try:
+        fields = form_query(request, *PAGE_QUERY)
+        before, limit = list_page(fields)
+    except BadRequest as e:
+        error = e.detail
+    else:
+        rows = await data.dead_letters(pool, state.config, before=before, limit=limit + 1)
+        dead, cursor = api.page(rows, limit, "event_id")
+    return render(
+        "dead_letters.html",
+        400 if error else 200,
+        csrf=session.csrf,
+        error=error,
+        dead=dead,
+        open_count=(await data.dead_letter_counts(pool))["open"],
+        next_url=next_link("/admin/dead-letters", fields, cursor),
+    )
+
+
 @signed_in
 async def replay(request: Request, state: AppState, session: Session) -> Response:
     form = await _checked_form(request, state, session)
@@ -253,6 +331,8 @@ def routes() -> list[Route]:
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/events", events_list, methods=["GET"]),
+        Route("/dead-letters", dead_letters_list, methods=["GET"]),
         Route("/events/{event_id}", event_page, methods=["GET"]),
         Route("/events/{event_id}/replay", replay, methods=["POST"]),
         Route("/events/{event_id}/dismiss", dismiss, methods=["POST"]),

@@ -95,7 +95,8 @@
     var note = document.querySelector("#dead + .empty-note");
     if (note) note.hidden = dead.rows.length > 0;
     if (msg.counts) {
-      document.querySelectorAll("#counts .n[data-status]").forEach(function (n) {
+      // the tiles, and the count in the link to all dead letters
+      document.querySelectorAll(".n[data-status]").forEach(function (n) {
         n.textContent = msg.counts[n.getAttribute("data-status")] || 0;
       });
     }
@@ -194,15 +195,15 @@
   }
 
   function dismiss(button) {
-    // a dead letter's row on the overview: dismissed, it leaves the list and the dead count, and the
-    // line under the list counts it (the event page posts a form)
+    // a dead letter's row (the overview, the dead letters page): dismissed, it leaves the list and the
+    // dead counts, and the line under the overview's list counts it (the event page posts a form)
     post(button, "dismiss", 200, "Dismissing…", "Dismiss", function () {
       var row = button.closest("tr");
       var dead = row && row.parentNode;
       if (row) row.remove();
       var note = document.querySelector("#dead + .empty-note");
       if (note && dead) note.hidden = dead.rows.length > 0;
-      refreshSections(["counts", "dismissed-note"]);
+      refreshSections(["counts", "dismissed-note", "dead-more", "dead-count"]);
     });
   }
 
@@ -215,7 +216,7 @@
   if (page !== "overview" && page !== "event") return;
   // What a reconnect re-reads: changes made while no stream was open reached no one.
   var SECTIONS = page === "overview"
-    ? ["counts", "last-hour", "events", "cost", "dead", "dead-empty", "dismissed-note"]
+    ? ["counts", "last-hour", "events", "cost", "dead", "dead-empty", "dismissed-note", "dead-more"]
     : ["summary", "timeline", "calls", "actions"];
   var dropped = false;
 
