@@ -146,7 +146,9 @@ async def test_slack_action_is_at_most_once_across_a_kill_mid_post(
         config = tmp_path / "hookline.toml"
         config.write_text(
             CONFIG.replace("KIND", "slack").replace(
-                "EXTRA", 'token_env = "HL_SLACK_TOKEN"\nchannel = "C1"\ntext = "{{ output.score }}"'
+                # a short timeout: the next worker waits out a running post for its timeout + 5 s
+                "EXTRA",
+                'token_env = "HL_SLACK_TOKEN"\nchannel = "C1"\ntext = "{{ output.score }}"\ntimeout_seconds = 3',
             )
         )
         env = worker_env(

@@ -92,6 +92,8 @@ def test_quick_bench_runs_end_to_end(pg_server: PgServer, tmp_path: Path, capsys
             str(out),
             "--only",
             ",".join((*ORIGINAL, "sync")),
+            "--duration",  # a second of load per run is enough to prove each row works
+            "1",
             "--database-name",
             f"hookline_bench_t{os.getpid()}",
         ]

@@ -180,6 +180,8 @@ def test_quick_floors_and_duplicate_storm(
             str(out),
             "--only",
             "floors,duplicates",
+            "--duration",  # a second of load per run is enough to prove each row works
+            "1",
             "--database-name",
             f"hookline_bench_s{os.getpid()}",
         ]
