@@ -50,8 +50,8 @@ class Closing:
     #: an earlier pipeline of this run was a dry run
     dry_so_far: bool = False
     done: bool = False
-    #: the run's claim (the attempts its claim returned): the write finishes the event only while that
-    #: claim is current (migration 0047); None: no such test
+    #: the run's claim (worker.outcomes.claim_of): the write finishes the event only while that claim is
+    #: current (migrations 0047, 0048); None: no such test
     claim: int | None = None
 
     def params(self, *, dry: bool = False) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 on its own (``hookline.finish_event``), a retry or a throttle hold (:class:`RetryLater`, which
 procrastinate carries out), or a failure of the database itself outside the pipelines.
 
-Each of those writes carries the run's claim (the attempts value its claim returned) and applies only
-while that claim is the event's current one (migration 0047). A run whose job was taken for stalled
-and handed to another worker while it lived finds its write refused: it ends :data:`STALE`, saying so
+Each of those writes carries the run's claim (:func:`claim_of`: the claims value its claim returned) and
+applies only while that claim is the event's current one (migrations 0047, 0048). A run whose job was
+taken for stalled and handed to another worker while it lived, or whose event was finished by that
+worker and replayed since, finds its write refused: it ends :data:`STALE`, saying so
 in a warning, and leaves the event, and the procrastinate job, to the run that holds the claim."""
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ STALE = "stale"
 #: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
 #: Counted on the event (hookline.events.infra_failures), so throttle reschedules never count.
 MAX_INFRASTRUCTURE_ATTEMPTS = 50
+
+
+def claim_of(event: EventRow) -> int:
+    """The run's claim, the fencing token of its outcome writes: the event's claims after its claim
+    (hookline.events.claims, migration 0048), which no replay or hold takes back, unlike attempts."""
+    return int(event["claims"])
 
 
 async def infrastructure_failure(
@@ -78,7 +85,9 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
     if err.permanent or attempt >= policy.max_attempts:
         why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
         if (
-            await finish(rt, event["id"], EventStatus.DEAD, claim=attempt, error=where, detail=why, job_id=job_id)
+            await finish(
+                rt, event["id"], EventStatus.DEAD, claim=claim_of(event), error=where, detail=why, job_id=job_id
+            )
             == STALE
         ):
             return STALE
@@ -88,7 +97,7 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
     retried = await rt.db.run(
         "retry_event",
         event_id=event["id"],
-        claim=attempt,
+        claim=claim_of(event),
         error=where,
         detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s",
     )
@@ -106,7 +115,7 @@ async def hold(rt: Runtime, event: EventRow, held: Held, job_id: int | None, *, 
     """Over a cap or limit: ``throttled`` and rescheduled (the run is not an attempt), or dead.
     ``replayed``: the pipelines of a replay with recompute/force this run finished before the hold; the
     next run does not recompute or force them again (``hookline.events.replay_applied``)."""
-    claim = int(event["attempts"])
+    claim = claim_of(event)
     if held.dead:
         ended = await finish(
             rt,

@@ -22,7 +22,7 @@ from worker.db import database_away
 from worker.deadline import PIPELINE_DEADLINE
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
-from worker.outcomes import failed, finish, hold, infrastructure_failure
+from worker.outcomes import claim_of, failed, finish, hold, infrastructure_failure
 from worker.pipeline import run_pipeline
 from worker.routing import route
 from worker.runtime import Runtime
@@ -200,8 +200,8 @@ async def _hand_back(rt: Runtime, job_id: int, delay: float) -> None:
 
 
 def _claim_of(row: StartRow | None) -> int | None:
-    """The claim a start row made (the attempts it returned; migration 0047), None without one."""
-    return int(cast(EventRow, row)["attempts"]) if row is not None and row["id"] is not None else None
+    """The claim a start row made (:func:`claim_of`), None without one."""
+    return claim_of(cast(EventRow, row)) if row is not None and row["id"] is not None else None
 
 
 def _observe_pickup(rt: Runtime, row: StartRow | None) -> None:
@@ -237,7 +237,7 @@ async def handle_event(
         log.info("event %s is already terminal; nothing to do", event_id)
         return "noop"
     event = cast(EventRow, claimed)
-    claim = int(event["attempts"])  # the fencing token of this run's writes (migration 0047)
+    claim = claim_of(event)  # the fencing token of this run's writes (migrations 0047, 0048)
     bind_log_context(request_id=event.get("request_id"))
     # a sync pipeline first: a sender waits for its answer
     pipelines = rt.pipelines_for(event["source"], event["event_type"])

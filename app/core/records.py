@@ -27,6 +27,9 @@ class EventRow(TypedDict):
     request_id: str | None
     #: {pipeline: {"output": …}}: the succeeded answers stored for this event (loaded with it).
     answers: NotRequired[dict[str, Any]]
+    #: the event's claims after this claim (hookline.events.claims): the run's fencing token, never handed
+    #: out twice for one event, replays included (migration 0048)
+    claims: int
 
 
 class StartRow(TypedDict):

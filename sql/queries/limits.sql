@@ -100,12 +100,13 @@ WHERE e.status = 'throttled' AND starts_with(e.detail, %(detail)s)
 -- name: throttle_event
 -- Over a cap, rate limit or loop guard: the event waits (its job is rescheduled), the run is not an attempt.
 -- %(replayed)s: pipelines of a replay with recompute/force that this run finished before the hold.
--- Only for the run holding the event's current claim %(claim)s (as hookline.finish_event, migration
--- 0047): no row back, the run is no longer the event's.
+-- Only for the run holding the event's current claim %(claim)s (as hookline.finish_event_v2,
+-- migrations 0047, 0048): no row back, the run is no longer the event's. The hold gives the attempt
+-- back, never the claim.
 UPDATE hookline.events
 SET status = 'throttled', attempts = greatest(attempts - 1, 0), detail = %(detail)s,
     replay_applied = replay_applied || %(replayed)s::text[]
-WHERE id = %(event_id)s AND (status || '') = 'processing' AND attempts = %(claim)s
+WHERE id = %(event_id)s AND (status || '') = 'processing' AND claims = %(claim)s
 RETURNING id;
 
 -- name: replay_applied

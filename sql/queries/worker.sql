@@ -3,7 +3,7 @@
 -- name: start_events
 -- Claim an event for processing and load it with the answers already stored for it: {pipeline:
 -- {"output": …}} of its succeeded model calls, the ones a retry reuses instead of paying twice
--- (hookline.claim_events). When %(more)s > 0, the same statement also claims up to %(more)s further
+-- (hookline.claim_events_v2). When %(more)s > 0, the same statement also claims up to %(more)s further
 -- process_event jobs waiting in the queue (batch claim: hookline.claim_more_jobs, by the fetch's rules,
 -- each job found by primary key; migration 0021: a job of an ordering key only when no earlier job of
 -- that key waits or runs, whatever the priorities; migration 0029), for the worker that runs job
@@ -18,8 +18,9 @@
 -- claim alone: the worker's next durable write (the stored answer, an action's start) flushes the WAL
 -- up to and including it. A Postgres crash within the walwriter's delay can forget the last claims;
 -- their jobs and events are then queued again, as before the claim, and run again.
+-- claims: the event's claims after this claim, the run's fencing token (migration 0048).
 -- The statement is a function (migration 0024) so that it is planned once per session, not at every call.
-SELECT * FROM hookline.start_events(%(job_id)s, %(queue)s, %(task)s, %(more)s, %(event_id)s, %(pickup)s);
+SELECT * FROM hookline.start_events_v2(%(job_id)s, %(queue)s, %(task)s, %(more)s, %(event_id)s, %(pickup)s);
 
 -- name: fetch_job
 -- procrastinate's own fetch (procrastinate_fetch_job_v2, the columns procrastinate reads), sent by the
@@ -36,20 +37,21 @@ SELECT * FROM hookline.start_events(%(job_id)s, %(queue)s, %(task)s, %(more)s, %
 --   (finished ones too) and costs a read of all of them.
 -- * claimed, claim_*: when %(claim)s (the worker has a free slot), the job is a process_event job of
 --   %(task)s that is not a replay, and nothing else is runnable (no backlog to batch-claim), the same
---   statement claims the job's event as start_events would (hookline.claim_events; migration 0019):
+--   statement claims the job's event as start_events would (hookline.claim_events_v2; migration 0019):
 --   claimed is true, and claim_* are start_events' event columns (claim_id NULL: already terminal).
 --   The worker then sends no start_events for it. Such a fetch commits asynchronously, as the claim
 --   always did (see start_events); any other fetch commits as procrastinate's does.
 -- The statement is a function (migration 0024) so that it is planned once per session, not at every call.
-SELECT * FROM hookline.fetch_job(%(queues)s::varchar[], %(worker_id)s, %(claim)s, %(task)s, %(pickup)s);
+SELECT * FROM hookline.fetch_job_v2(%(queues)s::varchar[], %(worker_id)s, %(claim)s, %(task)s, %(pickup)s);
 
 -- name: finish_event
 -- Record a terminal outcome (succeeded, skipped, dead); with job_id, also finish that procrastinate
 -- job (the one procrastinate handed over, or one the worker claimed itself). With event_id NULL only
--- the job is finished. %(claim)s: the run's claim (the attempts its claim returned); finished is false,
--- and nothing changed (the job neither), when another claim or an outcome came since (migration 0047).
-SELECT hookline.finish_event(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s,
-                             %(claim)s::integer) AS finished;
+-- the job is finished. %(claim)s: the run's claim (the claims its claim returned); finished is false,
+-- and nothing changed (the job neither), when another claim or an outcome came since (migrations 0047,
+-- 0048: a replay included).
+SELECT hookline.finish_event_v2(%(event_id)s, %(status)s, %(dry_run)s, %(detail)s, %(error)s, %(job_id)s,
+                                %(claim)s::bigint) AS finished;
 
 -- name: retry_job
 -- Hand a job the worker claimed itself back to the queue, runnable in %(delay)s seconds.
@@ -57,13 +59,13 @@ SELECT hookline.retry_job(%(job_id)s, %(delay)s);
 
 -- name: retry_event
 -- A transient failure: the job is rescheduled; the event says why. Only for the run holding the
--- event's current claim %(claim)s (as hookline.finish_event, migration 0047): no row changed, the run
--- is no longer the event's.
+-- event's current claim %(claim)s (as hookline.finish_event_v2, migrations 0047, 0048): no row changed,
+-- the run is no longer the event's.
 UPDATE hookline.events
 SET status = 'retrying',
     last_error = %(error)s,
     detail = %(detail)s
-WHERE id = %(event_id)s AND (status || '') = 'processing' AND attempts = %(claim)s;
+WHERE id = %(event_id)s AND (status || '') = 'processing' AND claims = %(claim)s;
 
 -- name: succeeded_call
 -- The stored answer a retry reuses instead of paying twice.
@@ -73,8 +75,8 @@ WHERE event_id = %(event_id)s AND pipeline = %(pipeline)s AND status = 'succeede
 -- name: insert_call
 -- Store one model call (before any action runs). calls: the round trips the row counts (0 for a
 -- micro-batch's further parts, migration 0034). With finish_status, the same statement finishes the
--- event (hookline.finish_event: the run's last write carries the outcome) for the run holding claim
--- %(finish_claim)s; finished is false when that claim is no longer current (migration 0047: the call is
+-- event (hookline.finish_event_v2: the run's last write carries the outcome) for the run holding claim
+-- %(finish_claim)s; finished is false when that claim is no longer current (migration 0048: the call is
 -- stored all the same). id is NULL when a succeeded call was already stored.
 WITH ins AS (
     INSERT INTO hookline.llm_calls
@@ -90,8 +92,8 @@ WITH ins AS (
 )
 SELECT (SELECT id FROM ins) AS id,
        CASE WHEN %(finish_status)s::text IS NOT NULL THEN
-           hookline.finish_event(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
-                                 %(finish_job_id)s, %(finish_claim)s::integer)
+           hookline.finish_event_v2(%(event_id)s, %(finish_status)s, %(finish_dry_run)s, %(finish_detail)s, NULL,
+                                    %(finish_job_id)s, %(finish_claim)s::bigint)
        END AS finished;
 
 -- name: insert_calls
@@ -99,7 +101,7 @@ SELECT (SELECT id FROM ins) AS id,
 -- objects with insert_call's parameters as keys (request, response and output as JSON values) and
 -- n, the row's position. One statement, one commit. One row back per input row, in order: n, id
 -- (NULL when a succeeded call was already stored), and finished (the row finished its event: false
--- when its finish_claim was no longer current, migration 0047). At most one row per (event_id,
+-- when its finish_claim was no longer current, migration 0048). At most one row per (event_id,
 -- pipeline) per call.
 -- Its transaction sets hookline.notify = %(notify)s before anything is written. 'after_commit'
 -- (migration 0015): the status and answer NOTIFYs are left to notify_after_commit, right after this
@@ -116,7 +118,7 @@ WITH input AS MATERIALIZED (
         cache_read_input_tokens integer, cost_usd numeric, latency_ms integer, request_id text,
         requested_model text, route text, stop_reason text, calls smallint,
         finish_status text, finish_dry_run boolean, finish_detail text, finish_job_id bigint,
-        finish_claim integer)
+        finish_claim bigint)
 ), ins AS (
     INSERT INTO hookline.llm_calls
         (event_id, pipeline, model, status, request, response, output, error,
@@ -130,12 +132,12 @@ WITH input AS MATERIALIZED (
     ON CONFLICT (event_id, pipeline) WHERE status = 'succeeded' DO NOTHING
     RETURNING id, event_id, pipeline
 ), fin AS (
-    -- the rows that finish their event, in one call (hookline.finish_events, migrations 0023, 0047), after
+    -- the rows that finish their event, in one call (hookline.finish_events_v2, migrations 0023, 0048), after
     -- every call is stored: its trigger counts each finished event by the pipelines of its calls
-    SELECT hookline.finish_events(array_agg(i.event_id ORDER BY i.n), array_agg(i.finish_status ORDER BY i.n),
-                                  array_agg(i.finish_dry_run ORDER BY i.n), array_agg(i.finish_detail ORDER BY i.n),
-                                  array_agg(i.finish_job_id ORDER BY i.n),
-                                  array_agg(i.finish_claim ORDER BY i.n)) AS finished
+    SELECT hookline.finish_events_v2(array_agg(i.event_id ORDER BY i.n), array_agg(i.finish_status ORDER BY i.n),
+                                     array_agg(i.finish_dry_run ORDER BY i.n), array_agg(i.finish_detail ORDER BY i.n),
+                                     array_agg(i.finish_job_id ORDER BY i.n),
+                                     array_agg(i.finish_claim ORDER BY i.n)) AS finished
     FROM input i, (SELECT count(*) FROM ins) AS stored_first
     WHERE i.finish_status IS NOT NULL
 )

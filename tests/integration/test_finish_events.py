@@ -39,7 +39,7 @@ def _start(cur: psycopg.Cursor[Any], jobs: list[int]) -> None:
     """What a worker's fetch or batch claim does: the jobs become doing, and their events processing."""
     cur.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = ANY (%s)", (jobs,))
     cur.execute(
-        "UPDATE hookline.events SET status = 'processing', attempts = attempts + 1 "
+        "UPDATE hookline.events SET status = 'processing', attempts = attempts + 1, claims = claims + 1 "
         "WHERE id IN (SELECT (args ->> 'event_id')::bigint FROM procrastinate_jobs WHERE id = ANY (%s))",
         (jobs,),
     )
@@ -180,6 +180,44 @@ def test_only_the_current_claim_ends_an_event_and_a_stale_one_leaves_the_job_alo
     hookline_db.rollback()
 
 
+def test_a_claim_is_never_handed_out_twice_replays_and_old_workers_claims_included(
+    hookline_db: psycopg.Connection,
+) -> None:
+    """Migration 0048: the claim's token is hookline.events.claims, which a replay does not reset (it
+    resets attempts, 0047's token) and a hold does not give back. A run that outlived a later run's
+    outcome and a replay (claim 1 of attempts 1, as the replay's run) writes nothing; a claim by a worker
+    of the previous release (hookline.claim_events) fences off a run of this one too."""
+    hookline_db.autocommit = False
+    worker, limits = queries("worker"), queries("limits")
+    claim = "SELECT attempts, claims FROM hookline.claim_events_v2(ARRAY[%s]::bigint[])"
+    finish = "SELECT hookline.finish_event_v2(%s, %s, false, NULL, NULL, NULL, %s)"
+    with hookline_db.cursor() as cur:
+        ((event, _),) = _add(cur, "r-", 1)
+        assert cur.execute(claim, (event,)).fetchone() == (1, 1)  # the run that will outlive it all
+        assert cur.execute(claim, (event,)).fetchone() == (2, 2)  # its job taken for stalled: the later run
+        assert cur.execute(finish, (event, "succeeded", 2)).fetchone() == (True,)
+        cur.execute("SELECT hookline.replay(%s::bigint)", (event,))
+        assert cur.execute(claim, (event,)).fetchone() == (1, 3)  # the replay's run: attempts 1 again
+        stale = {"event_id": event, "claim": 1, "error": "e", "detail": "d", "replayed": []}
+        assert cur.execute(finish, (event, "dead", 1)).fetchone() == (False,)
+        got = cur.execute(
+            "SELECT hookline.finish_events_v2(ARRAY[%s]::bigint[], '{dead}', '{f}', '{late}', '{NULL}', '{1}')",
+            (event,),
+        ).fetchone()
+        assert got == ([],)
+        assert cur.execute(worker["retry_event"], stale).rowcount == 0
+        assert cur.execute(limits["throttle_event"], stale).rowcount == 0
+        assert cur.execute("SELECT status FROM hookline.events WHERE id = %s", (event,)).fetchone() == ("processing",)
+
+        held = {**stale, "claim": 3}  # the replay's run is held: its attempt given back, not its claim
+        assert cur.execute(limits["throttle_event"], held).rowcount == 1
+        cur.execute("SELECT count(*) FROM hookline.claim_events(ARRAY[%s]::bigint[])", (event,))  # an old worker
+        assert cur.execute("SELECT attempts, claims FROM hookline.events WHERE id = %s", (event,)).fetchone() == (1, 4)
+        assert cur.execute(finish, (event, "succeeded", 3)).fetchone() == (False,)
+        assert cur.execute(finish, (event, "succeeded", 4)).fetchone() == (True,)
+    hookline_db.rollback()
+
+
 def test_an_event_given_twice_keeps_its_last_outcome_and_no_job_is_needed(hookline_db: psycopg.Connection) -> None:
     hookline_db.autocommit = False
     with hookline_db.cursor() as cur:
@@ -211,7 +249,7 @@ def _rows(pairs: list[tuple[int, int]], pipeline: str) -> str:
                 "finish_status": "succeeded",
                 "finish_dry_run": False,
                 "finish_job_id": job,
-                "finish_claim": 1,  # the claim _start made (migration 0047)
+                "finish_claim": 1,  # the claim _start made (migration 0048)
             }
             for n, (event, job) in enumerate(pairs, start=1)
         ]
@@ -258,7 +296,7 @@ def test_the_group_commit_stores_its_calls_then_finishes_its_events_in_one_call(
         batch = _add(cur, "batch-", 7)
         _start(cur, [j for _, j in batch])
         before = _finished_totals(cur)
-        calls0, single0, reads0 = _calls_of(cur, "finish_events"), _calls_of(cur, "finish_event"), _reads(cur)
+        calls0, single0, reads0 = _calls_of(cur, "finish_events_v2"), _calls_of(cur, "finish_event_v2"), _reads(cur)
 
         out = cur.execute(
             insert_calls, {"rows": _rows(batch, "triage"), "notify": "after_commit"}, prepare=True
@@ -266,8 +304,8 @@ def test_the_group_commit_stores_its_calls_then_finishes_its_events_in_one_call(
 
         assert [r[0] for r in out] == list(range(1, 8)) and all(r[1] is not None for r in out)
         assert [r[2] for r in out] == [True] * 7  # finished: each row finished its event
-        assert _calls_of(cur, "finish_events") - calls0 == 1
-        assert _calls_of(cur, "finish_event") == single0 == 0
+        assert _calls_of(cur, "finish_events_v2") - calls0 == 1
+        assert _calls_of(cur, "finish_event_v2") == single0 == 0
         read = {name: n - reads0.get(name, 0) for name, n in _reads(cur).items()}
         # a few probes per row (the finish, the calls' foreign key, the triggers), never the backlog
         assert read["events"] <= 7 * 5 and read["procrastinate_jobs"] <= 7 * 5, read

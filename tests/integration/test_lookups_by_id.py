@@ -52,7 +52,7 @@ def test_the_wake_up_check_and_the_claim_read_only_their_own_events_with_a_backl
         few = _add(cur, "early-", 20)
         for _ in range(8):  # plans made now, with the table nearly empty, stay cached in this session
             cur.execute("SELECT hookline.notify_events_stored(%s)", (few[:13],))
-            cur.execute("SELECT count(*) FROM hookline.claim_events(%s)", (few[13:],))
+            cur.execute("SELECT count(*) FROM hookline.claim_events_v2(%s)", (few[13:],))
         batch = _add(cur, "backlog-", BACKLOG)[-13:]  # a backlog: every one of them waits (queued)
 
         seq0, _, read0 = _reads(cur)
@@ -62,7 +62,7 @@ def test_the_wake_up_check_and_the_claim_read_only_their_own_events_with_a_backl
         assert seq1 == seq0, "the wake-up check scanned the table"
         assert read1 - read0 <= 13, read1 - read0  # one row per id, not every waiting event
 
-        claimed = cur.execute("SELECT id, attempts FROM hookline.claim_events(%s)", (batch,)).fetchall()
+        claimed = cur.execute("SELECT id, attempts FROM hookline.claim_events_v2(%s)", (batch,)).fetchall()
         seq2, idx2, read2 = _reads(cur)
         assert sorted(r[0] for r in claimed) == sorted(batch) and {r[1] for r in claimed} == {1}
         assert seq2 == seq1, "the claim scanned the table"
@@ -292,12 +292,15 @@ def test_the_worker_s_fetch_and_claim_are_planned_once_per_session(hookline_db: 
     once per session (migration 0024), and the worker's statements call them."""
     rows = hookline_db.execute(
         "SELECT p.proname, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'hookline' AND p.proname IN ('fetch_job', 'start_events') ORDER BY p.proname"
+        "WHERE n.nspname = 'hookline' AND p.proname IN ('fetch_job', 'start_events', 'fetch_job_v2', "
+        "'start_events_v2') ORDER BY p.proname"
     ).fetchall()
     assert [(name, "plan_cache_mode=force_generic_plan" in (config or [])) for name, config in rows] == [
-        ("fetch_job", True),
+        ("fetch_job", True),  # the forms of earlier releases' workers (migration 0048)
+        ("fetch_job_v2", True),
         ("start_events", True),
+        ("start_events_v2", True),
     ]
     worker = queries("worker")
     for name in ("fetch_job", "start_events"):
-        assert worker[name].strip().startswith(f"SELECT * FROM hookline.{name}("), name
+        assert worker[name].strip().startswith(f"SELECT * FROM hookline.{name}_v2("), name

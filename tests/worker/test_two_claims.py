@@ -1,7 +1,7 @@
 """Two workers on one event: a job procrastinate took for stalled while its worker lived (a blocked
 event loop, a long pause) is run by a second worker while the first still runs it. Each run claimed the
-event (hookline.claim_events: attempts + 1); only the run holding the current claim writes the event's
-outcome (migration 0047). The first run, finishing last, used to dead-letter an event the second had
+event (hookline.claim_events_v2: claims + 1); only the run holding the current claim writes the event's
+outcome (migrations 0047, 0048). The first run, finishing last, used to dead-letter an event the second had
 finished, or put it back to retrying; now it ends ``stale`` and writes nothing of its outcome.
 
 The overlap is made without a clock: the first run's model call is held by the fake until the second
@@ -78,6 +78,36 @@ async def test_a_stale_run_failing_last_leaves_the_outcome_of_the_run_that_claim
     assert _event(db_url, event_id) == ("succeeded", 2, None), f"the stale run's {before!r} overwrote it"
     assert running.result() == STALE  # it returned "dead" / raised RetryLater
     assert rows(db_url, "SELECT count(*) FROM hookline.dead_letters WHERE event_id = %s", event_id) == [(0,)]
+
+
+@pytest.mark.parametrize("late", [error(400, "invalid_request_error"), server_error()], ids=["dead", "retry"])
+async def test_a_stale_run_outliving_a_replay_leaves_the_replays_run_its_event(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], conn: psycopg.Connection[Any], late: Any
+) -> None:
+    """Migration 0048: the first run outlives the second run's outcome *and* a replay of the event. The
+    replay starts again at attempts 0, so the replay's run claims attempts 1, the first run's token under
+    0047: its late dead letter or retry was written over the replay's run, whose own outcome was then
+    refused. The claim's token (hookline.events.claims) is now never handed out twice for one event."""
+    first, second = await _two(db_url, fake, opened, [])
+    fake.enqueue(held(then=late), reply(ANSWER))
+    event_id = insert_event(db_url, "gh_stale_replayed")
+    running = asyncio.create_task(handle_event(first, event_id))
+    await wait_until(lambda: fake.in_flight() == 1, timeout=20, what="the first run's model call")
+    assert await handle_event(second, event_id) == "succeeded"
+
+    conn.execute("SELECT hookline.replay(%s::bigint)", (event_id,))
+    (claimed,) = await second.db.start(event_id=event_id, job_id=None, more=0, queue=None, task=None, pickup=False)
+    assert _event(db_url, event_id) == ("processing", 1, None)  # the replay's run holds the event
+
+    fake.open_gate()  # the first run's call fails now, while the replay's run holds the event
+    await asyncio.wait([running])
+    assert _event(db_url, event_id) == ("processing", 1, None), "the stale run's outcome overwrote the replay's run"
+    assert running.result() == STALE
+
+    # the replay's run goes on from its claim (reusing the stored answer) and its outcome lands
+    assert await handle_event(second, event_id, claimed=claimed, preloaded=True) == "succeeded"
+    assert _event(db_url, event_id) == ("succeeded", 1, None)
+    assert len(fake.calls_to("/v1/messages")) == 2
 
 
 async def test_a_stale_run_succeeding_last_leaves_a_later_runs_dead_letter(
