@@ -146,6 +146,22 @@ SCHEDULED = {"source": "schedule", "instructions": "x", "output_schema": {"type"
             ),
             "schedules.daily.pipeline: no [pipelines.daily-digst] is defined (did you mean 'daily-digest'?)",
         ),
+        (
+            lambda d: d.update(
+                pipelines={**d["pipelines"], "daily-digest": SCHEDULED},
+                schedules={"daily": {"cron": "0 9 * * *", "pipeline": "daily-digest", "filter": {"source": "strip"}}},
+            ),
+            "schedules.daily.filter.source: no [sources.strip] is defined (did you mean 'stripe'?)",
+        ),
+        (
+            lambda d: d.update(
+                pipelines={**d["pipelines"], "daily-digest": SCHEDULED},
+                schedules={
+                    "daily": {"cron": "0 9 * * *", "pipeline": "daily-digest", "filter": {"source": ["db", "billing"]}}
+                },
+            ),
+            "schedules.daily.filter.source: no [sources.billing] is defined; one of: db, schedule, stripe",
+        ),
     ],
 )
 def test_a_misspelt_name_gets_the_close_match(mutate: Any, expected: str) -> None:

@@ -113,6 +113,10 @@ class Config(Strict):
                 raise ValueError(
                     f"schedules.{name}.pipeline: pipelines.{sched.pipeline} must have source = {SCHEDULE_SOURCE!r}"
                 )
+            for source in sched.filter.source:  # a digest of a source no event can have is always empty
+                if source not in self.sources and source not in BUILT_IN_SOURCES:
+                    hint = did_you_mean(source, [*self.sources, *BUILT_IN_SOURCES])
+                    raise ValueError(f"schedules.{name}.filter.source: no [sources.{source}] is defined{hint}")
         for name, m in self.models.items():
             if m.fallback == name:
                 raise ValueError(f"models.{name}.fallback: a model cannot fall back to itself")
