@@ -198,29 +198,75 @@ def test_environment_problems_name_variables_not_values() -> None:
 
 SLACK_URL = "https://hooks.slack.com/services/T0/B0/s3cretXYZ"
 STRIPE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # letters, digits and _: it looks like a name
+# secrets without a prefix hookline knows, each made of letters, digits and _ only (all made up)
+HEX_SECRET = "a3f9c2e1b7d04f6a8e2c9b1d3f5a7c9e0b2d4f6a"  # 40 hex digits, a letter first
+BASE64_SECRET = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"  # base64 without + / =
+API_KEY = "sk_live_51HfakeKEY0123456789abcdefFAKE"  # a Stripe API key: underscores, then the random part
+LONG_NAME = "A" * 101  # no variable is named like this
+
+
+def _set_secrets_env(value: str) -> Any:
+    return lambda d: d["sources"]["stripe"].update(secrets_env=["STRIPE_SECRET", value])
 
 
 @pytest.mark.parametrize(
-    ("where", "mutate"),
+    ("where", "mutate", "secret"),
     [
-        ("sources.stripe.secrets_env", lambda d: d["sources"]["stripe"].update(secrets_env=[SLACK_URL])),
-        ("sources.stripe.secrets_env", lambda d: d["sources"]["stripe"].update(secrets_env=[STRIPE_SECRET])),
-        ("pipelines.p.actions.1.url_env", lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=SLACK_URL)),
-        ("pipelines.p.actions.1.url_env", lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=STRIPE_SECRET)),
+        ("sources.stripe.secrets_env", lambda d: d["sources"]["stripe"].update(secrets_env=[SLACK_URL]), "s3cret"),
+        ("sources.stripe.secrets_env", _set_secrets_env(STRIPE_SECRET), STRIPE_SECRET[6:]),
+        ("sources.stripe.secrets_env", _set_secrets_env(HEX_SECRET), HEX_SECRET),
+        ("sources.stripe.secrets_env", _set_secrets_env(BASE64_SECRET), BASE64_SECRET),
+        ("sources.stripe.secrets_env", _set_secrets_env(API_KEY), API_KEY[8:]),
+        ("sources.stripe.secrets_env", _set_secrets_env(LONG_NAME), LONG_NAME),
+        (
+            "pipelines.p.actions.1.url_env",
+            lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=SLACK_URL),
+            "s3cret",
+        ),
+        (
+            "pipelines.p.actions.1.url_env",
+            lambda d: d["pipelines"]["p"]["actions"][1].update(url_env=STRIPE_SECRET),
+            STRIPE_SECRET[6:],
+        ),
+        (
+            "pipelines.p.actions.1.secret_env",
+            lambda d: d["pipelines"]["p"]["actions"][1].update(secret_env=HEX_SECRET),
+            HEX_SECRET,
+        ),
+        (
+            "alerts.0.webhook_url_env",
+            lambda d: d.update(alerts=[{"type": "slack", "webhook_url_env": BASE64_SECRET, "text": "x"}]),
+            BASE64_SECRET,
+        ),
     ],
 )
-def test_a_secret_written_where_its_variable_name_belongs_is_refused_unquoted(where: str, mutate: Any) -> None:
+def test_a_secret_written_where_its_variable_name_belongs_is_refused_unquoted(
+    where: str, mutate: Any, secret: str
+) -> None:
     """A newcomer pastes the secret itself into `secrets_env` or `url_env`. `hookline check`, `hookline
     dev` and every process refusing to start (a release step's log) printed it back (`'https://hooks.
     slack.com/…' is not an environment variable name`), and a Stripe secret, which looks like a name,
-    went on to the warning `none of ['whsec_…'] is set`. The key is named, the value never."""
+    went on to the warning `none of ['whsec_…'] is set`. So did a secret without a known prefix made of
+    letters and digits only (40 hex digits, base64 without + / =, an API key): it reads as a name. The
+    key is named, the value never."""
     import copy
 
     data = copy.deepcopy(GOOD)
     mutate(data)
     error = _err(data)
     assert error.startswith(f"{where}: ") and error.count("\n") == 0, error
-    assert "s3cret" not in error and STRIPE_SECRET[6:] not in error, error
+    assert secret not in error and secret[:12] not in error, error
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["STRIPE_WEBHOOK_SECRET", "MY_SECRET_2", "stripe_secret", "OAUTH2_CLIENT_SECRET", "GH_APP_SECRET_20261204", "S"],
+)
+def test_a_variable_name_is_taken_as_one(name: str) -> None:
+    """Names of variables, however written, are not mistaken for a secret (letters and digits mixed in
+    words between underscores, lower case, a date)."""
+    data = {**GOOD, "sources": {"stripe": {"provider": "stripe", "secrets_env": [name]}}}
+    assert parse_config(data).sources["stripe"].secrets_env == (name,)
 
 
 def test_hookline_check_names_a_python_target_that_does_not_import_in_alerts_too() -> None:

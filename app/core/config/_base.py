@@ -13,6 +13,10 @@ from app.signatures import parse_locator
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOCATOR_KEYS = ("delivery_id", "event_type", "occurred_at", "tenant", "ordering_key")
+#: The longest ``*_env`` value taken as a variable's name, and the shortest run between underscores
+#: mixing letters and digits taken as a secret's random part.
+MAX_ENV_NAME = 100
+_RANDOM_RUN = 20
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -33,7 +37,25 @@ def check_env_name(v: str) -> str:
             "not an environment variable name (letters, digits and _, not starting with a digit): name the "
             "variable that holds the value, never the value itself (not shown)"
         )
+    if _looks_like_a_value(v):
+        raise ValueError(
+            "this looks like a secret (letters and digits mixed in a long run, or over "
+            f"{MAX_ENV_NAME} characters), not the name of the environment variable that holds it (the value is "
+            "not shown)"
+        )
     return v
+
+
+def _looks_like_a_value(v: str) -> bool:
+    """A random string of letters and digits only (40 hex digits, base64 without ``+/=``, an API key
+    such as ``sk_live_…``) passes :data:`ENV`. A name is words between underscores: no variable is
+    called with a run of 20 characters mixing letters and digits, nor with more than 100 characters."""
+    if len(v) > MAX_ENV_NAME:
+        return True
+    return any(
+        len(part) >= _RANDOM_RUN and any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
+        for part in v.split("_")
+    )
 
 
 def check_locators(v: str | list[str] | None) -> tuple[str, ...] | None:
