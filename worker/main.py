@@ -69,6 +69,7 @@ def build_app(
     if batch_poll_seconds is not None:
         batches.register(bp, batch_poll_seconds)
     app.add_tasks_from(bp, namespace=NAMESPACE)
+    maintenance.add_periodic(app)
     if config is not None:
         schedules.add_periodic(app, config)
     return app

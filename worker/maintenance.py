@@ -39,6 +39,15 @@ async def maintenance(context: JobContext, timestamp: int) -> dict[str, int]:
 
 
 def register(bp: procrastinate.Blueprint) -> None:
-    """Add the maintenance task, every minute, with a queueing lock (never a lock, see procrastinate#1408)."""
-    task = bp.task(name=MAINTENANCE_SHORT, queue=QUEUE, pass_context=True, queueing_lock=MAINTENANCE)(maintenance)
-    bp.periodic(cron="* * * * *", periodic_id="maintenance")(task)
+    """Add the maintenance task, with a queueing lock (never a lock, see procrastinate#1408); it runs
+    every minute once :func:`add_periodic` made it periodic."""
+    bp.task(name=MAINTENANCE_SHORT, queue=QUEUE, pass_context=True, queueing_lock=MAINTENANCE)(maintenance)
+
+
+def add_periodic(app: procrastinate.App) -> None:
+    """Run the maintenance task every minute: registered on the app, after its tasks were added, under
+    its namespaced name. Registered on the blueprint (``bp.periodic``), it was registered, and logged,
+    twice: by the blueprint as ``maintenance``, then by ``add_tasks_from`` as ``hookline:maintenance``."""
+    app.periodic_registry.register_task(
+        task=app.tasks[MAINTENANCE], cron="* * * * *", periodic_id="maintenance", configure_kwargs={}
+    )
