@@ -1,4 +1,4 @@
-"""Today's row of hookline.costs_daily reads today's model calls, not every call (migration 0048).
+"""Today's row of hookline.costs_daily reads today's model calls, not every call (migration 0049).
 
 The view groups the calls by their UTC day, an expression the index on created_at cannot serve: a
 filter on ``day`` read the whole of hookline.llm_calls. The plan is checked without running the query
