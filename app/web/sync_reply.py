@@ -140,9 +140,25 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | None:
-    """The answer once it is stored (not claimed yet: see :func:`reply`); None at the deadline or the end."""
+    """The answer once it is stored (not claimed yet: see :func:`reply`); None at the deadline or the end.
+    The deadline bounds the reads too: a database that holds them up (a lock, a saturated pool) gives
+    the default in time, not after ``HOOKLINE_DB_TIMEOUT``."""
+    deadline = _deadline(pipeline, d)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await _answer_by(state, pipeline, d, deadline)
+    except TimeoutError:
+        _mark_default_soon(state, d)
+        return None
+
+
+def _deadline(pipeline: Pipeline, d: Delivery) -> float:
+    """When the reply gives the default: ``respond_timeout_ms`` from now."""
+    return asyncio.get_running_loop().time() + pipeline.respond_timeout_ms / 1000
+
+
+async def _answer_by(state: AppState, pipeline: Pipeline, d: Delivery, deadline: float) -> _Answer | None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + pipeline.respond_timeout_ms / 1000
     listener = state.listener
     async with listener.watch(d.event_id) as waiter:
         if not listener.connected.is_set() and not await listener.wait_connected(deadline - loop.time()):
@@ -232,7 +248,8 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
     stored event (type, tenant, time, payload: what the model saw), not the retry's own body, unless
     the database cannot be read."""
     try:
-        row = await _state_row(state, pipeline, d)
+        async with asyncio.timeout_at(_deadline(pipeline, d)):  # TimeoutError is one of DB_FAILURES
+            row = await _state_row(state, pipeline, d)
     except (*DB_FAILURES, DatabaseUnavailable) as e:  # type: ignore[misc]  # stored: the default is a true answer
         log.warning("sync reply for duplicate of event %s: %s", d.event_id, e.__class__.__name__)
         row = None
