@@ -8,6 +8,7 @@ the model. A 5xx means nothing was stored, so the sender's retry is safe.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -71,6 +72,7 @@ def public_url(request: Request, src: Source, base: str | None) -> str | None:
 
 
 async def receive_webhook(request: Request) -> Response:
+    arrived = asyncio.get_running_loop().time()  # a synchronous reply's respond_timeout_ms counts from here
     state: AppState = request.state.hookline
     name = request.path_params["source"]
     src = state.config.sources.get(name)
@@ -235,6 +237,7 @@ async def receive_webhook(request: Request) -> Response:
         duplicate=status == "duplicate",
         request_id=request_id,
         provider=provider,
+        arrived=arrived,
     )
     if invalid is not None and not delivery.duplicate:  # stored as skipped: no answer will ever come
         return sync_default(state, sync, delivery)

@@ -74,6 +74,9 @@ class Delivery:
     request_id: str
     #: the source's provider: a ``slack`` source's JSON reply is a Slack message, escaped as one
     provider: str = ""
+    #: the event loop's time when the request reached the handler: ``respond_timeout_ms`` counts from
+    #: it, as the sender's clock does (None: from the start of the wait)
+    arrived: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,10 @@ async def _wait(state: AppState, pipeline: Pipeline, d: Delivery) -> _Answer | N
 
 
 def _deadline(pipeline: Pipeline, d: Delivery) -> float:
-    """When the reply gives the default: ``respond_timeout_ms`` from now."""
-    return asyncio.get_running_loop().time() + pipeline.respond_timeout_ms / 1000
+    """When the reply gives the default: ``respond_timeout_ms`` after the request arrived (the time
+    spent reading its body and storing its event counts, as it does for the sender)."""
+    loop = asyncio.get_running_loop()
+    return (loop.time() if d.arrived is None else d.arrived) + pipeline.respond_timeout_ms / 1000
 
 
 async def _answer_by(state: AppState, pipeline: Pipeline, d: Delivery, deadline: float) -> _Answer | None:
