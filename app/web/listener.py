@@ -15,7 +15,10 @@ waits holds no database connection) and fans the notices out:
 
 The connection starts on first use and reconnects with backoff. After a reconnect NOTIFYs may have
 been missed, so every waiter is woken with ``reconnected`` to re-read the database, and subscribers
-get a ``{"op": "reconnected"}`` notice.
+get a ``{"op": "reconnected"}`` notice. A LISTEN connection only reads, so a connection that died
+silently (a failover whose old server vanished, a NAT or firewall that dropped an idle one) would never
+say so: every :data:`CHECK_EVERY_S` it must answer a ``SELECT 1`` within :data:`CHECK_TIMEOUT_S`, or it
+is dropped and replaced.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from app.core import db
 log = logging.getLogger("hookline.listener")
 
 CHANNEL = "hookline_events"
+
+#: How often the LISTEN connection is asked a ``SELECT 1``, and how long it has to answer (seconds).
+CHECK_EVERY_S = 10.0
+CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,23 @@ def _setter(flag: asyncio.Event) -> Any:
     return lambda _conn: flag.set()
 
 
+async def _until_lost(conn: Any, lost: asyncio.Event) -> None:
+    """Returns when the connection is lost: closed (``lost``), or silent (a ``SELECT 1`` unanswered
+    within :data:`CHECK_TIMEOUT_S`, or failing)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CHECK_EVERY_S):
+                await lost.wait()
+        if lost.is_set():
+            return
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await conn.fetchval("SELECT 1")
+        except Exception as e:  # TimeoutError included: nothing came back
+            log.warning("LISTEN connection did not answer its check (%s)", e.__class__.__name__)
+            return
+
+
 class EventListener:
     def __init__(
         self, url: str | None, *, queue_size: int = 1000, max_backoff: float = 10.0, gauge: Gauge | None = None
@@ -131,7 +155,7 @@ class EventListener:
                 delay = 0.2
                 if not first:
                     self._broadcast_reconnect()
-                await lost.wait()
+                await _until_lost(conn, lost)
                 log.warning("LISTEN connection lost; reconnecting")
             except asyncio.CancelledError:
                 raise
@@ -141,7 +165,7 @@ class EventListener:
                 self.connected.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await conn.close(timeout=1)
+                        await conn.close(timeout=1)  # a silent connection is aborted after the second
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
 
