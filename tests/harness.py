@@ -61,10 +61,13 @@ def make_settings(db_url: str | None, **over: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def web_server(settings: Settings, config: Config) -> AsyncIterator[str]:
-    """uvicorn serving hookline on a free 127.0.0.1 port; yields the base URL."""
+async def web_server(settings: Settings, config: Config, **uvicorn_options: Any) -> AsyncIterator[str]:
+    """uvicorn serving hookline on a free 127.0.0.1 port; yields the base URL. ``uvicorn_options`` go to
+    its config, as ``hookline web`` gives ``timeout_graceful_shutdown``."""
     port = free_port()
-    cfg = server_config(create_app(settings, config), settings, host="127.0.0.1", port=port, lifespan="on")
+    cfg = server_config(
+        create_app(settings, config), settings, host="127.0.0.1", port=port, lifespan="on", **uvicorn_options
+    )
     server = uvicorn.Server(cfg)
     task = asyncio.create_task(server.serve())
     for _ in range(200):

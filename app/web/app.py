@@ -29,7 +29,7 @@ from app.core.logs import setup_logging
 from app.core.querynames import IngestQuery
 from app.core.settings import Settings, weak_tokens
 from app.core.sqlfiles import NamedQueries
-from app.web import admin
+from app.web import admin, sync_reply
 from app.web.guard import client_ip, networks
 from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
@@ -221,6 +221,7 @@ def create_app(
         try:
             yield {"hookline": state}
         finally:
+            await sync_reply.drain(settings.db_timeout)  # a reply's claim or default, recorded before the pool closes
             await listener.close()
             await holder.close()
             metrics.close()

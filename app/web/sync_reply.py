@@ -21,7 +21,8 @@ reply waits for no second round trip.
   deliver it).
 * Under ``hookline dev --simulate-model`` the answer is the simulated one (status ``simulated``): the
   reply carries it as any answer, marked ``x-hookline-simulated: true``.
-* A client that disconnects cancels its wait (its waiter is removed).
+* A client that disconnects cancels its wait (its waiter is removed). A request still waiting when
+  the server stops gets the default before uvicorn's drain (``HOOKLINE_SHUTDOWN_TIMEOUT``) would cut it.
 * Anything that goes wrong while waiting (database gone, a template that fails on this output) gives
   the default: the event is stored, so a 2xx is the truth, and its processing goes on.
 """
@@ -94,14 +95,18 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
         return await _duplicate(state, pipeline, d)
     waiting = asyncio.ensure_future(_wait(state, pipeline, d))
     gone = asyncio.ensure_future(_disconnected(request))
+    cut = asyncio.ensure_future(_shutdown_cut(state))
     try:
-        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((waiting, gone, cut), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (gone, waiting):
+        for task in (gone, cut, waiting):
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+    if waiting.cancelled() and not cut.cancelled():  # the server stops: the default, while it can go out
+        _mark_default_soon(state, d)
+        return _respond(state, pipeline, d, None, None, "default")
     if waiting.cancelled():  # the client left first: nobody reads this; follow-ups deliver the answer
         state.metrics.inc(
             "hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome="disconnected"
@@ -132,6 +137,23 @@ def default(state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
     ``on_invalid = "store"``): no answer will come, so ``respond_default`` at once. Nothing is
     recorded: no follow-up action runs for it."""
     return _respond(state, pipeline, d, None, None, "default")
+
+
+#: A request still waiting when the server stops gets the default this long before uvicorn's drain
+#: (``HOOKLINE_SHUTDOWN_TIMEOUT``) ends, when it would cancel the request: a 500 for a stored event.
+SHUTDOWN_MARGIN_S = 0.5
+
+
+async def _shutdown_cut(state: AppState) -> None:
+    """Returns when a request still waiting must be answered, or the server's drain would cut it."""
+    await state.stopping.wait()
+    await asyncio.sleep(max(0.0, state.settings.shutdown_timeout - SHUTDOWN_MARGIN_S))
+
+
+async def drain(timeout: float) -> None:
+    """Lets the bookkeeping writes in flight (claims, recorded defaults) finish before the pool closes."""
+    if _BACKGROUND:
+        await asyncio.wait(tuple(_BACKGROUND), timeout=timeout)
 
 
 async def _disconnected(request: Request) -> None:

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.acceptance.test_sync_replies import DEFAULT, command_body, make_config, settings_for, slash
+from tests.acceptance.test_sync_replies import DEFAULT, command_body, make_config, metric, settings_for, slash
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import Receiver, rows, wait_for_status, web_server, worker_task
 
@@ -80,3 +80,24 @@ async def test_a_read_the_database_holds_up_gives_the_default_by_the_deadline(
             await asyncio.sleep(0.05)
     assert r.status_code == 200 and r.json() == DEFAULT, r.text
     assert r.headers["x-hookline-reply"] == "default"
+
+
+async def test_a_reply_still_waiting_when_the_server_stops_gets_the_default_before_the_cut(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """SIGTERM while a request waits longer than ``HOOKLINE_SHUTDOWN_TIMEOUT`` allows: the request gets the
+    default (its event is stored), recorded so the follow-up delivers the answer; uvicorn cancelled it at
+    the end of the drain, a 500 that told the sender nothing was stored."""
+    config = make_config(timeout_ms=30000)
+    settings = settings_for(db_url, fake, shutdown_timeout=1.0)
+    async with httpx.AsyncClient() as client:
+        async with web_server(settings, config, timeout_graceful_shutdown=settings.shutdown_timeout) as base:
+            request = asyncio.create_task(slash(client, base, command_body(receiver.url), 60))
+            deadline = time.monotonic() + 20
+            while await metric(client, base, "hookline_sync_waiting") != 1:
+                assert time.monotonic() < deadline and not request.done(), "the request never waited"
+                await asyncio.sleep(0.05)
+        r = await request  # the server has stopped
+    assert r.status_code == 200 and r.json() == DEFAULT, r.text
+    assert r.headers["x-hookline-reply"] == "default"
+    assert rows(db_url, "SELECT status, sync_reply FROM hookline.events") == [("queued", "default")]
