@@ -118,7 +118,7 @@ async def metrics(request: Request) -> Response:
     cluster: list[Metric] = []
     up = GaugeMetricFamily("hookline_database_up", "1 when the last metrics query reached Postgres.")
     try:
-        cluster = await state.figures.get(await state.db.ensure())
+        cluster = await state.figures.get(await state.db.ensure(), state.config.tenants.keys())
         up.add_metric([], 1.0)
     except Exception:
         up.add_metric([], 0.0)

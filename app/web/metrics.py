@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import prometheus_client
@@ -32,6 +32,8 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # 
 Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 #: Labels only an authenticated scrape sees.
 PRIVATE_LABELS = frozenset({"tenant", "reason"})
+#: The ``tenant`` label of every tenant without a ``[tenants.NAME]`` table of its own (summed).
+OTHER_TENANTS = "*"
 #: Key in the ASGI scope where ingest (and the error handlers) note the outcome of a webhook request.
 OUTCOME_KEY = "hookline.outcome"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -174,17 +176,21 @@ class SharedFigures:
     def __init__(self) -> None:
         self._running: asyncio.Future[list[Metric]] | None = None
 
-    async def get(self, pool: Any) -> list[Metric]:
+    async def get(self, pool: Any, tenants: Collection[str] = ()) -> list[Metric]:
         if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(cluster_figures(pool))
+            self._running = asyncio.ensure_future(cluster_figures(pool, tenants))
             # its error is read here too: every scrape waiting for it may have gone by the time it fails
             self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
         # shielded: a scrape whose client went away does not cancel the others' answer
         return await asyncio.shield(self._running)
 
 
-async def cluster_figures(pool: Any) -> list[Metric]:
-    """The cluster-wide picture from Postgres: a handful of small queries on one connection."""
+async def cluster_figures(pool: Any, tenants: Collection[str] = ()) -> list[Metric]:
+    """The cluster-wide picture from Postgres: a handful of small queries on one connection.
+
+    The ``tenant`` label is a value senders choose (the source's ``tenant`` locator), so it names only
+    the ``tenants`` configured by name (``[tenants.NAME]``) and ``''`` (no tenant); every other tenant is
+    summed under :data:`OTHER_TENANTS`, so a sender cannot add series by inventing tenants."""
     jobs = _gauge("hookline_jobs", "procrastinate jobs by queue and status (todo, doing).", "queue", "status")
     dead = _gauge("hookline_dead_letters", "Events that will not be retried (status dead).")
     last_hour = _gauge("hookline_events_last_hour", "Events received in the last hour, by status.", "status")
@@ -193,12 +199,18 @@ async def cluster_figures(pool: Any) -> list[Metric]:
     )
     tokens = _counter(
         "hookline_llm_tokens",
-        "Model tokens, by model, tenant and kind (input, output, cache_creation, cache_read).",
+        "Model tokens, by model, tenant ('*': those without [tenants.NAME]) and kind (input, output, "
+        "cache_creation, cache_read).",
         "model",
         "tenant",
         "kind",
     )
-    cost = _counter("hookline_llm_cost_usd", "Model spend in US dollars, by model and tenant.", "model", "tenant")
+    cost = _counter(
+        "hookline_llm_cost_usd",
+        "Model spend in US dollars, by model and tenant ('*': those without [tenants.NAME]).",
+        "model",
+        "tenant",
+    )
     calls = _counter(
         "hookline_llm_calls",
         "Model calls (Messages API round trips: a micro-batch's combined call once), by model and outcome (status).",
@@ -208,6 +220,11 @@ async def cluster_figures(pool: Any) -> list[Metric]:
     breakers = _gauge(
         "hookline_breaker_state", "Circuit breaker of each model: 0 closed, 1 open, 2 half-open.", "model"
     )
+    by_tenant: dict[tuple[str, ...], float] = {}
+
+    def add(*labels: str, value: float) -> None:
+        by_tenant[labels] = by_tenant.get(labels, 0.0) + value
+
     async with pool.acquire() as conn:
         for r in await conn.fetch(Q["queue_depth"]):
             jobs.add_metric([r["queue_name"], r["status"]], float(r["n"]))
@@ -219,14 +236,18 @@ async def cluster_figures(pool: Any) -> list[Metric]:
             metric = r["metric"]
             if metric == "events_finished":
                 finished.add_metric([r["pipeline"], r["status"]], v)
-            elif metric == "tokens":
-                tokens.add_metric([r["model"], r["tenant"], r["kind"]], v)
-            elif metric == "cost_usd":
-                cost.add_metric([r["model"], r["tenant"]], v)
+            elif metric in ("tokens", "cost_usd"):
+                tenant = r["tenant"] if r["tenant"] in tenants or not r["tenant"] else OTHER_TENANTS
+                add(metric, r["model"], tenant, r["kind"], value=v)
             elif metric == "model_calls":
                 calls.add_metric([r["model"], r["status"]], v)
         for r in await conn.fetch(Q["breaker_states"]):
             breakers.add_metric([r["model"]], float(r["state_code"]))
+    for (metric, model, tenant, kind), v in by_tenant.items():
+        if metric == "tokens":
+            tokens.add_metric([model, tenant, kind], v)
+        else:
+            cost.add_metric([model, tenant], v)
     return [jobs, dead, last_hour, finished, tokens, cost, calls, breakers]
 
 

@@ -66,9 +66,10 @@ def of(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-def config() -> Config:
+def config(**extra: Any) -> Config:
     return config_from(
-        {
+        extra
+        | {
             "sources": {
                 "stripe": {
                     "provider": "stripe",
@@ -175,16 +176,14 @@ async def test_metrics_exact_counts_after_a_known_workload(
     }
     model = "claude-haiku-5-5"
     assert of(web, "hookline_llm_calls_total") == {frozenset({("model", model), ("outcome", "succeeded")}): 2}
-    assert of(web, "hookline_llm_tokens_total") == {
-        frozenset({("model", model), ("tenant", t), ("kind", k)}): n
-        for t in ("cus_42", "cus_7")
-        for k, n in (("input", 100), ("output", 20))
+    assert of(web, "hookline_llm_tokens_total") == {  # no [tenants.NAME]: both tenants summed as '*'
+        frozenset({("model", model), ("tenant", "*"), ("kind", k)}): n for k, n in (("input", 200), ("output", 40))
     }
     one_call = float(cost_usd(model, USAGE) or Decimal(0))
     assert one_call > 0
     cost = of(web, "hookline_llm_cost_usd_total")
-    assert cost.keys() == {frozenset({("model", model), ("tenant", t)}) for t in ("cus_42", "cus_7")}
-    assert all(v == pytest.approx(one_call) for v in cost.values())
+    assert cost.keys() == {frozenset({("model", model), ("tenant", "*")})}
+    assert all(v == pytest.approx(2 * one_call) for v in cost.values())
     assert of(web, "hookline_events_finished_total") == {
         frozenset({("pipeline", "recovery"), ("status", "succeeded")}): 2
     }
@@ -238,6 +237,32 @@ async def test_public_metrics_hide_tenant_and_signature_reason(db_url: str, env:
     }
     assert pick(samples, "hookline_llm_tokens_total", model="claude-haiku-5-5", kind="input") == 10
     assert pick(samples, "hookline_llm_cost_usd_total", model="claude-haiku-5-5") == 0.5
+
+
+async def test_tenant_label_names_only_configured_tenants(db_url: str, env: None) -> None:
+    """The tenant comes from the payload: a sender minting tenants must not mint series. A tenant with
+    its own [tenants.NAME] keeps its label, '' (no tenant) stays '', every other tenant is summed as '*'."""
+    settings = make_settings(db_url, metrics_token="scrape-me")
+    cfg = config(tenants={"cus_42": {"events_per_hour": 1000}})
+    async with web_server(settings, cfg) as base, httpx.AsyncClient() as client:
+        for n, customer in enumerate(("cus_42", "cus_x1", "cus_x2", "cus_x3")):
+            body = stripe_body(f"evt_t{n}", customer)
+            assert (await client.post(f"{base}/webhooks/stripe", content=body, headers=signed(body))).status_code == 200
+        rows(
+            db_url,
+            "INSERT INTO hookline.llm_calls (event_id, pipeline, model, status, request, input_tokens, cost_usd) "
+            "SELECT id, 'recovery', 'm', 'succeeded', '{}', 10, 0.5 FROM hookline.events RETURNING id",
+        )
+        resp = await client.get(f"{base}/metrics", headers={"authorization": "Bearer scrape-me"})
+    samples = scrape(resp.text)
+    assert of(samples, "hookline_llm_tokens_total") == {
+        frozenset({("model", "m"), ("tenant", "cus_42"), ("kind", "input")}): 10,
+        frozenset({("model", "m"), ("tenant", "*"), ("kind", "input")}): 30,
+    }
+    assert of(samples, "hookline_llm_cost_usd_total") == {
+        frozenset({("model", "m"), ("tenant", "cus_42")}): 0.5,
+        frozenset({("model", "m"), ("tenant", "*")}): 1.5,
+    }
 
 
 async def test_breaker_state_is_a_gauge_per_model(db_url: str, env: None) -> None:
@@ -304,11 +329,11 @@ async def test_scrapes_arriving_together_share_one_set_of_cluster_queries(
 
     real, started = metrics.cluster_figures, 0
 
-    async def counted(pool: Any) -> Any:
+    async def counted(pool: Any, tenants: Any = ()) -> Any:
         nonlocal started
         started += 1
         await asyncio.sleep(0.5)
-        return await real(pool)
+        return await real(pool, tenants)
 
     monkeypatch.setattr(metrics, "cluster_figures", counted)
     settings = make_settings(db_url)
