@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from app.core.config import Pipeline, Tenant
+from app.core.config import Pipeline, SqlAction, Tenant
 from app.core.config.pipelines import LoopGuard
 from app.core.querynames import LimitsQuery
 from app.core.records import EventRow
@@ -361,6 +361,7 @@ async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], on
     """Send an alert through every ``[[alerts]]`` action; failures are logged, never raised."""
     from worker.action_runs import deps_of
     from worker.actions import ActionContext, run_action
+    from worker.actions import sql as sql_action
 
     log.warning("alert (%s): %s", kind, text)
     for index, action in enumerate(rt.config.alerts):
@@ -376,6 +377,11 @@ async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], on
             payload=None,
         )
         try:
-            await run_action(action, ctx, deps_of(rt))
+            if isinstance(action, SqlAction):  # its own transaction: an alert has no action run to record
+                timeout = action.timeout_seconds or rt.settings.outbound_timeout
+                async with rt.db.pool.connection() as conn:
+                    await sql_action.call_alone(conn, action, ctx, timeout)
+            else:
+                await run_action(action, ctx, deps_of(rt))
         except Exception as e:
             log.warning("alert action %s failed: %s", ctx.action, e)

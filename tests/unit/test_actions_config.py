@@ -374,3 +374,13 @@ def test_the_outbound_allowlist_reads_hosts_ports_and_ipv6_addresses() -> None:
     assert ok("https://[fd00::5]:8443/x") and not ok("https://[fd00::5]:9443/x")
     assert ok("https://[fd00::6]:1234/x")
     assert not ok("https://evil.example.net/x") and not ok("https://[fd00::7]:8443/x")
+
+
+@pytest.mark.parametrize(
+    "action", [{"type": "slack_response", "text": "x"}, {"type": "discord_followup", "content": "x"}]
+)
+def test_an_alert_cannot_be_a_follow_up(action: dict[str, Any]) -> None:
+    """A follow-up answers the event's own Slack or Discord request, which an alert does not have: such
+    an alert failed each time it fired ("does not run outside a transaction"); now it is refused at load."""
+    msg = error_of(alerts=[action])
+    assert msg.startswith(f"alerts.0.type: {action['type']} answers"), msg

@@ -96,6 +96,29 @@ async def call_and_record(
     conn: psycopg.AsyncConnection[Any], action: SqlAction, ctx: ActionContext, run_id: int, timeout: float
 ) -> dict[str, Any]:
     """Call the function and mark action run ``run_id`` succeeded in one transaction."""
+    try:
+        return await _call(conn, action, ctx, timeout, run_id)
+    except _Lost as lost:
+        if lost.status == "succeeded":  # the other run's call committed: called exactly once
+            return {
+                "function": action.function,
+                "skipped": "another run of this event called it; this call was rolled back",
+            }
+        what = f"sql action {ctx.action}"
+        raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back") from None
+
+
+async def call_alone(
+    conn: psycopg.AsyncConnection[Any], action: SqlAction, ctx: ActionContext, timeout: float
+) -> dict[str, Any]:
+    """Call the function in a transaction of its own, with no action run to record: an ``[[alerts]]``
+    action (an alert is claimed once before it is sent, and is never retried)."""
+    return await _call(conn, action, ctx, timeout, None)
+
+
+async def _call(
+    conn: psycopg.AsyncConnection[Any], action: SqlAction, ctx: ActionContext, timeout: float, run_id: int | None
+) -> dict[str, Any]:
     what = f"sql action {ctx.action}"
     schema, name = split(action.function)
     call = sql.SQL("SELECT {}.{}(%(event_id)s::bigint, %(output)s::jsonb)").format(
@@ -107,17 +130,12 @@ async def call_and_record(
             cur = await conn.execute(call, {"event_id": ctx.event_id, "output": Jsonb(ctx.output)})
             row = await cur.fetchone()
             result = {"function": action.function, "returned": _plain(row[0] if row else None)}
+            if run_id is None:
+                return result
             done = await conn.execute(Q["record_action_succeeded"], {"id": run_id, "result": Jsonb(result)})
             if done.rowcount != 1:  # another run finished it meanwhile: roll the call back
                 now = await (await conn.execute(Q["action_run_status"], {"id": run_id})).fetchone()
                 raise _Lost(now[0] if now else None)
-    except _Lost as lost:
-        if lost.status == "succeeded":  # the other run's call committed: called exactly once
-            return {
-                "function": action.function,
-                "skipped": "another run of this event called it; this call was rolled back",
-            }
-        raise PermanentError(f"{what}: the action run is no longer running; the call was rolled back") from None
     except psycopg.Error as e:
         state = e.sqlstate or ""
         msg = f"{what}: {action.function} failed: {state} {e.__class__.__name__}: {error_text(e)}"
@@ -130,24 +148,25 @@ async def call_and_record(
 async def problems(conn: psycopg.AsyncConnection[Any], config: Config) -> list[str]:
     """Every ``sql`` action whose function is missing, of the wrong shape or not callable by us."""
     out: list[str] = []
-    for pname, pipeline in config.pipelines.items():
-        for i, action in enumerate(pipeline.actions):
-            if not isinstance(action, SqlAction):
-                continue
-            key = f"pipelines.{pname}.actions.{i}.function"
-            schema, name = split(action.function)
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(Q["sql_function_check"], {"schema": schema, "function": name})
-                found = await cur.fetchall()
-            if not found:
-                out.append(f"{key}: no function {action.function} in pg_proc (see the README for what a DBA creates)")
-                continue
-            best = found[0]
-            if not best["signature_ok"]:
-                shapes = ", ".join(f"({r['arguments']})" for r in found)
-                out.append(f"{key}: {action.function} must take (event_id bigint, output jsonb); found {shapes}")
-            elif not best["is_function"]:
-                out.append(f"{key}: {action.function} is a procedure; make it a function")
-            elif not (best["schema_usage"] and best["can_execute"]):
-                out.append(f"{key}: this role may not call {action.function} (GRANT USAGE ON SCHEMA and EXECUTE)")
+    places = [(f"pipelines.{p}.actions.{i}", a) for p, pl in config.pipelines.items() for i, a in enumerate(pl.actions)]
+    places += [(f"alerts.{i}", a) for i, a in enumerate(config.alerts)]
+    for where, action in places:
+        if not isinstance(action, SqlAction):
+            continue
+        key = f"{where}.function"
+        schema, name = split(action.function)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(Q["sql_function_check"], {"schema": schema, "function": name})
+            found = await cur.fetchall()
+        if not found:
+            out.append(f"{key}: no function {action.function} in pg_proc (see the README for what a DBA creates)")
+            continue
+        best = found[0]
+        if not best["signature_ok"]:
+            shapes = ", ".join(f"({r['arguments']})" for r in found)
+            out.append(f"{key}: {action.function} must take (event_id bigint, output jsonb); found {shapes}")
+        elif not best["is_function"]:
+            out.append(f"{key}: {action.function} is a procedure; make it a function")
+        elif not (best["schema_usage"] and best["can_execute"]):
+            out.append(f"{key}: this role may not call {action.function} (GRANT USAGE ON SCHEMA and EXECUTE)")
     return out

@@ -27,6 +27,7 @@ from app.core.config.actions import (
     SlackAction,
     SqlAction,
 )
+from app.core.config.followups import FOLLOWUP_TYPES
 from app.core.config.limits import Breaker, ModelLimits, Prices, RateLimit, Tenant
 from app.core.config.outputs import output_model_problem
 from app.core.config.pipelines import Pipeline, RetryPolicy
@@ -117,6 +118,12 @@ class Config(Strict):
                 if source not in self.sources and source not in BUILT_IN_SOURCES:
                     hint = did_you_mean(source, [*self.sources, *BUILT_IN_SOURCES])
                     raise ValueError(f"schedules.{name}.filter.source: no [sources.{source}] is defined{hint}")
+        for i, alert in enumerate(self.alerts):
+            if alert.type in FOLLOWUP_TYPES:  # it needs the event's own request to answer
+                raise ValueError(
+                    f"alerts.{i}.type: {alert.type} answers the Slack or Discord request of an event, and an "
+                    "alert has none; use slack (or http) to post an alert"
+                )
         for name, m in self.models.items():
             if m.fallback == name:
                 raise ValueError(f"models.{name}.fallback: a model cannot fall back to itself")
