@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from worker.limits import _seconds_until, one, send_alert
+from worker.alerts import send_alert
+from worker.limits import _seconds_until, one
 from worker.runtime import Runtime
 
 log = logging.getLogger("hookline.limits")

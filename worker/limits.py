@@ -22,11 +22,12 @@ from typing import Any, NoReturn
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from app.core.config import Pipeline, SqlAction, Tenant
+from app.core.config import Pipeline, Tenant
 from app.core.config.pipelines import LoopGuard
 from app.core.querynames import LimitsQuery
 from app.core.records import EventRow
 from app.core.sqlfiles import NamedQueries
+from worker.alerts import send_alert
 from worker.errors import PermanentError, PipelineError
 from worker.pricing import cost_usd
 from worker.runtime import Runtime
@@ -355,33 +356,3 @@ async def _budget_alert(
     text = f"tenant {tenant_key(event)!r} reached {fraction:.0%} of its {what} (alert_at = {caps.alert_at:g})"
     data = {"tenant": tenant_key(event), "period": period, "window_start": str(window_start), "fraction": fraction}
     await send_alert(rt, "budget", text, data, once=f"{tenant_key(event)}-{period}-{window_start}")
-
-
-async def send_alert(rt: Runtime, kind: str, text: str, data: dict[str, Any], once: str | None = None) -> None:
-    """Send an alert through every ``[[alerts]]`` action; failures are logged, never raised."""
-    from worker.action_runs import deps_of
-    from worker.actions import ActionContext, run_action
-    from worker.actions import sql as sql_action
-
-    log.warning("alert (%s): %s", kind, text)
-    for index, action in enumerate(rt.config.alerts):
-        key = f"hookline-alert-{kind}-{once or dt.datetime.now(dt.UTC).isoformat()}-{index}"
-        ctx = ActionContext(
-            event_id=int(data.get("event_id") or 0),
-            source="hookline",
-            event_type=f"alert.{kind}",
-            pipeline="alerts",
-            action=f"{action.type}#{index}",
-            idempotency_key=key,
-            output={"alert": kind, "message": text, **data},
-            payload=None,
-        )
-        try:
-            if isinstance(action, SqlAction):  # its own transaction: an alert has no action run to record
-                timeout = action.timeout_seconds or rt.settings.outbound_timeout
-                async with rt.db.pool.connection() as conn:
-                    await sql_action.call_alone(conn, action, ctx, timeout)
-            else:
-                await run_action(action, ctx, deps_of(rt))
-        except Exception as e:
-            log.warning("alert action %s failed: %s", ctx.action, e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from worker.metrics import WorkerMetrics
 from worker.outbound import outbound_guard, parse_allowlist
 from worker.retention import masked_sources, prune_masked
 from worker.simulated import SimulatedModel
+
+log = logging.getLogger("hookline.limits")
 
 #: Most database connections one worker process opens per pool, whatever its concurrency: a job
 #: holds a connection only for one short statement, never across the model call, so 200 calls in
@@ -94,6 +97,8 @@ class Runtime:
     llm: LLMClient | None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     slots: Slots = field(default_factory=lambda: Slots(10))
+    #: ``[[alerts]]`` on their way (worker.alerts): never sent inside an event's run.
+    alerts: set[asyncio.Task[None]] = field(default_factory=set)
     _matched: dict[tuple[str, str | None], tuple[Pipeline, ...]] = field(default_factory=dict, repr=False)
     _matched_config: Config | None = field(default=None, repr=False)
 
@@ -147,6 +152,17 @@ class Runtime:
     async def open(self) -> None:
         await self.db.open()
 
+    async def alerts_sent(self, timeout: float | None = None) -> None:
+        """Wait for the alerts on their way; those not done within ``timeout`` are given up (logged)."""
+        if not self.alerts:
+            return
+        _, late = await asyncio.wait(set(self.alerts), timeout=timeout)
+        for task in late:
+            log.warning("alert not sent: the worker stopped before %s ended", task.get_name())
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
     async def retention(self, batch: int = RETENTION_BATCH, budget: float = RETENTION_BUDGET) -> dict[str, int]:
         """Delete old finished jobs and drop old payloads, ``batch`` rows per statement (each its own
         short transaction), until nothing more is due or ``budget`` seconds have passed: a run that
@@ -179,6 +195,7 @@ class Runtime:
         return {"jobs_deleted": jobs, "payloads_pruned": payloads}
 
     async def close(self) -> None:
+        await self.alerts_sent(self.settings.shutdown_timeout)
         await self.http.aclose()
         if self.llm is not None:
             await self.llm.close()

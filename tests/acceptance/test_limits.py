@@ -239,6 +239,7 @@ async def test_a_tenant_at_its_token_cap_waits_for_the_next_window_without_overs
             db_url, "SELECT tokens, reserved_tokens FROM hookline.budget_windows WHERE tenant = 'a' AND period = 'day'"
         )
         assert (tokens, reserved) == (300, 0) and tokens <= cap
+        await wait_until(lambda: any(x.path == "/ops" for x in receiver.received), "the alert")  # on its own task
         alerts = [x for x in receiver.received if x.path == "/ops"]
         assert len(alerts) == 1 and alerts[0].json()["output"]["tenant"] == "a"  # once per window
         # the UTC day turns: the window moves back one day and the held job's time comes

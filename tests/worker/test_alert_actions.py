@@ -1,17 +1,21 @@
-"""``[[alerts]]`` take "any action type": an ``sql`` alert calls its function (in a transaction of its
-own: an alert has no action run to record), where it used to fail every time ("does not run outside a
-transaction", a warning in the log and nothing else). The real worker runtime and Postgres."""
+"""``[[alerts]]``: an ``sql`` alert calls its function (in a transaction of its own: an alert has no action
+run to record), where it used to fail every time ("does not run outside a transaction", a warning in the
+log and nothing else); and an alert's destination never holds up the event that raised it. The real
+worker runtime and Postgres, the fake Messages API."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from tests.fakes.messages_api import FakeMessagesAPI
+from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import rows
-from tests.worker.test_flow import make_config, runtime_for
-from worker.limits import send_alert
+from tests.worker.test_breaker_no_flap import state
+from tests.worker.test_breaker_probe import BREAKER
+from tests.worker.test_flow import GOOD, MODEL, USAGE, insert_event, make_config, runtime_for
+from worker.alerts import send_alert
 from worker.runtime import Runtime
+from worker.tasks import handle_event
 
 pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
@@ -26,6 +30,7 @@ async def test_an_sql_alert_calls_its_function(db_url: str, fake: FakeMessagesAP
     rt = await runtime_for(db_url, fake, make_config({}, alerts=[{"type": "sql", "function": "public.record_alert"}]))
     opened.append(rt)
     await send_alert(rt, "breaker", "circuit breaker of m is open", {"model": "m", "state": "open"})
+    await rt.alerts_sent()
     assert rows(db_url, "SELECT event_id, output->>'alert', output->>'state' FROM public.ops_alerts") == [
         (0, "breaker", "open")
     ]
@@ -41,3 +46,29 @@ async def test_the_worker_checks_an_sql_alerts_function_at_start(
     assert await sql_action_problems(rt) == [
         "alerts.0.function: no function public.no_such in pg_proc (see the README for what a DBA creates)"
     ]
+
+
+async def test_an_alert_whose_destination_hangs_does_not_hold_the_event(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime], unreachable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The half-open probe's success closes the breaker and raises an alert to an endpoint that never
+    answers (its connect times out after 3 s). The alert was sent inside the event's run, within its
+    pipeline's timeout_seconds (1 s): the event failed with a timeout, its answer in hand, because of the
+    alert. Now the alert goes on its own and the event succeeds; closing the runtime waits for it."""
+    monkeypatch.setenv("HL_OPS_URL", unreachable)
+    config = make_config(
+        {"timeout_seconds": 1},
+        models={MODEL: {"breaker": BREAKER}},
+        alerts=[{"type": "http", "url_env": "HL_OPS_URL", "timeout_seconds": 3}],
+    )
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    rows(
+        db_url,
+        "INSERT INTO hookline.breakers (model, state, failures, opened_at, open_until) "
+        "VALUES (%s, 'open', 1, now() - interval '40 seconds', now() - interval '10 seconds') RETURNING 1",
+        MODEL,
+    )
+    fake.set_default(reply(GOOD, usage=USAGE))
+    assert await handle_event(rt, insert_event(db_url, "evt_alert_hangs")) == "succeeded"
+    assert state(db_url) == "closed"
