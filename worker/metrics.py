@@ -46,7 +46,8 @@ class WorkerMetrics:
         self.jobs_in_flight = Gauge("hookline_jobs_in_flight", "Jobs this worker is running now.", registry=r)
         self.jobs = Counter(
             "hookline_worker_jobs",
-            "Jobs this worker finished, by the status they ended in.",
+            "Job runs of this worker, by how they ended: the event's status, retrying (failed, tried again) or "
+            "throttled (held by a limit).",
             ["status"],
             registry=r,
         )

@@ -22,7 +22,7 @@ from worker.db import database_away
 from worker.deadline import PIPELINE_DEADLINE
 from worker.limits import Held, admit
 from worker.outcomes import RetryLater as RetryLater
-from worker.outcomes import claim_of, failed, finish, hold, infrastructure_failure
+from worker.outcomes import Throttled, claim_of, failed, finish, hold, infrastructure_failure
 from worker.pipeline import run_pipeline
 from worker.routing import route
 from worker.runtime import Runtime
@@ -138,6 +138,9 @@ async def _run_job(
                 status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id, claim=claim)
         rt.metrics.jobs.labels(status=status).inc()
         return status
+    except RetryLater as later:  # procrastinate runs the job again: counted by why
+        rt.metrics.jobs.labels(status=rescheduled(later)).inc()
+        raise
     finally:
         rt.metrics.jobs_in_flight.dec()
 
@@ -174,7 +177,7 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                         rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id, claim=_claim_of(row)
                     )
             except RetryLater as later:
-                status = EventStatus.RETRYING
+                status = rescheduled(later)
                 await _hand_back(rt, job_id, later.delay)
             except asyncio.CancelledError:
                 await asyncio.shield(_hand_back(rt, job_id, 0.0))
@@ -183,6 +186,12 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
         rt.metrics.jobs.labels(status=status).inc()
         rt.metrics.jobs_in_flight.dec()
         rt.slots.release()
+
+
+def rescheduled(later: RetryLater) -> str:
+    """The ``status`` label of a job run that ends rescheduled: ``throttled`` (held by a limit, not an
+    attempt) or ``retrying`` (failed, tried again)."""
+    return EventStatus.THROTTLED if isinstance(later, Throttled) else EventStatus.RETRYING
 
 
 async def _hand_back(rt: Runtime, job_id: int, delay: float) -> None:

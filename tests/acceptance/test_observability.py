@@ -4,6 +4,7 @@ and request ids in the worker's JSON logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.core.config import Config
 from app.core.logs import JsonFormatter, bind_log_context, log_context
 from app.signatures import sign
-from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.fakes.messages_api import FakeMessagesAPI, error, reply
 from tests.harness import (
     Receiver,
     config_from,
@@ -66,7 +67,7 @@ def of(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-def config(**extra: Any) -> Config:
+def config(pipeline: dict[str, Any] | None = None, **extra: Any) -> Config:
     return config_from(
         extra
         | {
@@ -89,6 +90,7 @@ def config(**extra: Any) -> Config:
                         "required": ["subject"],
                     },
                     "actions": [{"type": "http", "url_env": "HL_CRM_URL"}],
+                    **(pipeline or {}),
                 }
             },
         }
@@ -213,6 +215,42 @@ async def test_metrics_exact_counts_after_a_known_workload(
     ]
 
 
+async def test_worker_jobs_count_the_runs_that_were_rescheduled(
+    db_url: str, env: None, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """hookline_worker_jobs_total counts every job run by how it ended: a run that failed and will be
+    retried is ``retrying``, one held by a limit ``throttled``. A job procrastinate handed over counted
+    neither (only a job claimed with another's said ``retrying``, for a hold too)."""
+    worker_port = free_port()
+    settings = make_settings(
+        db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url, worker_metrics_port=worker_port
+    )
+    fake.enqueue(error(500, "api_error"))
+    fake.set_default(reply({"subject": "About your invoice"}, usage=USAGE))
+    cfg = config(
+        {"retry": {"max_attempts": 3, "backoff_seconds": 0.05, "jitter": False}},
+        tenants={"*": {"events_per_hour": 1}},
+    )
+    async with web_server(settings, cfg) as base, worker_task(settings, cfg), httpx.AsyncClient() as client:
+        first = stripe_body("evt_retried")
+        resp = await client.post(f"{base}/webhooks/stripe", content=first, headers=signed(first))
+        assert (await wait_for_status(db_url, resp.json()["event_id"]))["status"] == "succeeded"
+        second = stripe_body("evt_held")  # the same tenant, over its events_per_hour
+        resp = await client.post(f"{base}/webhooks/stripe", content=second, headers=signed(second))
+        await wait_for_status(db_url, resp.json()["event_id"], ("throttled",))
+        worker: Samples = {}
+        for _ in range(100):  # the counter is written just after the event's status
+            worker = scrape((await client.get(f"http://127.0.0.1:{worker_port}/metrics")).text)
+            if pick(worker, "hookline_worker_jobs_total", status="throttled"):
+                break
+            await asyncio.sleep(0.05)
+    assert of(worker, "hookline_worker_jobs_total") == {
+        frozenset({("status", "retrying")}): 1,
+        frozenset({("status", "succeeded")}): 1,
+        frozenset({("status", "throttled")}): 1,
+    }
+
+
 async def test_public_metrics_hide_tenant_and_signature_reason(db_url: str, env: None) -> None:
     settings = make_settings(db_url)
     cfg = config()
@@ -323,7 +361,6 @@ async def test_scrapes_arriving_together_share_one_set_of_cluster_queries(
     """/metrics is public without a token: twenty scrapes at once must not make Postgres run twenty
     sets of its queries. The queries are the real ones, on the real pool; only their start is counted
     (and held a moment, so that the scrapes overlap whatever the machine's speed)."""
-    import asyncio
 
     from app.web import metrics
 
