@@ -152,7 +152,7 @@ class Runtime:
     async def open(self) -> None:
         await self.db.open()
 
-    async def alerts_sent(self, timeout: float | None = None) -> None:
+    async def wait_for_alerts(self, timeout: float | None = None) -> None:
         """Wait for the alerts on their way; those not done within ``timeout`` are given up (logged)."""
         if not self.alerts:
             return
@@ -195,7 +195,7 @@ class Runtime:
         return {"jobs_deleted": jobs, "payloads_pruned": payloads}
 
     async def close(self) -> None:
-        await self.alerts_sent(self.settings.shutdown_timeout)
+        await self.wait_for_alerts(self.settings.shutdown_timeout)
         await self.http.aclose()
         if self.llm is not None:
             await self.llm.close()

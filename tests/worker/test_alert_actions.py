@@ -30,7 +30,7 @@ async def test_an_sql_alert_calls_its_function(db_url: str, fake: FakeMessagesAP
     rt = await runtime_for(db_url, fake, make_config({}, alerts=[{"type": "sql", "function": "public.record_alert"}]))
     opened.append(rt)
     await send_alert(rt, "breaker", "circuit breaker of m is open", {"model": "m", "state": "open"})
-    await rt.alerts_sent()
+    await rt.wait_for_alerts()
     assert rows(db_url, "SELECT event_id, output->>'alert', output->>'state' FROM public.ops_alerts") == [
         (0, "breaker", "open")
     ]

@@ -64,7 +64,7 @@ async def test_a_cap_full_only_of_calls_in_flight_waits_for_them_not_for_the_nex
     assert "1 call(s) in flight" in detail and "waits for calls in flight to settle" in detail, detail
     assert "reopen" not in detail
     assert delay <= limits.IN_FLIGHT_RETRY_SECONDS * 1.5  # retried shortly, not at the next UTC midnight
-    await rt.alerts_sent()  # alerts go on their own task (worker.alerts)
+    await rt.wait_for_alerts()  # alerts go on their own task (worker.alerts)
     assert [x for x in receiver.received if x.path == "/ops"] == []  # no "reached 100%" budget alert
     assert rows(db_url, "SELECT count(*) FROM hookline.dead_letters") == [(0,)]
 
@@ -94,6 +94,6 @@ async def test_a_cap_full_of_settled_spend_still_waits_for_the_window_and_alerts
     )
     assert f"waits for the window to reopen at {tomorrow.isoformat()}" in detail, detail  # the next UTC day
     assert "in flight" not in detail and delay > limits.IN_FLIGHT_RETRY_SECONDS * 1.5
-    await rt.alerts_sent()
+    await rt.wait_for_alerts()
     alerts = [x for x in receiver.received if x.path == "/ops"]
     assert len(alerts) == 1 and alerts[0].json()["output"]["tenant"] == "t"
