@@ -17,7 +17,6 @@ from opentelemetry import trace
 from app.core.status import CallStatus
 from worker.closing import Closing, finish_params
 from worker.errors import InvalidOutput
-from worker.pricing import cost_usd
 from worker.prompt import OutputSpec
 from worker.simulated import SimulatedModel
 
@@ -149,15 +148,13 @@ async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
             body=body,
             message="the Messages API answered with something other than a JSON object",
         )
-    usage = body.get("usage") or {}
     simulated = isinstance(client, SimulatedModel)
-    return CallRecord(
+    return CallRecord(  # its cost_usd is the gate's to set: with the model's configured prices (worker.gate)
         model=request["model"],
         status=CallStatus.SIMULATED if simulated else CallStatus.SUCCEEDED,
         request=request,
         response=body,
-        usage=usage,
-        cost_usd=None if simulated else cost_usd(request["model"], usage),
+        usage=body.get("usage") or {},
         latency_ms=latency,
         request_id=raw.request_id or raw.headers.get("request-id"),
         headers=raw.headers,
