@@ -71,7 +71,7 @@ async def store_escalated(
 def observe(rt: Runtime, rec: CallRecord) -> None:
     """The call's latency, by model and outcome."""
     if rec.latency_ms is not None:
-        rt.metrics.llm_latency.labels(model=rec.model, outcome=rec.status).observe(rec.latency_ms / 1000)
+        rt.metrics.call_latency(rec.model, rec.status, rec.latency_ms / 1000)
 
 
 def simulating(rt: Runtime, pipeline: Pipeline) -> contextlib.AbstractContextManager[None]:

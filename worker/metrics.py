@@ -53,6 +53,24 @@ class WorkerMetrics:
         )
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        # the label children of the per-event series, looked up once each (``labels()`` checks and
+        # converts its values and takes the metric's lock on every call)
+        self._jobs_by_status: dict[str, Any] = {}
+        self._latency_by_call: dict[tuple[str, str], Any] = {}
+
+    def job_done(self, status: str) -> None:
+        """``hookline_worker_jobs{status}`` + 1."""
+        child = self._jobs_by_status.get(status)
+        if child is None:
+            child = self._jobs_by_status[status] = self.jobs.labels(status=status)
+        child.inc()
+
+    def call_latency(self, model: str, outcome: str, seconds: float) -> None:
+        """One model call's wall time in ``hookline_llm_latency_seconds{model, outcome}``."""
+        child = self._latency_by_call.get((model, outcome))
+        if child is None:
+            child = self._latency_by_call[model, outcome] = self.llm_latency.labels(model=model, outcome=outcome)
+        child.observe(seconds)
 
     @property
     def serving(self) -> bool:

@@ -136,7 +136,7 @@ async def _run_job(
             except Exception as e:
                 claim = _claim_of(row)
                 status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id, claim=claim)
-        rt.metrics.jobs.labels(status=status).inc()
+        rt.metrics.job_done(status)
         return status
     except RetryLater as later:  # procrastinate runs the job again: counted by why
         rt.metrics.jobs.labels(status=rescheduled(later)).inc()
@@ -183,7 +183,7 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                 await asyncio.shield(_hand_back(rt, job_id, 0.0))
                 raise
     finally:
-        rt.metrics.jobs.labels(status=status).inc()
+        rt.metrics.job_done(status)
         rt.metrics.jobs_in_flight.dec()
         rt.slots.release()
 
