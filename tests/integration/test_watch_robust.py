@@ -211,6 +211,50 @@ def test_triggers_from_before_0032_keep_working_and_watch_replaces_them(conn: ps
 
 
 # --------------------------------------------------------------------------------------------
+# a columns filter on types without a usable equality (migration 0048)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ddl", "old", "new"),
+    [
+        ("point[]", "ARRAY[point(1, 2)]", "ARRAY[point(3, 4)]"),
+        ("json[]", """ARRAY['{"a": 1}'::json]""", """ARRAY['{"a": 2}'::json]"""),
+        ("pair", """ROW(1, '{"a": 1}')""", """ROW(1, '{"a": 2}')"""),  # equal first fields: the json is compared
+        ("points", "ARRAY[point(1, 2)]", "ARRAY[point(3, 4)]"),  # a domain over point[]
+    ],
+)
+def test_a_columns_filter_never_fails_the_update(conn: psycopg.Connection, ddl: str, old: str, new: str) -> None:
+    conn.execute("CREATE TYPE pair AS (n int, j json)")
+    conn.execute("CREATE DOMAIN points AS point[]")
+    conn.execute(f"CREATE TABLE shapes (id int PRIMARY KEY, v {ddl}, note text)")
+    conn.execute(f"INSERT INTO shapes VALUES (1, {old}, 'a')")
+    assert one(conn, "SELECT hookline.watch('shapes', '{update}', columns => '{v}')") == "created"
+    conn.execute(f"UPDATE shapes SET v = {new} WHERE id = 1")  # failed: no equality operator for point / json
+    conn.execute(f"UPDATE shapes SET v = {new}, note = 'b' WHERE id = 1")  # the same value: no event
+    (ev,) = events(conn)
+    assert ev["payload"]["changed"] == ["v"]
+
+
+def test_watch_replaces_an_update_trigger_that_compares_such_a_column_natively(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TABLE shapes (id int PRIMARY KEY, v point[])")
+    conn.execute("SELECT hookline.watch('shapes', '{update}', columns => '{v}')")
+    (args,) = conn.execute("SELECT tgargs FROM pg_trigger WHERE tgname = 'hookline_watch_update'").fetchone() or ()
+    # what watch() installed before migration 0048: the same arguments, IS DISTINCT FROM on point[]
+    conn.execute("DROP TRIGGER hookline_watch_update ON shapes")
+    quoted = ", ".join(psycopg.sql.quote(a) for a in bytes(args).decode().split("\x00")[:-1])
+    conn.execute(
+        "CREATE TRIGGER hookline_watch_update AFTER UPDATE ON shapes FOR EACH ROW "
+        f"WHEN (OLD.v IS DISTINCT FROM NEW.v) EXECUTE FUNCTION hookline.row_event({quoted})"
+    )
+    assert one(conn, "SELECT hookline.watch('shapes', '{update}', columns => '{v}')") == "replaced"
+    conn.execute("INSERT INTO shapes VALUES (1, ARRAY[point(1, 2)])")
+    conn.execute("UPDATE shapes SET v = ARRAY[point(3, 4)]")
+    assert len(events(conn)) == 1
+    assert one(conn, "SELECT hookline.watch('shapes', '{update}', columns => '{v}')") == "unchanged"
+
+
+# --------------------------------------------------------------------------------------------
 # what watch() refuses or warns about
 # --------------------------------------------------------------------------------------------
 
