@@ -17,9 +17,10 @@ from typing import Any, Literal, TypeVar, overload
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from app.core import jsonvalues
 from app.core.db import libpq_dsn
 from app.core.querynames import WorkerQuery
 from app.core.records import (
@@ -110,6 +111,12 @@ async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
+async def _read_json(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every number a watched row can hold reads (app.core.jsonvalues): an event whose payload did not
+    failed its job again and again, and left the events claimed with it ``processing``."""
+    set_json_loads(jsonvalues.loads, conn)
+
+
 def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
@@ -123,6 +130,7 @@ class WorkerDB:
             open=False,
             kwargs={"autocommit": True, "application_name": "hookline-worker"},
             check=check_connection,
+            configure=_read_json,
         )
         #: group commit of the calls stored (and events finished) by concurrent jobs
         self.calls = CallWriter(self, Q["insert_calls"], Q["notify_after_commit"])

@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from app.core import jsonvalues
+
 _SCHEME = re.compile(r"^(postgres|postgresql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 
 #: URI query keys asyncpg understands itself; anything else would be sent as a server setting.
@@ -310,8 +312,8 @@ def asyncpg_ssl(url: str) -> ssl.SSLContext | None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=jsonvalues.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=jsonvalues.loads, schema="pg_catalog")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

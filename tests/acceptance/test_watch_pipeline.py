@@ -14,7 +14,9 @@ import psycopg
 import pytest
 
 from app.cli.watch import apply_watches
+from app.core import db
 from app.core.config import Config
+from app.core.payload import MAX_STRING
 from app.core.watchspec import WatchSpec
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.harness import config_from, make_settings, rows, wait_for_status, worker_task
@@ -140,3 +142,43 @@ async def test_thousand_rows_in_one_statement_are_processed_once_each(db_url: st
     assert jobs == [(ROWS, ROWS, ROWS, ROWS)]  # one job per event, each run once
     calls = rows(db_url, "SELECT count(*), count(DISTINCT event_id) FROM hookline.llm_calls WHERE status = 'dry_run'")
     assert calls == [(ROWS, ROWS)]
+
+
+async def test_a_number_too_long_for_python_is_read_as_its_digits(db_url: str) -> None:
+    """Postgres keeps a numeric of 5,001 digits; Python's int refuses it (4,300 digits at most). The
+    worker read such an event's payload with json.loads: its job failed again and again, and the events
+    claimed with it stayed 'processing'."""
+    huge = "1" + "0" * 5000
+    with psycopg.connect(db_url, autocommit=True) as psql:
+        psql.execute("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric)")
+    apply_watches(db_url, [WatchSpec(table="ledger", on=("insert",))])
+    config = config_from(
+        {
+            "pipelines": {
+                "ledger-note": {
+                    "source": "db",
+                    "events": ["public.ledger.insert"],
+                    "instructions": "Describe the entry.",
+                    "output_schema": {"type": "object"},
+                    "actions": [{"type": "log"}],
+                },
+            },
+        }
+    )
+    with psycopg.connect(db_url, autocommit=True) as psql:
+        psql.execute("INSERT INTO ledger VALUES (1, 1e5000), (2, 7), (3, 8)")
+    settings = make_settings(db_url)  # no API key: dry run, the request is stored
+    async with worker_task(settings, config):
+        for event_id in (1, 2, 3):
+            event = await wait_for_status(db_url, event_id)
+            assert event["status"] == "succeeded" and event["last_error"] is None, event
+    ((request,),) = rows(db_url, "SELECT request::text FROM hookline.llm_calls WHERE event_id = 1")
+    assert huge[:MAX_STRING] in request  # the exact value, as the string of its digits (clipped as strings are)
+
+    # the web process and the CLI (asyncpg) read it the same way
+    conn = await db.connect(db_url)
+    try:
+        payload = await conn.fetchval("SELECT payload FROM hookline.events WHERE id = 1")
+    finally:
+        await conn.close()
+    assert payload["new"] == {"id": 1, "amount": huge}
