@@ -178,6 +178,19 @@ def test_a_misspelt_name_gets_the_close_match(mutate: Any, expected: str) -> Non
     assert "'name'" not in error and ", name," not in error and "Input tag" not in error, error
 
 
+def test_db_is_a_reserved_source_name() -> None:
+    """`[sources.db]` was accepted: POST /webhooks/db stored a sender's events as source "db", which the
+    row-event pipelines took for row changes (and their delivery ids could take a row event's place).
+    A DBA may write it to get `redact` for a watched table: the error points to exclude_columns."""
+    data: dict[str, Any] = {
+        **GOOD,
+        "sources": {**GOOD["sources"], "db": {"provider": "stripe", "secrets_env": ["S"], "redact": ["new.token"]}},
+    }
+    error = _err(data)
+    assert error.startswith("sources.db: the name is reserved for the row events of watched tables"), error
+    assert "exclude_columns" in error
+
+
 def test_hmac_provider_needs_its_table() -> None:
     data: dict[str, Any] = {"sources": {"x": {"provider": "hmac", "secrets_env": ["S"]}}}
     assert "hmac" in _err(data)

@@ -105,6 +105,11 @@ class Config(Strict):
                 raise ValueError(f"pipelines.{name}.source: no [sources.{p.source}] is defined{hint}")
         if SCHEDULE_SOURCE in self.sources:
             raise ValueError(f"sources.{SCHEDULE_SOURCE}: the name is reserved for [schedules] firings")
+        if "db" in self.sources:  # its webhooks would pass for row changes, their delivery ids collide
+            raise ValueError(
+                "sources.db: the name is reserved for the row events of watched tables ([[watch]], hookline.watch()); "
+                "keep a column out of them with exclude_columns"
+            )
         for name, sched in self.schedules.items():
             target = self.pipelines.get(sched.pipeline)
             if target is None:
