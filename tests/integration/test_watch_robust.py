@@ -211,6 +211,43 @@ def test_triggers_from_before_0032_keep_working_and_watch_replaces_them(conn: ps
 
 
 # --------------------------------------------------------------------------------------------
+# the writer's session settings (migration 0049)
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_row_has_one_key_whatever_the_writer_s_session_settings(conn: psycopg.Connection) -> None:
+    """A table partitioned by time has a timestamptz in its key. Its JSON text followed the writer's
+    TimeZone, so a writer in Berlin gave the row another ordering key (and job lock) than one in UTC:
+    the row's events could run side by side, out of order."""
+    conn.execute(
+        "CREATE TABLE readings (id int, taken_at timestamptz, tag bytea, every interval, "
+        "PRIMARY KEY (id, taken_at, tag, every)) PARTITION BY RANGE (taken_at)"
+    )
+    conn.execute("CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+    conn.execute("SELECT hookline.watch('readings')")
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("INSERT INTO readings VALUES (1, '2026-06-01 10:00:00+00', '\\x01ff', '1 day')")
+    conn.execute("SET TimeZone = 'Europe/Berlin'")
+    conn.execute("SET IntervalStyle = 'iso_8601'")
+    conn.execute("SET bytea_output = 'escape'")
+    conn.execute("UPDATE readings SET id = 1 WHERE id = 1")
+    ins, upd = events(conn)
+    assert ins["ordering_key"] == upd["ordering_key"]
+    assert (
+        ins["payload"]["key"]
+        == upd["payload"]["key"]
+        == {
+            "id": 1,
+            "taken_at": "2026-06-01T10:00:00+00:00",
+            "tag": "\\x01ff",
+            "every": "1 day",
+        }
+    )
+    locks = conn.execute("SELECT DISTINCT lock FROM procrastinate_jobs").fetchall()
+    assert len(locks) == 1
+
+
+# --------------------------------------------------------------------------------------------
 # a columns filter on types without a usable equality (migration 0048)
 # --------------------------------------------------------------------------------------------
 
