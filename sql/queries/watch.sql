@@ -1,6 +1,6 @@
 -- Watched tables (app/watch.py; psycopg: %(name)s placeholders). The logic is in the SQL functions
 -- of sql/migrations/0003_watch.sql, 0032_watch_never_fails_writes.sql, 0033_watch_retries_busy_tables.sql
--- and 0048_watch_columns_compare_arrays_safely.sql (0049 fixes the trigger function's session settings),
+-- and 0050_watch_columns_compare_arrays_safely.sql (0051 fixes the trigger function's session settings),
 -- so psql users and hookline run exactly the same code.
 
 -- name: watch

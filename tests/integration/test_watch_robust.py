@@ -211,7 +211,7 @@ def test_triggers_from_before_0032_keep_working_and_watch_replaces_them(conn: ps
 
 
 # --------------------------------------------------------------------------------------------
-# the writer's session settings (migration 0049)
+# the writer's session settings (migration 0051)
 # --------------------------------------------------------------------------------------------
 
 
@@ -248,7 +248,7 @@ def test_one_row_has_one_key_whatever_the_writer_s_session_settings(conn: psycop
 
 
 # --------------------------------------------------------------------------------------------
-# a columns filter on types without a usable equality (migration 0048)
+# a columns filter on types without a usable equality (migration 0050)
 # --------------------------------------------------------------------------------------------
 
 
@@ -277,7 +277,7 @@ def test_watch_replaces_an_update_trigger_that_compares_such_a_column_natively(c
     conn.execute("CREATE TABLE shapes (id int PRIMARY KEY, v point[])")
     conn.execute("SELECT hookline.watch('shapes', '{update}', columns => '{v}')")
     (args,) = conn.execute("SELECT tgargs FROM pg_trigger WHERE tgname = 'hookline_watch_update'").fetchone() or ()
-    # what watch() installed before migration 0048: the same arguments, IS DISTINCT FROM on point[]
+    # what watch() installed before migration 0050: the same arguments, IS DISTINCT FROM on point[]
     conn.execute("DROP TRIGGER hookline_watch_update ON shapes")
     quoted = ", ".join(psycopg.sql.quote(a) for a in bytes(args).decode().split("\x00")[:-1])
     conn.execute(

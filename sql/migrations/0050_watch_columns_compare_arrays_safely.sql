@@ -213,7 +213,7 @@ BEGIN
     WHERE NOT hookline.watch_comparable(a.atttypid);
 
     -- nothing to do when the same settings are installed already (and an UPDATE trigger made before
-    -- migration 0048 compares those columns as text too: one that does not fails every UPDATE)
+    -- migration 0050 compares those columns as text too: one that does not fails every UPDATE)
     SELECT * INTO v_old FROM hookline.watches w WHERE w.relation = v_rel;
     IF FOUND
        AND v_old.label = v_label AND v_old.operations = v_ops AND v_old.columns IS NOT DISTINCT FROM v_cols

@@ -29,7 +29,7 @@ COMMENT ON FUNCTION hookline.row_event() IS
   'excluded columns of wide rows are never converted; a key over 1 kB goes into delivery_id and '
   'ordering_key as sha256:<hex>. Key and excluded columns follow renames (attnums). Runs with TimeZone '
   'UTC, IntervalStyle postgres, bytea_output hex and extra_float_digits 1 whatever the writer''s '
-  'session says (migration 0049), so one row always gives the same key and JSON text. SECURITY DEFINER '
+  'session says (migration 0051), so one row always gives the same key and JSON text. SECURITY DEFINER '
   'with search_path pg_catalog, <procrastinate''s schema>, pg_temp: writers need no rights on '
   'hookline.*; EXECUTE is revoked from PUBLIC so only roles granted it (and the owner) can attach it to '
   'a table. Settings come from the trigger arguments (label, key and excluded column names, max value '
