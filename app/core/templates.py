@@ -15,12 +15,14 @@ config refuse a ``fields['key']`` the pipeline does not list); :func:`render` ra
 :class:`TemplateRenderError` at run time, which the worker treats as a permanent action failure (the
 message is kept).
 
-Structured values (a ``respond_body`` table, Slack ``blocks``) are rendered leaf by leaf with
+Structured values (a ``respond_body`` table, Discord ``embeds``) are rendered leaf by leaf with
 :func:`render_value`: every string inside is a template, the structure stays as written, so a value
-rendered into JSON can never break the JSON around it. ``escape="slack"`` (Slack ``text`` and the
-``text`` of ``blocks``' text objects, :func:`render_slack_blocks`) writes ``&``, ``<`` and ``>`` of every
-``{{ … }}`` value as ``&amp;``, ``&lt;``, ``&gt;``, so a value can never mention ``@channel`` or disguise
-a link; the template's own markup stays. ``escape="xml"`` autoescapes for TwiML and
+rendered into JSON can never break the JSON around it; a string that is one ``{{ … }}`` and nothing
+else keeps its value's JSON type (``true``, ``3``, ``null``, ``["a"]``), any other renders to a string.
+Slack ``blocks`` (:func:`render_slack_blocks`) are strings throughout, as Slack's block fields are.
+``escape="slack"`` (Slack ``text`` and the ``text`` of ``blocks``' text objects) writes ``&``, ``<``
+and ``>`` of every ``{{ … }}`` value as ``&amp;``, ``&lt;``, ``&gt;``, so a value can never mention
+``@channel`` or disguise a link; the template's own markup stays. ``escape="xml"`` autoescapes for TwiML and
 other XML replies, and drops from each value the code points XML 1.0 does not allow (control
 characters other than tab, LF and CR; U+FFFE, U+FFFF; lone surrogates), so the reply stays
 well-formed; ``escape="url"`` percent-encodes every ``{{ … }}`` value as one URL path segment
@@ -35,6 +37,7 @@ Expressions (a pipeline's ``when``) use the same sandbox: :func:`check_expressio
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -312,10 +315,58 @@ def render_slack_blocks(value: Any, ctx: TemplateContext) -> Any:
     return render(value, ctx) if isinstance(value, str) else value
 
 
+#: A template that is one ``{{ … }}`` and nothing else but whitespace (:func:`_whole_expression`).
+_WHOLE = re.compile(r"\s*\{\{-?(.*?)-?\}\}\s*", re.S)
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole_expression(source: str) -> str | None:
+    """The expression of a template that is exactly one ``{{ … }}`` (whitespace around it allowed);
+    None for any other template (text around or between expressions, a ``{% … %}``)."""
+    found = _WHOLE.fullmatch(source)
+    if found is None:
+        return None
+    try:
+        body = _ENVS["none"].parse(source).body
+        _compile_expression(found.group(1))
+    except Exception:  # not one expression after all: rendered as a string
+        return None
+    if len(body) != 1 or not isinstance(body[0], nodes.Output):
+        return None
+    parts = [n for n in body[0].nodes if not (isinstance(n, nodes.TemplateData) and not n.data.strip())]
+    return found.group(1) if len(parts) == 1 and not isinstance(parts[0], nodes.TemplateData) else None
+
+
+def _native(source: str, ctx: TemplateContext, escape: Escape) -> tuple[bool, Any]:
+    """``(True, value)`` when ``source`` is one ``{{ … }}`` whose value is JSON other than a string (a
+    bool, a number, null, a list, an object), copied through JSON; ``(False, None)`` otherwise (a
+    string, a date, an undefined name, an error: :func:`render` writes it or reports it, as before).
+    Under an escape only a scalar is kept: a list's strings would skip the escaping."""
+    expression = _whole_expression(source)
+    if expression is None:
+        return False, None
+    try:
+        value = _compile_expression(expression)(**ctx.names())
+    except Exception:  # render reports it; compile_expression also fails on some constants ('nan'|float)
+        return False, None
+    if isinstance(value, str) or (escape != "none" and isinstance(value, list | tuple | Mapping)):
+        return False, None
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False, None
+    if len(text) > MAX_RENDERED_CHARS:
+        raise TemplateRenderError(f"template error: rendered text is longer than {MAX_RENDERED_CHARS} characters")
+    return True, json.loads(text)
+
+
 def render_value(value: Any, ctx: TemplateContext, escape: Escape = "none") -> Any:
-    """Render every string inside a nested structure; other values pass through unchanged."""
+    """Render every string inside a nested structure; other values pass through unchanged. A string that
+    is one ``{{ … }}`` (whitespace around it allowed) keeps its value's JSON type: ``"{{ output.flag }}"``
+    is ``True``, not ``"True"`` (:func:`_native`); any other string renders to a string."""
     if isinstance(value, str):
-        return render(value, ctx, escape)
+        native, result = _native(value, ctx, escape)
+        return result if native else render(value, ctx, escape)
     if isinstance(value, Mapping):
         return {k: render_value(v, ctx, escape) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -114,3 +114,80 @@ async def test_discord_gets_a_deferred_reply_then_the_follow_up_message(
     assert [r.path for r in receiver.received] == ["/hook/webhooks/987654321/aW50ZXJhY3Rpb24tdG9rZW4"]
     assert receiver.received[0].json() == {"content": "Because."}
     assert rows(db_url, "SELECT action_type, status FROM hookline.action_runs") == [("discord_followup", "succeeded")]
+
+
+async def test_a_one_expression_leaf_keeps_its_json_type_in_the_reply_and_the_embeds(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flags = "{{ output.flags }}"`` must reach Discord as 64, not "64"; ``"True"``, ``"None"`` and
+    ``"['a']"`` are no JSON a receiver takes. A leaf with other text around stays a string."""
+    private, public = generate_keypair("discord_interactions")
+    monkeypatch.setenv("HL_DISCORD", public)
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string"},
+            "flag": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "color": {"type": "integer"},
+        },
+        "required": ["answer", "flag", "count", "tags", "note", "color"],
+        "additionalProperties": False,
+    }
+    body_template = {
+        "type": 4,
+        "data": {"content": "{{ output.answer }}", "flags": "{{ 64 if output.flag else 0 }}"},
+        "ok": "{{ output.flag }}",
+        "n": "{{ output.count }}",
+        "tags": "{{ output.tags }}",
+        "none": "{{ output.note }}",
+        "mixed": "n={{ output.count }}",
+    }
+    embeds = [
+        {"title": "{{ output.answer }}", "color": "{{ output.color }}", "footer": {"text": "#{{ output.count }}"}}
+    ]
+    config = config_from(
+        {
+            "sources": {"discord": {"provider": "discord_interactions", "secrets_env": ["HL_DISCORD"]}},
+            "pipelines": {
+                "ask": {
+                    "source": "discord",
+                    "events": ["2"],
+                    "instructions": "Answer the question.",
+                    "output_schema": schema,
+                    "respond": "sync",
+                    "respond_timeout_ms": 15000,
+                    "respond_body": body_template,
+                    "respond_default": {"type": 5},
+                    "actions": [
+                        {"type": "discord_followup", "api_base": receiver.url, "late_only": False, "embeds": embeds}
+                    ],
+                }
+            },
+        }
+    )
+    answer = {"answer": "Because.", "flag": True, "count": 3, "tags": ["a"], "note": None, "color": 5814783}
+    fake.enqueue(reply(answer))
+    settings = make_settings(db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url)
+    interaction = {"id": "1100000000000000002", "type": 2, "application_id": "987654321", "token": "dG9rZW4"}
+    body = json.dumps(interaction).encode()
+    headers = {**sign("discord_interactions", secret=private, body=body), "content-type": "application/json"}
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        resp = await client.post(f"{base}/webhooks/discord", content=body, headers=headers, timeout=30)
+        event = await wait_for_status(db_url, int(resp.headers["x-hookline-event-id"]))
+    assert resp.status_code == 200 and resp.headers["x-hookline-reply"] == "answer", resp.text
+    assert resp.json() == {
+        "type": 4,
+        "data": {"content": "Because.", "flags": 64},
+        "ok": True,
+        "n": 3,
+        "tags": ["a"],
+        "none": None,
+        "mixed": "n=3",
+    }
+    assert event["status"] == "succeeded"
+    assert [r.json() for r in receiver.received] == [
+        {"embeds": [{"title": "Because.", "color": 5814783, "footer": {"text": "#3"}}]}
+    ]

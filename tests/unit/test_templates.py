@@ -12,6 +12,7 @@ from app.core.templates import (
     TemplateRenderError,
     check,
     check_value,
+    fields_read,
     render,
     render_slack_blocks,
     render_value,
@@ -122,3 +123,92 @@ def test_slack_escaping_covers_values_not_the_templates_own_markup() -> None:
     assert render_slack_blocks(blocks, ctx) == [
         {"type": "section", "text": {"type": "mrkdwn", "text": "&lt;!here&gt; a &amp; b"}, "url": "<!here> a & b"}
     ]
+
+
+NATIVE = TemplateContext.of(
+    output={"flag": True, "count": 3, "ratio": 0.5, "tags": ["a"], "none": None, "obj": {"k": [1, "<x>"]}, "s": "3"},
+    event_id=7,
+    source="discord",
+    event_type="2",
+    tenant=None,
+    occurred_at=None,
+    fields={"when": datetime(2026, 12, 1, 9, 0, tzinfo=UTC), "user": {"id": 5}},
+)
+
+
+def test_a_leaf_that_is_one_expression_keeps_the_type_of_its_value() -> None:
+    """``"{{ output.flag }}"`` is JSON true, not the string "True": a JSON reply or a Discord embed needs
+    booleans, integers and arrays where the receiver expects them."""
+    body = {
+        "ok": "{{ output.flag }}",
+        "n": " {{ output.count }}\n",  # whitespace around the one expression is allowed
+        "r": "{{- output.ratio -}}",
+        "tags": "{{ output.tags }}",
+        "none": "{{ output.none }}",
+        "obj": ["{{ output.obj }}"],
+        "user": "{{ fields.user }}",
+        "sum": "{{ output.count + 1 }}",
+        "defined": "{{ output.nope is defined }}",
+    }
+    assert render_value(body, NATIVE) == {
+        "ok": True,
+        "n": 3,
+        "r": 0.5,
+        "tags": ["a"],
+        "none": None,
+        "obj": [{"k": [1, "<x>"]}],
+        "user": {"id": 5},
+        "sum": 4,
+        "defined": False,
+    }
+
+
+def test_a_leaf_with_other_text_or_a_string_value_stays_a_string() -> None:
+    body = {
+        "mixed": "n={{ output.count }}",
+        "two": "{{ output.count }}{{ output.count }}",
+        "block": "{% if output.flag %}{{ output.count }}{% endif %}",
+        "s": "{{ output.s }}",  # a string value is never turned into a number
+        "as_text": "{{ output.count | string }}",  # the way to ask for text
+        "date": "{{ fields.when }}",  # not a JSON value: its text, as before
+        "nan": '{{ "nan" | float }}',  # JSON has no NaN
+        "padded": " {{ output.s }} ",
+    }
+    assert render_value(body, NATIVE) == {
+        "mixed": "n=3",
+        "two": "33",
+        "block": "3",
+        "s": "3",
+        "as_text": "3",
+        "date": "2026-12-01 09:00:00+00:00",
+        "nan": "nan",
+        "padded": " 3 ",
+    }
+
+
+def test_a_one_expression_leaf_still_fails_on_an_undefined_name() -> None:
+    with pytest.raises(TemplateRenderError, match=r"has no attribute 'nope'"):
+        render_value({"x": "{{ output.nope }}"}, NATIVE)
+
+
+def test_native_values_under_an_escape_are_scalars_only() -> None:
+    """An escape applies to text: a list or dict under ``escape="xml"`` renders as escaped text, as before,
+    so no string of it skips the escaping; a number or a boolean has nothing to escape."""
+    assert render_value(["{{ output.count }}", "{{ output.obj }}"], NATIVE, "xml") == [
+        3,
+        "{&#39;k&#39;: [1, &#39;&lt;x&gt;&#39;]}",
+    ]
+
+
+def test_slack_blocks_stay_strings() -> None:
+    """Slack's block fields are strings (a number as a button's value is refused): unchanged."""
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "{{ output.count }}"}, "value": "{{ output.count }}"}
+    ]
+    assert render_slack_blocks(blocks, NATIVE) == [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "3"}, "value": "3"}
+    ]
+
+
+def test_fields_read_sees_a_one_expression_leaf() -> None:
+    assert fields_read({"n": "{{ fields['issue.number'] }}", "t": ["{{ fields.title }}"]}) == {"issue.number", "title"}
