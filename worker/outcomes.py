@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from app.core.config import Pipeline
 from app.core.records import EventRow
+from app.core.redaction import masked_text
 from app.core.status import EventStatus
 from worker.errors import classify
 from worker.infra import count_infra_failure
@@ -82,6 +83,8 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
     attempt = int(event["attempts"])
     policy = pipeline.retry
     where = f"pipeline {pipeline.name}: {err}"
+    # as logged: the values the source's redact paths hide read [redacted] (stored whole, masked when shown)
+    said = masked_text(rt.config, str(event["source"]), event["payload"], where)
     if err.permanent or attempt >= policy.max_attempts:
         why = "permanent error" if err.permanent else f"gave up after {attempt} attempt(s)"
         if (
@@ -91,7 +94,7 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
             == STALE
         ):
             return STALE
-        log.warning("event %s is dead (%s): %s", event["id"], why, where)
+        log.warning("event %s is dead (%s): %s", event["id"], why, said)
         return EventStatus.DEAD
     delay = policy.delay(attempt, err.retry_after)
     retried = await rt.db.run(
@@ -102,9 +105,9 @@ async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseExce
         detail=f"attempt {attempt} of {policy.max_attempts} failed; next in {delay:.1f}s",
     )
     if not retried:
-        return stale(rt, event["id"], f"its retry ({where})", job_id)
-    log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, where)
-    raise RetryLater(delay, where) from exc
+        return stale(rt, event["id"], f"its retry ({said})", job_id)
+    log.info("event %s attempt %s failed, retrying in %.1fs: %s", event["id"], attempt, delay, said)
+    raise RetryLater(delay, said) from exc
 
 
 class Throttled(RetryLater):

@@ -46,6 +46,7 @@ from app.core.config.respond import escape_for
 from app.core.errors import DatabaseUnavailable
 from app.core.payload import template_fields
 from app.core.querynames import IngestQuery
+from app.core.redaction import masked_text
 from app.core.sqlfiles import NamedQueries
 from app.core.status import TERMINAL_EVENT_STATUSES
 from app.core.templates import TemplateContext, TemplateRenderError, render, render_slack_blocks, render_value
@@ -121,7 +122,7 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
         answer = waiting.result()
     if answer is None:
         return _respond(state, pipeline, d, None, None, "default")
-    body = _answer_body(pipeline, d, answer.output)
+    body = _answer_body(state, pipeline, d, answer.output)
     if body is None:  # the sender gets the default: recorded, so the follow-up actions deliver the answer
         _mark_default_soon(state, d)
         return _respond(state, pipeline, d, answer.output, None, "render_error")
@@ -290,7 +291,7 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
         )
     if row is None or not row["has_answer"] or row["sync_reply"] == "default" or row["recomputed"]:
         return _respond(state, pipeline, d, None, None, "duplicate_default")
-    body = _answer_body(pipeline, d, row["output"])
+    body = _answer_body(state, pipeline, d, row["output"])
     if body is None:  # the first reply gives (or gave) the default over this answer too, and records it
         return _respond(state, pipeline, d, row["output"], None, "render_error")
     if row["sync_reply"] is None and not await _claim_answer(state, d):  # the worker recorded 'default'
@@ -310,13 +311,18 @@ def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
     )
 
 
-def _answer_body(pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
+def _answer_body(state: AppState, pipeline: Pipeline, d: Delivery, output: Any) -> str | None:
     """``respond_body`` rendered over the answer; None when it fails on this output (logged)."""
     try:
         return _render(pipeline, pipeline.respond_body, _context(pipeline, d, output), output, d.provider)
     except TemplateRenderError as e:
-        log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
+        log.warning("respond_body of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, _said(state, d, e))
         return None
+
+
+def _said(state: AppState, d: Delivery, error: Exception) -> str:
+    """A render error as logged: a value of the source's ``redact`` paths it quotes reads ``[redacted]``."""
+    return masked_text(state.config, d.source, d.payload, str(error))
 
 
 #: The reply when ``respond_default`` itself fails to render: an empty TwiML (or XML) document, an
@@ -344,7 +350,8 @@ def _respond(
         try:
             body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack, d.provider)
         except TemplateRenderError as e:  # a fixed body the sender can still read, in its own content type
-            log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, e)
+            said = _said(state, d, e)
+            log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, said)
             fallback = _FALLBACK.get(ctype)
             body = fallback if fallback is not None else json.dumps(ack, separators=(",", ":"))
         headers["x-hookline-reply"] = "default"

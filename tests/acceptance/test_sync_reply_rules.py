@@ -4,6 +4,7 @@ the real worker, the fake Messages API, a fake Slack ``response_url`` (the Recei
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlencode
 
@@ -97,6 +98,25 @@ async def test_a_respond_default_that_fails_to_render_keeps_the_content_type(
     assert r.headers["content-type"].startswith(content_type)
     assert r.headers["x-hookline-reply"] == "default"
     assert r.text == fallback
+
+
+async def test_a_reply_that_fails_to_render_logs_no_value_the_source_redacts(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The render error quotes the value a lookup missed; its log line reads ``[redacted]`` for a value
+    of the source's ``redact`` paths, as where the event is shown."""
+    greeting = "<Response><Message>{{ {'+15550009': 'Hi Ada'}[fields.From] }}</Message></Response>"
+    config = twilio_config({"redact": ["From"]}, fields=["Body", "From"], respond_default=greeting)
+    settings = make_settings(db_url, public_url=PUBLIC)
+    form = {"MessageSid": "SM7", "From": "+15550001", "Body": "hi", "SmsStatus": "received"}
+    with caplog.at_level(logging.INFO):
+        async with web_server(settings, config) as base, httpx.AsyncClient() as client:  # no worker
+            r = await twilio_post(client, base, form, "SM7")
+    assert r.status_code == 200 and r.text == "<Response/>"
+    lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("hookline")]
+    failed = [line for line in lines if "respond_default of pipeline sms-reply failed" in line]
+    assert len(failed) == 1 and "'dict object' has no attribute '[redacted]'" in failed[0], lines
+    assert not [line for line in lines if "5550001" in line]
 
 
 async def test_a_retry_after_the_default_gets_the_default_again_and_the_answer_follows_once(
