@@ -81,6 +81,7 @@ def deps_of(rt: Runtime, pipeline: Pipeline | None = None) -> ActionDeps:
         timeout=rt.settings.outbound_timeout,
         slack_api_url=rt.settings.slack_api_url,
         deadline=end,
+        config=rt.config,
     )
 
 

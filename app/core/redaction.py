@@ -1,6 +1,6 @@
 """A source's ``redact`` paths, masked wherever an event is shown: the admin API and dashboard,
 ``hookline events show`` and ``hookline tail``; and the worker's and web's log lines about an event
-(:func:`masked_text`).
+(:func:`masked_values`).
 
 The payload's paths read ``[redacted]``, and so do their values where the model's answer, an action's
 result, an error or the timeline repeats them (an email action's ``to`` read from
@@ -161,14 +161,19 @@ class Scrubber:
         return value
 
 
-def masked_text(config: Config, source_name: str, payload: Any, text: str) -> str:
-    """``text`` about an event of ``source_name`` (an error, a reason) with the values of ``payload`` that
-    its ``redact`` paths hide masked as :class:`Scrubber` does: what the worker and web log about an event
-    (the stored text keeps them, masked when shown)."""
+def masked_values(config: Config, source_name: str, payload: Any, value: Any) -> Any:
+    """``value`` about an event of ``source_name`` (an error, an answer) with the values of ``payload``
+    that its ``redact`` paths hide masked as :class:`Scrubber` does: what the worker and web log about an
+    event (the stored rows keep them, masked when shown)."""
     if not may_hide(config, source_name):
-        return text
+        return value
     hidden = hidden_values(config, source_name, payload)
-    return str(Scrubber(hidden)(text)) if hidden else text
+    return Scrubber(hidden)(value) if hidden else value
+
+
+def masked_text(config: Config, source_name: str, payload: Any, text: str) -> str:
+    """:func:`masked_values` of a text."""
+    return str(masked_values(config, source_name, payload, text))
 
 
 def masked_story(config: Config, story: EventStory, payload: Any) -> EventStory:

@@ -1,8 +1,9 @@
 """The worker's log lines about an event never carry a value its source's ``redact`` hides: an
 invalid model answer's error (jsonschema quotes the bad value) and an action's error (a template that
 looks a value up, an exception of a python action) read ``[redacted]`` in the "attempt N failed" and
-"is dead" lines, as where the event is shown; the stored ``last_error`` keeps the text whole (masked
-when shown, and by retention). Driven through ``handle_event`` against real Postgres."""
+"is dead" lines, and so does a ``log`` action's line where the answer repeats one, as where the event
+is shown; the stored ``last_error`` keeps the text whole (masked when shown, and by retention). Driven
+through ``handle_event`` against real Postgres."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def make_config(schema: dict[str, Any], actions: list[dict[str, Any]]) -> Config
     return config_from({"sources": {"shop": source}, "pipelines": {"p": pipeline}})
 
 
-async def run_twice(db_url: str, fake: FakeMessagesAPI, config: Config) -> int:
-    """Store the event and run it until it is dead (at most two runs: a retry, then the last attempt)."""
+async def run_until_done(db_url: str, fake: FakeMessagesAPI, config: Config) -> int:
+    """Store the event and run it until it ends (at most two runs: a retry, then the last attempt)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(
             "INSERT INTO hookline.events (source, delivery_id, event_type, payload) "
@@ -57,8 +58,8 @@ async def run_twice(db_url: str, fake: FakeMessagesAPI, config: Config) -> int:
     try:
         for _ in range(2):
             try:
-                if await handle_event(rt, int(row[0])) == "dead":
-                    break
+                await handle_event(rt, int(row[0]))
+                break
             except RetryLater:
                 pass
     finally:
@@ -77,7 +78,7 @@ async def test_an_invalid_answer_quoting_a_redacted_value_is_logged_masked(
     schema = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
     fake.enqueue(*[reply({"count": EMAIL})] * 4)  # each attempt: the answer and its repair turn
     with caplog.at_level(logging.INFO):
-        event_id = await run_twice(db_url, fake, make_config(schema, []))
+        event_id = await run_until_done(db_url, fake, make_config(schema, []))
     ((status, last_error),) = rows(db_url, "SELECT status, last_error FROM hookline.events WHERE id = %s", event_id)
     assert status == "dead" and f"'{EMAIL}' is not of type 'integer'" in last_error  # stored whole
     lines = worker_lines(caplog)
@@ -109,10 +110,24 @@ async def test_an_action_error_quoting_a_redacted_value_is_logged_masked(
     schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
     fake.enqueue(reply({"s": "ok"}))
     with caplog.at_level(logging.INFO):
-        event_id = await run_twice(db_url, fake, make_config(schema, [{"name": "act", **action}]))
+        event_id = await run_until_done(db_url, fake, make_config(schema, [{"name": "act", **action}]))
     ((status, last_error),) = rows(db_url, "SELECT status, last_error FROM hookline.events WHERE id = %s", event_id)
     assert status == "dead" and EMAIL in last_error  # stored whole
     lines = worker_lines(caplog)
     dead = [line for line in lines if "is dead" in line]
     assert len(dead) == 1 and "[redacted]" in dead[0], lines
     assert not [line for line in lines if "alice" in line]
+
+
+async def test_a_log_action_masks_a_redacted_value_the_answer_repeats(
+    db_url: str, fake: FakeMessagesAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``log`` action's line is the answer as the event's page shows it."""
+    monkeypatch.setenv("HL_GH_SECRET", "gh-secret")
+    schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    fake.enqueue(reply({"s": f"write to {EMAIL}"}))
+    with caplog.at_level(logging.INFO):
+        event_id = await run_until_done(db_url, fake, make_config(schema, [{"type": "log", "name": "out"}]))
+    assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
+    logged = [r.getMessage() for r in caplog.records if r.name == "hookline.output"]
+    assert logged == [f'p/out event {event_id}: {{"s": "write to [redacted]"}}']

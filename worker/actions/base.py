@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from app.core import templates
+from app.core.config import Config
 from worker.errors import PermanentError, TransientError
 
 
@@ -47,7 +48,7 @@ class ActionContext:
 
 @dataclass(frozen=True)
 class ActionDeps:
-    """What the running worker lends an action: its HTTP client, the environment, default limits.
+    """What the running worker lends an action: its HTTP client, the environment, default limits, its config.
 
     ``deadline`` (event-loop time): when the action must be over, a little before its pipeline's
     ``timeout_seconds`` runs out, so that the action's own timeout fires first, it ends the way that
@@ -59,6 +60,8 @@ class ActionDeps:
     timeout: float
     slack_api_url: str = "https://slack.com/api"
     deadline: float | None = None
+    #: the running config: the ``log`` action masks what the source's ``redact`` paths hide by it
+    config: Config | None = None
 
     def timeout_for(self, own: float | None, *, what: str) -> float:
         """The action's timeout (its ``timeout_seconds``, else the default), cut to what the pipeline
