@@ -12,6 +12,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +36,7 @@ from app.web.ingest import receive_webhook
 from app.web.listener import EventListener
 from app.web.metrics import CONTENT_TYPE, IngestMetricsMiddleware, Metrics, note_outcome
 from app.web.openapi import openapi_json
-from app.web.responses import DB_UNAVAILABLE, json_response
+from app.web.responses import DB_UNAVAILABLE, json_response, needs_grant
 from app.web.state import AppState, PoolHolder
 
 log = logging.getLogger("hookline.web")
@@ -49,28 +50,30 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready for traffic: the database answers, can be written to, and its schema is the one this code
-    expects."""
+    expects. Every 503 carries Retry-After and names its reason in ``database``."""
     state: AppState = request.state.hookline
+    retry = {"Retry-After": str(state.settings.retry_after_seconds)}
+
+    def not_ready(database: str, **more: object) -> Response:
+        return json_response(503, {"status": "unavailable", "database": database, **more}, retry)
+
     try:
         pool = await state.db.ensure()
         rows = await pool.fetch(Q["schema_versions"])
     except (*DB_UNAVAILABLE, HTTPError) as e:  # type: ignore[misc]
-        return json_response(
-            503,
-            {"status": "unavailable", "database": "unreachable", "detail": e.__class__.__name__},
-            {"Retry-After": str(state.settings.retry_after_seconds)},
+        return not_ready("unreachable", detail=e.__class__.__name__)
+    except asyncpg.InsufficientPrivilegeError:
+        return not_ready(
+            "insufficient_privilege", detail=needs_grant("hookline_web", "read hookline.schema_migrations")
         )
-    except Exception as e:
-        return json_response(503, {"status": "unavailable", "database": "not migrated", "detail": e.__class__.__name__})
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as e:
+        return not_ready("not migrated", detail=e.__class__.__name__, hint="run `hookline migrate`")
+    except Exception as e:  # a statement timeout, …: the class and SQLSTATE, never the message
+        sqlstate = {"sqlstate": e.sqlstate} if isinstance(e, asyncpg.PostgresError) else {}
+        return not_ready("error", detail=e.__class__.__name__, **sqlstate)
     if any(r["read_only"] for r in rows):  # a standby after a failover, or read-only for maintenance
-        return json_response(
-            503,
-            {
-                "status": "unavailable",
-                "database": "read-only",
-                "detail": "the database accepts no writes (transaction_read_only is on); events cannot be stored",
-            },
-            {"Retry-After": str(state.settings.retry_after_seconds)},
+        return not_ready(
+            "read-only", detail="the database accepts no writes (transaction_read_only is on); events cannot be stored"
         )
     applied = {int(r["version"]): str(r["checksum"]) for r in rows}
     # Versions this code does not know are a newer release's (its release step ran while this process
@@ -78,15 +81,7 @@ async def readyz(request: Request) -> Response:
     # this process stays ready. A version it knows that is missing or changed is not.
     if any(applied.get(v) != c for v, c in state.expected_migrations.items()):
         pending = sorted(set(state.expected_migrations) - set(applied))
-        return json_response(
-            503,
-            {
-                "status": "unavailable",
-                "database": "schema not current",
-                "pending": pending,
-                "hint": "run `hookline migrate`",
-            },
-        )
+        return not_ready("schema not current", pending=pending, hint="run `hookline migrate`")
     newer = sorted(set(applied) - set(state.expected_migrations))
     ready: dict[str, object] = {"status": "ready", "schema_version": max(applied, default=0)}
     if newer:

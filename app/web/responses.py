@@ -29,6 +29,15 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
 DB_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
 
 
+def needs_grant(role: str, what: str) -> str:
+    """What a refused privilege (SQLSTATE 42501) means for the web process: the role to grant its
+    database login, never the database's own message."""
+    return (
+        f"the web process's database login may not {what}: grant {role} to it (sql/roles.sql), "
+        "or run the web process with the owner's DATABASE_URL"
+    )
+
+
 #: Headers of every answer under /admin that a signed-in caller gets: payloads, errors and costs are
 #: private, so no browser or proxy cache may keep them, and JSON is never sniffed as something else.
 PRIVATE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

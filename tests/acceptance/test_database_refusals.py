@@ -90,7 +90,8 @@ async def test_a_web_process_started_before_migrate_answers_503_not_500(empty_db
         metrics = (await client.get(f"{base}/metrics")).text
     assert_unavailable(grouped)
     assert_unavailable(invalid)
-    assert ready.status_code == 503 and ready.json()["database"] == "not migrated"
+    assert ready.status_code == 503 and ready.headers["retry-after"] == "3", ready.text
+    assert ready.json()["database"] == "not migrated" and ready.json()["hint"] == "run `hookline migrate`"
     assert outcomes(metrics, "gh") == {"database_unavailable": 1.0}
 
 

@@ -158,3 +158,19 @@ async def test_admin_writes_under_the_web_roles_say_which_grant_is_missing(
             assert "grant hookline_worker" in answer["detail"] and "permission denied" not in answer["detail"]
         conn.execute(f'GRANT hookline_worker TO "{login}"')
         assert (await client.post(f"{base}/admin/api/events/{event_id}/replay")).status_code == 202
+
+
+async def test_readyz_under_a_login_without_its_grant_names_the_role(
+    conn: psycopg.Connection, logins: dict[str, str]
+) -> None:
+    """A web login that may not read hookline.schema_migrations is not ready, and /readyz says why:
+    ``insufficient_privilege`` naming hookline_web (it read ``not migrated``), with Retry-After as
+    every 503; the database's own message is never passed on."""
+    conn.execute("REVOKE SELECT ON hookline.schema_migrations FROM hookline_web")
+    settings = make_settings(logins["web"], retry_after_seconds=4)
+    async with web_server(settings, config_from({})) as base, httpx.AsyncClient() as client:
+        ready = await client.get(f"{base}/readyz")
+    assert ready.status_code == 503 and ready.headers["retry-after"] == "4", ready.text
+    answer = ready.json()
+    assert answer["database"] == "insufficient_privilege" and "grant hookline_web" in answer["detail"], answer
+    assert "permission denied" not in ready.text

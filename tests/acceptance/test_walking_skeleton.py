@@ -281,6 +281,7 @@ async def test_health_and_readiness(db_url: str, env: None) -> None:
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
         stale = await client.get(f"{base}/readyz")
     assert stale.status_code == 503 and stale.json()["database"] == "schema not current"
+    assert "retry-after" in stale.headers  # as every 503 of /readyz: the load balancer asks again
 
 
 async def test_unreachable_database_is_503_with_retry_after(env: None, tmp_path: Any) -> None:

@@ -25,7 +25,7 @@ from app.core.status import EventStatus
 from app.web.admin import data
 from app.web.admin.auth import require_bearer
 from app.web.guard import client_ip
-from app.web.responses import DB_UNAVAILABLE, json_response, private
+from app.web.responses import DB_UNAVAILABLE, json_response, needs_grant, private
 from app.web.state import AppState
 
 Handler = Callable[[Request, AppState], Awaitable[Response]]
@@ -55,10 +55,8 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 #: What a refused privilege means, by whether the request writes (replay, dismiss) or only reads.
 NEEDS_GRANT = {
-    True: "the web process's database login may not replay or dismiss events: grant hookline_worker to it "
-    "(sql/roles.sql), or run the web process with the owner's DATABASE_URL",
-    False: "the web process's database login may not read what the admin pages show: grant "
-    "hookline_readonly to it (sql/roles.sql), or run the web process with the owner's DATABASE_URL",
+    True: needs_grant("hookline_worker", "replay or dismiss events"),
+    False: needs_grant("hookline_readonly", "read what the admin pages show"),
 }
 
 
