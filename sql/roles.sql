@@ -8,7 +8,7 @@
 --   hookline_web       the web process: store events (INSERT; SELECT for duplicates and health),
 --                      which also defers the event's job through the table trigger (procrastinate's
 --                      defer function runs with the caller's rights, so it needs INSERT on the job
---                      tables it writes); read the schema version and queue depth.
+--                      tables it writes); read the schema version, queue depth and what /metrics shows.
 --   hookline_worker    the worker: read and update events, insert a schedule's firings (source
 --                      'schedule', which defer their jobs through the same trigger), write llm_calls and
 --                      action_runs, run procrastinate (fetch, finish, retry, heartbeats, periodic defers,
@@ -50,6 +50,8 @@ BEGIN
     -- web: store events; the trigger chain writes the job and its audit row
     EXECUTE 'GRANT SELECT, INSERT ON hookline.events TO hookline_web';
     EXECUTE 'GRANT SELECT ON hookline.schema_migrations TO hookline_web';
+    -- the views /metrics reads (views are not in the bookkeeping tables' loop below)
+    EXECUTE 'GRANT SELECT ON hookline.dead_letter_counts, hookline.breaker_state TO hookline_web';
     EXECUTE format('GRANT SELECT, INSERT ON %I.procrastinate_jobs, %I.procrastinate_events TO hookline_web', s, s);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO hookline_web', s);
 

@@ -111,11 +111,15 @@ async def metrics(request: Request) -> Response:
                 {"WWW-Authenticate": "Bearer"},
             )
     cluster: list[Metric] = []
-    up = GaugeMetricFamily("hookline_database_up", "1 when the last metrics query reached Postgres.")
+    up = GaugeMetricFamily(
+        "hookline_database_up",
+        "1 when this scrape reached Postgres (a query it refused leaves only its own figures out, and is logged).",
+    )
     try:
         cluster = await state.figures.get(await state.db.ensure(), state.config.tenants.keys())
         up.add_metric([], 1.0)
-    except Exception:
+    except Exception as e:  # no connection (or the queries could not run at all): logged, class only
+        state.figures.report("connect", e)
         up.add_metric([], 0.0)
     body = state.metrics.render([*cluster, up], private=bool(secret))
     return Response(body, media_type=CONTENT_TYPE)

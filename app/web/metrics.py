@@ -13,11 +13,13 @@ label; when it is not set the endpoint is public and drops the ``tenant`` and ``
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
+import asyncpg
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,9 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.querynames import ObserveQuery
 from app.core.sqlfiles import NamedQueries
+from app.web.responses import DB_UNAVAILABLE
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise
 
+log = logging.getLogger("hookline.metrics")
 Q: NamedQueries[ObserveQuery] = NamedQueries("observe", ObserveQuery)
 #: Labels only an authenticated scrape sees.
 PRIVATE_LABELS = frozenset({"tenant", "reason"})
@@ -37,6 +41,8 @@ OTHER_TENANTS = "*"
 #: Key in the ASGI scope where ingest (and the error handlers) note the outcome of a webhook request.
 OUTCOME_KEY = "hookline.outcome"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+#: A failed scrape query is logged once per query and error class this often (seconds).
+REPORT_EVERY_SECONDS = 600
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -171,28 +177,65 @@ class SharedFigures:
     """One :func:`cluster_figures` query set in flight per web process: scrapes that arrive while it
     runs share its answer. ``/metrics`` is public without ``HOOKLINE_METRICS_TOKEN``, so however many
     clients scrape at once, Postgres serves one set of these queries at a time per process; a scrape
-    that arrives after it ended starts a fresh one (no answer is kept)."""
+    that arrives after it ended starts a fresh one (no answer is kept).
+
+    A query that fails is logged here, its class and SQLSTATE only (a database's message can quote
+    values), once per query and class every :data:`REPORT_EVERY_SECONDS`: a scrape every 15 s would
+    otherwise log the same missing grant four times a minute."""
 
     def __init__(self) -> None:
         self._running: asyncio.Future[list[Metric]] | None = None
+        self._reported: dict[tuple[str, str], float] = {}
 
     async def get(self, pool: Any, tenants: Collection[str] = ()) -> list[Metric]:
         if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(cluster_figures(pool, tenants))
+            self._running = asyncio.ensure_future(cluster_figures(pool, tenants, report=self.report))
             # its error is read here too: every scrape waiting for it may have gone by the time it fails
             self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
         # shielded: a scrape whose client went away does not cancel the others' answer
         return await asyncio.shield(self._running)
 
+    def report(self, query: str, error: BaseException) -> None:
+        """Log that ``query`` (a named query, or ``connect``) failed, unless it was logged with this
+        error class within :data:`REPORT_EVERY_SECONDS`."""
+        kind = error.__class__.__name__
+        now = time.monotonic()
+        last = self._reported.get((query, kind))
+        if last is not None and now - last < REPORT_EVERY_SECONDS:
+            return
+        self._reported[(query, kind)] = now
+        sqlstate = getattr(error, "sqlstate", None) or "none"
+        if query == "connect":
+            log.warning("metrics: Postgres unreachable: %s (SQLSTATE %s); hookline_database_up is 0", kind, sqlstate)
+        else:
+            log.warning(
+                "metrics: query %s failed: %s (SQLSTATE %s); its figures are left out of /metrics "
+                "(logged once per %d minutes)",
+                query,
+                kind,
+                sqlstate,
+                REPORT_EVERY_SECONDS // 60,
+            )
 
-async def cluster_figures(pool: Any, tenants: Collection[str] = ()) -> list[Metric]:
+
+async def cluster_figures(
+    pool: Any, tenants: Collection[str] = (), *, report: Callable[[str, BaseException], None] | None = None
+) -> list[Metric]:
     """The cluster-wide picture from Postgres: a handful of small queries on one connection.
 
     The ``tenant`` label is a value senders choose (the source's ``tenant`` locator), so it names only
     the ``tenants`` configured by name (``[tenants.NAME]``) and ``''`` (no tenant); every other tenant is
-    summed under :data:`OTHER_TENANTS`, so a sender cannot add series by inventing tenants."""
+    summed under :data:`OTHER_TENANTS`, so a sender cannot add series by inventing tenants.
+
+    A query Postgres refuses (a missing grant, a statement timeout, a table not migrated yet) leaves
+    its families without samples and is passed to ``report``; the others are still read. Only an
+    unreachable database (:data:`~app.web.responses.DB_UNAVAILABLE`) raises: that is what
+    ``hookline_database_up`` 0 says."""
     jobs = _gauge("hookline_jobs", "procrastinate jobs by queue and status (todo, doing).", "queue", "status")
-    dead = _gauge("hookline_dead_letters", "Events that will not be retried (status dead).")
+    dead = _gauge(
+        "hookline_dead_letters",
+        "Dead letters: events that will not be retried (status dead) and that nobody dismissed.",
+    )
     last_hour = _gauge("hookline_events_last_hour", "Events received in the last hour, by status.", "status")
     finished = _counter(
         "hookline_events_finished", "Events finished (terminal status), by pipeline and status.", "pipeline", "status"
@@ -226,12 +269,24 @@ async def cluster_figures(pool: Any, tenants: Collection[str] = ()) -> list[Metr
         by_tenant[labels] = by_tenant.get(labels, 0.0) + value
 
     async with pool.acquire() as conn:
-        for r in await conn.fetch(Q["queue_depth"]):
+
+        async def read(name: ObserveQuery) -> list[Any]:
+            try:
+                return list(await conn.fetch(Q[name]))
+            except DB_UNAVAILABLE:
+                raise
+            except asyncpg.PostgresError as e:  # the server answered: each statement stands alone
+                if report is not None:
+                    report(name, e)
+                return []
+
+        for r in await read("queue_depth"):
             jobs.add_metric([r["queue_name"], r["status"]], float(r["n"]))
-        dead.add_metric([], float(await conn.fetchval(Q["dead_letters_count"])))
-        for r in await conn.fetch(Q["event_rates"]):
+        for r in await read("dead_letters_count"):
+            dead.add_metric([], float(r["n"]))
+        for r in await read("event_rates"):
             last_hour.add_metric([r["status"]], float(r["last_1h"]))
-        for r in await conn.fetch(Q["metric_totals"]):
+        for r in await read("metric_totals"):
             v = float(r["value"])
             metric = r["metric"]
             if metric == "events_finished":
@@ -241,7 +296,7 @@ async def cluster_figures(pool: Any, tenants: Collection[str] = ()) -> list[Metr
                 add(metric, r["model"], tenant, r["kind"], value=v)
             elif metric == "model_calls":
                 calls.add_metric([r["model"], r["status"]], v)
-        for r in await conn.fetch(Q["breaker_states"]):
+        for r in await read("breaker_states"):
             breakers.add_metric([r["model"]], float(r["state_code"]))
     for (metric, model, tenant, kind), v in by_tenant.items():
         if metric == "tokens":

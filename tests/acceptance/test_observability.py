@@ -190,6 +190,8 @@ async def test_metrics_exact_counts_after_a_known_workload(
         frozenset({("pipeline", "recovery"), ("status", "succeeded")}): 2
     }
     assert pick(web, "hookline_dead_letters") == 0
+    helps = {f.name: f.documentation for f in text_string_to_metric_families(resp.text)}
+    assert "nobody dismissed" in helps["hookline_dead_letters"]  # it counts hookline.dead_letter_counts.open
     assert pick(web, "hookline_database_up") == 1
     assert pick(web, "hookline_events_last_hour", status="succeeded") == 2
 
@@ -366,11 +368,11 @@ async def test_scrapes_arriving_together_share_one_set_of_cluster_queries(
 
     real, started = metrics.cluster_figures, 0
 
-    async def counted(pool: Any, tenants: Any = ()) -> Any:
+    async def counted(pool: Any, tenants: Any = (), **kw: Any) -> Any:
         nonlocal started
         started += 1
         await asyncio.sleep(0.5)
-        return await real(pool, tenants)
+        return await real(pool, tenants, **kw)
 
     monkeypatch.setattr(metrics, "cluster_figures", counted)
     settings = make_settings(db_url)

@@ -4,6 +4,7 @@ and each role is refused what it must not do (issue 12)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 
 from app.signatures import sign
+from tests.acceptance.test_observability import of, pick, scrape
 from tests.chaos_support import query
 from tests.conftest import PgServer
 from tests.harness import config_from, make_settings, rows, wait_for_status, web_server, worker_task
@@ -75,7 +77,9 @@ async def test_web_and_worker_run_under_their_roles(
         event = await wait_for_status(db_url, resp.json()["event_id"])
         metrics = await client.get(f"{base}/metrics")
     assert event["status"] == "succeeded" and event["dry_run"], event  # dry run: no API key
-    assert "hookline_database_up 1" in metrics.text
+    samples = scrape(metrics.text)  # not a substring: the HELP line reads "hookline_database_up 1 when …"
+    assert pick(samples, "hookline_database_up") == 1, metrics.text
+    assert pick(samples, "hookline_dead_letters") == 0 and ("hookline_dead_letters", frozenset()) in samples
     assert rows(logins["readonly"], "SELECT count(*) FROM hookline.events") == [(1,)]
 
 
@@ -174,3 +178,25 @@ async def test_readyz_under_a_login_without_its_grant_names_the_role(
     answer = ready.json()
     assert answer["database"] == "insufficient_privilege" and "grant hookline_web" in answer["detail"], answer
     assert "permission denied" not in ready.text
+
+
+async def test_metrics_under_a_login_missing_one_grant_keep_the_database_up_and_log_why(
+    conn: psycopg.Connection, logins: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A web login that may not read hookline.metric_totals: the figures of that query are left out,
+    every other one is scraped, and hookline_database_up stays 1 (Postgres answered; it read 0, the
+    whole scrape's figures gone, and nothing said why). The refusal is logged once for two scrapes,
+    its class and SQLSTATE only."""
+    conn.execute("REVOKE SELECT ON hookline.metric_totals FROM hookline_web")
+    caplog.set_level(logging.WARNING, logger="hookline.metrics")
+    async with web_server(make_settings(logins["web"]), config_from({})) as base, httpx.AsyncClient() as client:
+        first = await client.get(f"{base}/metrics")
+        second = await client.get(f"{base}/metrics")
+    assert first.status_code == second.status_code == 200
+    samples = scrape(second.text)
+    assert pick(samples, "hookline_database_up") == 1, second.text
+    assert ("hookline_dead_letters", frozenset()) in samples  # the other queries' figures are there
+    assert of(samples, "hookline_events_finished_total") == {}
+    logged = [r.getMessage() for r in caplog.records if r.name == "hookline.metrics"]
+    assert len(logged) == 1 and "metric_totals" in logged[0], logged
+    assert "InsufficientPrivilegeError (SQLSTATE 42501)" in logged[0] and "permission denied" not in logged[0]

@@ -272,7 +272,7 @@ async def test_health_and_readiness(db_url: str, env: None) -> None:
         ready = await client.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
         metrics = await client.get(f"{base}/metrics")
-        assert "hookline_database_up 1" in metrics.text
+        assert "\nhookline_database_up 1.0\n" in metrics.text  # the sample, not the HELP line
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
             "DELETE FROM hookline.schema_migrations "
