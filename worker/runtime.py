@@ -169,14 +169,16 @@ class Runtime:
         stops for time (or because the worker is asked to stop) leaves the rest to the next minute's.
         Job and payload batches alternate, so neither starves the other. A setting of 0 turns its
         half off. The events of a source with ``redact`` paths are masked, then pruned, by
-        :func:`worker.retention.prune_masked`, a batch after each batch of the others."""
+        :func:`worker.retention.prune_masked`, a batch after each batch of the others. The loop
+        guard's alert claims (``hookline.alerts_sent``) of hours that began more than a day ago are
+        deleted in the same turns, whatever the settings: only the current hour's are claimed again."""
         hours, days = self.settings.job_retention_hours, self.settings.payload_retention_days
         masked = masked_sources(self.config) if days > 0 else []
         deadline = time.monotonic() + budget
-        jobs = payloads = 0
+        jobs = payloads = alerts = 0
         after = 0  # the walk over procrastinate_jobs starts at the oldest job
-        jobs_done, payloads_done, masked_done = hours <= 0, days <= 0, not masked
-        while not (jobs_done and payloads_done and masked_done):
+        jobs_done, payloads_done, masked_done, alerts_done = hours <= 0, days <= 0, not masked, False
+        while not (jobs_done and payloads_done and masked_done and alerts_done):
             if not jobs_done:
                 row = (await self.db.rows("prune_jobs", hours=hours, after=after, batch=batch))[0]
                 jobs += row["deleted"]
@@ -190,9 +192,13 @@ class Runtime:
                 n = await prune_masked(self.db, self.config, masked, days=days, batch=batch)
                 payloads += n
                 masked_done = payloads_done and n == 0  # the next events due are of no masked source
+            if not alerts_done:
+                n = (await self.db.rows("prune_alerts_sent", batch=batch))[0]["deleted"]
+                alerts += n
+                alerts_done = n < batch
             if time.monotonic() >= deadline or self.db.stopping.is_set():
                 break
-        return {"jobs_deleted": jobs, "payloads_pruned": payloads}
+        return {"jobs_deleted": jobs, "payloads_pruned": payloads, "alerts_pruned": alerts}
 
     async def close(self) -> None:
         await self.wait_for_alerts(self.settings.shutdown_timeout)

@@ -37,6 +37,7 @@ WorkerQuery = Literal[
     "cut_off_action",
     "prune_jobs",
     "prune_payloads",
+    "prune_alerts_sent",
     "due_masked_events",
     "prune_event_payloads",
     "supersede_calls",

@@ -228,6 +228,11 @@ SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hour
 SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int,
                                ARRAY(SELECT jsonb_array_elements_text(%(masked)s::jsonb))) AS pruned;
 
+-- name: prune_alerts_sent
+-- Retention: hookline.prune_alerts_sent (migration 0050): delete up to %(batch)s loop-guard alert claims
+-- of hours that began more than a day ago. One row back: deleted.
+SELECT hookline.prune_alerts_sent(%(batch)s::int) AS deleted;
+
 -- name: due_masked_events
 -- Retention: hookline.due_masked_payloads (migration 0043): the events of the sources %(masked)s lists (a
 -- JSON list: those whose redact paths worker.retention masks) among the next %(batch)s due (older than

@@ -364,7 +364,7 @@ async def test_retention_prunes_in_batches_and_dedup_still_holds(db_url: str) ->
         pruned = await rt.retention(batch=500)
     finally:
         await rt.close()
-    assert pruned == {"jobs_deleted": 1201, "payloads_pruned": 1200}
+    assert pruned == {"jobs_deleted": 1201, "payloads_pruned": 1200, "alerts_pruned": 0}
     assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE payload IS NULL") == [(1200,)]
     fresh = "SELECT count(*) FROM hookline.events WHERE delivery_id = 'fresh' AND payload IS NOT NULL"
     assert rows(db_url, fresh) == [(1,)]

@@ -87,14 +87,14 @@ async def test_one_run_prunes_everything_due_not_a_fixed_count(db_url: str, conn
         cur.execute("SELECT hookline.defer_job('hookline', 'hookline:process_event', '{}')")  # waits: kept
     fresh = _event(conn, "fresh", "succeeded", "1 hour")
 
-    assert await _retain(db_url) == {"jobs_deleted": 12_000, "payloads_pruned": 12_000}
+    assert await _retain(db_url) == {"jobs_deleted": 12_000, "payloads_pruned": 12_000, "alerts_pruned": 0}
     left = rows(db_url, "SELECT status, count(*) FROM procrastinate_jobs GROUP BY 1 ORDER BY 1")
     assert left == [("todo", 1), ("succeeded", 50)]
     assert rows(
         db_url, "SELECT count(*) FROM procrastinate_events WHERE job_id NOT IN (SELECT id FROM procrastinate_jobs)"
     ) == [(0,)]
     assert rows(db_url, "SELECT id FROM hookline.events WHERE payload IS NOT NULL") == [(fresh,)]
-    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 0}
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 0, "alerts_pruned": 0}
 
 
 def test_prune_statements_read_what_is_due_with_plans_made_small(hookline_db: psycopg.Connection) -> None:
@@ -171,7 +171,7 @@ async def test_a_dead_letter_keeps_its_bad_output_and_actions_keep_their_results
         (ok, dead),
     )
 
-    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2}
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2, "alerts_pruned": 0}
     assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE body IS NOT NULL OR payload IS NOT NULL") == [(0,)]
     shown = "SELECT invalid_output_response, invalid_output_error FROM hookline.dead_letters WHERE event_id = %s"
     assert rows(db_url, shown, dead) == [({"content": "not json"}, "schema")]
@@ -197,7 +197,7 @@ async def test_a_retention_the_database_cannot_reach_back_to_is_refused_at_start
         with pytest.raises(ValidationError, match=f"less than or equal to {top}"):
             make_settings(db_url, **{field: top + 1})
     most = await _retain(db_url, payload_retention_days=1_000_000, job_retention_hours=24_000_000)
-    assert most == {"jobs_deleted": 0, "payloads_pruned": 0}
+    assert most == {"jobs_deleted": 0, "payloads_pruned": 0, "alerts_pruned": 0}
 
 
 async def test_the_requests_of_batched_events_go_with_their_payloads(db_url: str, conn: psycopg.Connection) -> None:
@@ -217,7 +217,7 @@ async def test_the_requests_of_batched_events_go_with_their_payloads(db_url: str
         (old, prompt, dead, prompt, recent, prompt, waiting, prompt),
     )
 
-    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2}
+    assert await _retain(db_url) == {"jobs_deleted": 0, "payloads_pruned": 2, "alerts_pruned": 0}
     items = "SELECT event_id, status, error, request FROM hookline.batch_items ORDER BY id"
     assert rows(db_url, items) == [
         (old, "done", None, {"pruned": True}),
@@ -237,7 +237,7 @@ async def test_zero_means_never_and_a_negative_retention_is_refused(db_url: str,
         _finished_jobs(cur, 3, "30 days")
 
     pruned = await _retain(db_url, payload_retention_days=0, job_retention_hours=0)
-    assert pruned == {"jobs_deleted": 0, "payloads_pruned": 0}
+    assert pruned == {"jobs_deleted": 0, "payloads_pruned": 0, "alerts_pruned": 0}
     kept = "SELECT id FROM hookline.events WHERE payload IS NOT NULL AND body IS NOT NULL ORDER BY id"
     assert rows(db_url, kept) == [(fresh,), (ancient,)]
     assert rows(db_url, "SELECT count(*) FROM procrastinate_jobs") == [(3,)]
@@ -300,7 +300,7 @@ async def test_a_redacting_sources_values_are_masked_in_what_retention_keeps(
     )
     plain_before = rows(db_url, everything, plain)
 
-    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 2}
+    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 2, "alerts_pruned": 0}
 
     assert rows(db_url, "SELECT count(*) FROM hookline.events WHERE body IS NOT NULL OR payload IS NOT NULL") == [(0,)]
     kept = rows(db_url, everything, masked)
@@ -341,7 +341,11 @@ async def test_batches_of_masked_and_plain_events_interleaved_all_go(db_url: str
             conn.execute("UPDATE hookline.events SET detail = %s WHERE id = %s", (f"for {EMAIL}", event_id))
     conn.execute("UPDATE hookline.events SET received_at = now() - interval '31 days'")
 
-    assert await _retain(db_url, admin_config(), batch=3) == {"jobs_deleted": 0, "payloads_pruned": 14}
+    assert await _retain(db_url, admin_config(), batch=3) == {
+        "jobs_deleted": 0,
+        "payloads_pruned": 14,
+        "alerts_pruned": 0,
+    }
     assert rows(
         db_url, "SELECT source, detail, count(*) FROM hookline.events WHERE payload IS NULL GROUP BY 1, 2 ORDER BY 1"
     ) == [
@@ -364,7 +368,7 @@ async def test_a_schedule_digest_copying_a_redacting_source_is_masked_too(
     )
     conn.execute("UPDATE hookline.events SET received_at = now() - interval '31 days'")
 
-    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 1}
+    assert await _retain(db_url, admin_config()) == {"jobs_deleted": 0, "payloads_pruned": 1, "alerts_pruned": 0}
     assert rows(db_url, "SELECT output FROM hookline.llm_calls WHERE event_id = %s", firing) == [
         ({"summary": "one failure, for [redacted]"},)
     ]
@@ -378,3 +382,28 @@ async def _shown(db_url: str, config: Config, event_id: int) -> dict[str, Any]:
         await conn.close()
     assert story is not None
     return story.as_json()
+
+
+async def test_loop_guard_alert_claims_are_kept_a_day(db_url: str, conn: psycopg.Connection) -> None:
+    """hookline.alerts_sent gains a row per tripped ordering key (a sender's value) and UTC hour; only
+    the current hour's is claimed again. Retention deletes those of hours that began more than a day
+    ago, in batches, whatever the job and payload settings (they were kept for ever)."""
+    conn.execute(
+        "INSERT INTO hookline.alerts_sent (kind, subject, window_start) "
+        "SELECT 'loop_guard', 'p ordering key ' || quote_literal('k' || g), "
+        "       date_trunc('hour', now()) - interval '2 days' - (g % 24) * interval '1 hour' "
+        "FROM generate_series(1, 2500) g"
+    )
+    kept = [("p ordering key 'yesterday'", "23 hours"), ("p ordering key 'now'", "0 hours")]
+    for subject, age in kept:
+        conn.execute(
+            "INSERT INTO hookline.alerts_sent (kind, subject, window_start) "
+            "VALUES ('loop_guard', %s, date_trunc('hour', now()) - %s::interval)",
+            (subject, age),
+        )
+
+    pruned = await _retain(db_url, batch=1000, payload_retention_days=0, job_retention_hours=0)
+    assert pruned == {"jobs_deleted": 0, "payloads_pruned": 0, "alerts_pruned": 2500}
+    left = rows(db_url, "SELECT subject FROM hookline.alerts_sent ORDER BY window_start")
+    assert left == [(subject,) for subject, _ in kept]
+    assert (await _retain(db_url))["alerts_pruned"] == 0
