@@ -67,6 +67,37 @@ def test_timeline_tells_what_happened_in_order(conn: psycopg.Connection) -> None
     ]
 
 
+def test_after_a_replay_queued_is_the_wait_since_the_replay(conn: psycopg.Connection) -> None:
+    """README: queued is "the wait for a worker". An event that arrived a week ago and is replayed now
+    waits from the replay (it read a week), by either form of hookline.replay; the first run's steps
+    stay where they were, and finished stays received to finished."""
+    ids = [_event(conn, f"evt_replayed_{i}") for i in (1, 2)]
+    for event_id in ids:
+        _work(conn, event_id)
+        conn.execute(
+            "UPDATE hookline.events SET received_at = received_at - interval '7 days' WHERE id = %s", (event_id,)
+        )
+    one, bulk = ids
+    with conn.transaction():  # one now(): the replay's and the claim's, 3 s later
+        conn.execute("SELECT hookline.replay(%s::bigint)", (one,))
+        conn.execute(
+            "SELECT * FROM hookline.replay(p_event_type => 'invoice.paid', p_since => now() - interval '8 days')"
+        )
+        conn.execute(
+            "UPDATE hookline.events SET status = 'processing', attempts = 1, started_at = now() + interval '3 s' "
+            "WHERE id = ANY(%s)",
+            (ids,),
+        )
+    for event_id in (one, bulk):
+        queued = conn.execute(
+            "SELECT t.at = e.started_at - interval '3 s', t.duration_ms, t.detail "
+            "FROM hookline.event_timeline t JOIN hookline.events e ON e.id = t.event_id "
+            "WHERE t.event_id = %s AND t.step = 'queued'",
+            (event_id,),
+        ).fetchall()
+        assert queued == [(True, 3000, "replayed 1 time(s)")], (event_id, queued)
+
+
 async def test_loader_gives_the_same_story(conn: psycopg.Connection, db_url: str) -> None:
     event_id = _event(conn, "evt_t2")
     _work(conn, event_id)
