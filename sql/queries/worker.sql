@@ -229,7 +229,7 @@ SELECT hookline.prune_payloads(%(days)s::int, %(batch)s::int,
                                ARRAY(SELECT jsonb_array_elements_text(%(masked)s::jsonb))) AS pruned;
 
 -- name: prune_alerts_sent
--- Retention: hookline.prune_alerts_sent (migration 0050): delete up to %(batch)s loop-guard alert claims
+-- Retention: hookline.prune_alerts_sent (migration 0052): delete up to %(batch)s loop-guard alert claims
 -- of hours that began more than a day ago. One row back: deleted.
 SELECT hookline.prune_alerts_sent(%(batch)s::int) AS deleted;
 

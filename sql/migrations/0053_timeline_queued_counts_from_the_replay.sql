@@ -14,7 +14,7 @@
 ALTER TABLE hookline.events ADD COLUMN replayed_at timestamptz;
 COMMENT ON COLUMN hookline.events.replayed_at IS
   'When hookline.replay last queued the event again (NULL: never replayed, or replayed before migration '
-  '0051); the event timeline''s queued step counts from it.';
+  '0053); the event timeline''s queued step counts from it.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Both replays record replayed_at
@@ -60,7 +60,7 @@ COMMENT ON FUNCTION hookline.replay(bigint, boolean, boolean) IS
   'repeated unless p_force. Both apply to the replay''s first attempt (a retry after a failure reuses what '
   'it did), once per pipeline however often a limit holds the event (hookline.events.replay_applied). The '
   'event starts again with no attempts and no infrastructure failures counted; a dismissed dead letter '
-  'is no longer dismissed (migration 0046); replayed_at records when it was queued again (migration 0051).';
+  'is no longer dismissed (migration 0046); replayed_at records when it was queued again (migration 0053).';
 
 -- 0046's function, with replayed_at set in its UPDATE.
 CREATE OR REPLACE FUNCTION hookline.replay(
@@ -139,7 +139,7 @@ COMMENT ON FUNCTION hookline.replay(text, text, text, timestamptz, timestamptz, 
   'order; one that a concurrent replay or the payload prune changed meanwhile is left out when it no '
   'longer matches. A p_source of digits alone that no event has raises invalid_parameter_value (migration '
   '0029): hookline.replay(''42'') or an untyped parameter resolves to this form, and meant event 42 '
-  '(hookline.replay(42::bigint)). replayed_at records when each was queued again (migration 0051).';
+  '(hookline.replay(42::bigint)). replayed_at records when each was queued again (migration 0053).';
 
 -- ---------------------------------------------------------------------------------------------
 -- The timeline's queued step
@@ -194,5 +194,5 @@ COMMENT ON VIEW hookline.event_timeline IS
 COMMENT ON COLUMN hookline.event_timeline.step_rank IS 'Order of steps that share a timestamp: received 0, queued 1, started 2, model_call 3, action 4, finished 5, dismissed 6.';
 COMMENT ON COLUMN hookline.event_timeline.step IS 'received, queued, started, model_call, action, finished or dismissed.';
 COMMENT ON COLUMN hookline.event_timeline.name IS 'Model id of a model call, action name of an action, who dismissed a dismissed event.';
-COMMENT ON COLUMN hookline.event_timeline.duration_ms IS 'received: 0 (the request itself); queued: wait until a worker started it, from the arrival or, after a replay, from the replay (migration 0051); started: processing until finished; model_call: API latency; action: its run time; finished: received to finished, end to end; dismissed: NULL. Up to now() while still running.';
+COMMENT ON COLUMN hookline.event_timeline.duration_ms IS 'received: 0 (the request itself); queued: wait until a worker started it, from the arrival or, after a replay, from the replay (migration 0053); started: processing until finished; model_call: API latency; action: its run time; finished: received to finished, end to end; dismissed: NULL. Up to now() while still running.';
 COMMENT ON COLUMN hookline.event_timeline.detail IS 'A short note: source and type, replays, attempt number, error, the outcome detail, or the reason a dead letter was dismissed.';
