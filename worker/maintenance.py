@@ -1,4 +1,5 @@
-"""Periodic upkeep every worker registers: stalled-job recovery and retention.
+"""Periodic upkeep every worker registers: stalled-job recovery, the fold of the event counts' overflow
+slots, and retention.
 
 procrastinate records heartbeats but never retries the jobs of a dead worker by itself; this task
 finds them and hands them back. It runs once at worker start too, so a worker restarted after a crash
@@ -15,9 +16,17 @@ import procrastinate
 from procrastinate import JobContext
 
 from app.core.jobs import MAINTENANCE, MAINTENANCE_SHORT, QUEUE
+from worker.db import WorkerDB
 from worker.tasks import runtime_of
 
 log = logging.getLogger("hookline.maintenance")
+
+#: Overflow count slots one fold statement moves (hookline.fold_count_slots, migration 0052): one
+#: short transaction on two small tables.
+FOLD_BATCH = 1000
+#: Most fold statements in one run; what is left waits for the next minute (the counts are exact
+#: either way: a fold only makes them cheaper to read).
+FOLD_MAX_BATCHES = 100
 
 
 async def recover_stalled(app: procrastinate.App, stalled_after: float) -> int:
@@ -31,11 +40,26 @@ async def recover_stalled(app: procrastinate.App, stalled_after: float) -> int:
     return len(jobs)
 
 
+async def fold_counts(db: WorkerDB, batch: int = FOLD_BATCH) -> int:
+    """Fold the committed overflow slots of the event counts into their slot 16, ``batch`` slots per
+    statement, until none is left (or :data:`FOLD_MAX_BATCHES` statements ran); returns how many.
+    A transaction that writes hookline.events in more than 32 statements (a bulk UPDATE of a watched
+    table) leaves one such slot per further 32 (hookline.count_slot, migration 0052)."""
+    folded = 0
+    for _ in range(FOLD_MAX_BATCHES):
+        n = int((await db.rows("fold_count_slots", batch=batch))[0]["folded"])
+        folded += n
+        if n == 0:
+            break
+    return folded
+
+
 async def maintenance(context: JobContext, timestamp: int) -> dict[str, int]:
     rt = runtime_of(context)
     recovered = await recover_stalled(context.app, rt.settings.stalled_after)
+    folded = await fold_counts(rt.db)
     pruned = await rt.retention()
-    return {"recovered": recovered, **pruned}
+    return {"recovered": recovered, "count_slots_folded": folded, **pruned}
 
 
 def register(bp: procrastinate.Blueprint) -> None:

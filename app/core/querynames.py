@@ -38,6 +38,7 @@ WorkerQuery = Literal[
     "prune_jobs",
     "prune_payloads",
     "prune_alerts_sent",
+    "fold_count_slots",
     "due_masked_events",
     "prune_event_payloads",
     "supersede_calls",

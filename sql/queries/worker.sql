@@ -219,6 +219,12 @@ WHERE id = %(id)s AND status = 'running';
 -- deleted, last_id (where the next batch starts) and done (nothing further can be due).
 SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hours)s::int, %(batch)s::int);
 
+-- name: fold_count_slots
+-- Maintenance: hookline.fold_count_slots (migration 0052): fold up to %(batch)s committed overflow slots
+-- of the event counts (and as many of the dismissed counts) into slot 16; the counts read the same. One
+-- row back: folded (how many slots; 0 when none is left).
+SELECT hookline.fold_count_slots(%(batch)s::int) AS folded;
+
 -- name: prune_payloads
 -- Retention: hookline.prune_payloads (migrations 0030, 0043): drop the body and payload of up to %(batch)s
 -- terminal events older than %(days)s days, the oldest first, not of the sources %(masked)s names (a
