@@ -21,7 +21,7 @@ from worker.tasks import runtime_of
 
 log = logging.getLogger("hookline.maintenance")
 
-#: Overflow count slots one fold statement moves (hookline.fold_count_slots, migration 0052): one
+#: Overflow count slots one fold statement moves (hookline.fold_count_slots, migration 0054): one
 #: short transaction on two small tables.
 FOLD_BATCH = 1000
 #: Most fold statements in one run; what is left waits for the next minute (the counts are exact
@@ -44,7 +44,7 @@ async def fold_counts(db: WorkerDB, batch: int = FOLD_BATCH) -> int:
     """Fold the committed overflow slots of the event counts into their slot 16, ``batch`` slots per
     statement, until none is left (or :data:`FOLD_MAX_BATCHES` statements ran); returns how many.
     A transaction that writes hookline.events in more than 32 statements (a bulk UPDATE of a watched
-    table) leaves one such slot per further 32 (hookline.count_slot, migration 0052)."""
+    table) leaves one such slot per further 32 (hookline.count_slot, migration 0054)."""
     folded = 0
     for _ in range(FOLD_MAX_BATCHES):
         n = int((await db.rows("fold_count_slots", batch=batch))[0]["folded"])

@@ -220,7 +220,7 @@ WHERE id = %(id)s AND status = 'running';
 SELECT deleted, last_id, done FROM hookline.prune_jobs(%(after)s::bigint, %(hours)s::int, %(batch)s::int);
 
 -- name: fold_count_slots
--- Maintenance: hookline.fold_count_slots (migration 0052): fold up to %(batch)s committed overflow slots
+-- Maintenance: hookline.fold_count_slots (migration 0054): fold up to %(batch)s committed overflow slots
 -- of the event counts (and as many of the dismissed counts) into slot 16; the counts read the same. One
 -- row back: folded (how many slots; 0 when none is left).
 SELECT hookline.fold_count_slots(%(batch)s::int) AS folded;

@@ -1,4 +1,4 @@
-"""The counts of hookline.events in a transaction of many statements (migration 0052).
+"""The counts of hookline.events in a transaction of many statements (migration 0054).
 
 A bulk UPDATE of a watched table inserts one event per row, each in a statement of its own, so the
 statement triggers that keep hookline.event_status_counts, hookline.dismissed_counts and the

@@ -27,15 +27,15 @@ ALTER TABLE hookline.metric_totals ALTER COLUMN shard TYPE bigint;
 COMMENT ON COLUMN hookline.metric_totals.shard IS
   'Contention shard, not a label: 0-7, pg_backend_pid() % 8 of the writing backend; 16, overflow '
   'slots folded by the maintenance (hookline.fold_count_slots); 17 and up, one transaction''s '
-  'events_finished totals past its 32nd count-trigger firing (hookline.count_slot, migration 0052).';
+  'events_finished totals past its 32nd count-trigger firing (hookline.count_slot, migration 0054).';
 COMMENT ON COLUMN hookline.event_status_counts.shard IS
   'The slot (hookline.count_slot): 0-15, pg_backend_pid() % 16 of the writing backend (0 also for a '
   'recount), so concurrent writers seldom update the same row; 16, the overflow slots folded by the '
   'maintenance (hookline.fold_count_slots); 17 and up, one transaction''s statements past its 32nd, 32 '
-  'per slot (migration 0052).';
+  'per slot (migration 0054).';
 COMMENT ON COLUMN hookline.dismissed_counts.shard IS
   'The slot, as in hookline.event_status_counts: 0-15 per writing backend, 16 folded, 17 and up one '
-  'transaction''s overflow slots (migration 0052).';
+  'transaction''s overflow slots (migration 0054).';
 
 CREATE FUNCTION hookline.count_slot() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
