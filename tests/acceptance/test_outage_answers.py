@@ -103,15 +103,17 @@ async def test_an_answer_that_arrives_while_postgres_is_down_is_stored_once_it_i
     back, its usage settled, and the event's next run uses it: one paid call, one delivery."""
     config = tmp_path / "hookline.toml"
     config.write_text(OUTAGE_TOML)
-    fake.enqueue(slow(2, then=reply(ANSWER)), reply(ANSWER))
+    # The answer comes 1 s after the call, the job is cut off 3 s after Postgres stops: the answer is in
+    # hand well before the cut (one at the cut itself would be a call cancelled in flight, its answer lost).
+    fake.enqueue(slow(1, then=reply(ANSWER)), reply(ANSWER))
     with slow_receiver() as receiver:
-        env = worker_env(outage_db, config, fake_url=fake.base_url, receiver_url=receiver.url, shutdown=2.0)
+        env = worker_env(outage_db, config, fake_url=fake.base_url, receiver_url=receiver.url, shutdown=3.0)
         await workers.start("W", env)
         event_id = insert_event(outage_db, "evt_outage")
         await asyncio.to_thread(fake.wait_for_calls, MESSAGES, 1, 30)
         await asyncio.to_thread(restartable.stop, "fast")
         try:
-            await asyncio.sleep(8)  # the answer arrives meanwhile; the job is cut off after 2 s
+            await asyncio.sleep(8)  # the answer arrives meanwhile; the job is cut off after 3 s
         finally:
             await asyncio.to_thread(restartable.start)
 
