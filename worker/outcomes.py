@@ -57,7 +57,10 @@ async def infrastructure_failure(
     the event). The event is not terminal: run the job again, or give up loudly. ``claim``: the run's
     claim, when it got one."""
     reason = f"{e.__class__.__name__}: {e}"
-    attempts, counted = await count_infra_failure(rt, event_id, attempts - 1)  # never throttle reschedules
+    count = await count_infra_failure(rt, event_id, attempts - 1, claim)  # never throttle reschedules
+    if count is None:
+        return stale(rt, event_id, f"its failure ({reason})", job_id)
+    attempts, counted = count
     if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
         with contextlib.suppress(Exception):
             ended = await finish(

@@ -20,7 +20,7 @@ from tests.chaos_support import wait_until
 from tests.fakes.messages_api import FakeMessagesAPI, error, held, reply, server_error
 from tests.harness import make_settings, rows
 from tests.worker.test_actions import ANSWER, action_rows, insert_event, make_config
-from worker.outcomes import STALE
+from worker.outcomes import STALE, RetryLater, claim_of, infrastructure_failure
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
@@ -160,3 +160,25 @@ async def test_the_sql_action_of_two_runs_is_called_once_and_the_run_that_lost_g
     ((_, _, status, attempts, result, _),) = action_rows(db_url, event_id)
     assert (status, attempts, result["returned"]) == ("succeeded", 2, 1)
     assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_stale_runs_database_failure_is_not_counted_on_the_later_runs_event(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """A run that fails outside the pipeline (a database error) after another run claimed the event
+    since counts nothing on the event's infra_failures (50 dead-letter it, under the later run) and
+    raises no RetryLater for a job that is the later run's now: it ends ``stale``."""
+    first, second = await _two(db_url, fake, opened, [])
+    event_id = insert_event(db_url, "gh_stale_infra")
+    start = {"event_id": event_id, "job_id": None, "more": 0, "queue": None, "task": None, "pickup": False}
+    (mine,) = await first.db.start(**start)
+    (later,) = await second.db.start(**start)  # the job, taken for stalled, claimed again
+    assert claim_of(later) == claim_of(mine) + 1
+
+    failed = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    assert await infrastructure_failure(first, event_id, 1, failed, claim=claim_of(mine)) == STALE
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", event_id) == [(0,)]
+
+    with pytest.raises(RetryLater):  # the run holding the claim counts its own failure
+        await infrastructure_failure(second, event_id, 1, failed, claim=claim_of(later))
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", event_id) == [(1,)]
