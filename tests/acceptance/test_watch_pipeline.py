@@ -182,3 +182,45 @@ async def test_a_number_too_long_for_python_is_read_as_its_digits(db_url: str) -
     finally:
         await conn.close()
     assert payload["new"] == {"id": 1, "amount": huge}
+
+
+#: a numeric with a fraction, beyond a float's range: json.loads read it as inf
+BEYOND_FLOAT = "1" + "0" * 400 + ".5"
+
+
+async def test_a_number_beyond_a_floats_range_is_read_as_its_text(db_url: str) -> None:
+    """A numeric of 1e400 + 0.5 (a fraction, so not an integer's digits) became inf in Python: the model
+    input, the stored request and any JSON answer about the event refuse inf (Starlette's JSONResponse:
+    a 500). It reads as its text, exact, as an integer too long for Python does."""
+    with psycopg.connect(db_url, autocommit=True) as psql:
+        psql.execute("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric, rate float8)")
+    apply_watches(db_url, [WatchSpec(table="ledger", on=("insert",))])
+    config = config_from(
+        {
+            "pipelines": {
+                "ledger-note": {
+                    "source": "db",
+                    "events": ["public.ledger.insert"],
+                    "instructions": "Describe the entry.",
+                    "output_schema": {"type": "object"},
+                    "actions": [{"type": "log"}],
+                },
+            },
+        }
+    )
+    with psycopg.connect(db_url, autocommit=True) as psql:
+        psql.execute(f"INSERT INTO ledger VALUES (1, {BEYOND_FLOAT}, 'Infinity'), (2, 7, 'NaN')")
+    settings = make_settings(db_url)  # no API key: dry run, the request is stored
+    async with worker_task(settings, config):
+        for event_id in (1, 2):
+            event = await wait_for_status(db_url, event_id)
+            assert event["status"] == "succeeded" and event["last_error"] is None, event
+    ((request,),) = rows(db_url, "SELECT request::text FROM hookline.llm_calls WHERE event_id = 1")
+    assert BEYOND_FLOAT[:MAX_STRING] in request and "Infinity}" not in request  # the model saw Infinity
+
+    conn = await db.connect(db_url)  # the web process and the CLI (asyncpg) read it the same way
+    try:
+        payload = await conn.fetchval("SELECT payload FROM hookline.events WHERE id = 1")
+    finally:
+        await conn.close()
+    assert payload["new"] == {"id": 1, "amount": BEYOND_FLOAT, "rate": "Infinity"}  # jsonb: a float8's as text
