@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from app.core.config import Pipeline
 from app.core.records import EventRow
@@ -51,15 +52,24 @@ def claim_of(event: EventRow) -> int:
 
 
 async def infrastructure_failure(
-    rt: Runtime, event_id: int, attempts: int, e: Exception, *, job_id: int | None = None, claim: int | None = None
+    rt: Runtime,
+    event_id: int,
+    attempts: int,
+    e: Exception,
+    *,
+    job_id: int | None = None,
+    claim: int | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> str:
     """The database failed us outside the pipeline's error handling (claiming, finishing or recording
     the event). The event is not terminal: run the job again, or give up loudly. ``claim``: the run's
-    claim, when it got one."""
-    reason = f"{e.__class__.__name__}: {e}"
+    claim, when it got one; ``event``: the event's claimed row, when it was read (its source and payload:
+    the logged error masks the values the source's redact paths hide, as :func:`failed` does)."""
+    reason = f"{e.__class__.__name__}: {e}"  # stored whole, masked when shown
+    said = reason if event is None else masked_text(rt.config, str(event["source"]), event["payload"], reason)
     count = await count_infra_failure(rt, event_id, attempts - 1, claim)  # never throttle reschedules
     if count is None:
-        return stale(rt, event_id, f"its failure ({reason})", job_id)
+        return stale(rt, event_id, f"its failure ({said})", job_id)
     attempts, counted = count
     if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
         with contextlib.suppress(Exception):
@@ -74,11 +84,11 @@ async def infrastructure_failure(
             )
             if ended == STALE:
                 return STALE
-        log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, reason)
+        log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, said)
         return EventStatus.DEAD
     delay = float(min(60, 2 ** min(attempts, 6)))
-    log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, reason, delay)
-    raise RetryLater(delay, reason) from e
+    log.warning("event %s: job run failed outside the pipeline (%s); again in %.0fs", event_id, said, delay)
+    raise RetryLater(delay, said) from e
 
 
 async def failed(rt: Runtime, event: EventRow, pipeline: Pipeline, exc: BaseException, job_id: int | None) -> str:

@@ -135,7 +135,8 @@ async def _run_job(
                 raise
             except Exception as e:
                 claim = _claim_of(row)
-                status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id, claim=claim)
+                read = row if claim is not None else None  # the event's row: its payload was read
+                status = await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id, claim=claim, event=read)
         rt.metrics.job_done(status)
         return status
     except RetryLater as later:  # procrastinate runs the job again: counted by why
@@ -173,8 +174,15 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                 except RetryLater:
                     raise
                 except Exception as e:
+                    claim = _claim_of(row)
                     status = await infrastructure_failure(
-                        rt, event_id, (row["job_attempts"] or 0) + 1, e, job_id=job_id, claim=_claim_of(row)
+                        rt,
+                        event_id,
+                        (row["job_attempts"] or 0) + 1,
+                        e,
+                        job_id=job_id,
+                        claim=claim,
+                        event=row if claim is not None else None,
                     )
             except RetryLater as later:
                 status = rescheduled(later)

@@ -16,7 +16,7 @@ import pytest
 
 from app.core.config import Config
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import config_from, make_settings, rows
+from tests.harness import config_from, make_settings, rows, wait_for_status, worker_task
 from worker.actions import ActionContext
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
@@ -131,3 +131,50 @@ async def test_a_log_action_masks_a_redacted_value_the_answer_repeats(
     assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", event_id) == [("succeeded",)]
     logged = [r.getMessage() for r in caplog.records if r.name == "hookline.output"]
     assert logged == [f'p/out event {event_id}: {{"s": "write to [redacted]"}}']
+
+
+#: the event's skipped outcome is refused once by Postgres, quoting the payload's redacted value
+REFUSE_SKIP_ONCE = """
+CREATE SEQUENCE test_refusals;
+CREATE FUNCTION test_refuse_skip() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'skipped' AND nextval('test_refusals') = 1 THEN
+        RAISE EXCEPTION 'refused for %', NEW.payload #>> '{customer,email}';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_refuse_skip BEFORE UPDATE ON hookline.events FOR EACH ROW EXECUTE FUNCTION test_refuse_skip();
+"""
+
+
+async def test_a_failure_outside_the_pipeline_quoting_a_redacted_value_is_logged_masked(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database error that escapes the pipelines (here the skipped outcome's write, refused with the
+    value in its message) is an infrastructure failure: its "job run failed outside the pipeline" line
+    quoted the error in clear. The real worker runs the event again, and it ends skipped."""
+    monkeypatch.setenv("HL_GH_SECRET", "gh-secret")
+    source = {"provider": "github", "secrets_env": ["HL_GH_SECRET"], "redact": ["customer.email"]}
+    pipeline = {
+        "source": "shop",
+        "events": ["*"],
+        "instructions": "x",
+        "output_schema": {"type": "object"},
+        "when": "payload.plan == 'free'",
+    }
+    skipping = config_from({"sources": {"shop": source}, "pipelines": {"p": pipeline}})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(REFUSE_SKIP_ONCE)
+        ((event_id,),) = conn.execute(
+            "INSERT INTO hookline.events (source, delivery_id, event_type, payload) "
+            "VALUES ('shop', 'd1', 'order.paid', %s) RETURNING id",
+            (json.dumps(PAYLOAD),),
+        ).fetchall()
+    with caplog.at_level(logging.INFO):
+        async with worker_task(make_settings(db_url), skipping):
+            done = await wait_for_status(db_url, event_id)
+    assert done["status"] == "skipped", done
+    lines = worker_lines(caplog)
+    failed = [line for line in lines if "failed outside the pipeline" in line]
+    assert len(failed) == 1 and "refused for [redacted]" in failed[0], lines
+    assert not [line for line in lines if "alice" in line]
