@@ -104,11 +104,14 @@ def queue_pool(**kwargs: Any) -> AsyncConnectionPool:
     by themselves), so the ``BEGIN`` and ``COMMIT`` psycopg would wrap around each were two extra round
     trips, and psycopg_pool's check a third, for every job fetched and every job finished."""
     kwargs["check"] = check_connection
-    return AsyncConnectionPool(**kwargs, configure=_autocommit)
+    return AsyncConnectionPool(**kwargs, configure=_queue_connection)
 
 
-async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _queue_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Autocommit, and the worker's own JSON reader (:func:`_read_json`): the fetch claims a lone job's
+    event in its statement and returns its payload on this connection."""
     await conn.set_autocommit(True)
+    await _read_json(conn)
 
 
 async def _read_json(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -188,6 +188,36 @@ async def test_a_number_too_long_for_python_is_read_as_its_digits(db_url: str) -
 BEYOND_FLOAT = "1" + "0" * 400 + ".5"
 
 
+async def test_a_lone_events_huge_number_is_read_on_the_fetchs_own_connection(db_url: str) -> None:
+    """One such row alone: procrastinate's fetch claims a lone job's event in its own statement, on its own
+    pool's connection, which read the payload with json.loads: the claim committed, the read failed, and
+    the job stayed 'doing' under a live worker (the event 'processing')."""
+    with psycopg.connect(db_url, autocommit=True) as psql:
+        psql.execute("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric)")
+    apply_watches(db_url, [WatchSpec(table="ledger", on=("insert",))])
+    config = config_from(
+        {
+            "pipelines": {
+                "ledger-note": {
+                    "source": "db",
+                    "events": ["public.ledger.insert"],
+                    "instructions": "Describe the entry.",
+                    "output_schema": {"type": "object"},
+                    "actions": [{"type": "log"}],
+                },
+            },
+        }
+    )
+    async with worker_task(make_settings(db_url), config):
+        for event_id, amount in ((1, "1e5000"), (2, BEYOND_FLOAT)):  # one at a time: each job alone
+            with psycopg.connect(db_url, autocommit=True) as psql:
+                psql.execute(f"INSERT INTO ledger VALUES ({event_id}, {amount})")
+            event = await wait_for_status(db_url, event_id)
+            assert event["status"] == "succeeded" and event["last_error"] is None, event
+    ((request,),) = rows(db_url, "SELECT request::text FROM hookline.llm_calls WHERE event_id = 2")
+    assert "Infinity" not in request
+
+
 async def test_a_number_beyond_a_floats_range_is_read_as_its_text(db_url: str) -> None:
     """A numeric of 1e400 + 0.5 (a fraction, so not an integer's digits) became inf in Python: the model
     input, the stored request and any JSON answer about the event refuse inf (Starlette's JSONResponse:
