@@ -268,9 +268,12 @@ DELETE FROM hookline.concurrency_slots WHERE event_id = %(event_id)s;
 -- A run that claimed the event (%(claim)s not NULL) counts only while it holds the event's current
 -- claim (as hookline.finish_event_v2, migrations 0047, 0048): no row back, the run is no longer the
 -- event's, and its failure is not the event's. A run whose claim itself failed (%(claim)s NULL) counts.
+-- The claim alone decides, not the status: the run's own retry, hold or outcome may have committed with
+-- its answer lost (a connection dropped after the commit); counted and rescheduled, the next run finds
+-- the event as that write left it (a job ended 'stale' instead would stay doing under a live worker).
 UPDATE hookline.events SET infra_failures = infra_failures + 1
 WHERE id = %(event_id)s
-  AND (%(claim)s::bigint IS NULL OR ((status || '') = 'processing' AND claims = %(claim)s::bigint))
+  AND (%(claim)s::bigint IS NULL OR claims = %(claim)s::bigint)
 RETURNING infra_failures;
 
 -- name: escalation_due

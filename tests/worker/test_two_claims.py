@@ -182,3 +182,23 @@ async def test_a_stale_runs_database_failure_is_not_counted_on_the_later_runs_ev
     with pytest.raises(RetryLater):  # the run holding the claim counts its own failure
         await infrastructure_failure(second, event_id, 1, failed, claim=claim_of(later))
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", event_id) == [(1,)]
+
+
+async def test_a_failure_after_the_runs_own_hold_committed_is_counted_and_rescheduled(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The run's own hold (or retry) committed and its answer was lost (a connection dropped after the
+    commit): the event is no longer ``processing``, but the claim is still this run's. The failure is
+    counted and the job rescheduled, as before the claim fenced it; ended ``stale``, the job stayed
+    doing under a live worker and nothing ran the held event again."""
+    first, _ = await _two(db_url, fake, opened, [])
+    event_id = insert_event(db_url, "gh_own_hold")
+    start = {"event_id": event_id, "job_id": None, "more": 0, "queue": None, "task": None, "pickup": False}
+    (mine,) = await first.db.start(**start)
+    with psycopg.connect(db_url, autocommit=True) as conn:  # the run's own hold, committed
+        conn.execute("UPDATE hookline.events SET status = 'throttled' WHERE id = %s", (event_id,))
+
+    failed = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    with pytest.raises(RetryLater):
+        await infrastructure_failure(first, event_id, 1, failed, claim=claim_of(mine))
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", event_id) == [(1,)]
