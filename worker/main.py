@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -183,6 +184,8 @@ async def run_worker(
         stop.set()
         if rt is not None:
             rt.db.stopping.set()  # a write that waits for the database gives up after its current try
+            if rt.stop_requested_at is None:
+                rt.stop_requested_at = time.monotonic()
         if current is not None and id(current) not in cancelled:
             log.info("shutdown requested: finishing running jobs (up to %.0fs)", settings.shutdown_timeout)
             cancelled.add(id(current))

@@ -88,6 +88,10 @@ class Slots:
                 self.used -= 1
 
 
+#: A closing worker gives its alerts at least this long, however long its jobs took to drain.
+ALERT_WAIT_FLOOR_S = 0.5
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -99,6 +103,9 @@ class Runtime:
     slots: Slots = field(default_factory=lambda: Slots(10))
     #: ``[[alerts]]`` on their way (worker.alerts): never sent inside an event's run.
     alerts: set[asyncio.Task[None]] = field(default_factory=set)
+    #: when a stop was asked for (``time.monotonic()``): the alerts' wait at close takes what is left of
+    #: ``HOOKLINE_SHUTDOWN_TIMEOUT``, not a second one after the running jobs' drain
+    stop_requested_at: float | None = None
     _matched: dict[tuple[str, str | None], tuple[Pipeline, ...]] = field(default_factory=dict, repr=False)
     _matched_config: Config | None = field(default=None, repr=False)
 
@@ -152,6 +159,14 @@ class Runtime:
     async def open(self) -> None:
         await self.db.open()
 
+    def alert_wait(self) -> float:
+        """How long a closing worker waits for its alerts: ``HOOKLINE_SHUTDOWN_TIMEOUT`` less the time since
+        the stop was asked for (the running jobs' drain used it), at least half a second."""
+        timeout = self.settings.shutdown_timeout
+        if self.stop_requested_at is not None:
+            timeout -= time.monotonic() - self.stop_requested_at
+        return max(ALERT_WAIT_FLOOR_S, timeout)
+
     async def wait_for_alerts(self, timeout: float | None = None) -> None:
         """Wait for the alerts on their way; those not done within ``timeout`` are given up (logged)."""
         if not self.alerts:
@@ -201,7 +216,7 @@ class Runtime:
         return {"jobs_deleted": jobs, "payloads_pruned": payloads, "alerts_pruned": alerts}
 
     async def close(self) -> None:
-        await self.wait_for_alerts(self.settings.shutdown_timeout)
+        await self.wait_for_alerts(self.alert_wait())
         await self.http.aclose()
         if self.llm is not None:
             await self.llm.close()

@@ -5,6 +5,8 @@ worker runtime and Postgres, the fake Messages API."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -14,7 +16,7 @@ from tests.worker.test_breaker_no_flap import state
 from tests.worker.test_breaker_probe import BREAKER
 from tests.worker.test_flow import GOOD, MODEL, USAGE, insert_event, make_config, runtime_for
 from worker.alerts import send_alert
-from worker.runtime import Runtime
+from worker.runtime import ALERT_WAIT_FLOOR_S, Runtime
 from worker.tasks import handle_event
 
 pytestmark = pytest.mark.usefixtures("stripe_and_crm")
@@ -72,3 +74,18 @@ async def test_an_alert_whose_destination_hangs_does_not_hold_the_event(
     fake.set_default(reply(GOOD, usage=USAGE))
     assert await handle_event(rt, insert_event(db_url, "evt_alert_hangs")) == "succeeded"
     assert state(db_url) == "closed"
+
+
+async def test_a_closing_worker_gives_its_alerts_what_is_left_of_the_shutdown_timeout(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """The running jobs' drain takes up to HOOKLINE_SHUTDOWN_TIMEOUT from the stop request; the alerts'
+    wait at close took a whole second one after it (40 s at the default, past a PaaS's 30 s grace)."""
+    rt = await runtime_for(db_url, fake, make_config({}))
+    opened.append(rt)
+    full = rt.settings.shutdown_timeout
+    assert rt.alert_wait() == full  # no stop asked for (a closing test, a loop that ended)
+    rt.stop_requested_at = time.monotonic() - (full - 5)
+    assert 4 < rt.alert_wait() <= 5
+    rt.stop_requested_at = time.monotonic() - full - 60  # the drain used it all
+    assert rt.alert_wait() == ALERT_WAIT_FLOOR_S
