@@ -104,7 +104,8 @@ async def admit(rt: Runtime, event: EventRow, pipelines: list[Pipeline]) -> None
     reopens = row["reopens_at"] if row else None
     if reopens is not None:
         assert caps is not None
-        await _budget_alert(rt, event, caps, "hour", reopens - dt.timedelta(hours=1), "events_per_hour", 1.0)
+        what = f"events_per_hour ({caps.events_per_hour})"
+        await _cap_alert(rt, event, caps, "hour", reopens - dt.timedelta(hours=1), what, reopens)
         raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at events_per_hour = {caps.events_per_hour}", reopens)
 
 
@@ -116,11 +117,10 @@ async def _loop_guard_held(
         f"loop guard of pipeline {p.name}: {what} had {n} events in {guard.window_seconds:g}s "
         f"(max_events = {guard.max_events}); held until the window has room"
     )
-    if rt.config.alerts:
-        claim = await one(rt, "claim_once", kind="loop_guard", subject=f"{p.name} {what}")
-        if claim and claim["claimed"]:
-            data = {"pipeline": p.name, "event_id": event["id"], "key": what}
-            await send_alert(rt, "loop_guard", reason, data, once=f"{p.name}-{event['id']}")
+    claim = await one(rt, "claim_once", kind="loop_guard", subject=f"{p.name} {what}")
+    if claim and claim["claimed"]:  # logged once per key and hour, with or without [[alerts]]
+        data = {"pipeline": p.name, "event_id": event["id"], "key": what}
+        await send_alert(rt, "loop_guard", reason, data, once=f"{p.name}-{event['id']}")
     raise Held(reason, delay=_seconds_until(frees_at))
 
 
@@ -222,7 +222,7 @@ async def reserve(
             await settle_model(rt, res, None)
             if row["reserved_only"]:  # not the cap: calls in flight settle at a fraction of their reservation
                 raise _in_flight_hold(tenant_key(event), int(row["in_flight"]), row["frees_at"])
-            await _budget_alert(rt, event, caps, "day", row["day_start"], "tokens_per_day / usd_per_day", 1.0)
+            await _cap_alert(rt, event, caps, "day", row["day_start"], "day budget", row["reopens_at"])
             raise _over_cap(caps, f"tenant {tenant_key(event)!r} is at its daily token or USD cap", row["reopens_at"])
         res.tenant, res.day_start, res.tokens, res.usd = tenant_key(event), row["day_start"], est_in + est_out, usd
         res.id = row["reservation_id"]
@@ -305,7 +305,7 @@ async def settle(
     if caps.usd_per_day:
         fractions.append(float(row["day_usd"]) / caps.usd_per_day)
     if fractions and max(fractions) >= caps.alert_at:
-        await _budget_alert(rt, event, caps, "day", res.day_start, "day budget", max(fractions))
+        await _alert_at(rt, event, caps, res.day_start, max(fractions))
 
 
 async def observe_headers(rt: Runtime, model: str, headers: Any, status: int | None, retry_after: float | None) -> None:
@@ -345,14 +345,27 @@ async def observe_headers(rt: Runtime, model: str, headers: Any, status: int | N
 
 
 # ------------------------------------------------------------------------------------------- alerts
-async def _budget_alert(
-    rt: Runtime, event: EventRow, caps: Tenant, period: str, window_start: Any, what: str, fraction: float
-) -> None:
-    if not rt.config.alerts or window_start is None:
-        return
-    row = await one(rt, "claim_alert", tenant=tenant_key(event), period=period, window_start=window_start)
+async def _alert_at(rt: Runtime, event: EventRow, caps: Tenant, day_start: dt.datetime, fraction: float) -> None:
+    """The day's settled spend crossed ``alert_at``: alert once per tenant and day (budget_windows.alerted_at)."""
+    row = await one(rt, "claim_alert", tenant=tenant_key(event), period="day", window_start=day_start)
     if not (row and row["claimed"]):
         return
-    text = f"tenant {tenant_key(event)!r} reached {fraction:.0%} of its {what} (alert_at = {caps.alert_at:g})"
-    data = {"tenant": tenant_key(event), "period": period, "window_start": str(window_start), "fraction": fraction}
-    await send_alert(rt, "budget", text, data, once=f"{tenant_key(event)}-{period}-{window_start}")
+    text = f"tenant {tenant_key(event)!r} reached {fraction:.0%} of its day budget (alert_at = {caps.alert_at:g})"
+    data = {"tenant": tenant_key(event), "period": "day", "window_start": str(day_start), "fraction": fraction}
+    await send_alert(rt, "budget", text, {**data, "reached": "alert_at"}, once=f"{tenant_key(event)}-day-{day_start}")
+
+
+async def _cap_alert(
+    rt: Runtime, event: EventRow, caps: Tenant, period: str, window_start: dt.datetime, what: str, reopens: Any
+) -> None:
+    """An event is held (or dead) at the cap: alert once per tenant and window, apart from :func:`_alert_at`'s
+    claim (a row of hookline.alerts_sent, kind budget_cap)."""
+    row = await one(rt, "claim_cap_alert", tenant=tenant_key(event), period=period, window_start=window_start)
+    if not (row and row["claimed"]):
+        return
+    until = f"until {reopens.isoformat()}" if isinstance(reopens, dt.datetime) else "until the window reopens"
+    then = "go to the dead letters (on_cap = dead)" if caps.on_cap == "dead" else "are held"
+    text = f"tenant {tenant_key(event)!r} reached its {what}; its events {then} {until}"
+    data = {"tenant": tenant_key(event), "period": period, "window_start": str(window_start), "fraction": 1.0}
+    once = f"{tenant_key(event)}-{period}-{window_start}-cap"
+    await send_alert(rt, "budget", text, {**data, "reached": "cap", "reopens_at": str(reopens)}, once=once)

@@ -63,6 +63,7 @@ LimitsQuery = Literal[
     "reserve_budget",
     "settle_budget",
     "claim_alert",
+    "claim_cap_alert",
     "breaker_acquire",
     "breaker_release",
     "breaker_record",

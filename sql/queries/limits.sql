@@ -41,6 +41,16 @@ FROM hookline.settle_budget_v2(%(reservation_id)s, %(tenant)s, %(day_start)s, %(
 -- True for exactly one caller per tenant, period and window.
 SELECT hookline.claim_alert_v1(%(tenant)s, %(period)s, %(window_start)s) AS claimed;
 
+-- name: claim_cap_alert
+-- True for exactly one caller per tenant, period and window: the one that sends the alert that the cap is
+-- reached (an event held or dead at it). A row of hookline.alerts_sent (kind budget_cap, subject 'PERIOD
+-- TENANT'), apart from the alert_at alert's claim (budget_windows.alerted_at, claim_alert), so each of the
+-- two goes out once; retention deletes it a day after its window began (hookline.prune_alerts_sent).
+INSERT INTO hookline.alerts_sent (kind, subject, window_start)
+VALUES ('budget_cap', %(period)s::text || ' ' || %(tenant)s::text, %(window_start)s::timestamptz)
+ON CONFLICT DO NOTHING
+RETURNING true AS claimed;
+
 -- name: breaker_acquire
 -- closed / probe / open (with retry_at) for a call to this model. probe_at: with verdict probe, the probe's
 -- hookline.breakers.probe_at (breaker_acquire_v1 sets it to now(), this statement's transaction time): what
@@ -116,7 +126,10 @@ SELECT replay_applied FROM hookline.events WHERE id = %(event_id)s;
 -- name: spend_today
 -- hookline status: today's usage per tenant (UTC day, this UTC hour's events: the windows admit_event_v1
 -- and admit_guarded_v1 count in, whatever the session's TimeZone).
-SELECT w.tenant, w.period, w.events, w.tokens, w.usd, w.reserved_tokens, w.reserved_usd, w.alerted_at
+SELECT w.tenant, w.period, w.events, w.tokens, w.usd, w.reserved_tokens, w.reserved_usd,
+       coalesce(w.alerted_at, (SELECT a.sent_at FROM hookline.alerts_sent a  -- either budget alert sent
+                               WHERE a.kind = 'budget_cap' AND a.subject = w.period || ' ' || w.tenant
+                                 AND a.window_start = w.window_start)) AS alerted_at
 FROM hookline.budget_windows w
 WHERE (w.period = 'day' AND w.window_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
    OR (w.period = 'hour' AND w.window_start = date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
