@@ -79,13 +79,13 @@ class FiringRetry(BaseRetryStrategy):
         deadline = (float(stamp) if isinstance(stamp, int | float) else now) + self.late_limit
         wait = min(FIRST_WAIT * 2 ** min(job.attempts, 16), FIRST_WAIT_MAX, deadline - now)
         what = f"schedule {job.task_kwargs.get('schedule')} at {stamp}"
-        if wait < 1:
+        if deadline - now < 1:
             log.error(
                 "%s: giving up after %d tries, the firing is now %d s late (%s)",
                 *(what, job.attempts + 1, int(now - deadline + self.late_limit), exception.__class__.__name__),
             )
             return None
-        log.warning("%s failed (%s); trying again in %d s", what, exception.__class__.__name__, wait)
+        log.warning("%s failed (%s); trying again in %.3g s", what, exception.__class__.__name__, wait)
         return RetryDecision(retry_at=datetime.fromtimestamp(now + wait, UTC))
 
 
