@@ -83,7 +83,7 @@ async def process_event(
                         pickup=rt.metrics.serving,
                     )
                 except Exception as e:
-                    return await infrastructure_failure(rt, event_id, attempts, e, job_id=job_id)
+                    return await _start_failed(rt, event_id, attempts, e, job_id)
         mine = [r for r in rows if r["job_id"] is None]
         extras = [r for r in rows if r["job_id"] is not None]
         rt.slots.release(more - len(extras))
@@ -103,6 +103,18 @@ async def process_event(
         rt.slots.release(1 + more)
         if job_id is not None:
             rt.db.handover.end(job_id)
+
+
+async def _start_failed(rt: Runtime, event_id: int, attempts: int, exc: Exception, job_id: int | None) -> str:
+    """The claim itself failed (the database away, a lock timeout): the job's outcome, counted in
+    ``hookline_worker_jobs_total`` as a job whose event ran is."""
+    try:
+        status = await infrastructure_failure(rt, event_id, attempts, exc, job_id=job_id)
+    except RetryLater as later:
+        rt.metrics.jobs.labels(status=rescheduled(later)).inc()
+        raise
+    rt.metrics.job_done(status)
+    return status
 
 
 async def _run_job(

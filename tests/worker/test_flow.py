@@ -10,13 +10,15 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.rows import dict_row
 
 from app.core.config import Config
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply, slow
-from tests.harness import Receiver, config_from, make_settings, rows, wait_for_status, worker_task
+from tests.harness import Receiver, config_from, free_port, make_settings, rows, wait_for_status, worker_task
 from worker import batches, limits
 from worker.pricing import cost_usd
 from worker.prompt import build_request
@@ -595,6 +597,35 @@ async def test_throttle_reschedules_do_not_count_toward_giving_up_on_infrastruct
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
     assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_job_whose_claim_failed_is_counted_in_worker_jobs_total(db_url: str, fake: FakeMessagesAPI) -> None:
+    """The task's own claim (start_events) fails once inside Postgres: that run of the job is counted as
+    ``retrying`` in hookline_worker_jobs_total, as a run whose event failed is, and the next one as
+    ``succeeded``. It used to count nothing."""
+    eid = insert_event(db_url, "evt_claim_metric")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        fail_first_claim(conn, times=2)  # the fetch's claim, then the task's own
+    port = free_port()
+    settings = make_settings(
+        db_url, anthropic_api_key="sk-test", anthropic_base_url=fake.base_url, worker_metrics_port=port
+    )
+    async with worker_task(settings, make_config({})), httpx.AsyncClient() as client:
+        assert (await wait_for_status(db_url, eid, timeout=30))["status"] == "succeeded"
+        counted: dict[str, float] = {}
+        for _ in range(100):  # the counter is written just after the event's status
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            counted = {
+                s.labels["status"]: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "hookline_worker_jobs_total"
+            }
+            if counted.get("succeeded"):
+                break
+            await asyncio.sleep(0.05)
+    assert counted == {"retrying": 1, "succeeded": 1}
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
 
 
 async def test_a_replay_starts_the_count_of_infrastructure_failures_again(db_url: str, fake: FakeMessagesAPI) -> None:
