@@ -213,8 +213,7 @@ def _servers(bench: Bench, *, processes: int, prefix: str) -> dict[str, Any]:
         pid=web.pid,
         children=bool(many),
     )
-    time.sleep(1.0)  # requests in flight when the load generator stopped still commit
-    stored = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
+    stored = asyncio.run(_settled_count(bench.db.url, f"{prefix}-%"))  # requests in flight still commit
     stored_ids = asyncio.run(_stored(bench.db.url, prefix))[:2000]  # re-send what is stored, nothing else
     dups = _load(
         bench,
@@ -227,8 +226,7 @@ def _servers(bench: Bench, *, processes: int, prefix: str) -> dict[str, Any]:
         only=stored_ids,
         children=bool(many),
     )
-    time.sleep(1.0)
-    stored_after = asyncio.run(_count(bench.db.url, f"{prefix}-%"))
+    stored_after = asyncio.run(_settled_count(bench.db.url, f"{prefix}-%"))
     bench.children.stop(f"web{processes}")
     return {
         "processes": processes,
@@ -249,10 +247,20 @@ async def _stored(url: str, prefix: str) -> list[int]:
     return sorted(int(r["delivery_id"].rsplit("-", 1)[1]) for r in got)
 
 
-async def _count(url: str, like: str) -> int:
+async def _settled_count(url: str, like: str, *, every: float = 0.2, limit: float = 3.0) -> int:
+    """The rows of LIKE once the count stopped moving: the same in two reads ``every`` seconds apart
+    (the requests in flight when the load generator stopped commit meanwhile), at most ``limit`` s.
+    It replaced a fixed one-second wait."""
     db = await phases.Events.open(url)
     try:
-        return int(await db.conn.fetchval("SELECT count(*) FROM hookline.events WHERE delivery_id LIKE $1", like))
+        deadline = time.monotonic() + limit
+        last = -1
+        while True:
+            await asyncio.sleep(every)
+            n = int(await db.conn.fetchval("SELECT count(*) FROM hookline.events WHERE delivery_id LIKE $1", like))
+            if n == last or time.monotonic() >= deadline:
+                return n
+            last = n
     finally:
         await db.close()
 
