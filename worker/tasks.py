@@ -178,6 +178,7 @@ async def _run_claimed(rt: Runtime, row: StartRow, seen: set[int]) -> None:
                         detail=None,
                         error=None,
                         job_id=job_id,
+                        claim=None,
                     )
                     return
                 seen.add(event_id)

@@ -125,6 +125,35 @@ async def test_a_claimed_event_that_must_retry_goes_back_to_the_queue(
     assert rows(db_url, "SELECT status FROM hookline.events WHERE id = %s", first) == [("succeeded",)]
 
 
+async def test_claimed_jobs_of_a_terminal_event_or_of_one_run_here_are_finished(db_url: str, queue: Any) -> None:
+    """The batch claim takes a job whose event is already terminal, and a second job of the event the
+    handed-over job runs: each is finished (succeeded) without running its event again. The statement
+    that finishes them lacked its claim parameter, so psycopg refused it before sending: the jobs stayed
+    ``doing`` under a live worker, holding back their lock."""
+    first = insert_event(db_url, "evt_first")
+    done = insert_event(db_url, "evt_done_already")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE hookline.events SET status = 'succeeded', finished_at = now() WHERE id = %s", (done,))
+        conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, args, status) "
+            "SELECT queue_name, task_name, priority, lock, args, 'todo' FROM procrastinate_jobs "
+            "WHERE (args->>'event_id')::bigint = %s",
+            (first,),
+        )
+    rt = await _runtime(db_url, None, worker_concurrency=4, worker_claim_batch=4)
+    try:
+        assert (await _run_first_job(queue, rt))[0] == "succeeded"
+    finally:
+        await rt.close()
+    found = rows(
+        db_url,
+        "SELECT (args->>'event_id')::bigint, status::text FROM procrastinate_jobs ORDER BY id",
+    )
+    assert found == [(first, "succeeded"), (done, "succeeded"), (first, "succeeded")]
+    assert rows(db_url, "SELECT count(*) FROM hookline.llm_calls WHERE event_id = %s", first) == [(1,)]
+    assert rows(db_url, "SELECT count(*) FROM hookline.llm_calls WHERE event_id = %s", done) == [(0,)]
+
+
 async def test_claim_batch_one_claims_nothing_more(db_url: str, queue: Any) -> None:
     ids = [insert_event(db_url, f"evt_s{i}") for i in range(3)]
     rt = await _runtime(db_url, None, worker_concurrency=10, worker_claim_batch=1)
