@@ -97,6 +97,40 @@ def make_client(
     )
 
 
+def _unstorable(text: str) -> bool:
+    """Whether Postgres's jsonb refuses this string: it holds NUL or an unpaired surrogate."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _any_unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _unstorable(value)
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _any_unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_any_unstorable(v) for v in value)
+    return False
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with each NUL and unpaired surrogate of its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        if not _unstorable(value):
+            return value
+        return "".join("\ufffd" if c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 def _text_of(message: dict[str, Any]) -> str | None:
     for block in message.get("content") or []:
         if block.get("type") == "text":
@@ -121,6 +155,8 @@ def _check(message: dict[str, Any], spec: OutputSpec) -> Any:
         data = json.loads(text)
     except ValueError as e:
         raise ValueError(f"the answer is not JSON: {e}") from None
+    if "\\u" in text and _any_unstorable(data):  # only an escape in the text can make one
+        raise ValueError("the answer holds \\u0000 or an unpaired surrogate, which cannot be stored")
     return spec.validate(data)
 
 
@@ -148,6 +184,9 @@ async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
             body=body,
             message="the Messages API answered with something other than a JSON object",
         )
+    content = body.get("content")
+    if content is not None and _any_unstorable(content):  # the model's own text, as the API sent it
+        body["content"] = _storable(content)  # stored, and read, with U+FFFD in their place
     simulated = isinstance(client, SimulatedModel)
     return CallRecord(  # its cost_usd is the gate's to set: with the model's configured prices (worker.gate)
         model=request["model"],

@@ -168,6 +168,36 @@ async def test_invalid_output_gets_one_repair_turn(db_url: str, runtime: Runtime
     assert len(fake.calls_to("/v1/messages")) == 2
 
 
+async def test_an_answer_holding_what_postgres_cannot_store_gets_the_repair_turn(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI
+) -> None:
+    """A JSON answer whose text escapes a NUL (an injected payload can ask for one): its output could not
+    be stored (jsonb refuses \\u0000), so the answer used to be lost and each retry paid again. It is an
+    invalid answer now, given the repair turn, and every call is stored."""
+    fake.enqueue(reply({"subject": "a\x00b", "body": "World"}), reply(GOOD))
+    event_id = insert_event(db_url, "evt_nul_answer")
+    assert await handle_event(runtime, event_id) == "succeeded"
+    assert calls(db_url, event_id) == ["invalid_output", "succeeded"]
+    assert len(fake.calls_to("/v1/messages")) == 2
+    [(error,)] = rows(db_url, "SELECT error FROM hookline.llm_calls WHERE status = 'invalid_output'")
+    assert "cannot be stored" in error
+
+
+async def test_raw_characters_postgres_cannot_store_are_kept_as_replacement_characters(
+    db_url: str, runtime: Runtime, fake: FakeMessagesAPI
+) -> None:
+    """The model's text itself holds a NUL and an unpaired surrogate (the API's JSON escapes them): the
+    response is stored, and read, with U+FFFD in their place; the answer is valid and used."""
+    fake.enqueue(reply('{"subject": "a\x00b\ud800c", "body": "World"}'))
+    event_id = insert_event(db_url, "evt_raw_nul")
+    assert await handle_event(runtime, event_id) == "succeeded"
+    assert calls(db_url, event_id) == ["succeeded"]
+    [(output, text)] = rows(
+        db_url, "SELECT output, response->'content'->0->>'text' FROM hookline.llm_calls WHERE event_id = %s", event_id
+    )
+    assert output["subject"] == "a\ufffdb\ufffdc" and "a\ufffdb\ufffdc" in text
+
+
 async def test_transient_error_retries_then_succeeds_reusing_nothing_twice(
     db_url: str, runtime: Runtime, fake: FakeMessagesAPI, receiver: Receiver
 ) -> None:
