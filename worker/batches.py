@@ -19,14 +19,15 @@ from typing import Any
 import anthropic
 import procrastinate
 from procrastinate import JobContext
+from psycopg.rows import dict_row
 
 from app.core.config import Pipeline
 from app.core.jobs import QUEUE
 from app.core.records import EventRow
 from app.core.status import CallStatus
-from worker.db import WorkerDB
+from worker.db import Q, WorkerDB, json_params
 from worker.errors import InvalidOutput, PermanentError, TransientError
-from worker.limits import Held, Reservation, all_rows, one, price, reserve, settle
+from worker.limits import LQ, Held, Reservation, all_rows, one, price, reserve, settle
 from worker.llm import CallRecord, Refused, call_row, check_answer
 from worker.prompt import output_spec
 from worker.runtime import Runtime
@@ -186,42 +187,39 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
         error = f"{kind}: {err.get('type', '')} {err.get('message', '')}".strip()
         permanent = err.get("type") == "invalid_request_error"
         status = "failed"
-    finished = await one(
-        rt,
-        "batch_item_finish",
-        custom_id=item.get("custom_id"),
-        status=status,
-        error=error,
-        permanent=permanent,
-    )
-    if finished is None:
-        return 0  # another poll read it first
-    pipeline_name = finished["pipeline"]
-    pipeline = rt.config.pipelines.get(pipeline_name)
-    request = finished["request"]
-    rec = CallRecord(
-        model=request.get("model", ""), status=CallStatus.FAILED, request=request, route="batch_api", error=error
-    )
-    rec.requested_model = pipeline.model if pipeline else rec.model
-    if message is not None:  # paid for: its usage and cost are stored and settled, whatever became of the pipeline
-        rec.response, rec.usage = message, message.get("usage") or {}
-        rec.cost_usd = price(rt, rec.model, {**rec.usage, "service_tier": "batch"})  # batch price, always
-        rec.error = f"pipeline {pipeline_name} is no longer configured: the answer is kept for its usage only"
-    if message is not None and pipeline is not None:
-        rec.error = None
-        try:
-            output = check_answer(message, output_spec(pipeline))
-            rec.status, rec.output = CallStatus.SUCCEEDED, output
-        except (InvalidOutput, ValueError) as e:
-            rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
-            await one(
-                rt,
-                "batch_item_finish_fail",
-                id=finished["id"],
-                error=str(e),
-                permanent=isinstance(e, Refused),
-            )
-    await rt.db.one("insert_call", **call_row(finished["event_id"], pipeline_name, rec))
+    # The result is marked read and its call stored in one transaction: a failed store leaves the result
+    # for the next poll instead of dropping a paid answer (the event's next run would then ask again).
+    async with rt.db.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            LQ["batch_item_finish"],
+            {"custom_id": item.get("custom_id"), "status": status, "error": error, "permanent": permanent},
+        )
+        finished = await cur.fetchone()
+        if finished is None:
+            return 0  # another poll read it first
+        pipeline_name = finished["pipeline"]
+        pipeline = rt.config.pipelines.get(pipeline_name)
+        request = finished["request"]
+        rec = CallRecord(
+            model=request.get("model", ""), status=CallStatus.FAILED, request=request, route="batch_api", error=error
+        )
+        rec.requested_model = pipeline.model if pipeline else rec.model
+        if message is not None:  # paid for: its usage and cost are stored and settled, whatever became of the pipeline
+            rec.response, rec.usage = message, message.get("usage") or {}
+            rec.cost_usd = price(rt, rec.model, {**rec.usage, "service_tier": "batch"})  # batch price, always
+            rec.error = f"pipeline {pipeline_name} is no longer configured: the answer is kept for its usage only"
+        if message is not None and pipeline is not None:
+            rec.error = None
+            try:
+                output = check_answer(message, output_spec(pipeline))
+                rec.status, rec.output = CallStatus.SUCCEEDED, output
+            except (InvalidOutput, ValueError) as e:
+                rec.status, rec.error = CallStatus.INVALID_OUTPUT, str(e)
+                await cur.execute(
+                    LQ["batch_item_finish_fail"],
+                    {"id": finished["id"], "error": str(e), "permanent": isinstance(e, Refused)},
+                )
+        await cur.execute(Q["insert_call"], json_params(call_row(finished["event_id"], pipeline_name, rec)))
     if finished.get("reservation"):  # the result's usage at batch price replaces the reservation
         res = _load(finished["reservation"])
         owner: Any = {"id": finished["event_id"], "tenant": res.tenant}

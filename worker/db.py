@@ -47,6 +47,17 @@ T = TypeVar("T")
 _AWAY_STATES = ("57P01", "57P02", "57P03")
 #: The longest wait between two tries of a write that must land (:meth:`WorkerDB.durable`).
 DURABLE_MAX_DELAY = 10.0
+#: Errors the server raised about one try of a statement, which the same statement may pass when tried
+#: again: a serialization failure or deadlock (class 40), a lock not available (55P03), a statement
+#: canceled, as by statement_timeout (57014). A write that must land tries these this many times.
+TRANSIENT_STATES = ("55P03", "57014")
+TRANSIENT_TRIES = 5
+
+
+def transient(exc: BaseException) -> bool:
+    """A statement's error that trying the same statement again may not meet (:data:`TRANSIENT_STATES`)."""
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return state is not None and (state.startswith("40") or state in TRANSIENT_STATES)
 
 
 def database_away(exc: BaseException) -> bool:
@@ -120,7 +131,8 @@ async def _read_json(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(jsonvalues.loads, conn)
 
 
-def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
+def json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Statement parameters as the worker's queries take them: dicts and lists as jsonb."""
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
 
@@ -145,7 +157,9 @@ class WorkerDB:
     async def durable(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         """``write()``, tried again with backoff for as long as the database is away
         (:func:`database_away`), for a write that must not be lost: what a model call that was paid
-        for answered, and its usage. Any other error is raised at once.
+        for answered, and its usage. A :func:`transient` error of the statement (a deadlock, a lock or
+        statement timeout) is tried again up to TRANSIENT_TRIES times in all; any other error is
+        raised at once.
 
         A cancellation (the pipeline's ``timeout_seconds``, procrastinate ending the job when its worker
         loop restarts after a database restart) does not stop the write: the caller waits until it
@@ -163,26 +177,31 @@ class WorkerDB:
     async def _keep_trying(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         delay = 0.25
         tries = 0
+        refused = 0  # tries that met a transient error of the statement
         while True:
             try:
                 result = await write()
             except Exception as e:
-                if not database_away(e) or self.stopping.is_set():
+                away = database_away(e)
+                if not away:
+                    refused += 1
+                if self.stopping.is_set() or not (away or (transient(e) and refused < TRANSIENT_TRIES)):
                     raise
                 tries += 1
                 if tries == 1:
                     log.warning(
-                        "could not store %s (%s: %s); trying again until the database is back",
+                        "could not store %s (%s: %s); trying again %s",
                         what,
                         type(e).__name__,
                         e,
+                        "until the database is back" if away else f"(at most {TRANSIENT_TRIES} tries)",
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, DURABLE_MAX_DELAY)
             else:
                 if tries:
-                    log.info("stored %s after %d failed tries (the database is back)", what, tries)
+                    log.info("stored %s after %d failed tries", what, tries)
                 return result
 
     async def open(self) -> None:
@@ -220,25 +239,25 @@ class WorkerDB:
     async def one(self, name: WorkerQuery, **params: Any) -> Any:
         """The first row of a query that returns rows, as its typed record; None when there is none."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(Q[name], _adapt(params))
+            await cur.execute(Q[name], json_params(params))
             return await cur.fetchone() if cur.description else None
 
     async def start(self, **params: Any) -> list[StartRow]:
         """``start_events``: the claimed jobs and their events, one row per job."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(Q["start_events"], _adapt(params))
+            await cur.execute(Q["start_events"], json_params(params))
             return list(await cur.fetchall())  # type: ignore[arg-type]
 
     async def history(self, **params: Any) -> list[HistoryRow]:
         """``recent_for_key``: the last events of the same entity."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(Q["recent_for_key"], _adapt(params))
+            await cur.execute(Q["recent_for_key"], json_params(params))
             return list(await cur.fetchall())  # type: ignore[arg-type]
 
     async def rows(self, name: WorkerQuery, **params: Any) -> list[dict[str, Any]]:
         """Every row a statement returns, as a dict."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(Q[name], _adapt(params))
+            await cur.execute(Q[name], json_params(params))
             return list(await cur.fetchall()) if cur.description else []
 
     @contextlib.asynccontextmanager
@@ -248,7 +267,7 @@ class WorkerDB:
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
 
             async def rows(name: WorkerQuery, **params: Any) -> list[dict[str, Any]]:
-                await cur.execute(Q[name], _adapt(params))
+                await cur.execute(Q[name], json_params(params))
                 return list(await cur.fetchall()) if cur.description else []
 
             yield rows
@@ -256,5 +275,5 @@ class WorkerDB:
     async def run(self, name: WorkerQuery, **params: Any) -> int:
         """Run a statement; returns the number of rows it touched."""
         async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(Q[name], _adapt(params))
+            await cur.execute(Q[name], json_params(params))
             return cur.rowcount

@@ -10,7 +10,6 @@ in a warning, and leaves the event, and the procrastinate job, to the run that h
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +42,8 @@ STALE = "stale"
 #: finishing the event) before the event is declared dead: with the backoff below, about 45 minutes.
 #: Counted on the event (hookline.events.infra_failures), so throttle reschedules never count.
 MAX_INFRASTRUCTURE_ATTEMPTS = 50
+#: A give-up whose own write failed: the job runs again after this long (and gives up then).
+GIVE_UP_RETRY_SECONDS = 2.0
 
 
 def claim_of(event: EventRow) -> int:
@@ -72,7 +73,7 @@ async def infrastructure_failure(
         return stale(rt, event_id, f"its failure ({said})", job_id)
     attempts, counted = count
     if counted and attempts >= MAX_INFRASTRUCTURE_ATTEMPTS:
-        with contextlib.suppress(Exception):
+        try:
             ended = await finish(
                 rt,
                 event_id,
@@ -82,8 +83,17 @@ async def infrastructure_failure(
                 detail=f"gave up after {attempts} job runs failed outside the pipeline",
                 job_id=job_id,
             )
-            if ended == STALE:
-                return STALE
+        except Exception as e2:
+            # Not recorded: returning "dead" would let procrastinate finish the job with the event left
+            # unfinished and nothing to run it. The job runs again soon (the count just reached the
+            # database), and gives up then, or runs the event if the database is well again.
+            log.warning(
+                "event %s: could not record giving up after %d failed job runs (%s); again in %.0fs",
+                *(event_id, attempts, e2.__class__.__name__, GIVE_UP_RETRY_SECONDS),
+            )
+            raise RetryLater(GIVE_UP_RETRY_SECONDS, said) from e
+        if ended == STALE:
+            return STALE
         log.error("event %s is dead after %d failed job runs: %s", event_id, attempts, said)
         return EventStatus.DEAD
     delay = float(min(60, 2 ** min(attempts, 6)))

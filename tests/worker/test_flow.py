@@ -628,6 +628,62 @@ async def test_a_job_whose_claim_failed_is_counted_in_worker_jobs_total(db_url: 
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(1,)]
 
 
+async def test_a_give_up_whose_own_write_fails_runs_the_job_again(db_url: str, fake: FakeMessagesAPI) -> None:
+    """The 50th infrastructure failure gives the event up, but that write (the event made dead) fails too:
+    the job runs again instead of ending "dead" with the event still unfinished and no job left to run
+    it. Here the next run's claim works, and the event is processed."""
+    eid = insert_event(db_url, "evt_give_up_fails")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE hookline.events SET infra_failures = 49 WHERE id = %s", (eid,))
+        fail_first_claim(conn, times=2)  # the fetch's claim, then the task's own: the 50th failure
+        conn.execute("CREATE SEQUENCE test_dead_refusals")
+        conn.execute("""
+            CREATE FUNCTION test_refuse_first_dead() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'dead' AND nextval('test_dead_refusals') = 1 THEN
+                    RAISE EXCEPTION 'injected: the give-up could not be written';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_refuse_first_dead BEFORE UPDATE ON hookline.events "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_dead()"
+        )
+    done = await run_worker_until_done(db_url, fake, eid)
+    assert done["status"] == "succeeded", done
+    assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(50,)]
+    assert rows(db_url, "SELECT nextval('test_dead_refusals')") == [(2,)]  # the give-up was tried once
+
+
+async def test_an_answer_whose_store_meets_a_deadlock_is_stored_on_a_later_try_never_paid_twice(
+    db_url: str, fake: FakeMessagesAPI
+) -> None:
+    """Storing the paid answer fails twice as a deadlock does (SQLSTATE 40P01, raised by a trigger of the
+    real table): the same write is tried again and lands; the model is asked once. Such an error used to
+    lose the answer, and every retry of the event paid again."""
+    fake.set_default(reply(GOOD, usage=USAGE))
+    eid = insert_event(db_url, "evt_store_deadlock")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE test_store_deadlocks")
+        conn.execute("""
+            CREATE FUNCTION test_store_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('test_store_deadlocks') <= 2 THEN
+                    RAISE EXCEPTION 'injected: deadlock detected' USING ERRCODE = 'deadlock_detected';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_store_deadlock BEFORE INSERT ON hookline.llm_calls "
+            "FOR EACH ROW EXECUTE FUNCTION test_store_deadlock()"
+        )
+    done = await run_worker_until_done(db_url, fake, eid)
+    assert done["status"] == "succeeded", done
+    assert len(fake.calls_to("/v1/messages")) == 1
+    assert rows(db_url, "SELECT status FROM hookline.llm_calls WHERE event_id = %s", eid) == [("succeeded",)]
+    assert rows(db_url, "SELECT nextval('test_store_deadlocks')") == [(4,)]  # two refused, the third landed
+
+
 async def test_a_replay_starts_the_count_of_infrastructure_failures_again(db_url: str, fake: FakeMessagesAPI) -> None:
     """An event declared dead after 50 infrastructure failures (a long outage), replayed once the outage
     is over, gets its own tries again: one more database error while claiming it is retried, not fatal."""

@@ -1,0 +1,63 @@
+"""A Message Batches result is marked read only with its call stored: a store that fails leaves the result
+for the next poll, and the event is never asked again (never paid twice).
+
+The batch poller and ``handle_event`` driven directly against the real Postgres (a trigger of the real
+table refuses the first store) and the fake Messages API.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.fakes.messages_api import FakeMessagesAPI, reply
+from tests.harness import rows
+from tests.worker.test_batch_mode_switch import TENANTS, TOKENS, day, opened_runtime, run_now
+from tests.worker.test_flow import GOOD, USAGE, held, insert_event, make_config
+from worker import batches
+from worker.runtime import Runtime
+from worker.tasks import handle_event
+
+pytestmark = pytest.mark.usefixtures("stripe_and_crm")
+
+
+def refuse_first_store(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE test_store_refusals")
+        conn.execute("""
+            CREATE FUNCTION test_refuse_first_store() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('test_store_refusals') = 1 THEN
+                    RAISE EXCEPTION 'injected: the answer could not be stored';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_refuse_first_store BEFORE INSERT ON hookline.llm_calls "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_store()"
+        )
+
+
+async def test_a_result_whose_store_failed_is_read_again_by_the_next_poll(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    fake.set_default(reply(GOOD, usage=USAGE))
+    rt = await opened_runtime(db_url, fake, make_config({"mode": "batch_api"}, tenants=TENANTS), opened)
+    eid = insert_event(db_url, "evt_store_fails", "a")
+    assert "Message Batches" in await held(rt, eid)
+    assert (await batches.poll(rt))["submitted"] == 1
+    refuse_first_store(db_url)
+    with pytest.raises(psycopg.errors.RaiseException, match="injected"):
+        await batches.poll(rt)  # the batch ended; storing its one result fails
+    # nothing was recorded as read: the result is still to be read, no call row, the reservation held
+    assert rows(db_url, "SELECT status FROM hookline.batch_items") == [("submitted",)]
+    assert rows(db_url, "SELECT count(*) FROM hookline.llm_calls") == [(0,)]
+    assert (await batches.poll(rt))["results"] == 1  # the next poll stores it
+    run_now(db_url)
+    assert await handle_event(rt, eid) == "succeeded"
+    assert fake.calls_to("/v1/messages") == []  # the stored answer was used: never asked again
+    assert len([c for c in fake.calls_to("/v1/messages/batches") if c.method == "POST"]) == 1
+    calls = rows(db_url, "SELECT route, status, input_tokens + output_tokens FROM hookline.llm_calls")
+    assert calls == [("batch_api", "succeeded", TOKENS)]
+    assert rows(db_url, "SELECT status FROM hookline.batch_items") == [("done",)]
+    assert day(db_url) == [(TOKENS, 0), (0,)]  # spent once, at its usage; the reservation settled
