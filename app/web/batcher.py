@@ -61,6 +61,13 @@ log = logging.getLogger("hookline.ingest")
 
 Key = tuple[str, str]
 DEADLOCK_RETRIES = 3
+#: Errors that leave a sent batch's outcome unknown: its answer, not its statement, may be what was lost.
+UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+)
 Result = tuple[int | None, bool]
 
 #: Errors that belong to one row (its values), not to the database: that row gets them, others commit.
@@ -129,8 +136,16 @@ class Batcher(GroupCommit[_Item]):
         self._known_size = known_size
         self._known_seconds = known_seconds
         #: Counters for tests and the bench: flushes, rows, the largest batch, duplicates answered from
-        #: memory, wake-ups sent after a commit and those that could not be.
-        self.stats |= {"fallbacks": 0, "deadlocks": 0, "known_hits": 0, "notified_after": 0, "notify_failures": 0}
+        #: memory, wake-ups sent after a commit and those that could not be, rows found stored after their
+        #: batch went unanswered.
+        self.stats |= {
+            "fallbacks": 0,
+            "deadlocks": 0,
+            "known_hits": 0,
+            "notified_after": 0,
+            "notify_failures": 0,
+            "stored_after_all": 0,
+        }
 
     def known(self, source: str, delivery_id: str) -> int | None:
         """The event id of a delivery this process saw committed within ``known_seconds``, else None:
@@ -189,8 +204,42 @@ class Batcher(GroupCommit[_Item]):
 
     async def _write(self, batch: list[_Item]) -> None:
         pool = await self._pool()
-        async with pool.acquire() as conn:
-            await self._write_retrying(conn, batch)
+        sent = False
+        try:
+            async with pool.acquire() as conn:
+                sent = True
+                await self._write_retrying(conn, batch)
+        except UNKNOWN_OUTCOME:
+            if sent:
+                await self._stored_after_all(pool, batch)
+            raise  # the rows not found: nothing of theirs was stored
+
+    async def _stored_after_all(self, pool: Any, batch: list[_Item]) -> None:
+        """The batch's statement was sent but its answer never came (the client's timeout fired, the
+        connection broke): it may have committed all the same, e.g. a commit that was waiting for a
+        synchronous standby when the timeout's cancel reached it. Its rows are looked up on another
+        connection: each one found is stored, and answered so (not "nothing was stored"). If the look-up
+        fails too, the error stands for every row."""
+        open_rows = [it for it in batch if not it.fut.done()]
+        if not open_rows:
+            return
+        try:
+            async with pool.acquire() as conn:
+                found = await conn.fetch(
+                    Q["find_events"], [it.row[0] for it in open_rows], [it.row[1] for it in open_rows]
+                )
+                ids = {(r["source"], r["delivery_id"]): r["id"] for r in found}
+                stored = []
+                for it in open_rows:
+                    event_id = ids.get((it.row[0], it.row[1]))
+                    if event_id is not None:
+                        self.stats["stored_after_all"] += 1
+                        self._settle(it, (event_id, False))
+                        stored.append(event_id)
+                if stored:  # their NOTIFYs may be lost with the reply: wake the workers (a spare one is harmless)
+                    await self._notify_stored(conn, stored)
+        except Exception as e:
+            log.warning("could not look up a batch whose commit went unanswered: %s", e.__class__.__name__)
 
     async def _write_retrying(self, conn: Any, batch: list[_Item]) -> None:
         for attempt in range(DEADLOCK_RETRIES):

@@ -4,13 +4,17 @@ answered, not the ones refused."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from app.signatures import sign
 from tests.acceptance.test_hostile_input import _config, signed
-from tests.harness import config_from, make_settings, web_server
+from tests.harness import config_from, make_settings, rows, web_server
 
 SECRET = "whsec_" + "aG9zdGlsZS1pbnB1dC10ZXN0LXNlY3JldC0xMjM0NQ=="
 
@@ -115,3 +119,41 @@ async def test_a_url_signed_with_its_trailing_slash_verifies_on_that_path(
     assert ok_slash.status_code == 200, ok_slash.text
     assert ok_plain.status_code == 200, ok_plain.text
     assert crossed.status_code == 401, crossed.text
+
+
+def _set_standby(db_url: str, names: str | None) -> None:
+    """``synchronous_standby_names`` for the whole test server (None: back to its default), in effect for
+    new statements once this returns."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        if names is None:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        else:
+            conn.execute(sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(names)))
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            got = conn.execute("SHOW synchronous_standby_names").fetchone()
+        if got is not None and got[0] == (names or ""):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"synchronous_standby_names did not become {names!r}")
+
+
+async def test_a_batch_committed_but_unanswered_in_time_is_acknowledged_not_a_503(db_url: str, env: None) -> None:
+    """The batch's commit waits for a synchronous standby that never confirms: the web process's timeout
+    (``HOOKLINE_DB_TIMEOUT``) fires and its cancel ends the wait, and Postgres keeps the commit ("the
+    transaction has already committed locally"). The rows are looked up: the request is acknowledged
+    with its event id, not answered 503 "nothing was stored" for an event that was stored."""
+    settings = make_settings(db_url, db_timeout=1.0)
+    async with web_server(settings, _config()) as base, httpx.AsyncClient(timeout=30) as client:
+        body, headers = signed({"type": "invoice.paid", "id": "unanswered"})
+        _set_standby(db_url, "hookline_test_no_such_standby")
+        try:
+            resp = await client.post(f"{base}/webhooks/sw", content=body, headers=headers)
+        finally:
+            _set_standby(db_url, None)
+    stored = rows(db_url, "SELECT id FROM hookline.events")
+    assert len(stored) == 1, "the commit was not kept: this test proved nothing"
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["event_id"] == stored[0][0]
