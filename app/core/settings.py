@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.config._base import MAX_BODY_BYTES
+
 
 class Settings(BaseSettings):
     """Every environment variable hookline reads. The README's table is tested against this class."""
@@ -52,7 +54,10 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="Interface `hookline web` binds.")  # noqa: S104
     home: Path = Field(default=Path(".hookline"), description="Folder for the embedded Postgres and local state.")
     max_body_bytes: int = Field(
-        default=5 * 1024 * 1024, ge=1, description="Default request body cap in bytes (per source: max_body_bytes)."
+        default=5 * 1024 * 1024,
+        ge=1,
+        le=MAX_BODY_BYTES,
+        description="Default request body cap in bytes (per source: max_body_bytes).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")

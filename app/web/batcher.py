@@ -61,6 +61,8 @@ log = logging.getLogger("hookline.ingest")
 
 Key = tuple[str, str]
 DEADLOCK_RETRIES = 3
+#: A batch's bodies and payloads, in bytes, past its first row (see Batcher._take).
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Errors that leave a sent batch's outcome unknown: its answer, not its statement, may be what was lost.
 UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
     TimeoutError,
@@ -84,6 +86,8 @@ ROW_ERRORS: tuple[type[BaseException], ...] = (
 class _Item:
     row: Sequence[Any]
     fut: asyncio.Future[Result]
+    #: the bytes it adds to its batch's statement (its body, and the text of its payload)
+    size: int = 0
 
 
 #: Positions of the jsonb values (headers, payload): sent as JSON text, because asyncpg would read a
@@ -172,8 +176,21 @@ class Batcher(GroupCommit[_Item]):
             return event_id, True
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
-        self._add(_Item(row, fut))
+        self._add(_Item(row, fut, sum(len(v) for v in row if isinstance(v, bytes | str))))
         return await asyncio.shield(fut)
+
+    def _take(self) -> list[_Item]:
+        """The next batch: the oldest items, at most ``max_batch`` and, past the first, MAX_BATCH_BYTES
+        of bodies and payloads (Postgres refuses a statement's parameters over 1 GiB, and closes the
+        connection: every request of the batch would get a 503)."""
+        n, size = 0, 0
+        for it in self._pending[: self.max_batch]:
+            size += it.size
+            if n and size > MAX_BATCH_BYTES:
+                break
+            n += 1
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        return batch
 
     def _settle(self, it: _Item, result: Result | None = None, error: BaseException | None = None) -> None:
         """Answer one row (its request, and any same-key request waiting on it): once, here only."""

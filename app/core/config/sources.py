@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.core.config._base import LOCATOR_KEYS, Strict, check_env_name, check_locators
+from app.core.config._base import LOCATOR_KEYS, MAX_BODY_BYTES, Strict, check_env_name, check_locators
 from app.core.config.limits import RateLimit
 from app.core.config.outputs import schema_error
 from app.signatures import PROVIDERS, HmacOptions
@@ -23,7 +23,7 @@ class Source(Strict):
     provider: str
     secrets_env: tuple[str, ...] = ()
     tolerance_seconds: int | None = Field(default=None, ge=0)
-    max_body_bytes: int | None = Field(default=None, gt=0)
+    max_body_bytes: int | None = Field(default=None, gt=0, le=MAX_BODY_BYTES)
     public_url: str | None = None
     delivery_id: tuple[str, ...] | None = None
     event_type: tuple[str, ...] | None = None
