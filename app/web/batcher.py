@@ -208,6 +208,12 @@ class Batcher(GroupCommit[_Item]):
             if result[0] is not None and self._known_size:
                 self._remember(key, result[0])
 
+    def note_committed(self, source: str, delivery_id: str, event_id: int) -> None:
+        """A delivery stored by another statement than the group commit's (``on_invalid = "store"``):
+        its re-sends are answered by :meth:`known` as the group commit's rows are."""
+        if self._known_size:
+            self._remember((source, delivery_id), event_id)
+
     def _remember(self, key: Key, event_id: int) -> None:
         """Note a committed key (a row just stored, or found stored); past ``known_size`` the oldest goes."""
         known = self._known

@@ -177,7 +177,7 @@ async def receive_webhook(request: Request) -> Response:
     if invalid is not None and src.on_invalid == "reject":
         raise ValidationFailed(f"payload does not match the schema for this event type: {invalid}")
     priority, sync = state.routing(name, meta.event_type)
-    if invalid is None and sync is None:  # a re-send this process saw committed: answered before its row is even built
+    if sync is None:  # a re-send this process saw committed: answered before its row is even built
         known = state.batcher.known(name, delivery_id)
         if known is not None:
             return _acknowledge(request, name, meta.event_type, known, "duplicate", request_id)
@@ -210,6 +210,8 @@ async def receive_webhook(request: Request) -> Response:
             text = raw if raw is not None else json.dumps(payload, separators=(",", ":"))
             invalid_row = (*row[:8], text, *row[9:])
             event_id, dup = await _store_invalid(state, invalid_row, f"payload does not match the schema: {invalid}")
+            if event_id is not None:  # its re-sends are answered from memory too, with no statement
+                state.batcher.note_committed(name, delivery_id, event_id)
         status = "duplicate" if dup else "accepted"
     # The request's own values first (the group commit gives such a row its own error, the others of
     # its batch commit); any other failure of the database is 503: nothing of this request was stored.

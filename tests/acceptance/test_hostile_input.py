@@ -424,7 +424,14 @@ async def test_payload_schema_with_on_invalid_store_keeps_it_as_skipped(db_url: 
     async with web_server(make_settings(db_url), config) as base, httpx.AsyncClient() as client:
         raw, headers = signed({"type": "lead.created", "name": "Ada", "email": 7})
         resp = await client.post(f"{base}/webhooks/sw", content=raw, headers=headers)
+        ids = rows(db_url, "SELECT last_value FROM hookline.events_id_seq")
+        again = [await client.post(f"{base}/webhooks/sw", content=raw, headers=headers) for _ in range(3)]
     assert resp.status_code == 200 and resp.json()["status"] == "accepted"
+    assert [(r.status_code, r.json()["status"], r.json()["event_id"]) for r in again] == [
+        (200, "duplicate", resp.json()["event_id"])
+    ] * 3
+    # the re-sends wrote nothing: an insert that conflicts still takes the next id of the sequence
+    assert rows(db_url, "SELECT last_value FROM hookline.events_id_seq") == ids
     ((status, detail, jobs),) = rows(
         db_url,
         "SELECT status, detail, (SELECT count(*) FROM procrastinate_jobs) FROM hookline.events",
