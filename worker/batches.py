@@ -92,6 +92,10 @@ async def batch_answer(rt: Runtime, event: EventRow, pipeline: Pipeline, request
     if item is not None and item["status"] in ("pending", "submitting", "submitted"):
         where = f" in batch {item['batch_id']}" if item["batch_id"] else ""
         raise Held(f"waiting for its Message Batches answer{where}", delay=WAIT_SECONDS)
+    if item is not None and item["status"] == "done":
+        stored = await rt.db.one("succeeded_call", event_id=event["id"], pipeline=pipeline.name)
+        if stored is not None:  # stored after this run's claim read the event: the next run uses it
+            raise Held("its Message Batches answer was stored meanwhile", delay=0.0)
     if item is not None and item["status"] == "failed":
         await one(rt, "batch_item_retire", id=item["id"])
         error = f"Message Batches request failed: {item['error']}"

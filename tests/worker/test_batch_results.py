@@ -15,6 +15,8 @@ from tests.harness import rows
 from tests.worker.test_batch_mode_switch import TENANTS, TOKENS, day, opened_runtime, run_now
 from tests.worker.test_flow import GOOD, USAGE, held, insert_event, make_config
 from worker import batches
+from worker.limits import Held
+from worker.prompt import build_request
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
@@ -61,3 +63,27 @@ async def test_a_result_whose_store_failed_is_read_again_by_the_next_poll(
     assert calls == [("batch_api", "succeeded", TOKENS)]
     assert rows(db_url, "SELECT status FROM hookline.batch_items") == [("done",)]
     assert day(db_url) == [(TOKENS, 0), (0,)]  # spent once, at its usage; the reservation settled
+
+
+async def test_a_run_that_claimed_before_the_result_was_stored_does_not_ask_again(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """A run read the event (no answer yet), then found its request ``done``: the poll stored the answer
+    in between. The run is held for a moment (its next run reads the answer), and nothing is queued
+    for another batch, which would pay for it again."""
+    fake.set_default(reply(GOOD, usage=USAGE))
+    config = make_config({"mode": "batch_api"}, tenants=TENANTS)
+    rt = await opened_runtime(db_url, fake, config, opened)
+    eid = insert_event(db_url, "evt_result_race", "a")
+    [(event,)] = rows(db_url, "SELECT to_jsonb(e) FROM hookline.events e WHERE id = %s", eid)  # as claimed before
+    assert "Message Batches" in await held(rt, eid)
+    assert (await batches.poll(rt))["submitted"] == 1
+    assert (await batches.poll(rt))["results"] == 1
+    pipeline = config.pipelines["triage"]
+    with pytest.raises(Held, match="stored meanwhile"):
+        await batches.batch_answer(rt, event, pipeline, build_request(pipeline, event, None))
+    assert rows(db_url, "SELECT status FROM hookline.batch_items") == [("done",)]
+    run_now(db_url)
+    assert await handle_event(rt, eid) == "succeeded"
+    assert len([c for c in fake.calls_to("/v1/messages/batches") if c.method == "POST"]) == 1
+    assert day(db_url) == [(TOKENS, 0), (0,)]

@@ -14,6 +14,8 @@ from tests.fakes.messages_api import FakeMessagesAPI, hang, reply
 from tests.harness import rows
 from tests.worker.test_flow import GOOD, held, insert_event, make_config, runtime_for
 from worker import limits
+from worker.microbatch import micro_answer
+from worker.prompt import build_request
 from worker.runtime import Runtime
 from worker.tasks import handle_event
 
@@ -74,4 +76,25 @@ async def test_a_killed_leaders_batch_is_taken_back_after_the_reclaim_age(
     assert await handle_event(rt, a) == "succeeded"
     calls = rows(db_url, "SELECT event_id, route, status FROM hookline.llm_calls ORDER BY event_id")
     assert calls == [(a, "micro_batch:2", "succeeded"), (b, "micro_batch:2", "succeeded")]
+    assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_run_that_claimed_before_its_batch_answer_was_stored_uses_it(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """A run of event a read the event (no answer yet), then its micro-batch request was found ``done``:
+    the leader stored a's answer in between. The stored answer is used; the event is not queued for
+    another batch, which would pay for it again."""
+    config = make_config({"batch": {"max_events": 2, "max_wait_ms": 60000}})
+    rt = await runtime_for(db_url, fake, config)
+    opened.append(rt)
+    a, b = insert_event(db_url, "evt_mb_race_a"), insert_event(db_url, "evt_mb_race_b")
+    assert "gathering a micro-batch" in await held(rt, a)
+    fake.set_default(reply(results(a, b)))
+    assert await handle_event(rt, b) == "succeeded"  # b leads: a's answer is stored, its request done
+    pipeline = config.pipelines["triage"]
+    [(event,)] = rows(db_url, "SELECT to_jsonb(e) FROM hookline.events e WHERE id = %s", a)  # as claimed before
+    output = await micro_answer(rt, event, pipeline, build_request(pipeline, event, None))
+    assert output == GOOD
+    assert rows(db_url, "SELECT event_id, status FROM hookline.batch_items ORDER BY id") == [(a, "done"), (b, "done")]
     assert len(fake.calls_to("/v1/messages")) == 1
