@@ -461,7 +461,9 @@ async def test_rows_committed_keep_their_answer_when_the_duplicate_lookup_after_
         a, k = await answers
     finally:
         other.close()
-    assert killer.killed == 1 and batcher.stats["flushes"] == 1
+    # the look-up broke, and was tried once more on another connection (the batch's answer was lost
+    # with the first: Batcher._stored_after_all), broken there too
+    assert killer.killed == 2 and batcher.stats["flushes"] == 1
     assert isinstance(k, BaseException)
     stored = one(conn, "SELECT id FROM hookline.events WHERE source = 's' AND delivery_id = 'a'")
     assert a == (stored, False)
