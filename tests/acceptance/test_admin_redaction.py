@@ -100,3 +100,23 @@ async def test_the_event_list_masks_them_too(admin: httpx.AsyncClient, conn: psy
     rows = {e["id"]: e for e in r.json()["events"]}
     assert rows[event_id]["last_error"] == "slack#1: refused [redacted]" and rows[event_id]["detail"] == "to [redacted]"
     assert rows[other]["last_error"] == f"refused {EMAIL}"
+
+
+async def test_a_schedule_firings_errors_are_masked_in_the_lists(
+    admin: httpx.AsyncClient,  # noqa: F811
+    conn: psycopg.Connection,
+) -> None:
+    """A digest copies other sources' events into its examples, and an error of its pipeline can quote
+    one of their redacted values: the lists mask it, as the event's own page does (the lists looked up
+    the built-in ``schedule`` source among the configured ones, found none, and showed it)."""
+    digest = {
+        "schedule": "daily",
+        "examples": [{"source": "stripe", "event_id": 1, "fields": {"data": {"object": {"customer_email": EMAIL}}}}],
+    }
+    firing = insert_event(conn, "schedule", "daily@2026-12-05T09:00:00Z", payload=digest, status="dead")
+    error = f"subject: '{EMAIL}' is too long"
+    conn.execute("UPDATE hookline.events SET last_error = %s WHERE id = %s", (error, firing))
+    dead = {d["event_id"]: d for d in (await admin.get("/admin/api/dead-letters")).json()["dead_letters"]}
+    assert dead[firing]["error"] == "subject: '[redacted]' is too long"
+    events = {e["id"]: e for e in (await admin.get("/admin/api/events")).json()["events"]}
+    assert events[firing]["last_error"] == "subject: '[redacted]' is too long"

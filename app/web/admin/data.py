@@ -14,7 +14,7 @@ from typing import Any
 
 from app.core.config import Config
 from app.core.querynames import AdminQuery
-from app.core.redaction import Scrubber, hidden_values, masked_story
+from app.core.redaction import Scrubber, hidden_values, masked_story, may_hide
 from app.core.sqlfiles import NamedQueries
 from app.core.timeline import jsonable, load_steps
 
@@ -66,7 +66,7 @@ async def _masked(
 ) -> list[dict[str, Any]]:
     """``rows`` with the texts under ``keys`` masked where they repeat a value of their source's
     ``redact`` paths, read from the payloads of the rows whose source masks fields (one query)."""
-    masking = [r[id_key] for r in rows if (s := config.sources.get(r["source"])) is not None and s.redact]
+    masking = [r[id_key] for r in rows if may_hide(config, r["source"])]  # a schedule firing's digest too
     if not masking:
         return rows
     payloads = {int(r["id"]): r["payload"] for r in await conn.fetch(Q["event_payloads"], masking)}
