@@ -107,7 +107,7 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
                     await task
     if waiting.cancelled() and not cut.cancelled():  # the server stops: the default, while it can go out
         _mark_default_soon(state, d)
-        return _respond(state, pipeline, d, None, None, "default")
+        return _respond(state, pipeline, d, None, "default")
     if waiting.cancelled():  # the client left first: nobody reads this; follow-ups deliver the answer
         state.metrics.inc(
             "hookline_sync_replies_total", source=d.source, pipeline=pipeline.name, outcome="disconnected"
@@ -121,23 +121,23 @@ async def reply(request: Request, state: AppState, pipeline: Pipeline, d: Delive
     else:
         answer = waiting.result()
     if answer is None:
-        return _respond(state, pipeline, d, None, None, "default")
+        return _respond(state, pipeline, d, None, "default")
     body = _answer_body(state, pipeline, d, answer.output)
     if body is None:  # the sender gets the default: recorded, so the follow-up actions deliver the answer
         _mark_default_soon(state, d)
-        return _respond(state, pipeline, d, answer.output, None, "render_error")
+        return _respond(state, pipeline, d, None, "render_error")
     if answer.remaining_s >= CLAIM_AFTER_MARGIN_S:
         _soon(_claim_answer_after(state, d))
     elif not await _claim_answer(state, d):  # the worker recorded 'default' first: the follow-up delivers
-        return _respond(state, pipeline, d, answer.output, None, "default")
-    return _respond(state, pipeline, d, answer.output, body, "answer", simulated=answer.simulated)
+        return _respond(state, pipeline, d, None, "default")
+    return _respond(state, pipeline, d, body, "answer", simulated=answer.simulated)
 
 
 def default(state: AppState, pipeline: Pipeline, d: Delivery) -> Response:
     """The reply to an event stored without a job (its payload failed the source's schema, with
     ``on_invalid = "store"``): no answer will come, so ``respond_default`` at once. Nothing is
     recorded: no follow-up action runs for it."""
-    return _respond(state, pipeline, d, None, None, "default")
+    return _respond(state, pipeline, d, None, "default")
 
 
 #: A request still waiting when the server stops gets the default this long before uvicorn's drain
@@ -290,13 +290,13 @@ async def _duplicate(state: AppState, pipeline: Pipeline, d: Delivery) -> Respon
             payload=row["payload"] if row["payload"] is not None else d.payload,  # None: pruned
         )
     if row is None or not row["has_answer"] or row["sync_reply"] == "default" or row["recomputed"]:
-        return _respond(state, pipeline, d, None, None, "duplicate_default")
+        return _respond(state, pipeline, d, None, "duplicate_default")
     body = _answer_body(state, pipeline, d, row["output"])
     if body is None:  # the first reply gives (or gave) the default over this answer too, and records it
-        return _respond(state, pipeline, d, row["output"], None, "render_error")
+        return _respond(state, pipeline, d, None, "render_error")
     if row["sync_reply"] is None and not await _claim_answer(state, d):  # the worker recorded 'default'
-        return _respond(state, pipeline, d, row["output"], None, "duplicate_default")
-    return _respond(state, pipeline, d, row["output"], body, "duplicate_answer", simulated=bool(row["simulated"]))
+        return _respond(state, pipeline, d, None, "duplicate_default")
+    return _respond(state, pipeline, d, body, "duplicate_answer", simulated=bool(row["simulated"]))
 
 
 def _context(pipeline: Pipeline, d: Delivery, output: Any) -> TemplateContext:
@@ -334,7 +334,6 @@ def _respond(
     state: AppState,
     pipeline: Pipeline,
     d: Delivery,
-    output: Any,
     body: str | None,
     outcome: str,
     *,
@@ -348,7 +347,9 @@ def _respond(
     if body is None:
         ack = {"status": "duplicate" if d.duplicate else "accepted", "event_id": d.event_id}
         try:
-            body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, output), ack, d.provider)
+            # output null, as documented, whatever answer came: a default that showed it would hand the
+            # sender the answer the follow-up actions then deliver again
+            body = _render(pipeline, pipeline.respond_default, _context(pipeline, d, None), ack, d.provider)
         except TemplateRenderError as e:  # a fixed body the sender can still read, in its own content type
             said = _said(state, d, e)
             log.warning("respond_default of pipeline %s failed on event %s: %s", pipeline.name, d.event_id, said)

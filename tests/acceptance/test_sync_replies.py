@@ -335,3 +335,24 @@ async def test_a_retry_with_other_values_gets_the_reply_of_the_stored_event(
     assert again.headers["x-hookline-event-id"] == first.headers["x-hookline-event-id"]
     assert again.json() == {"response_type": "in_channel", "text": "42 (for ada)"}
     assert len(fake.calls_to("/v1/messages")) == 1
+
+
+async def test_a_default_given_over_an_answer_does_not_show_that_answer(
+    db_url: str, fake: FakeMessagesAPI, receiver: Receiver
+) -> None:
+    """``respond_body`` fails to render on this answer, so the sender gets ``respond_default``, which sees
+    ``output`` as null, as documented: a default that reads ``output`` shows its fallback, not the answer
+    the follow-up action then delivers (the sender would get it twice)."""
+    config = make_config(
+        respond_body={"response_type": "in_channel", "text": "{{ 1 // (output.answer | length - 2) }}"},
+        respond_default={"response_type": "ephemeral", "text": "{{ output.answer | default('Working on it') }}"},
+    )
+    fake.enqueue(reply({"answer": "42"}))  # two characters: the body divides by zero
+    settings = settings_for(db_url, fake)
+    async with web_server(settings, config) as base, worker_task(settings, config), httpx.AsyncClient() as client:
+        resp = await slash(client, base, command_body(receiver.url))
+        assert resp.status_code == 200, resp.text
+        await wait_for_status(db_url, int(resp.headers["x-hookline-event-id"]))
+    assert resp.headers["x-hookline-reply"] == "default"
+    assert resp.json() == {"response_type": "ephemeral", "text": "Working on it"}
+    assert [json.loads(r.body)["text"] for r in receiver.received] == ["Late: 42"]  # the answer, once
