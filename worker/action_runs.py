@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.config import Action, Pipeline, SqlAction
 from app.core.config.followups import FOLLOWUP_TYPES, DiscordFollowupAction, SlackResponseAction
@@ -34,6 +34,8 @@ from worker.deadline import PIPELINE_DEADLINE
 from worker.errors import PermanentError, PipelineError, classify
 from worker.followups import reply_was_late, run_followup
 from worker.runtime import Runtime
+
+T = TypeVar("T")
 
 #: Of a pipeline's ``timeout_seconds``, what an action leaves for recording its outcome: a tenth, at most 1 s.
 RECORD_RESERVE = 0.1
@@ -93,15 +95,34 @@ def interrupted(kind: str, key: str, event_id: int, why: str = "the worker stopp
     )
 
 
-async def settle(write: Awaitable[object]) -> None:
+async def settle(write: Awaitable[T]) -> T:
     """Await ``write`` to its end even when this task is cancelled meanwhile (the cancellation then
     goes on): the record of what an action did is never dropped halfway."""
     task = asyncio.ensure_future(write)
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait([task])
         raise
+
+
+async def _outcome(rt: Runtime, run_id: int, status: str, result: Any, error: str | None) -> int:
+    """Record a run's outcome, tried again while the database is away (as a paid answer is: an outcome
+    known here must not become "interrupted", a Slack post that went out would be dead-lettered as
+    "may have been posted" and a replay would post it twice). Returns the rows changed: 0 when the
+    run is no longer ``running`` (another run of the event recorded its own outcome)."""
+    return await settle(
+        rt.db.durable(
+            lambda: rt.db.run("finish_action", id=run_id, status=status, result=result, error=error),
+            "an action's outcome",
+        )
+    )
+
+
+async def _succeeded(rt: Runtime, run_id: int) -> bool:
+    async with rt.db.pool.connection() as conn:
+        row = await (await conn.execute(sql_action.Q["action_run_status"], {"id": run_id})).fetchone()
+    return row is not None and row[0] == ActionStatus.SUCCEEDED
 
 
 async def cut_off(
@@ -217,11 +238,11 @@ async def run_actions(
             raise instead from None  # the pipeline's timeout scope takes this in place of its cancellation
         except Exception as e:
             err = e if isinstance(e, PipelineError) else classify(e)
-            failed = rt.db.run("finish_action", id=run_id, status=ActionStatus.FAILED, result=None, error=str(err))
-            await settle(failed)
+            if not await _outcome(rt, run_id, ActionStatus.FAILED, None, str(err)) and await _succeeded(rt, run_id):
+                continue  # another run of the event recorded it succeeded (a sql action's call waited on it)
             rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.FAILED).inc()
             raise err from e
-        await settle(rt.db.run("finish_action", id=run_id, status=ActionStatus.SUCCEEDED, result=result, error=None))
+        await _outcome(rt, run_id, ActionStatus.SUCCEEDED, result, None)
         rt.metrics.actions.labels(pipeline=pipeline.name, type=action.type, outcome=ActionStatus.SUCCEEDED).inc()
         ran += 1
     return ran

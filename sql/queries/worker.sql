@@ -200,10 +200,12 @@ WHERE c.id IS NOT NULL OR p.status IS DISTINCT FROM 'succeeded' OR %(force)s;
 
 -- name: finish_action
 -- Record an action's outcome (in its own statement: a failure to finish the event afterwards must
--- not lose the record that a side effect happened).
+-- not lose the record that a side effect happened). Only over a run still running: a second run of
+-- the event that failed must not overwrite the outcome another run recorded (a sql action's
+-- succeeded, committed with its call).
 UPDATE hookline.action_runs
 SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
-WHERE id = %(id)s;
+WHERE id = %(id)s AND status = 'running';
 
 -- name: cut_off_action
 -- An action cancelled before it returned (its pipeline's timeout_seconds, a worker shutdown): failed,

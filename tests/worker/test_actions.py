@@ -17,7 +17,7 @@ import pytest
 from app.core.config import Config
 from tests import pipeline_models
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.fakes.slack import FakeSlack, rate_limited
+from tests.fakes.slack import Answer, FakeSlack, rate_limited
 from tests.fakes.smtp import SmtpServer
 from tests.harness import Receiver, config_from, make_settings, rows
 from worker.actions import sql as sql_action
@@ -233,6 +233,62 @@ async def test_slack_429_waits_for_retry_after_and_posts_once(
     assert [(r[2], r[3]) for r in action_rows(db_url, event_id)] == [("succeeded", 2)]
 
 
+async def test_slack_internal_error_may_have_posted_so_it_is_not_posted_again(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, slack: FakeSlack
+) -> None:
+    """``internal_error`` and ``fatal_error``: Slack's reference says part of the operation may have
+    succeeded. The message may be out, so the action fails for good instead of posting again."""
+    rt = await make_runtime(
+        make_config([{"type": "slack", "token_env": "HL_SLACK_TOKEN", "channel": "C1", "text": "{{ output.summary }}"}])
+    )
+    try:
+        fake.enqueue(reply(ANSWER))
+        slack.enqueue(Answer(200, json.dumps({"ok": False, "error": "internal_error"}).encode()))
+        event_id = insert_event(db_url, "gh_internal")
+        assert await handle_event(rt, event_id) == "dead"
+    finally:
+        await rt.close()
+    assert len(slack.posts) == 1
+    (run,) = action_rows(db_url, event_id)
+    assert run[2] == "failed" and "may or may not have posted" in run[5]
+
+
+async def test_a_posted_message_whose_record_meets_a_database_blip_is_recorded_not_dead_lettered(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, slack: FakeSlack
+) -> None:
+    """The Slack post went out; recording it fails once as a server shutting down does (SQLSTATE 57P01,
+    raised by a trigger of the real table). The outcome is known: it is written again until it lands.
+    It used to leave the run ``running``, and the event's next run dead-lettered it as "may have been
+    posted" (a replay would then post it twice)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE test_outcome_refusals")
+        conn.execute("""
+            CREATE FUNCTION test_refuse_first_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.status = 'succeeded' AND nextval('test_outcome_refusals') = 1 THEN
+                    RAISE EXCEPTION 'terminating connection due to administrator command'
+                        USING ERRCODE = 'admin_shutdown';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(
+            "CREATE TRIGGER test_refuse_first_outcome BEFORE UPDATE ON hookline.action_runs "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_outcome()"
+        )
+    rt = await make_runtime(
+        make_config([{"type": "slack", "webhook_url_env": "HL_SLACK_WEBHOOK", "text": "{{ output.summary }}"}])
+    )
+    try:
+        fake.enqueue(reply(ANSWER))
+        event_id = insert_event(db_url, "gh_blip")
+        assert await handle_event(rt, event_id) == "succeeded"
+    finally:
+        await rt.close()
+    assert len(slack.posts) == 1
+    assert [r[2] for r in action_rows(db_url, event_id)] == ["succeeded"]
+    assert rows(db_url, "SELECT nextval('test_outcome_refusals')") == [(3,)]  # refused once, then landed
+
+
 async def test_a_template_error_at_render_time_is_a_permanent_failure_with_its_message(
     db_url: str, make_runtime: Any, fake: FakeMessagesAPI, slack: FakeSlack
 ) -> None:
@@ -404,3 +460,24 @@ async def test_sql_functions_are_checked_against_pg_proc(db_url: str, conn: psyc
         "(GRANT USAGE ON SCHEMA and EXECUTE)"
     )
     conn.execute("DROP ROLE hl_worker_no_exec")
+
+
+async def test_a_failed_run_never_overwrites_the_outcome_another_run_recorded(db_url: str, make_runtime: Any) -> None:
+    """Two runs of one event share an action's record (the second took the job of a worker thought
+    dead). The first recorded ``succeeded`` (a sql action, with its call); the second's call then
+    failed: its ``failed`` changes nothing, so no retry or replay runs the action again."""
+    rt = await make_runtime(make_config([]))
+    try:
+        event_id = insert_event(db_url, "gh_two_runs")
+        [(run_id,)] = rows(
+            db_url,
+            "INSERT INTO hookline.action_runs (event_id, pipeline, action, action_type, status, idempotency_key,"
+            " result, finished_at) VALUES (%s, 'leads', 'score', 'sql', 'succeeded', 'k', '{\"returned\": 1}',"
+            " now()) RETURNING id",
+            event_id,
+        )
+        changed = await rt.db.run("finish_action", id=run_id, status="failed", result=None, error="lock timeout")
+    finally:
+        await rt.close()
+    assert changed == 0
+    assert [(r[2], r[4], r[5]) for r in action_rows(db_url, event_id)] == [("succeeded", {"returned": 1}, None)]

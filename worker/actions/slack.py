@@ -18,8 +18,11 @@ from worker.actions.base import ActionContext, ActionDeps, env_value, render, re
 from worker.actions.outbound import check_destination, send
 from worker.errors import PermanentError, TransientError, retry_after_seconds
 
-#: ``chat.postMessage`` errors worth another attempt (Slack's side, not our request).
-RETRYABLE = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+#: ``chat.postMessage`` errors worth another attempt (Slack's side, not our request; nothing was posted).
+RETRYABLE = frozenset({"ratelimited", "service_unavailable", "request_timeout"})
+#: Errors after which, Slack's reference says, "it's possible some aspect of the operation succeeded":
+#: the message may be out, so they are not tried again (at most once).
+MAYBE_POSTED = frozenset({"internal_error", "fatal_error"})
 #: Marks an action that must not be started again while its last start has an unknown outcome.
 AT_MOST_ONCE = True
 
@@ -72,5 +75,10 @@ async def run(action: SlackAction, ctx: ActionContext, deps: ActionDeps) -> dict
         error = str(data.get("error") or "unknown_error")
         if error in RETRYABLE:
             raise TransientError(f"{what}: Slack error {error}", retry_after=retry_after_seconds(resp.headers))
+        if error in MAYBE_POSTED:
+            raise PermanentError(
+                f"{what}: Slack error {error}, after which Slack may or may not have posted the message; "
+                "hookline does not post twice (at most once)"
+            )
         raise PermanentError(f"{what}: Slack error {error}")
     return {"ok": True, "via": "chat.postMessage", "channel": data.get("channel"), "ts": data.get("ts")}
