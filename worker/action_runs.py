@@ -115,6 +115,7 @@ async def _outcome(rt: Runtime, run_id: int, status: str, result: Any, error: st
         rt.db.durable(
             lambda: rt.db.run("finish_action", id=run_id, status=status, result=result, error=error),
             "an action's outcome",
+            one_statement=True,
         )
     )
 

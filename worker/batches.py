@@ -28,7 +28,7 @@ from app.core.status import CallStatus
 from worker.db import Q, WorkerDB, json_params
 from worker.errors import InvalidOutput, PermanentError, TransientError
 from worker.limits import LQ, Held, Reservation, all_rows, one, price, reserve, settle
-from worker.llm import CallRecord, Refused, call_row, check_answer
+from worker.llm import CallRecord, Refused, call_row, check_answer, storable_message
 from worker.prompt import output_spec
 from worker.runtime import Runtime
 
@@ -185,6 +185,8 @@ async def _store_result(rt: Runtime, item: dict[str, Any]) -> int:
     result = item.get("result") or {}
     kind = result.get("type")
     message = result.get("message") if kind == "succeeded" else None
+    if isinstance(message, dict):  # what jsonb refuses, as a Messages API answer's (worker.llm)
+        message = storable_message(message)
     status, error, permanent = "done", None, False
     if message is None:
         err = ((result.get("error") or {}).get("error") or {}) if kind == "errored" else {}

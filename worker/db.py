@@ -154,11 +154,13 @@ class WorkerDB:
         #: set when the worker is asked to stop: a write that must land gives up after its current try
         self.stopping = asyncio.Event()
 
-    async def durable(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+    async def durable(self, write: Callable[[], Awaitable[T]], what: str, *, one_statement: bool = False) -> T:
         """``write()``, tried again with backoff for as long as the database is away
         (:func:`database_away`), for a write that must not be lost: what a model call that was paid
-        for answered, and its usage. A :func:`transient` error of the statement (a deadlock, a lock or
-        statement timeout) is tried again up to TRANSIENT_TRIES times in all; any other error is
+        for answered, and its usage. With ``one_statement`` (``write`` is one statement, which such an
+        error rolls back whole), a :func:`transient` error of the statement (a deadlock, a lock or
+        statement timeout) is tried again up to TRANSIENT_TRIES times in all; a write of several
+        statements is not (one of them that committed would be applied twice). Any other error is
         raised at once.
 
         A cancellation (the pipeline's ``timeout_seconds``, procrastinate ending the job when its worker
@@ -166,7 +168,7 @@ class WorkerDB:
         landed, then the cancellation goes on. Only a requested worker stop (:attr:`stopping`) ends
         the tries: the current one is the last, and its error is raised.
         """
-        task = asyncio.ensure_future(self._keep_trying(write, what))
+        task = asyncio.ensure_future(self._keep_trying(write, what, TRANSIENT_TRIES if one_statement else 1))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -174,7 +176,7 @@ class WorkerDB:
                 await task
             raise
 
-    async def _keep_trying(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _keep_trying(self, write: Callable[[], Awaitable[T]], what: str, transient_tries: int) -> T:
         delay = 0.25
         tries = 0
         refused = 0  # tries that met a transient error of the statement
@@ -185,7 +187,7 @@ class WorkerDB:
                 away = database_away(e)
                 if not away:
                     refused += 1
-                if self.stopping.is_set() or not (away or (transient(e) and refused < TRANSIENT_TRIES)):
+                if self.stopping.is_set() or not (away or (transient(e) and refused < transient_tries)):
                     raise
                 tries += 1
                 if tries == 1:
@@ -194,7 +196,7 @@ class WorkerDB:
                         what,
                         type(e).__name__,
                         e,
-                        "until the database is back" if away else f"(at most {TRANSIENT_TRIES} tries)",
+                        "until the database is back" if away else f"(at most {transient_tries} tries)",
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)

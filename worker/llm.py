@@ -131,6 +131,15 @@ def _storable(value: Any) -> Any:
     return value
 
 
+def storable_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A Messages API message as it can be stored: NUL and unpaired surrogates in the model's own
+    content (its text, a tool's input) replaced by U+FFFD, in place; it is stored, and read, so."""
+    content = message.get("content")
+    if content is not None and _any_unstorable(content):
+        message["content"] = _storable(content)
+    return message
+
+
 def _text_of(message: dict[str, Any]) -> str | None:
     for block in message.get("content") or []:
         if block.get("type") == "text":
@@ -184,9 +193,7 @@ async def _one_call(client: LLMClient, request: dict[str, Any]) -> CallRecord:
             body=body,
             message="the Messages API answered with something other than a JSON object",
         )
-    content = body.get("content")
-    if content is not None and _any_unstorable(content):  # the model's own text, as the API sent it
-        body["content"] = _storable(content)  # stored, and read, with U+FFFD in their place
+    storable_message(body)
     simulated = isinstance(client, SimulatedModel)
     return CallRecord(  # its cost_usd is the gate's to set: with the model's configured prices (worker.gate)
         model=request["model"],

@@ -218,7 +218,8 @@ async def _store(
         last = i == len(records) - 1
         closes = closing if last else None
         row = call_row(event_id, pipeline, rec, closes)
-        await rt.db.durable(partial(rt.db.store_call, row, closes, inline=inline and last), "a model call")
+        store = partial(rt.db.store_call, row, closes, inline=inline and last)
+        await rt.db.durable(store, "a model call", one_statement=True)
         observe(rt, rec)
 
 

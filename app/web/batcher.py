@@ -107,6 +107,16 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _size(row: Sequence[Any]) -> int:
+    """The bytes a row adds to its batch's statement, at most: its texts and body, and for a payload
+    not given as its JSON text (a form, a UTF-16 body) six times the body, the most ``json.dumps``
+    makes of it (``\\u00XX`` for one byte)."""
+    size = sum(len(v) for v in row if isinstance(v, bytes | str))
+    if not isinstance(row[8], str) and isinstance(row[7], bytes):
+        size += 6 * len(row[7])
+    return size
+
+
 def _sync(it: _Item) -> bool:
     """The row is a synchronous request (``respond_sync``, the last column)."""
     return bool(it.row[13])
@@ -176,7 +186,7 @@ class Batcher(GroupCommit[_Item]):
             return event_id, True
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
-        self._add(_Item(row, fut, sum(len(v) for v in row if isinstance(v, bytes | str))))
+        self._add(_Item(row, fut, _size(row)))
         return await asyncio.shield(fut)
 
     def _take(self) -> list[_Item]:

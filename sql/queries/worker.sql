@@ -200,12 +200,13 @@ WHERE c.id IS NOT NULL OR p.status IS DISTINCT FROM 'succeeded' OR %(force)s;
 
 -- name: finish_action
 -- Record an action's outcome (in its own statement: a failure to finish the event afterwards must
--- not lose the record that a side effect happened). Only over a run still running: a second run of
--- the event that failed must not overwrite the outcome another run recorded (a sql action's
--- succeeded, committed with its call).
+-- not lose the record that a side effect happened). Over a run still running, and a success over a
+-- failure too: two runs of one event share the record, and a failed run must never overwrite the
+-- success another run recorded (a sql action's, committed with its call), while a run that succeeded
+-- after another's failure landed says what happened last.
 UPDATE hookline.action_runs
 SET status = %(status)s, result = %(result)s, error = %(error)s, finished_at = now()
-WHERE id = %(id)s AND status = 'running';
+WHERE id = %(id)s AND (status = 'running' OR (status = 'failed' AND %(status)s::text = 'succeeded'));
 
 -- name: cut_off_action
 -- An action cancelled before it returned (its pipeline's timeout_seconds, a worker shutdown): failed,

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.config import parse_config
 from app.core.errors import ConfigError
-from app.web.batcher import MAX_BATCH_BYTES, Batcher, _Item
+from app.web.batcher import MAX_BATCH_BYTES, Batcher, _Item, _size
 
 MIB = 1024 * 1024
 
@@ -42,6 +42,16 @@ def test_a_source_body_cap_past_what_one_insert_can_carry_is_refused() -> None:
     def source(cap: int) -> dict[str, Any]:
         return {"sources": {"big": {"provider": "standard_webhooks", "secrets_env": ["X"], "max_body_bytes": cap}}}
 
-    assert parse_config(source(256 * MIB)).sources["big"].max_body_bytes == 256 * MIB
-    with pytest.raises(ConfigError, match=r"sources\.big\.max_body_bytes: .*less than or equal to 268435456"):
-        parse_config(source(256 * MIB + 1))
+    assert parse_config(source(128 * MIB)).sources["big"].max_body_bytes == 128 * MIB
+    with pytest.raises(ConfigError, match=r"sources\.big\.max_body_bytes: .*less than or equal to 134217728"):
+        parse_config(source(128 * MIB + 1))
+
+
+def test_a_payload_not_sent_as_its_json_text_counts_at_its_largest() -> None:
+    """A form (or UTF-16) body's payload is serialised by ``json.dumps`` (``\\u00XX`` for a control
+    byte: six times the body): the budget counts it so, not as nothing."""
+    body = b"a=%00" * 1000
+    as_text = ("src", "d", None, None, None, None, None, body, '{"a": "x"}')
+    as_form = ("src", "d", None, None, None, None, None, body, {"a": "\x00" * 1000})
+    assert _size(as_text) == 4 + len(body) + 10  # "src", "d", the body, the JSON text
+    assert _size(as_form) == 4 + 7 * len(body)

@@ -18,7 +18,7 @@ from app.core.settings import Settings, settings_problems
         ("PORT", "-1", "greater than or equal to 0"),
         ("HOOKLINE_WORKER_METRICS_PORT", "70000", "less than or equal to 65535"),
         ("HOOKLINE_MAX_BODY_BYTES", "0", "greater than or equal to 1"),
-        ("HOOKLINE_MAX_BODY_BYTES", str(256 * 1024 * 1024 + 1), "less than or equal to 268435456"),
+        ("HOOKLINE_MAX_BODY_BYTES", str(128 * 1024 * 1024 + 1), "less than or equal to 134217728"),
         ("HOOKLINE_DB_TIMEOUT", "-1", "greater than 0"),
         ("HOOKLINE_LLM_TIMEOUT", "0", "greater than 0"),
         ("HOOKLINE_OUTBOUND_TIMEOUT", "0", "greater than 0"),

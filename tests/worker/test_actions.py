@@ -481,3 +481,12 @@ async def test_a_failed_run_never_overwrites_the_outcome_another_run_recorded(db
         await rt.close()
     assert changed == 0
     assert [(r[2], r[4], r[5]) for r in action_rows(db_url, event_id)] == [("succeeded", {"returned": 1}, None)]
+    # the other way round: a run that succeeded after another run's failure landed says what happened last
+    rows(db_url, "UPDATE hookline.action_runs SET status = 'failed', result = NULL, error = 'x' RETURNING 1")
+    rt = await make_runtime(make_config([]))
+    try:
+        changed = await rt.db.run("finish_action", id=run_id, status="succeeded", result={"ok": True}, error=None)
+    finally:
+        await rt.close()
+    assert changed == 1
+    assert [(r[2], r[4], r[5]) for r in action_rows(db_url, event_id)] == [("succeeded", {"ok": True}, None)]

@@ -87,3 +87,19 @@ async def test_a_run_that_claimed_before_the_result_was_stored_does_not_ask_agai
     assert await handle_event(rt, eid) == "succeeded"
     assert len([c for c in fake.calls_to("/v1/messages/batches") if c.method == "POST"]) == 1
     assert day(db_url) == [(TOKENS, 0), (0,)]
+
+
+async def test_a_result_holding_what_jsonb_refuses_is_stored_and_the_poll_goes_on(
+    db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
+) -> None:
+    """A batch result whose text holds a raw NUL: stored with U+FFFD in its place, as a Messages API
+    answer is. Its store failed (jsonb refuses \\u0000), and in one transaction with marking it read,
+    the result stayed unread and every poll failed on it: no later result was ever stored."""
+    fake.set_default(reply('{"subject": "a\x00b", "urgent": false}', usage=USAGE))
+    rt = await opened_runtime(db_url, fake, make_config({"mode": "batch_api"}, tenants=TENANTS), opened)
+    eid = insert_event(db_url, "evt_result_nul", "a")
+    assert "Message Batches" in await held(rt, eid)
+    assert (await batches.poll(rt))["submitted"] == 1
+    assert (await batches.poll(rt))["results"] == 1
+    [(status, output)] = rows(db_url, "SELECT status, output FROM hookline.llm_calls")
+    assert status == "succeeded" and output["subject"] == "a\ufffdb"

@@ -13,8 +13,9 @@ from app.signatures import parse_locator
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: The largest request body a source may accept (``max_body_bytes``, ``HOOKLINE_MAX_BODY_BYTES``): its
-#: insert sends it twice (as sent, and parsed), and Postgres refuses a statement's parameters over 1 GiB.
-MAX_BODY_BYTES = 256 * 1024 * 1024
+#: insert sends it as sent and as its parsed payload's JSON text (up to six times a form body's size:
+#: ``\u00XX`` for one byte), and Postgres refuses a statement's parameters over 1 GiB.
+MAX_BODY_BYTES = 128 * 1024 * 1024
 LOCATOR_KEYS = ("delivery_id", "event_type", "occurred_at", "tenant", "ordering_key")
 #: The longest ``*_env`` value taken as a variable's name, and the shortest run between underscores
 #: mixing letters and digits taken as a secret's random part.
