@@ -242,3 +242,30 @@ def scans_and_reads(cur: psycopg.Cursor[Any], relation: str) -> tuple[int, int]:
     ).fetchone()
     assert got is not None
     return int(got[0]), int(got[1])
+
+
+def refuse_rows(
+    db_url: str,
+    name: str,
+    table: str,
+    *,
+    event: str = "INSERT",
+    when: str = "true",
+    times: int = 1,
+    errcode: str = "raise_exception",
+) -> None:
+    """The next ``times`` rows of ``event`` on ``table`` for which ``when`` holds (an expression over
+    NEW) fail inside Postgres, with SQLSTATE ``errcode`` (a condition name): a real error raised by the
+    database, from a trigger of the real table. The rows it was asked about count in the sequence
+    ``name`` (``SELECT nextval(name)`` afterwards is one more than that count)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SEQUENCE {name}")
+        conn.execute(f"""
+            CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF ({when}) AND nextval('{name}') <= {int(times)} THEN
+                    RAISE EXCEPTION 'injected by the test ({name})' USING ERRCODE = '{errcode}';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute(f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")

@@ -19,7 +19,7 @@ from tests import pipeline_models
 from tests.fakes.messages_api import FakeMessagesAPI, reply
 from tests.fakes.slack import Answer, FakeSlack, rate_limited
 from tests.fakes.smtp import SmtpServer
-from tests.harness import Receiver, config_from, make_settings, rows
+from tests.harness import Receiver, config_from, make_settings, refuse_rows, rows
 from worker.actions import sql as sql_action
 from worker.runtime import Runtime
 from worker.tasks import RetryLater, handle_event
@@ -260,21 +260,14 @@ async def test_a_posted_message_whose_record_meets_a_database_blip_is_recorded_n
     raised by a trigger of the real table). The outcome is known: it is written again until it lands.
     It used to leave the run ``running``, and the event's next run dead-lettered it as "may have been
     posted" (a replay would then post it twice)."""
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE SEQUENCE test_outcome_refusals")
-        conn.execute("""
-            CREATE FUNCTION test_refuse_first_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.status = 'succeeded' AND nextval('test_outcome_refusals') = 1 THEN
-                    RAISE EXCEPTION 'terminating connection due to administrator command'
-                        USING ERRCODE = 'admin_shutdown';
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_refuse_first_outcome BEFORE UPDATE ON hookline.action_runs "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_outcome()"
-        )
+    refuse_rows(
+        db_url,
+        "test_outcome_refusals",
+        "hookline.action_runs",
+        event="UPDATE",
+        when="NEW.status = 'succeeded'",
+        errcode="admin_shutdown",
+    )
     rt = await make_runtime(
         make_config([{"type": "slack", "webhook_url_env": "HL_SLACK_WEBHOOK", "text": "{{ output.summary }}"}])
     )

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.fakes.messages_api import FakeMessagesAPI, reply
-from tests.harness import rows
+from tests.harness import refuse_rows, rows
 from tests.worker.test_batch_mode_switch import TENANTS, TOKENS, day, opened_runtime, run_now
 from tests.worker.test_flow import GOOD, USAGE, held, insert_event, make_config
 from worker import batches
@@ -23,23 +23,6 @@ from worker.tasks import handle_event
 pytestmark = pytest.mark.usefixtures("stripe_and_crm")
 
 
-def refuse_first_store(db_url: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE SEQUENCE test_store_refusals")
-        conn.execute("""
-            CREATE FUNCTION test_refuse_first_store() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF nextval('test_store_refusals') = 1 THEN
-                    RAISE EXCEPTION 'injected: the answer could not be stored';
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_refuse_first_store BEFORE INSERT ON hookline.llm_calls "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_store()"
-        )
-
-
 async def test_a_result_whose_store_failed_is_read_again_by_the_next_poll(
     db_url: str, fake: FakeMessagesAPI, opened: list[Runtime]
 ) -> None:
@@ -48,7 +31,7 @@ async def test_a_result_whose_store_failed_is_read_again_by_the_next_poll(
     eid = insert_event(db_url, "evt_store_fails", "a")
     assert "Message Batches" in await held(rt, eid)
     assert (await batches.poll(rt))["submitted"] == 1
-    refuse_first_store(db_url)
+    refuse_rows(db_url, "test_store_refusals", "hookline.llm_calls")
     with pytest.raises(psycopg.errors.RaiseException, match="injected"):
         await batches.poll(rt)  # the batch ended; storing its one result fails
     # nothing was recorded as read: the result is still to be read, no call row, the reservation held

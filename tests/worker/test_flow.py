@@ -18,7 +18,16 @@ from psycopg.rows import dict_row
 
 from app.core.config import Config
 from tests.fakes.messages_api import FakeMessagesAPI, error, reply, slow
-from tests.harness import Receiver, config_from, free_port, make_settings, rows, wait_for_status, worker_task
+from tests.harness import (
+    Receiver,
+    config_from,
+    free_port,
+    make_settings,
+    refuse_rows,
+    rows,
+    wait_for_status,
+    worker_task,
+)
 from worker import batches, limits
 from worker.pricing import cost_usd
 from worker.prompt import build_request
@@ -636,19 +645,7 @@ async def test_a_give_up_whose_own_write_fails_runs_the_job_again(db_url: str, f
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("UPDATE hookline.events SET infra_failures = 49 WHERE id = %s", (eid,))
         fail_first_claim(conn, times=2)  # the fetch's claim, then the task's own: the 50th failure
-        conn.execute("CREATE SEQUENCE test_dead_refusals")
-        conn.execute("""
-            CREATE FUNCTION test_refuse_first_dead() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.status = 'dead' AND nextval('test_dead_refusals') = 1 THEN
-                    RAISE EXCEPTION 'injected: the give-up could not be written';
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_refuse_first_dead BEFORE UPDATE ON hookline.events "
-            "FOR EACH ROW EXECUTE FUNCTION test_refuse_first_dead()"
-        )
+    refuse_rows(db_url, "test_dead_refusals", "hookline.events", event="UPDATE", when="NEW.status = 'dead'")
     done = await run_worker_until_done(db_url, fake, eid)
     assert done["status"] == "succeeded", done
     assert rows(db_url, "SELECT infra_failures FROM hookline.events WHERE id = %s", eid) == [(50,)]
@@ -663,20 +660,7 @@ async def test_an_answer_whose_store_meets_a_deadlock_is_stored_on_a_later_try_n
     lose the answer, and every retry of the event paid again."""
     fake.set_default(reply(GOOD, usage=USAGE))
     eid = insert_event(db_url, "evt_store_deadlock")
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE SEQUENCE test_store_deadlocks")
-        conn.execute("""
-            CREATE FUNCTION test_store_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF nextval('test_store_deadlocks') <= 2 THEN
-                    RAISE EXCEPTION 'injected: deadlock detected' USING ERRCODE = 'deadlock_detected';
-                END IF;
-                RETURN NEW;
-            END $$""")
-        conn.execute(
-            "CREATE TRIGGER test_store_deadlock BEFORE INSERT ON hookline.llm_calls "
-            "FOR EACH ROW EXECUTE FUNCTION test_store_deadlock()"
-        )
+    refuse_rows(db_url, "test_store_deadlocks", "hookline.llm_calls", times=2, errcode="deadlock_detected")
     done = await run_worker_until_done(db_url, fake, eid)
     assert done["status"] == "succeeded", done
     assert len(fake.calls_to("/v1/messages")) == 1
