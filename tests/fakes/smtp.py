@@ -58,12 +58,13 @@ class _Handler:
 
 
 class SmtpServer:
-    def __init__(self, users: dict[str, str] | None = None) -> None:
+    def __init__(self, users: dict[str, str] | None = None, *, smtputf8: bool = True) -> None:
+        """``smtputf8``: whether the server offers SMTPUTF8 (addresses beyond ASCII), as most do."""
         self.users = users
         self.handler = _Handler()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if users is not None:
-            kwargs = {"authenticator": self._auth, "auth_require_tls": False, "auth_required": True}
+            kwargs |= {"authenticator": self._auth, "auth_require_tls": False, "auth_required": True}
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=_free_port(), **kwargs)
 
     def _auth(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:

@@ -483,3 +483,30 @@ async def test_a_failed_run_never_overwrites_the_outcome_another_run_recorded(db
         await rt.close()
     assert changed == 1
     assert [(r[2], r[4], r[5]) for r in action_rows(db_url, event_id)] == [("succeeded", {"ok": True}, None)]
+
+
+async def test_an_address_the_smtp_server_cannot_take_fails_at_once(
+    db_url: str, make_runtime: Any, fake: FakeMessagesAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An address beyond ASCII (``ada@bücher.example``) to a server that does not offer SMTPUTF8: every
+    attempt would fail alike, so the first one fails for good (it was tried through every attempt)."""
+    mail = {
+        "type": "email",
+        "smtp_url_env": "HL_SMTP_URL",
+        "from": "leads@example.com",
+        "to": "ada@bücher.example",
+        "subject": "Hi",
+        "body": "{{ output.summary }}",
+    }
+    with SmtpServer(smtputf8=False) as ascii_only:
+        monkeypatch.setenv("HL_SMTP_URL", ascii_only.url())
+        rt = await make_runtime(make_config([mail]))
+        try:
+            fake.enqueue(reply(ANSWER))
+            event_id = insert_event(db_url, "gh_utf8")
+            assert await handle_event(rt, event_id) == "dead"
+        finally:
+            await rt.close()
+        assert ascii_only.messages == []
+    (run,) = action_rows(db_url, event_id)
+    assert run[2] == "failed" and "SMTPUTF8 is not supported" in run[5], run

@@ -94,8 +94,10 @@ async def run(action: EmailAction, ctx: ActionContext, deps: ActionDeps) -> dict
         err = PermanentError if e.code >= 500 else TransientError
         raise err(f"{what}: the SMTP server answered {e.code} {e.message[:200]}") from None
     except (aiosmtplib.SMTPException, OSError) as e:
-        if type(e) is aiosmtplib.SMTPException:  # no STARTTLS or AUTH where the URL asks for it: aiosmtplib's
-            raise PermanentError(f"{what}: {e}") from None  # own fixed sentence (never a host or a password)
+        # no STARTTLS or AUTH where the URL asks for it, no SMTPUTF8 for an address beyond ASCII: what the
+        # server cannot do, every attempt alike, in aiosmtplib's own fixed sentence (never a host or a password)
+        if type(e) in (aiosmtplib.SMTPException, aiosmtplib.SMTPNotSupported):
+            raise PermanentError(f"{what}: {e}") from None
         raise TransientError(f"{what}: {e.__class__.__name__}") from None
     if refused:  # sent to the others: not "sent", and a 4xx one may take it on the next attempt
         codes = sorted({r.code for r in refused.values()})
